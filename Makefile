@@ -1,0 +1,26 @@
+# The two set-up commands of the README: `make demo` and `make test`.
+# Both create the virtual environment on first use. torch==2.13.0 is installed first,
+# on its own: on CPU machines that release is a CPU wheel; any other spec pulls CUDA.
+VENV ?= .venv
+PYTHON ?= python3
+BIN := $(VENV)/bin
+
+.PHONY: install demo test clean
+
+$(BIN)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet torch==2.13.0
+	$(BIN)/pip install --quiet -e '.[test]'
+	touch $@
+
+install: $(BIN)/.installed
+
+demo: install
+	$(BIN)/dlvm demo
+
+test: install
+	$(BIN)/pytest -q
+
+clean:
+	rm -rf $(VENV) .dlvm

@@ -1,0 +1,1 @@
+"""dlvm components: the library the flows orchestrate (one responsibility per module)."""

@@ -1,0 +1,313 @@
+"""The `dlvm` command line: every step of the loop, the whole pipeline, the demo, and
+read-only views of the registry. Steps run as Prefect flows."""
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from components.settings import Settings, get_settings
+
+app = typer.Typer(help="dlvm: domain-specific large vision models, from raw images to a promoted model.",
+                  no_args_is_help=True, pretty_exceptions_enable=False)
+models_app = typer.Typer(help="Read the model registry.", no_args_is_help=True)
+db_app = typer.Typer(help="Registry database.", no_args_is_help=True)
+registry_app = typer.Typer(help="Registry integrity.", no_args_is_help=True)
+app.add_typer(models_app, name="models")
+app.add_typer(db_app, name="db")
+app.add_typer(registry_app, name="registry")
+# Wide enough for URIs and tables when output goes to a file or a CI log.
+console = Console(width=None if sys.stdout.isatty() else 160, soft_wrap=True)
+
+# Errors a user can cause and fix: shown as one line, without a traceback.
+USER_ERRORS = (ValueError, LookupError, FileNotFoundError, NotADirectoryError, PermissionError)
+
+
+def prepare(settings: Settings | None = None) -> Settings:
+    """Point Prefect at our state directory (before it is imported) and migrate the registry."""
+    settings = settings or get_settings()
+    settings.home.mkdir(parents=True, exist_ok=True)
+    os.environ.setdefault("PREFECT_HOME", str(settings.prefect_home))
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    os.environ.setdefault("DVC_NO_ANALYTICS", "1")
+    from components.registry.db import ensure_schema
+    ensure_schema(settings)
+    return settings
+
+
+def run_step(fn, *args, **kwargs):
+    """Call a flow; a user error ends the command with its message instead of a traceback."""
+    try:
+        return fn(*args, **kwargs)
+    except USER_ERRORS as exc:
+        console.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(1)
+
+
+SUMMARY = typer.Option(None, "--summary", help="also write the step's summary as JSON to this file")
+
+
+def write_summary(path: Path | None, summary: dict) -> None:
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(summary, indent=2, default=str))
+
+
+def parse_list(text: str, kind=float) -> list:
+    try:
+        return [kind(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise typer.BadParameter(f"expected a comma-separated list of {kind.__name__}, got {text!r}")
+
+
+@app.command()
+def ingest(path: Path = typer.Argument(..., help="folder of raw images"),
+           dataset: str = typer.Option(..., "--dataset", "-d", help="dataset name"),
+           summary_path: Optional[Path] = SUMMARY):
+    """Validate a folder of images, version it with DVC and register the dataset version."""
+    prepare()
+    from flows.ingest import ingest_flow
+    summary = run_step(ingest_flow, str(path), dataset)
+    write_summary(summary_path, summary)
+    for bad in summary["quarantined"]:
+        console.print(f"  quarantined {bad['path']}: {bad['reason']} ({bad['detail']})")
+    state = "new version" if summary["created"] else "unchanged, no new version"
+    console.print(f"{dataset} v{summary['version']}: {summary['n_images']} images, "
+                  f"{len(summary['quarantined'])} quarantined ({state})")
+    if summary["quarantine_dir"]:
+        console.print(f"quarantine: {summary['quarantine_dir']}")
+
+
+@app.command()
+def labels(export: Path = typer.Argument(..., help="Label Studio JSON export"),
+           dataset: str = typer.Option(..., "--dataset", "-d"),
+           dataset_version: Optional[int] = typer.Option(None, help="default: latest"),
+           summary_path: Optional[Path] = SUMMARY):
+    """Build a validated label snapshot from a Label Studio JSON export."""
+    prepare()
+    from flows.labels import labels_flow
+    summary = run_step(labels_flow, str(export), dataset, dataset_version)
+    write_summary(summary_path, summary)
+    for issue in summary["issues"]:
+        console.print(f"  {issue['kind']}: {issue['image']} ({issue['detail']})")
+    console.print(f"snapshot v{summary['snapshot_version']} of {dataset} v{summary['dataset_version']}: "
+                  f"{summary['n_labeled']} labels {summary['class_counts']}, {len(summary['issues'])} issues")
+
+
+@app.command()
+def pretrain(dataset: str = typer.Option(..., "--dataset", "-d"),
+             recipe: str = typer.Option("demo", help="PretrainConfig preset: demo, tiny, ..."),
+             steps: Optional[int] = typer.Option(None, help="override the recipe's steps"),
+             seed: int = 0,
+             init_from: Optional[str] = typer.Option(None, help="continue from a registered backbone"),
+             summary_path: Optional[Path] = SUMMARY):
+    """Self-supervised MAE pretraining of a backbone on a dataset's images."""
+    prepare()
+    from flows.pretrain import pretrain_flow
+    out = run_step(pretrain_flow, dataset, recipe=recipe, steps=steps, seed=seed, init_from=init_from)
+    write_summary(summary_path, out)
+    console.print(f"registered {out['model']} v{out['version']}")
+
+
+@app.command()
+def adapt(dataset: str = typer.Option(..., "--dataset", "-d"),
+          backbone: Optional[str] = typer.Option(None, help="backbone ref (name, name:version, name@alias) or 'scratch'"),
+          method: str = typer.Option("probe", help="probe or finetune"),
+          fraction: float = typer.Option(1.0, help="fraction of the training labels"),
+          seed: int = 0, recipe: str = "demo", summary_path: Optional[Path] = SUMMARY):
+    """Adapt a backbone with labels (linear probe or fine-tuning) and register the classifier."""
+    prepare()
+    from flows.adapt import adapt_flow
+    out = run_step(adapt_flow, dataset, backbone=backbone, method=method, fraction=fraction, seed=seed,
+                   recipe=recipe)
+    out.pop("test_proba", None)
+    write_summary(summary_path, out)
+    acc = out["metrics"]["accuracy"]
+    console.print(f"registered {out['model']} v{out['version']}: accuracy {acc['value']:.3f} "
+                  f"[{acc['ci_low']:.3f}, {acc['ci_high']:.3f}]")
+
+
+@app.command()
+def evaluate(dataset: str = typer.Option(..., "--dataset", "-d"),
+             backbone: list[str] = typer.Option(None, help="backbone refs to compare (repeatable)"),
+             fractions: str = "0.05,0.1,0.25,0.5,1.0", seeds: str = "0,1,2", methods: str = "probe",
+             recipe: str = "demo", scratch: bool = typer.Option(True, help="include the from-scratch baseline"),
+             summary_path: Optional[Path] = SUMMARY):
+    """Label-efficiency sweep: label fractions x backbones x methods x seeds, with CIs."""
+    prepare()
+    from flows.evaluate import evaluate_flow
+    out = run_step(evaluate_flow, dataset, backbones=backbone or None, include_scratch=scratch,
+                   fractions=parse_list(fractions), seeds=parse_list(seeds, int),
+                   methods=[m.strip() for m in methods.split(",") if m.strip()], recipe=recipe)
+    write_summary(summary_path, out)
+    console.print(f"evaluation {out['evaluation_id']}: report {out['report_uri']}\nplot {out['plot_uri']}")
+
+
+@app.command()
+def promote(candidate: Optional[str] = typer.Argument(None, help="classifier ref, e.g. elpv-classifier:3"),
+            alias: str = "production", margin: float = 0.01,
+            evaluation: Optional[int] = typer.Option(None, help="evaluation id (default: latest for the snapshot)"),
+            rollback: Optional[str] = typer.Option(None, help="roll MODEL's alias back to its previous version"),
+            actor: str = typer.Option(os.environ.get("USER", "cli"), help="who decides"),
+            reason: str = "", summary_path: Optional[Path] = SUMMARY):
+    """Gate a candidate for an alias (paired bootstrap against the holder and baselines), or roll back."""
+    settings = prepare()
+    if rollback:
+        from components.registry.db import session_scope
+        from components.registry.promotion import rollback as do_rollback
+        with session_scope(settings) as session:
+            event = run_step(do_rollback, session, rollback, alias, actor=actor, reason=reason or "manual rollback")
+            console.print(f"{rollback}@{alias}: rolled back (event {event.id})")
+        return
+    if not candidate:
+        raise typer.BadParameter("give a CANDIDATE or --rollback MODEL")
+    from flows.promote import promote_flow
+    out = run_step(promote_flow, candidate, alias=alias, evaluation_id=evaluation, margin=margin, actor=actor)
+    write_summary(summary_path, out)
+    console.print(f"{out['model']} v{out['version']} -> {alias}: {out['decision']}")
+
+
+@app.command()
+def pipeline(source: Path = typer.Argument(..., help="folder of raw images"),
+             dataset: str = typer.Option(..., "--dataset", "-d"),
+             labels_export: Path = typer.Option(..., "--labels", help="Label Studio JSON export"),
+             recipe: str = "demo", steps: Optional[int] = None,
+             generic: Optional[Path] = typer.Option(None, help="folder of generic images for a generic baseline"),
+             fractions: str = "0.05,0.1,0.25,0.5,1.0", seeds: str = "0,1,2", margin: float = 0.01):
+    """The whole loop: ingest, labels, pretrain, evaluate, adapt, promote."""
+    prepare()
+    out = _run_pipeline(source, dataset, labels_export, recipe, steps, generic, parse_list(fractions),
+                        parse_list(seeds, int), margin)
+    _print_outcome(out)
+
+
+def _run_pipeline(source, dataset, labels_export, recipe, steps, generic, fractions, seeds, margin) -> dict:
+    from flows.pipeline import pipeline_flow
+    return run_step(pipeline_flow, str(source), dataset, str(labels_export), recipe=recipe, pretrain_steps=steps,
+                    generic_source=str(generic) if generic else None, fractions=fractions, seeds=seeds,
+                    margin=margin)
+
+
+def _print_outcome(out: dict) -> None:
+    console.print()
+    console.print(out["evaluation"]["markdown"])
+    promo = out["promotion"]
+    console.print(f"\n[bold]promotion[/bold]: {promo['model']} v{promo['version']} -> {promo['alias']}: "
+                  f"{promo['decision']}")
+
+
+@app.command()
+def demo(limit: Optional[int] = typer.Option(None, help="use a stratified subset of N ELPV images"),
+         recipe: str = typer.Option("demo", help="training recipe preset"),
+         steps: Optional[int] = typer.Option(None, help="override pretraining steps"),
+         generic: Optional[Path] = typer.Option(None, help="generic image folder for a generic baseline, "
+                                                "e.g. ../shared/data/generic-imagenette"),
+         seeds: str = "0,1,2", fractions: str = "0.05,0.1,0.25,0.5,1.0"):
+    """Run the whole loop on ELPV solar-cell images (from the elpv-dataset package)."""
+    settings = prepare()
+    from components.data.elpv import export_elpv
+    images_dir, export_json = export_elpv(settings.home / "demo" / "elpv", limit=limit)
+    console.print(f"[bold]dlvm demo[/bold]: ELPV images in {images_dir}, Label Studio export {export_json}")
+    out = _run_pipeline(images_dir, "elpv", export_json, recipe, steps, generic, parse_list(fractions),
+                        parse_list(seeds, int), 0.01)
+    _print_outcome(out)
+    console.print("\n[bold]where to look[/bold]")
+    console.print(f"  registry:   dlvm models list; dlvm models show elpv-classifier   ({settings.database_url})")
+    console.print(f"  artifacts:  {settings.artifacts}")
+    console.print(f"  report:     {out['evaluation']['report_uri']}")
+    console.print(f"  plot:       {out['evaluation']['plot_uri']}")
+    console.print(f"  DVC:        workspace {settings.dvc_repo}, remote {settings.dvc_remote}")
+    console.print(f"  Prefect:    dlvm runs   (or PREFECT_HOME={settings.prefect_home} prefect server start)")
+
+
+@models_app.command("list")
+def models_list():
+    """Registered models with their versions and aliases."""
+    settings = prepare()
+    from components.registry import queries
+    from components.registry.db import session_scope
+    with session_scope(settings) as session:
+        rows = queries.list_models(session)
+    table = Table("model", "kind", "versions", "latest", "aliases")
+    for row in rows:
+        aliases = ", ".join(f"{a}=v{v}" for a, v in sorted(row["aliases"].items()))
+        table.add_row(row["name"], row["kind"], str(row["n_versions"]), f"v{row['latest_version']}", aliases or "-")
+    console.print(table if rows else "no models registered yet: run `dlvm demo`")
+
+
+@models_app.command("show")
+def models_show(name: str, as_json: bool = typer.Option(False, "--json", help="machine-readable output")):
+    """One model: its versions with lineage and metrics, aliases and promotion events."""
+    settings = prepare()
+    from components.registry import queries
+    from components.registry.db import session_scope
+    with session_scope(settings) as session:
+        detail = run_step(queries.model_detail, session, name)
+    if as_json:
+        print(json.dumps(detail, indent=2, default=str))
+        return
+    console.print(f"[bold]{detail['name']}[/bold] ({detail['kind']})  aliases: "
+                  + (", ".join(f"{a}=v{v}" for a, v in detail["aliases"].items()) or "-"))
+    table = Table("version", "dataset", "labels", "parent", "metrics", "artifact", "flow run")
+    for v in detail["versions"]:
+        metrics = v.get("metrics") or {}
+        shown = ", ".join(f"{k}={m['value']:.3f}" if isinstance(m, dict) and "value" in m else f"{k}={m}"
+                          for k, m in metrics.items() if k in ("accuracy", "macro_f1", "final_loss", "n_train"))
+        dataset = f"{v['dataset']['name']} v{v['dataset']['version']}" if v.get("dataset") else "-"
+        snapshot = f"snapshot v{v['label_snapshot']['version']}" if v.get("label_snapshot") else "-"
+        table.add_row(f"v{v['version']}", dataset, snapshot,
+                      v.get("parent") or "-", shown or "-", f"{v['artifact_uri']}\nsha256 {v['sha256'][:16]}…",
+                      str(v.get("flow_run_id") or "-"))
+    console.print(table)
+    for event in detail["promotions"]:
+        console.print(f"  {event['created_at']}  {event['decision']:<9} {event['alias']}: "
+                      f"{event.get('summary') or event.get('reason') or ''}")
+
+
+@app.command()
+def runs(limit: int = 20):
+    """Recent Prefect flow runs (from the embedded Prefect API or PREFECT_API_URL)."""
+    prepare()
+    from components.orchestration import recent_flow_runs
+    table = Table("started", "flow", "run", "state", "id")
+    for run in recent_flow_runs(limit):
+        table.add_row(run["start_time"], run["flow"], run["name"], run["state"], run["id"])
+    console.print(table)
+
+
+@db_app.command("upgrade")
+def db_upgrade():
+    """Apply the registry's Alembic migrations up to head."""
+    settings = get_settings()
+    from components.registry.db import upgrade
+    upgrade(settings.database_url)
+    console.print(f"registry at head: {settings.database_url}")
+
+
+@registry_app.command("verify")
+def registry_verify():
+    """Check that every artifact the registry points at exists and matches its sha256."""
+    settings = prepare()
+    from components.registry.integrity import verify_registry
+    problems = verify_registry(settings)
+    for problem in problems:
+        console.print(f"[red]{problem}[/red]")
+    console.print(f"{len(problems)} problems")
+    if problems:
+        raise typer.Exit(1)
+
+
+@app.command("settings")
+def show_settings():
+    """The effective settings (secrets masked)."""
+    print(get_settings().model_dump_json(indent=2))
+
+
+if __name__ == "__main__":
+    app()

@@ -1,0 +1,127 @@
+"""Decode images into fixed-size grayscale uint8 arrays, and cache a whole dataset version.
+
+Conversion rules (the same for every image of a dataset, so models see one domain):
+
+* 8-bit grayscale is used as is; bilevel ``1`` becomes 0/255;
+* 16/32-bit integer grayscale is scaled to 8 bits by its own 1st..99th percentile
+  (robust to hot pixels; a flat image falls back to min..max, then to all zeros);
+* colour (RGB, RGBA, P, LA) becomes luminance (ITU-R 601-2, Pillow's ``convert('L')``),
+  alpha is dropped;
+* EXIF orientation is applied; the image is resized to ``size x size`` whole (aspect not
+  kept: nothing is cropped away) with Pillow's bicubic filter, which widens its support
+  when shrinking and so averages like an area filter.
+"""
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+import tempfile
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageOps
+from tqdm.auto import tqdm
+
+from components.data.validate import COLOR_MODES, GRAYSCALE_MODES
+
+
+_ORIENTATION = 0x0112  # EXIF tag
+
+
+class ImageHashMismatch(RuntimeError):
+    """A file's bytes differ from the sha256 the manifest records."""
+
+
+def to_grayscale8(img: Image.Image) -> Image.Image:
+    """An 8-bit ``L`` image from any supported mode (see module docstring)."""
+    mode = img.mode
+    if mode == "L":
+        return img
+    if mode in ("1", "RGB", "RGBA", "P", "LA"):
+        return img.convert("L")
+    if mode in GRAYSCALE_MODES:  # I;16*, I
+        a = np.asarray(img).astype(np.float32)
+        lo, hi = np.percentile(a, [1.0, 99.0])
+        if hi <= lo:
+            lo, hi = float(a.min()), float(a.max())
+        if hi <= lo:
+            return Image.fromarray(np.zeros(a.shape, np.uint8), "L")
+        scaled = np.clip((a - lo) * (255.0 / (hi - lo)), 0, 255)
+        return Image.fromarray(np.rint(scaled).astype(np.uint8), "L")
+    raise ValueError(f"unsupported image mode {mode!r} (accepted: {', '.join({**GRAYSCALE_MODES, **COLOR_MODES})})")
+
+
+def decode_array(img: Image.Image, size: int) -> np.ndarray:
+    if img.getexif().get(_ORIENTATION, 1) != 1:  # most files have none; skip exif_transpose's copy
+        img = ImageOps.exif_transpose(img)
+    gray = to_grayscale8(img)
+    if gray.size != (size, size):
+        gray = gray.resize((size, size), Image.Resampling.BICUBIC, reducing_gap=3.0)
+    return np.asarray(gray, dtype=np.uint8)
+
+
+def load_image_array(path: Path | str, size: int) -> np.ndarray:
+    """One image file as a ``uint8`` array of shape ``(size, size)``."""
+    with Image.open(path) as img:
+        img.load()
+        return decode_array(img, size)
+
+
+def _load_verified(path: Path, size: int, sha256: str) -> np.ndarray:
+    data = path.read_bytes()
+    actual = hashlib.sha256(data).hexdigest()
+    if actual != sha256:
+        raise ImageHashMismatch(f"{path}: sha256 {actual} differs from the manifest's {sha256}")
+    with Image.open(io.BytesIO(data)) as img:
+        img.load()
+        return decode_array(img, size)
+
+
+class ImageCache:
+    """Decoded dataset versions as ``.npy`` files keyed by manifest content hash + size."""
+
+    def __init__(self, cache_dir: Path | str):
+        self.cache_dir = Path(cache_dir)
+
+    def path_for(self, manifest: dict, size: int) -> Path:
+        return self.cache_dir / f"{manifest['content_hash'][:16]}-{size}.npy"
+
+    def has(self, manifest: dict, size: int) -> bool:
+        """Whether this version is already decoded at this size (no images needed)."""
+        target = self.path_for(manifest, size)
+        if not target.is_file():
+            return False
+        try:
+            arr = np.load(target, mmap_mode="r")
+        except (OSError, ValueError):
+            return False
+        return arr.shape == (len(manifest["images"]), size, size) and arr.dtype == np.uint8
+
+    def load(self, manifest: dict, images_root: Path | str, size: int, progress: bool = True) -> np.ndarray:
+        """``[N, size, size]`` uint8 in manifest order; decoded once, then read from disk.
+
+        Every file's sha256 is checked against the manifest while decoding, so a cache
+        entry can only hold the images its key names.
+        """
+        images = manifest["images"]
+        target = self.path_for(manifest, size)
+        if target.is_file():
+            arr = np.load(target)
+            if arr.shape == (len(images), size, size) and arr.dtype == np.uint8:
+                return arr
+            # Wrong shape: a hash-prefix collision or a damaged file; rebuild it.
+        root = Path(images_root)
+        out = np.empty((len(images), size, size), dtype=np.uint8)
+        for i, rec in enumerate(tqdm(images, desc=f"decoding {size}px", unit="img", disable=not progress)):
+            out[i] = _load_verified(root / rec["path"], size, rec["sha256"])
+        self.cache_dir.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=self.cache_dir, prefix=f".{target.name}.", suffix=".tmp")
+        try:
+            with os.fdopen(fd, "wb") as f:
+                np.save(f, out)
+            os.replace(tmp, target)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+        return out

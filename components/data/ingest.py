@@ -1,0 +1,221 @@
+"""Ingest a folder of raw images: scan + validate, manifest, quarantine, staging.
+
+The scan walks ``src`` recursively in sorted order (hidden files and directories, i.e.
+names starting with ``.``, are skipped), validates every file with
+:func:`components.data.validate.validate_image`, and finds exact duplicates by content
+hash: the first copy in sorted path order is kept, later copies are reported as
+``duplicate`` of it. The manifest is plain sorted JSON-able data whose ``content_hash``
+depends only on the (path, sha256) pairs, so an unchanged folder always gets the same
+hash.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from tqdm.auto import tqdm
+
+from components.data.validate import ImageLimits, sha256_file, validate_image
+
+MANIFEST_FORMAT = "dlvm-manifest/1"
+
+
+@dataclass(frozen=True)
+class ImageRecord:
+    """One accepted image; ``path`` is relative to the scanned folder, POSIX style."""
+
+    path: str
+    sha256: str
+    size: int
+    width: int
+    height: int
+    mode: str
+    bit_depth: int
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class BadFile:
+    """One rejected file; ``reason`` is a short code (see validate.REASONS)."""
+
+    path: str
+    reason: str
+    detail: str
+    duplicate_of: str | None = None
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class IngestScan:
+    root: Path  # the scanned folder (absolute)
+    good: list[ImageRecord] = field(default_factory=list)
+    bad: list[BadFile] = field(default_factory=list)
+
+    def bad_by_reason(self) -> dict[str, list[BadFile]]:
+        out: dict[str, list[BadFile]] = {}
+        for b in self.bad:
+            out.setdefault(b.reason, []).append(b)
+        return out
+
+
+def iter_files(src: Path) -> list[str]:
+    """Relative POSIX paths of all non-hidden files under ``src``, sorted."""
+    out: list[str] = []
+    for dirpath, dirnames, filenames in os.walk(src):
+        # Pruning in place stops os.walk from descending into hidden directories.
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        rel_dir = Path(dirpath).relative_to(src)
+        for name in filenames:
+            if name.startswith("."):
+                continue
+            out.append((rel_dir / name).as_posix())
+    return sorted(out)
+
+
+def scan_folder(src: Path | str, limits: ImageLimits | None = None, progress: bool = True) -> IngestScan:
+    """Validate every file under ``src`` and split them into good images and bad files."""
+    src = Path(src).resolve()
+    if not src.is_dir():
+        raise NotADirectoryError(f"not a directory: {src}")
+    limits = limits or ImageLimits()
+    scan = IngestScan(root=src)
+    first_by_hash: dict[str, str] = {}
+    for rel in tqdm(iter_files(src), desc=f"validating {src.name}", unit="img", disable=not progress):
+        check = validate_image(src / rel, limits)
+        if not check.ok:
+            scan.bad.append(BadFile(rel, check.reason, check.detail))
+            continue
+        # Files are visited in sorted path order, so the kept copy is the first one.
+        kept = first_by_hash.setdefault(check.sha256, rel)
+        if kept != rel:
+            scan.bad.append(BadFile(rel, "duplicate", f"same content as {kept}", duplicate_of=kept))
+            continue
+        scan.good.append(ImageRecord(rel, check.sha256, check.size, check.width, check.height,
+                                     check.mode, check.bit_depth))
+    return scan
+
+
+def content_hash(pairs: list[tuple[str, str]]) -> str:
+    """sha256 over sorted (path, sha256) pairs; identifies a dataset's content."""
+    h = hashlib.sha256()
+    for path, sha in sorted(pairs):
+        h.update(f"{path}\t{sha}\n".encode())
+    return h.hexdigest()
+
+
+def build_manifest(scan: IngestScan, dataset: str = "") -> dict:
+    """JSON-able, sorted description of the good images of a scan."""
+    images = sorted((r.to_dict() for r in scan.good), key=lambda r: r["path"])
+    return {
+        "format": MANIFEST_FORMAT,
+        "dataset": dataset,
+        "content_hash": content_hash([(r["path"], r["sha256"]) for r in images]),
+        "n_images": len(images),
+        "n_bytes": sum(r["size"] for r in images),
+        "images": images,
+    }
+
+
+def manifest_json_bytes(manifest: dict) -> bytes:
+    """Deterministic serialisation of a manifest (same manifest -> same bytes)."""
+    return (json.dumps(manifest, sort_keys=True, indent=1, ensure_ascii=False) + "\n").encode()
+
+
+def quarantine(scan: IngestScan, src: Path | str | None, dest_dir: Path | str) -> list[BadFile]:
+    """Copy every bad file from ``src`` (default: the scanned folder) to ``dest_dir`` under
+    its relative path and write ``dest_dir/REASONS.json``; returns the bad files.
+
+    Empty files are copied too, so the quarantine shows exactly what arrived.
+    """
+    src = Path(src).resolve() if src is not None else scan.root
+    dest_dir = Path(dest_dir)
+    dest_dir.mkdir(parents=True, exist_ok=True)
+    for b in scan.bad:
+        target = dest_dir / b.path
+        target.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            _atomic_copy(src / b.path, target)
+        except OSError:
+            # A file we could not read cannot be copied; REASONS.json still lists it.
+            pass
+    reasons = [b.to_dict() for b in sorted(scan.bad, key=lambda b: b.path)]
+    _atomic_write(dest_dir / "REASONS.json", (json.dumps(reasons, indent=1) + "\n").encode())
+    return list(scan.bad)
+
+
+def stage_into_workspace(scan: IngestScan, src: Path | str | None, workspace_dir: Path | str) -> dict[str, int]:
+    """Make ``workspace_dir`` hold exactly the scan's good images (read from ``src``,
+    default: the scanned folder) at their relative paths.
+
+    New or changed files are copied (each one atomically: temp file + rename), unchanged
+    ones (same sha256) are left alone, anything else in the directory is deleted.
+    Returns counts: copied, unchanged, removed.
+    """
+    src = Path(src).resolve() if src is not None else scan.root
+    workspace_dir = Path(workspace_dir).resolve()
+    if (workspace_dir / ".dvc").exists():
+        raise ValueError(f"{workspace_dir} is a DVC repository root; stage into a sub-directory of it")
+    if workspace_dir == src or src.is_relative_to(workspace_dir):
+        raise ValueError(f"workspace {workspace_dir} contains the source folder {src}")
+    workspace_dir.mkdir(parents=True, exist_ok=True)
+
+    wanted = {r.path: r for r in scan.good}
+    copied = unchanged = removed = 0
+    for rel, rec in sorted(wanted.items()):
+        target = workspace_dir / rel
+        if target.is_file() and not target.is_symlink() and target.stat().st_size == rec.size \
+                and sha256_file(target) == rec.sha256:
+            unchanged += 1
+            continue
+        target.parent.mkdir(parents=True, exist_ok=True)
+        _atomic_copy(src / rel, target)
+        copied += 1
+
+    # Remove everything not wanted (hidden files included: the workspace is ours), then
+    # empty directories, deepest first.
+    for dirpath, dirnames, filenames in os.walk(workspace_dir, topdown=False):
+        for name in filenames:
+            p = Path(dirpath) / name
+            if p.relative_to(workspace_dir).as_posix() not in wanted:
+                p.unlink()
+                removed += 1
+        for name in dirnames:
+            d = Path(dirpath) / name
+            if d.is_symlink():
+                d.unlink()
+            elif not any(d.iterdir()):
+                d.rmdir()
+    return {"copied": copied, "unchanged": unchanged, "removed": removed}
+
+
+def _atomic_copy(src: Path, dest: Path) -> None:
+    fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        shutil.copyfile(src, tmp)
+        os.chmod(tmp, 0o644)  # mkstemp makes 0600 files; staged data is meant to be shared
+        os.replace(tmp, dest)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _atomic_write(dest: Path, data: bytes) -> None:
+    fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, dest)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise

@@ -1,0 +1,292 @@
+"""Label-efficiency reporting: seed-aggregated table, efficiency ratio, curve plot, markdown.
+
+Input is the ``rows`` of a sweep (``SweepResult.rows``): one dict per
+(backbone, method, fraction, seed) with ``n_train`` and
+``metrics = {name: {value, ci_low, ci_high}}``.
+
+Aggregation over seeds (``summary_table``): ``value`` is the mean over seeds;
+``ci_low``/``ci_high`` are the means of the per-seed bootstrap bounds, i.e. the test-set
+sampling uncertainty of one typical run; ``seed_sd`` is the standard deviation over seeds
+(the variability from which labels were drawn and from training randomness), reported
+beside it rather than folded in, so each source of noise stays visible.
+"""
+from __future__ import annotations
+
+import io
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import numpy as np
+
+METRIC_NAMES = ("accuracy", "macro_f1", "balanced_accuracy")
+_FULL = 1.0
+
+
+def _group_key(row: dict[str, Any]) -> tuple[str, str]:
+    return str(row["backbone"]), str(row["method"])
+
+
+def _curves(rows: Iterable[dict[str, Any]]) -> list[tuple[str, str]]:
+    """(backbone, method) pairs in order of first appearance."""
+    seen: dict[tuple[str, str], None] = {}
+    for r in rows:
+        seen.setdefault(_group_key(r), None)
+    return list(seen)
+
+
+def summary_table(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One entry per (backbone, method, fraction), aggregated over seeds (see module doc).
+
+    Entry: ``{backbone, method, fraction, n_seeds, n_train, metrics: {name: {value, ci_low, ci_high, seed_sd}}}``,
+    ordered by curve (first appearance) then fraction; ``n_train`` is the mean over seeds.
+    """
+    groups: dict[tuple[str, str, float], list[dict[str, Any]]] = {}
+    for r in rows:
+        groups.setdefault((*_group_key(r), float(r["fraction"])), []).append(r)
+    order = {c: i for i, c in enumerate(_curves(rows))}
+    out = []
+    for (backbone, method, fraction), rs in sorted(groups.items(), key=lambda kv: (order[kv[0][:2]], kv[0][2])):
+        common = set.intersection(*(set(r["metrics"]) for r in rs))
+        names = [m for m in METRIC_NAMES if m in common] + sorted(common - set(METRIC_NAMES))
+        metrics = {}
+        for m in names:
+            vals = np.array([r["metrics"][m]["value"] for r in rs], dtype=float)
+            lows = np.array([r["metrics"][m].get("ci_low", np.nan) for r in rs], dtype=float)
+            highs = np.array([r["metrics"][m].get("ci_high", np.nan) for r in rs], dtype=float)
+            metrics[m] = {
+                "value": float(np.mean(vals)),
+                "ci_low": float(np.mean(lows)),
+                "ci_high": float(np.mean(highs)),
+                "seed_sd": float(np.std(vals, ddof=1)) if len(vals) > 1 else 0.0,
+            }
+        out.append({
+            "backbone": backbone,
+            "method": method,
+            "fraction": fraction,
+            "n_seeds": len(rs),
+            "n_train": float(np.mean([r.get("n_train", np.nan) for r in rs])),
+            "metrics": metrics,
+        })
+    return out
+
+
+def _means(rows: Sequence[dict[str, Any]], metric: str) -> dict[tuple[str, str], dict[float, float]]:
+    """{(backbone, method): {fraction: seed-mean of metric}}."""
+    out: dict[tuple[str, str], dict[float, float]] = {}
+    for s in summary_table(rows):
+        if metric in s["metrics"]:
+            out.setdefault((s["backbone"], s["method"]), {})[s["fraction"]] = s["metrics"][metric]["value"]
+    return out
+
+
+def label_efficiency_details(
+    rows: Sequence[dict[str, Any]],
+    reference_backbone: str,
+    target_backbones: Sequence[str],
+    metric: str = "accuracy",
+    method: str | None = None,
+) -> list[dict[str, Any]]:
+    """The evidence behind ``label_efficiency``: one dict per target.
+
+    ``{target, reference, method, reference_method, reference_value, fraction, target_method, value}``;
+    ``fraction``/``target_method``/``value`` are None when the target never reaches the bar.
+    """
+    means = _means(rows, metric)
+
+    def best_at(backbone: str, fraction: float) -> tuple[float, str | None]:
+        # With method=None each backbone is credited with its best adaptation method.
+        cands = [(f[fraction], m) for (b, m), f in means.items()
+                 if b == backbone and (method is None or m == method) and fraction in f]
+        return max(cands) if cands else (float("nan"), None)
+
+    ref_value, ref_method = best_at(reference_backbone, _FULL)
+    if ref_method is None:
+        raise ValueError(f"no 100 %-label rows for reference backbone {reference_backbone!r}"
+                         + (f" with method {method!r}" if method else ""))
+    out = []
+    for target in target_backbones:
+        fractions = sorted({f for (b, m), fs in means.items()
+                            if b == target and (method is None or m == method) for f in fs})
+        hit: tuple[float, float, str | None] | None = None
+        for f in fractions:
+            v, m = best_at(target, f)
+            if m is not None and v >= ref_value:
+                hit = (f, v, m)
+                break
+        out.append({
+            "target": target,
+            "reference": reference_backbone,
+            "method": method,
+            "reference_method": ref_method,
+            "reference_value": ref_value,
+            "fraction": hit[0] if hit else None,
+            "value": hit[1] if hit else None,
+            "target_method": hit[2] if hit else None,
+        })
+    return out
+
+
+def label_efficiency(
+    rows: Sequence[dict[str, Any]],
+    reference_backbone: str,
+    target_backbones: Sequence[str],
+    metric: str = "accuracy",
+    method: str | None = None,
+) -> dict[str, float | None]:
+    """{target: smallest label fraction whose seed-mean reaches the reference's 100 %-label seed-mean, or None}.
+
+    With ``method`` set, only that adaptation method counts for both sides; with None,
+    each backbone is credited with its best method at each fraction (the reference
+    included, so the bar is the reference's best full-label score). The label-efficiency
+    ratio is ``1 / fraction`` (e.g. 0.1 -> the target needs 10x fewer labels).
+    """
+    return {d["target"]: d["fraction"]
+            for d in label_efficiency_details(rows, reference_backbone, target_backbones, metric, method)}
+
+
+def plot_curves(rows: Sequence[dict[str, Any]], metric: str = "accuracy", title: str | None = None) -> bytes:
+    """PNG bytes: metric vs label fraction (%, log x), one line per backbone x method, CI band shaded.
+
+    Band = the seed-mean of the per-seed bootstrap intervals (see module doc).
+    """
+    # Figure + Agg canvas directly: no pyplot global state, safe inside worker threads.
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+    from matplotlib.ticker import FuncFormatter
+
+    table = summary_table(rows)
+    fig = Figure(figsize=(7, 4.5), dpi=100)
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot(1, 1, 1)
+    all_x: set[float] = set()
+    for backbone, method in _curves(rows):
+        pts = [s for s in table if (s["backbone"], s["method"]) == (backbone, method) and metric in s["metrics"]]
+        if not pts:
+            continue
+        x = np.array([100 * s["fraction"] for s in pts])
+        y = np.array([s["metrics"][metric]["value"] for s in pts])
+        lo = np.array([s["metrics"][metric]["ci_low"] for s in pts])
+        hi = np.array([s["metrics"][metric]["ci_high"] for s in pts])
+        (line,) = ax.plot(x, y, marker="o", label=f"{backbone} / {method}")
+        ax.fill_between(x, lo, hi, color=line.get_color(), alpha=0.15, linewidth=0)
+        all_x.update(x.tolist())
+    ax.set_xscale("log")
+    if all_x:
+        ax.set_xticks(sorted(all_x))
+        ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+        ax.xaxis.set_minor_formatter(FuncFormatter(lambda v, _: ""))
+    ax.set_xlabel("labels used (% of train pool, log scale)")
+    ax.set_ylabel(metric.replace("_", " "))
+    ax.set_title(title or f"Label efficiency: {metric.replace('_', ' ')} (mean over seeds, 95 % CI band)")
+    ax.grid(True, which="major", alpha=0.3)
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(loc="lower right", fontsize="small")
+    fig.tight_layout()
+    buf = io.BytesIO()
+    # No Software/date metadata: the same rows give the same bytes.
+    fig.savefig(buf, format="png", metadata={"Software": None})
+    return buf.getvalue()
+
+
+def _pct(f: float) -> str:
+    return f"{100 * f:g} %"
+
+
+def _cell(m: dict[str, float]) -> str:
+    if m is None:
+        return "–"
+    return f"{m['value']:.3f} ({m['ci_low']:.3f}–{m['ci_high']:.3f})"
+
+
+def _metric_table(table: list[dict[str, Any]], curves: list[tuple[str, str]], metric: str) -> list[str]:
+    fractions = sorted({s["fraction"] for s in table})
+    by_key = {(s["backbone"], s["method"], s["fraction"]): s for s in table}
+    header = ["labels", "n_train"] + [f"{b} / {m}" for b, m in curves]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for f in fractions:
+        n_train = [by_key[(b, m, f)]["n_train"] for b, m in curves if (b, m, f) in by_key]
+        cells = [_pct(f), f"{np.nanmean(n_train):.0f}" if n_train else "–"]
+        for b, m in curves:
+            s = by_key.get((b, m, f))
+            cells.append(_cell(s["metrics"].get(metric)) if s else "–")
+        lines.append("| " + " | ".join(cells) + " |")
+    return lines
+
+
+def markdown_report(
+    rows: Sequence[dict[str, Any]],
+    title: str,
+    context: dict[str, Any],
+    gate: dict[str, Any] | None = None,
+    reference_backbone: str | None = None,
+    target_backbones: Sequence[str] | None = None,
+    metrics: Sequence[str] = METRIC_NAMES,
+    efficiency_metric: str = "accuracy",
+) -> str:
+    """A markdown report: context, one table per metric (label fraction x backbone/method,
+    seed-mean with 95 % CI), label-efficiency lines and, if given, the promotion gate
+    (``GateResult.to_dict()``).
+
+    Label-efficiency lines need ``reference_backbone`` (e.g. the generic baseline); the
+    targets default to every other backbone.
+    """
+    table = summary_table(rows)
+    curves = _curves(rows)
+    seeds = sorted({r["seed"] for r in rows})
+    out = [f"# {title}", ""]
+    if context:
+        out += ["## Context", ""]
+        out += [f"- **{k}**: {v}" for k, v in context.items()]
+        out.append("")
+    out += [
+        "## Results",
+        "",
+        f"Cells: mean over {len(seeds)} seed(s) ({', '.join(map(str, seeds))}) and, in brackets, the mean of the "
+        "per-seed 95 % bootstrap intervals over the test set. `labels` is the fraction of the training pool "
+        "used; `n_train` the number of labelled images.",
+        "",
+    ]
+    for m in metrics:
+        if any(m in s["metrics"] for s in table):
+            out += [f"### {m.replace('_', ' ')}", ""] + _metric_table(table, curves, m) + [""]
+
+    if reference_backbone is not None:
+        backbones = list(dict.fromkeys(b for b, _ in curves))
+        targets = list(target_backbones) if target_backbones is not None else [b for b in backbones if b != reference_backbone]
+        out += ["## Label efficiency", ""]
+        try:
+            details = label_efficiency_details(rows, reference_backbone, targets, efficiency_metric)
+        except ValueError as e:
+            out += [f"- not computed: {e}", ""]
+            details = []
+        for d in details:
+            bar = f"{reference_backbone}'s 100 %-label {efficiency_metric} ({d['reference_value']:.3f}, {d['reference_method']})"
+            if d["fraction"] is None:
+                out.append(f"- **{d['target']}** does not reach {bar} at any label fraction tried.")
+            else:
+                out.append(
+                    f"- **{d['target']}** reaches {bar} with {_pct(d['fraction'])} of the labels "
+                    f"({d['value']:.3f}, {d['target_method']}): label-efficiency ratio {1 / d['fraction']:.3g}x."
+                )
+        out.append("")
+
+    if gate is not None:
+        verdict = "PASSED" if gate.get("passed") else "FAILED"
+        conf = gate.get("confidence")
+        out += ["## Promotion gate", "", f"**{verdict}** — {gate.get('reason', '')}", ""]
+        comps = gate.get("comparisons") or {}
+        if comps:
+            conf_txt = f"{conf:.0%} " if isinstance(conf, float) else ""
+            out += [
+                f"| against | candidate | other | diff | {conf_txt}lower bound | p (diff <= 0) | passed |",
+                "|---|---|---|---|---|---|---|",
+            ]
+            for name, c in comps.items():
+                def f(v: Any, fmt: str = ".3f") -> str:
+                    return "–" if v is None else format(v, fmt)
+                out.append(
+                    f"| {name} | {f(c.get('candidate'))} | {f(c.get('other'))} | {f(c.get('diff'), '+.3f')} | "
+                    f"{f(c.get('ci_low'), '+.3f')} | {f(c.get('p_value'), '.4f')} | {'yes' if c.get('passed') else 'no'} |"
+                )
+            out.append("")
+    return "\n".join(out)

@@ -1,0 +1,278 @@
+"""The label-efficiency sweep: label fractions x backbones x adaptation methods x seeds.
+
+Every run trains on a stratified subset of the fixed train pool and is scored on the same
+fixed test split, so any two runs can be compared pairwise (``paired_bootstrap``,
+``promotion_gate``). The subset for a (fraction, seed) is the same for every backbone and
+method, so differences between curves come from the backbones, not from which labels
+they happened to get.
+
+Probes reuse frozen features: each backbone's encoder embeds the train+test images once,
+and every (fraction, seed) probe is fitted on those cached features. Fine-tuning calls
+``adapt`` per (fraction, seed).
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from components.evaluation.metrics import as_pred, evaluate_predictions
+from components.evaluation.split import label_subset
+
+if TYPE_CHECKING:  # the learning stack (torch) is imported only when a sweep runs
+    from components.models.vit import ViTConfig
+
+METHODS = ("probe", "finetune")
+RunKey = tuple[str, str, float, int]  # (backbone, method, fraction, seed)
+
+
+@dataclass
+class Backbone:
+    """An encoder to evaluate: ``state`` None means random initialization (the from-scratch baseline)."""
+
+    name: str
+    vit_config: "ViTConfig"
+    state: dict | None = None
+    model_version_id: int | None = None
+
+
+@dataclass
+class SweepConfig:
+    """What to sweep. ``probe``/``finetune`` are ``AdaptConfig``s (defaults: ``AdaptConfig(method=...)``);
+    their ``seed`` is replaced by each run's seed.
+
+    ``encoder_seed`` initializes encoders whose ``state`` is None; it is fixed (not the run
+    seed) so a from-scratch probe's features are extracted once, like any other backbone's.
+    ``bootstrap_seed`` is shared by all runs so their intervals use the same resamples.
+    """
+
+    fractions: tuple[float, ...] = (0.05, 0.1, 0.25, 0.5, 1.0)
+    seeds: tuple[int, ...] = (0, 1, 2)
+    methods: tuple[str, ...] = ("probe",)
+    probe: Any = None
+    finetune: Any = None
+    n_boot: int = 1000
+    bootstrap_seed: int = 0
+    encoder_seed: int = 0
+    feature_batch_size: int = 256  # inference batch (feature extraction, test predictions)
+    device: str = "auto"  # inference device; training uses the AdaptConfig's own device
+
+    def __post_init__(self) -> None:
+        bad = [m for m in self.methods if m not in METHODS]
+        if bad:
+            raise ValueError(f"unknown methods {bad}; known: {list(METHODS)}")
+        bad_f = [f for f in self.fractions if not 0.0 < f <= 1.0]
+        if bad_f:
+            raise ValueError(f"fractions must be in (0, 1], got {bad_f}")
+        self.fractions = tuple(sorted({float(f) for f in self.fractions}))
+        self.seeds = tuple(int(s) for s in self.seeds)
+        self.methods = tuple(dict.fromkeys(self.methods))
+
+
+def _clean(v: Any) -> Any:
+    """JSON-able, strict: numpy scalars to Python, NaN/inf to None."""
+    if isinstance(v, dict):
+        return {str(k): _clean(x) for k, x in v.items()}
+    if isinstance(v, (list, tuple)):
+        return [_clean(x) for x in v]
+    if isinstance(v, np.ndarray):
+        return _clean(v.tolist())
+    if isinstance(v, (bool, np.bool_)):
+        return bool(v)
+    if isinstance(v, (int, np.integer)):
+        return int(v)
+    if isinstance(v, (float, np.floating)):
+        return float(v) if math.isfinite(v) else None
+    return v
+
+
+@dataclass
+class SweepResult:
+    """Rows (one per run, see ``run_sweep``) plus the test split and every run's test probabilities."""
+
+    rows: list[dict[str, Any]]
+    train_idx: np.ndarray
+    test_idx: np.ndarray
+    y_test: np.ndarray
+    num_classes: int
+    test_proba: dict[RunKey, np.ndarray] = field(default_factory=dict)
+    backbones: list[dict[str, Any]] = field(default_factory=list)  # name, model_version_id, vit_config
+
+    def pred(self, backbone: str, method: str, fraction: float, seed: int) -> np.ndarray:
+        """Test-set class predictions of one run."""
+        return as_pred(self.test_proba[(backbone, method, float(fraction), int(seed))])
+
+    def to_dict(self, include_proba: bool = True, proba_decimals: int = 6) -> dict[str, Any]:
+        predictions = []
+        for key in sorted(self.test_proba):
+            b, m, f, s = key
+            p = np.asarray(self.test_proba[key])
+            entry: dict[str, Any] = {"backbone": b, "method": m, "fraction": f, "seed": s, "pred": as_pred(p)}
+            if include_proba and p.ndim == 2:
+                # Rounded: 6 decimals is far below any metric's resolution and keeps files small.
+                entry["proba"] = np.round(p.astype(np.float64), proba_decimals)
+            predictions.append(entry)
+        return _clean({
+            "num_classes": self.num_classes,
+            "backbones": self.backbones,
+            "train_idx": self.train_idx,
+            "test_idx": self.test_idx,
+            "y_test": self.y_test,
+            "rows": self.rows,
+            "predictions": predictions,
+        })
+
+    def to_json(self, include_proba: bool = True) -> str:
+        """Deterministic JSON (sorted keys, runs in sorted order, rounded probabilities)."""
+        return json.dumps(self.to_dict(include_proba), sort_keys=True, separators=(",", ":"), allow_nan=False)
+
+    @classmethod
+    def from_json(cls, text: str) -> "SweepResult":
+        d = json.loads(text)
+
+        def nan(v: Any) -> Any:
+            if isinstance(v, dict):
+                return {k: nan(x) for k, x in v.items()}
+            return float("nan") if v is None else v
+
+        rows = [{**r, "metrics": nan(r["metrics"])} for r in d["rows"]]
+        proba = {
+            (p["backbone"], p["method"], float(p["fraction"]), int(p["seed"])):
+                np.asarray(p["proba"], dtype=np.float64) if "proba" in p else np.asarray(p["pred"], dtype=np.int64)
+            for p in d["predictions"]
+        }
+        return cls(
+            rows=rows,
+            train_idx=np.asarray(d["train_idx"], dtype=np.int64),
+            test_idx=np.asarray(d["test_idx"], dtype=np.int64),
+            y_test=np.asarray(d["y_test"], dtype=np.int64),
+            num_classes=int(d["num_classes"]),
+            test_proba=proba,
+            backbones=d.get("backbones", []),
+        )
+
+
+def with_seed(cfg: Any, seed: int) -> Any:
+    """A copy of an adaptation config with its ``seed`` set (dataclass or pydantic); unchanged if it has none."""
+    if dataclasses.is_dataclass(cfg) and not isinstance(cfg, type):
+        if any(f.name == "seed" for f in dataclasses.fields(cfg)):
+            return dataclasses.replace(cfg, seed=int(seed))
+        return cfg
+    if hasattr(cfg, "model_copy") and "seed" in getattr(type(cfg), "model_fields", {}):
+        return cfg.model_copy(update={"seed": int(seed)})
+    return cfg
+
+
+def plan_runs(backbones: list[Backbone], cfg: SweepConfig) -> list[RunKey]:
+    """Every (backbone, method, fraction, seed) of the sweep, in execution order."""
+    names = [b.name for b in backbones]
+    if len(set(names)) != len(names):
+        raise ValueError(f"backbone names must be unique, got {names}")
+    return [(b.name, m, f, s) for b in backbones for m in cfg.methods for f in cfg.fractions for s in cfg.seeds]
+
+
+def make_subsets(train_idx: np.ndarray, labels: np.ndarray, cfg: SweepConfig) -> dict[tuple[float, int], np.ndarray]:
+    """The labelled training subset of every (fraction, seed), shared by all backbones and methods."""
+    return {(f, s): label_subset(train_idx, labels, f, s) for f in cfg.fractions for s in cfg.seeds}
+
+
+def score_run(key: RunKey, n_train: int, y_test: np.ndarray, proba: np.ndarray, num_classes: int,
+              cfg: SweepConfig) -> dict[str, Any]:
+    """One sweep row: run identity, training-set size and test metrics with bootstrap CIs."""
+    b, m, f, s = key
+    return {
+        "backbone": b,
+        "method": m,
+        "fraction": f,
+        "seed": s,
+        "n_train": int(n_train),
+        "metrics": evaluate_predictions(y_test, proba, num_classes, n_boot=cfg.n_boot, seed=cfg.bootstrap_seed),
+    }
+
+
+def run_sweep(
+    backbones: list[Backbone],
+    images: np.ndarray,
+    labels: np.ndarray,
+    train_idx: np.ndarray,
+    test_idx: np.ndarray,
+    num_classes: int,
+    cfg: SweepConfig | None = None,
+    progress: bool = True,
+) -> SweepResult:
+    """Run the sweep (see module doc). ``images`` uint8 [N, H, W], ``labels`` int [N]; indices into them.
+
+    Rows: ``{backbone, method, fraction, seed, n_train, metrics: {accuracy|macro_f1|balanced_accuracy:
+    {value, ci_low, ci_high}}}``; ``test_proba[(backbone, method, fraction, seed)]`` = [n_test, C].
+    """
+    from tqdm.auto import tqdm
+
+    from components.training import adapt as learn
+
+    cfg = cfg or SweepConfig()
+    images = np.asarray(images)
+    labels = np.asarray(labels).astype(np.int64)
+    train_idx = np.sort(np.asarray(train_idx, dtype=np.int64))
+    test_idx = np.sort(np.asarray(test_idx, dtype=np.int64))
+    if images.ndim != 3 or images.dtype != np.uint8:
+        raise ValueError(f"images must be uint8 [N, H, W], got {images.dtype} {images.shape}")
+    if len(images) != len(labels):
+        raise ValueError(f"{len(images)} images but {len(labels)} labels")
+    if np.intersect1d(train_idx, test_idx).size:
+        raise ValueError("train and test indices overlap")
+    if len(test_idx) == 0 or len(train_idx) == 0:
+        raise ValueError("empty train or test split")
+
+    probe_cfg = cfg.probe if cfg.probe is not None else learn.AdaptConfig(method="probe")
+    finetune_cfg = cfg.finetune if cfg.finetune is not None else learn.AdaptConfig(method="finetune")
+    runs = plan_runs(backbones, cfg)
+    subsets = make_subsets(train_idx, labels, cfg)
+    y_test = labels[test_idx]
+    result = SweepResult(
+        rows=[], train_idx=train_idx, test_idx=test_idx, y_test=y_test, num_classes=num_classes,
+        backbones=[{"name": b.name, "model_version_id": b.model_version_id,
+                    "vit_config": dataclasses.asdict(b.vit_config)} for b in backbones],
+    )
+
+    bar = tqdm(total=len(runs), desc="label-efficiency sweep", unit="run", disable=not progress)
+    try:
+        for bb in backbones:
+            for method in cfg.methods:
+                if method == "probe":
+                    # Embed train+test once; probes for every (fraction, seed) reuse the features.
+                    bar.set_postfix_str(f"{bb.name}: extracting features")
+                    encoder = learn.build_encoder(bb.vit_config, bb.state, cfg.encoder_seed)
+                    pool = np.union1d(train_idx, test_idx)
+                    feats = learn.extract_features(encoder, images[pool], cfg.feature_batch_size, cfg.device)
+                    del encoder
+                    row_of = np.full(len(images), -1, dtype=np.int64)
+                    row_of[pool] = np.arange(len(pool))
+                    test_feats = feats[row_of[test_idx]]
+                for f in cfg.fractions:
+                    for s in cfg.seeds:
+                        key = (bb.name, method, f, s)
+                        bar.set_postfix_str(f"{bb.name}/{method} {100 * f:g}% seed {s}")
+                        sub = subsets[(f, s)]
+                        if method == "probe":
+                            head = learn.fit_probe(feats[row_of[sub]], labels[sub], num_classes,
+                                                   with_seed(probe_cfg, s))
+                            proba = learn.predict_proba_from_features(head, test_feats)
+                        else:
+                            clf = learn.adapt(bb.vit_config, bb.state, images[sub], labels[sub], num_classes,
+                                              with_seed(finetune_cfg, s), progress=False)
+                            proba = learn.predict_proba(clf, images[test_idx], cfg.feature_batch_size, cfg.device)
+                            del clf
+                        proba = np.asarray(proba, dtype=np.float32)
+                        if proba.shape != (len(test_idx), num_classes):
+                            raise ValueError(f"run {key}: probabilities {proba.shape}, "
+                                             f"expected {(len(test_idx), num_classes)}")
+                        result.test_proba[key] = proba
+                        result.rows.append(score_run(key, len(sub), y_test, proba, num_classes, cfg))
+                        bar.update(1)
+    finally:
+        bar.close()
+    return result

@@ -1,0 +1,21 @@
+"""Read Prefect's record of flow runs (the embedded API by default, PREFECT_API_URL when set)."""
+from __future__ import annotations
+
+import asyncio
+
+
+async def _recent_flow_runs(limit: int) -> list[dict]:
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.sorting import FlowRunSort
+
+    async with get_client() as client:
+        runs = await client.read_flow_runs(sort=FlowRunSort.START_TIME_DESC, limit=limit)
+        flows = {f.id: f.name for f in await client.read_flows(limit=200)}
+    return [{"id": str(r.id), "name": r.name, "flow": flows.get(r.flow_id, str(r.flow_id)),
+             "state": r.state_name or "-", "start_time": r.start_time.isoformat(timespec="seconds") if r.start_time else "-"}
+            for r in runs]
+
+
+def recent_flow_runs(limit: int = 20) -> list[dict]:
+    """The newest flow runs, newest first: id, name, flow name, state, start time."""
+    return asyncio.run(_recent_flow_runs(limit))

@@ -1,0 +1,1 @@
+"""Model registry: tables (SQLModel), db (engines, sessions, Alembic), queries, promotion."""

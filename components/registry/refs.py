@@ -1,0 +1,114 @@
+"""Resolve the references users and flows pass around ("elpv-mae", "elpv-mae:2",
+"elpv-classifier@production", "latest snapshot of elpv") into registry rows."""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+import numpy as np
+from sqlmodel import Session, col, select
+
+from components.registry import queries
+from components.registry.tables import (Dataset, DatasetVersion, Evaluation, LabelSnapshot, ModelVersion,
+                                        RegisteredModel)
+
+_REF = re.compile(r"^(?P<name>[A-Za-z0-9][\w.\-]*)(?::(?P<version>\d+)|@(?P<alias>[\w.\-]+))?$")
+
+
+def resolve_model_version(session: Session, ref: str) -> ModelVersion:
+    """`name` -> latest version, `name:3` -> version 3, `name@alias` -> the alias holder."""
+    match = _REF.match(ref.strip())
+    if not match:
+        raise ValueError(f"bad model reference {ref!r}: use NAME, NAME:VERSION or NAME@ALIAS")
+    name, version, alias = match["name"], match["version"], match["alias"]
+    if version:
+        return queries.get_model_version(session, name, int(version))
+    if alias:
+        holder = queries.get_alias_version(session, name, alias)
+        if holder is None:
+            raise queries.NotFound(f"model {name!r} has no version with alias {alias!r}")
+        return holder
+    latest = queries.latest_model_version(session, name)
+    if latest is None:
+        raise queries.NotFound(f"model {name!r} has no versions")
+    return latest
+
+
+def resolve_dataset_version(session: Session, dataset: str, version: int | None = None):
+    """The given version of a dataset, or its latest."""
+    if version is None:
+        return queries.latest_dataset_version(session, dataset)
+    return queries.get_dataset_version(session, dataset, version)
+
+
+def resolve_label_snapshot(session: Session, dataset: str, dataset_version: int | None = None,
+                           snapshot_version: int | None = None):
+    """(dataset version, label snapshot): the latest snapshot of the (latest) dataset version by default."""
+    version = resolve_dataset_version(session, dataset, dataset_version)
+    if snapshot_version is None:
+        snapshot = queries.latest_label_snapshot(session, version.id)
+    else:
+        snapshot = session.exec(select(LabelSnapshot).where(
+            LabelSnapshot.dataset_version_id == version.id, LabelSnapshot.version == snapshot_version)).first()
+    if snapshot is None:
+        which = f"snapshot v{snapshot_version}" if snapshot_version else "no label snapshot"
+        raise queries.NotFound(f"{dataset} v{version.version} has {which}: run `dlvm labels` first"
+                               if not snapshot_version else f"{dataset} v{version.version} has no {which}")
+    return version, snapshot
+
+
+@dataclass
+class PromotionContext:
+    """Everything the promotion gate compares, resolved in one read of the registry."""
+    model_name: str
+    candidate: ModelVersion
+    current: ModelVersion | None
+    dataset: str
+    dataset_version: DatasetVersion
+    snapshot: LabelSnapshot
+    evaluation: Evaluation
+    img_size: int
+
+    def baseline_predictions(self, results: dict) -> dict[str, np.ndarray]:
+        """Test-set predictions of every non-domain backbone of the evaluation, adapted with
+        the candidate's method on all labels (the candidate's seed where the sweep has it)."""
+        method = self.candidate.params.get("method", "probe")
+        seed = self.candidate.params.get("seed", 0)
+        domain = self.evaluation.summary.get("domain")
+        runs = results["predictions"]
+        full = [run for run in runs if run["method"] == method and run["fraction"] == 1.0
+                and run["backbone"] != domain]
+        if not full and any(run["backbone"] != domain for run in runs):
+            raise ValueError(f"evaluation {self.evaluation.id} has no 100 %-label '{method}' runs for its "
+                             f"baselines: evaluate with method {method!r} too")
+        chosen: dict[str, dict] = {}
+        for run in sorted(full, key=lambda r: (r["seed"] != seed, r["seed"])):
+            chosen.setdefault(run["backbone"], run)
+        return {name: np.asarray(run["proba"]).argmax(axis=1) for name, run in chosen.items()}
+
+
+def promotion_context(session: Session, candidate_ref: str, alias: str,
+                      evaluation_id: int | None = None) -> PromotionContext:
+    candidate = resolve_model_version(session, candidate_ref)
+    model = session.get(RegisteredModel, candidate.model_id)
+    if model.kind != "classifier":
+        raise ValueError(f"{candidate_ref} is a {model.kind}; only classifiers are promoted")
+    if candidate.label_snapshot_id is None:
+        raise ValueError(f"{candidate_ref} has no label snapshot: it cannot be evaluated")
+    snapshot = session.get(LabelSnapshot, candidate.label_snapshot_id)
+    if evaluation_id is None:
+        evaluation = session.exec(select(Evaluation).where(Evaluation.label_snapshot_id == snapshot.id)
+                                  .order_by(col(Evaluation.id).desc())).first()
+        if evaluation is None:
+            raise queries.NotFound(f"no evaluation on label snapshot {snapshot.id} of {candidate_ref}: "
+                                   "run `dlvm evaluate` first")
+    else:
+        evaluation = queries.get_evaluation(session, evaluation_id)
+        if evaluation.label_snapshot_id != snapshot.id:
+            raise ValueError(f"evaluation {evaluation_id} is on another label snapshot than {candidate_ref}")
+    dataset_version = session.get(DatasetVersion, snapshot.dataset_version_id)
+    return PromotionContext(
+        model_name=model.name, candidate=candidate, current=queries.get_alias_version(session, model.name, alias),
+        dataset=session.get(Dataset, dataset_version.dataset_id).name,
+        dataset_version=dataset_version, snapshot=snapshot, evaluation=evaluation,
+        img_size=int(candidate.params["img_size"]))

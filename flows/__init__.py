@@ -1,0 +1,1 @@
+"""Prefect flows: they orchestrate component calls and hold no ML or I/O logic."""

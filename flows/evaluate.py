@@ -1,0 +1,104 @@
+"""Flow `evaluate`: the label-efficiency sweep (label fractions x backbones x adaptation
+methods x seeds) on a snapshot's fixed test split, with its report, plot and registry rows."""
+from __future__ import annotations
+
+import json
+
+from prefect import flow, task
+from prefect.artifacts import create_image_artifact, create_markdown_artifact, create_table_artifact
+from prefect.cache_policies import NO_CACHE
+
+from components.evaluation.report import label_efficiency, markdown_report, plot_curves, summary_table
+from components.evaluation.split import test_split
+from components.evaluation.sweep import Backbone, SweepConfig, run_sweep
+from components.lineage import current_flow_run_id, recorded_run
+from components.registry import queries
+from components.registry.db import session_scope
+from components.settings import get_settings
+from components.storage import open_store
+from flows.adapt import SCRATCH, adapt_recipe, load_backbone, resolve_snapshot
+from flows.tasks import load_labeled_set, store_artifact
+
+
+@task(name="label-efficiency-sweep", cache_policy=NO_CACHE)
+def sweep(backbones, data, train_idx, test_idx, cfg: SweepConfig):
+    return run_sweep(backbones, data.images, data.labels, train_idx, test_idx, len(data.classes), cfg)
+
+
+@task(name="register-evaluation", cache_policy=NO_CACHE)
+def register_evaluation(settings, snapshot, run_id, report, plot, results, summary, rows, backbones):
+    version_of = {b.name: b.model_version_id for b in backbones}
+    with session_scope(settings) as session:
+        return queries.add_evaluation(
+            session, label_snapshot_id=snapshot.id, run_id=run_id, flow_run_id=current_flow_run_id(),
+            report_uri=report.uri, report_sha256=report.sha256, plot_uri=plot.uri, plot_sha256=plot.sha256,
+            results_uri=results.uri, results_sha256=results.sha256, summary=summary,
+            results=[dict(row, model_version_id=version_of.get(row["backbone"])) for row in rows])
+
+
+@task(name="publish-prefect-artifacts", cache_policy=NO_CACHE)
+def publish(settings, dataset: str, markdown: str, table: list[dict], plot):
+    key = f"{dataset}-label-efficiency".lower().replace("_", "-")
+    create_markdown_artifact(markdown, key=key, description=f"label-efficiency report for {dataset}")
+    create_table_artifact([{"backbone": row["backbone"], "method": row["method"], "fraction": row["fraction"],
+                            "n_train": row["n_train"],
+                            **{f"{name} (95% CI)": f"{m['value']:.3f} ({m['ci_low']:.3f}-{m['ci_high']:.3f})"
+                               for name, m in row["metrics"].items()}} for row in table],
+                          key=f"{key}-table")
+    create_image_artifact(open_store(settings).presigned_url(plot.uri), key=f"{key}-plot")
+
+
+@flow(name="evaluate", log_prints=True)
+def evaluate_flow(dataset: str, backbones: list[str] | None = None, include_scratch: bool = True,
+                  fractions: list[float] = (0.05, 0.1, 0.25, 0.5, 1.0), seeds: list[int] = (0, 1, 2),
+                  methods: list[str] = ("probe",), recipe: str = "demo", reference: str | None = None,
+                  dataset_version: int | None = None, snapshot_version: int | None = None) -> dict:
+    """Compare backbones on the snapshot's test split. `backbones` are registered backbone refs
+    (default: the dataset's own MAE backbone); 'scratch' is added unless include_scratch is off.
+    `reference` names the backbone whose 100 %-label score defines label efficiency
+    (default: the best non-domain backbone)."""
+    settings = get_settings()
+    refs = list(backbones or [f"{dataset}-mae"]) + ([SCRATCH] if include_scratch else [])
+    cfg = SweepConfig(fractions=tuple(fractions), seeds=tuple(seeds), methods=tuple(methods),
+                      probe=adapt_recipe("probe", recipe), finetune=adapt_recipe("finetune", recipe))
+    params = {"dataset": dataset, "backbones": refs, "fractions": list(fractions), "seeds": list(seeds),
+              "methods": list(methods), "recipe": recipe}
+    with recorded_run(settings, "evaluate", params) as run_id:
+        version, snapshot = resolve_snapshot(settings, dataset, dataset_version, snapshot_version)
+        loaded = [(ref, *load_backbone(settings, ref, recipe)) for ref in refs]
+        sizes = {vit_cfg.img_size for _, _, vit_cfg, _ in loaded}
+        if len(sizes) != 1:
+            raise ValueError(f"backbones disagree on input size {sorted(sizes)}: compare like with like")
+        backbone_list = [Backbone(ref, vit_cfg, state, mv.id if mv else None) for ref, mv, vit_cfg, state in loaded]
+        data = load_labeled_set(settings, dataset, version, snapshot, sizes.pop())
+        train_idx, test_idx = test_split(data.image_sha256, data.labels)
+        result = sweep(backbone_list, data, train_idx, test_idx, cfg)
+        table = summary_table(result.rows)
+        domain = refs[0]
+        others = [r for r in refs if r != domain]
+        reference = reference or (max(others, key=lambda r: _full_label_score(table, r)) if others else None)
+        efficiency = label_efficiency(result.rows, reference, [r for r in refs if r != reference]) if reference else {}
+        context = {"dataset": f"{dataset} v{version.version}", "label snapshot": f"v{snapshot.version} "
+                   f"({len(data.labels)} labels, classes {', '.join(data.classes)})",
+                   "test split": f"{len(test_idx)} images (stratified, hash-assigned)",
+                   "train pool": f"{len(train_idx)} images", "reference backbone": reference or "-"}
+        markdown = markdown_report(result.rows, f"Label efficiency on {dataset}", context, None,
+                                   reference_backbone=reference,
+                                   target_backbones=[r for r in refs if r != reference] if reference else None)
+        plot_png = plot_curves(result.rows, "accuracy")
+        report = store_artifact(settings, markdown.encode(), "reports", f"{dataset}-evaluation.md")
+        plot = store_artifact(settings, plot_png, "reports", f"{dataset}-label-efficiency.png")
+        results = store_artifact(settings, result.to_json().encode(), "evaluations", f"{dataset}-sweep.json")
+        summary = {"domain": domain, "table": table, "label_efficiency": efficiency, "reference": reference, "context": context}
+        evaluation = register_evaluation(settings, snapshot, run_id, report, plot, results, summary,
+                                         result.rows, backbone_list)
+        publish(settings, dataset, markdown, table, plot)
+    print(markdown)
+    return {"evaluation_id": evaluation.id, "report_uri": report.uri, "plot_uri": plot.uri,
+            "table": table, "label_efficiency": efficiency, "markdown": markdown}
+
+
+def _full_label_score(table: list[dict], backbone: str) -> float:
+    scores = [row["metrics"]["accuracy"]["value"] for row in table
+              if row["backbone"] == backbone and row["fraction"] == 1.0]
+    return max(scores, default=float("-inf"))

@@ -1,0 +1,94 @@
+"""Flow `ingest`: validate a folder of raw images, version the good ones with DVC,
+register the dataset version. Bad files go to quarantine with their reasons."""
+from __future__ import annotations
+
+import json
+from datetime import datetime, timezone
+from pathlib import Path
+
+from prefect import flow, get_run_logger, task
+from prefect.cache_policies import NO_CACHE
+
+from components.data import access
+from components.data.ingest import build_manifest, quarantine, scan_folder, stage_into_workspace
+from components.lineage import current_flow_run_id, recorded_run
+from components.registry import queries
+from components.registry.db import session_scope
+from components.settings import get_settings
+from flows.tasks import IO_RETRIES, store_artifact
+
+
+@task(name="scan-folder", cache_policy=NO_CACHE)
+def scan(source: Path):
+    return scan_folder(source)
+
+
+@task(name="quarantine-bad-files", cache_policy=NO_CACHE)
+def quarantine_bad(scan_result, source: Path, dest: Path) -> list:
+    return quarantine(scan_result, source, dest)
+
+
+@task(name="find-existing-version", cache_policy=NO_CACHE)
+def find_existing(settings, dataset: str, content_hash: str):
+    with session_scope(settings) as session:
+        ds = queries.get_or_create_dataset(session, dataset)
+        return queries.find_dataset_version(session, ds.id, content_hash)
+
+
+@task(name="dvc-add-and-push", **IO_RETRIES)
+def dvc_add_and_push(settings, scan_result, source: Path, dataset: str):
+    workspace = access.dvc_workspace(settings)
+    workspace.init()
+    stage_into_workspace(scan_result, source, settings.dvc_repo / access.dataset_rel_dir(dataset))
+    return workspace.add_and_push(access.dataset_rel_dir(dataset))
+
+
+@task(name="register-dataset-version", cache_policy=NO_CACHE)
+def register_version(settings, dataset: str, manifest: dict, manifest_artifact, dvc, source: Path,
+                     n_quarantined: int):
+    with session_scope(settings) as session:
+        ds = queries.get_or_create_dataset(session, dataset)
+        return queries.add_dataset_version(
+            session, dataset_id=ds.id, content_hash=manifest["content_hash"],
+            manifest_uri=manifest_artifact.uri, manifest_sha256=manifest_artifact.sha256,
+            dvc_md5=dvc.md5, dvc_file=dvc.dvc_file_text, n_images=manifest["n_images"],
+            n_bytes=manifest["n_bytes"], n_quarantined=n_quarantined, source_path=str(source),
+            flow_run_id=current_flow_run_id())
+
+
+@flow(name="ingest", log_prints=True)
+def ingest_flow(source: str, dataset: str) -> dict:
+    """Version the images under `source` as a new version of `dataset` (none if unchanged)."""
+    settings = get_settings()
+    logger = get_run_logger()
+    source_dir = Path(source).expanduser().resolve()
+    if not source_dir.is_dir():
+        raise NotADirectoryError(f"ingest source {source_dir} is not a directory")
+    with recorded_run(settings, "ingest", {"source": str(source_dir), "dataset": dataset}):
+        scan_result = scan(source_dir)
+        stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S")
+        bad = quarantine_bad(scan_result, source_dir, settings.quarantine / dataset / stamp) if scan_result.bad else []
+        for item in scan_result.bad:
+            logger.warning("quarantined %s: %s (%s)", item.path, item.reason, item.detail)
+        if not scan_result.good:
+            raise ValueError(f"no valid images under {source_dir}: {len(scan_result.bad)} files quarantined")
+        manifest = build_manifest(scan_result, dataset)
+        existing = find_existing(settings, dataset, manifest["content_hash"])
+        if existing is not None:
+            logger.info("unchanged: %s is already version %d of %s", source_dir, existing.version, dataset)
+            version, created = existing, False
+        else:
+            dvc = dvc_add_and_push(settings, scan_result, source_dir, dataset)
+            manifest_bytes = json.dumps(manifest, sort_keys=True, indent=1).encode()
+            stored = store_artifact(settings, manifest_bytes, "manifests", f"{dataset}.json")
+            version = register_version(settings, dataset, manifest, stored, dvc, source_dir, len(bad))
+            created = True
+    summary = {
+        "dataset": dataset, "version": version.version, "dataset_version_id": version.id,
+        "created": created, "n_images": manifest["n_images"], "content_hash": manifest["content_hash"],
+        "quarantined": [{"path": b.path, "reason": b.reason, "detail": b.detail} for b in scan_result.bad],
+        "quarantine_dir": str(settings.quarantine / dataset / stamp) if scan_result.bad else None,
+    }
+    print(f"ingest: {dataset} v{version.version} ({manifest['n_images']} images, "
+          f"{len(scan_result.bad)} quarantined, {'new version' if created else 'unchanged'})")
+    return summary

@@ -1,0 +1,37 @@
+"""Flow `pipeline`: the whole loop, one flow run with a child flow run per step:
+ingest -> labels -> pretrain (domain, and generic when configured) -> evaluate -> adapt -> promote."""
+from __future__ import annotations
+
+from prefect import flow
+
+from flows.adapt import adapt_flow
+from flows.evaluate import evaluate_flow
+from flows.ingest import ingest_flow
+from flows.labels import labels_flow
+from flows.pretrain import pretrain_flow
+from flows.promote import promote_flow
+
+
+@flow(name="pipeline", log_prints=True)
+def pipeline_flow(source: str, dataset: str, labels_export: str, recipe: str = "demo",
+                  pretrain_steps: int | None = None, generic_source: str | None = None,
+                  generic_dataset: str = "generic", fractions: list[float] = (0.05, 0.1, 0.25, 0.5, 1.0),
+                  seeds: list[int] = (0, 1, 2), methods: list[str] = ("probe",),
+                  candidate_method: str = "probe", margin: float = 0.01) -> dict:
+    """Run every step on `source` images labeled by `labels_export` (a Label Studio export).
+    With `generic_source` (a folder of generic images), a backbone pretrained with the same
+    recipe and budget on it joins the comparison as the generic baseline."""
+    ingest = ingest_flow(source, dataset)
+    labels = labels_flow(labels_export, dataset)
+    backbones = [pretrain_flow(dataset, recipe=recipe, steps=pretrain_steps)]
+    if generic_source:
+        ingest_flow(generic_source, generic_dataset)
+        backbones.append(pretrain_flow(generic_dataset, recipe=recipe, steps=pretrain_steps))
+    refs = [f"{b['model']}:{b['version']}" for b in backbones]
+    evaluation = evaluate_flow(dataset, backbones=refs, fractions=fractions, seeds=seeds, methods=methods,
+                               recipe=recipe)
+    candidate = adapt_flow(dataset, backbone=refs[0], method=candidate_method, fraction=1.0, recipe=recipe)
+    promotion = promote_flow(f"{candidate['model']}:{candidate['version']}",
+                             evaluation_id=evaluation["evaluation_id"], margin=margin)
+    return {"ingest": ingest, "labels": labels, "backbones": refs, "evaluation": evaluation,
+            "candidate": candidate, "promotion": promotion}

@@ -1,0 +1,82 @@
+"""Flow `pretrain`: self-supervised MAE pretraining of a ViT backbone on a dataset version's
+unlabeled images, registered as a backbone model version."""
+from __future__ import annotations
+
+from dataclasses import asdict, replace
+
+from prefect import flow, task
+from prefect.cache_policies import NO_CACHE
+
+from components.lineage import code_revision, current_flow_run_id, recorded_run
+from components.registry import queries, refs
+from components.registry.db import session_scope
+from components.settings import get_settings
+from components.training.checkpoint import load_checkpoint, save_checkpoint
+from components.training.pretrain import PretrainConfig, pretrain
+from flows.tasks import load_artifact, load_dataset_images, store_artifact
+from flows.labels import resolve_dataset_version
+
+
+def pretrain_recipe(recipe: str, steps: int | None = None, seed: int = 0) -> PretrainConfig:
+    """A named PretrainConfig preset ('demo', 'tiny', ...), optionally with other steps/seed."""
+    make = getattr(PretrainConfig, recipe, None)
+    if recipe.startswith("_") or not callable(make):
+        raise ValueError(f"unknown pretraining recipe {recipe!r}")
+    cfg = make()
+    if not isinstance(cfg, PretrainConfig):
+        raise ValueError(f"unknown pretraining recipe {recipe!r}")
+    cfg = replace(cfg, seed=seed)
+    return replace(cfg, steps=steps) if steps else cfg
+
+
+@task(name="resolve-model-version", cache_policy=NO_CACHE)
+def resolve_model(settings, ref: str):
+    with session_scope(settings) as session:
+        return refs.resolve_model_version(session, ref)
+
+
+@task(name="mae-pretrain", cache_policy=NO_CACHE)
+def run_pretrain(images, cfg: PretrainConfig, init_state: dict | None):
+    return pretrain(images, cfg, progress=True, init_encoder_state=init_state)
+
+
+@task(name="register-backbone", cache_policy=NO_CACHE)
+def register_backbone(settings, model_name: str, version, parent, run_id: int, cfg, result, stored):
+    with session_scope(settings) as session:
+        queries.get_or_create_model(session, model_name, kind="backbone")
+        return queries.add_model_version(
+            session, model_name=model_name, dataset_version_id=version.id, label_snapshot_id=None,
+            parent_id=parent.id if parent else None, run_id=run_id, flow_run_id=current_flow_run_id(),
+            code_revision=code_revision(), params={"recipe": asdict(cfg)},
+            metrics={"final_loss": float(result.losses[-1]), "seconds": round(result.seconds, 1),
+                     "images_per_s": round(result.images_per_s, 1)},
+            artifact_uri=stored.uri, sha256=stored.sha256)
+
+
+@flow(name="pretrain", log_prints=True)
+def pretrain_flow(dataset: str, dataset_version: int | None = None, recipe: str = "demo",
+                  steps: int | None = None, seed: int = 0, model_name: str | None = None,
+                  init_from: str | None = None) -> dict:
+    """Pretrain a backbone on `dataset` (latest version by default). `init_from` names a
+    registered backbone to continue from (e.g. a generic one: transductive adaptation)."""
+    settings = get_settings()
+    cfg = pretrain_recipe(recipe, steps, seed)
+    model_name = model_name or f"{dataset}-mae"
+    params = {"dataset": dataset, "dataset_version": dataset_version, "recipe": recipe, "steps": cfg.steps,
+              "seed": seed, "model_name": model_name, "init_from": init_from}
+    with recorded_run(settings, "pretrain", params) as run_id:
+        version = resolve_dataset_version(settings, dataset, dataset_version)
+        parent, init_state = None, None
+        if init_from:
+            parent = resolve_model(settings, init_from)
+            init_state = load_checkpoint(load_artifact(settings, parent.artifact_uri, parent.sha256))["state_dict"]
+        _, images = load_dataset_images(settings, dataset, version, cfg.vit.img_size)
+        result = run_pretrain(images, cfg, init_state)
+        checkpoint = save_checkpoint({"kind": "backbone", "vit_config": cfg.vit.to_dict(),
+                                      "state_dict": result.encoder_state})
+        stored = store_artifact(settings, checkpoint, "checkpoints", f"{model_name}.pt")
+        model_version = register_backbone(settings, model_name, version, parent, run_id, cfg, result, stored)
+    print(f"pretrain: {model_name} v{model_version.version} on {dataset} v{version.version}: "
+          f"{cfg.steps} steps in {result.seconds:.0f} s, final loss {result.losses[-1]:.4f}")
+    return {"model": model_name, "version": model_version.version, "model_version_id": model_version.id,
+            "seconds": result.seconds, "final_loss": float(result.losses[-1])}

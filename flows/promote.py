@@ -1,0 +1,76 @@
+"""Flow `promote`: move an alias (default `production`) to a candidate classifier only if,
+on the same test split, it beats the current holder and every baseline of the evaluation
+by a stated margin under a paired bootstrap test. Every decision is a promotion event."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+from prefect import flow, task
+from prefect.cache_policies import NO_CACHE
+
+from components.evaluation.gate import promotion_gate
+from components.evaluation.split import test_split
+from components.lineage import recorded_run
+from components.registry import refs
+from components.registry.db import session_scope
+from components.registry.promotion import record_promotion
+from components.settings import get_settings
+from components.training.adapt import Classifier, predict_proba
+from components.training.checkpoint import load_checkpoint
+from flows.pretrain import resolve_model
+from flows.tasks import load_artifact, load_labeled_set
+
+
+@task(name="load-promotion-context", cache_policy=NO_CACHE)
+def promotion_context(settings, candidate_ref: str, alias: str, evaluation_id: int | None):
+    with session_scope(settings) as session:
+        return refs.promotion_context(session, candidate_ref, alias, evaluation_id)
+
+
+@task(name="predict-test-split", cache_policy=NO_CACHE)
+def predict_test(settings, model_version, images) -> np.ndarray:
+    checkpoint = load_checkpoint(load_artifact(settings, model_version.artifact_uri, model_version.sha256))
+    return predict_proba(Classifier.from_state(checkpoint["classifier"]), images).argmax(axis=1)
+
+
+@task(name="record-promotion", cache_policy=NO_CACHE)
+def record(settings, model_name, alias, decision, candidate_id, evaluation_id, evidence, actor, reason):
+    with session_scope(settings) as session:
+        return record_promotion(session, model_name=model_name, alias=alias, decision=decision,
+                                candidate_version_id=candidate_id, evaluation_id=evaluation_id,
+                                evidence=evidence, actor=actor, reason=reason)
+
+
+@flow(name="promote", log_prints=True)
+def promote_flow(candidate: str, alias: str = "production", evaluation_id: int | None = None,
+                 margin: float = 0.01, metric: str = "accuracy", confidence: float = 0.95,
+                 actor: str = "pipeline") -> dict:
+    """Gate `candidate` (a classifier ref such as 'elpv-classifier:3') for `alias`."""
+    settings = get_settings()
+    with recorded_run(settings, "promote", {"candidate": candidate, "alias": alias, "margin": margin,
+                                            "metric": metric, "evaluation_id": evaluation_id}):
+        ctx = promotion_context(settings, candidate, alias, evaluation_id)
+        data = load_labeled_set(settings, ctx.dataset, ctx.dataset_version, ctx.snapshot,
+                                ctx.img_size)
+        _, test_idx = test_split(data.image_sha256, data.labels)
+        results = json.loads(load_artifact(settings, ctx.evaluation.results_uri, ctx.evaluation.results_sha256))
+        if sorted(results["test_idx"]) != sorted(int(i) for i in test_idx):
+            raise ValueError(f"evaluation {ctx.evaluation.id} used another test split than {candidate}'s "
+                             "label snapshot: re-run evaluate on this snapshot")
+        y_test = data.labels[test_idx]
+        test_images = data.images[test_idx]
+        others = {f"baseline {name}": np.asarray(pred) for name, pred in ctx.baseline_predictions(results).items()}
+        if ctx.current is not None and ctx.current.id != ctx.candidate.id:
+            others[f"{alias} v{ctx.current.version}"] = predict_test(settings, ctx.current, test_images)
+        candidate_pred = predict_test(settings, ctx.candidate, test_images)
+        gate = promotion_gate(y_test, candidate_pred, others, len(data.classes), metric=metric,
+                              margin=margin, confidence=confidence)
+        decision = "promoted" if gate.passed else "rejected"
+        evidence = {"gate": gate.to_dict(), "evaluation_id": ctx.evaluation.id, "n_test": int(len(test_idx)),
+                    "label_snapshot_id": ctx.snapshot.id}
+        event = record(settings, ctx.model_name, alias, decision, ctx.candidate.id, ctx.evaluation.id,
+                       evidence, actor, gate.reason)
+    print(f"promote: {ctx.model_name} v{ctx.candidate.version} -> {alias}: {decision.upper()} ({gate.reason})")
+    return {"decision": decision, "event_id": event.id, "model": ctx.model_name,
+            "version": ctx.candidate.version, "alias": alias, "gate": gate.to_dict()}

@@ -1,0 +1,44 @@
+"""Shared fixtures: a fresh dlvm state directory per test, the loopback S3 server
+(tests/s3server.py) and a throw-away PostgreSQL database."""
+from __future__ import annotations
+
+import os
+import uuid
+
+import pytest
+
+from s3server import S3Server, s3_bucket, s3_server  # noqa: F401  (fixtures)
+
+POSTGRES_ADMIN_URL = os.environ.get("DLVM_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
+
+
+@pytest.fixture
+def dlvm_home(tmp_path, monkeypatch):
+    """A settings environment of its own: embedded defaults under tmp_path/state."""
+    from components.settings import get_settings, reset_settings
+
+    home = tmp_path / "state"
+    monkeypatch.setenv("DLVM_HOME", str(home))
+    for var in ("DLVM_DATABASE_URL", "DLVM_ARTIFACTS", "DLVM_DVC_REMOTE", "DLVM_S3_ENDPOINT"):
+        monkeypatch.delenv(var, raising=False)
+    reset_settings()
+    yield get_settings()
+    reset_settings()
+
+
+@pytest.fixture(scope="session")
+def postgres_database():
+    """A fresh PostgreSQL database for this test session; yields its SQLAlchemy URL."""
+    psycopg = pytest.importorskip("psycopg")
+    name = f"dlvm_test_{uuid.uuid4().hex[:10]}"
+    try:
+        admin = psycopg.connect(POSTGRES_ADMIN_URL, autocommit=True, connect_timeout=5)
+    except psycopg.OperationalError as exc:
+        pytest.fail(f"PostgreSQL is not reachable at {POSTGRES_ADMIN_URL}: {exc}")
+    admin.execute(f'CREATE DATABASE "{name}"')
+    base = POSTGRES_ADMIN_URL.rsplit("/", 1)[0].replace("postgresql://", "postgresql+psycopg://", 1)
+    yield f"{base}/{name}"
+    from components.registry.db import dispose_engines
+    dispose_engines()
+    admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    admin.close()
