@@ -7,15 +7,38 @@ local-directory artifact store, a local-directory DVC remote and Prefect's ephem
 """
 from __future__ import annotations
 
+import urllib.parse
 from functools import lru_cache
 from pathlib import Path
 
-from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic import Field, SecretStr, field_serializer, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
+# Fields that hold URLs; a password in one (e.g. postgresql+psycopg://user:PASSWORD@host/db,
+# as docker-compose.yml sets DLVM_DATABASE_URL) is masked in JSON dumps and in repr.
+URL_FIELDS = ("database_url", "artifacts", "s3_endpoint", "dvc_remote")
+
+
+def mask_url_password(url: str) -> str:
+    """``url`` with the password of its user-info part replaced by ``***``."""
+    try:
+        parts = urllib.parse.urlsplit(url)
+        has_password = parts.password is not None
+    except ValueError:
+        return url
+    if not has_password:
+        return url
+    userinfo, _, hostport = parts.netloc.rpartition("@")
+    user = userinfo.split(":", 1)[0]
+    return urllib.parse.urlunsplit(parts._replace(netloc=f"{user}:***@{hostport}"))
+
+
 class Settings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="DLVM_", env_file=".env", extra="ignore")
+    # hide_input_in_errors: a validation error would otherwise print every input value,
+    # S3 keys and database passwords included.
+    model_config = SettingsConfigDict(env_prefix="DLVM_", env_file=".env", extra="ignore",
+                                      hide_input_in_errors=True)
 
     home: Path = Field(Path(".dlvm"), description="state directory for the embedded defaults")
     database_url: str = Field("", description="SQLAlchemy URL of the registry; default SQLite in home")
@@ -45,10 +68,21 @@ class Settings(BaseSettings):
         if self.prefect_home is None:
             self.prefect_home = self.home / "prefect"
         if not (self.artifacts.startswith("file://") or self.artifacts.startswith("s3://")):
-            raise ValueError(f"DLVM_ARTIFACTS must start with file:// or s3://, got {self.artifacts!r}")
+            raise ValueError(f"DLVM_ARTIFACTS must start with file:// or s3://, "
+                             f"got {mask_url_password(self.artifacts)!r}")
         if self.artifacts.startswith("s3://") and not self.s3_endpoint:
             raise ValueError("DLVM_ARTIFACTS is an s3:// URL but DLVM_S3_ENDPOINT is not set")
         return self
+
+    @field_serializer(*URL_FIELDS, when_used="json")
+    def _mask_url(self, url: str) -> str:
+        return mask_url_password(url)
+
+    def __repr_args__(self):
+        for name, value in super().__repr_args__():
+            if name in URL_FIELDS and isinstance(value, str):
+                value = mask_url_password(value)
+            yield name, value
 
     # Paths of the embedded state, all under home.
     @property

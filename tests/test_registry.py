@@ -4,11 +4,9 @@ from __future__ import annotations
 
 import threading
 import time
-import uuid
 from datetime import datetime, timezone
 from decimal import Decimal
 
-import psycopg
 import pytest
 import sqlalchemy as sa
 from alembic.autogenerate import compare_metadata
@@ -21,7 +19,6 @@ from components.registry.promotion import PromotionError, record_promotion, roll
 from components.registry.tables import Alias, DatasetVersion, PromotionEvent
 from components.settings import Settings
 
-PG_ADMIN = "host=127.0.0.1 port=5432 user=postgres dbname=postgres"
 TABLES = {
     "dataset", "dataset_version", "label_snapshot", "run", "registered_model", "model_version",
     "alias", "evaluation", "evaluation_result", "promotion_event",
@@ -31,32 +28,13 @@ TABLES = {
 # --- fixtures -------------------------------------------------------------------------
 
 
-@pytest.fixture(scope="session")
-def pg_database():
-    """A fresh, uniquely named PostgreSQL database for this test session, dropped at the end."""
-    name = f"dlvm_registry_test_{uuid.uuid4().hex[:10]}"
-    try:
-        admin = psycopg.connect(PG_ADMIN, autocommit=True, connect_timeout=3)
-    except psycopg.OperationalError as exc:
-        pytest.skip(f"PostgreSQL not reachable at 127.0.0.1:5432: {exc}")
-    with admin:
-        admin.execute(f'CREATE DATABASE "{name}"')
-    url = f"postgresql+psycopg://postgres@127.0.0.1:5432/{name}"
-    try:
-        yield url
-    finally:
-        db.dispose_engines()
-        with psycopg.connect(PG_ADMIN, autocommit=True) as admin:
-            admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-
-
 @pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
 def empty_url(request, tmp_path):
     """The URL of an empty database (no registry tables) on each backend."""
     if request.param == "sqlite":
         yield f"sqlite:///{tmp_path / 'state' / 'registry.db'}"
         return
-    url = request.getfixturevalue("pg_database")
+    url = request.getfixturevalue("postgres_database")
     db.downgrade(url, "base")
     with db.engine_for(url).begin() as conn:
         conn.exec_driver_sql("DROP TABLE IF EXISTS alembic_version")
@@ -70,7 +48,7 @@ def url(request, tmp_path):
         url = f"sqlite:///{tmp_path / 'registry.db'}"
         db.upgrade(url)
         return url
-    url = request.getfixturevalue("pg_database")
+    url = request.getfixturevalue("postgres_database")
     db.upgrade(url)
     with db.engine_for(url).begin() as conn:
         conn.exec_driver_sql(f"TRUNCATE {', '.join(sorted(TABLES))} RESTART IDENTITY CASCADE")

@@ -312,6 +312,7 @@ def adapt(
         raise ValueError(f"{len(images)} images but {len(labels)} labels")
     device = pick_device(cfg.device)
     encoder = build_encoder(vit_cfg, backbone_state, cfg.seed)
+    torch.manual_seed(cfg.seed)  # head init, stochastic depth
     clf = Classifier(vit_cfg, num_classes, cfg.method)
     clf.encoder.load_state_dict(encoder.state_dict())
 
@@ -322,7 +323,6 @@ def adapt(
         return clf.eval()
 
     # ---- full fine-tune
-    torch.manual_seed(cfg.seed)
     gen = torch.Generator().manual_seed(cfg.seed)
     clf.encoder.set_drop_path(cfg.drop_path)
     clf.to(device).train()

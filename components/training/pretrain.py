@@ -43,7 +43,7 @@ class Augment:
 
     @classmethod
     def none(cls) -> "Augment":
-        return cls(crop_scale=(1.0, 1.0), hflip=False, vflip=False, rot90=False, brightness=0.0, contrast=0.0)
+        return cls(crop_scale=(1.0, 1.0), crop_ratio=(1.0, 1.0), hflip=False, vflip=False, rot90=False, brightness=0.0, contrast=0.0)
 
 
 def augment_batch(images: torch.Tensor, aug: Augment, generator: torch.Generator) -> torch.Tensor:

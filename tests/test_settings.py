@@ -1,0 +1,248 @@
+"""components/settings.py: embedded defaults under DLVM_HOME, environment overrides,
+secrets that never leak, clear errors, and the `dlvm settings` command."""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+from pydantic import SecretStr, ValidationError
+
+from components.settings import Settings, get_settings, mask_url_password, reset_settings
+
+ROOT = Path(__file__).resolve().parents[1]
+ACCESS = "AKIA-test-access-7f3e"
+SECRET = "s3cret-test-value-91b2"
+DB_PASSWORD = "db-pass-5c8d"
+
+
+@pytest.fixture(autouse=True)
+def clean_env(tmp_path, monkeypatch):
+    """No DLVM_* variable from the outside, and a working directory without a .env file."""
+    for name in list(os.environ):
+        if name.startswith("DLVM_"):
+            monkeypatch.delenv(name)
+    work = tmp_path / "work"
+    work.mkdir()
+    monkeypatch.chdir(work)
+    reset_settings()
+    yield work
+    reset_settings()
+
+
+def s3_env(monkeypatch, **extra):
+    values = {
+        "DLVM_ARTIFACTS": "s3://dlvm-bucket/team/artifacts",
+        "DLVM_S3_ENDPOINT": "http://127.0.0.1:9000",
+        "DLVM_S3_ACCESS_KEY": ACCESS,
+        "DLVM_S3_SECRET_KEY": SECRET,
+        "DLVM_DATABASE_URL": f"postgresql+psycopg://dlvm:{DB_PASSWORD}@db.internal:5432/dlvm",
+        **extra,
+    }
+    for key, value in values.items():
+        monkeypatch.setenv(key, value)
+    reset_settings()
+    return values
+
+
+# ------------------------------------------------------------------------------ defaults
+
+
+def test_defaults_live_under_dlvm_home(tmp_path, monkeypatch):
+    monkeypatch.setenv("DLVM_HOME", str(tmp_path / "state"))
+    s = get_settings()
+    home = (tmp_path / "state").resolve()
+    assert s.home == home
+    assert s.database_url == f"sqlite:///{home}/registry.db"
+    assert s.artifacts == (home / "artifacts").as_uri() and s.artifacts.startswith("file:///")
+    assert s.dvc_remote == str(home / "dvc-remote")
+    assert s.prefect_home == home / "prefect"
+    for path in (Path(s.database_url.removeprefix("sqlite:///")), Path(s.artifacts.removeprefix("file://")),
+                 Path(s.dvc_remote), s.prefect_home, s.dvc_repo, s.quarantine, s.cache):
+        assert path.is_absolute() and path.is_relative_to(home), path
+    assert s.s3_endpoint == "" and s.s3_access_key.get_secret_value() == ""
+    assert s.s3_region == "us-east-1" and s.device == "auto" and s.num_workers == 0
+
+
+def test_default_home_is_dot_dlvm_in_the_working_directory(clean_env):
+    s = get_settings()
+    assert s.home == clean_env.resolve() / ".dlvm"
+    assert s.database_url == f"sqlite:///{clean_env.resolve()}/.dlvm/registry.db"
+
+
+def test_relative_and_user_homes_become_absolute(clean_env, tmp_path, monkeypatch):
+    monkeypatch.setenv("DLVM_HOME", "rel/state")
+    reset_settings()
+    s = get_settings()
+    assert s.home == clean_env.resolve() / "rel" / "state"
+    assert Path(s.dvc_remote).is_absolute() and s.prefect_home.is_absolute()
+
+    monkeypatch.setenv("HOME", str(tmp_path / "user"))
+    monkeypatch.setenv("DLVM_HOME", "~/dlvm-state")
+    reset_settings()
+    assert get_settings().home == (tmp_path / "user" / "dlvm-state").resolve()
+
+
+def test_get_settings_is_cached_until_reset(tmp_path, monkeypatch):
+    monkeypatch.setenv("DLVM_HOME", str(tmp_path / "a"))
+    first = get_settings()
+    monkeypatch.setenv("DLVM_HOME", str(tmp_path / "b"))
+    assert get_settings() is first
+    reset_settings()
+    assert get_settings().home == (tmp_path / "b").resolve()
+
+
+# ----------------------------------------------------------------------------- overrides
+
+
+def test_environment_overrides(tmp_path, monkeypatch):
+    s3_env(monkeypatch, DLVM_DVC_REMOTE="s3://dlvm-bucket/dvc", DLVM_PREFECT_HOME=str(tmp_path / "ph"),
+           DLVM_S3_REGION="eu-central-1", DLVM_DEVICE="cpu", DLVM_NUM_WORKERS="3",
+           DLVM_HOME=str(tmp_path / "state"))
+    s = get_settings()
+    assert s.database_url == f"postgresql+psycopg://dlvm:{DB_PASSWORD}@db.internal:5432/dlvm"
+    assert s.artifacts == "s3://dlvm-bucket/team/artifacts"
+    assert s.s3_endpoint == "http://127.0.0.1:9000"
+    assert isinstance(s.s3_access_key, SecretStr) and isinstance(s.s3_secret_key, SecretStr)
+    assert s.s3_access_key.get_secret_value() == ACCESS
+    assert s.s3_secret_key.get_secret_value() == SECRET
+    assert s.dvc_remote == "s3://dlvm-bucket/dvc"
+    assert s.prefect_home == tmp_path / "ph"
+    assert (s.s3_region, s.device, s.num_workers) == ("eu-central-1", "cpu", 3)
+
+
+def test_explicit_file_artifacts_override(tmp_path, monkeypatch):
+    monkeypatch.setenv("DLVM_ARTIFACTS", (tmp_path / "store").as_uri())
+    assert get_settings().artifacts == (tmp_path / "store").as_uri()
+
+
+def test_secrets_never_leak(monkeypatch):
+    s3_env(monkeypatch)
+    s = get_settings()
+    dumped = s.model_dump_json()
+    for text in (repr(s), str(s), dumped, repr(s.s3_access_key), str(s.s3_secret_key)):
+        assert ACCESS not in text and SECRET not in text and DB_PASSWORD not in text, text
+    data = json.loads(dumped)
+    assert data["s3_access_key"] == data["s3_secret_key"] == "**********"
+    assert data["database_url"] == "postgresql+psycopg://dlvm:***@db.internal:5432/dlvm"
+    # The object itself still carries the real values for the code that needs them.
+    assert s.model_dump()["database_url"].endswith(f":{DB_PASSWORD}@db.internal:5432/dlvm")
+
+
+@pytest.mark.parametrize("url, masked", [
+    ("postgresql+psycopg://u:p%40ss@h:5432/db", "postgresql+psycopg://u:***@h:5432/db"),
+    ("postgresql+psycopg://u@h/db", "postgresql+psycopg://u@h/db"),
+    ("sqlite:////abs/registry.db", "sqlite:////abs/registry.db"),
+    ("http://127.0.0.1:9000", "http://127.0.0.1:9000"),
+    ("/plain/dir", "/plain/dir"),
+    ("", ""),
+])
+def test_mask_url_password(url, masked):
+    assert mask_url_password(url) == masked
+
+
+def test_dotenv_file_in_working_directory(clean_env, monkeypatch):
+    (clean_env / ".env").write_text("DLVM_DEVICE=cpu\nDLVM_NUM_WORKERS=2\n")
+    reset_settings()
+    assert (get_settings().device, get_settings().num_workers) == ("cpu", 2)
+    monkeypatch.setenv("DLVM_DEVICE", "cuda:1")  # the environment wins over .env
+    reset_settings()
+    assert get_settings().device == "cuda:1"
+
+
+def test_compose_dotenv_does_not_break_settings(clean_env):
+    """The stack's .env (from .env.example) sits in the same directory as the app's: its
+    non-DLVM keys are ignored, its DLVM_S3_* keys are read as secrets."""
+    lines = []
+    for line in (ROOT / ".env.example").read_text().splitlines():
+        if line and not line.startswith("#"):
+            key, _, value = line.partition("=")
+            lines.append(f"{key}={value or 'dummy-' + key.lower()}")
+    (clean_env / ".env").write_text("\n".join(lines) + "\n")
+    reset_settings()
+    s = get_settings()
+    assert s.s3_secret_key.get_secret_value() == "dummy-dlvm_s3_secret_key"
+    assert "dummy-dlvm_s3_secret_key" not in s.model_dump_json()
+    assert s.artifacts.startswith("file://")
+
+
+# -------------------------------------------------------------------------------- errors
+
+
+@pytest.mark.parametrize("value", ["ftp://host/store", "/just/a/path", "S3:/bucket", "gs://bucket/x"])
+def test_bad_artifacts_scheme_is_a_clear_error(monkeypatch, value):
+    monkeypatch.setenv("DLVM_ARTIFACTS", value)
+    with pytest.raises(ValidationError) as info:
+        get_settings()
+    message = str(info.value)
+    assert "DLVM_ARTIFACTS" in message and "file://" in message and "s3://" in message
+    assert repr(value) in message
+
+
+def test_s3_artifacts_without_endpoint_is_a_clear_error(monkeypatch):
+    monkeypatch.setenv("DLVM_ARTIFACTS", "s3://bucket/prefix")
+    monkeypatch.setenv("DLVM_S3_SECRET_KEY", SECRET)
+    with pytest.raises(ValidationError) as info:
+        get_settings()
+    message = str(info.value)
+    assert "DLVM_S3_ENDPOINT" in message and "DLVM_ARTIFACTS" in message
+    assert SECRET not in message
+
+
+def test_negative_workers_rejected(monkeypatch):
+    monkeypatch.setenv("DLVM_NUM_WORKERS", "-1")
+    with pytest.raises(ValidationError, match="num_workers"):
+        get_settings()
+
+
+# ------------------------------------------------------------------------------ the CLI
+
+
+def invoke_settings(env: dict):
+    from typer.testing import CliRunner
+
+    from components.cli import app
+
+    reset_settings()
+    return CliRunner().invoke(app, ["settings"], env=env)
+
+
+def test_cli_settings_prints_json_without_secrets(tmp_path):
+    env = {
+        "DLVM_HOME": str(tmp_path / "cli-state"),
+        "DLVM_ARTIFACTS": "s3://dlvm-bucket/artifacts",
+        "DLVM_S3_ENDPOINT": "http://minio:9000",
+        "DLVM_S3_ACCESS_KEY": ACCESS,
+        "DLVM_S3_SECRET_KEY": SECRET,
+        "DLVM_DATABASE_URL": f"postgresql+psycopg://dlvm:{DB_PASSWORD}@postgres:5432/dlvm",
+    }
+    result = invoke_settings(env)
+    assert result.exit_code == 0, result.output
+    for secret in (ACCESS, SECRET, DB_PASSWORD):
+        assert secret not in result.output
+    data = json.loads(result.output)
+    assert data["home"] == str((tmp_path / "cli-state").resolve())
+    assert data["artifacts"] == "s3://dlvm-bucket/artifacts"
+    assert data["s3_endpoint"] == "http://minio:9000"
+    assert data["s3_access_key"] == data["s3_secret_key"] == "**********"
+    assert data["database_url"] == "postgresql+psycopg://dlvm:***@postgres:5432/dlvm"
+    assert data["dvc_remote"] == str((tmp_path / "cli-state" / "dvc-remote").resolve())
+
+
+def test_cli_settings_defaults(tmp_path):
+    result = invoke_settings({"DLVM_HOME": str(tmp_path / "d")})
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.output)
+    home = (tmp_path / "d").resolve()
+    assert data["database_url"] == f"sqlite:///{home}/registry.db"
+    assert data["artifacts"] == (home / "artifacts").as_uri()
+    assert data["prefect_home"] == str(home / "prefect")
+
+
+def test_cli_settings_bad_configuration_fails(tmp_path):
+    result = invoke_settings({"DLVM_HOME": str(tmp_path / "d"), "DLVM_ARTIFACTS": "s3://bucket/x",
+                              "DLVM_S3_SECRET_KEY": SECRET})
+    assert result.exit_code != 0
+    assert "DLVM_S3_ENDPOINT" in str(result.exception) + result.output
+    assert SECRET not in str(result.exception) + result.output
