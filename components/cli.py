@@ -88,16 +88,20 @@ def ingest(path: Path = typer.Argument(..., help="folder of raw images"),
 def labels(export: Path = typer.Argument(..., help="Label Studio JSON export"),
            dataset: str = typer.Option(..., "--dataset", "-d"),
            dataset_version: Optional[int] = typer.Option(None, help="default: latest"),
+           classes: Optional[str] = typer.Option(None, help="comma-separated class names the project allows; "
+                                                 "labels outside them are reported as unknown_class"),
            summary_path: Optional[Path] = SUMMARY):
     """Build a validated label snapshot from a Label Studio JSON export."""
     prepare()
     from flows.labels import labels_flow
-    summary = run_step(labels_flow, str(export), dataset, dataset_version)
+    summary = run_step(labels_flow, str(export), dataset, dataset_version,
+                       parse_list(classes, str) if classes else None)
     write_summary(summary_path, summary)
     for issue in summary["issues"]:
         console.print(f"  {issue['kind']}: {issue['image']} ({issue['detail']})")
     console.print(f"snapshot v{summary['snapshot_version']} of {dataset} v{summary['dataset_version']}: "
-                  f"{summary['n_labeled']} labels {summary['class_counts']}, {len(summary['issues'])} issues")
+                  f"{summary['n_labeled']} labels {summary['class_counts']}, {len(summary['issues'])} issues"
+                  + ("" if summary["created"] else " (unchanged)"))
 
 
 @app.command()
@@ -179,17 +183,20 @@ def pipeline(source: Path = typer.Argument(..., help="folder of raw images"),
              labels_export: Path = typer.Option(..., "--labels", help="Label Studio JSON export"),
              recipe: str = "demo", steps: Optional[int] = None,
              generic: Optional[Path] = typer.Option(None, help="folder of generic images for a generic baseline"),
-             fractions: str = "0.05,0.1,0.25,0.5,1.0", seeds: str = "0,1,2", margin: float = 0.01):
+             fractions: str = "0.05,0.1,0.25,0.5,1.0", seeds: str = "0,1,2", margin: float = 0.01,
+             classes: Optional[str] = typer.Option(None, help="comma-separated class names the project allows")):
     """The whole loop: ingest, labels, pretrain, evaluate, adapt, promote."""
     prepare()
     out = _run_pipeline(source, dataset, labels_export, recipe, steps, generic, parse_list(fractions),
-                        parse_list(seeds, int), margin)
+                        parse_list(seeds, int), margin, parse_list(classes, str) if classes else None)
     _print_outcome(out)
 
 
-def _run_pipeline(source, dataset, labels_export, recipe, steps, generic, fractions, seeds, margin) -> dict:
+def _run_pipeline(source, dataset, labels_export, recipe, steps, generic, fractions, seeds, margin,
+                  classes=None) -> dict:
     from flows.pipeline import pipeline_flow
-    return run_step(pipeline_flow, str(source), dataset, str(labels_export), recipe=recipe, pretrain_steps=steps,
+    return run_step(pipeline_flow, str(source), dataset, str(labels_export), classes=classes, recipe=recipe,
+                    pretrain_steps=steps,
                     generic_source=str(generic) if generic else None, fractions=fractions, seeds=seeds,
                     margin=margin)
 
@@ -208,14 +215,15 @@ def demo(limit: Optional[int] = typer.Option(None, help="use a stratified subset
          steps: Optional[int] = typer.Option(None, help="override pretraining steps"),
          generic: Optional[Path] = typer.Option(None, help="generic image folder for a generic baseline, "
                                                 "e.g. ../shared/data/generic-imagenette"),
-         seeds: str = "0,1,2", fractions: str = "0.05,0.1,0.25,0.5,1.0"):
+         seeds: str = "0,1,2", fractions: str = "0.05,0.1,0.25,0.5,1.0",
+         margin: float = typer.Option(0.01, help="promotion margin over the holder and baselines")):
     """Run the whole loop on ELPV solar-cell images (from the elpv-dataset package)."""
     settings = prepare()
-    from components.data.elpv import export_elpv
+    from components.data.elpv import CLASS_NAMES_4, export_elpv
     images_dir, export_json = export_elpv(settings.home / "demo" / "elpv", limit=limit)
     console.print(f"[bold]dlvm demo[/bold]: ELPV images in {images_dir}, Label Studio export {export_json}")
     out = _run_pipeline(images_dir, "elpv", export_json, recipe, steps, generic, parse_list(fractions),
-                        parse_list(seeds, int), 0.01)
+                        parse_list(seeds, int), margin, list(CLASS_NAMES_4))
     _print_outcome(out)
     console.print("\n[bold]where to look[/bold]")
     console.print(f"  registry:   dlvm models list; dlvm models show elpv-classifier   ({settings.database_url})")
@@ -309,5 +317,15 @@ def show_settings():
     print(get_settings().model_dump_json(indent=2))
 
 
+def main() -> None:
+    """Console entry point: configuration errors end with one line, not a traceback."""
+    from pydantic import ValidationError
+    try:
+        app()
+    except ValidationError as exc:
+        console.print(f"[red]configuration error:[/red] {exc}")
+        sys.exit(2)
+
+
 if __name__ == "__main__":
-    app()
+    main()

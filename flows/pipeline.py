@@ -13,16 +13,18 @@ from flows.promote import promote_flow
 
 
 @flow(name="pipeline", log_prints=True)
-def pipeline_flow(source: str, dataset: str, labels_export: str, recipe: str = "demo",
+def pipeline_flow(source: str, dataset: str, labels_export: str, classes: list[str] | None = None,
+                  recipe: str = "demo",
                   pretrain_steps: int | None = None, generic_source: str | None = None,
                   generic_dataset: str = "generic", fractions: list[float] = (0.05, 0.1, 0.25, 0.5, 1.0),
                   seeds: list[int] = (0, 1, 2), methods: list[str] = ("probe",),
                   candidate_method: str = "probe", margin: float = 0.01) -> dict:
-    """Run every step on `source` images labeled by `labels_export` (a Label Studio export).
+    """Run every step on `source` images labeled by `labels_export` (a Label Studio export;
+    `classes`, when given, are the only labels accepted).
     With `generic_source` (a folder of generic images), a backbone pretrained with the same
     recipe and budget on it joins the comparison as the generic baseline."""
     ingest = ingest_flow(source, dataset)
-    labels = labels_flow(labels_export, dataset)
+    labels = labels_flow(labels_export, dataset, classes=classes)
     backbones = [pretrain_flow(dataset, recipe=recipe, steps=pretrain_steps)]
     if generic_source:
         ingest_flow(generic_source, generic_dataset)

@@ -63,9 +63,9 @@ def artifact_files(settings: Settings, kind: str) -> list[Path]:
     return [p for p in (settings.home / "artifacts" / kind).rglob("*") if p.is_file() and not p.name.endswith(".tmp")]
 
 
-def test_kill_between_artifact_write_and_registry_commit(tmp_path, images):
+def test_kill_between_artifact_write_and_registry_commit(tmp_path, images, prefect_api):
     home = tmp_path / "state"
-    env = dlvm_env(home)
+    env = dlvm_env(home, PREFECT_API_URL=prefect_api)
     settings = Settings(home=home)
 
     # 1. ingest: the manifest artifact is written, then the process dies before its row.
@@ -96,9 +96,9 @@ def test_kill_between_artifact_write_and_registry_commit(tmp_path, images):
     assert verify_registry(settings) == []
 
 
-def test_kill_in_the_middle_of_an_artifact_write(tmp_path, images):
+def test_kill_in_the_middle_of_an_artifact_write(tmp_path, images, prefect_api):
     home = tmp_path / "state"
-    env = dlvm_env(home)
+    env = dlvm_env(home, PREFECT_API_URL=prefect_api)
     settings = Settings(home=home)
     # os.link publishes the fully written temp file under its final name: die just before it.
     proc = run_killed_at("os.link", env, "ingest", str(images), "--dataset", "cells")
@@ -112,9 +112,9 @@ def test_kill_in_the_middle_of_an_artifact_write(tmp_path, images):
         assert len(session.exec(select(DatasetVersion)).all()) == 1
 
 
-def test_verify_reports_a_tampered_artifact(tmp_path, images):
+def test_verify_reports_a_tampered_artifact(tmp_path, images, prefect_api):
     home = tmp_path / "state"
-    env = dlvm_env(home)
+    env = dlvm_env(home, PREFECT_API_URL=prefect_api)
     settings = Settings(home=home)
     dlvm(env, "ingest", str(images), "--dataset", "cells")
     manifest = artifact_files(settings, "manifests")[0]
