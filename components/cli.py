@@ -35,6 +35,9 @@ def prepare(settings: Settings | None = None) -> Settings:
     settings.home.mkdir(parents=True, exist_ok=True)
     os.environ.setdefault("PREFECT_HOME", str(settings.prefect_home))
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    # The embedded API server starts in ~10 s, but a busy 2-core machine can take longer
+    # than Prefect's default 20 s wait.
+    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
     os.environ.setdefault("DVC_NO_ANALYTICS", "1")
     from components.registry.db import ensure_schema
     ensure_schema(settings)

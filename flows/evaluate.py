@@ -51,7 +51,8 @@ def publish(settings, dataset: str, markdown: str, table: list[dict], plot):
 @flow(name="evaluate", log_prints=True)
 def evaluate_flow(dataset: str, backbones: list[str] | None = None, include_scratch: bool = True,
                   fractions: list[float] = (0.05, 0.1, 0.25, 0.5, 1.0), seeds: list[int] = (0, 1, 2),
-                  methods: list[str] = ("probe",), recipe: str = "demo", reference: str | None = None,
+                  methods: list[str] = ("probe",), finetune_fractions: list[float] | None = None,
+                  finetune_seeds: list[int] | None = None, recipe: str = "demo", reference: str | None = None,
                   dataset_version: int | None = None, snapshot_version: int | None = None) -> dict:
     """Compare backbones on the snapshot's test split. `backbones` are registered backbone refs
     (default: the dataset's own MAE backbone); 'scratch' is added unless include_scratch is off.
@@ -60,9 +61,12 @@ def evaluate_flow(dataset: str, backbones: list[str] | None = None, include_scra
     settings = get_settings()
     refs = list(backbones or [f"{dataset}-mae"]) + ([SCRATCH] if include_scratch else [])
     cfg = SweepConfig(fractions=tuple(fractions), seeds=tuple(seeds), methods=tuple(methods),
+                      finetune_fractions=tuple(finetune_fractions) if finetune_fractions else None,
+                      finetune_seeds=tuple(finetune_seeds) if finetune_seeds else None,
                       probe=adapt_recipe("probe", recipe), finetune=adapt_recipe("finetune", recipe))
     params = {"dataset": dataset, "backbones": refs, "fractions": list(fractions), "seeds": list(seeds),
-              "methods": list(methods), "recipe": recipe}
+              "methods": list(methods), "finetune_fractions": finetune_fractions,
+              "finetune_seeds": finetune_seeds, "recipe": recipe}
     with recorded_run(settings, "evaluate", params) as run_id:
         version, snapshot = resolve_snapshot(settings, dataset, dataset_version, snapshot_version)
         loaded = [(ref, *load_backbone(settings, ref, recipe)) for ref in refs]

@@ -17,12 +17,17 @@ def pipeline_flow(source: str, dataset: str, labels_export: str, classes: list[s
                   recipe: str = "demo",
                   pretrain_steps: int | None = None, generic_source: str | None = None,
                   generic_dataset: str = "generic", fractions: list[float] = (0.05, 0.1, 0.25, 0.5, 1.0),
-                  seeds: list[int] = (0, 1, 2), methods: list[str] = ("probe",),
-                  candidate_method: str = "probe", margin: float = 0.01) -> dict:
+                  seeds: list[int] = (0, 1, 2), methods: list[str] = ("probe", "finetune"),
+                  finetune_fractions: list[float] | None = (1.0,), finetune_seeds: list[int] | None = (0,),
+                  candidate_method: str = "finetune", margin: float = 0.01) -> dict:
     """Run every step on `source` images labeled by `labels_export` (a Label Studio export;
     `classes`, when given, are the only labels accepted).
     With `generic_source` (a folder of generic images), a backbone pretrained with the same
-    recipe and budget on it joins the comparison as the generic baseline."""
+    recipe and budget on it joins the comparison as the generic baseline.
+
+    Probes run on every fraction and seed; fine-tuning, minutes a run on CPU, on
+    `finetune_fractions` x `finetune_seeds`. The candidate is adapted with
+    `candidate_method` on all labels and gated against the baselines adapted the same way."""
     ingest = ingest_flow(source, dataset)
     labels = labels_flow(labels_export, dataset, classes=classes)
     backbones = [pretrain_flow(dataset, recipe=recipe, steps=pretrain_steps)]
@@ -31,6 +36,7 @@ def pipeline_flow(source: str, dataset: str, labels_export: str, classes: list[s
         backbones.append(pretrain_flow(generic_dataset, recipe=recipe, steps=pretrain_steps))
     refs = [f"{b['model']}:{b['version']}" for b in backbones]
     evaluation = evaluate_flow(dataset, backbones=refs, fractions=fractions, seeds=seeds, methods=methods,
+                               finetune_fractions=finetune_fractions, finetune_seeds=finetune_seeds,
                                recipe=recipe)
     candidate = adapt_flow(dataset, backbone=refs[0], method=candidate_method, fraction=1.0, recipe=recipe)
     promotion = promote_flow(f"{candidate['model']}:{candidate['version']}",

@@ -346,3 +346,16 @@ def test_run_sweep_end_to_end_tiny_vit(monkeypatch):
         assert np.allclose(proba, res.test_proba[key], atol=1e-6)
     md = markdown_report(res.rows, "tiny", {"test size": len(test)}, reference_backbone="scratch")
     assert "other / finetune" in md
+
+
+def test_finetune_can_run_on_a_subset_of_the_grid():
+    from components.evaluation.sweep import Backbone, SweepConfig, plan_runs
+    from components.models.vit import ViTConfig
+
+    cfg = SweepConfig(fractions=(0.1, 0.5, 1.0), seeds=(0, 1), methods=("probe", "finetune"),
+                      finetune_fractions=(1.0,), finetune_seeds=(0,))
+    runs = plan_runs([Backbone("a", ViTConfig.tiny(32, 8), None)], cfg)
+    assert [r for r in runs if r[1] == "finetune"] == [("a", "finetune", 1.0, 0)]
+    assert len([r for r in runs if r[1] == "probe"]) == 6
+    with pytest.raises(ValueError, match="finetune_fractions"):
+        SweepConfig(fractions=(0.1,), finetune_fractions=(1.0,))

@@ -4,6 +4,9 @@ CLI and the components, and the promotion/rollback path is exercised."""
 from __future__ import annotations
 
 import json
+import os
+import shutil
+from pathlib import Path
 
 import pytest
 from sqlmodel import select
@@ -18,14 +21,27 @@ from components.storage import open_store
 pytestmark = pytest.mark.e2e
 N_IMAGES = 120
 FLOWS = {"pipeline", "ingest", "labels", "pretrain", "evaluate", "adapt", "promote"}
+# ../shared/data next to the checkout (the project's data shelf), or where DLVM_TEST_GENERIC_CORPUS says.
+GENERIC_CORPUS = next((p for p in (Path(os.environ.get("DLVM_TEST_GENERIC_CORPUS", "/nonexistent")),
+                                   Path(__file__).resolve().parents[2] / "shared/data/generic-imagenette",
+                                   Path("/work/shared/data/generic-imagenette")) if p.is_dir()),
+                      Path(__file__).resolve().parents[2] / "shared/data/generic-imagenette")
 
 
 @pytest.fixture(scope="module")
 def demo(tmp_path_factory):
-    home = tmp_path_factory.mktemp("e2e") / "state"
-    env = dlvm_env(home)
+    root = tmp_path_factory.mktemp("e2e")
+    # A few generic photos stand in for the generic corpus: the generic baseline's path
+    # (ingest + pretraining with the same recipe) runs for real, only smaller.
+    generic = root / "generic"
+    generic.mkdir()
+    for path in sorted((GENERIC_CORPUS / "train").rglob("*.jpg"))[::400][:40]:
+        shutil.copy(path, generic / path.name)
+    assert len(list(generic.iterdir())) >= 20, f"generic corpus missing at {GENERIC_CORPUS}"
+    home = root / "state"
+    env = dlvm_env(home)  # no PREFECT_API_URL: the embedded Prefect API, as in the README
     out = dlvm(env, "demo", "--limit", str(N_IMAGES), "--recipe", "tiny", "--seeds", "0,1",
-               "--fractions", "0.25,1.0", timeout=900)
+               "--fractions", "0.25,1.0", "--generic", str(generic), timeout=900)
     return home, env, out.stdout
 
 
@@ -38,6 +54,7 @@ def test_demo_ends_with_the_table_and_where_to_look(demo):
     _, _, stdout = demo
     assert "Label efficiency on elpv" in stdout
     assert "| 100 % |" in stdout and "elpv-mae:1 / probe" in stdout and "scratch / probe" in stdout
+    assert "generic-mae:1 / probe" in stdout and "generic-mae:1 / finetune" in stdout
     assert "promotion: elpv-classifier v1 -> production:" in stdout
     assert "where to look" in stdout and "dlvm models show elpv-classifier" in stdout
 
@@ -45,21 +62,21 @@ def test_demo_ends_with_the_table_and_where_to_look(demo):
 def test_dataset_is_versioned_with_dvc_in_the_remote(demo, settings):
     with session_scope(settings) as session:
         versions = session.exec(select(DatasetVersion)).all()
-    assert [v.version for v in versions] == [1]
+    assert [v.version for v in versions] == [1, 1]  # elpv and the generic corpus
     version = versions[0]
     assert version.n_images == N_IMAGES and version.n_quarantined == 0
     assert "md5:" in version.dvc_file and version.dvc_md5 in version.dvc_file
     remote_files = [p for p in settings.home.joinpath("dvc-remote").rglob("*") if p.is_file()]
     assert len(remote_files) >= N_IMAGES + 1  # every image plus the directory listing
-    dir_listing = [p for p in remote_files if p.name.endswith(".dir")]
-    assert len(dir_listing) == 1 and len(json.loads(dir_listing[0].read_text())) == N_IMAGES
+    listings = [json.loads(p.read_text()) for p in remote_files if p.name.endswith(".dir")]
+    assert len(listings) == 2 and N_IMAGES in [len(listing) for listing in listings]
 
 
 def test_registry_holds_the_whole_lineage(demo, settings):
     with session_scope(settings) as session:
         snapshot = session.exec(select(LabelSnapshot)).one()
         models = {m.name: m for m in session.exec(select(RegisteredModel)).all()}
-        assert {"elpv-mae", "elpv-classifier"} <= set(models)
+        assert set(models) == {"elpv-mae", "generic-mae", "elpv-classifier"}
         assert models["elpv-mae"].kind == "backbone" and models["elpv-classifier"].kind == "classifier"
         backbone = session.exec(select(ModelVersion).where(ModelVersion.model_id == models["elpv-mae"].id)).one()
         classifier = session.exec(select(ModelVersion).where(
@@ -75,10 +92,13 @@ def test_registry_holds_the_whole_lineage(demo, settings):
         assert mv.flow_run_id and mv.code_revision and mv.params and mv.metrics and mv.run_id
     assert 0.0 <= classifier.metrics["accuracy"]["ci_low"] <= classifier.metrics["accuracy"]["value"] \
         <= classifier.metrics["accuracy"]["ci_high"] <= 1.0
-    # 2 backbones x 2 fractions x 2 seeds, one method
-    assert len(results) == 8 and {r.backbone for r in results} == {"elpv-mae:1", "scratch"}
+    # 3 backbones x (probe: 2 fractions x 2 seeds + fine-tune: 100 % x seed 0)
+    assert len(results) == 15 and {r.backbone for r in results} == {"elpv-mae:1", "generic-mae:1", "scratch"}
+    assert sorted((r.method, r.fraction, r.seed) for r in results if r.backbone == "scratch")[0] == ("finetune", 1.0, 0)
+    assert classifier.params["method"] == "finetune"
     assert len(events) == 1 and events[0].decision in ("promoted", "rejected")
-    assert events[0].evidence["gate"]["comparisons"], "the gate compared the candidate with the baseline"
+    compared = set(events[0].evidence["gate"]["comparisons"])
+    assert compared == {"baseline generic-mae:1", "baseline scratch"}, compared
     assert {r.kind for r in runs} == {"ingest", "labels", "pretrain", "evaluate", "adapt", "promote"}
     assert all(r.status == "completed" for r in runs)
     store = open_store(settings)
@@ -110,7 +130,7 @@ def test_reingesting_the_same_folder_creates_no_version(demo, settings):
     out = dlvm(env, "ingest", str(settings.home / "demo" / "elpv" / "images"), "--dataset", "elpv").stdout
     assert "unchanged" in out
     with session_scope(settings) as session:
-        assert len(session.exec(select(DatasetVersion)).all()) == 1
+        assert len(session.exec(select(DatasetVersion)).all()) == 2  # still one each: elpv, generic
 
 
 def test_promotion_and_rollback_are_recorded(demo, settings):

@@ -53,6 +53,10 @@ class SweepConfig:
     fractions: tuple[float, ...] = (0.05, 0.1, 0.25, 0.5, 1.0)
     seeds: tuple[int, ...] = (0, 1, 2)
     methods: tuple[str, ...] = ("probe",)
+    # Fine-tuning costs minutes a run on CPU where a probe costs a second: it may run on a
+    # subset of the fractions and seeds (None: all of them).
+    finetune_fractions: tuple[float, ...] | None = None
+    finetune_seeds: tuple[int, ...] | None = None
     probe: Any = None
     finetune: Any = None
     n_boot: int = 1000
@@ -71,6 +75,20 @@ class SweepConfig:
         self.fractions = tuple(sorted({float(f) for f in self.fractions}))
         self.seeds = tuple(int(s) for s in self.seeds)
         self.methods = tuple(dict.fromkeys(self.methods))
+        if self.finetune_fractions is not None:
+            self.finetune_fractions = tuple(sorted({float(f) for f in self.finetune_fractions}))
+            if not set(self.finetune_fractions) <= set(self.fractions):
+                raise ValueError(f"finetune_fractions {self.finetune_fractions} must be among fractions {self.fractions}")
+        if self.finetune_seeds is not None:
+            self.finetune_seeds = tuple(int(s) for s in self.finetune_seeds)
+            if not set(self.finetune_seeds) <= set(self.seeds):
+                raise ValueError(f"finetune_seeds {self.finetune_seeds} must be among seeds {self.seeds}")
+
+    def grid(self, method: str) -> tuple[tuple[float, ...], tuple[int, ...]]:
+        """The (fractions, seeds) a method runs on."""
+        if method == "finetune":
+            return self.finetune_fractions or self.fractions, self.finetune_seeds or self.seeds
+        return self.fractions, self.seeds
 
 
 def _clean(v: Any) -> Any:
@@ -172,7 +190,8 @@ def plan_runs(backbones: list[Backbone], cfg: SweepConfig) -> list[RunKey]:
     names = [b.name for b in backbones]
     if len(set(names)) != len(names):
         raise ValueError(f"backbone names must be unique, got {names}")
-    return [(b.name, m, f, s) for b in backbones for m in cfg.methods for f in cfg.fractions for s in cfg.seeds]
+    return [(b.name, m, f, s) for b in backbones for m in cfg.methods
+            for f in cfg.grid(m)[0] for s in cfg.grid(m)[1]]
 
 
 def make_subsets(train_idx: np.ndarray, labels: np.ndarray, cfg: SweepConfig) -> dict[tuple[float, int], np.ndarray]:
@@ -252,8 +271,9 @@ def run_sweep(
                     row_of = np.full(len(images), -1, dtype=np.int64)
                     row_of[pool] = np.arange(len(pool))
                     test_feats = feats[row_of[test_idx]]
-                for f in cfg.fractions:
-                    for s in cfg.seeds:
+                fractions, seeds = cfg.grid(method)
+                for f in fractions:
+                    for s in seeds:
                         key = (bb.name, method, f, s)
                         bar.set_postfix_str(f"{bb.name}/{method} {100 * f:g}% seed {s}")
                         sub = subsets[(f, s)]

@@ -27,7 +27,7 @@ from components.models.vit import ViTConfig, VisionTransformer, load_pretrained_
 from components.training.device import autocast_for, pick_device
 from components.training.pretrain import Augment, augment_batch, cosine_lr, param_groups
 
-PROBE_L2_GRID = (1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 1e-1)
+PROBE_L2_GRID = (3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 1e-1)
 
 
 @dataclass
@@ -156,7 +156,7 @@ def _logreg(z: torch.Tensor, y: torch.Tensor, num_classes: int, l2: float, init=
     """
     W0, b0 = init if init is not None else (torch.zeros(num_classes, z.shape[1], dtype=torch.float64), torch.zeros(num_classes, dtype=torch.float64))
     W, b = W0.clone().requires_grad_(True), b0.clone().requires_grad_(True)
-    opt = torch.optim.LBFGS([W, b], lr=1.0, max_iter=150, tolerance_grad=1e-5, tolerance_change=1e-9, history_size=20, line_search_fn="strong_wolfe")
+    opt = torch.optim.LBFGS([W, b], lr=1.0, max_iter=100, tolerance_grad=1e-5, tolerance_change=1e-9, history_size=20, line_search_fn="strong_wolfe")
 
     def closure():
         opt.zero_grad()
@@ -183,6 +183,17 @@ def _stratified_folds(labels: np.ndarray, k: int, seed: int) -> np.ndarray:
 
 def fit_probe(features: np.ndarray, labels: np.ndarray, num_classes: int, cfg: AdaptConfig) -> LinearHead:
     """Fit a linear probe on (frozen) features; deterministic."""
+    # Hundreds of tiny matmuls: one thread is as fast, and immune to oversubscribed cores
+    # (OpenMP threads spinning against other processes made the same fit 10x slower).
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return _fit_probe(features, labels, num_classes, cfg)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _fit_probe(features: np.ndarray, labels: np.ndarray, num_classes: int, cfg: AdaptConfig) -> LinearHead:
     X = torch.as_tensor(np.asarray(features), dtype=torch.float64)
     y = torch.as_tensor(np.asarray(labels), dtype=torch.long)
     if X.ndim != 2 or len(X) != len(y) or len(y) == 0:
