@@ -133,7 +133,6 @@ def adapt(dataset: str = typer.Option(..., "--dataset", "-d"),
     from flows.adapt import adapt_flow
     out = run_step(adapt_flow, dataset, backbone=backbone, method=method, fraction=fraction, seed=seed,
                    recipe=recipe)
-    out.pop("test_proba", None)
     write_summary(summary_path, out)
     acc = out["metrics"]["accuracy"]
     console.print(f"registered {out['model']} v{out['version']}: accuracy {acc['value']:.3f} "
@@ -158,7 +157,7 @@ def evaluate(dataset: str = typer.Option(..., "--dataset", "-d"),
 
 @app.command()
 def promote(candidate: Optional[str] = typer.Argument(None, help="classifier ref, e.g. elpv-classifier:3"),
-            alias: str = "production", margin: float = 0.01,
+            alias: str = "production", margin: float = 0.0,
             evaluation: Optional[int] = typer.Option(None, help="evaluation id (default: latest for the snapshot)"),
             rollback: Optional[str] = typer.Option(None, help="roll MODEL's alias back to its previous version"),
             actor: str = typer.Option(os.environ.get("USER", "cli"), help="who decides"),
@@ -186,7 +185,7 @@ def pipeline(source: Path = typer.Argument(..., help="folder of raw images"),
              labels_export: Path = typer.Option(..., "--labels", help="Label Studio JSON export"),
              recipe: str = "demo", steps: Optional[int] = None,
              generic: Optional[Path] = typer.Option(None, help="folder of generic images for a generic baseline"),
-             fractions: str = "0.05,0.1,0.25,0.5,1.0", seeds: str = "0,1,2", margin: float = 0.01,
+             fractions: str = "0.05,0.1,0.25,0.5,1.0", seeds: str = "0,1,2", margin: float = 0.0,
              classes: Optional[str] = typer.Option(None, help="comma-separated class names the project allows")):
     """The whole loop: ingest, labels, pretrain, evaluate, adapt, promote."""
     prepare()
@@ -219,7 +218,7 @@ def demo(limit: Optional[int] = typer.Option(None, help="use a stratified subset
          generic: Optional[Path] = typer.Option(None, help="generic image folder for a generic baseline, "
                                                 "e.g. ../shared/data/generic-imagenette"),
          seeds: str = "0,1,2", fractions: str = "0.05,0.1,0.25,0.5,1.0",
-         margin: float = typer.Option(0.01, help="promotion margin over the holder and baselines")):
+         margin: float = typer.Option(0.0, help="promotion margin over the holder and baselines")):
     """Run the whole loop on ELPV solar-cell images (from the elpv-dataset package)."""
     settings = prepare()
     from components.data.elpv import CLASS_NAMES_4, export_elpv

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from dataclasses import asdict, replace
 
-import numpy as np
 from prefect import flow, task
 from prefect.cache_policies import NO_CACHE
 
@@ -13,6 +12,7 @@ from components.evaluation.split import label_subset, test_split
 from components.lineage import code_revision, current_flow_run_id, recorded_run
 from components.models.vit import ViTConfig
 from components.registry import queries, refs
+from components.registry.refs import SCRATCH
 from components.registry.db import session_scope
 from components.settings import get_settings
 from components.training.adapt import AdaptConfig, adapt, predict_proba
@@ -20,7 +20,6 @@ from components.training.checkpoint import load_checkpoint, save_checkpoint
 from flows.pretrain import pretrain_recipe, resolve_model
 from flows.tasks import load_artifact, load_labeled_set, store_artifact
 
-SCRATCH = "scratch"
 
 
 def adapt_recipe(method: str, recipe: str = "demo", seed: int = 0) -> AdaptConfig:
@@ -106,4 +105,4 @@ def adapt_flow(dataset: str, backbone: str | None = None, method: str = "probe",
           f"{len(subset)} images): test accuracy {accuracy['value']:.3f} "
           f"[{accuracy['ci_low']:.3f}, {accuracy['ci_high']:.3f}]")
     return {"model": model_name, "version": model_version.version, "model_version_id": model_version.id,
-            "metrics": metrics, "test_proba": np.asarray(proba).tolist()}
+            "metrics": metrics}

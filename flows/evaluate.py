@@ -97,7 +97,7 @@ def evaluate_flow(dataset: str, backbones: list[str] | None = None, include_scra
         evaluation = register_evaluation(settings, snapshot, run_id, report, plot, results, summary,
                                          result.rows, backbone_list)
         publish(settings, dataset, markdown, table, plot)
-    print(markdown)
+    print(f"evaluate: {len(result.rows)} runs on {len(test_idx)} test images; report {report.uri}")
     return {"evaluation_id": evaluation.id, "report_uri": report.uri, "plot_uri": plot.uri,
             "table": table, "label_efficiency": efficiency, "markdown": markdown}
 

@@ -19,7 +19,7 @@ def pipeline_flow(source: str, dataset: str, labels_export: str, classes: list[s
                   generic_dataset: str = "generic", fractions: list[float] = (0.05, 0.1, 0.25, 0.5, 1.0),
                   seeds: list[int] = (0, 1, 2), methods: list[str] = ("probe", "finetune"),
                   finetune_fractions: list[float] | None = (1.0,), finetune_seeds: list[int] | None = (0,),
-                  candidate_method: str = "finetune", margin: float = 0.01) -> dict:
+                  candidate_method: str = "probe", margin: float = 0.0) -> dict:
     """Run every step on `source` images labeled by `labels_export` (a Label Studio export;
     `classes`, when given, are the only labels accepted).
     With `generic_source` (a folder of generic images), a backbone pretrained with the same
@@ -27,7 +27,8 @@ def pipeline_flow(source: str, dataset: str, labels_export: str, classes: list[s
 
     Probes run on every fraction and seed; fine-tuning, minutes a run on CPU, on
     `finetune_fractions` x `finetune_seeds`. The candidate is adapted with
-    `candidate_method` on all labels and gated against the baselines adapted the same way."""
+    `candidate_method` on all labels and gated against each generic backbone adapted the
+    same way and against a model trained from scratch on all labels."""
     ingest = ingest_flow(source, dataset)
     labels = labels_flow(labels_export, dataset, classes=classes)
     backbones = [pretrain_flow(dataset, recipe=recipe, steps=pretrain_steps)]

@@ -44,7 +44,7 @@ def record(settings, model_name, alias, decision, candidate_id, evaluation_id, e
 
 @flow(name="promote", log_prints=True)
 def promote_flow(candidate: str, alias: str = "production", evaluation_id: int | None = None,
-                 margin: float = 0.01, metric: str = "accuracy", confidence: float = 0.95,
+                 margin: float = 0.0, metric: str = "accuracy", confidence: float = 0.95,
                  actor: str = "pipeline") -> dict:
     """Gate `candidate` (a classifier ref such as 'elpv-classifier:3') for `alias`."""
     settings = get_settings()

@@ -95,10 +95,10 @@ def test_registry_holds_the_whole_lineage(demo, settings):
     # 3 backbones x (probe: 2 fractions x 2 seeds + fine-tune: 100 % x seed 0)
     assert len(results) == 15 and {r.backbone for r in results} == {"elpv-mae:1", "generic-mae:1", "scratch"}
     assert sorted((r.method, r.fraction, r.seed) for r in results if r.backbone == "scratch")[0] == ("finetune", 1.0, 0)
-    assert classifier.params["method"] == "finetune"
+    assert classifier.params["method"] == "probe"
     assert len(events) == 1 and events[0].decision in ("promoted", "rejected")
     compared = set(events[0].evidence["gate"]["comparisons"])
-    assert compared == {"baseline generic-mae:1", "baseline scratch"}, compared
+    assert compared == {"baseline generic-mae:1 (probe)", "baseline scratch (finetune)"}, compared
     assert {r.kind for r in runs} == {"ingest", "labels", "pretrain", "evaluate", "adapt", "promote"}
     assert all(r.status == "completed" for r in runs)
     store = open_store(settings)

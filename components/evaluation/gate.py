@@ -56,7 +56,7 @@ def promotion_gate(
     others: dict[str, np.ndarray],
     num_classes: int,
     metric: str = "accuracy",
-    margin: float = 0.01,
+    margin: float = 0.0,
     confidence: float = 0.95,
     n_boot: int = 2000,
     seed: int = 0,

@@ -4,10 +4,17 @@ The encoder is a :class:`VisionTransformer` (so its state dict is a plain ViT st
 it only sees the visible patches. A light decoder reconstructs the pixels of every patch
 and the loss is the mean squared error on the per-patch normalized pixels of the masked
 patches only.
+
+Optionally (``contrastive_dim > 0``) two augmented, independently masked views of each
+image are encoded and their pooled visible tokens are pulled together with an InfoNCE loss
+(as in CAN, Mishra et al. 2022). Reconstruction alone teaches a small ViT to inpaint
+texture; the contrastive term makes its pooled features separate images, which is what
+a linear probe on few labels needs, at the price of a second (masked, so cheap) encoder pass.
 """
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from components.models.vit import Block, ViTConfig, VisionTransformer, sincos_pos_embed
@@ -21,10 +28,13 @@ class MaskedAutoencoder(nn.Module):
         decoder_depth: int = 2,
         decoder_heads: int = 4,
         norm_pix_loss: bool = True,
+        contrastive_dim: int = 0,
+        temperature: float = 0.2,
     ):
         super().__init__()
         self.cfg = cfg
         self.norm_pix_loss = norm_pix_loss
+        self.temperature = temperature
         self.encoder = VisionTransformer(cfg)
         p, n = cfg.patch_size, cfg.num_patches
         self.decoder_embed = nn.Linear(cfg.embed_dim, decoder_dim)
@@ -34,8 +44,14 @@ class MaskedAutoencoder(nn.Module):
         self.decoder_norm = nn.LayerNorm(decoder_dim, eps=1e-6)
         self.decoder_pred = nn.Linear(decoder_dim, p * p * cfg.in_chans)
         assert self.decoder_pos_embed.shape[1] == n + 1
+        self.projector = (
+            nn.Sequential(nn.Linear(cfg.embed_dim, 2 * cfg.embed_dim), nn.GELU(), nn.Linear(2 * cfg.embed_dim, contrastive_dim))
+            if contrastive_dim > 0
+            else None
+        )
         nn.init.normal_(self.mask_token, std=0.02)
-        for m in [self.decoder_embed, self.decoder_pred, *self.decoder_blocks.modules()]:
+        extra = list(self.projector.modules()) if self.projector is not None else []
+        for m in [self.decoder_embed, self.decoder_pred, *self.decoder_blocks.modules(), *extra]:
             if isinstance(m, nn.Linear):
                 nn.init.xavier_uniform_(m.weight)
                 nn.init.zeros_(m.bias)
@@ -108,3 +124,32 @@ class MaskedAutoencoder(nn.Module):
         latent, mask, ids_restore = self.forward_encoder(imgs, mask_ratio, generator)
         pred = self.forward_decoder(latent, ids_restore)
         return self.loss(imgs, pred, mask), pred, mask
+
+    def info_nce(self, z1: torch.Tensor, z2: torch.Tensor) -> torch.Tensor:
+        """Symmetric InfoNCE: each view must pick its partner among the 2B - 1 others."""
+        z = F.normalize(torch.cat([z1, z2]).float(), dim=1)
+        sim = z @ z.T / self.temperature
+        sim.fill_diagonal_(float("-inf"))
+        B = z1.shape[0]
+        target = torch.cat([torch.arange(B, 2 * B), torch.arange(0, B)]).to(z.device)
+        return F.cross_entropy(sim, target)
+
+    def forward_views(
+        self,
+        view1: torch.Tensor,
+        view2: torch.Tensor,
+        mask_ratio: float = 0.75,
+        contrastive_weight: float = 1.0,
+        generator: torch.Generator | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Reconstruction of view 1 + ``contrastive_weight`` * InfoNCE between both views.
+
+        Returns ``(total, reconstruction, contrastive)``.
+        """
+        if self.projector is None:
+            raise ValueError("this MaskedAutoencoder was built without a projector (contrastive_dim=0)")
+        latent1, mask, ids_restore = self.forward_encoder(view1, mask_ratio, generator)
+        latent2, _, _ = self.forward_encoder(view2, mask_ratio, generator)
+        recon = self.loss(view1, self.forward_decoder(latent1, ids_restore), mask)
+        nce = self.info_nce(self.projector(latent1[:, 1:].mean(1)), self.projector(latent2[:, 1:].mean(1)))
+        return recon + contrastive_weight * nce, recon, nce

@@ -12,6 +12,8 @@ from components.registry import queries
 from components.registry.tables import (Dataset, DatasetVersion, Evaluation, LabelSnapshot, ModelVersion,
                                         RegisteredModel)
 
+SCRATCH = "scratch"  # the backbone name of randomly initialised encoders in sweeps
+FROM_SCRATCH_METHOD = "finetune"  # training from scratch = fine-tuning a random initialisation
 _REF = re.compile(r"^(?P<name>[A-Za-z0-9][\w.\-]*)(?::(?P<version>\d+)|@(?P<alias>[\w.\-]+))?$")
 
 
@@ -70,20 +72,24 @@ class PromotionContext:
     img_size: int
 
     def baseline_predictions(self, results: dict) -> dict[str, np.ndarray]:
-        """Test-set predictions of every non-domain backbone of the evaluation, adapted with
-        the candidate's method on all labels (the candidate's seed where the sweep has it)."""
+        """Test-set predictions, on all labels, of every baseline in the evaluation: each
+        pretrained non-domain backbone adapted with the candidate's method (so the comparison
+        isolates what pretraining brought), and the from-scratch model trained from random
+        initialisation on the labels (fine-tuning 'scratch': supervised training from scratch,
+        the usual meaning of that baseline). The candidate's seed is used where the sweep has it."""
         method = self.candidate.params.get("method", "probe")
         seed = self.candidate.params.get("seed", 0)
         domain = self.evaluation.summary.get("domain")
-        runs = results["predictions"]
-        full = [run for run in runs if run["method"] == method and run["fraction"] == 1.0
-                and run["backbone"] != domain]
-        if not full and any(run["backbone"] != domain for run in runs):
-            raise ValueError(f"evaluation {self.evaluation.id} has no 100 %-label '{method}' runs for its "
-                             f"baselines: evaluate with method {method!r} too")
+        wanted = {run["backbone"] for run in results["predictions"] if run["backbone"] != domain}
         chosen: dict[str, dict] = {}
-        for run in sorted(full, key=lambda r: (r["seed"] != seed, r["seed"])):
-            chosen.setdefault(run["backbone"], run)
+        for name in sorted(wanted):
+            name_method = FROM_SCRATCH_METHOD if name == SCRATCH else method
+            runs = [run for run in results["predictions"] if run["backbone"] == name
+                    and run["method"] == name_method and run["fraction"] == 1.0]
+            if not runs:
+                raise ValueError(f"evaluation {self.evaluation.id} has no 100 %-label '{name_method}' run for "
+                                 f"baseline {name}: evaluate with method {name_method!r} at fraction 1.0")
+            chosen[f"{name} ({name_method})"] = min(runs, key=lambda r: (r["seed"] != seed, r["seed"]))
         return {name: np.asarray(run["proba"]).argmax(axis=1) for name, run in chosen.items()}
 
 

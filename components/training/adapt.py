@@ -65,8 +65,9 @@ class AdaptConfig:
 
     @classmethod
     def demo_finetune(cls, **kw) -> "AdaptConfig":
-        """The CPU demo fine-tune: ~2.5 min on 2 cores for ~2,000 ELPV images (see benchmarks)."""
-        return cls(**{"method": "finetune", **kw})
+        """The CPU demo fine-tune: 4 epochs, a few minutes on 2 cores for ~2,000 ELPV images
+        at 64 px (see docs/BENCHMARKS.md)."""
+        return cls(**{"method": "finetune", "epochs": 4, **kw})
 
     @classmethod
     def tiny(cls, method: str = "probe", **kw) -> "AdaptConfig":

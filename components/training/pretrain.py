@@ -133,6 +133,9 @@ class PretrainConfig:
     decoder_depth: int = 2
     decoder_heads: int = 4
     norm_pix_loss: bool = True
+    contrastive_weight: float = 0.0  # > 0: add InfoNCE between two masked views (see mae.py)
+    contrastive_dim: int = 128
+    temperature: float = 0.2
     augment: Augment = field(default_factory=Augment)
     max_seconds: float | None = None  # hard stop (the schedule is not shortened)
 
@@ -192,7 +195,11 @@ def pretrain(
     batch_size = min(cfg.batch_size, n)
 
     # model
-    model = MaskedAutoencoder(cfg.vit, cfg.decoder_dim, cfg.decoder_depth, cfg.decoder_heads, cfg.norm_pix_loss)
+    contrastive = cfg.contrastive_weight > 0
+    model = MaskedAutoencoder(
+        cfg.vit, cfg.decoder_dim, cfg.decoder_depth, cfg.decoder_heads, cfg.norm_pix_loss,
+        contrastive_dim=cfg.contrastive_dim if contrastive else 0, temperature=cfg.temperature,
+    )
     if init_encoder_state is not None:
         load_pretrained_weights(model.encoder, init_encoder_state)
     model.to(device).train()
@@ -212,13 +219,18 @@ def pretrain(
             order, cursor = torch.randperm(n, generator=gen), 0
         idx = order[cursor : cursor + batch_size]
         cursor += batch_size
-        x = augment_batch(data[idx.to(device)], cfg.augment, gen)
+        batch = data[idx.to(device)]
+        x = augment_batch(batch, cfg.augment, gen)
+        x2 = augment_batch(batch, cfg.augment, gen) if contrastive else None
 
         lr = cosine_lr(step, cfg.steps, cfg.warmup_steps, cfg.lr, cfg.min_lr)
         for g in opt.param_groups:
             g["lr"] = lr * g["lr_scale"]
         with autocast_for(device):
-            loss, _, _ = model(x, cfg.mask_ratio, generator=gen)
+            if contrastive:
+                loss, _, _ = model.forward_views(x, x2, cfg.mask_ratio, cfg.contrastive_weight, generator=gen)
+            else:
+                loss, _, _ = model(x, cfg.mask_ratio, generator=gen)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         if cfg.grad_clip:
