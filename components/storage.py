@@ -226,6 +226,16 @@ def _temp_beside(final: Path) -> Iterator[tuple[BinaryIO, Path]]:
             tmp.unlink()
 
 
+def _publish_verified(f, tmp: Path, dest: Path, uri: str, expected: str, actual: str) -> None:
+    """Move a fully downloaded temp file to ``dest`` only if its hash is the expected one."""
+    if actual != expected:
+        raise ArtifactCorrupted(uri, expected, actual)
+    f.flush()
+    os.fsync(f.fileno())
+    f.close()
+    os.replace(tmp, dest)
+
+
 # ------------------------------------------------------------------------ local store
 
 
@@ -338,13 +348,7 @@ class LocalArtifactStore:
             reader = _HashingReader(src)
             while chunk := reader.read(CHUNK):
                 f.write(chunk)
-            actual = reader.digest.hexdigest()
-            if actual != sha256:
-                raise ArtifactCorrupted(uri, sha256, actual)
-            f.flush()
-            os.fsync(f.fileno())
-            f.close()
-            os.replace(tmp, dest)
+            _publish_verified(f, tmp, dest, uri, sha256, reader.digest.hexdigest())
         return dest
 
     def exists(self, uri: str) -> bool:
@@ -575,12 +579,7 @@ class S3ArtifactStore:
         key, dest = self._object(uri), Path(dest)
         with _temp_beside(dest) as (f, tmp):
             actual, _ = self._download(key, uri, f)
-            if actual != sha256:
-                raise ArtifactCorrupted(uri, sha256, actual)
-            f.flush()
-            os.fsync(f.fileno())
-            f.close()
-            os.replace(tmp, dest)
+            _publish_verified(f, tmp, dest, uri, sha256, actual)
         return dest
 
     def exists(self, uri: str) -> bool:
