@@ -125,10 +125,10 @@ def pretrain(dataset: str = typer.Option(..., "--dataset", "-d"),
 @app.command()
 def adapt(dataset: str = typer.Option(..., "--dataset", "-d"),
           backbone: Optional[str] = typer.Option(None, help="backbone ref (name, name:version, name@alias) or 'scratch'"),
-          method: str = typer.Option("probe", help="probe or finetune"),
+          method: str = typer.Option("probe", help="probe, finetune, lora or prototype"),
           fraction: float = typer.Option(1.0, help="fraction of the training labels"),
           seed: int = 0, recipe: str = "demo", summary_path: Optional[Path] = SUMMARY):
-    """Adapt a backbone with labels (linear probe or fine-tuning) and register the classifier."""
+    """Adapt a backbone with labels (linear probe, fine-tuning, LoRA or class prototypes) and register the classifier."""
     prepare()
     from flows.adapt import adapt_flow
     out = run_step(adapt_flow, dataset, backbone=backbone, method=method, fraction=fraction, seed=seed,
@@ -142,7 +142,8 @@ def adapt(dataset: str = typer.Option(..., "--dataset", "-d"),
 @app.command()
 def evaluate(dataset: str = typer.Option(..., "--dataset", "-d"),
              backbone: list[str] = typer.Option(None, help="backbone refs to compare (repeatable)"),
-             fractions: str = "0.05,0.1,0.25,0.5,1.0", seeds: str = "0,1,2", methods: str = "probe",
+             fractions: str = "0.05,0.1,0.25,0.5,1.0", seeds: str = "0,1,2",
+             methods: str = typer.Option("probe", help="comma-separated: probe, finetune, lora, prototype"),
              recipe: str = "demo", scratch: bool = typer.Option(True, help="include the from-scratch baseline"),
              summary_path: Optional[Path] = SUMMARY):
     """Label-efficiency sweep: label fractions x backbones x methods x seeds, with CIs."""

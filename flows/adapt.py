@@ -15,7 +15,7 @@ from components.registry import queries, refs
 from components.registry.refs import SCRATCH
 from components.registry.db import session_scope
 from components.settings import get_settings
-from components.training.adapt import AdaptConfig, adapt, predict_proba
+from components.training.adapt import METHODS, AdaptConfig, adapt, predict_proba
 from components.training.checkpoint import load_checkpoint, save_checkpoint
 from flows.pretrain import pretrain_recipe, resolve_model
 from flows.tasks import load_artifact, load_labeled_set, store_artifact
@@ -24,8 +24,8 @@ from flows.tasks import load_artifact, load_labeled_set, store_artifact
 
 def adapt_recipe(method: str, recipe: str = "demo", seed: int = 0) -> AdaptConfig:
     """A named AdaptConfig preset, e.g. method 'probe' + recipe 'demo' -> AdaptConfig.demo_probe()."""
-    if method not in ("probe", "finetune"):
-        raise ValueError(f"unknown adaptation method {method!r} (methods: probe, finetune)")
+    if method not in METHODS:
+        raise ValueError(f"unknown adaptation method {method!r} (methods: {', '.join(METHODS)})")
     per_method = getattr(AdaptConfig, f"{recipe}_{method}", None)
     shared = getattr(AdaptConfig, recipe, None)
     if callable(per_method):

@@ -258,7 +258,7 @@ def test_sweep_plan_subsets_rows_and_json_roundtrip():
     with pytest.raises(ValueError):
         plan_runs([Backbone("a", vit), Backbone("a", vit)], cfg)
     with pytest.raises(ValueError):
-        SweepConfig(methods=("lora",))
+        SweepConfig(methods=("distill",))
 
     labels = np.random.default_rng(0).integers(0, 3, 120)
     train, test = make_test_split(_shas(120), labels)

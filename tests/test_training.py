@@ -260,6 +260,6 @@ def test_demo_and_tiny_configs_are_consistent():
     assert AdaptConfig.demo_probe().method == "probe" and AdaptConfig.demo_finetune().method == "finetune"
     assert PretrainConfig.tiny().steps <= 50
     with pytest.raises(ValueError):
-        AdaptConfig(method="lora")
+        AdaptConfig(method="distill")
     d = demo.to_dict()
     assert ViTConfig.from_dict(d["vit"]) == demo.vit

@@ -6,9 +6,9 @@ fixed test split, so any two runs can be compared pairwise (``paired_bootstrap``
 method, so differences between curves come from the backbones, not from which labels
 they happened to get.
 
-Probes reuse frozen features: each backbone's encoder embeds the train+test images once,
-and every (fraction, seed) probe is fitted on those cached features. Fine-tuning calls
-``adapt`` per (fraction, seed).
+Probes and prototypes reuse frozen features: each backbone's encoder embeds the
+train+test images once, and every (fraction, seed) probe or prototype head is fitted on
+those cached features. Fine-tuning and LoRA call ``adapt`` per (fraction, seed).
 """
 from __future__ import annotations
 
@@ -26,7 +26,9 @@ from components.evaluation.split import label_subset
 if TYPE_CHECKING:  # the learning stack (torch) is imported only when a sweep runs
     from components.models.vit import ViTConfig
 
-METHODS = ("probe", "finetune")
+METHODS = ("probe", "finetune", "lora", "prototype")
+FEATURE_METHODS = ("probe", "prototype")  # heads on frozen features: extracted once per backbone
+TRAINED_METHODS = ("finetune", "lora")  # a training run each: may be restricted to part of the grid
 RunKey = tuple[str, str, float, int]  # (backbone, method, fraction, seed)
 
 
@@ -42,8 +44,8 @@ class Backbone:
 
 @dataclass
 class SweepConfig:
-    """What to sweep. ``probe``/``finetune`` are ``AdaptConfig``s (defaults: ``AdaptConfig(method=...)``);
-    their ``seed`` is replaced by each run's seed.
+    """What to sweep. ``probe``/``finetune``/``lora``/``prototype`` are ``AdaptConfig``s (defaults:
+    ``AdaptConfig(method=...)``); their ``seed`` is replaced by each run's seed.
 
     ``encoder_seed`` initializes encoders whose ``state`` is None; it is fixed (not the run
     seed) so a from-scratch probe's features are extracted once, like any other backbone's.
@@ -53,12 +55,15 @@ class SweepConfig:
     fractions: tuple[float, ...] = (0.05, 0.1, 0.25, 0.5, 1.0)
     seeds: tuple[int, ...] = (0, 1, 2)
     methods: tuple[str, ...] = ("probe",)
-    # Fine-tuning costs minutes a run on CPU where a probe costs a second: it may run on a
-    # subset of the fractions and seeds (None: all of them).
+    # Fine-tuning (and LoRA, which back-propagates through the whole encoder too) costs minutes
+    # a run on CPU where a probe costs a second: it may run on a subset of the fractions and
+    # seeds (None: all of them).
     finetune_fractions: tuple[float, ...] | None = None
     finetune_seeds: tuple[int, ...] | None = None
     probe: Any = None
     finetune: Any = None
+    lora: Any = None
+    prototype: Any = None
     n_boot: int = 1000
     bootstrap_seed: int = 0
     encoder_seed: int = 0
@@ -86,7 +91,7 @@ class SweepConfig:
 
     def grid(self, method: str) -> tuple[tuple[float, ...], tuple[int, ...]]:
         """The (fractions, seeds) a method runs on."""
-        if method == "finetune":
+        if method in TRAINED_METHODS:
             return self.finetune_fractions or self.fractions, self.finetune_seeds or self.seeds
         return self.fractions, self.seeds
 
@@ -246,8 +251,7 @@ def run_sweep(
     if len(test_idx) == 0 or len(train_idx) == 0:
         raise ValueError("empty train or test split")
 
-    probe_cfg = cfg.probe if cfg.probe is not None else learn.AdaptConfig(method="probe")
-    finetune_cfg = cfg.finetune if cfg.finetune is not None else learn.AdaptConfig(method="finetune")
+    method_cfg = {m: getattr(cfg, m) if getattr(cfg, m) is not None else learn.AdaptConfig(method=m) for m in METHODS}
     runs = plan_runs(backbones, cfg)
     subsets = make_subsets(train_idx, labels, cfg)
     y_test = labels[test_idx]
@@ -260,9 +264,10 @@ def run_sweep(
     bar = tqdm(total=len(runs), desc="label-efficiency sweep", unit="run", disable=not progress)
     try:
         for bb in backbones:
+            feats = None
             for method in cfg.methods:
-                if method == "probe":
-                    # Embed train+test once; probes for every (fraction, seed) reuse the features.
+                if method in FEATURE_METHODS and feats is None:
+                    # Embed train+test once; probes and prototypes for every (fraction, seed) reuse the features.
                     bar.set_postfix_str(f"{bb.name}: extracting features")
                     encoder = learn.build_encoder(bb.vit_config, bb.state, cfg.encoder_seed)
                     pool = np.union1d(train_idx, test_idx)
@@ -277,13 +282,13 @@ def run_sweep(
                         key = (bb.name, method, f, s)
                         bar.set_postfix_str(f"{bb.name}/{method} {100 * f:g}% seed {s}")
                         sub = subsets[(f, s)]
-                        if method == "probe":
-                            head = learn.fit_probe(feats[row_of[sub]], labels[sub], num_classes,
-                                                   with_seed(probe_cfg, s))
+                        if method in FEATURE_METHODS:
+                            fit = learn.fit_probe if method == "probe" else learn.fit_prototypes
+                            head = fit(feats[row_of[sub]], labels[sub], num_classes, with_seed(method_cfg[method], s))
                             proba = learn.predict_proba_from_features(head, test_feats)
                         else:
                             clf = learn.adapt(bb.vit_config, bb.state, images[sub], labels[sub], num_classes,
-                                              with_seed(finetune_cfg, s), progress=False)
+                                              with_seed(method_cfg[method], s), progress=False)
                             proba = learn.predict_proba(clf, images[test_idx], cfg.feature_batch_size, cfg.device)
                             del clf
                         proba = np.asarray(proba, dtype=np.float32)

@@ -1,5 +1,10 @@
-"""Adapting a backbone to labels: a linear probe on frozen features, or a full fine-tune.
+"""Adapting a backbone to labels: four methods, from cheapest to most expensive.
 
+* prototype: few-shot nearest class mean. Frozen features are L2-normalized, each class's
+  prototype is the normalized mean of its normalized features, and a sample's logits are its
+  cosine similarities to the prototypes divided by a temperature. No optimization and
+  nothing to tune, so it is usable with a single label per class, where a probe's
+  cross-validation has nothing to split.
 * probe: features of the frozen encoder (extract once, cache, reuse for every label
   fraction), standardized, then an L2-regularized multinomial logistic regression solved
   exactly (L-BFGS, full batch); its L2 strength is picked by stratified cross-validation
@@ -7,9 +12,15 @@
 * finetune: the whole network trained with AdamW, layer-wise learning-rate decay, label
   smoothing, stochastic depth and grayscale augmentations; the head starts from a linear
   probe (LP-FT), which keeps the first steps from wrecking the pretrained features.
+* lora: the encoder stays frozen; low-rank adapters on the attention projections of every
+  block (:mod:`components.models.lora`) and the head are trained with the fine-tune's loop
+  (AdamW, warmup + cosine, augmentations, LP-init head). A few hundred thousand trainable
+  parameters instead of millions overfit less on few labels; after training the adapters
+  are merged into the weights, so the result is a plain classifier like the others.
 
-A :class:`Classifier` (encoder + feature standardization + linear head) is what both
-produce; ``state()`` / ``from_state()`` turn it into a plain dict for checkpoints.
+A :class:`Classifier` (encoder + feature standardization + linear head, optionally on
+L2-normalized features for prototypes) is what all four produce; ``state()`` /
+``from_state()`` turn it into a plain dict for checkpoints, in one format for every method.
 """
 from __future__ import annotations
 
@@ -23,22 +34,26 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
+from components.models.lora import check_lora_args, inject_lora, merge_lora
 from components.models.vit import ViTConfig, VisionTransformer, load_pretrained_weights, normalize_uint8
 from components.training.device import autocast_for, pick_device
 from components.training.pretrain import Augment, augment_batch, cosine_lr, param_groups
 
 PROBE_L2_GRID = (3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 1e-1)
+METHODS = ("probe", "finetune", "lora", "prototype")
 
 
 @dataclass
 class AdaptConfig:
     """Every knob of adaptation.
 
-    ``weight_decay`` is AdamW's (fine-tune); the probe's L2 strength is ``probe_l2``
+    ``weight_decay`` is AdamW's (fine-tune, LoRA); the probe's L2 strength is ``probe_l2``
     (``None``: chosen by ``probe_folds``-fold cross-validation over ``PROBE_L2_GRID``).
+    The training knobs (epochs ... augment, max_seconds) are shared by fine-tune and LoRA;
+    LoRA uses no layer decay (its adapters are all new parameters).
     """
 
-    method: str = "probe"  # "probe" | "finetune"
+    method: str = "probe"  # one of METHODS
     epochs: int = 10
     lr: float = 1e-3  # fine-tune peak lr of the head; block i gets lr * layer_decay ** (depth - i)
     batch_size: int = 64
@@ -51,13 +66,21 @@ class AdaptConfig:
     augment: Augment = field(default_factory=Augment)
     probe_l2: float | None = None
     probe_folds: int = 5
+    lora_rank: int = 8
+    lora_alpha: float = 16.0  # the update is scaled by lora_alpha / lora_rank
+    lora_dropout: float = 0.0  # on the adapters' input only
+    lora_proj: bool = False  # adapt attn.proj as well as the fused attn.qkv
+    prototype_temperature: float = 0.1  # cosine similarities / temperature = logits
     seed: int = 0
     device: str = "auto"
     max_seconds: float | None = None  # hard stop for fine-tuning (the schedule is not shortened)
 
     def __post_init__(self) -> None:
-        if self.method not in ("probe", "finetune"):
-            raise ValueError(f"method must be 'probe' or 'finetune', got {self.method!r}")
+        if self.method not in METHODS:
+            raise ValueError(f"method must be one of {', '.join(METHODS)}; got {self.method!r}")
+        check_lora_args(self.lora_rank, self.lora_alpha, self.lora_dropout)
+        if not self.prototype_temperature > 0:
+            raise ValueError(f"prototype_temperature must be > 0, got {self.prototype_temperature!r}")
 
     @classmethod
     def demo_probe(cls, **kw) -> "AdaptConfig":
@@ -68,6 +91,15 @@ class AdaptConfig:
         """The CPU demo fine-tune: 4 epochs, a few minutes on 2 cores for ~2,000 ELPV images
         at 64 px (see docs/BENCHMARKS.md)."""
         return cls(**{"method": "finetune", "epochs": 4, **kw})
+
+    @classmethod
+    def demo_lora(cls, **kw) -> "AdaptConfig":
+        """The CPU demo LoRA run: the fine-tune demo's schedule with rank-8 adapters on qkv."""
+        return cls(**{"method": "lora", "epochs": 4, **kw})
+
+    @classmethod
+    def demo_prototype(cls, **kw) -> "AdaptConfig":
+        return cls(**{"method": "prototype", **kw})
 
     @classmethod
     def tiny(cls, method: str = "probe", **kw) -> "AdaptConfig":
@@ -117,16 +149,20 @@ def extract_features(encoder: VisionTransformer, images: np.ndarray, batch_size:
 
 @dataclass
 class LinearHead:
-    """A linear classifier on standardized features: ``logits = ((f - mean) / std) @ weight.T + bias``."""
+    """A linear classifier on standardized features: ``logits = z @ weight.T + bias`` with
+    ``z = (f - mean) / std``, L2-normalized to unit length when ``normalize`` (prototypes)."""
 
     weight: np.ndarray  # [C, D]
     bias: np.ndarray  # [C]
     mean: np.ndarray  # [D]
     std: np.ndarray  # [D]
     l2: float = 0.0
+    normalize: bool = False
 
     def logits(self, features: np.ndarray) -> np.ndarray:
         z = (np.asarray(features, np.float32) - self.mean) / self.std
+        if self.normalize:
+            z = z / np.maximum(np.linalg.norm(z, axis=1, keepdims=True), 1e-12)
         return z @ self.weight.T + self.bias
 
     def to_dict(self) -> dict:
@@ -135,7 +171,8 @@ class LinearHead:
     @classmethod
     def from_dict(cls, d: dict) -> "LinearHead":
         arr = lambda v: np.asarray(v.numpy() if isinstance(v, torch.Tensor) else v, np.float32)  # noqa: E731
-        return cls(arr(d["weight"]), arr(d["bias"]), arr(d["mean"]), arr(d["std"]), float(d.get("l2", 0.0)))
+        return cls(arr(d["weight"]), arr(d["bias"]), arr(d["mean"]), arr(d["std"]), float(d.get("l2", 0.0)),
+                   bool(d.get("normalize", False)))
 
 
 def _softmax(logits: np.ndarray) -> np.ndarray:
@@ -145,7 +182,7 @@ def _softmax(logits: np.ndarray) -> np.ndarray:
 
 
 def predict_proba_from_features(head: LinearHead, features: np.ndarray) -> np.ndarray:
-    """Class probabilities ``[N, C]`` of a probe head on cached features."""
+    """Class probabilities ``[N, C]`` of a probe or prototype head on cached features."""
     return _softmax(head.logits(features).astype(np.float64))
 
 
@@ -230,16 +267,40 @@ def _fit_probe(features: np.ndarray, labels: np.ndarray, num_classes: int, cfg: 
     return LinearHead(f32(W), f32(b), f32(mean), f32(std), float(l2))
 
 
+def fit_prototypes(features: np.ndarray, labels: np.ndarray, num_classes: int, cfg: AdaptConfig) -> LinearHead:
+    """Nearest-class-mean head on (frozen) features: cosine similarity to each class's
+    prototype over ``cfg.prototype_temperature``. Every class needs at least one example:
+    a class without one has no prototype, and a made-up one would be silently never (or
+    always) predicted."""
+    X = np.asarray(features, np.float64)
+    y = np.asarray(labels, np.int64)
+    if X.ndim != 2 or len(X) != len(y) or len(y) == 0:
+        raise ValueError(f"features {X.shape} and labels {y.shape} do not match")
+    if y.min() < 0 or y.max() >= num_classes:
+        raise ValueError(f"labels must lie in [0, {num_classes}), got {y.min()}..{y.max()}")
+    missing = sorted(set(range(num_classes)) - set(y.tolist()))
+    if missing:
+        raise ValueError(f"prototype needs at least one example of every class; none of class(es) {missing}")
+    unit = lambda a: a / np.maximum(np.linalg.norm(a, axis=-1, keepdims=True), 1e-12)  # noqa: E731
+    Z = unit(X)
+    protos = unit(np.stack([Z[y == c].mean(0) for c in range(num_classes)]))
+    D = X.shape[1]
+    return LinearHead((protos / cfg.prototype_temperature).astype(np.float32), np.zeros(num_classes, np.float32),
+                      np.zeros(D, np.float32), np.ones(D, np.float32), 0.0, normalize=True)
+
+
 # ------------------------------------------------------------------------------ classifier
 
 
 class Classifier(nn.Module):
-    """Encoder -> pooled features -> standardization -> linear head."""
+    """Encoder -> pooled features -> standardization (-> L2 normalization) -> linear head."""
 
-    def __init__(self, vit_cfg: ViTConfig, num_classes: int, method: str = "probe", classes: list[str] | None = None):
+    def __init__(self, vit_cfg: ViTConfig, num_classes: int, method: str = "probe", classes: list[str] | None = None,
+                 normalize_features: bool = False):
         super().__init__()
         self.vit_cfg, self.num_classes, self.method = vit_cfg, num_classes, method
         self.classes = list(classes) if classes is not None else None
+        self.normalize_features = bool(normalize_features)  # a plain flag, not a buffer: old state dicts still load
         self.encoder = VisionTransformer(vit_cfg)
         self.register_buffer("feat_mean", torch.zeros(vit_cfg.embed_dim))
         self.register_buffer("feat_std", torch.ones(vit_cfg.embed_dim))
@@ -251,11 +312,14 @@ class Classifier(nn.Module):
             self.head.bias.copy_(torch.from_numpy(head.bias))
             self.feat_mean.copy_(torch.from_numpy(head.mean))
             self.feat_std.copy_(torch.from_numpy(head.std))
+        self.normalize_features = head.normalize
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Normalized images ``[B, 1, H, W]`` -> logits ``[B, C]``."""
-        f = self.encoder.forward_pool(x)
-        return self.head((f - self.feat_mean) / self.feat_std)
+        z = (self.encoder.forward_pool(x) - self.feat_mean) / self.feat_std
+        if self.normalize_features:
+            z = F.normalize(z.float(), dim=-1, eps=1e-12)
+        return self.head(z)
 
     def state(self) -> dict:
         """Plain dict for :func:`components.training.checkpoint.save_checkpoint`."""
@@ -265,6 +329,7 @@ class Classifier(nn.Module):
             "vit_config": self.vit_cfg.to_dict(),
             "num_classes": self.num_classes,
             "classes": self.classes,
+            "normalize_features": self.normalize_features,
             "state_dict": {k: v.detach().cpu().clone() for k, v in self.state_dict().items()},
         }
 
@@ -272,7 +337,8 @@ class Classifier(nn.Module):
     def from_state(cls, state: dict) -> "Classifier":
         if state.get("kind") != "classifier":
             raise ValueError(f"not a classifier checkpoint (kind={state.get('kind')!r})")
-        clf = cls(ViTConfig.from_dict(dict(state["vit_config"])), int(state["num_classes"]), state.get("method", "probe"), state.get("classes"))
+        clf = cls(ViTConfig.from_dict(dict(state["vit_config"])), int(state["num_classes"]), state.get("method", "probe"),
+                  state.get("classes"), bool(state.get("normalize_features", False)))
         clf.load_state_dict(state["state_dict"])
         return clf.eval()
 
@@ -328,13 +394,25 @@ def adapt(
     clf = Classifier(vit_cfg, num_classes, cfg.method)
     clf.encoder.load_state_dict(encoder.state_dict())
 
+    if cfg.method == "prototype":
+        feats = extract_features(clf.encoder, images, device=cfg.device)
+        clf.set_head(fit_prototypes(feats, labels, num_classes, cfg))
+        return clf.eval()
     if cfg.method == "probe" or cfg.lp_init:
         feats = extract_features(clf.encoder, images, device=cfg.device)
         clf.set_head(fit_probe(feats, labels, num_classes, cfg))
     if cfg.method == "probe":
         return clf.eval()
 
-    # ---- full fine-tune
+    # ---- full fine-tune, or LoRA: the same loop, different trainable parameters
+    depth = vit_cfg.depth
+    if cfg.method == "lora":
+        # Freezes the encoder; only the adapters (B = 0: the model starts unchanged) and the head train.
+        inject_lora(clf.encoder, cfg.lora_rank, cfg.lora_alpha, cfg.lora_dropout,
+                    ("qkv", "proj") if cfg.lora_proj else ("qkv",))
+        lr_scale = None  # every adapter is a new parameter: no pretrained layer to protect with a smaller lr
+    else:
+        lr_scale = lambda name: cfg.layer_decay ** (depth + 1 - _layer_id(name, depth))  # noqa: E731
     gen = torch.Generator().manual_seed(cfg.seed)
     clf.encoder.set_drop_path(cfg.drop_path)
     clf.to(device).train()
@@ -345,11 +423,10 @@ def adapt(
     steps_per_epoch = max(1, n // batch_size)
     total = cfg.epochs * steps_per_epoch
     warmup = int(round(cfg.warmup_epochs * steps_per_epoch))
-    depth = vit_cfg.depth
-    groups = param_groups(clf, cfg.weight_decay, lambda name: cfg.layer_decay ** (depth + 1 - _layer_id(name, depth)))
+    groups = param_groups(clf, cfg.weight_decay, lr_scale)
     opt = torch.optim.AdamW(groups, lr=cfg.lr, betas=(0.9, 0.999), fused=device.type == "cuda")
 
-    bar = tqdm(total=total, desc="fine-tune", disable=not progress, leave=False)
+    bar = tqdm(total=total, desc=cfg.method, disable=not progress, leave=False)
     t0 = time.perf_counter()
     step = 0
     for _epoch in range(cfg.epochs):
@@ -367,7 +444,7 @@ def adapt(
             loss.backward()
             opt.step()
             if not math.isfinite(loss.item()):
-                raise FloatingPointError(f"fine-tune loss is {loss.item()} at step {step}; lower cfg.lr")
+                raise FloatingPointError(f"{cfg.method} loss is {loss.item()} at step {step}; lower cfg.lr")
             step += 1
             bar.update(1)
             if step % 10 == 0:
@@ -379,4 +456,6 @@ def adapt(
         break
     bar.close()
     clf.encoder.set_drop_path(0.0)
+    if cfg.method == "lora":
+        merge_lora(clf.encoder)  # back to a plain ViT: same checkpoint format, no adapter code at inference
     return clf.cpu().eval()
