@@ -12,7 +12,7 @@ import numpy as np
 import torch
 
 
-def _plain(obj):
+def to_plain(obj):
     """Make ``obj`` loadable with ``weights_only=True`` (numpy -> tensors/lists, tuples -> lists)."""
     if isinstance(obj, torch.Tensor):
         return obj.detach().cpu().contiguous()
@@ -21,9 +21,9 @@ def _plain(obj):
     if isinstance(obj, np.generic):
         return obj.item()
     if isinstance(obj, dict):
-        return {k: _plain(v) for k, v in obj.items()}
+        return {k: to_plain(v) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
-        return [_plain(v) for v in obj]
+        return [to_plain(v) for v in obj]
     return obj
 
 
@@ -32,7 +32,7 @@ def save_checkpoint(obj: dict) -> bytes:
     if not isinstance(obj, dict):
         raise TypeError(f"a checkpoint is a dict, got {type(obj).__name__}")
     buf = io.BytesIO()
-    torch.save(_plain(obj), buf)
+    torch.save(to_plain(obj), buf)
     return buf.getvalue()
 
 

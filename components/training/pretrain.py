@@ -1,15 +1,21 @@
-"""Self-supervised pretraining of a ViT encoder with a masked autoencoder.
+"""Self-supervised pretraining of a ViT encoder: masked autoencoder (MAE) or self-distillation (DINO).
 
-One readable loop, top to bottom (data -> model -> optimizer -> steps -> encoder weights),
-every knob in :class:`PretrainConfig`. Images arrive as one uint8 array ``[N, H, W]`` at the
-encoder's resolution, live on the device as uint8 and are augmented there in torch, so a
-step costs one gather, one ``grid_sample`` and the model.
+One readable loop, top to bottom (data -> model -> optimizer -> resume -> steps -> encoder
+weights), every knob in :class:`PretrainConfig`. Images arrive as one uint8 array
+``[N, H, W]`` at the encoder's resolution (decoded once, see components/data/images.py), live
+on the device as uint8 and are augmented there in torch, so a step costs one gather, one
+``grid_sample`` per view and the model: the GPU never waits for a CPU data loader.
+The full training state is checkpointed atomically so a killed run resumes where it stopped.
 """
 from __future__ import annotations
 
+import hashlib
+import logging
 import math
+import os
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -18,7 +24,11 @@ from tqdm.auto import tqdm
 
 from components.models.mae import MaskedAutoencoder
 from components.models.vit import ViTConfig, load_pretrained_weights, normalize_uint8
-from components.training.device import autocast_for, pick_device
+from components.training.checkpoint import to_plain, load_checkpoint, save_checkpoint
+from components.training.device import autocast_for
+from components.training.distributed import distributed_context
+
+log = logging.getLogger(__name__)
 
 
 # ------------------------------------------------------------------------------ augmentation
@@ -110,17 +120,22 @@ def cosine_lr(step: int, total: int, warmup: int, peak: float, floor: float = 0.
     return floor + (peak - floor) * 0.5 * (1.0 + math.cos(math.pi * min(t, 1.0)))
 
 
-# ------------------------------------------------------------------------------ config + loop
+# ------------------------------------------------------------------------------ config
 
 
 @dataclass
 class PretrainConfig:
-    """Every knob of MAE pretraining. ``lr`` is the absolute peak learning rate."""
+    """Every knob of self-supervised pretraining. ``lr`` is the absolute peak learning rate.
 
+    ``method`` picks the objective: ``mae`` (masked autoencoder, components/models/mae.py) or
+    ``dino`` (self-distillation with an EMA teacher, components/models/dino.py). Knobs of the
+    other method are ignored.
+    """
+
+    method: str = "mae"
     vit: ViTConfig = field(default_factory=lambda: ViTConfig.tiny(64, 8, depth=6, global_pool="avg"))
-    mask_ratio: float = 0.75
     steps: int = 1000
-    batch_size: int = 128
+    batch_size: int = 128  # global: split across processes under torchrun
     lr: float = 1.5e-3
     min_lr: float = 1e-5
     warmup_steps: int = 100
@@ -129,6 +144,9 @@ class PretrainConfig:
     grad_clip: float = 0.0  # 0 = off
     seed: int = 0
     device: str = "auto"
+    augment: Augment = field(default_factory=Augment)
+    # MAE
+    mask_ratio: float = 0.75
     decoder_dim: int = 128
     decoder_depth: int = 2
     decoder_heads: int = 4
@@ -136,8 +154,26 @@ class PretrainConfig:
     contrastive_weight: float = 0.0  # > 0: add InfoNCE between two masked views (see mae.py)
     contrastive_dim: int = 128
     temperature: float = 0.2
-    augment: Augment = field(default_factory=Augment)
+    # DINO (self-distillation): head sizes, teacher temperature warmup, EMA momentum schedule
+    dino_out_dim: int = 1024
+    dino_hidden_dim: int = 512
+    dino_bottleneck_dim: int = 128
+    student_temp: float = 0.1
+    teacher_temp: float = 0.04
+    teacher_temp_start: float = 0.04
+    teacher_temp_warmup_steps: int = 0
+    teacher_momentum: float = 0.996  # cosine-annealed to 1.0 over the run
+    dino_views: int = 2
+    # running it: none of these change the result on CPU
+    compile: bool = False  # torch.compile the model (GPU throughput; first step compiles)
+    checkpoint_every: int = 100  # steps between resume checkpoints (when a checkpoint path is given)
     max_seconds: float | None = None  # hard stop (the schedule is not shortened)
+
+    def __post_init__(self) -> None:
+        if self.method not in PRETRAIN_METHODS:
+            raise ValueError(f"pretraining method must be one of {', '.join(PRETRAIN_METHODS)}; got {self.method!r}")
+        if self.steps < 1 or self.batch_size < 1:
+            raise ValueError(f"steps and batch_size must be >= 1 (got {self.steps}, {self.batch_size})")
 
     @classmethod
     def demo(cls, **kw) -> "PretrainConfig":
@@ -150,7 +186,7 @@ class PretrainConfig:
         base = dict(
             vit=ViTConfig(img_size=img_size, patch_size=8, embed_dim=32, depth=2, num_heads=2, global_pool="avg"),
             steps=30, batch_size=16, lr=2e-3, warmup_steps=5, decoder_dim=32, decoder_depth=1, decoder_heads=2,
-            device="cpu",
+            dino_out_dim=64, dino_hidden_dim=64, dino_bottleneck_dim=32, device="cpu",
         )
         return cls(**{**base, **kw})
 
@@ -159,13 +195,92 @@ class PretrainConfig:
         d["vit"] = self.vit.to_dict()
         return d
 
+    @classmethod
+    def from_dict(cls, d: dict) -> "PretrainConfig":
+        """Inverse of :meth:`to_dict` (JSON-safe: lists come back as tuples)."""
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ValueError(f"unknown PretrainConfig keys: {unknown}")
+        d = {k: tuple(v) if isinstance(v, list) else v for k, v in d.items()}
+        d["vit"] = ViTConfig.from_dict(dict(d["vit"]))
+        if "augment" in d:
+            d["augment"] = Augment(**{k: tuple(v) if isinstance(v, list) else v for k, v in dict(d["augment"]).items()})
+        return cls(**d)
+
+
+PRETRAIN_METHODS = ("mae", "dino")
+# Fields that change how a run executes, not what it computes: a run may resume under new values.
+RUNTIME_FIELDS = ("device", "compile", "checkpoint_every", "max_seconds")
+
 
 @dataclass
 class PretrainResult:
     encoder_state: dict  # VisionTransformer state dict (CPU tensors, no head)
-    losses: list[float]  # one per step
-    seconds: float
+    losses: list[float]  # one per step, from step 0 (resumed runs include the steps before the crash)
+    seconds: float  # wall time of this process's steps
     images_per_s: float
+    resumed_from_step: int = 0
+
+
+def build_ssl_model(cfg: PretrainConfig) -> torch.nn.Module:
+    """The pretraining model for ``cfg.method``; its ``.encoder`` is the backbone we keep."""
+    if cfg.method == "mae":
+        contrastive = cfg.contrastive_weight > 0
+        return MaskedAutoencoder(
+            cfg.vit, cfg.decoder_dim, cfg.decoder_depth, cfg.decoder_heads, cfg.norm_pix_loss,
+            contrastive_dim=cfg.contrastive_dim if contrastive else 0, temperature=cfg.temperature,
+        )
+    from components.models.dino import SelfDistillation
+
+    return SelfDistillation(cfg.vit, out_dim=cfg.dino_out_dim, hidden_dim=cfg.dino_hidden_dim,
+                            bottleneck_dim=cfg.dino_bottleneck_dim, student_temp=cfg.student_temp)
+
+
+def teacher_schedule(step: int, cfg: PretrainConfig) -> tuple[float, float]:
+    """DINO's (teacher temperature, EMA momentum) at ``step``: temperature warmed up linearly,
+    momentum cosine-annealed from ``teacher_momentum`` to 1 (the teacher freezes as lr -> 0)."""
+    w = cfg.teacher_temp_warmup_steps
+    temp = cfg.teacher_temp if step >= w else cfg.teacher_temp_start + (cfg.teacher_temp - cfg.teacher_temp_start) * step / w
+    momentum = 1.0 - (1.0 - cfg.teacher_momentum) * 0.5 * (1.0 + math.cos(math.pi * step / cfg.steps))
+    return temp, momentum
+
+
+# ------------------------------------------------------------------------------ resume checkpoints
+
+
+def images_fingerprint(images: np.ndarray) -> str:
+    return hashlib.sha256(np.ascontiguousarray(images).data).hexdigest()
+
+
+def write_atomically(path: Path, data: bytes) -> None:
+    """Temp file + fsync + rename: a crash leaves the previous checkpoint or the new one, never half of one."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def read_resume_state(path: Path, cfg: PretrainConfig, fingerprint: str) -> dict:
+    """The saved training state at ``path``, after checking it belongs to this config and these images."""
+    try:
+        state = load_checkpoint(path.read_bytes())
+    except Exception as exc:  # a torn or foreign file: say which and stop, never train on garbage
+        raise ValueError(f"resume checkpoint {path} is unreadable ({exc}); delete it to start over") from exc
+    saved, now = state.get("config", {}), to_plain(cfg.to_dict())
+    changed = sorted(k for k in set(saved) | set(now) if k not in RUNTIME_FIELDS and saved.get(k) != now.get(k))
+    if changed:
+        raise ValueError(f"resume checkpoint {path} was written with a different config "
+                         f"(changed: {', '.join(changed)}); delete it or rerun with the same config")
+    if state.get("images_sha256") != fingerprint:
+        raise ValueError(f"resume checkpoint {path} was written for other images; delete it to start over")
+    return state
+
+
+# ------------------------------------------------------------------------------ the loop
 
 
 def pretrain(
@@ -173,10 +288,15 @@ def pretrain(
     cfg: PretrainConfig,
     progress: bool = True,
     init_encoder_state: dict | None = None,
+    checkpoint_path: Path | str | None = None,
 ) -> PretrainResult:
-    """MAE-pretrain a ViT encoder on uint8 grayscale images ``[N, H, W]`` (H = W = ``cfg.vit.img_size``).
+    """Pretrain a ViT encoder on uint8 grayscale images ``[N, H, W]`` (H = W = ``cfg.vit.img_size``).
 
     ``init_encoder_state`` continues from existing weights (ours, timm, MAE or HF ViT).
+    ``checkpoint_path``: the full training state is written there every ``cfg.checkpoint_every``
+    steps; if the file exists the run resumes from it and ends with the same weights as an
+    uninterrupted run (CPU, same seed). Under ``torchrun`` each process takes its share of every
+    batch and gradients are averaged (DDP); rank 0 writes the checkpoints.
     Deterministic on CPU for a given ``cfg.seed``.
     """
     if images.ndim != 3 or images.dtype != np.uint8:
@@ -185,64 +305,99 @@ def pretrain(
         raise ValueError(f"images are {images.shape[1:]}, the encoder expects {cfg.vit.img_size}px squares")
     if cfg.vit.in_chans != 1:
         raise ValueError("pretraining works on grayscale images: vit.in_chans must be 1")
-    device = pick_device(cfg.device)
+    dist = distributed_context(cfg.device)
+    device = dist.device
     torch.manual_seed(cfg.seed)
-    gen = torch.Generator().manual_seed(cfg.seed)
+    order_gen = torch.Generator().manual_seed(cfg.seed)  # the batch order: the same in every process
+    gen = torch.Generator().manual_seed(cfg.seed + 1 + 1000 * dist.rank)  # augmentation + masking: per process
 
     # data: the whole set stays on the device as uint8
     data = torch.from_numpy(np.ascontiguousarray(images)).to(device)
     n = data.shape[0]
     batch_size = min(cfg.batch_size, n)
+    if batch_size % dist.world_size:
+        raise ValueError(f"batch size {batch_size} does not split over {dist.world_size} processes")
+    local = slice(dist.rank * batch_size // dist.world_size, (dist.rank + 1) * batch_size // dist.world_size)
 
     # model
-    contrastive = cfg.contrastive_weight > 0
-    model = MaskedAutoencoder(
-        cfg.vit, cfg.decoder_dim, cfg.decoder_depth, cfg.decoder_heads, cfg.norm_pix_loss,
-        contrastive_dim=cfg.contrastive_dim if contrastive else 0, temperature=cfg.temperature,
-    )
+    model = build_ssl_model(cfg)
     if init_encoder_state is not None:
         load_pretrained_weights(model.encoder, init_encoder_state)
+        if cfg.method == "dino":
+            model.update_teacher(0.0)  # the teacher starts from the same weights as the student
     model.to(device).train()
 
     # optimizer
     groups = param_groups(model, cfg.weight_decay)
     opt = torch.optim.AdamW(groups, lr=cfg.lr, betas=cfg.betas, fused=device.type == "cuda")
 
-    # loop: epochs of random permutations, cut into batches (last partial batch dropped)
+    # resume: the whole training state, so the rest of the run is the run that was interrupted
+    checkpoint_path = Path(checkpoint_path) if checkpoint_path else None
+    fingerprint = images_fingerprint(images) if checkpoint_path else ""
     losses: list[float] = []
-    order = torch.randperm(n, generator=gen)
-    cursor = 0
-    bar = tqdm(total=cfg.steps, desc="pretrain (MAE)", disable=not progress, leave=False)
+    order, cursor, start = torch.randperm(n, generator=order_gen), 0, 0
+    if checkpoint_path and checkpoint_path.exists():
+        state = read_resume_state(checkpoint_path, cfg, fingerprint)
+        model.load_state_dict(state["model"])
+        opt.load_state_dict(state["optimizer"])
+        start, cursor, order, losses = int(state["step"]), int(state["cursor"]), state["order"], list(state["losses"])
+        order_gen.set_state(state["order_gen"])
+        gen.set_state(state["gen"][dist.rank])
+        log.info("resuming %s pretraining from step %d (%s)", cfg.method, start, checkpoint_path)
+
+    def save_resume_state(step: int) -> None:
+        gens = dist.gather(gen.get_state())
+        if dist.rank == 0:
+            write_atomically(checkpoint_path, save_checkpoint({
+                "config": cfg.to_dict(), "images_sha256": fingerprint, "step": step, "cursor": cursor,
+                "order": order, "losses": losses, "order_gen": order_gen.get_state(), "gen": gens,
+                "model": model.state_dict(), "optimizer": opt.state_dict()}))
+        dist.barrier()
+
+    step_model = dist.wrap(model)
+    if cfg.compile:
+        step_model = torch.compile(step_model)
+
+    # loop: epochs of random permutations, cut into batches (last partial batch dropped)
+    bar = tqdm(total=cfg.steps, initial=start, desc=f"pretrain ({cfg.method})", disable=not progress or dist.rank > 0,
+               leave=False)
     t0 = time.perf_counter()
-    for step in range(cfg.steps):
+    for step in range(start, cfg.steps):
         if cursor + batch_size > n:
-            order, cursor = torch.randperm(n, generator=gen), 0
-        idx = order[cursor : cursor + batch_size]
+            order, cursor = torch.randperm(n, generator=order_gen), 0
+        idx = order[cursor : cursor + batch_size][local]
         cursor += batch_size
         batch = data[idx.to(device)]
-        x = augment_batch(batch, cfg.augment, gen)
-        x2 = augment_batch(batch, cfg.augment, gen) if contrastive else None
 
         lr = cosine_lr(step, cfg.steps, cfg.warmup_steps, cfg.lr, cfg.min_lr)
         for g in opt.param_groups:
             g["lr"] = lr * g["lr_scale"]
         with autocast_for(device):
-            if contrastive:
-                loss, _, _ = model.forward_views(x, x2, cfg.mask_ratio, cfg.contrastive_weight, generator=gen)
+            if cfg.method == "dino":
+                teacher_temp, momentum = teacher_schedule(step, cfg)
+                views = [augment_batch(batch, cfg.augment, gen) for _ in range(cfg.dino_views)]
+                loss = step_model(views, teacher_temp=teacher_temp, generator=gen)
+            elif cfg.contrastive_weight > 0:
+                x, x2 = augment_batch(batch, cfg.augment, gen), augment_batch(batch, cfg.augment, gen)
+                loss = model.forward_views(x, x2, cfg.mask_ratio, cfg.contrastive_weight, generator=gen)[0]
             else:
-                loss, _, _ = model(x, cfg.mask_ratio, generator=gen)
+                loss = step_model(augment_batch(batch, cfg.augment, gen), cfg.mask_ratio, generator=gen)[0]
         opt.zero_grad(set_to_none=True)
         loss.backward()
         if cfg.grad_clip:
             torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
         opt.step()
+        if cfg.method == "dino":
+            model.update_teacher(momentum)
 
         losses.append(float(loss.item()))
         if not math.isfinite(losses[-1]):
-            raise FloatingPointError(f"MAE loss is {losses[-1]} at step {step}; lower cfg.lr")
+            raise FloatingPointError(f"{cfg.method} loss is {losses[-1]} at step {step}; lower cfg.lr")
         bar.update(1)
         if step % 10 == 0:
             bar.set_postfix(loss=f"{losses[-1]:.4f}", lr=f"{lr:.2e}")
+        if checkpoint_path and cfg.checkpoint_every and (step + 1) % cfg.checkpoint_every == 0 and step + 1 < cfg.steps:
+            save_resume_state(step + 1)
         if cfg.max_seconds is not None and time.perf_counter() - t0 > cfg.max_seconds:
             break
     bar.close()
@@ -251,4 +406,5 @@ def pretrain(
     seconds = time.perf_counter() - t0
 
     encoder_state = {k: v.detach().cpu().clone() for k, v in model.encoder.state_dict().items()}
-    return PretrainResult(encoder_state, losses, seconds, len(losses) * batch_size / max(seconds, 1e-9))
+    steps_here = len(losses) - start
+    return PretrainResult(encoder_state, losses, seconds, steps_here * batch_size / max(seconds, 1e-9), start)
