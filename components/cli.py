@@ -22,6 +22,9 @@ registry_app = typer.Typer(help="Registry integrity.", no_args_is_help=True)
 app.add_typer(models_app, name="models")
 app.add_typer(db_app, name="db")
 app.add_typer(registry_app, name="registry")
+backbone_app = typer.Typer(help="Backbones from outside dlvm: published weights, the generic baseline.",
+                           no_args_is_help=True)
+app.add_typer(backbone_app, name="backbone")
 # Wide enough for URIs and tables when output goes to a file or a CI log.
 console = Console(width=None if sys.stdout.isatty() else 160, soft_wrap=True)
 
@@ -279,6 +282,55 @@ def models_show(name: str, as_json: bool = typer.Option(False, "--json", help="m
     for event in detail["promotions"]:
         console.print(f"  {event['created_at']}  {event['decision']:<9} {event['alias']}: "
                       f"{event.get('summary') or event.get('reason') or ''}")
+
+
+@backbone_app.command("import")
+def backbone_import(path: Path = typer.Argument(..., help="timm / Hugging Face ViT weights: .safetensors, .pth, .pt, .bin"),
+                    name: str = typer.Option(..., "--name", help="backbone model name, e.g. imagenet-vit-s"),
+                    img_size: int = typer.Option(64, help="input size the backbone will see (position table resized)"),
+                    patch_size: Optional[int] = typer.Option(None, help="default: the file's patch size"),
+                    arch: Optional[str] = typer.Option(None, help="tiny, small or base (ViT-Ti/S/B width, depth, heads)"),
+                    embed_dim: Optional[int] = typer.Option(None, help="default: --arch's, else the file's"),
+                    depth: Optional[int] = typer.Option(None, help="default: --arch's, else the file's"),
+                    heads: Optional[int] = typer.Option(None, help="default: --arch's (weights do not record it)"),
+                    global_pool: str = typer.Option("token", help="token (cls) or avg"),
+                    alias: Optional[str] = typer.Option(None, help="'baseline': also make it the generic baseline"),
+                    reason: str = typer.Option("generic baseline", help="why, recorded with the alias event"),
+                    actor: str = typer.Option(os.environ.get("USER", "cli"), help="who decides"),
+                    summary_path: Optional[Path] = SUMMARY):
+    """Register published generic ViT weights from a file as a backbone model version."""
+    if not path.exists():  # say so before paying for Prefect and torch
+        console.print(f"[red]error:[/red] weights file {path} does not exist")
+        raise typer.Exit(1)
+    prepare()
+    from flows.import_backbone import import_backbone_flow
+    out = run_step(import_backbone_flow, str(path), name, img_size=img_size, patch_size=patch_size, arch=arch,
+                   embed_dim=embed_dim, depth=depth, num_heads=heads, global_pool=global_pool, alias=alias,
+                   actor=actor, reason=reason)
+    write_summary(summary_path, out)
+    cfg = out["vit_config"]
+    console.print(f"registered {out['model']} v{out['version']} from {out['source']['file']} "
+                  f"(sha256 {out['source']['sha256'][:16]}…): ViT {cfg['embed_dim']}x{cfg['depth']}, "
+                  f"{cfg['img_size']}px, patch {cfg['patch_size']}"
+                  + (f"; alias baseline (event {out['baseline_event_id']})" if out["baseline_event_id"] else ""))
+    for note in out["load_report"]["adapted"]:
+        console.print(f"  {note}")
+
+
+@backbone_app.command("baseline")
+def backbone_baseline(ref: str = typer.Argument(..., help="backbone ref, e.g. generic-mae:2"),
+                      reason: str = typer.Option("generic baseline", help="why, recorded with the event"),
+                      actor: str = typer.Option(os.environ.get("USER", "cli"), help="who decides")):
+    """Put a backbone version under its model's `baseline` alias (a recorded promotion event)."""
+    settings = prepare()
+    from components.registry.db import session_scope
+    from components.registry.promotion import designate_baseline
+    from components.registry.refs import resolve_model_version
+    with session_scope(settings) as session:
+        version = run_step(resolve_model_version, session, ref)
+        event = run_step(designate_baseline, session, version.id, actor=actor, reason=reason,
+                         evidence={"ref": ref})
+        console.print(f"{ref} -> baseline (event {event.id})")
 
 
 @app.command()

@@ -14,10 +14,17 @@ from components.evaluation.sweep import Backbone, SweepConfig, run_sweep
 from components.lineage import current_flow_run_id, recorded_run
 from components.registry import queries
 from components.registry.db import session_scope
+from components.registry.promotion import baseline_refs
 from components.settings import get_settings
 from components.storage import open_store
 from flows.adapt import SCRATCH, adapt_recipe, load_backbone, resolve_snapshot
 from flows.tasks import load_labeled_set, store_artifact
+
+
+@task(name="resolve-generic-baselines", cache_policy=NO_CACHE)
+def generic_baselines(settings) -> list[str]:
+    with session_scope(settings) as session:
+        return baseline_refs(session)
 
 
 @task(name="label-efficiency-sweep", cache_policy=NO_CACHE)
@@ -55,21 +62,24 @@ def evaluate_flow(dataset: str, backbones: list[str] | None = None, include_scra
                   finetune_seeds: list[int] | None = None, recipe: str = "demo", reference: str | None = None,
                   dataset_version: int | None = None, snapshot_version: int | None = None) -> dict:
     """Compare backbones on the snapshot's test split. `backbones` are registered backbone refs
-    (default: the dataset's own MAE backbone); 'scratch' is added unless include_scratch is off.
+    (default: the dataset's own MAE backbone and every backbone's `baseline` alias holder of
+    the same input size); 'scratch' is added unless include_scratch is off.
     `reference` names the backbone whose 100 %-label score defines label efficiency
     (default: the best non-domain backbone)."""
     settings = get_settings()
-    refs = list(backbones or [f"{dataset}-mae"]) + ([SCRATCH] if include_scratch else [])
+    generic = [] if backbones else [r for r in generic_baselines(settings) if not r.startswith(f"{dataset}-mae:")]
+    refs = list(backbones or [f"{dataset}-mae", *generic]) + ([SCRATCH] if include_scratch else [])
     cfg = SweepConfig(fractions=tuple(fractions), seeds=tuple(seeds), methods=tuple(methods),
                       finetune_fractions=tuple(finetune_fractions) if finetune_fractions else None,
                       finetune_seeds=tuple(finetune_seeds) if finetune_seeds else None,
                       probe=adapt_recipe("probe", recipe), finetune=adapt_recipe("finetune", recipe))
     params = {"dataset": dataset, "backbones": refs, "fractions": list(fractions), "seeds": list(seeds),
               "methods": list(methods), "finetune_fractions": finetune_fractions,
-              "finetune_seeds": finetune_seeds, "recipe": recipe}
+              "finetune_seeds": finetune_seeds, "recipe": recipe, "baselines_by_alias": generic}
     with recorded_run(settings, "evaluate", params) as run_id:
         version, snapshot = resolve_snapshot(settings, dataset, dataset_version, snapshot_version)
-        loaded = [(ref, *load_backbone(settings, ref, recipe)) for ref in refs]
+        loaded = _without_other_sizes([(ref, *load_backbone(settings, ref, recipe)) for ref in refs], generic)
+        refs = [ref for ref, *_ in loaded]
         sizes = {vit_cfg.img_size for _, _, vit_cfg, _ in loaded}
         if len(sizes) != 1:
             raise ValueError(f"backbones disagree on input size {sorted(sizes)}: compare like with like")
@@ -100,6 +110,16 @@ def evaluate_flow(dataset: str, backbones: list[str] | None = None, include_scra
     print(f"evaluate: {len(result.rows)} runs on {len(test_idx)} test images; report {report.uri}")
     return {"evaluation_id": evaluation.id, "report_uri": report.uri, "plot_uri": plot.uri,
             "table": table, "label_efficiency": efficiency, "markdown": markdown}
+
+
+def _without_other_sizes(loaded: list[tuple], optional: list[str]) -> list[tuple]:
+    """Leave out (with a note) baselines that joined by alias, not by request, and take another
+    input size than the domain backbone: they cannot be compared like with like."""
+    size = loaded[0][2].img_size
+    for ref, _, vit_cfg, _ in loaded:
+        if ref in optional and vit_cfg.img_size != size:
+            print(f"evaluate: leaving out baseline {ref}: {vit_cfg.img_size}px input, the domain backbone's {size}px")
+    return [row for row in loaded if row[0] not in optional or row[2].img_size == size]
 
 
 def _full_label_score(table: list[dict], backbone: str) -> float:

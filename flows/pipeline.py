@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from prefect import flow
 
+from components.settings import get_settings
 from flows.adapt import adapt_flow
 from flows.evaluate import evaluate_flow
+from flows.import_backbone import set_baseline
 from flows.ingest import ingest_flow
 from flows.labels import labels_flow
 from flows.pretrain import pretrain_flow
@@ -23,7 +25,8 @@ def pipeline_flow(source: str, dataset: str, labels_export: str, classes: list[s
     """Run every step on `source` images labeled by `labels_export` (a Label Studio export;
     `classes`, when given, are the only labels accepted).
     With `generic_source` (a folder of generic images), a backbone pretrained with the same
-    recipe and budget on it joins the comparison as the generic baseline.
+    recipe and budget on it joins the comparison as the generic baseline (and takes its
+    model's `baseline` alias, a recorded promotion event).
 
     Probes run on every fraction and seed; fine-tuning, minutes a run on CPU, on
     `finetune_fractions` x `finetune_seeds`. The candidate is adapted with
@@ -35,6 +38,9 @@ def pipeline_flow(source: str, dataset: str, labels_export: str, classes: list[s
     if generic_source:
         ingest_flow(generic_source, generic_dataset)
         backbones.append(pretrain_flow(generic_dataset, recipe=recipe, steps=pretrain_steps))
+        set_baseline(get_settings(), backbones[-1]["model_version_id"], actor="pipeline", reason="generic baseline",
+                     evidence={"source": generic_source, "dataset": generic_dataset, "recipe": recipe,
+                               "pretrain_steps": pretrain_steps, "compared_on": dataset})
     refs = [f"{b['model']}:{b['version']}" for b in backbones]
     evaluation = evaluate_flow(dataset, backbones=refs, fractions=fractions, seeds=seeds, methods=methods,
                                finetune_fractions=finetune_fractions, finetune_seeds=finetune_seeds,

@@ -142,3 +142,55 @@ def rollback(session: Session, model_name: str, alias: str, actor: str, reason: 
         actor=actor,
         reason=reason,
     )
+
+
+# --- the generic baseline ---------------------------------------------------------------
+
+BASELINE = "baseline"
+
+
+def designate_baseline(
+    session: Session,
+    model_version_id: int,
+    *,
+    actor: str,
+    reason: str = "generic baseline",
+    evidence: Mapping[str, Any] | None = None,
+) -> PromotionEvent:
+    """Put a backbone version under the ``baseline`` alias, as a recorded promotion event.
+
+    A baseline is the reference that candidates are gated against, not a candidate, so
+    no gate runs: the event's evidence says so (``designation``) and carries the caller's
+    why (``source`` and the like). The decision is 'promoted' (the alias moves), so
+    :func:`rollback` undoes it like any other move.
+    """
+    version = session.get(ModelVersion, model_version_id)
+    if version is None:
+        raise NotFound(f"model version id {model_version_id} not found")
+    model = session.get(RegisteredModel, version.model_id)
+    if model.kind != "backbone":
+        raise PromotionError(f"{model.name} is a {model.kind}: only backbones are generic baselines")
+    return record_promotion(
+        session,
+        model_name=model.name,
+        alias=BASELINE,
+        decision="promoted",
+        candidate_version_id=version.id,
+        evaluation_id=None,
+        evidence={"designation": "generic baseline", "gate": "none: a baseline is a reference, not a candidate",
+                  **dict(evidence or {})},
+        actor=actor,
+        reason=reason,
+    )
+
+
+def baseline_refs(session: Session) -> list[str]:
+    """``name:version`` of every backbone's ``baseline`` alias holder, by model name."""
+    rows = session.exec(
+        select(RegisteredModel.name, ModelVersion.version)
+        .join(Alias, col(Alias.model_id) == RegisteredModel.id)
+        .join(ModelVersion, col(Alias.model_version_id) == ModelVersion.id)
+        .where(Alias.name == BASELINE, RegisteredModel.kind == "backbone")
+        .order_by(RegisteredModel.name)
+    ).all()
+    return [f"{name}:{version}" for name, version in rows]
