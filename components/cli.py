@@ -116,11 +116,16 @@ def pretrain(dataset: str = typer.Option(..., "--dataset", "-d"),
              steps: Optional[int] = typer.Option(None, help="override the recipe's steps"),
              seed: int = 0,
              init_from: Optional[str] = typer.Option(None, help="continue from a registered backbone"),
+             method: Optional[str] = typer.Option(None, help="mae or dino (default: the recipe's)"),
+             processes: int = typer.Option(1, help="data-parallel processes under torchrun (one per GPU)"),
              summary_path: Optional[Path] = SUMMARY):
-    """Self-supervised MAE pretraining of a backbone on a dataset's images."""
+    """Self-supervised pretraining (MAE or DINO) of a backbone on a dataset's images.
+
+    A run that crashed resumes from its last checkpoint when rerun with the same options."""
     prepare()
     from flows.pretrain import pretrain_flow
-    out = run_step(pretrain_flow, dataset, recipe=recipe, steps=steps, seed=seed, init_from=init_from)
+    out = run_step(pretrain_flow, dataset, recipe=recipe, steps=steps, seed=seed, init_from=init_from,
+                   method=method, processes=processes)
     write_summary(summary_path, out)
     console.print(f"registered {out['model']} v{out['version']}")
 

@@ -1,5 +1,5 @@
-"""Flow `adapt`: adapt a backbone to a label snapshot (linear probe or fine-tuning) and
-register the classifier with its lineage and its test metrics."""
+"""Flow `adapt`: adapt a backbone to a label snapshot (linear probe, fine-tuning, LoRA or
+few-shot class prototypes) and register the classifier with its lineage and its test metrics."""
 from __future__ import annotations
 
 from dataclasses import asdict, replace

@@ -72,7 +72,8 @@ def evaluate_flow(dataset: str, backbones: list[str] | None = None, include_scra
     cfg = SweepConfig(fractions=tuple(fractions), seeds=tuple(seeds), methods=tuple(methods),
                       finetune_fractions=tuple(finetune_fractions) if finetune_fractions else None,
                       finetune_seeds=tuple(finetune_seeds) if finetune_seeds else None,
-                      probe=adapt_recipe("probe", recipe), finetune=adapt_recipe("finetune", recipe))
+                      probe=adapt_recipe("probe", recipe), finetune=adapt_recipe("finetune", recipe),
+                      lora=adapt_recipe("lora", recipe), prototype=adapt_recipe("prototype", recipe))
     params = {"dataset": dataset, "backbones": refs, "fractions": list(fractions), "seeds": list(seeds),
               "methods": list(methods), "finetune_fractions": finetune_fractions,
               "finetune_seeds": finetune_seeds, "recipe": recipe, "baselines_by_alias": generic}
