@@ -8,9 +8,16 @@ same image (cross-entropy). Collapse is avoided as in DINO: the teacher's logits
 *sharpened* (a low teacher temperature, so the output cannot become uniform).
 
 Optionally (``mask_ratio > 0``) the student sees only a random subset of each view's
-patches, as in MSN (Assran et al. 2022), while the teacher sees them all: predicting the
-whole view from a part of it is a harder task that favours features a linear probe can use
-with few labels, and dropped tokens make the student's passes cheaper.
+patches, as in MSN (Assran et al. 2022), while the teacher sees them all: MSN reports that
+predicting the whole view from a part of it favours features a linear probe can use with
+few labels, and dropped tokens make the student's passes cheaper. ``centering="sinkhorn"``
+replaces the running center by balanced Sinkhorn-Knopp targets and ``koleo_weight`` adds
+DINOv2's KoLeo spreading term on the backbone features.
+
+Measured (2026-11, ELPV 4-class, ViT depth 6 / width 192 / patch 8 at 64 px, 300 steps of
+32 images, 5-7 min on CPU): none of these variants gave frozen features better than a
+randomly initialized encoder's for a linear probe; the loss stays near ``log(out_dim)``
+(nearly flat targets) at that budget. A cold teacher (0.04) resists that drift best.
 
 Every view is at ``cfg.img_size`` (no small local crops: the fixed sin-cos position table
 has one grid size, and on small grayscale images the crops are what carries the
