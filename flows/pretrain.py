@@ -25,13 +25,20 @@ from flows.labels import resolve_dataset_version
 
 def pretrain_recipe(recipe: str, steps: int | None = None, seed: int = 0, method: str | None = None) -> PretrainConfig:
     """A named PretrainConfig preset ('demo', 'demo_dino', 'tiny', ...), optionally with other steps/seed/method."""
-    make = getattr(PretrainConfig, recipe, None)
-    if recipe.startswith("_") or not callable(make):
+    def preset(name: str):
+        make = getattr(PretrainConfig, name, None)
+        cfg = make() if not name.startswith("_") and callable(make) and name not in ("from_dict", "to_dict") else None
+        return cfg if isinstance(cfg, PretrainConfig) else None
+
+    cfg = preset(recipe)
+    if cfg is None:
         raise ValueError(f"unknown pretraining recipe {recipe!r}")
-    cfg = make()
-    if not isinstance(cfg, PretrainConfig):
-        raise ValueError(f"unknown pretraining recipe {recipe!r}")
-    cfg = replace(cfg, seed=seed, method=method or cfg.method)
+    if method and method != cfg.method:
+        # Each method has its own tuned preset: 'demo' + dino -> 'demo_dino'.
+        cfg = preset(f"{recipe}_{method}")
+        if cfg is None:
+            raise ValueError(f"recipe {recipe!r} has no {method!r} variant (no preset {recipe}_{method})")
+    cfg = replace(cfg, seed=seed)
     return replace(cfg, steps=steps) if steps else cfg
 
 

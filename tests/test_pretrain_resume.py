@@ -5,6 +5,7 @@ checkpoint written for another config or other images, and two processes under t
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import signal
 import subprocess
@@ -113,3 +114,20 @@ def test_two_processes_under_torchrun_train_one_model(images):
     assert abs(np.mean(ddp.losses[-5:]) - np.mean(single.losses[-5:])) < 0.25
     with pytest.raises(ValueError, match="does not split over 2 processes"):
         pretrain_in_processes(data, PretrainConfig.tiny(steps=2, batch_size=15), processes=2, progress=False)
+
+
+def test_each_method_has_its_preset_and_unknown_ones_are_named():
+    from flows.pretrain import pretrain_recipe
+
+    assert pretrain_recipe("demo").method == "mae"
+    dino = pretrain_recipe("demo", method="dino", seed=3, steps=7)
+    assert (dino.method, dino.seed, dino.steps, dino.dino_mask_ratio) == ("dino", 3, 7, 0.5)
+    assert pretrain_recipe("tiny", method="dino").vit == PretrainConfig.tiny().vit
+    with pytest.raises(ValueError, match="no 'byol' variant"):
+        pretrain_recipe("demo", method="byol")
+    with pytest.raises(ValueError, match="unknown pretraining recipe 'to_dict'"):
+        pretrain_recipe("to_dict")
+    with pytest.raises(ValueError, match="pretraining method must be one of mae, dino"):
+        PretrainConfig(method="byol")
+    cfg = PretrainConfig.demo_dino()
+    assert PretrainConfig.from_dict(json.loads(json.dumps(cfg.to_dict()))) == cfg

@@ -156,14 +156,17 @@ class PretrainConfig:
     temperature: float = 0.2
     # DINO (self-distillation): head sizes, teacher temperature warmup, EMA momentum schedule
     dino_out_dim: int = 1024
-    dino_hidden_dim: int = 512
-    dino_bottleneck_dim: int = 128
+    dino_hidden_dim: int = 1024
+    dino_bottleneck_dim: int = 256
     student_temp: float = 0.1
     teacher_temp: float = 0.04
     teacher_temp_start: float = 0.04
     teacher_temp_warmup_steps: int = 0
-    teacher_momentum: float = 0.996  # cosine-annealed to 1.0 over the run
+    teacher_momentum: float = 0.99  # cosine-annealed to 1.0 over the run
     dino_views: int = 2
+    dino_mask_ratio: float = 0.5  # share of patches the student does not see (MSN-style; the teacher sees all)
+    dino_centering: str = "ema"  # "ema" (running center) or "sinkhorn" (balanced targets)
+    dino_koleo: float = 0.0  # weight of the KoLeo feature-spreading term
     # running it: none of these change the result on CPU
     compile: bool = False  # torch.compile the model (GPU throughput; first step compiles)
     checkpoint_every: int = 100  # steps between resume checkpoints (when a checkpoint path is given)
@@ -179,6 +182,17 @@ class PretrainConfig:
     def demo(cls, **kw) -> "PretrainConfig":
         """The CPU demo recipe: ~7 min on 2 cores for the 2,624 ELPV images (see benchmarks)."""
         return cls(**kw)
+
+    @classmethod
+    def demo_dino(cls, **kw) -> "PretrainConfig":
+        """DINO at the demo's budget (see docs/BENCHMARKS.md for what it gives on ELPV)."""
+        base = dict(method="dino", steps=300, batch_size=32, lr=5e-4, warmup_steps=30, weight_decay=0.04,
+                    betas=(0.9, 0.999), grad_clip=3.0, augment=Augment(crop_scale=(0.4, 1.0), rot90=True))
+        return cls(**{**base, **kw})
+
+    @classmethod
+    def tiny_dino(cls, **kw) -> "PretrainConfig":
+        return cls.tiny(**{"method": "dino", "grad_clip": 3.0, **kw})
 
     @classmethod
     def tiny(cls, img_size: int = 32, **kw) -> "PretrainConfig":
@@ -234,7 +248,8 @@ def build_ssl_model(cfg: PretrainConfig) -> torch.nn.Module:
     from components.models.dino import SelfDistillation
 
     return SelfDistillation(cfg.vit, out_dim=cfg.dino_out_dim, hidden_dim=cfg.dino_hidden_dim,
-                            bottleneck_dim=cfg.dino_bottleneck_dim, student_temp=cfg.student_temp)
+                            bottleneck_dim=cfg.dino_bottleneck_dim, student_temp=cfg.student_temp,
+                            mask_ratio=cfg.dino_mask_ratio, centering=cfg.dino_centering, koleo_weight=cfg.dino_koleo)
 
 
 def teacher_schedule(step: int, cfg: PretrainConfig) -> tuple[float, float]:
