@@ -155,11 +155,15 @@ def plot_curves(rows: Sequence[dict[str, Any]], metric: str = "accuracy", title:
     from matplotlib.ticker import FuncFormatter
 
     table = summary_table(rows)
-    fig = Figure(figsize=(7, 4.5), dpi=100)
+    fig = Figure(figsize=(9, 4.5), dpi=100)
     FigureCanvasAgg(fig)
     ax = fig.add_subplot(1, 1, 1)
     all_x: set[float] = set()
-    for backbone, method in _curves(rows):
+    # Colour = backbone, line style = method: a dozen curves stay tellable apart.
+    curves = _curves(rows)
+    colors = {b: f"C{i % 10}" for i, b in enumerate(dict.fromkeys(b for b, _ in curves))}
+    styles = {m: ("-", "--", ":", "-.")[i % 4] for i, m in enumerate(dict.fromkeys(m for _, m in curves))}
+    for backbone, method in curves:
         pts = [s for s in table if (s["backbone"], s["method"]) == (backbone, method) and metric in s["metrics"]]
         if not pts:
             continue
@@ -167,8 +171,8 @@ def plot_curves(rows: Sequence[dict[str, Any]], metric: str = "accuracy", title:
         y = np.array([s["metrics"][metric]["value"] for s in pts])
         lo = np.array([s["metrics"][metric]["ci_low"] for s in pts])
         hi = np.array([s["metrics"][metric]["ci_high"] for s in pts])
-        (line,) = ax.plot(x, y, marker="o", label=f"{backbone} / {method}")
-        ax.fill_between(x, lo, hi, color=line.get_color(), alpha=0.15, linewidth=0)
+        (line,) = ax.plot(x, y, marker="o", color=colors[backbone], linestyle=styles[method], label=f"{backbone} / {method}")
+        ax.fill_between(x, lo, hi, color=line.get_color(), alpha=0.1, linewidth=0)
         all_x.update(x.tolist())
     ax.set_xscale("log")
     if all_x:
@@ -180,7 +184,7 @@ def plot_curves(rows: Sequence[dict[str, Any]], metric: str = "accuracy", title:
     ax.set_title(title or f"Label efficiency: {metric.replace('_', ' ')} (mean over seeds, 95 % CI band)")
     ax.grid(True, which="major", alpha=0.3)
     if ax.get_legend_handles_labels()[0]:
-        ax.legend(loc="lower right", fontsize="small")
+        ax.legend(loc="center left", bbox_to_anchor=(1.01, 0.5), fontsize="small")
     fig.tight_layout()
     buf = io.BytesIO()
     # No Software/date metadata: the same rows give the same bytes.
