@@ -131,3 +131,19 @@ def test_each_method_has_its_preset_and_unknown_ones_are_named():
         PretrainConfig(method="byol")
     cfg = PretrainConfig.demo_dino()
     assert PretrainConfig.from_dict(json.loads(json.dumps(cfg.to_dict()))) == cfg
+
+
+def test_flow_resume_checkpoint_is_keyed_by_data_recipe_and_starting_weights(tmp_path):
+    from types import SimpleNamespace
+
+    from flows.pretrain import resume_path
+
+    settings = SimpleNamespace(home=tmp_path)
+    v1, v2 = SimpleNamespace(id=1), SimpleNamespace(id=2)
+    cfg = PretrainConfig.tiny()
+    same = resume_path(settings, v1, dataclasses.replace(cfg, device="cuda", compile=True, max_seconds=5), None)
+    assert resume_path(settings, v1, cfg, None) == same  # runtime knobs do not start a new run
+    assert same.parent == tmp_path / "resume"
+    others = {resume_path(settings, v2, cfg, None), resume_path(settings, v1, dataclasses.replace(cfg, lr=1e-4), None),
+              resume_path(settings, v1, cfg, SimpleNamespace(sha256="ab" * 32))}
+    assert same not in others and len(others) == 3
