@@ -96,8 +96,13 @@ def test_registry_holds_the_whole_lineage(demo, settings):
     assert len(results) == 15 and {r.backbone for r in results} == {"elpv-mae:1", "generic-mae:1", "scratch"}
     assert sorted((r.method, r.fraction, r.seed) for r in results if r.backbone == "scratch")[0] == ("finetune", 1.0, 0)
     assert classifier.params["method"] == "probe"
-    assert len(events) == 1 and events[0].decision in ("promoted", "rejected")
-    compared = set(events[0].evidence["gate"]["comparisons"])
+    # The generic-corpus backbone is designated `baseline` (a recorded event), then the gate runs.
+    baseline = [e for e in events if e.alias == "baseline"]
+    gated = [e for e in events if e.alias == "production"]
+    assert len(events) == 2 and len(baseline) == 1 and len(gated) == 1
+    assert baseline[0].decision == "promoted" and baseline[0].evidence["designation"] == "generic baseline"
+    assert gated[0].decision in ("promoted", "rejected")
+    compared = set(gated[0].evidence["gate"]["comparisons"])
     assert compared == {"baseline generic-mae:1 (probe)", "baseline scratch (finetune)"}, compared
     assert {r.kind for r in runs} == {"ingest", "labels", "pretrain", "evaluate", "adapt", "promote"}
     assert all(r.status == "completed" for r in runs)
