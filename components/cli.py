@@ -25,6 +25,9 @@ app.add_typer(registry_app, name="registry")
 backbone_app = typer.Typer(help="Backbones from outside dlvm: published weights, the generic baseline.",
                            no_args_is_help=True)
 app.add_typer(backbone_app, name="backbone")
+feedback_app = typer.Typer(help="The labeling team's loop with Label Studio: tasks, pre-annotations, queue, "
+                                "label pulls and retraining.", no_args_is_help=True)
+app.add_typer(feedback_app, name="feedback")
 # Wide enough for URIs and tables when output goes to a file or a CI log.
 console = Console(width=None if sys.stdout.isatty() else 160, soft_wrap=True)
 
@@ -54,6 +57,12 @@ def run_step(fn, *args, **kwargs):
     except USER_ERRORS as exc:
         console.print(f"[red]error:[/red] {exc}")
         raise typer.Exit(1)
+    except Exception as exc:
+        from components.labelstudio import LabelStudioError
+        if isinstance(exc, LabelStudioError):
+            console.print(f"[red]error:[/red] {exc}")
+            raise typer.Exit(1)
+        raise
 
 
 SUMMARY = typer.Option(None, "--summary", help="also write the step's summary as JSON to this file")
@@ -336,6 +345,81 @@ def backbone_baseline(ref: str = typer.Argument(..., help="backbone ref, e.g. ge
         event = run_step(designate_baseline, session, version.id, actor=actor, reason=reason,
                          evidence={"ref": ref})
         console.print(f"{ref} -> baseline (event {event.id})")
+
+
+def _feedback_params(dataset, classes, queue_size, uncertainty, diversity, webhook_url) -> dict:
+    return {"dataset": dataset, "classes": parse_list(classes, str) if classes else None,
+            "queue_size": queue_size, "uncertainty": uncertainty, "diversity": diversity,
+            "webhook_url": webhook_url}
+
+
+FEEDBACK_OPTIONS = dict(
+    classes=typer.Option(None, help="comma-separated classes (default: the production model's or the latest snapshot's)"),
+    queue_size=typer.Option(100, help="tasks ranked in the 'dlvm queue' tab"),
+    uncertainty=typer.Option("margin", help="least_confidence, margin or entropy"),
+    diversity=typer.Option(True, help="spread the queue over feature space (--no-diversity: uncertainty only)"),
+    webhook_url=typer.Option(None, help="register this receiver URL in the project (needs DLVM_WEBHOOK_SECRET)"),
+)
+
+
+@feedback_app.command("run")
+def feedback_run(dataset: str = typer.Option(..., "--dataset", "-d"),
+                 classes: Optional[str] = FEEDBACK_OPTIONS["classes"],
+                 queue_size: int = FEEDBACK_OPTIONS["queue_size"],
+                 uncertainty: str = FEEDBACK_OPTIONS["uncertainty"],
+                 diversity: bool = FEEDBACK_OPTIONS["diversity"],
+                 webhook_url: Optional[str] = FEEDBACK_OPTIONS["webhook_url"],
+                 summary_path: Optional[Path] = SUMMARY):
+    """One round: project, tasks, label pull, pre-annotations and queue, retrain trigger."""
+    prepare()
+    from flows.feedback import feedback_flow
+    summary = run_step(feedback_flow, **_feedback_params(dataset, classes, queue_size, uncertainty, diversity,
+                                                         webhook_url))
+    write_summary(summary_path, summary)
+
+
+@feedback_app.command("serve")
+def feedback_serve(dataset: str = typer.Option(..., "--dataset", "-d"),
+                   interval: int = typer.Option(3600, help="seconds between feedback rounds"),
+                   classes: Optional[str] = FEEDBACK_OPTIONS["classes"],
+                   queue_size: int = FEEDBACK_OPTIONS["queue_size"],
+                   uncertainty: str = FEEDBACK_OPTIONS["uncertainty"],
+                   diversity: bool = FEEDBACK_OPTIONS["diversity"],
+                   webhook_url: Optional[str] = FEEDBACK_OPTIONS["webhook_url"]):
+    """Serve the scheduled `feedback` deployment and the `retrain` deployment new labels start
+    (needs a Prefect server: PREFECT_API_URL). Stop with Ctrl-C."""
+    prepare()
+    from prefect import serve
+
+    from flows.feedback import feedback_flow
+    from flows.retrain import retrain_flow
+    settings = get_settings()
+    flow_name, _, deployment_name = settings.retrain_deployment.partition("/")
+    if flow_name != "retrain" or not deployment_name:
+        raise typer.BadParameter(f"DLVM_RETRAIN_DEPLOYMENT must be 'retrain/<name>' to be served here, "
+                                 f"got {settings.retrain_deployment!r}")
+    params = _feedback_params(dataset, classes, queue_size, uncertainty, diversity, webhook_url)
+    serve(feedback_flow.to_deployment(name=dataset, interval=interval, parameters=params),
+          retrain_flow.to_deployment(name=deployment_name, parameters={"dataset": dataset}))
+
+
+@feedback_app.command("webhook")
+def feedback_webhook(host: str = typer.Option("127.0.0.1"), port: int = typer.Option(8765),
+                     dataset: str = typer.Option(..., "--dataset", "-d"),
+                     min_interval: float = typer.Option(300.0, help="seconds between two retrain starts")):
+    """Receive Label Studio's annotation webhooks; start the retrain deployment every
+    DLVM_RETRAIN_AFTER_LABELS new labels (debounced by --min-interval)."""
+    settings = prepare()
+    import uvicorn
+
+    from components.webhook import RetrainTrigger, create_app, start_deployment
+    secret = settings.webhook_secret.get_secret_value()
+    if not secret:
+        console.print("[red]error:[/red] set DLVM_WEBHOOK_SECRET: the receiver refuses events without a shared secret")
+        raise typer.Exit(1)
+    trigger = RetrainTrigger(settings.home / "webhook" / f"{dataset}.json", settings.retrain_after_labels,
+                             start_deployment(settings.retrain_deployment, {"dataset": dataset}), min_interval)
+    uvicorn.run(create_app(secret, trigger), host=host, port=port, log_level="info")
 
 
 @app.command()

@@ -52,12 +52,15 @@ class LabelExportError(ValueError):
 @dataclass
 class LabelSnapshotData:
     classes: list[str]
-    items: list[dict]  # {path, sha256, label, annotator, created_at}, sorted by path
+    items: list[dict]  # {path, sha256, label, annotator, created_at, task (Label Studio task id)}, sorted by path
     issues: list[dict]  # {image, kind, detail}
     content_hash: str  # sha256 over classes + (path, sha256, label): what training sees
     manifest_hash: str = ""
     n_tasks: int = 0
     format: str = field(default=SNAPSHOT_FORMAT)
+    # Where the labels came from; for a Label Studio pull {"label_studio", "project", "cursor"}:
+    # the next pull asks only for tasks changed after the cursor. Not part of content_hash.
+    source: dict = field(default_factory=dict)
 
     def labels_by_path(self) -> dict[str, str]:
         return {it["path"]: it["label"] for it in self.items}
@@ -224,22 +227,65 @@ def build_label_snapshot(export: list | str | Path | bytes, manifest: dict, allo
             if allowed is not None and label not in allowed:
                 issue(path, "unknown_class", f"task {tid}: class {label!r} is not one of {allowed}")
                 continue
-            votes.setdefault(path, []).append((label, _annotator(ann), str(ann.get("created_at") or "")))
+            votes.setdefault(path, []).append((label, _annotator(ann), str(ann.get("created_at") or ""), tid))
 
     items: list[dict] = []
     for path in sorted(votes):
         labels = sorted({v[0] for v in votes[path]})
         if len(labels) > 1:
-            who = ", ".join(f"{a or '?'}: {lab}" for lab, a, _ in votes[path])
+            who = ", ".join(f"{a or '?'}: {lab}" for lab, a, _, _ in votes[path])
             issue(path, "conflict", f"annotations disagree ({who})")
             continue
         # Agreeing duplicates: credit the earliest annotation.
-        label, annotator, created_at = min(votes[path], key=lambda v: (v[2], v[1]))
+        label, annotator, created_at, task_id = min(votes[path], key=lambda v: (v[2], v[1]))
         items.append({"path": path, "sha256": records[path]["sha256"], "label": label,
-                      "annotator": annotator, "created_at": created_at})
+                      "annotator": annotator, "created_at": created_at, "task": task_id})
 
     classes = allowed if allowed is not None else sorted({it["label"] for it in items})
     issues.sort(key=lambda i: (i["image"], i["kind"], i["detail"]))
     return LabelSnapshotData(classes=classes, items=items, issues=issues,
                              content_hash=snapshot_hash(classes, items),
                              manifest_hash=manifest.get("content_hash", ""), n_tasks=len(tasks))
+
+
+def merge_snapshot(previous: LabelSnapshotData | None, changed_tasks: list[dict], manifest: dict,
+                   allowed_classes: list[str] | None = None, image_key: str = "image",
+                   from_name: str | None = None, source: dict | None = None,
+                   origin: str | None = None) -> LabelSnapshotData:
+    """An incremental pull: ``previous`` with every image of ``changed_tasks`` re-derived
+    from those tasks alone (all their annotations, so edits and deletions count too).
+
+    Images that no changed task touches keep their label and issues from ``previous``.
+    With no ``previous`` this is :func:`build_label_snapshot` of the changed tasks. Items
+    from ``changed_tasks`` are stamped ``origin`` (e.g. the Label Studio project), so a
+    later pull knows which labels that project gave."""
+    fresh = build_label_snapshot(changed_tasks, manifest, allowed_classes, image_key=image_key, from_name=from_name)
+    if origin is not None:
+        for it in fresh.items:
+            it["origin"] = origin
+    records = {r["path"] for r in manifest["images"]}
+    index = _PathIndex(sorted(records))
+    touched: set[str] = set()
+    for task in changed_tasks:
+        ref = task["data"].get(image_key)
+        if isinstance(ref, str) and ref:
+            hits = index.match(normalize_image_ref(ref))
+            touched.update(hits)
+            touched.add(ref)  # issues of unmatched references are keyed by the raw reference
+    items = {it["path"]: it for it in fresh.items}
+    issues = list(fresh.issues)
+    if previous is not None:
+        if allowed_classes is None and previous.classes != fresh.classes:
+            fresh.classes = sorted(set(previous.classes) | set(fresh.classes))
+        for it in previous.items:
+            if it["path"] not in touched and it["path"] in records:
+                items.setdefault(it["path"], it)
+        issues += [i for i in previous.issues if i["image"] not in touched]
+    merged = [items[p] for p in sorted(items)]
+    classes = fresh.classes
+    issues.sort(key=lambda i: (i["image"], i["kind"], i["detail"]))
+    return LabelSnapshotData(classes=classes, items=merged, issues=issues,
+                             content_hash=snapshot_hash(classes, merged),
+                             manifest_hash=manifest.get("content_hash", ""),
+                             n_tasks=len(changed_tasks),  # tasks read by this pull
+                             source=dict(source or {}))

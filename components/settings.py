@@ -10,6 +10,7 @@ from __future__ import annotations
 import urllib.parse
 from functools import lru_cache
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field, SecretStr, field_serializer, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -17,7 +18,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 # Fields that hold URLs; a password in one (e.g. postgresql+psycopg://user:PASSWORD@host/db,
 # as docker-compose.yml sets DLVM_DATABASE_URL) is masked in JSON dumps and in repr.
-URL_FIELDS = ("database_url", "artifacts", "s3_endpoint", "dvc_remote")
+URL_FIELDS = ("database_url", "artifacts", "s3_endpoint", "dvc_remote", "label_studio_url")
 
 
 def mask_url_password(url: str) -> str:
@@ -49,6 +50,18 @@ class Settings(BaseSettings):
     s3_region: str = Field("us-east-1", description="S3 region")
     dvc_remote: str = Field("", description="DVC remote URL (directory or s3://bucket/prefix); default home/dvc-remote")
     prefect_home: Path | None = Field(None, description="PREFECT_HOME for the embedded Prefect API; default home/prefect")
+    label_studio_url: str = Field("", description="Label Studio server, e.g. http://127.0.0.1:8080; empty = not used")
+    label_studio_token: SecretStr = Field(SecretStr(""), description="Label Studio API token (legacy token or personal access token)")
+    label_studio_images: Literal["local-files", "presigned"] = Field(
+        "local-files", description="how tasks show images: Label Studio's local-files serving of the DVC workspace "
+                                   "(embedded default), or presigned URLs from the S3 artifact store")
+    label_studio_files_root: Path | None = Field(
+        None, description="Label Studio's LOCAL_FILES_DOCUMENT_ROOT as seen by dlvm; default: home")
+    label_studio_url_expiry_s: int = Field(7 * 86400, ge=600, le=7 * 86400,
+                                           description="lifetime of presigned image URLs (S3 allows at most 7 days)")
+    webhook_secret: SecretStr = Field(SecretStr(""), description="shared secret Label Studio sends to dlvm's webhook")
+    retrain_after_labels: int = Field(50, ge=1, description="new labels that start the retrain deployment")
+    retrain_deployment: str = Field("retrain/retrain", description="Prefect deployment started by new labels")
     device: str = Field("auto", description="torch device: auto, cpu, cuda, cuda:N")
     num_workers: int = Field(0, ge=0, description="data-loading worker processes")
 
@@ -67,6 +80,11 @@ class Settings(BaseSettings):
             self.dvc_remote = str(self.home / "dvc-remote")
         if self.prefect_home is None:
             self.prefect_home = self.home / "prefect"
+        if self.label_studio_files_root is None:
+            self.label_studio_files_root = self.home
+        self.label_studio_files_root = self.label_studio_files_root.expanduser().resolve()
+        if self.label_studio_images == "presigned" and not self.artifacts.startswith("s3://"):
+            raise ValueError("DLVM_LABEL_STUDIO_IMAGES=presigned needs the S3 artifact store (DLVM_ARTIFACTS=s3://...)")
         if not (self.artifacts.startswith("file://") or self.artifacts.startswith("s3://")):
             raise ValueError(f"DLVM_ARTIFACTS must start with file:// or s3://, "
                              f"got {mask_url_password(self.artifacts)!r}")

@@ -85,3 +85,13 @@ def prefect_api(tmp_path_factory):
     except subprocess.TimeoutExpired:
         os.killpg(server.pid, signal.SIGKILL)
     log.close()
+
+
+@pytest.fixture(scope="session")
+def label_studio_server(tmp_path_factory):
+    """A real Label Studio server on loopback, installed and started by infra/label_studio.sh
+    (its own venv, first use about a minute), serving local files from anywhere under /."""
+    from components.services import label_studio
+
+    with label_studio(tmp_path_factory.mktemp("label-studio")) as server:
+        yield server

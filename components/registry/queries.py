@@ -359,6 +359,23 @@ def get_alias_version(session: Session, model_name: str, alias: str) -> ModelVer
     ).first()
 
 
+def find_alias_version(session: Session, model_name: str, alias: str) -> ModelVersion | None:
+    """Like :func:`get_alias_version`, but None also when the model is not registered yet."""
+    try:
+        return get_alias_version(session, model_name, alias)
+    except NotFound:
+        return None
+
+
+def parent_ref(session: Session, version: ModelVersion) -> str | None:
+    """``name:version`` of a model version's parent (its backbone), or None."""
+    if version.parent_id is None:
+        return None
+    parent = session.get(ModelVersion, version.parent_id)
+    model = session.get(RegisteredModel, parent.model_id)
+    return f"{model.name}:{parent.version}"
+
+
 def _aliases(session: Session, model_id: int) -> dict[str, int]:
     rows = session.exec(
         select(Alias.name, ModelVersion.version)

@@ -344,18 +344,32 @@ class Classifier(nn.Module):
 
 
 @torch.no_grad()
-def predict_proba(clf: Classifier, images: np.ndarray, batch_size: int = 256, device: str = "auto") -> np.ndarray:
-    """Class probabilities ``float32 [N, C]`` for uint8 images ``[N, H, W]``."""
+def predict_with_features(clf: Classifier, images: np.ndarray, batch_size: int = 256,
+                          device: str = "auto") -> tuple[np.ndarray, np.ndarray]:
+    """Class probabilities ``float32 [N, C]`` and the encoder's pooled features
+    ``float32 [N, D]`` (what the head sees, before standardization) for uint8 images ``[N, H, W]``."""
     _check_images(images, clf.vit_cfg.img_size)
     dev = pick_device(device)
     clf.to(dev).eval()
-    out = []
+    probs, feats = [], []
     for i in range(0, len(images), batch_size):
         x = normalize_uint8(torch.from_numpy(images[i : i + batch_size]).to(dev))
         with autocast_for(dev):
-            logits = clf(x)
-        out.append(torch.softmax(logits.float(), dim=1).cpu())
-    return torch.cat(out).numpy() if out else np.zeros((0, clf.num_classes), np.float32)
+            pooled = clf.encoder.forward_pool(x)
+            z = (pooled - clf.feat_mean) / clf.feat_std
+            if clf.normalize_features:
+                z = F.normalize(z.float(), dim=-1, eps=1e-12)
+            logits = clf.head(z)
+        probs.append(torch.softmax(logits.float(), dim=1).cpu())
+        feats.append(pooled.float().cpu())
+    if not probs:
+        return np.zeros((0, clf.num_classes), np.float32), np.zeros((0, clf.vit_cfg.embed_dim), np.float32)
+    return torch.cat(probs).numpy(), torch.cat(feats).numpy()
+
+
+def predict_proba(clf: Classifier, images: np.ndarray, batch_size: int = 256, device: str = "auto") -> np.ndarray:
+    """Class probabilities ``float32 [N, C]`` for uint8 images ``[N, H, W]``."""
+    return predict_with_features(clf, images, batch_size, device)[0]
 
 
 # ------------------------------------------------------------------------------ adapt

@@ -1,0 +1,42 @@
+"""Flow `retrain`: what new labels start (the webhook receiver or the feedback flow).
+
+pull the latest labels from Label Studio (when configured) -> adapt the production
+model's backbone on the new snapshot -> evaluate it against the generic baselines and
+from-scratch training on the new test split -> gate it for `production`."""
+from __future__ import annotations
+
+from prefect import flow
+
+from components.registry import queries
+from components.registry.db import session_scope
+from components.settings import get_settings
+from flows.adapt import adapt_flow
+from flows.evaluate import evaluate_flow
+from flows.feedback import feedback_flow
+from flows.promote import promote_flow
+
+
+def _production_backbone(settings, model: str, alias: str) -> str | None:
+    with session_scope(settings) as session:
+        version = queries.find_alias_version(session, model, alias)
+        return queries.parent_ref(session, version) if version is not None else None
+
+
+@flow(name="retrain", log_prints=True)
+def retrain_flow(dataset: str, backbone: str | None = None, method: str = "probe", recipe: str = "demo",
+                 fractions: list[float] = (0.25, 1.0), seeds: list[int] = (0,), margin: float = 0.0,
+                 alias: str = "production", pull: bool = True) -> dict:
+    """Retrain `dataset`'s classifier on its newest labels and gate it for `alias`.
+    `backbone` defaults to the backbone of the current `alias` holder, else `<dataset>-mae`."""
+    settings = get_settings()
+    model = f"{dataset}-classifier"
+    labels = feedback_flow(dataset, model=model, alias=alias, retrain_after=10**9) \
+        if pull and settings.label_studio_url else None
+    backbone = backbone or _production_backbone(settings, model, alias) or f"{dataset}-mae"
+    evaluation = evaluate_flow(dataset, backbones=[backbone], fractions=fractions, seeds=seeds,
+                               methods=[method], recipe=recipe)
+    candidate = adapt_flow(dataset, backbone=backbone, method=method, fraction=1.0, recipe=recipe)
+    promotion = promote_flow(f"{candidate['model']}:{candidate['version']}", alias=alias,
+                             evaluation_id=evaluation["evaluation_id"], margin=margin, actor="retrain")
+    return {"labels": labels, "backbone": backbone, "evaluation_id": evaluation["evaluation_id"],
+            "candidate": candidate, "promotion": promotion}

@@ -1,0 +1,253 @@
+"""The labeling team's loop against a real Label Studio server (installed and started by
+infra/label_studio.sh) and a real Prefect server: project set-up, task import without
+duplicates, images served, pre-annotations, the uncertainty + diversity queue, an
+annotation made through the API landing in the next snapshot, the webhook starting a
+retrain run (and refusing a wrong secret), and Label Studio down or refusing."""
+from __future__ import annotations
+
+import hashlib
+import json
+import threading
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+from sqlmodel import select
+
+from clirun import dlvm, dlvm_env
+from components import labelstudio as ls
+from components.data.elpv import CLASS_NAMES_4, class_name, elpv_labels, export_elpv, write_label_studio_export
+from components.data.access import dataset_images
+from components.feedback import plan_preannotations
+from components.labels import from_json_bytes
+from components.registry import queries, refs
+from components.registry.db import session_scope
+from components.registry.promotion import record_promotion
+from components.registry.tables import LabelSnapshot, ModelVersion
+from components.settings import Settings
+from components.storage import open_store
+from components.training.adapt import Classifier, predict_with_features
+from components.training.checkpoint import load_checkpoint
+
+pytestmark = pytest.mark.label_studio
+N_IMAGES, N_FILE_LABELS, QUEUE = 40, 16, 10
+TRUTH = {Path(r.path).name: class_name(r.probability) for r in elpv_labels()}
+
+
+def _snapshot(settings: Settings, snapshot_id: int):
+    with session_scope(settings) as session:
+        row = session.get(LabelSnapshot, snapshot_id)
+    return row, from_json_bytes(open_store(settings).get_bytes(row.artifact_uri, row.sha256))
+
+
+@pytest.fixture(scope="module")
+def loop(tmp_path_factory, prefect_api, label_studio_server):
+    """40 ELPV images ingested, 16 labeled by a file export, a classifier trained on them
+    and made `production`, then one feedback round against Label Studio."""
+    root = tmp_path_factory.mktemp("feedback")
+    images_dir, _ = export_elpv(root / "elpv", limit=N_IMAGES, seed=5)
+    names = sorted(p.name for p in images_dir.glob("*.png"))
+    labels = [TRUTH[n] if i < N_FILE_LABELS else None for i, n in enumerate(names)]
+    export = write_label_studio_export(root / "partial.json", [f"images/{n}" for n in names], labels)
+    home = root / "state"
+    env = dlvm_env(home, PREFECT_API_URL=prefect_api, DLVM_LABEL_STUDIO_URL=label_studio_server.url,
+                   DLVM_LABEL_STUDIO_TOKEN=label_studio_server.token, DLVM_RETRAIN_AFTER_LABELS="1000",
+                   DLVM_LABEL_STUDIO_FILES_ROOT=str(label_studio_server.document_root))
+    dlvm(env, "ingest", str(images_dir.parent), "--dataset", "elpv")
+    dlvm(env, "labels", str(export), "--dataset", "elpv", "--classes", ",".join(CLASS_NAMES_4))
+    dlvm(env, "adapt", "--dataset", "elpv", "--backbone", "scratch", "--recipe", "tiny")
+    settings = Settings(home=home, label_studio_url=label_studio_server.url,
+                        label_studio_token=label_studio_server.token,
+                        label_studio_files_root=label_studio_server.document_root)
+    with session_scope(settings) as session:
+        classifier = session.exec(select(ModelVersion)).one()
+        record_promotion(session, model_name="elpv-classifier", alias="production", decision="promoted",
+                         candidate_version_id=classifier.id, evidence={"test": "fixture"}, actor="test")
+    dlvm(env, "feedback", "run", "--dataset", "elpv", "--queue-size", str(QUEUE), "--summary", str(root / "round1.json"))
+    return {"root": root, "env": env, "settings": settings, "cfg": ls.LabelStudioConfig(label_studio_server.url,
+            label_studio_server.token), "round1": json.loads((root / "round1.json").read_text()),
+            "server": label_studio_server}
+
+
+def test_project_has_the_dataset_classes_and_setup_is_idempotent(loop):
+    cfg, project_id = loop["cfg"], loop["round1"]["project_id"]
+    project = ls.client(cfg).projects.get(id=project_id)
+    assert project.title == "dlvm: elpv"
+    for cls in CLASS_NAMES_4:
+        assert f'<Choice value="{cls}"/>' in project.label_config
+    again = ls.ensure_project(cfg, "elpv", 1, list(CLASS_NAMES_4))
+    assert (again.id, again.created, again.updated) == (project_id, False, False)
+    assert [p.id for p in ls.client(cfg).projects.list() if p.title == "dlvm: elpv"] == [project_id]
+
+
+def test_every_image_is_one_task_and_a_resync_imports_nothing(loop):
+    cfg, project_id, settings = loop["cfg"], loop["round1"]["project_id"], loop["settings"]
+    assert loop["round1"]["imported"] == N_IMAGES
+    tasks = list(ls.iter_tasks(cfg, project_id))
+    assert len(tasks) == N_IMAGES and len({t["data"]["dlvm_sha256"] for t in tasks}) == N_IMAGES
+    manifest_images = [{"path": t["data"]["dlvm_path"], "sha256": t["data"]["dlvm_sha256"]} for t in tasks]
+    again = ls.sync_tasks(cfg, project_id, manifest_images, lambda rec: ("unused", None))
+    assert (again.imported, again.already_present) == (0, N_IMAGES)
+    assert len(list(ls.iter_tasks(cfg, project_id))) == N_IMAGES
+
+
+def test_task_images_are_served_by_label_studio(loop):
+    cfg, project_id = loop["cfg"], loop["round1"]["project_id"]
+    task = next(ls.iter_tasks(cfg, project_id))
+    assert task["data"]["image"].startswith("/data/local-files/?d=")
+    response = httpx.get(cfg.url + task["data"]["image"], headers={"Authorization": f"Token {cfg.token}"},
+                         timeout=30)
+    assert response.status_code == 200, response.text[:300]
+    assert hashlib.sha256(response.content).hexdigest() == task["data"]["dlvm_sha256"]
+
+
+def test_predictions_of_the_production_model_are_on_the_tasks(loop):
+    cfg, project_id = loop["cfg"], loop["round1"]["project_id"]
+    assert loop["round1"]["preannotated"] == N_IMAGES  # nothing is labeled in Label Studio yet
+    for task in ls.iter_tasks(cfg, project_id):
+        preds = task["predictions"]
+        assert [p["model_version"] for p in preds] == ["elpv-classifier:1"]
+        assert 0.25 <= preds[0]["score"] <= 1.0  # max of 4 class probabilities
+        assert preds[0]["result"][0]["value"]["choices"][0] in TRUTH.values()
+    assert ls.client(cfg).projects.get(id=project_id).model_version == "elpv-classifier:1"
+
+
+def test_queue_is_ordered_by_uncertainty_and_diversity(loop):
+    cfg, project_id, settings = loop["cfg"], loop["round1"]["project_id"], loop["settings"]
+    queue = loop["round1"]["queue"]
+    assert len(queue) == QUEUE
+    assert [t["id"] for t in ls.queue_order(cfg, project_id)] == queue  # what the 'dlvm queue' tab shows
+    views = ls.client(cfg).views.list(project=project_id)
+    assert [v.data["title"] for v in views if v.data.get("title") == ls.QUEUE_TAB] == [ls.QUEUE_TAB]
+    # Recompute the queue from the production model's outputs: same order.
+    with session_scope(settings) as session:
+        version = refs.resolve_dataset_version(session, "elpv", None)
+        model_version = queries.get_alias_version(session, "elpv-classifier", "production")
+    checkpoint = load_checkpoint(open_store(settings).get_bytes(model_version.artifact_uri, model_version.sha256))
+    classifier = Classifier.from_state(checkpoint["classifier"])
+    manifest, images = dataset_images(settings, "elpv", version, classifier.vit_cfg.img_size, progress=False)
+    probs, features = predict_with_features(classifier, images)
+    sha_index = {rec["sha256"]: i for i, rec in enumerate(manifest["images"])}
+    plan = plan_preannotations(list(ls.iter_tasks(cfg, project_id)), sha_index, probs, features,
+                               checkpoint["classes"], "x", QUEUE)
+    assert plan.queue == queue
+    # The model's least sure images lead, and no two queued images are the same picture.
+    assert len(plan.predictions) == N_IMAGES
+
+
+def test_annotations_made_through_the_api_land_in_the_next_snapshot(loop):
+    cfg, project_id, settings, env, root = loop["cfg"], loop["round1"]["project_id"], loop["settings"], loop["env"], loop["root"]
+    sdk = ls.client(cfg)
+    queued = [sdk.tasks.get(id=tid) for tid in loop["round1"]["queue"][:3]]
+    first, second, disputed = queued
+    name = lambda task: Path(task.data["dlvm_path"]).name  # noqa: E731
+
+    def annotate(task, label):
+        sdk.annotations.create(id=task.id, result=[{"from_name": "label", "to_name": "image", "type": "choices",
+                                                    "value": {"choices": [label]}}])
+
+    annotate(first, TRUTH[name(first)])
+    annotate(second, TRUTH[name(second)])
+    annotate(disputed, "functional")
+    annotate(disputed, "defective")
+    dlvm(env, "feedback", "run", "--dataset", "elpv", "--queue-size", str(QUEUE), "--summary", str(root / "round2.json"))
+    round2 = json.loads((root / "round2.json").read_text())
+    assert round2["changed_tasks"] == 3 and round2["snapshot_created"]
+    _, snap = _snapshot(settings, round2["snapshot_id"])
+    items = {Path(it["path"]).name: it for it in snap.items}
+    for task in (first, second):
+        assert items[name(task)]["label"] == TRUTH[name(task)]
+        assert items[name(task)]["annotator"] == "admin@dlvm.local" and items[name(task)]["created_at"]
+    assert name(disputed) not in items
+    assert any(i["kind"] == "conflict" and i["image"].endswith(name(disputed)) for i in snap.issues)
+    # The file export's labels are kept: the project simply had none for those images.
+    assert len(snap.items) == len({*list(items)}) >= N_FILE_LABELS
+    assert not {first.id, second.id, disputed.id} & set(round2["queue"])
+    assert round2["preannotated"] == 0  # every unlabeled task already has this model's prediction
+
+    # Nothing changed since: the pull reads nothing and registers nothing new.
+    dlvm(env, "feedback", "run", "--dataset", "elpv", "--queue-size", str(QUEUE), "--summary", str(root / "round3.json"))
+    round3 = json.loads((root / "round3.json").read_text())
+    assert round3["changed_tasks"] == 0 and not round3["snapshot_created"]
+    assert round3["snapshot_id"] == round2["snapshot_id"]
+
+
+def test_label_studio_down_fails_clearly_and_registers_nothing(loop, tmp_path):
+    from components.services import free_port
+
+    settings, env = loop["settings"], loop["env"]
+    with session_scope(settings) as session:
+        before = len(session.exec(select(LabelSnapshot)).all())
+    down = dict(env, DLVM_LABEL_STUDIO_URL=f"http://127.0.0.1:{free_port()}")
+    out = dlvm(down, "feedback", "run", "--dataset", "elpv", check=False, timeout=300)
+    assert out.returncode == 1
+    assert "is unreachable" in out.stdout and "Label Studio at http://127.0.0.1:" in out.stdout
+    refused = dict(env, DLVM_LABEL_STUDIO_TOKEN="0" * 40)
+    out = dlvm(refused, "feedback", "run", "--dataset", "elpv", check=False, timeout=300)
+    assert out.returncode == 1 and "refused the token (HTTP 401)" in out.stdout
+    with session_scope(settings) as session:
+        assert len(session.exec(select(LabelSnapshot)).all()) == before
+
+
+def test_webhook_from_label_studio_starts_the_retrain_deployment(loop, prefect_api, tmp_path):
+    """Label Studio -> webhook receiver (secret checked) -> a retrain flow run in Prefect."""
+    import uvicorn
+    from prefect.client.orchestration import get_client
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    from components.services import free_port
+    from components.webhook import RetrainTrigger, create_app, start_deployment
+    from flows.retrain import retrain_flow
+
+    cfg, project_id = loop["cfg"], loop["round1"]["project_id"]
+    secret = "s3cret-for-tests"
+    with temporary_settings({PREFECT_API_URL: prefect_api}):
+        deployment_id = retrain_flow.to_deployment(name="webhook-test", parameters={"dataset": "elpv"}).apply()
+        trigger = RetrainTrigger(tmp_path / "trigger.json", threshold=2,
+                                 start=start_deployment("retrain/webhook-test", {"dataset": "elpv"}, prefect_api),
+                                 min_interval_s=0)
+        port = free_port()
+        server = uvicorn.Server(uvicorn.Config(create_app(secret, trigger), host="127.0.0.1", port=port,
+                                               log_level="warning"))
+        thread = threading.Thread(target=server.run, daemon=True)
+        thread.start()
+        try:
+            while not server.started:
+                time.sleep(0.05)
+            url = f"http://127.0.0.1:{port}/webhooks/label-studio"
+            wrong = httpx.post(url, json={"action": "ANNOTATION_CREATED", "annotation": {"id": 1}},
+                               headers={"X-Dlvm-Webhook-Secret": "nope"})
+            assert wrong.status_code == 401 and "wrong or missing" in wrong.text
+            assert httpx.post(url, json={"action": "ANNOTATION_CREATED"}).status_code == 401
+            assert json.loads((tmp_path / "trigger.json").read_text() if (tmp_path / "trigger.json").exists()
+                              else '{"pending": 0}')["pending"] == 0
+
+            ls.ensure_webhook(cfg, project_id, url, secret)
+            ls.ensure_webhook(cfg, project_id, url, secret)  # idempotent
+            assert [h.url for h in ls.client(cfg).webhooks.list(project=project_id)] == [url]
+            sdk = ls.client(cfg)
+            unlabeled = [t for t in ls.iter_tasks(cfg, project_id) if not t["annotations"]][:2]
+            for task in unlabeled:
+                sdk.annotations.create(id=task["id"], result=[{"from_name": "label", "to_name": "image",
+                                       "type": "choices", "value": {"choices": ["functional"]}}])
+            deadline = time.monotonic() + 60
+            state = {}
+            while time.monotonic() < deadline:
+                state = json.loads((tmp_path / "trigger.json").read_text()) if (tmp_path / "trigger.json").exists() else {}
+                if state.get("last_run"):
+                    break
+                time.sleep(0.5)
+            assert state.get("last_run"), f"no retrain run started; trigger state {state}"
+            assert state["pending"] == 0
+
+            async def read_run():
+                async with get_client() as client:
+                    return await client.read_flow_run(state["last_run"])
+            import asyncio
+            run = asyncio.run(read_run())
+            assert run.deployment_id == deployment_id and run.parameters == {"dataset": "elpv"}
+            assert "label-trigger" in run.tags
+        finally:
+            server.should_exit = True
+            thread.join(timeout=10)
