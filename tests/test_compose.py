@@ -28,7 +28,8 @@ ENV_EXAMPLE = ROOT / ".env.example"
 DVC_FILE = ROOT / "dvc.yaml"
 PARAMS_FILE = ROOT / "params.yaml"
 
-EXPECTED_SERVICES = {"postgres", "minio", "minio-init", "prefect-server", "prefect-worker", "label-studio"}
+EXPECTED_SERVICES = {"postgres", "minio", "minio-init", "prefect-server", "prefect-worker", "label-studio",
+                     "dlvm-feedback", "dlvm-webhook"}
 ONE_SHOT = {"minio-init"}  # runs to completion; everything else is long-running
 LONG_RUNNING_RESTART = {"always", "unless-stopped", "on-failure"}
 SECRET_KEY = re.compile(r"PASSWORD|SECRET|TOKEN|ACCESS_KEY")

@@ -251,3 +251,82 @@ def test_webhook_from_label_studio_starts_the_retrain_deployment(loop, prefect_a
         finally:
             server.should_exit = True
             thread.join(timeout=10)
+
+
+def test_labeling_campaign_benchmark_runs_through_label_studio(label_studio_server, tmp_path):
+    """The campaign script end to end on a few images (the measured run is in docs/BENCHMARKS.md)."""
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parents[1]
+    out = tmp_path / "out"
+    proc = subprocess.run([sys.executable, str(root / "benchmarks" / "labeling_campaign.py"), "--backbone", "scratch",
+                           "--pool", "40", "--seeds", "1", "--rounds", "1", "--per-round", "4", "--seed-labels", "8",
+                           "--label-studio-url", label_studio_server.url, "--label-studio-token", label_studio_server.token,
+                           "--files-root", str(label_studio_server.document_root), "--work-dir", str(tmp_path),
+                           "--cache", str(tmp_path / "cache"), "--out", str(out)],
+                          capture_output=True, text=True, timeout=600, stdin=subprocess.DEVNULL)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    results = json.loads((out / "results.json").read_text())
+    arms = {c["arm"] for c in results["curves"]}
+    assert arms == {"random", "uncertainty", "uncertainty+diversity"}
+    assert {(c["arm"], c["round"]): c["labels"] for c in results["curves"]} == \
+        {(arm, r): 8 + 4 * r for arm in arms for r in (0, 1)}
+    assert all(0.0 <= c["accuracy"] <= 1.0 for c in results["curves"])
+    assert (out / "curve.png").stat().st_size > 1000 and "| labels |" in (out / "report.md").read_text()
+
+
+def test_feedback_serve_runs_the_loop_on_its_schedule(loop, prefect_api):
+    """`dlvm feedback serve` registers the scheduled `feedback` and the `retrain` deployments;
+    a scheduled feedback run completes."""
+    import asyncio
+    import os
+    import signal
+    import subprocess
+
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterName, FlowRunFilter, FlowRunFilterDeploymentId
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    from clirun import DLVM
+
+    log = open(loop["root"] / "serve.log", "w")
+    proc = subprocess.Popen([DLVM, "feedback", "serve", "--dataset", "elpv", "--interval", "5", "--queue-size", "5"],
+                            env=loop["env"], stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                            start_new_session=True)
+
+    async def poll():
+        async with get_client() as client:
+            deadline = time.monotonic() + 240
+            while time.monotonic() < deadline:
+                assert proc.poll() is None, (loop["root"] / "serve.log").read_text()[-3000:]
+                deployments = await client.read_deployments(
+                    deployment_filter=DeploymentFilter(name=DeploymentFilterName(any_=["elpv", "retrain"])))
+                feedback = [d for d in deployments if d.name == "elpv"]
+                if feedback:
+                    runs = await client.read_flow_runs(flow_run_filter=FlowRunFilter(
+                        deployment_id=FlowRunFilterDeploymentId(any_=[feedback[0].id])))
+                    done = [r for r in runs if r.state and r.state.is_completed()]
+                    failed = [r for r in runs if r.state and r.state.is_failed()]
+                    assert not failed, f"feedback run failed: {failed[0].state.message}"
+                    if done:
+                        return deployments, done
+                await asyncio.sleep(2)
+            raise AssertionError("no scheduled feedback run completed in 240 s:\n"
+                                 + (loop["root"] / "serve.log").read_text()[-3000:])
+
+    try:
+        with temporary_settings({PREFECT_API_URL: prefect_api}):
+            deployments, done = asyncio.run(poll())
+    finally:
+        os.killpg(proc.pid, signal.SIGINT)
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+        log.close()
+    by_name = {d.name: d for d in deployments}
+    assert {"elpv", "retrain"} <= set(by_name)
+    assert by_name["elpv"].schedules and by_name["elpv"].parameters["queue_size"] == 5
+    assert by_name["retrain"].parameters == {"dataset": "elpv"}
+    assert done[0].parameters["dataset"] == "elpv"
