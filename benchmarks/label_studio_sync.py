@@ -54,11 +54,11 @@ def main(argv: list[str] | None = None) -> list[tuple[str, float, str]]:
                 # Copies are distinct tasks: the hash key includes the copy.
                 sha = hashlib.sha256(dest.read_bytes() + str(copy).encode()).hexdigest()
                 records.append({"path": f"copy{copy}/{r.path}", "sha256": sha, "label": class_name(r.probability)})
-        with label_studio(Path(tmp) / "label-studio", document_root=files) as server:
+        with label_studio(Path(tmp) / "label-studio", document_root=Path(tmp)) as server:
             cfg = ls.LabelStudioConfig(server.url, server.token)
             project = ls.ensure_project(cfg, "bench", 1, list(CLASS_NAMES_4))
             ls.connect_local_files(cfg, project.id, str(files.resolve()))
-            url = lambda rec: (ls.local_files_url(rec["path"]), None)  # noqa: E731
+            url = lambda rec: (ls.local_files_url(f"files/{rec['path']}"), None)  # noqa: E731
             synced = timed(f"import {len(records)} tasks", lambda: ls.sync_tasks(cfg, project.id, records, url),
                            lambda r, sec: f"({r.imported} imported, {r.imported / sec:.0f} tasks/s)")
             timed("re-sync (nothing new)", lambda: ls.sync_tasks(cfg, project.id, records, url),

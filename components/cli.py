@@ -403,6 +403,21 @@ def feedback_serve(dataset: str = typer.Option(..., "--dataset", "-d"),
           retrain_flow.to_deployment(name=deployment_name, parameters={"dataset": dataset}))
 
 
+@feedback_app.command("retrain")
+def feedback_retrain(dataset: str = typer.Option(..., "--dataset", "-d"),
+                     backbone: Optional[str] = typer.Option(None, help="default: the production model's backbone, else <dataset>-mae"),
+                     method: str = typer.Option("probe", help="probe, finetune, lora or prototype"),
+                     recipe: str = "demo", fractions: str = typer.Option("0.25,1.0", help="evaluation label fractions"),
+                     seeds: str = typer.Option("0", help="evaluation seeds"), margin: float = 0.0,
+                     summary_path: Optional[Path] = SUMMARY):
+    """What new labels start, by hand: pull labels, evaluate, adapt, gate for production."""
+    prepare()
+    from flows.retrain import retrain_flow
+    out = run_step(retrain_flow, dataset, backbone=backbone, method=method, recipe=recipe,
+                   fractions=parse_list(fractions), seeds=parse_list(seeds, int), margin=margin)
+    write_summary(summary_path, out)
+
+
 @feedback_app.command("webhook")
 def feedback_webhook(host: str = typer.Option("127.0.0.1"), port: int = typer.Option(8765),
                      dataset: str = typer.Option(..., "--dataset", "-d"),

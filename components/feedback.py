@@ -60,19 +60,20 @@ class Preannotations:
 
 def plan_preannotations(tasks: list[dict], sha_index: dict[str, int], probs: np.ndarray, features: np.ndarray,
                         classes: list[str], model_version: str, queue_size: int, kind: str = "margin",
-                        diversity: bool = True) -> Preannotations:
+                        diversity: bool = True, labeled_shas: set[str] | None = None) -> Preannotations:
     """Predictions to post and the labeling queue for the project's tasks.
 
     ``sha_index`` maps an image's sha256 to its row in ``probs``/``features`` (the
-    dataset version's images). Unlabeled = no annotation yet; labeled tasks' features keep
-    the queue away from what the team already labeled."""
+    dataset version's images). Unlabeled = no annotation in the project and not labeled in
+    the current snapshot (``labeled_shas``, e.g. labels from a file export); labeled
+    images' features keep the queue away from what the team already labeled."""
     unlabeled_ids, unlabeled_rows, labeled_rows = [], [], []
     predictions = []
     for task in tasks:
         row = sha_index.get(task["data"].get("dlvm_sha256", ""))
         if row is None:
             continue  # an image of another dataset version: nothing to predict with
-        if task.get("total_annotations", 0) or task.get("annotations"):
+        if task.get("total_annotations", 0) or task.get("annotations") or task["data"]["dlvm_sha256"] in (labeled_shas or ()):
             labeled_rows.append(row)
             continue
         unlabeled_ids.append(task["id"])

@@ -168,7 +168,8 @@ def feedback_flow(dataset: str, classes: list[str] | None = None, kind: str = "c
             tasks = list_tasks(cfg, project.id)
             model_version = f"{model}:{prod_version.version}"
             plan = plan_preannotations(tasks, sha_index, probs, features, classes, model_version, queue_size,
-                                       kind=uncertainty, diversity=diversity)
+                                       kind=uncertainty, diversity=diversity,
+                                       labeled_shas={it["sha256"] for it in snapshot.items})
             publish_preannotations(cfg, project.id, plan, model_version, tasks)
             preannotated, queue = len(plan.predictions), plan.queue
         else:

@@ -33,8 +33,10 @@ def retrain_flow(dataset: str, backbone: str | None = None, method: str = "probe
     labels = feedback_flow(dataset, model=model, alias=alias, retrain_after=10**9) \
         if pull and settings.label_studio_url else None
     backbone = backbone or _production_backbone(settings, model, alias) or f"{dataset}-mae"
+    # The gate compares with training from scratch (fine-tuning on all labels): evaluate that too.
     evaluation = evaluate_flow(dataset, backbones=[backbone], fractions=fractions, seeds=seeds,
-                               methods=[method], recipe=recipe)
+                               methods=list(dict.fromkeys([method, "finetune"])), finetune_fractions=[1.0],
+                               finetune_seeds=[seeds[0]], recipe=recipe)
     candidate = adapt_flow(dataset, backbone=backbone, method=method, fraction=1.0, recipe=recipe)
     promotion = promote_flow(f"{candidate['model']}:{candidate['version']}", alias=alias,
                              evaluation_id=evaluation["evaluation_id"], margin=margin, actor="retrain")

@@ -17,7 +17,7 @@ from sqlmodel import select
 
 from clirun import dlvm, dlvm_env
 from components import labelstudio as ls
-from components.data.elpv import CLASS_NAMES_4, class_name, elpv_labels, export_elpv, write_label_studio_export
+from components.data.elpv import CLASS_NAMES_4, class_name, elpv_labels, elpv_root, export_elpv, write_label_studio_export
 from components.data.access import dataset_images
 from components.feedback import plan_preannotations
 from components.labels import from_json_bytes
@@ -56,12 +56,13 @@ def loop(tmp_path_factory, prefect_api, label_studio_server):
                    DLVM_LABEL_STUDIO_FILES_ROOT=str(label_studio_server.document_root))
     dlvm(env, "ingest", str(images_dir.parent), "--dataset", "elpv")
     dlvm(env, "labels", str(export), "--dataset", "elpv", "--classes", ",".join(CLASS_NAMES_4))
-    dlvm(env, "adapt", "--dataset", "elpv", "--backbone", "scratch", "--recipe", "tiny")
+    dlvm(env, "pretrain", "--dataset", "elpv", "--recipe", "tiny")
+    dlvm(env, "adapt", "--dataset", "elpv", "--backbone", "elpv-mae", "--recipe", "tiny")
     settings = Settings(home=home, label_studio_url=label_studio_server.url,
                         label_studio_token=label_studio_server.token,
                         label_studio_files_root=label_studio_server.document_root)
     with session_scope(settings) as session:
-        classifier = session.exec(select(ModelVersion)).one()
+        classifier = session.exec(select(ModelVersion).where(ModelVersion.parent_id.is_not(None))).one()
         record_promotion(session, model_name="elpv-classifier", alias="production", decision="promoted",
                          candidate_version_id=classifier.id, evidence={"test": "fixture"}, actor="test")
     dlvm(env, "feedback", "run", "--dataset", "elpv", "--queue-size", str(QUEUE), "--summary", str(root / "round1.json"))
@@ -104,8 +105,11 @@ def test_task_images_are_served_by_label_studio(loop):
 
 def test_predictions_of_the_production_model_are_on_the_tasks(loop):
     cfg, project_id = loop["cfg"], loop["round1"]["project_id"]
-    assert loop["round1"]["preannotated"] == N_IMAGES  # nothing is labeled in Label Studio yet
+    # Every image without a label gets one; the file export's 16 labels count as labels.
+    assert loop["round1"]["preannotated"] == N_IMAGES - N_FILE_LABELS
     for task in ls.iter_tasks(cfg, project_id):
+        if not task["predictions"]:
+            continue
         preds = task["predictions"]
         assert [p["model_version"] for p in preds] == ["elpv-classifier:1"]
         assert 0.25 <= preds[0]["score"] <= 1.0  # max of 4 class probabilities
@@ -129,11 +133,18 @@ def test_queue_is_ordered_by_uncertainty_and_diversity(loop):
     manifest, images = dataset_images(settings, "elpv", version, classifier.vit_cfg.img_size, progress=False)
     probs, features = predict_with_features(classifier, images)
     sha_index = {rec["sha256"]: i for i, rec in enumerate(manifest["images"])}
-    plan = plan_preannotations(list(ls.iter_tasks(cfg, project_id)), sha_index, probs, features,
-                               checkpoint["classes"], "x", QUEUE)
+    with session_scope(settings) as session:
+        snapshot_row = queries.latest_label_snapshot(session, version.id)
+    _, snapshot = _snapshot(settings, snapshot_row.id)
+    labeled = {it["sha256"] for it in snapshot.items}
+    tasks = list(ls.iter_tasks(cfg, project_id))
+    plan = plan_preannotations(tasks, sha_index, probs, features, checkpoint["classes"], "x", QUEUE,
+                               labeled_shas=labeled)
     assert plan.queue == queue
-    # The model's least sure images lead, and no two queued images are the same picture.
-    assert len(plan.predictions) == N_IMAGES
+    # Already labeled images (the file export's) never enter the queue.
+    sha_of = {t["id"]: t["data"]["dlvm_sha256"] for t in tasks}
+    assert not {sha_of[t] for t in queue} & labeled
+    assert len(plan.predictions) == N_IMAGES - len(labeled)
 
 
 def test_annotations_made_through_the_api_land_in_the_next_snapshot(loop):
@@ -330,3 +341,64 @@ def test_feedback_serve_runs_the_loop_on_its_schedule(loop, prefect_api):
     assert by_name["elpv"].schedules and by_name["elpv"].parameters["queue_size"] == 5
     assert by_name["retrain"].parameters == {"dataset": "elpv"}
     assert done[0].parameters["dataset"] == "elpv"
+
+
+@pytest.mark.s3
+def test_presigned_image_urls_come_from_the_s3_artifact_store(s3_server, s3_bucket, tmp_path):
+    """DLVM_LABEL_STUDIO_IMAGES=presigned: each image stored once in the artifact store,
+    shown through a presigned URL that serves exactly its bytes and expires as configured."""
+    from components.feedback import image_url_function
+
+    images = tmp_path / "images"
+    images.mkdir()
+    data = (elpv_root() / elpv_labels()[0].path).read_bytes()
+    (images / "a.png").write_bytes(data)
+    settings = Settings(home=tmp_path / "state", artifacts=f"s3://{s3_bucket}/art", s3_endpoint=s3_server.endpoint,
+                        s3_access_key=s3_server.access_key, s3_secret_key=s3_server.secret_key,
+                        label_studio_images="presigned", label_studio_url_expiry_s=3600)
+    url_of = image_url_function(settings, images)
+    record = {"path": "a.png", "sha256": hashlib.sha256(data).hexdigest()}
+    before = time.time()
+    url, expires = url_of(record)
+    assert "X-Amz-Expires=3600" in url and before + 3590 <= expires <= time.time() + 3600
+    assert httpx.get(url, timeout=30).content == data
+    assert url_of(record)[0] != "" and len(list(s3_server.client().list_objects(s3_bucket, recursive=True))) == 1
+    with pytest.raises(ValueError, match="changed on disk"):
+        url_of({"path": "a.png", "sha256": "0" * 64})
+    with pytest.raises(ValueError, match="needs the S3 artifact store"):
+        Settings(home=tmp_path / "s2", label_studio_images="presigned")
+
+
+def test_expiring_image_urls_are_renewed_by_the_next_sync(label_studio_server):
+    cfg = ls.LabelStudioConfig(label_studio_server.url, label_studio_server.token)
+    project = ls.ensure_project(cfg, "renewal", 1, ["a", "b"])
+    records = [{"path": f"x{i}.png", "sha256": f"{i:064d}"} for i in range(3)]
+    soon = lambda rec: (f"http://s3.example/{rec['path']}?v=1", time.time() + 60)  # noqa: E731
+    later = lambda rec: (f"http://s3.example/{rec['path']}?v=2", time.time() + 7 * 86400)  # noqa: E731
+    assert ls.sync_tasks(cfg, project.id, records, soon).imported == 3
+    renewed = ls.sync_tasks(cfg, project.id, records, later)
+    assert (renewed.imported, renewed.renewed_urls) == (0, 3)
+    assert {t["data"]["image"].split("?")[1] for t in ls.iter_tasks(cfg, project.id)} == {"v=2"}
+    assert ls.sync_tasks(cfg, project.id, records, later).renewed_urls == 0  # fresh URLs stay
+
+
+def test_retrain_pulls_the_new_labels_and_gates_a_new_classifier(loop):
+    """The flow the webhook and the polling trigger start, run by hand."""
+    from components.registry.tables import PromotionEvent
+
+    settings, env, root = loop["settings"], loop["env"], loop["root"]
+    dlvm(env, "feedback", "retrain", "--dataset", "elpv", "--recipe", "tiny", "--fractions", "1.0",
+         "--summary", str(root / "retrain.json"), timeout=600)
+    out = json.loads((root / "retrain.json").read_text())
+    assert out["backbone"] == "elpv-mae:1"  # the production classifier's backbone
+    assert out["candidate"]["model"] == "elpv-classifier" and out["candidate"]["version"] >= 2
+    assert out["promotion"]["decision"] in ("promoted", "rejected")
+    with session_scope(settings) as session:
+        candidate = session.exec(select(ModelVersion).where(ModelVersion.id == out["candidate"]["model_version_id"])).one()
+        latest = queries.latest_label_snapshot(session, candidate.dataset_version_id)
+        events = session.exec(select(PromotionEvent).where(PromotionEvent.candidate_version_id == candidate.id)).all()
+    # Trained on the newest pull from Label Studio, and the gate's decision is on record.
+    assert candidate.label_snapshot_id == latest.id
+    _, snap = _snapshot(settings, latest.id)
+    assert snap.source.get("project") == loop["round1"]["project_id"]
+    assert [e.actor for e in events] == ["retrain"]
