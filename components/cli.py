@@ -347,8 +347,8 @@ def backbone_baseline(ref: str = typer.Argument(..., help="backbone ref, e.g. ge
         console.print(f"{ref} -> baseline (event {event.id})")
 
 
-def _feedback_params(dataset, classes, queue_size, uncertainty, diversity, webhook_url) -> dict:
-    return {"dataset": dataset, "classes": parse_list(classes, str) if classes else None,
+def _feedback_params(dataset, classes, queue_size, uncertainty, diversity, webhook_url, kind="classification") -> dict:
+    return {"dataset": dataset, "classes": parse_list(classes, str) if classes else None, "kind": kind,
             "queue_size": queue_size, "uncertainty": uncertainty, "diversity": diversity,
             "webhook_url": webhook_url}
 
@@ -369,12 +369,14 @@ def feedback_run(dataset: str = typer.Option(..., "--dataset", "-d"),
                  uncertainty: str = FEEDBACK_OPTIONS["uncertainty"],
                  diversity: bool = FEEDBACK_OPTIONS["diversity"],
                  webhook_url: Optional[str] = FEEDBACK_OPTIONS["webhook_url"],
+                 kind: str = typer.Option("classification", help="classification, or localization (boxes: "
+                                                                 "project and tasks only)"),
                  summary_path: Optional[Path] = SUMMARY):
     """One round: project, tasks, label pull, pre-annotations and queue, retrain trigger."""
     prepare()
     from flows.feedback import feedback_flow
     summary = run_step(feedback_flow, **_feedback_params(dataset, classes, queue_size, uncertainty, diversity,
-                                                         webhook_url))
+                                                         webhook_url, kind))
     write_summary(summary_path, summary)
 
 

@@ -140,6 +140,13 @@ def feedback_flow(dataset: str, classes: list[str] | None = None, kind: str = "c
                 raise ValueError("webhook_url given but DLVM_WEBHOOK_SECRET is empty: set a shared secret first")
             ls.ensure_webhook(cfg, project.id, webhook_url, settings.webhook_secret.get_secret_value())
         synced = sync_images(settings, cfg, project.id, dataset, version, manifest)
+        if kind != "classification":
+            # Label snapshots, models and pre-annotations are classification for now: the
+            # project and its tasks are ready for box labeling, nothing is pulled from it.
+            logger.warning("%s project: tasks synced; boxes are not pulled into label snapshots yet", kind)
+            return {"project_id": project.id, "imported": synced.imported, "already_present": synced.already_present,
+                    "changed_tasks": 0, "n_labeled": 0, "issues": [], "snapshot_id": None, "snapshot_version": None,
+                    "snapshot_created": False, "preannotated": 0, "queue": [], "new_labels": 0, "retrain_run": None}
 
         previous, since = previous_snapshot(settings, version.id, cfg.url, project.id)
         # Images labeled in this project before (a file export's labels are not watched:

@@ -80,6 +80,13 @@ def test_project_has_the_dataset_classes_and_setup_is_idempotent(loop):
     again = ls.ensure_project(cfg, "elpv", 1, list(CLASS_NAMES_4))
     assert (again.id, again.created, again.updated) == (project_id, False, False)
     assert [p.id for p in ls.client(cfg).projects.list() if p.title == "dlvm: elpv"] == [project_id]
+    # A class added later updates the config in place; a box-labeling project gets rectangles.
+    grown = ls.ensure_project(cfg, "elpv", 1, [*CLASS_NAMES_4, "cracked"])
+    assert (grown.id, grown.updated) == (project_id, True)
+    assert '<Choice value="cracked"/>' in ls.client(cfg).projects.get(id=project_id).label_config
+    ls.ensure_project(cfg, "elpv", 1, list(CLASS_NAMES_4))
+    boxes = ls.ensure_project(cfg, "elpv-boxes", 1, ["crack", "finger"], kind="localization")
+    assert '<RectangleLabels name="label" toName="image">' in ls.client(cfg).projects.get(id=boxes.id).label_config
 
 
 def test_every_image_is_one_task_and_a_resync_imports_nothing(loop):
