@@ -1,8 +1,9 @@
 """Local service processes for development, tests and benchmarks (no Docker needed).
 
 :func:`label_studio` starts Label Studio through ``infra/label_studio.sh`` (its own venv,
-installed on first use) on a free loopback port with a known admin token, waits for
-``/health`` and stops it (the whole process group) on exit."""
+installed on first use) on a free loopback port with a known admin token;
+:func:`prefect_server` a Prefect server. Both wait for their health endpoint and stop the
+whole process group on exit."""
 from __future__ import annotations
 
 import os
@@ -54,30 +55,59 @@ def label_studio(data_dir: Path, document_root: Path = Path("/"), port: int | No
         process = subprocess.Popen([str(INFRA / "label_studio.sh"), "start"], env=env, stdout=log,
                                    stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
     url = f"http://127.0.0.1:{port}"
-    token = ""
     try:
-        deadline = time.monotonic() + start_timeout_s
-        while True:
-            try:
-                with urllib.request.urlopen(f"{url}/health", timeout=3):
-                    break
-            except OSError:
-                if process.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError(f"Label Studio did not start on {url}; last lines of {log_path}:\n"
-                                       + log_path.read_text()[-3000:]) from None
-                time.sleep(1)
+        wait_for_http(f"{url}/health", process, log_path, start_timeout_s, "Label Studio")
         credentials = dict(line.split("=", 1) for line in (data_dir / "credentials.env").read_text().split())
-        token = credentials["LABEL_STUDIO_USER_TOKEN"]
-        yield LabelStudioServer(url, token, data_dir, Path(document_root).resolve(), process)
+        yield LabelStudioServer(url, credentials["LABEL_STUDIO_USER_TOKEN"], data_dir,
+                                Path(document_root).resolve(), process)
     finally:
         stop(process)
 
 
-def stop(process: subprocess.Popen, timeout_s: float = 20.0) -> None:
+@contextmanager
+def prefect_server(home: Path, port: int | None = None, start_timeout_s: float = 90.0) -> Iterator[str]:
+    """A Prefect server (SQLite in ``home``) on a free loopback port; yields its API URL."""
+    import sys
+
+    port = port or free_port()
+    home = Path(home)
+    home.mkdir(parents=True, exist_ok=True)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
+    env.update(PREFECT_HOME=str(home), PREFECT_SERVER_ANALYTICS_ENABLED="false")
+    log_path = home / "server.log"
+    with open(log_path, "w") as log:
+        process = subprocess.Popen([str(Path(sys.executable).with_name("prefect")), "server", "start",
+                                    "--host", "127.0.0.1", "--port", str(port)], env=env, stdout=log,
+                                   stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
+    url = f"http://127.0.0.1:{port}/api"
+    try:
+        wait_for_http(f"{url}/health", process, log_path, start_timeout_s, "Prefect server")
+        yield url
+    finally:
+        stop(process, signal.SIGINT)
+
+
+def wait_for_http(url: str, process: subprocess.Popen, log_path: Path, timeout_s: float, what: str) -> None:
+    """Poll ``url`` until it answers; fail with the log's tail if the process dies or time runs out."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            with urllib.request.urlopen(url, timeout=3):
+                return
+        except OSError:
+            if process.poll() is not None or time.monotonic() > deadline:
+                stop(process)
+                raise RuntimeError(f"{what} did not start ({url}); last lines of {log_path}:\n"
+                                   + log_path.read_text()[-3000:]) from None
+            time.sleep(0.5)
+
+
+def stop(process: subprocess.Popen, sig: int = signal.SIGTERM, timeout_s: float = 20.0) -> None:
+    """Stop a service started in its own session (its whole process group); SIGKILL after ``timeout_s``."""
     if process.poll() is not None:
         return
     try:
-        os.killpg(process.pid, signal.SIGTERM)
+        os.killpg(process.pid, sig)
         process.wait(timeout=timeout_s)
     except subprocess.TimeoutExpired:
         os.killpg(process.pid, signal.SIGKILL)
