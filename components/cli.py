@@ -440,6 +440,35 @@ def feedback_webhook(host: str = typer.Option("127.0.0.1"), port: int = typer.Op
 
 
 @app.command()
+def serve(dataset: str = typer.Option(..., "--dataset", "-d"),
+          source: Optional[Path] = typer.Option(None, help="raw-image folder the nightly deployment ingests"),
+          nightly: str = typer.Option("0 2 * * *", help="cron of ingest + label sync ('' = on demand only)"),
+          weekly_pretrain: str = typer.Option("0 3 * * 0", help="cron of pretraining ('' = on demand only)"),
+          feedback_interval: int = typer.Option(3600, help="seconds between feedback rounds (0 = on demand only)"),
+          recipe: str = typer.Option("demo", help="pretraining / adaptation recipe of the scheduled runs"),
+          timezone: str = typer.Option("UTC")):
+    """Serve dlvm's deployments (nightly ingest + label sync, weekly pretraining, the feedback
+    loop, retrain on new labels) with their schedules; runs execute in this process's
+    children. Needs a Prefect server (PREFECT_API_URL). Stop with Ctrl-C."""
+    prepare()
+    from prefect import serve as prefect_serve
+
+    from flows.deployments import Schedules, build_deployments
+    settings = get_settings()
+    flow_name, _, retrain_name = settings.retrain_deployment.partition("/")
+    if flow_name != "retrain" or not retrain_name:
+        raise typer.BadParameter(f"DLVM_RETRAIN_DEPLOYMENT must be 'retrain/<name>', got {settings.retrain_deployment!r}")
+    if source is not None and not source.is_dir():
+        raise typer.BadParameter(f"--source {source} is not a folder")
+    schedules = Schedules(nightly=nightly or None, pretrain=weekly_pretrain or None,
+                          feedback_interval_s=feedback_interval or None, timezone=timezone)
+    deployments = build_deployments(dataset, str(source.resolve()) if source else None, schedules, recipe, retrain_name,
+                                    feedback=bool(settings.label_studio_url))
+    console.print("serving " + ", ".join(f"{d.flow_name}/{d.name}" for d in deployments))
+    prefect_serve(*deployments)
+
+
+@app.command()
 def runs(limit: int = 20):
     """Recent Prefect flow runs (from the embedded Prefect API or PREFECT_API_URL)."""
     prepare()

@@ -1,0 +1,53 @@
+"""dlvm's Prefect deployments: what runs when, with which parameters.
+
+| deployment | schedule (default) | runs |
+| --- | --- | --- |
+| `nightly/<dataset>` | cron `0 2 * * *` | ingest the raw-image folder + Label Studio sync (flows/nightly.py) |
+| `pretrain/<dataset>` | cron `0 3 * * 0` (Sundays) | self-supervised pretraining on the latest version |
+| `feedback/<dataset>` | every hour | the labeling loop's round (flows/feedback.py) |
+| `retrain/retrain` | none: started by N new labels | pull -> evaluate -> adapt -> promote (flows/retrain.py) |
+
+`dlvm serve` serves them all from one process (flow runs execute there); with a work pool
+(`--pool`), they are registered for workers instead (see docs/DEPLOYMENTS.md).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from prefect.schedules import Cron, Interval
+
+from flows.feedback import feedback_flow
+from flows.nightly import nightly_flow
+from flows.pretrain import pretrain_flow
+from flows.retrain import retrain_flow
+
+
+@dataclass
+class Schedules:
+    nightly: str | None = "0 2 * * *"
+    pretrain: str | None = "0 3 * * 0"
+    feedback_interval_s: int | None = 3600
+    timezone: str = "UTC"
+
+
+def build_deployments(dataset: str, source: str | None, schedules: Schedules = Schedules(),
+                      recipe: str = "demo", retrain_name: str = "retrain", feedback: bool = True) -> list:
+    """The RunnerDeployments for ``dataset`` (``nightly`` only with a ``source`` folder,
+    ``feedback`` only when Label Studio is configured); a schedule of None registers the
+    deployment without one (runs on demand)."""
+    def cron(expression: str | None) -> dict:
+        return {"schedules": [Cron(expression, timezone=schedules.timezone)]} if expression else {}
+
+    deployments = []
+    if source:
+        deployments.append(nightly_flow.to_deployment(name=dataset, parameters={"source": source, "dataset": dataset},
+                                                      tags=["dlvm", "nightly"], **cron(schedules.nightly)))
+    deployments.append(pretrain_flow.to_deployment(name=dataset, parameters={"dataset": dataset, "recipe": recipe},
+                                                   tags=["dlvm", "pretrain"], **cron(schedules.pretrain)))
+    if feedback:
+        deployments.append(feedback_flow.to_deployment(
+            name=dataset, parameters={"dataset": dataset}, tags=["dlvm", "feedback"],
+            **({"schedules": [Interval(schedules.feedback_interval_s)]} if schedules.feedback_interval_s else {})))
+    deployments.append(retrain_flow.to_deployment(name=retrain_name, parameters={"dataset": dataset, "recipe": recipe},
+                                                  tags=["dlvm", "retrain"]))
+    return deployments
