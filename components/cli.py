@@ -28,6 +28,9 @@ app.add_typer(backbone_app, name="backbone")
 feedback_app = typer.Typer(help="The labeling team's loop with Label Studio: tasks, pre-annotations, queue, "
                                 "label pulls and retraining.", no_args_is_help=True)
 app.add_typer(feedback_app, name="feedback")
+stack_app = typer.Typer(help="The service stack on loopback without Docker: Prefect server, S3 server, Label Studio.",
+                        no_args_is_help=True)
+app.add_typer(stack_app, name="stack")
 # Wide enough for URIs and tables when output goes to a file or a CI log.
 console = Console(width=None if sys.stdout.isatty() else 160, soft_wrap=True)
 
@@ -466,6 +469,52 @@ def serve(dataset: str = typer.Option(..., "--dataset", "-d"),
                                     feedback=bool(settings.label_studio_url))
     console.print("serving " + ", ".join(f"{d.flow_name}/{d.name}" for d in deployments))
     prefect_serve(*deployments)
+
+
+STACK_DIR = typer.Option(None, "--dir", help="stack state folder (default $DLVM_HOME/stack)")
+
+
+def _stack_dir(path: Optional[Path]) -> Path:
+    return (path or get_settings().home / "stack").resolve()
+
+
+@stack_app.command("up")
+def stack_up(dir: Optional[Path] = STACK_DIR, prefect_port: int = 4200, s3_port: int = 9000,
+             label_studio_port: int = 8080,
+             prefect_database: Optional[str] = typer.Option(None, help="postgresql+asyncpg://... for Prefect's state "
+                                                                       "(default SQLite in the stack folder)"),
+             label_studio: bool = typer.Option(True, help="--no-label-studio: Prefect and S3 only")):
+    """Start the stack (what is not running yet) and write DIR/stack.env."""
+    from components.stack import StackConfig, up
+    root = _stack_dir(dir)
+    try:
+        up(StackConfig(root, prefect_port, s3_port, label_studio_port, prefect_database, label_studio),
+           progress=console.print)
+    except (RuntimeError, FileNotFoundError) as exc:
+        console.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(1)
+    console.print(f"stack up; point dlvm at it with:  source {root / 'stack.env'}")
+
+
+@stack_app.command("status")
+def stack_status(dir: Optional[Path] = STACK_DIR):
+    """Each service: running, answering, URL. Exits 1 when one is down."""
+    from components.stack import status
+    states = status(_stack_dir(dir))
+    for name, state in states.items():
+        word = "up" if state["healthy"] else ("not answering" if state["running"] else "down")
+        console.print(f"{name:13} {word:14} {state['url'] or ''}")
+    if not all(s["healthy"] for s in states.values() if s["url"] is not None) or \
+            not any(s["url"] for s in states.values()):
+        raise typer.Exit(1)
+
+
+@stack_app.command("down")
+def stack_down(dir: Optional[Path] = STACK_DIR):
+    """Stop the stack's services (their data stays for the next `up`)."""
+    from components.stack import down
+    stopped = down(_stack_dir(dir))
+    console.print("stopped " + (", ".join(stopped) if stopped else "nothing (no service was running)"))
 
 
 @app.command()
