@@ -61,8 +61,11 @@ def run_step(fn, *args, **kwargs):
         console.print(f"[red]error:[/red] {exc}")
         raise typer.Exit(1)
     except Exception as exc:
+        # Services that are down or refusing: the message names them; a traceback adds nothing.
+        from components.data.dvc import DvcError
         from components.labelstudio import LabelStudioError
-        if isinstance(exc, LabelStudioError):
+        from components.storage import ArtifactError
+        if isinstance(exc, (LabelStudioError, DvcError, ArtifactError)):
             console.print(f"[red]error:[/red] {exc}")
             raise typer.Exit(1)
         raise

@@ -97,3 +97,55 @@ def test_stack_down_stops_everything(stack):
     status = dlvm(env, "stack", "status", "--dir", str(stack_dir), check=False)
     assert status.returncode == 1
     assert "stopped nothing" in dlvm(env, "stack", "down", "--dir", str(stack_dir)).stdout
+
+
+def test_s3_stopped_mid_push_fails_clearly_registers_nothing_and_a_rerun_completes(tmp_path):
+    """The S3 server dies while DVC pushes the images: the push is retried, the flow fails
+    naming the remote, no dataset version is registered; with the server back, the same
+    command completes and the data restores byte for byte."""
+    import subprocess
+    import time
+
+    from sqlmodel import select
+
+    from clirun import DLVM
+    from components.registry.db import session_scope
+    from components.registry.tables import DatasetVersion
+    from components.services import start_s3_server, stop
+    from components.settings import Settings
+
+    images, _ = export_elpv(tmp_path / "raw", limit=400, seed=6)
+    port = free_port()
+    s3_dir = tmp_path / "s3"
+    server = start_s3_server(s3_dir, "stack-key", "stack-secret-0123456789", port=port)
+    server.client().make_bucket("dlvm")
+    env = dlvm_env(tmp_path / "state", DLVM_ARTIFACTS="s3://dlvm/artifacts", DLVM_DVC_REMOTE="s3://dlvm/dvc",
+                   DLVM_S3_ENDPOINT=server.endpoint, DLVM_S3_ACCESS_KEY="stack-key",
+                   DLVM_S3_SECRET_KEY="stack-secret-0123456789")
+    proc = subprocess.Popen([DLVM, "ingest", str(images), "--dataset", "cells"], env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, stdin=subprocess.DEVNULL)
+    pushed = s3_dir / "data" / "dlvm" / "dvc"
+    deadline = time.monotonic() + 180
+    while time.monotonic() < deadline and proc.poll() is None:
+        if pushed.exists() and sum(1 for p in pushed.rglob("*") if p.is_file()) >= 20:
+            break
+        time.sleep(0.05)
+    n_pushed = sum(1 for p in pushed.rglob("*") if p.is_file())
+    stop(server.process)  # in the middle of the push
+    output = proc.communicate(timeout=300)[0]
+    assert proc.returncode != 0, output[-3000:]
+    assert 20 <= n_pushed < 400, f"the server was stopped after {n_pushed} objects, not mid-push"
+    assert "Retry 3/3" in output, output[-3000:]  # the push task was retried
+    error = output[output.index("error:"):]
+    assert "dvc push" in error and "Could not connect to the endpoint URL" in error, error[-3000:]
+    assert server.endpoint in error and "Traceback" not in error
+    with session_scope(Settings(home=tmp_path / "state", artifacts="s3://dlvm/artifacts",
+                                s3_endpoint=server.endpoint)) as session:
+        assert session.exec(select(DatasetVersion)).all() == []
+
+    restarted = start_s3_server(s3_dir, "stack-key", "stack-secret-0123456789", port=port)
+    try:
+        out = dlvm(env, "ingest", str(images), "--dataset", "cells", timeout=300)
+        assert "cells v1: 400 images" in out.stdout
+    finally:
+        stop(restarted.process)

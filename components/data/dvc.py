@@ -26,8 +26,19 @@ class DvcError(RuntimeError):
         self.cmd = cmd
         self.returncode = returncode
         self.output = output
-        tail = "\n".join(output.strip().splitlines()[-15:])
-        super().__init__(f"`{' '.join(cmd)}` failed with exit code {returncode}:\n{tail}")
+        super().__init__(f"`{' '.join(cmd)}` failed with exit code {returncode}:\n{_summary(output)}")
+
+
+def _summary(output: str, keep: int = 15) -> str:
+    """The tail of DVC's output with its per-file transfer errors folded into one line
+    (a dead remote prints hundreds of identical ones)."""
+    lines = [line for line in output.strip().splitlines() if "dvc.org/support" not in line]
+    transfers = [line for line in lines if line.startswith("ERROR: failed to transfer")]
+    rest = [line for line in lines if not line.startswith("ERROR: failed to transfer")]
+    if transfers:
+        cause = transfers[-1].split(" - ", 1)[-1]
+        rest.insert(max(0, len(rest) - 1), f"ERROR: {len(transfers)} file transfers failed, e.g.: {cause}")
+    return "\n".join(rest[-keep:])
 
 
 @dataclass(frozen=True)
@@ -62,6 +73,10 @@ class DvcWorkspace:
         """Run ``dvc ARGS`` in the repo; return its combined output, raise DvcError on failure."""
         cmd = [sys.executable, "-m", "dvc", *args]
         env = {**os.environ, "DVC_NO_ANALYTICS": "1", "DVC_IGNORE_ISATTY": "1"}
+        # One S3 retry per request (botocore's default is 4, each with back-off): with a dead
+        # remote, a 400-file push then fails in seconds instead of minutes, and the flow's own
+        # retries (incremental: pushed files are skipped) handle what is transient.
+        env.setdefault("AWS_MAX_ATTEMPTS", "2")
         try:
             proc = subprocess.run(cmd, cwd=self.repo_dir, env=env, stdin=subprocess.DEVNULL,
                                   stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
@@ -84,6 +99,9 @@ class DvcWorkspace:
         if self.remote_url.startswith("s3://"):
             if self.s3_endpoint:
                 self.run("remote", "modify", REMOTE_NAME, "endpointurl", self.s3_endpoint)
+            # A server that stops answering mid-transfer fails the request instead of hanging it.
+            self.run("remote", "modify", REMOTE_NAME, "connect_timeout", "10")
+            self.run("remote", "modify", REMOTE_NAME, "read_timeout", "60")
             # --local keeps secrets in .dvc/config.local, never in the shareable config.
             if self.access_key:
                 self.run("remote", "modify", "--local", REMOTE_NAME, "access_key_id", self.access_key)
@@ -97,7 +115,8 @@ class DvcWorkspace:
             raise FileNotFoundError(f"{self.repo_dir / rel} is not a directory")
         self.run("add", "-q", rel)
         dvc_file = self.dvc_file(rel)
-        self.run("push", "-q", "-r", REMOTE_NAME, str(PurePosixPath(rel).with_name(dvc_file.name)))
+        # Not -q: on failure DVC's own error lines say which remote and why.
+        self.run("push", "-r", REMOTE_NAME, str(PurePosixPath(rel).with_name(dvc_file.name)))
         text = dvc_file.read_text()
         return parse_dvc_file(text)
 
