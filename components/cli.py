@@ -499,6 +499,18 @@ def stack_up(dir: Optional[Path] = STACK_DIR, prefect_port: int = 4200, s3_port:
     console.print(f"stack up; point dlvm at it with:  source {root / 'stack.env'}")
 
 
+@stack_app.command("result-storage")
+def stack_result_storage(bucket: str = typer.Option("dlvm", help="bucket whose prefect-results/ keeps flow results")):
+    """Save the Prefect block that keeps flow results in the S3 bucket (PREFECT_API_URL and
+    DLVM_S3_ENDPOINT from the environment); docker-compose.yml's prefect-init runs this."""
+    from components.stack import save_result_storage
+    api_url, endpoint = os.environ.get("PREFECT_API_URL"), get_settings().s3_endpoint
+    if not api_url or not endpoint:
+        console.print("[red]error:[/red] set PREFECT_API_URL and DLVM_S3_ENDPOINT")
+        raise typer.Exit(1)
+    console.print(f"saved {save_result_storage(api_url, endpoint, bucket)} (s3://{bucket}/prefect-results)")
+
+
 @stack_app.command("status")
 def stack_status(dir: Optional[Path] = STACK_DIR):
     """Each service: running, answering, URL. Exits 1 when one is down."""

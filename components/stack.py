@@ -4,7 +4,8 @@ Starts a Prefect server (SQLite in the stack folder, or PostgreSQL with
 ``prefect_database_url``), an S3 server (``rclone serve s3``; MinIO in docker-compose.yml)
 with the ``dlvm`` bucket, and Label Studio (infra/label_studio.sh), each detached in its
 own process group, and writes ``stack.env``: the settings that point dlvm at them
-(Prefect API, S3 artifact store, DVC's S3 remote, Label Studio). ``source`` it, or pass
+(Prefect API, S3 artifact store, DVC's S3 remote, Prefect flow results in the bucket,
+Label Studio). ``source`` it, or pass
 it to ``docker``-less CI, and every flow runs against the services without code changes.
 
 State lives in one folder (default ``$DLVM_HOME/stack``): ``<service>.pid`` (the process
@@ -95,6 +96,7 @@ def up(cfg: StackConfig, progress=print) -> dict[str, str]:
         _pid_file(root, "s3").write_text(json.dumps(s3))
     env.update(DLVM_S3_ENDPOINT=s3["url"], DLVM_S3_ACCESS_KEY=access, DLVM_S3_SECRET_KEY=secret,
                DLVM_ARTIFACTS=f"s3://{BUCKET}/artifacts", DLVM_DVC_REMOTE=f"s3://{BUCKET}/dvc")
+    env.update(result_storage_env(prefect["url"], s3["url"], BUCKET, access, secret))
 
     if cfg.label_studio:
         ls = _running(root, "label-studio")
@@ -113,6 +115,28 @@ def up(cfg: StackConfig, progress=print) -> dict[str, str]:
     env_file.write_text("# written by `dlvm stack up`: source it to point dlvm at the stack\n" + "\n".join(lines) + "\n")
     env_file.chmod(0o600)
     return env
+
+
+RESULT_STORAGE_BLOCK = "dlvm-results"
+
+
+def save_result_storage(api_url: str, endpoint: str, bucket: str) -> str:
+    """Save the Prefect block that keeps flow results in ``s3://bucket/prefect-results``
+    (credentials come from AWS_* in the environment of the runs, never from the block)."""
+    from prefect.filesystems import RemoteFileSystem
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    with temporary_settings({PREFECT_API_URL: api_url}):
+        RemoteFileSystem(basepath=f"s3://{bucket}/prefect-results",
+                         settings={"client_kwargs": {"endpoint_url": endpoint}}).save(RESULT_STORAGE_BLOCK, overwrite=True)
+    return f"remote-file-system/{RESULT_STORAGE_BLOCK}"
+
+
+def result_storage_env(api_url: str, endpoint: str, bucket: str, access: str, secret: str) -> dict[str, str]:
+    """Settings that make every flow run persist its result in the bucket. Only flow
+    results: dlvm's tasks opt out of caching, so their (large) results are never written."""
+    return {"PREFECT_DEFAULT_RESULT_STORAGE_BLOCK": save_result_storage(api_url, endpoint, bucket),
+            "PREFECT_RESULTS_PERSIST_BY_DEFAULT": "true", "AWS_ACCESS_KEY_ID": access, "AWS_SECRET_ACCESS_KEY": secret}
 
 
 def status(root: Path) -> dict[str, dict]:

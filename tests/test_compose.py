@@ -29,8 +29,8 @@ DVC_FILE = ROOT / "dvc.yaml"
 PARAMS_FILE = ROOT / "params.yaml"
 
 EXPECTED_SERVICES = {"postgres", "minio", "minio-init", "prefect-server", "prefect-worker", "label-studio",
-                     "dlvm-feedback", "dlvm-webhook"}
-ONE_SHOT = {"minio-init"}  # runs to completion; everything else is long-running
+                     "dlvm-feedback", "dlvm-webhook", "prefect-init"}
+ONE_SHOT = {"minio-init", "prefect-init"}  # runs to completion; everything else is long-running
 LONG_RUNNING_RESTART = {"always", "unless-stopped", "on-failure"}
 SECRET_KEY = re.compile(r"PASSWORD|SECRET|TOKEN|ACCESS_KEY")
 # Environment keys that match SECRET_KEY but are switches, not secrets (value must be a boolean).

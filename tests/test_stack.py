@@ -61,6 +61,9 @@ def test_stack_up_runs_dlvm_against_prefect_on_postgres_and_s3(stack, tmp_path, 
     version = json.loads(summary.read_text())["version"]
     s3_data = stack_dir / "s3" / "data" / "dlvm"
     assert any((s3_data / "artifacts").rglob("*")) and any((s3_data / "dvc").rglob("*"))
+    # The flow's result is persisted in the bucket (the block holds no credentials).
+    assert [p for p in (s3_data / "prefect-results").rglob("*") if p.is_file()]
+    assert settings_env["PREFECT_DEFAULT_RESULT_STORAGE_BLOCK"] == "remote-file-system/dlvm-results"
 
     async def ingest_runs():
         async with get_client() as client:
