@@ -43,8 +43,21 @@ INTERPOLATION = re.compile(r"\$(?:(\$)|\{([A-Za-z_][A-Za-z0-9_]*)(?:(:?[-?+])([^
 # ------------------------------------------------------------------------------ helpers
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """YAML keeps the last of two equal keys silently; an engine's parser refuses them."""
+
+    def construct_mapping(self, node, deep=False):
+        seen = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise AssertionError(f"duplicate key {key!r} at line {key_node.start_mark.line + 1}")
+            seen.add(key)
+        return super().construct_mapping(node, deep)
+
+
 def load_compose(path: Path = COMPOSE_FILE) -> dict:
-    doc = yaml.safe_load(path.read_text())
+    doc = yaml.load(path.read_text(), Loader=_UniqueKeyLoader)
     assert isinstance(doc, dict) and isinstance(doc.get("services"), dict), f"{path}: no services mapping"
     return doc
 
