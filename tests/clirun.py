@@ -22,3 +22,50 @@ def dlvm(env: dict[str, str], *args: str, timeout: float = 600, check: bool = Tr
         raise AssertionError(f"dlvm {' '.join(args)} exited {proc.returncode}\n--- stdout\n{proc.stdout[-4000:]}"
                              f"\n--- stderr\n{proc.stderr[-4000:]}")
     return proc
+
+
+def serve_until_a_run_completes(args: list[str], env: dict[str, str], log_path: Path, api_url: str,
+                                watch, timeout_s: float = 240):
+    """Run ``dlvm ARGS`` (a serving command) until a run of the deployment ``watch(deployments)``
+    picks is completed; returns (that deployment, every deployment, the completed runs).
+    A failed run or a dead server process fails at once, with the log's tail."""
+    import asyncio
+    import signal
+    import time
+
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterDeploymentId
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    log = open(log_path, "w")
+    proc = subprocess.Popen([DLVM, *args], env=env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                            start_new_session=True)
+
+    async def poll():
+        async with get_client() as client:
+            deadline = time.monotonic() + timeout_s
+            while time.monotonic() < deadline:
+                assert proc.poll() is None, log_path.read_text()[-3000:]
+                deployments = await client.read_deployments()
+                watched = watch(deployments)
+                if watched is not None:
+                    runs = await client.read_flow_runs(flow_run_filter=FlowRunFilter(
+                        deployment_id=FlowRunFilterDeploymentId(any_=[watched.id])))
+                    failed = [r for r in runs if r.state and r.state.is_failed()]
+                    assert not failed, f"{watched.name} run failed: {failed[0].state.message}"
+                    done = [r for r in runs if r.state and r.state.is_completed()]
+                    if done:
+                        return watched, deployments, done
+                await asyncio.sleep(2)
+            raise AssertionError(f"no scheduled run completed in {timeout_s} s:\n" + log_path.read_text()[-3000:])
+
+    try:
+        with temporary_settings({PREFECT_API_URL: api_url}):
+            return asyncio.run(poll())
+    finally:
+        os.killpg(proc.pid, signal.SIGINT)
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+        log.close()

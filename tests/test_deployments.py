@@ -2,16 +2,9 @@
 served with a short cron schedule produces a scheduled flow run that completes."""
 from __future__ import annotations
 
-import asyncio
-import os
-import signal
-import subprocess
-import time
-
-import pytest
 from sqlmodel import select
 
-from clirun import DLVM, dlvm_env
+from clirun import dlvm_env, serve_until_a_run_completes
 from components.data.elpv import export_elpv
 from components.registry.db import session_scope
 from components.registry.tables import DatasetVersion
@@ -34,48 +27,15 @@ def test_build_deployments_schedules_and_parameters():
 
 
 def test_served_cron_deployment_runs_on_schedule(tmp_path, prefect_api):
-    from prefect.client.orchestration import get_client
-    from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterName, FlowRunFilter, FlowRunFilterDeploymentId
-    from prefect.settings import PREFECT_API_URL, temporary_settings
-
     images_dir, _ = export_elpv(tmp_path / "raw", limit=12, seed=2)
     home = tmp_path / "state"
-    log = open(tmp_path / "serve.log", "w")
-    proc = subprocess.Popen([DLVM, "serve", "--dataset", "cells", "--source", str(images_dir), "--nightly", "* * * * *",
-                             "--weekly-pretrain", "", "--feedback-interval", "0"],
-                            env=dlvm_env(home, PREFECT_API_URL=prefect_api), stdout=log, stderr=subprocess.STDOUT,
-                            stdin=subprocess.DEVNULL, start_new_session=True)
-
-    async def completed_nightly_run():
-        async with get_client() as client:
-            deadline = time.monotonic() + 200  # the next whole minute, then the run itself
-            while time.monotonic() < deadline:
-                assert proc.poll() is None, (tmp_path / "serve.log").read_text()[-3000:]
-                found = await client.read_deployments(
-                    deployment_filter=DeploymentFilter(name=DeploymentFilterName(any_=["cells"])))
-                nightly = [d for d in found if "nightly" in d.tags]
-                if nightly:
-                    runs = await client.read_flow_runs(flow_run_filter=FlowRunFilter(
-                        deployment_id=FlowRunFilterDeploymentId(any_=[nightly[0].id])))
-                    failed = [r for r in runs if r.state and r.state.is_failed()]
-                    assert not failed, f"nightly run failed: {failed[0].state.message}"
-                    done = [r for r in runs if r.state and r.state.is_completed()]
-                    if done:
-                        return nightly[0], done[0]
-                await asyncio.sleep(2)
-            raise AssertionError("no scheduled nightly run completed:\n" + (tmp_path / "serve.log").read_text()[-3000:])
-
-    try:
-        with temporary_settings({PREFECT_API_URL: prefect_api}):
-            deployment, run = asyncio.run(completed_nightly_run())
-    finally:
-        os.killpg(proc.pid, signal.SIGINT)
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-        log.close()
-    assert run.auto_scheduled if hasattr(run, "auto_scheduled") else True
+    _, _, done = serve_until_a_run_completes(
+        ["serve", "--dataset", "cells", "--source", str(images_dir), "--nightly", "* * * * *",
+         "--weekly-pretrain", "", "--feedback-interval", "0"], dlvm_env(home, PREFECT_API_URL=prefect_api),
+        tmp_path / "serve.log", prefect_api,
+        watch=lambda ds: next((d for d in ds if d.name == "cells" and "nightly" in d.tags), None), timeout_s=200)
+    run = done[0]
+    assert run.auto_scheduled  # created by the cron schedule, not by hand
     assert run.parameters == {"source": str(images_dir.resolve()), "dataset": "cells"}
     # The run really ingested the folder: a dataset version in the registry.
     with session_scope(Settings(home=home)) as session:

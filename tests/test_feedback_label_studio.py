@@ -15,7 +15,7 @@ import httpx
 import pytest
 from sqlmodel import select
 
-from clirun import dlvm, dlvm_env
+from clirun import dlvm, dlvm_env, serve_until_a_run_completes
 from components import labelstudio as ls
 from components.data.elpv import CLASS_NAMES_4, class_name, elpv_labels, elpv_root, export_elpv, write_label_studio_export
 from components.data.access import dataset_images
@@ -297,57 +297,15 @@ def test_labeling_campaign_benchmark_runs_through_label_studio(label_studio_serv
 def test_feedback_serve_runs_the_loop_on_its_schedule(loop, prefect_api):
     """`dlvm feedback serve` registers the scheduled `feedback` and the `retrain` deployments;
     a scheduled feedback run completes."""
-    import asyncio
-    import os
-    import signal
-    import subprocess
-
-    from prefect.client.orchestration import get_client
-    from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterName, FlowRunFilter, FlowRunFilterDeploymentId
-    from prefect.settings import PREFECT_API_URL, temporary_settings
-
-    from clirun import DLVM
-
-    log = open(loop["root"] / "serve.log", "w")
-    proc = subprocess.Popen([DLVM, "feedback", "serve", "--dataset", "elpv", "--interval", "5", "--queue-size", "5"],
-                            env=loop["env"], stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                            start_new_session=True)
-
-    async def poll():
-        async with get_client() as client:
-            deadline = time.monotonic() + 240
-            while time.monotonic() < deadline:
-                assert proc.poll() is None, (loop["root"] / "serve.log").read_text()[-3000:]
-                deployments = await client.read_deployments(
-                    deployment_filter=DeploymentFilter(name=DeploymentFilterName(any_=["elpv", "retrain"])))
-                feedback = [d for d in deployments if d.name == "elpv"]
-                if feedback:
-                    runs = await client.read_flow_runs(flow_run_filter=FlowRunFilter(
-                        deployment_id=FlowRunFilterDeploymentId(any_=[feedback[0].id])))
-                    done = [r for r in runs if r.state and r.state.is_completed()]
-                    failed = [r for r in runs if r.state and r.state.is_failed()]
-                    assert not failed, f"feedback run failed: {failed[0].state.message}"
-                    if done:
-                        return deployments, done
-                await asyncio.sleep(2)
-            raise AssertionError("no scheduled feedback run completed in 240 s:\n"
-                                 + (loop["root"] / "serve.log").read_text()[-3000:])
-
-    try:
-        with temporary_settings({PREFECT_API_URL: prefect_api}):
-            deployments, done = asyncio.run(poll())
-    finally:
-        os.killpg(proc.pid, signal.SIGINT)
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-        log.close()
+    _, deployments, done = serve_until_a_run_completes(
+        ["feedback", "serve", "--dataset", "elpv", "--interval", "5", "--queue-size", "5"], loop["env"],
+        loop["root"] / "serve.log", prefect_api,
+        watch=lambda ds: next((d for d in ds if d.name == "elpv" and d.parameters.get("queue_size") == 5), None))
     by_name = {d.name: d for d in deployments}
     assert {"elpv", "retrain"} <= set(by_name)
     assert by_name["elpv"].schedules and by_name["elpv"].parameters["queue_size"] == 5
     assert by_name["retrain"].parameters == {"dataset": "elpv"}
-    assert done[0].parameters["dataset"] == "elpv"
+    assert done[0].parameters["dataset"] == "elpv" and done[0].auto_scheduled
 
 
 @pytest.mark.s3
