@@ -359,6 +359,15 @@ def _feedback_params(dataset, classes, queue_size, uncertainty, diversity, webho
             "webhook_url": webhook_url}
 
 
+def _retrain_name(settings: Settings) -> str:
+    """The deployment name in DLVM_RETRAIN_DEPLOYMENT, which must name the `retrain` flow to be served here."""
+    flow_name, _, name = settings.retrain_deployment.partition("/")
+    if flow_name != "retrain" or not name:
+        raise typer.BadParameter(f"DLVM_RETRAIN_DEPLOYMENT must be 'retrain/<name>' to be served here, "
+                                 f"got {settings.retrain_deployment!r}")
+    return name
+
+
 FEEDBACK_OPTIONS = dict(
     classes=typer.Option(None, help="comma-separated classes (default: the production model's or the latest snapshot's)"),
     queue_size=typer.Option(100, help="tasks ranked in the 'dlvm queue' tab"),
@@ -401,11 +410,7 @@ def feedback_serve(dataset: str = typer.Option(..., "--dataset", "-d"),
 
     from flows.feedback import feedback_flow
     from flows.retrain import retrain_flow
-    settings = get_settings()
-    flow_name, _, deployment_name = settings.retrain_deployment.partition("/")
-    if flow_name != "retrain" or not deployment_name:
-        raise typer.BadParameter(f"DLVM_RETRAIN_DEPLOYMENT must be 'retrain/<name>' to be served here, "
-                                 f"got {settings.retrain_deployment!r}")
+    deployment_name = _retrain_name(get_settings())
     params = _feedback_params(dataset, classes, queue_size, uncertainty, diversity, webhook_url)
     serve(feedback_flow.to_deployment(name=dataset, interval=interval, parameters=params),
           retrain_flow.to_deployment(name=deployment_name, parameters={"dataset": dataset}))
@@ -461,9 +466,7 @@ def serve(dataset: str = typer.Option(..., "--dataset", "-d"),
 
     from flows.deployments import Schedules, build_deployments
     settings = get_settings()
-    flow_name, _, retrain_name = settings.retrain_deployment.partition("/")
-    if flow_name != "retrain" or not retrain_name:
-        raise typer.BadParameter(f"DLVM_RETRAIN_DEPLOYMENT must be 'retrain/<name>', got {settings.retrain_deployment!r}")
+    retrain_name = _retrain_name(settings)
     if source is not None and not source.is_dir():
         raise typer.BadParameter(f"--source {source} is not a folder")
     schedules = Schedules(nightly=nightly or None, pretrain=weekly_pretrain or None,

@@ -33,11 +33,18 @@ import httpx
 from label_studio_sdk import LabelStudio
 from label_studio_sdk.core.api_error import ApiError
 
+from components.webhook import SECRET_HEADER
+
 FROM_NAME = "label"      # control tag name of the class choice (and of the boxes)
 TO_NAME = "image"        # object tag name; its value is $image
 QUEUE_FIELD = "dlvm_queue"
 QUEUE_TAB = "dlvm queue"
 TASK_KINDS = ("classification", "localization")
+# The queue as Data Manager sees it: ranked tasks that nobody has labeled yet, rank 1 first.
+QUEUE_QUERY = {"ordering": [f"tasks:data.{QUEUE_FIELD}"],
+               "filters": {"conjunction": "and", "items": [
+                   {"filter": f"filter:tasks:data.{QUEUE_FIELD}", "operator": "greater", "type": "Number", "value": 0},
+                   {"filter": "filter:tasks:total_annotations", "operator": "equal", "type": "Number", "value": 0}]}}
 
 
 class LabelStudioError(RuntimeError):
@@ -71,27 +78,16 @@ def _calling(cfg: LabelStudioConfig, doing: str):
         yield
     except ApiError as exc:
         body = exc.body if isinstance(exc.body, str) else json.dumps(exc.body, default=str)
-        hint = " (wrong or expired DLVM_LABEL_STUDIO_TOKEN?)" if exc.status_code == 401 else ""
-        raise LabelStudioError(f"Label Studio at {cfg.url} refused to {doing}: HTTP {exc.status_code}{hint}: "
+        if exc.status_code == 401:
+            raise LabelStudioError(f"Label Studio at {cfg.url} refused the token (HTTP 401) trying to {doing}: "
+                                   "check DLVM_LABEL_STUDIO_TOKEN") from exc
+        raise LabelStudioError(f"Label Studio at {cfg.url} refused to {doing}: HTTP {exc.status_code}: "
                                f"{body[:500]}") from exc
     except httpx.TimeoutException as exc:
         raise LabelStudioError(f"Label Studio at {cfg.url} timed out ({cfg.timeout_s:g} s) trying to {doing}") from exc
     except httpx.HTTPError as exc:
         raise LabelStudioError(f"Label Studio at {cfg.url} is unreachable trying to {doing}: "
                                f"{type(exc).__name__}: {exc}") from exc
-
-
-def check_health(cfg: LabelStudioConfig) -> None:
-    """Fail fast with a clear message when the server is down or the token is refused."""
-    try:
-        response = httpx.get(f"{cfg.url.rstrip('/')}/api/projects", params={"page_size": 1},
-                             headers={"Authorization": f"Token {cfg.token}"}, timeout=cfg.timeout_s)
-    except httpx.HTTPError as exc:
-        raise LabelStudioError(f"Label Studio at {cfg.url} is unreachable: {type(exc).__name__}: {exc}") from exc
-    if response.status_code == 401:
-        raise LabelStudioError(f"Label Studio at {cfg.url} refused the token (HTTP 401): check DLVM_LABEL_STUDIO_TOKEN")
-    if response.status_code >= 400:
-        raise LabelStudioError(f"Label Studio at {cfg.url} answered HTTP {response.status_code}: {response.text[:300]}")
 
 
 # ----------------------------------------------------------------------------- project
@@ -348,11 +344,7 @@ def set_queue(cfg: LabelStudioConfig, project_id: int, ranked_task_ids: list[int
 def ensure_queue_tab(cfg: LabelStudioConfig, project_id: int) -> None:
     """A Data Manager tab listing the queued, still unlabeled tasks, most informative first."""
     ls = client(cfg)
-    data = {"title": QUEUE_TAB,
-            "ordering": [f"tasks:data.{QUEUE_FIELD}"],
-            "filters": {"conjunction": "and", "items": [
-                {"filter": f"filter:tasks:data.{QUEUE_FIELD}", "operator": "greater", "type": "Number", "value": 0},
-                {"filter": "filter:tasks:total_annotations", "operator": "equal", "type": "Number", "value": 0}]}}
+    data = {"title": QUEUE_TAB, **QUEUE_QUERY}
     with _calling(cfg, f"list Data Manager tabs of project {project_id}"):
         views = ls.views.list(project=project_id)
     if any((v.data or {}).get("title") == QUEUE_TAB for v in views):
@@ -363,11 +355,7 @@ def ensure_queue_tab(cfg: LabelStudioConfig, project_id: int) -> None:
 
 def queue_order(cfg: LabelStudioConfig, project_id: int) -> list[dict]:
     """The unlabeled queued tasks in the order labelers see them in the ``dlvm queue`` tab."""
-    query = {"ordering": [f"tasks:data.{QUEUE_FIELD}"],
-             "filters": {"conjunction": "and", "items": [
-                 {"filter": f"filter:tasks:data.{QUEUE_FIELD}", "operator": "greater", "type": "Number", "value": 0},
-                 {"filter": "filter:tasks:total_annotations", "operator": "equal", "type": "Number", "value": 0}]}}
-    return list(iter_tasks(cfg, project_id, fields="all", query=query, doing="read the labeling queue"))
+    return list(iter_tasks(cfg, project_id, fields="all", query=QUEUE_QUERY, doing="read the labeling queue"))
 
 
 # ----------------------------------------------------------------------------- webhook
@@ -378,7 +366,7 @@ def ensure_webhook(cfg: LabelStudioConfig, project_id: int, url: str, secret: st
     ls = client(cfg)
     with _calling(cfg, f"list webhooks of project {project_id}"):
         hooks = ls.webhooks.list(project=project_id)
-    headers = {"X-Dlvm-Webhook-Secret": secret}
+    headers = {SECRET_HEADER: secret}
     actions = ["ANNOTATION_CREATED", "ANNOTATIONS_CREATED", "ANNOTATION_UPDATED", "ANNOTATIONS_DELETED"]
     for hook in hooks:
         if hook.url == url:

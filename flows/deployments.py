@@ -7,8 +7,8 @@
 | `feedback/<dataset>` | every hour | the labeling loop's round (flows/feedback.py) |
 | `retrain/retrain` | none: started by N new labels | pull -> evaluate -> adapt -> promote (flows/retrain.py) |
 
-`dlvm serve` serves them all from one process (flow runs execute there); with a work pool
-(`--pool`), they are registered for workers instead (see docs/DEPLOYMENTS.md).
+`dlvm serve` serves them all from one process (flow runs execute there); for workers,
+prefect.yaml registers the same deployments in a work pool (see docs/DEPLOYMENTS.md).
 """
 from __future__ import annotations
 

@@ -22,6 +22,7 @@ from components.registry.db import session_scope
 from components.settings import get_settings
 from components.training.adapt import Classifier, predict_with_features
 from components.training.checkpoint import load_checkpoint
+from components.webhook import start_deployment
 from flows.labels import register_snapshot, resolve_dataset_version
 from flows.tasks import load_artifact, store_artifact
 
@@ -31,7 +32,7 @@ LS_RETRIES = dict(retries=2, retry_delay_seconds=[2, 5], cache_policy=NO_CACHE)
 
 @task(name="label-studio-project", **LS_RETRIES)
 def setup_project(cfg, dataset: str, version: int, classes: list[str], kind: str):
-    ls.check_health(cfg)
+    # The first request: a server that is down or refuses the token fails here, clearly.
     return ls.ensure_project(cfg, dataset, version, classes, kind)
 
 
@@ -104,11 +105,7 @@ def publish_preannotations(cfg, project_id: int, plan, model_version: str, tasks
 
 @task(name="start-retrain", retries=1, retry_delay_seconds=5, cache_policy=NO_CACHE)
 def start_retrain(deployment: str, dataset: str) -> str:
-    from prefect.deployments import run_deployment
-
-    run = run_deployment(name=deployment, parameters={"dataset": dataset}, timeout=0,
-                         tags=["dlvm", "label-trigger"])
-    return str(run.id)
+    return start_deployment(deployment, {"dataset": dataset})()
 
 
 @flow(name="feedback", log_prints=True)

@@ -316,7 +316,11 @@ class Classifier(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Normalized images ``[B, 1, H, W]`` -> logits ``[B, C]``."""
-        z = (self.encoder.forward_pool(x) - self.feat_mean) / self.feat_std
+        return self.logits_from_pooled(self.encoder.forward_pool(x))
+
+    def logits_from_pooled(self, pooled: torch.Tensor) -> torch.Tensor:
+        """The encoder's pooled features ``[B, D]`` -> logits ``[B, C]``."""
+        z = (pooled - self.feat_mean) / self.feat_std
         if self.normalize_features:
             z = F.normalize(z.float(), dim=-1, eps=1e-12)
         return self.head(z)
@@ -356,10 +360,7 @@ def predict_with_features(clf: Classifier, images: np.ndarray, batch_size: int =
         x = normalize_uint8(torch.from_numpy(images[i : i + batch_size]).to(dev))
         with autocast_for(dev):
             pooled = clf.encoder.forward_pool(x)
-            z = (pooled - clf.feat_mean) / clf.feat_std
-            if clf.normalize_features:
-                z = F.normalize(z.float(), dim=-1, eps=1e-12)
-            logits = clf.head(z)
+            logits = clf.logits_from_pooled(pooled)
         probs.append(torch.softmax(logits.float(), dim=1).cpu())
         feats.append(pooled.float().cpu())
     if not probs:
