@@ -9,6 +9,11 @@ they happened to get.
 Probes and prototypes reuse frozen features: each backbone's encoder embeds the
 train+test images once, and every (fraction, seed) probe or prototype head is fitted on
 those cached features. Fine-tuning and LoRA call ``adapt`` per (fraction, seed).
+
+The work is split into independent units (``plan_units``: a backbone's feature-based runs,
+or one fine-tune/LoRA run) so that a task runner can spread them over processes or machines;
+``assemble_sweep`` puts the units' results back in plan order, so the result does not depend
+on where or in which order the units ran.
 """
 from __future__ import annotations
 
@@ -218,26 +223,44 @@ def score_run(key: RunKey, n_train: int, y_test: np.ndarray, proba: np.ndarray, 
     }
 
 
-def run_sweep(
-    backbones: list[Backbone],
-    images: np.ndarray,
-    labels: np.ndarray,
-    train_idx: np.ndarray,
-    test_idx: np.ndarray,
-    num_classes: int,
-    cfg: SweepConfig | None = None,
-    progress: bool = True,
-) -> SweepResult:
-    """Run the sweep (see module doc). ``images`` uint8 [N, H, W], ``labels`` int [N]; indices into them.
+@dataclass(frozen=True)
+class SweepUnit:
+    """The share of a sweep that runs as one task. A backbone's probes and prototypes are one
+    unit: they reuse that backbone's features, extracted once. Every fine-tune or LoRA run is
+    a unit of its own: minutes each on CPU, the part worth spreading over workers."""
 
-    Rows: ``{backbone, method, fraction, seed, n_train, metrics: {accuracy|macro_f1|balanced_accuracy:
-    {value, ci_low, ci_high}}}``; ``test_proba[(backbone, method, fraction, seed)]`` = [n_test, C].
-    """
-    from tqdm.auto import tqdm
+    backbone: str
+    runs: tuple[RunKey, ...]
 
-    from components.training import adapt as learn
+    @property
+    def label(self) -> str:
+        b, m, f, s = self.runs[0]
+        if len(self.runs) == 1:
+            return f"{b}/{m} {100 * f:g}% seed {s}"
+        return f"{b}/{'+'.join(dict.fromkeys(r[1] for r in self.runs))} ({len(self.runs)} runs)"
 
-    cfg = cfg or SweepConfig()
+
+@dataclass
+class UnitResult:
+    """What one unit returns: its rows (see ``run_sweep``) and each run's test probabilities."""
+
+    rows: list[dict[str, Any]]
+    test_proba: dict[RunKey, np.ndarray]
+
+
+def plan_units(backbones: list[Backbone], cfg: SweepConfig) -> list[SweepUnit]:
+    """The sweep's runs (``plan_runs``) grouped into independent units, in execution order."""
+    runs = plan_runs(backbones, cfg)
+    units = []
+    for b in backbones:
+        features = tuple(r for r in runs if r[0] == b.name and r[1] in FEATURE_METHODS)
+        if features:
+            units.append(SweepUnit(b.name, features))
+        units += [SweepUnit(b.name, (r,)) for r in runs if r[0] == b.name and r[1] in TRAINED_METHODS]
+    return units
+
+
+def _checked_split(images, labels, train_idx, test_idx) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     images = np.asarray(images)
     labels = np.asarray(labels).astype(np.int64)
     train_idx = np.sort(np.asarray(train_idx, dtype=np.int64))
@@ -250,54 +273,123 @@ def run_sweep(
         raise ValueError("train and test indices overlap")
     if len(test_idx) == 0 or len(train_idx) == 0:
         raise ValueError("empty train or test split")
+    return images, labels, train_idx, test_idx
 
+
+def run_unit(
+    unit: SweepUnit,
+    backbone: Backbone,
+    images: np.ndarray,
+    labels: np.ndarray,
+    train_idx: np.ndarray,
+    test_idx: np.ndarray,
+    num_classes: int,
+    cfg: SweepConfig,
+) -> UnitResult:
+    """Run one unit's runs. Depends only on its arguments (every run seeds its own training),
+    so a unit gives the same numbers in any process, in any order."""
+    from components.training import adapt as learn
+
+    if backbone.name != unit.backbone:
+        raise ValueError(f"unit of backbone {unit.backbone!r} given backbone {backbone.name!r}")
+    images, labels, train_idx, test_idx = _checked_split(images, labels, train_idx, test_idx)
     method_cfg = {m: getattr(cfg, m) if getattr(cfg, m) is not None else learn.AdaptConfig(method=m) for m in METHODS}
-    runs = plan_runs(backbones, cfg)
-    subsets = make_subsets(train_idx, labels, cfg)
     y_test = labels[test_idx]
-    result = SweepResult(
-        rows=[], train_idx=train_idx, test_idx=test_idx, y_test=y_test, num_classes=num_classes,
+    out = UnitResult(rows=[], test_proba={})
+    feats = None
+    for key in unit.runs:
+        _, method, f, s = key
+        if method in FEATURE_METHODS and feats is None:
+            # Embed train+test once; probes and prototypes for every (fraction, seed) reuse the features.
+            encoder = learn.build_encoder(backbone.vit_config, backbone.state, cfg.encoder_seed)
+            pool = np.union1d(train_idx, test_idx)
+            feats = learn.extract_features(encoder, images[pool], cfg.feature_batch_size, cfg.device)
+            del encoder
+            row_of = np.full(len(images), -1, dtype=np.int64)
+            row_of[pool] = np.arange(len(pool))
+            test_feats = feats[row_of[test_idx]]
+        sub = label_subset(train_idx, labels, f, s)
+        if method in FEATURE_METHODS:
+            fit = learn.fit_probe if method == "probe" else learn.fit_prototypes
+            head = fit(feats[row_of[sub]], labels[sub], num_classes, with_seed(method_cfg[method], s))
+            proba = learn.predict_proba_from_features(head, test_feats)
+        else:
+            clf = learn.adapt(backbone.vit_config, backbone.state, images[sub], labels[sub], num_classes,
+                              with_seed(method_cfg[method], s), progress=False)
+            proba = learn.predict_proba(clf, images[test_idx], cfg.feature_batch_size, cfg.device)
+            del clf
+        proba = np.asarray(proba, dtype=np.float32)
+        if proba.shape != (len(test_idx), num_classes):
+            raise ValueError(f"run {key}: probabilities {proba.shape}, expected {(len(test_idx), num_classes)}")
+        out.test_proba[key] = proba
+        out.rows.append(score_run(key, len(sub), y_test, proba, num_classes, cfg))
+    return out
+
+
+def assemble_sweep(
+    parts: list[UnitResult],
+    backbones: list[Backbone],
+    labels: np.ndarray,
+    train_idx: np.ndarray,
+    test_idx: np.ndarray,
+    num_classes: int,
+    cfg: SweepConfig,
+) -> SweepResult:
+    """One ``SweepResult`` from the units' results, rows in ``plan_runs`` order whatever order
+    the units finished in; every planned run must be there exactly once."""
+    labels = np.asarray(labels).astype(np.int64)
+    train_idx = np.sort(np.asarray(train_idx, dtype=np.int64))
+    test_idx = np.sort(np.asarray(test_idx, dtype=np.int64))
+    rows: dict[RunKey, dict[str, Any]] = {}
+    proba: dict[RunKey, np.ndarray] = {}
+    for part in parts:
+        for row in part.rows:
+            key = (row["backbone"], row["method"], row["fraction"], row["seed"])
+            if key in rows:
+                raise ValueError(f"run {key} came back from two units")
+            rows[key], proba[key] = row, part.test_proba[key]
+    planned = plan_runs(backbones, cfg)
+    missing, extra = [k for k in planned if k not in rows], set(rows) - set(planned)
+    if missing or extra:
+        raise ValueError(f"sweep results do not match the plan: missing {missing[:5]}, unplanned {sorted(extra)[:5]}")
+    return SweepResult(
+        rows=[rows[k] for k in planned], train_idx=train_idx, test_idx=test_idx, y_test=labels[test_idx],
+        num_classes=num_classes, test_proba={k: proba[k] for k in planned},
         backbones=[{"name": b.name, "model_version_id": b.model_version_id,
                     "vit_config": dataclasses.asdict(b.vit_config)} for b in backbones],
     )
 
-    bar = tqdm(total=len(runs), desc="label-efficiency sweep", unit="run", disable=not progress)
+
+def run_sweep(
+    backbones: list[Backbone],
+    images: np.ndarray,
+    labels: np.ndarray,
+    train_idx: np.ndarray,
+    test_idx: np.ndarray,
+    num_classes: int,
+    cfg: SweepConfig | None = None,
+    progress: bool = True,
+) -> SweepResult:
+    """Run the sweep (see module doc) in this process, one unit after another. ``images``
+    uint8 [N, H, W], ``labels`` int [N]; indices into them. (The ``evaluate`` flow submits the
+    same units to a Prefect task runner instead: flows/evaluate.py.)
+
+    Rows: ``{backbone, method, fraction, seed, n_train, metrics: {accuracy|macro_f1|balanced_accuracy:
+    {value, ci_low, ci_high}}}``; ``test_proba[(backbone, method, fraction, seed)]`` = [n_test, C].
+    """
+    from tqdm.auto import tqdm
+
+    cfg = cfg or SweepConfig()
+    images, labels, train_idx, test_idx = _checked_split(images, labels, train_idx, test_idx)
+    by_name = {b.name: b for b in backbones}
+    units = plan_units(backbones, cfg)
+    parts = []
+    bar = tqdm(total=sum(len(u.runs) for u in units), desc="label-efficiency sweep", unit="run", disable=not progress)
     try:
-        for bb in backbones:
-            feats = None
-            for method in cfg.methods:
-                if method in FEATURE_METHODS and feats is None:
-                    # Embed train+test once; probes and prototypes for every (fraction, seed) reuse the features.
-                    bar.set_postfix_str(f"{bb.name}: extracting features")
-                    encoder = learn.build_encoder(bb.vit_config, bb.state, cfg.encoder_seed)
-                    pool = np.union1d(train_idx, test_idx)
-                    feats = learn.extract_features(encoder, images[pool], cfg.feature_batch_size, cfg.device)
-                    del encoder
-                    row_of = np.full(len(images), -1, dtype=np.int64)
-                    row_of[pool] = np.arange(len(pool))
-                    test_feats = feats[row_of[test_idx]]
-                fractions, seeds = cfg.grid(method)
-                for f in fractions:
-                    for s in seeds:
-                        key = (bb.name, method, f, s)
-                        bar.set_postfix_str(f"{bb.name}/{method} {100 * f:g}% seed {s}")
-                        sub = subsets[(f, s)]
-                        if method in FEATURE_METHODS:
-                            fit = learn.fit_probe if method == "probe" else learn.fit_prototypes
-                            head = fit(feats[row_of[sub]], labels[sub], num_classes, with_seed(method_cfg[method], s))
-                            proba = learn.predict_proba_from_features(head, test_feats)
-                        else:
-                            clf = learn.adapt(bb.vit_config, bb.state, images[sub], labels[sub], num_classes,
-                                              with_seed(method_cfg[method], s), progress=False)
-                            proba = learn.predict_proba(clf, images[test_idx], cfg.feature_batch_size, cfg.device)
-                            del clf
-                        proba = np.asarray(proba, dtype=np.float32)
-                        if proba.shape != (len(test_idx), num_classes):
-                            raise ValueError(f"run {key}: probabilities {proba.shape}, "
-                                             f"expected {(len(test_idx), num_classes)}")
-                        result.test_proba[key] = proba
-                        result.rows.append(score_run(key, len(sub), y_test, proba, num_classes, cfg))
-                        bar.update(1)
+        for unit in units:
+            bar.set_postfix_str(unit.label)
+            parts.append(run_unit(unit, by_name[unit.backbone], images, labels, train_idx, test_idx, num_classes, cfg))
+            bar.update(len(unit.runs))
     finally:
         bar.close()
-    return result
+    return assemble_sweep(parts, backbones, labels, train_idx, test_idx, num_classes, cfg)
