@@ -21,6 +21,10 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 URL_FIELDS = ("database_url", "artifacts", "s3_endpoint", "dvc_remote", "label_studio_url")
 
 
+TASK_RUNNERS = ("sequential", "dask")
+DASK_SCHEMES = ("tcp", "tls", "ws", "wss", "ucx")
+
+
 def mask_url_password(url: str) -> str:
     """``url`` with the password of its user-info part replaced by ``***``."""
     try:
@@ -64,6 +68,31 @@ class Settings(BaseSettings):
     retrain_deployment: str = Field("retrain/retrain", description="Prefect deployment started by new labels")
     device: str = Field("auto", description="torch device: auto, cpu, cuda, cuda:N")
     num_workers: int = Field(0, ge=0, description="data-loading worker processes")
+    task_runner: Literal["sequential", "dask"] = Field(
+        "sequential", description="where the evaluation sweep's units run: sequential (one after another in the "
+                                  "flow's process) or dask (a Dask cluster: DLVM_DASK_ADDRESS, else a local one)")
+    dask_address: str = Field("", description="scheduler of an existing Dask cluster, e.g. tcp://10.0.0.5:8786; "
+                                              "empty: a LocalCluster of worker processes per sweep")
+    dask_workers: int | None = Field(None, ge=1, description="worker processes of that LocalCluster; "
+                                                             "default: Dask's choice (one per CPU core)")
+
+    @field_validator("task_runner", mode="before")
+    @classmethod
+    def _known_task_runner(cls, value):
+        # Say which variable and which values: pydantic's literal error names neither.
+        if isinstance(value, str) and value.strip().lower() in TASK_RUNNERS:
+            return value.strip().lower()
+        raise ValueError(f"DLVM_TASK_RUNNER must be one of {', '.join(TASK_RUNNERS)}, got {value!r}")
+
+    @field_validator("dask_address", mode="after")
+    @classmethod
+    def _dask_scheduler_address(cls, address: str) -> str:
+        address = address.strip()
+        scheme = address.split("://", 1)[0] if "://" in address else "tcp"
+        if address and (scheme not in DASK_SCHEMES or any(c.isspace() for c in address)):
+            raise ValueError(f"DLVM_DASK_ADDRESS must be a Dask scheduler address such as tcp://host:8786 "
+                             f"(schemes {', '.join(DASK_SCHEMES)}), got {address!r}")
+        return address
 
     @field_validator("home", mode="after")
     @classmethod
@@ -88,6 +117,9 @@ class Settings(BaseSettings):
         if not (self.artifacts.startswith("file://") or self.artifacts.startswith("s3://")):
             raise ValueError(f"DLVM_ARTIFACTS must start with file:// or s3://, "
                              f"got {mask_url_password(self.artifacts)!r}")
+        if self.dask_address and self.task_runner != "dask":
+            raise ValueError(f"DLVM_DASK_ADDRESS is set but DLVM_TASK_RUNNER is {self.task_runner}: "
+                             f"set DLVM_TASK_RUNNER=dask to use that cluster")
         if self.artifacts.startswith("s3://") and not self.s3_endpoint:
             raise ValueError("DLVM_ARTIFACTS is an s3:// URL but DLVM_S3_ENDPOINT is not set")
         return self

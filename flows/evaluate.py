@@ -10,13 +10,15 @@ from prefect.cache_policies import NO_CACHE
 
 from components.evaluation.report import label_efficiency, markdown_report, plot_curves, summary_table
 from components.evaluation.split import test_split
-from components.evaluation.sweep import Backbone, SweepConfig, run_sweep
+from components.evaluation.sweep import (Backbone, SweepConfig, SweepResult, SweepUnit, UnitResult,
+                                         assemble_sweep, plan_units, run_unit)
 from components.lineage import current_flow_run_id, recorded_run
 from components.registry import queries
 from components.registry.db import session_scope
 from components.registry.promotion import baseline_refs
 from components.settings import get_settings
 from components.storage import open_store
+from components.task_runners import sweep_task_runner
 from flows.adapt import SCRATCH, adapt_recipe, load_backbone, resolve_snapshot
 from flows.tasks import load_labeled_set, store_artifact
 
@@ -27,9 +29,26 @@ def generic_baselines(settings) -> list[str]:
         return baseline_refs(session)
 
 
-@task(name="label-efficiency-sweep", cache_policy=NO_CACHE)
-def sweep(backbones, data, train_idx, test_idx, cfg: SweepConfig):
-    return run_sweep(backbones, data.images, data.labels, train_idx, test_idx, len(data.classes), cfg)
+@task(name="sweep-unit", task_run_name="sweep {unit.label}", cache_policy=NO_CACHE)
+def sweep_unit(unit: SweepUnit, backbone: Backbone, images, labels, train_idx, test_idx, num_classes: int,
+               cfg: SweepConfig) -> UnitResult:
+    return run_unit(unit, backbone, images, labels, train_idx, test_idx, num_classes, cfg)
+
+
+def sweep_on_task_runner(settings, backbones: list[Backbone], images, labels, train_idx, test_idx,
+                         num_classes: int, cfg: SweepConfig) -> SweepResult:
+    """The sweep's units as ``sweep-unit`` task runs on the task runner the settings choose
+    (components/task_runners.py: sequential, or a Dask cluster), put back together in plan
+    order. A runner of its own rather than this flow's: the choice is a setting, read when
+    the flow runs, and the other tasks of the flow gain nothing from a cluster."""
+    by_name = {b.name: b for b in backbones}
+    shared = {"images": images, "labels": labels, "train_idx": train_idx, "test_idx": test_idx,
+              "num_classes": num_classes, "cfg": cfg}
+    with sweep_task_runner(settings) as runner:
+        futures = [runner.submit(sweep_unit, {"unit": unit, "backbone": by_name[unit.backbone], **shared})
+                   for unit in plan_units(backbones, cfg)]
+        parts = [future.result() for future in futures]
+    return assemble_sweep(parts, backbones, labels, train_idx, test_idx, num_classes, cfg)
 
 
 @task(name="register-evaluation", cache_policy=NO_CACHE)
@@ -87,7 +106,8 @@ def evaluate_flow(dataset: str, backbones: list[str] | None = None, include_scra
         backbone_list = [Backbone(ref, vit_cfg, state, mv.id if mv else None) for ref, mv, vit_cfg, state in loaded]
         data = load_labeled_set(settings, dataset, version, snapshot, sizes.pop())
         train_idx, test_idx = test_split(data.image_sha256, data.labels)
-        result = sweep(backbone_list, data, train_idx, test_idx, cfg)
+        result = sweep_on_task_runner(settings, backbone_list, data.images, data.labels, train_idx, test_idx,
+                                      len(data.classes), cfg)
         table = summary_table(result.rows)
         domain = refs[0]
         others = [r for r in refs if r != domain]

@@ -196,6 +196,37 @@ def test_negative_workers_rejected(monkeypatch):
         get_settings()
 
 
+@pytest.mark.parametrize("value", ["ray", "threads", ""])
+def test_unknown_task_runner_is_a_clear_error(monkeypatch, value):
+    monkeypatch.setenv("DLVM_TASK_RUNNER", value)
+    with pytest.raises(ValidationError) as info:
+        get_settings()
+    message = str(info.value)
+    assert "DLVM_TASK_RUNNER must be one of sequential, dask" in message and repr(value) in message
+
+
+def test_dask_settings(monkeypatch):
+    assert get_settings().task_runner == "sequential" and not get_settings().dask_address
+    for key, value in {"DLVM_TASK_RUNNER": " Dask", "DLVM_DASK_ADDRESS": "tcp://10.0.0.5:8786",
+                       "DLVM_DASK_WORKERS": "4"}.items():
+        monkeypatch.setenv(key, value)
+    reset_settings()
+    settings = get_settings()
+    assert (settings.task_runner, settings.dask_address, settings.dask_workers) == ("dask", "tcp://10.0.0.5:8786", 4)
+
+
+@pytest.mark.parametrize("env, expected", [
+    ({"DLVM_DASK_ADDRESS": "tcp://10.0.0.5:8786"}, "DLVM_DASK_ADDRESS is set but DLVM_TASK_RUNNER is sequential"),
+    ({"DLVM_TASK_RUNNER": "dask", "DLVM_DASK_ADDRESS": "http://10.0.0.5:8786"}, "Dask scheduler address"),
+    ({"DLVM_TASK_RUNNER": "dask", "DLVM_DASK_WORKERS": "0"}, "dask_workers"),
+])
+def test_bad_dask_settings_are_clear_errors(monkeypatch, env, expected):
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    with pytest.raises(ValidationError, match=expected):
+        get_settings()
+
+
 # ------------------------------------------------------------------------------ the CLI
 
 
