@@ -30,7 +30,7 @@ MIGRATIONS_DIR = PACKAGE_DIR / "migrations"
 # Any constant will do: it only has to be the same for every dlvm process.
 _PG_MIGRATION_LOCK = 0x646C766D
 
-_engines: dict[str, Engine] = {}
+_engines: dict[tuple[str, bool], Engine] = {}
 _at_head: set[str] = set()
 _lock = threading.Lock()
 
@@ -42,7 +42,7 @@ def _sqlite_path(url: str) -> Path | None:
     return Path(database)
 
 
-def _make_engine(url: str, *, foreign_keys: bool = True) -> Engine:
+def _make_engine(url: str, *, foreign_keys: bool = True, immediate: bool = True) -> Engine:
     """A new engine; for SQLite with real transactions, FK enforcement, WAL and a busy timeout.
 
     SQLite transactions start with ``BEGIN IMMEDIATE``: writers queue up on the busy
@@ -77,17 +77,20 @@ def _make_engine(url: str, *, foreign_keys: bool = True) -> Engine:
 
     @event.listens_for(engine, "begin")
     def _on_begin(conn) -> None:
-        conn.exec_driver_sql("BEGIN IMMEDIATE")
+        # Readers (immediate=False) take a plain deferred BEGIN: under WAL they read a
+        # snapshot without queueing behind writers or each other.
+        conn.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
 
     return engine
 
 
-def engine_for(url: str) -> Engine:
-    """The process-wide engine for ``url`` (created on first use)."""
+def engine_for(url: str, *, read_only: bool = False) -> Engine:
+    """The process-wide engine for ``url`` (created on first use); ``read_only`` engines
+    are for sessions that never write (the API's reads)."""
     with _lock:
-        engine = _engines.get(url)
+        engine = _engines.get((url, read_only))
         if engine is None:
-            engine = _engines[url] = _make_engine(url)
+            engine = _engines[(url, read_only)] = _make_engine(url, immediate=not read_only)
         return engine
 
 
@@ -207,3 +210,16 @@ def session_scope(settings: Settings | None = None) -> Iterator[Session]:
         raise
     finally:
         session.close()
+
+
+@contextmanager
+def read_session(settings: Settings | None = None) -> Iterator[Session]:
+    """A session for reads only: never committed, always rolled back, and on SQLite it
+    does not take the writer lock that ``session_scope`` takes."""
+    settings = settings or get_settings()
+    ensure_schema(settings)
+    session = Session(engine_for(settings.database_url, read_only=True), expire_on_commit=False)
+    try:
+        yield session
+    finally:
+        session.close()  # ends the transaction; loaded rows stay readable (no expiry)

@@ -398,6 +398,13 @@ def list_models(session: Session) -> list[dict[str, Any]]:
             select(ModelVersion.model_id, func.max(ModelVersion.version)).group_by(ModelVersion.model_id)
         ).all()
     )
+    aliases: dict[int, dict[str, int]] = {}
+    for model_id, alias, version in session.exec(
+        select(Alias.model_id, Alias.name, ModelVersion.version)
+        .join(ModelVersion, col(Alias.model_version_id) == ModelVersion.id)
+        .order_by(Alias.name)
+    ).all():
+        aliases.setdefault(model_id, {})[alias] = version
     return [
         {
             "name": model.name,
@@ -405,7 +412,7 @@ def list_models(session: Session) -> list[dict[str, Any]]:
             "description": model.description,
             "n_versions": counts.get(model.id, 0),
             "latest_version": latest.get(model.id),
-            "aliases": _aliases(session, model.id),
+            "aliases": aliases.get(model.id, {}),
             "created_at": _iso(model.created_at),
         }
         for model in session.exec(select(RegisteredModel).order_by(RegisteredModel.name)).all()
