@@ -12,7 +12,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from components.settings import Settings, get_settings
+from components.settings import Settings, get_settings, mask_url_password
 
 app = typer.Typer(help="dlvm: domain-specific large vision models, from raw images to a promoted model.",
                   no_args_is_help=True, pretty_exceptions_enable=False)
@@ -448,6 +448,21 @@ def feedback_webhook(host: str = typer.Option("127.0.0.1"), port: int = typer.Op
     trigger = RetrainTrigger(settings.home / "webhook" / f"{dataset}.json", settings.retrain_after_labels,
                              start_deployment(settings.retrain_deployment, {"dataset": dataset}), min_interval)
     uvicorn.run(create_app(secret, trigger), host=host, port=port, log_level="info")
+
+
+@app.command()
+def ui(host: str = typer.Option("127.0.0.1", help="address to listen on (0.0.0.0 inside a container)"),
+       port: int = typer.Option(8000, min=1, max=65535),
+       workers: int = typer.Option(1, min=1, help="server processes (one per core for throughput)")):
+    """The registry API (OpenAPI at /docs) and the ops dashboard. Writes (promote, rollback)
+    need DLVM_API_TOKEN; reads need DLVM_API_READ_TOKEN when it is set."""
+    settings = prepare()
+    import uvicorn
+    if not settings.api_token.get_secret_value():
+        console.print("[yellow]DLVM_API_TOKEN is not set: promote and rollback are disabled[/yellow]")
+    console.print(f"dlvm ui on http://{host}:{port}/ (API docs /docs), registry {mask_url_password(settings.database_url)}")
+    uvicorn.run("components.api.app:create_app", factory=True, host=host, port=port, workers=workers,
+                log_level="warning")
 
 
 @app.command()

@@ -114,6 +114,11 @@ def label_config(classes: list[str], kind: str = "classification") -> str:
     return f'<View><Image name="{TO_NAME}" value="${TO_NAME}" zoom="true"/>{control}</View>'
 
 
+def _projects_titled(cfg: LabelStudioConfig, ls: LabelStudio, title: str) -> list:
+    with _calling(cfg, f"list projects to find {title!r}"):
+        return [p for p in ls.projects.list(page_size=100) if p.title == title]
+
+
 @dataclass
 class ProjectInfo:
     id: int
@@ -129,8 +134,7 @@ def ensure_project(cfg: LabelStudioConfig, dataset: str, dataset_version: int, c
     title = project_title(dataset)
     config = label_config(classes, kind)
     description = f"dlvm dataset {dataset} v{dataset_version}; classes: {', '.join(classes)}"
-    with _calling(cfg, f"list projects to find {title!r}"):
-        existing = [p for p in ls.projects.list(page_size=100) if p.title == title]
+    existing = _projects_titled(cfg, ls, title)
     if len(existing) > 1:
         raise LabelStudioError(f"Label Studio at {cfg.url} holds {len(existing)} projects titled {title!r} "
                                f"(ids {[p.id for p in existing]}): rename or delete all but one")
@@ -145,6 +149,24 @@ def ensure_project(cfg: LabelStudioConfig, dataset: str, dataset_version: int, c
     with _calling(cfg, f"update the labeling config of project {project.id} ({title!r})"):
         ls.projects.update(id=project.id, label_config=config, description=description)
     return ProjectInfo(project.id, title, created=False, updated=True)
+
+
+def labeling_progress(cfg: LabelStudioConfig, dataset: str) -> dict | None:
+    """How far the labeling team is on the dataset's project, or None when it has no project:
+    {project_id, title, url, n_tasks, n_labeled (tasks with an annotation), n_annotations,
+    n_skipped, n_predictions}."""
+    ls = client(cfg)
+    title = project_title(dataset)
+    found = _projects_titled(cfg, ls, title)
+    if not found:
+        return None
+    with _calling(cfg, f"read project {found[0].id} ({title!r})"):
+        project = ls.projects.get(id=found[0].id)
+    return {"project_id": project.id, "title": title, "url": f"{cfg.url.rstrip('/')}/projects/{project.id}",
+            "n_tasks": project.task_number or 0, "n_labeled": project.num_tasks_with_annotations or 0,
+            "n_annotations": project.total_annotations_number or 0,
+            "n_skipped": project.skipped_annotations_number or 0,
+            "n_predictions": project.total_predictions_number or 0}
 
 
 def connect_local_files(cfg: LabelStudioConfig, project_id: int, directory: str) -> None:

@@ -2,6 +2,10 @@
 from __future__ import annotations
 
 import asyncio
+import os
+
+# Reading runs from a Prefect that is down must not hang a dashboard request.
+READ_TIMEOUT_S = 30
 
 
 async def _recent_flow_runs(limit: int) -> list[dict]:
@@ -18,4 +22,13 @@ async def _recent_flow_runs(limit: int) -> list[dict]:
 
 def recent_flow_runs(limit: int = 20) -> list[dict]:
     """The newest flow runs, newest first: id, name, flow name, state, start time."""
-    return asyncio.run(_recent_flow_runs(limit))
+    return asyncio.run(asyncio.wait_for(_recent_flow_runs(limit), READ_TIMEOUT_S))
+
+
+def prefect_ui_url(settings) -> str | None:
+    """Where the Prefect UI is: DLVM_PREFECT_UI_URL, else PREFECT_API_URL without its /api
+    suffix; None for the embedded API, which serves no UI."""
+    if settings.prefect_ui_url:
+        return settings.prefect_ui_url.rstrip("/")
+    api = os.environ.get("PREFECT_API_URL", "").rstrip("/")
+    return api.removesuffix("/api") if api else None

@@ -231,3 +231,32 @@ def s3_server(directory: Path, access_key: str, secret_key: str, region: str = "
         yield server
     finally:
         stop(server.process, timeout_s=5)
+
+
+# ----------------------------------------------------------------------------- dlvm ui
+
+
+@dataclass
+class UiServer:
+    url: str
+    process: subprocess.Popen
+
+
+def start_ui(env: dict, log_path: Path, port: int | None = None, workers: int = 1,
+             start_timeout_s: float = 120.0) -> UiServer:
+    """``dlvm ui`` with the settings in ``env`` (DLVM_HOME, DLVM_API_TOKEN, ...)."""
+    port = port or free_port()
+    process = _spawn([sys.executable, "-m", "components.cli", "ui", "--port", str(port), "--workers", str(workers)],
+                     env, log_path)
+    url = f"http://127.0.0.1:{port}"
+    wait_for_http(f"{url}/api/health", process, log_path, start_timeout_s, "dlvm ui")
+    return UiServer(url, process)
+
+
+@contextmanager
+def ui_server(env: dict, log_path: Path, port: int | None = None, workers: int = 1) -> Iterator[UiServer]:
+    server = start_ui(env, log_path, port, workers)
+    try:
+        yield server
+    finally:
+        stop(server.process)

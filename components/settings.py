@@ -66,6 +66,15 @@ class Settings(BaseSettings):
     webhook_secret: SecretStr = Field(SecretStr(""), description="shared secret Label Studio sends to dlvm's webhook")
     retrain_after_labels: int = Field(50, ge=1, description="new labels that start the retrain deployment")
     retrain_deployment: str = Field("retrain/retrain", description="Prefect deployment started by new labels")
+    api_token: SecretStr = Field(SecretStr(""), description="bearer token for writes through the API/UI "
+                                 "(promote, rollback); empty = writes disabled")
+    api_read_token: SecretStr = Field(SecretStr(""), description="bearer token for reads through the API/UI; "
+                                      "empty = reads are open (the write token also reads)")
+    prefect_ui_url: str = Field("", description="Prefect UI address for links from the dashboard; default: "
+                                "PREFECT_API_URL without /api (none for the embedded API)")
+    alert_stale_days: float = Field(30.0, gt=0, description="a production model older than this is stale")
+    alert_metric_drop: float = Field(0.02, ge=0, description="production this far below a former production "
+                                     "version's accuracy raises an alert")
     device: str = Field("auto", description="torch device: auto, cpu, cuda, cuda:N")
     num_workers: int = Field(0, ge=0, description="data-loading worker processes")
     task_runner: Literal["sequential", "dask"] = Field(

@@ -1,0 +1,291 @@
+"""The registry API: thin routes over ``components.registry`` queries, with token-checked
+writes (promote runs the same statistical gate as ``dlvm promote``; rollback is recorded
+as a promotion event). ``create_app`` also mounts the dashboard pages."""
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+import time
+from pathlib import Path
+from typing import Annotated, Any, Optional
+
+from fastapi import Depends, FastAPI, HTTPException, Path as PathParam, Query, Request, Response
+from fastapi.responses import JSONResponse
+from fastapi.security import HTTPAuthorizationCredentials
+from fastapi.staticfiles import StaticFiles
+from sqlalchemy import text
+from sqlmodel import Session
+
+from components.api import schemas
+from components.api.auth import bearer, check_read, check_write
+from components.api.cache import ResponseCache
+from components.registry import monitoring, queries
+from components.registry.db import current_revision, read_session, session_scope
+from components.registry.promotion import PromotionError, rollback
+from components.registry.tables import ModelVersion
+from components.settings import Settings, get_settings
+from components.storage import ArtifactError, open_store
+
+Name = Annotated[str, PathParam(pattern=schemas.NAME_PATTERN, description="model or dataset name")]
+Version = Annotated[int, PathParam(ge=1, le=2**31 - 1)]
+Id = Annotated[int, PathParam(ge=1, le=2**31 - 1)]
+Limit = Annotated[int, Query(ge=1, le=500)]
+NOT_FOUND = {404: {"model": schemas.Problem, "description": "no such model, version, dataset or evaluation"}}
+UNAUTHORIZED = {401: {"model": schemas.Problem, "description": "missing or refused token"},
+                403: {"model": schemas.Problem, "description": "writes are disabled (no DLVM_API_TOKEN)"}}
+
+
+async def settings_dep(request: Request) -> Settings:
+    return request.app.state.settings
+
+
+@dataclass(frozen=True)
+class Reads:
+    """What a read route needs: the settings and the response cache of this app."""
+
+    settings: Settings
+    cache: ResponseCache
+
+    def value(self, query: Callable[..., Any], *args: Any) -> Any:
+        """One registry query in a read-only session, uncached."""
+        with read_session(self.settings) as session:
+            return query(session, *args)
+
+    def json(self, response_type: Any, query: Callable[..., Any], *args: Any, key: tuple = ()) -> Response:
+        """A query's result as a JSON response, reused until the registry changes."""
+        with read_session(self.settings) as session:
+            stamp = monitoring.registry_stamp(session)
+            body = self.cache.body((stamp, query.__module__, query.__qualname__, args, key),
+                                   lambda: query(session, *args), response_type)
+        return Response(body, media_type="application/json")
+
+
+# The auth dependencies are async (no I/O): each request then costs one threadpool hop,
+# the route's own, which matters at hundreds of requests/s on 2 cores.
+async def read_access(request: Request,
+                      credentials: Optional[HTTPAuthorizationCredentials] = Depends(bearer)) -> Reads:
+    check_read(request.app.state.settings, request, credentials)
+    return Reads(request.app.state.settings, request.app.state.cache)
+
+
+async def write_access(request: Request,
+                       credentials: Optional[HTTPAuthorizationCredentials] = Depends(bearer)) -> Settings:
+    check_write(request.app.state.settings, request, credentials)
+    return request.app.state.settings
+
+
+ReadAccess = Annotated[Reads, Depends(read_access)]
+Writer = Annotated[Settings, Depends(write_access)]
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or get_settings()
+    app = FastAPI(title="dlvm registry", version="1", description=(
+        "Models, versions, aliases, lineage, evaluations, promotions, datasets and label snapshots "
+        "of a dlvm registry. Writes (promote, rollback) need `Authorization: Bearer <DLVM_API_TOKEN>`; "
+        "reads need DLVM_API_READ_TOKEN when the server sets one."))
+    app.state.settings = settings
+    app.state.cache = ResponseCache()
+
+    @app.exception_handler(queries.NotFound)
+    async def not_found(_request: Request, exc: queries.NotFound) -> JSONResponse:
+        return JSONResponse({"detail": str(exc)}, status_code=404)
+
+    @app.exception_handler(PromotionError)
+    async def refused(_request: Request, exc: PromotionError) -> JSONResponse:
+        return JSONResponse({"detail": str(exc)}, status_code=409)
+
+    app.include_router(_api_routes())
+    from components.api.dashboard import router as dashboard_router
+    app.include_router(dashboard_router)
+    app.mount("/static", StaticFiles(directory=Path(__file__).parent / "static"), name="static")
+    return app
+
+
+def _api_routes():
+    from fastapi import APIRouter
+
+    api = APIRouter(prefix="/api", responses={
+        401: {"model": schemas.Problem, "description": "a token is needed, or the one sent was refused"}})
+
+    @api.get("/health", response_model=schemas.Health, tags=["ops"])
+    def health(reads: ReadAccess):
+        return reads.value(_health, reads.settings.database_url)
+
+    @api.get("/models", response_model=list[schemas.ModelSummary], tags=["models"])
+    def models(reads: ReadAccess):
+        return reads.json(list[schemas.ModelSummary], queries.list_models)
+
+    @api.get("/models/{name}", response_model=schemas.ModelDetail, responses=NOT_FOUND, tags=["models"])
+    def model(name: Name, reads: ReadAccess):
+        return reads.json(schemas.ModelDetail, queries.model_detail, name)
+
+    @api.get("/models/{name}/versions/{version}", response_model=schemas.ModelVersionOut, responses=NOT_FOUND,
+             tags=["models"])
+    def model_version(name: Name, version: Version, reads: ReadAccess):
+        return reads.json(schemas.ModelVersionOut, _version_detail, name, version)
+
+    @api.get("/models/{name}/versions/{version}/lineage", response_model=list[schemas.LineageNode],
+             responses=NOT_FOUND, tags=["models"])
+    def model_lineage(name: Name, version: Version, reads: ReadAccess):
+        return reads.json(list[schemas.LineageNode], monitoring.lineage, name, version)
+
+    @api.get("/models/{name}/evaluation", response_model=schemas.EvaluationDetail, responses=NOT_FOUND,
+             tags=["models"])
+    def model_evaluation(name: Name, reads: ReadAccess):
+        """The evaluation behind the model's latest promotion decision (see monitoring.model_evaluation_id)."""
+        return reads.json(schemas.EvaluationDetail, _model_evaluation, name)
+
+    @api.get("/models/{name}/promotions", response_model=list[schemas.PromotionOut], responses=NOT_FOUND,
+             tags=["promotions"])
+    def model_promotions(name: Name, reads: ReadAccess, limit: Limit = 50):
+        return reads.json(list[schemas.PromotionOut], monitoring.recent_promotions, limit, name)
+
+    @api.post("/models/{name}/promote", response_model=schemas.PromotionDecision,
+              responses={**NOT_FOUND, **UNAUTHORIZED, 409: {"model": schemas.Problem}}, tags=["promotions"])
+    def promote(name: Name, body: schemas.PromoteRequest, settings: Writer):
+        """Gate version `version` for `alias` exactly like `dlvm promote` (paired bootstrap against
+        the current holder and the evaluation's baselines); the decision is recorded either way."""
+        with read_session(settings) as session:
+            queries.get_model_version(session, name, body.version)  # 404 before any work
+        from flows.promote import promote_flow
+        try:
+            out = promote_flow(f"{name}:{body.version}", alias=body.alias, evaluation_id=body.evaluation_id,
+                               margin=body.margin, actor=body.actor)
+        except (PromotionError, queries.NotFound):
+            raise
+        except ValueError as exc:  # e.g. the evaluation used another test split
+            raise HTTPException(409, str(exc)) from exc
+        return {"model": out["model"], "alias": out["alias"], "decision": out["decision"],
+                "event_id": out["event_id"], "version": out["version"], "gate": out["gate"]}
+
+    @api.post("/models/{name}/rollback", response_model=schemas.PromotionDecision,
+              responses={**NOT_FOUND, **UNAUTHORIZED, 409: {"model": schemas.Problem}}, tags=["promotions"])
+    def roll_back(name: Name, body: schemas.RollbackRequest, settings: Writer):
+        """Point the alias back at the version it held before its last promotion (recorded as a
+        'rollback' promotion event, like `dlvm promote --rollback`)."""
+        with session_scope(settings) as session:
+            event = rollback(session, name, body.alias, actor=body.actor, reason=body.reason)
+            version = session.get(ModelVersion, event.new_version_id).version
+        return {"model": name, "alias": body.alias, "decision": event.decision, "event_id": event.id,
+                "version": version}
+
+    @api.get("/promotions", response_model=list[schemas.PromotionOut], tags=["promotions"])
+    def promotions(reads: ReadAccess, limit: Limit = 50):
+        return reads.json(list[schemas.PromotionOut], monitoring.recent_promotions, limit)
+
+    @api.get("/datasets", response_model=list[schemas.DatasetSummary], tags=["data"])
+    def datasets(reads: ReadAccess):
+        return reads.json(list[schemas.DatasetSummary], queries.list_datasets)
+
+    @api.get("/datasets/{name}", response_model=schemas.DatasetHistory, responses=NOT_FOUND, tags=["data"])
+    def dataset(name: Name, reads: ReadAccess):
+        return reads.json(schemas.DatasetHistory, monitoring.dataset_history, name)
+
+    @api.get("/datasets/{name}/labeling", response_model=schemas.LabelingProgress, responses=NOT_FOUND,
+             tags=["data"])
+    def labeling(name: Name, reads: ReadAccess):
+        """Progress of the dataset's Label Studio project (asked live; not configured = says so)."""
+        reads.value(queries.get_dataset, name)  # 404 for an unknown dataset
+        return labeling_progress(reads.settings, name)
+
+    @api.get("/label-snapshots/{snapshot_id}", response_model=schemas.LabelSnapshotOut, responses=NOT_FOUND,
+             tags=["data"])
+    def label_snapshot(snapshot_id: Id, reads: ReadAccess):
+        return reads.json(schemas.LabelSnapshotOut, _snapshot_detail, snapshot_id)
+
+    @api.get("/evaluations", response_model=list[schemas.EvaluationSummary], tags=["evaluations"])
+    def evaluations(reads: ReadAccess, limit: Limit = 50):
+        return reads.json(list[schemas.EvaluationSummary], queries.list_evaluations, limit)
+
+    @api.get("/evaluations/{evaluation_id}", response_model=schemas.EvaluationDetail, responses=NOT_FOUND,
+             tags=["evaluations"])
+    def evaluation(evaluation_id: Id, reads: ReadAccess):
+        return reads.json(schemas.EvaluationDetail, queries.evaluation_detail, evaluation_id)
+
+    @api.get("/evaluations/{evaluation_id}/plot", response_class=Response, responses={
+        **NOT_FOUND, 200: {"content": {"image/png": {}}, "description": "the label-efficiency curves"}},
+        tags=["evaluations"])
+    def evaluation_plot(evaluation_id: Id, reads: ReadAccess):
+        e = reads.value(queries.get_evaluation, evaluation_id)
+        if not e.plot_uri:
+            raise queries.NotFound(f"evaluation {evaluation_id} has no plot")
+        try:
+            png = open_store(reads.settings).get_bytes(e.plot_uri, e.plot_sha256)
+        except ArtifactError as exc:
+            raise HTTPException(502, f"the artifact store could not give the plot: {exc}") from exc
+        return Response(png, media_type="image/png", headers={"Cache-Control": "max-age=3600, immutable"})
+
+    @api.get("/runs", response_model=list[schemas.RunOut], tags=["ops"])
+    def runs(reads: ReadAccess, limit: Limit = 50,
+             status: Annotated[Optional[str], Query(pattern="^(running|completed|failed)$")] = None):
+        return reads.json(list[schemas.RunOut], monitoring.recent_runs, limit, status)
+
+    @api.get("/flow-runs", response_model=schemas.FlowRuns, tags=["ops"])
+    def flow_runs(reads: ReadAccess, limit: Limit = 20):
+        """Prefect's newest flow runs (asked live); an unreachable Prefect is reported in `error`."""
+        return recent_flow_runs(reads.settings, limit)
+
+    @api.get("/alerts", response_model=list[schemas.Alert], tags=["ops"])
+    def alerts(reads: ReadAccess):
+        rules = alert_rules(reads.settings)
+        # Staleness moves with the clock: a cached answer lives one minute at most.
+        return reads.json(list[schemas.Alert], monitoring.alerts, rules, key=(int(time.time() // 60),))
+
+    return api
+
+
+def _health(session: Session, database_url: str) -> dict:
+    session.exec(text("SELECT 1"))
+    return {"status": "ok", "database": session.get_bind().dialect.name,
+            "schema_revision": current_revision(database_url)}
+
+
+def _version_detail(session: Session, name: str, version: int) -> dict:
+    found = next((v for v in queries.model_detail(session, name)["versions"] if v["version"] == version), None)
+    if found is None:
+        raise queries.NotFound(f"model {name!r} has no version {version}")
+    return found
+
+
+def _model_evaluation(session: Session, name: str) -> dict:
+    evaluation_id = monitoring.model_evaluation_id(session, name)
+    if evaluation_id is None:
+        raise queries.NotFound(f"model {name!r} has no evaluation yet")
+    return queries.evaluation_detail(session, evaluation_id)
+
+
+def _snapshot_detail(session: Session, snapshot_id: int) -> dict:
+    return monitoring.snapshot_dict(queries.get_label_snapshot(session, snapshot_id))
+
+
+# --- reads from the other services (Prefect, Label Studio) -----------------------------
+
+
+def alert_rules(settings: Settings) -> monitoring.AlertRules:
+    return monitoring.AlertRules(stale_after_days=settings.alert_stale_days, metric_drop=settings.alert_metric_drop)
+
+
+def recent_flow_runs(settings: Settings, limit: int) -> dict[str, Any]:
+    """Prefect's newest flow runs with links into its UI; an unreachable Prefect is reported, not raised."""
+    from components.orchestration import prefect_ui_url, recent_flow_runs as read_runs
+
+    ui = prefect_ui_url(settings)
+    try:
+        runs = read_runs(limit)
+    except Exception as exc:  # any failure of another service is shown on the page, not a 500
+        return {"prefect_ui": ui, "runs": [], "error": f"Prefect could not be read: {type(exc).__name__}: {exc}"}
+    return {"prefect_ui": ui, "runs": [dict(r, url=f"{ui}/runs/flow-run/{r['id']}" if ui else None) for r in runs]}
+
+
+def labeling_progress(settings: Settings, dataset: str) -> dict[str, Any]:
+    from components.labelstudio import LabelStudioConfig, LabelStudioError, labeling_progress as read_progress
+
+    if not settings.label_studio_url:
+        return {"configured": False, "dataset": dataset}
+    try:
+        cfg = LabelStudioConfig(settings.label_studio_url, settings.label_studio_token.get_secret_value(),
+                                timeout_s=10)
+        return {"configured": True, "dataset": dataset, "project": read_progress(cfg, dataset)}
+    except LabelStudioError as exc:
+        return {"configured": True, "dataset": dataset, "error": str(exc)}
