@@ -6,22 +6,21 @@ packed into tar shards, on a real S3 server (``rclone serve s3`` on loopback).
 
 Images: distinct 32x32 grayscale PNG crops of ELPV cells (real texture, ~1 KB each), in
 folders of 1,000. Per-file: ``dvc add`` of the folder tree, then ``dvc push``. Sharded: the
-same bytes packed into uncompressed tar shards of ``--shard-size`` images (plus a JSON index
-of name -> shard, offset, size, sha256) and versioned with DVC the same way. Every dvc
-command runs under ``/usr/bin/time``: wall seconds and peak RSS. Sharded ingest is not a
-dlvm feature yet; this measures whether it should be (docs/DEPLOYMENTS.md, "Not done yet").
+same bytes packed into uncompressed tar shards of ``--shard-size`` images by
+``components.data.shards.pack_shards`` (plus its JSON index: every member's shard, size and
+sha256) and versioned with DVC the same way. Every dvc command runs under
+``/usr/bin/time``: wall seconds and peak RSS. See docs/SCALING.md for what the numbers mean
+at 10 M images.
 """
 from __future__ import annotations
 
 import argparse
-import hashlib
 import io
 import json
 import os
 import random
 import subprocess
 import sys
-import tarfile
 import tempfile
 import time
 from pathlib import Path
@@ -35,6 +34,7 @@ sys.path.insert(0, str(ROOT))
 
 from components.data.dvc import REMOTE_NAME, DvcWorkspace  # noqa: E402
 from components.data.elpv import elpv_labels, elpv_root  # noqa: E402
+from components.data.shards import pack_shards  # noqa: E402
 from components.services import start_s3_server, stop  # noqa: E402
 
 ACCESS, SECRET = "bench-access", "bench-secret-0123456789"
@@ -58,22 +58,6 @@ def make_images(dest: Path, n: int, size: int, seed: int = 0) -> int:
         path.write_bytes(buf.getvalue())
         total += len(buf.getvalue())
     return total
-
-
-def pack_shards(src: Path, dest: Path, shard_size: int) -> int:
-    """Tar shards of ``shard_size`` files + index.json; returns the number of shards."""
-    dest.mkdir(parents=True, exist_ok=True)
-    files = sorted(p for p in src.rglob("*.png"))
-    index = {}
-    for start in tqdm(range(0, len(files), shard_size), desc="pack shards", mininterval=2):
-        name = f"shard-{start // shard_size:05d}.tar"
-        with tarfile.open(dest / name, "w") as tar:
-            for path in files[start:start + shard_size]:
-                rel = path.relative_to(src).as_posix()
-                tar.add(path, arcname=rel)
-                index[rel] = {"shard": name, "sha256": hashlib.sha256(path.read_bytes()).hexdigest()}
-    (dest / "index.json").write_text(json.dumps(index))
-    return -(-len(files) // shard_size)
 
 
 def timed_dvc(workspace: DvcWorkspace, *args: str) -> tuple[float, float]:
@@ -116,8 +100,8 @@ def main(argv: list[str] | None = None) -> dict:
             sharded = DvcWorkspace(tmp / "sharded", "s3://bench/sharded", s3.endpoint, ACCESS, SECRET)
             sharded.init()
             t = time.perf_counter()
-            n_shards = pack_shards(perfile.repo_dir / "data" / "images", sharded.repo_dir / "data" / "shards",
-                                   args.shard_size)
+            n_shards = len(pack_shards(perfile.repo_dir / "data" / "images", sharded.repo_dir / "data" / "shards",
+                                       args.shard_size)["shards"])
             rows.append({"layout": f"{n_shards} shards", "step": "pack (tar + index)",
                          "seconds": round(time.perf_counter() - t, 1), "peak_rss_mb": None})
             for step, cmd in (("dvc add", ("add", "-q", "data/shards")),
