@@ -29,12 +29,14 @@ DVC_FILE = ROOT / "dvc.yaml"
 PARAMS_FILE = ROOT / "params.yaml"
 
 EXPECTED_SERVICES = {"postgres", "minio", "minio-init", "prefect-server", "prefect-worker", "label-studio",
-                     "dlvm-feedback", "dlvm-webhook", "prefect-init"}
+                     "dlvm-feedback", "dlvm-webhook", "prefect-init", "dlvm-ui"}
 ONE_SHOT = {"minio-init", "prefect-init"}  # runs to completion; everything else is long-running
 LONG_RUNNING_RESTART = {"always", "unless-stopped", "on-failure"}
 SECRET_KEY = re.compile(r"PASSWORD|SECRET|TOKEN|ACCESS_KEY")
 # Environment keys that match SECRET_KEY but are switches, not secrets (value must be a boolean).
 NOT_SECRETS = {"LABEL_STUDIO_ENABLE_LEGACY_API_TOKEN"}
+# Secrets whose absence is a choice (empty = the feature is off), never a default value.
+OPTIONAL_SECRETS = {"DLVM_API_READ_TOKEN"}
 REQUIRED_VAR = re.compile(r"\$\{[A-Za-z_][A-Za-z0-9_]*:\?[^}]+\}")
 # Compose interpolation: $$ (a literal $), ${NAME}, ${NAME:-x}, ${NAME-x}, ${NAME:?x}, ${NAME?x}, $NAME.
 INTERPOLATION = re.compile(r"\$(?:(\$)|\{([A-Za-z_][A-Za-z0-9_]*)(?:(:?[-?+])([^}]*))?\}|([A-Za-z_][A-Za-z0-9_]*))")
@@ -251,6 +253,9 @@ def test_no_hard_coded_secrets(services):
             if key in NOT_SECRETS:
                 assert value in ("true", "false"), f"{name}: {key} is a switch, got {value!r}"
                 continue
+            if key in OPTIONAL_SECRETS:
+                assert value == f"${{{key}:-}}", f"{name}: optional {key} must default to empty, got {value!r}"
+                continue
             checked += 1
             assert value is not None and REQUIRED_VAR.fullmatch(value), \
                 f"{name}: {key}={value!r} must be exactly ${{NAME:?message}}"
@@ -262,7 +267,9 @@ def test_secret_variables_are_required_everywhere(compose):
     URL carries a literal password."""
     for text in strings(compose):
         for name, op, arg in variables(text):
-            if SECRET_KEY.search(name):
+            if name in OPTIONAL_SECRETS:
+                assert (op, arg) == (":-", ""), f"optional ${{{name}}} must be ${{{name}:-}} in {text!r}"
+            elif SECRET_KEY.search(name):
                 assert op == ":?" and arg.strip(), f"${{{name}}} must be ${{{name}:?message}} in {text!r}"
         for password in re.findall(r"://[^/\s:@]+:([^@/\s]+)@", text):
             assert REQUIRED_VAR.fullmatch(password), f"literal password in URL {text!r}"
@@ -281,6 +288,17 @@ def test_env_example_has_no_secret_values():
             key, _, value = line.partition("=")
             if SECRET_KEY.search(key):
                 assert value.strip() == "", f".env.example ships a value for {key}"
+
+
+def test_ui_serves_the_registry_with_a_required_write_token(services):
+    ui = services["dlvm-ui"]
+    assert ui["command"][:2] == ["dlvm", "ui"] and "0.0.0.0" in ui["command"]
+    assert "/api/health" in " ".join(ui["healthcheck"]["test"])
+    env = environment(ui)
+    assert env["DLVM_API_TOKEN"].startswith("${DLVM_API_TOKEN:?")
+    assert env["DLVM_DATABASE_URL"].startswith("postgresql+psycopg://") and env["DLVM_ARTIFACTS"].startswith("s3://")
+    assert ui["depends_on"]["postgres"]["condition"] == "service_healthy"
+    assert ui["ports"] == ["127.0.0.1:8000:8000"]
 
 
 def test_prefect_worker_reserves_gpus(services):
