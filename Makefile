@@ -5,6 +5,11 @@ VENV ?= .venv
 PYTHON ?= python3
 BIN := $(VENV)/bin
 
+# The browser tests drive Debian's Chromium (Playwright's own browser download cannot
+# work offline); installed once, as root or through sudo.
+CHROMIUM ?= /usr/bin/chromium
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+
 .PHONY: install demo test clean
 
 $(BIN)/.installed: pyproject.toml
@@ -19,7 +24,11 @@ install: $(BIN)/.installed
 demo: install
 	$(BIN)/dlvm demo
 
-test: install
+$(CHROMIUM):
+	$(SUDO) apt-get install -y --no-install-recommends chromium \
+	  || ($(SUDO) apt-get update && $(SUDO) apt-get install -y --no-install-recommends chromium)
+
+test: install $(CHROMIUM)
 	$(BIN)/pytest -q
 
 clean:

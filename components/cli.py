@@ -258,6 +258,7 @@ def demo(limit: Optional[int] = typer.Option(None, help="use a stratified subset
     console.print(f"  plot:       {out['evaluation']['plot_uri']}")
     console.print(f"  DVC:        workspace {settings.dvc_repo}, remote {settings.dvc_remote}")
     console.print(f"  Prefect:    dlvm runs   (or PREFECT_HOME={settings.prefect_home} prefect server start)")
+    console.print("  dashboard:  dlvm ui   (then http://127.0.0.1:8000/; DLVM_API_TOKEN=... enables rollback)")
 
 
 @models_app.command("list")

@@ -7,6 +7,7 @@ import uuid
 
 import pytest
 
+from e2e_demo import demo  # noqa: F401  (fixture)
 from s3server import S3Server, s3_bucket, s3_server  # noqa: F401  (fixtures)
 
 POSTGRES_ADMIN_URL = os.environ.get("DLVM_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres")

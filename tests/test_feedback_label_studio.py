@@ -191,6 +191,23 @@ def test_annotations_made_through_the_api_land_in_the_next_snapshot(loop):
     assert round3["snapshot_id"] == round2["snapshot_id"]
 
 
+def test_dashboard_labeling_progress_comes_from_the_project(loop):
+    from fastapi.testclient import TestClient
+
+    from components.api.app import create_app
+
+    progress = TestClient(create_app(loop["settings"])).get("/api/datasets/elpv/labeling").json()
+    project = progress["project"]
+    assert progress["configured"] and progress["error"] is None
+    assert project["project_id"] == loop["round1"]["project_id"] and project["title"] == "dlvm: elpv"
+    # 40 tasks; the previous test annotated 3 of them (one twice, in conflict).
+    assert (project["n_tasks"], project["n_labeled"], project["n_annotations"]) == (N_IMAGES, 3, 4)
+    assert project["n_predictions"] >= N_IMAGES - N_FILE_LABELS
+    refused = loop["settings"].model_copy(update={"label_studio_token": loop["settings"].label_studio_token.__class__("bad")})
+    progress = TestClient(create_app(refused)).get("/api/datasets/elpv/labeling").json()
+    assert progress["project"] is None and "refused the token" in progress["error"]
+
+
 def test_label_studio_down_fails_clearly_and_registers_nothing(loop, tmp_path):
     from components.services import free_port
 

@@ -4,14 +4,12 @@ CLI and the components, and the promotion/rollback path is exercised."""
 from __future__ import annotations
 
 import json
-import os
-import shutil
-from pathlib import Path
 
 import pytest
 from sqlmodel import select
 
-from clirun import dlvm, dlvm_env
+from clirun import dlvm
+from e2e_demo import N_IMAGES
 from components.registry.db import session_scope
 from components.registry.tables import (Alias, DatasetVersion, Evaluation, EvaluationResult, LabelSnapshot,
                                         ModelVersion, PromotionEvent, RegisteredModel, Run)
@@ -19,30 +17,7 @@ from components.settings import Settings
 from components.storage import open_store
 
 pytestmark = pytest.mark.e2e
-N_IMAGES = 120
 FLOWS = {"pipeline", "ingest", "labels", "pretrain", "evaluate", "adapt", "promote"}
-# ../shared/data next to the checkout (the project's data shelf), or where DLVM_TEST_GENERIC_CORPUS says.
-GENERIC_CORPUS = next((p for p in (Path(os.environ.get("DLVM_TEST_GENERIC_CORPUS", "/nonexistent")),
-                                   Path(__file__).resolve().parents[2] / "shared/data/generic-imagenette",
-                                   Path("/work/shared/data/generic-imagenette")) if p.is_dir()),
-                      Path(__file__).resolve().parents[2] / "shared/data/generic-imagenette")
-
-
-@pytest.fixture(scope="module")
-def demo(tmp_path_factory):
-    root = tmp_path_factory.mktemp("e2e")
-    # A few generic photos stand in for the generic corpus: the generic baseline's path
-    # (ingest + pretraining with the same recipe) runs for real, only smaller.
-    generic = root / "generic"
-    generic.mkdir()
-    for path in sorted((GENERIC_CORPUS / "train").rglob("*.jpg"))[::400][:40]:
-        shutil.copy(path, generic / path.name)
-    assert len(list(generic.iterdir())) >= 20, f"generic corpus missing at {GENERIC_CORPUS}"
-    home = root / "state"
-    env = dlvm_env(home)  # no PREFECT_API_URL: the embedded Prefect API, as in the README
-    out = dlvm(env, "demo", "--limit", str(N_IMAGES), "--recipe", "tiny", "--seeds", "0,1",
-               "--fractions", "0.25,1.0", "--generic", str(generic), timeout=900)
-    return home, env, out.stdout
 
 
 @pytest.fixture

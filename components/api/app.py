@@ -279,10 +279,10 @@ def recent_flow_runs(settings: Settings, limit: int) -> dict[str, Any]:
 
 
 def labeling_progress(settings: Settings, dataset: str) -> dict[str, Any]:
-    from components.labelstudio import LabelStudioConfig, LabelStudioError, labeling_progress as read_progress
-
     if not settings.label_studio_url:
         return {"configured": False, "dataset": dataset}
+    from components.labelstudio import LabelStudioConfig, LabelStudioError, labeling_progress as read_progress
+
     try:
         cfg = LabelStudioConfig(settings.label_studio_url, settings.label_studio_token.get_secret_value(),
                                 timeout_s=10)
