@@ -8,7 +8,8 @@ Images: distinct 32x32 grayscale PNG crops of ELPV cells (real texture, ~1 KB ea
 folders of 1,000. Per-file: ``dvc add`` of the folder tree, then ``dvc push``. Sharded: the
 same bytes packed into uncompressed tar shards of ``--shard-size`` images by
 ``components.data.shards.pack_shards`` (plus its JSON index: every member's shard, size and
-sha256) and versioned with DVC the same way. Every dvc command runs under
+sha256) and versioned with DVC the same way, then uploaded to the artifact store and
+streamed back (``upload_shards``, ``stream_samples``). Every dvc command runs under
 ``/usr/bin/time``: wall seconds and peak RSS. See docs/SCALING.md for what the numbers mean
 at 10 M images.
 """
@@ -34,8 +35,9 @@ sys.path.insert(0, str(ROOT))
 
 from components.data.dvc import REMOTE_NAME, DvcWorkspace  # noqa: E402
 from components.data.elpv import elpv_labels, elpv_root  # noqa: E402
-from components.data.shards import pack_shards  # noqa: E402
+from components.data.shards import pack_shards, stream_samples, upload_shards  # noqa: E402
 from components.services import start_s3_server, stop  # noqa: E402
+from components.storage import S3ArtifactStore  # noqa: E402
 
 ACCESS, SECRET = "bench-access", "bench-secret-0123456789"
 
@@ -110,6 +112,19 @@ def main(argv: list[str] | None = None) -> dict:
                 seconds, mb = timed_dvc(sharded, *cmd)
                 rows.append({"layout": f"{n_shards} shards", "step": step, "seconds": seconds, "peak_rss_mb": mb})
                 print(rows[-1], flush=True)
+
+            # The same shards through the artifact store: upload, then stream every verified member back.
+            store = S3ArtifactStore("bench", "store", s3.endpoint, ACCESS, SECRET)
+            t = time.perf_counter()
+            index = upload_shards(store, sharded.repo_dir / "data" / "shards")
+            rows.append({"layout": f"{n_shards} shards", "step": "upload_shards (artifact store)",
+                         "seconds": round(time.perf_counter() - t, 1), "peak_rss_mb": None})
+            t = time.perf_counter()
+            streamed = sum(1 for _ in stream_samples(store, index.uri, index.sha256))
+            assert streamed == args.images, (streamed, args.images)
+            rows.append({"layout": f"{n_shards} shards", "step": "stream_samples (all, verified)",
+                         "seconds": round(time.perf_counter() - t, 1), "peak_rss_mb": None})
+            print(rows[-2:], flush=True)
         finally:
             stop(s3.process)
     lines = [f"# DVC ingest at scale: {args.images:,} PNGs ({n_bytes / 1e6:.0f} MB), per file vs shards of "

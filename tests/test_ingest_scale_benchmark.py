@@ -39,4 +39,5 @@ def test_benchmark_runs_both_layouts_through_s3(tmp_path):
     out = main(["--images", "300", "--shard-size", "100", "--work", str(tmp_path), "--out", str(tmp_path / "out")])
     steps = {(r["layout"], r["step"]) for r in out["rows"]}
     assert ("per file", "dvc push") in steps and ("3 shards", "dvc push") in steps
+    assert ("3 shards", "stream_samples (all, verified)") in steps  # it asserts every image came back
     assert "| per file | dvc add |" in (tmp_path / "out" / "report.md").read_text()
