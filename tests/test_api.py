@@ -12,12 +12,12 @@ import pytest
 import schemathesis
 from fastapi.testclient import TestClient
 from hypothesis import HealthCheck, given, settings as hypothesis_settings
-from sqlmodel import select
+from sqlmodel import SQLModel, select
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks.registry_api import fill_registry  # noqa: E402
 from components.api.app import create_app  # noqa: E402
-from components.registry import monitoring, queries  # noqa: E402
+from components.registry import db, monitoring, queries  # noqa: E402
 from components.registry.db import session_scope  # noqa: E402
 from components.registry.promotion import record_promotion  # noqa: E402
 from components.registry.tables import Run, utcnow  # noqa: E402
@@ -28,9 +28,16 @@ AUTH = {"Authorization": f"Bearer {TOKEN}"}
 MODEL = "elpv-classifier"
 
 
-@pytest.fixture
-def registry(tmp_path) -> Settings:
-    settings = Settings(home=tmp_path / "state", api_token=TOKEN)
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def registry(request, tmp_path) -> Settings:
+    """A filled registry (benchmarks/registry_api.py:fill_registry) on each backend."""
+    url = ""
+    if request.param == "postgres":
+        url = request.getfixturevalue("postgres_database")
+        db.upgrade(url)
+        with db.engine_for(url).begin() as conn:
+            conn.exec_driver_sql(f"TRUNCATE {', '.join(SQLModel.metadata.tables)} RESTART IDENTITY CASCADE")
+    settings = Settings(home=tmp_path / "state", api_token=TOKEN, database_url=url)
     fill_registry(settings)
     return settings
 

@@ -9,7 +9,8 @@ from typing import Any
 
 from sqlmodel import Session, col, select
 
-from components.registry.queries import NotFound, _iso, get_dataset, get_model, get_model_version
+from components.registry.queries import (NotFound, _iso, get_dataset, get_model, get_model_version,
+                                         latest_label_snapshot)
 from components.registry.tables import (
     Alias,
     Dataset,
@@ -226,8 +227,7 @@ def _newer_labels(session: Session, holder: ModelVersion) -> str | None:
     if holder.label_snapshot_id is None:
         return None
     used = session.get(LabelSnapshot, holder.label_snapshot_id)
-    newest = session.exec(select(LabelSnapshot).where(LabelSnapshot.dataset_version_id == dv.id)
-                          .order_by(col(LabelSnapshot.version).desc())).first()
+    newest = latest_label_snapshot(session, dv.id)
     if newest is not None and newest.version > used.version:
         return f"label snapshot v{newest.version} ({newest.n_labeled} labels; it used v{used.version})"
     return None
