@@ -19,6 +19,7 @@ import re
 import subprocess
 import sys
 import tempfile
+import time
 from datetime import timedelta
 from pathlib import Path
 
@@ -135,12 +136,32 @@ def _wrk(url: str, seconds: int, connections: int, threads: int) -> dict:
             "socket_errors": socket_errors.group(1) if socket_errors else None}
 
 
+def query_costs(settings: Settings, repeats: int = 200) -> dict[str, float]:
+    """Milliseconds per call of the queries behind ENDPOINTS, uncached, in this process:
+    what a request costs when the registry changed since the last one (a cache miss)."""
+    from components.registry import monitoring
+    from components.registry.db import read_session
+
+    calls = {"/api/models": (queries.list_models,), "/api/models/elpv-classifier": (queries.model_detail, "elpv-classifier"),
+             ENDPOINTS[2]: (monitoring.lineage, "elpv-classifier", 6),
+             ENDPOINTS[3]: (monitoring.recent_promotions, 20), ENDPOINTS[4]: (monitoring.alerts,)}
+    costs = {}
+    for endpoint, (query, *args) in calls.items():
+        with read_session(settings) as session:
+            query(session, *args)
+            start = time.perf_counter()
+            for _ in range(repeats):
+                query(session, *args)
+            costs[endpoint] = (time.perf_counter() - start) / repeats * 1000
+    return costs
+
+
 def main(argv: list[str] | None = None) -> list[dict]:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--seconds", type=int, default=15, help="load per endpoint and worker count")
     parser.add_argument("--connections", type=int, default=16)
     parser.add_argument("--workers", default="1,2", help="comma-separated server process counts")
-    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks/results/registry_api.json")
+    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks/results/registry-api/results.json")
     args = parser.parse_args(argv)
     from components.services import ui_server
 
@@ -151,11 +172,14 @@ def main(argv: list[str] | None = None) -> list[dict]:
             env.pop(var, None)
         settings = Settings(home=Path(tmp) / "state")
         print("filling the registry:", fill_registry(settings))
+        costs = query_costs(settings)
+        print("uncached query cost (ms):", json.dumps({k: round(v, 2) for k, v in costs.items()}))
         for workers in [int(w) for w in args.workers.split(",")]:
             with ui_server(env, Path(tmp) / f"ui-{workers}.log", workers=workers) as server:
                 for endpoint in ENDPOINTS:
                     _wrk(server.url + endpoint, 2, args.connections, 2)  # warm-up
                     row = {"workers": workers, "endpoint": endpoint, "connections": args.connections,
+                           "uncached_query_ms": round(costs[endpoint], 2),
                            **_wrk(server.url + endpoint, args.seconds, args.connections, 2)}
                     print(json.dumps(row))
                     results.append(row)

@@ -6,9 +6,11 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 import time
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Annotated, Any, Optional
 
+import anyio
 from fastapi import Depends, FastAPI, HTTPException, Path as PathParam, Query, Request, Response
 from fastapi.responses import JSONResponse
 from fastapi.security import HTTPAuthorizationCredentials
@@ -30,6 +32,10 @@ Name = Annotated[str, PathParam(pattern=schemas.NAME_PATTERN, description="model
 Version = Annotated[int, PathParam(ge=1, le=2**31 - 1)]
 Id = Annotated[int, PathParam(ge=1, le=2**31 - 1)]
 Limit = Annotated[int, Query(ge=1, le=500)]
+THREADS = 4  # worker threads per process for the (synchronous) registry routes
+# Calls that wait on other services (Prefect, Label Studio, a promotion's gate) get threads
+# of their own, so that a slow service never holds up registry reads.
+SLOW_CALLS = anyio.CapacityLimiter(8)
 NOT_FOUND = {404: {"model": schemas.Problem, "description": "no such model, version, dataset or evaluation"}}
 UNAUTHORIZED = {401: {"model": schemas.Problem, "description": "missing or refused token"},
                 403: {"model": schemas.Problem, "description": "writes are disabled (no DLVM_API_TOKEN)"}}
@@ -80,7 +86,14 @@ Writer = Annotated[Settings, Depends(write_access)]
 
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or get_settings()
-    app = FastAPI(title="dlvm registry", version="1", description=(
+    @asynccontextmanager
+    async def lifespan(_app: FastAPI):
+        # Reads take a millisecond or two of Python each: more threads than cores only
+        # queue them on the GIL in each other's way, which shows as tail latency.
+        anyio.to_thread.current_default_thread_limiter().total_tokens = THREADS
+        yield
+
+    app = FastAPI(title="dlvm registry", version="1", lifespan=lifespan, description=(
         "Models, versions, aliases, lineage, evaluations, promotions, datasets and label snapshots "
         "of a dlvm registry. Writes (promote, rollback) need `Authorization: Bearer <DLVM_API_TOKEN>`; "
         "reads need DLVM_API_READ_TOKEN when the server sets one."))
@@ -143,21 +156,10 @@ def _api_routes():
 
     @api.post("/models/{name}/promote", response_model=schemas.PromotionDecision,
               responses={**NOT_FOUND, **UNAUTHORIZED, 409: {"model": schemas.Problem}}, tags=["promotions"])
-    def promote(name: Name, body: schemas.PromoteRequest, settings: Writer):
+    async def promote(name: Name, body: schemas.PromoteRequest, settings: Writer):
         """Gate version `version` for `alias` exactly like `dlvm promote` (paired bootstrap against
         the current holder and the evaluation's baselines); the decision is recorded either way."""
-        with read_session(settings) as session:
-            queries.get_model_version(session, name, body.version)  # 404 before any work
-        from flows.promote import promote_flow
-        try:
-            out = promote_flow(f"{name}:{body.version}", alias=body.alias, evaluation_id=body.evaluation_id,
-                               margin=body.margin, actor=body.actor)
-        except (PromotionError, queries.NotFound):
-            raise
-        except ValueError as exc:  # e.g. the evaluation used another test split
-            raise HTTPException(409, str(exc)) from exc
-        return {"model": out["model"], "alias": out["alias"], "decision": out["decision"],
-                "event_id": out["event_id"], "version": out["version"], "gate": out["gate"]}
+        return await anyio.to_thread.run_sync(_promote, settings, name, body, limiter=SLOW_CALLS)
 
     @api.post("/models/{name}/rollback", response_model=schemas.PromotionDecision,
               responses={**NOT_FOUND, **UNAUTHORIZED, 409: {"model": schemas.Problem}}, tags=["promotions"])
@@ -184,10 +186,10 @@ def _api_routes():
 
     @api.get("/datasets/{name}/labeling", response_model=schemas.LabelingProgress, responses=NOT_FOUND,
              tags=["data"])
-    def labeling(name: Name, reads: ReadAccess):
+    async def labeling(name: Name, reads: ReadAccess):
         """Progress of the dataset's Label Studio project (asked live; not configured = says so)."""
-        reads.value(queries.get_dataset, name)  # 404 for an unknown dataset
-        return labeling_progress(reads.settings, name)
+        await anyio.to_thread.run_sync(reads.value, queries.get_dataset, name)  # 404 for an unknown dataset
+        return await anyio.to_thread.run_sync(labeling_progress, reads.settings, name, limiter=SLOW_CALLS)
 
     @api.get("/label-snapshots/{snapshot_id}", response_model=schemas.LabelSnapshotOut, responses=NOT_FOUND,
              tags=["data"])
@@ -222,9 +224,9 @@ def _api_routes():
         return reads.json(list[schemas.RunOut], monitoring.recent_runs, limit, status)
 
     @api.get("/flow-runs", response_model=schemas.FlowRuns, tags=["ops"])
-    def flow_runs(reads: ReadAccess, limit: Limit = 20):
+    async def flow_runs(reads: ReadAccess, limit: Limit = 20):
         """Prefect's newest flow runs (asked live); an unreachable Prefect is reported in `error`."""
-        return recent_flow_runs(reads.settings, limit)
+        return await anyio.to_thread.run_sync(recent_flow_runs, reads.settings, limit, limiter=SLOW_CALLS)
 
     @api.get("/alerts", response_model=list[schemas.Alert], tags=["ops"])
     def alerts(reads: ReadAccess):
@@ -233,6 +235,21 @@ def _api_routes():
         return reads.json(list[schemas.Alert], monitoring.alerts, rules, key=(int(time.time() // 60),))
 
     return api
+
+
+def _promote(settings: Settings, name: str, body: schemas.PromoteRequest) -> dict:
+    with read_session(settings) as session:
+        queries.get_model_version(session, name, body.version)  # 404 before any work
+    from flows.promote import promote_flow
+    try:
+        out = promote_flow(f"{name}:{body.version}", alias=body.alias, evaluation_id=body.evaluation_id,
+                           margin=body.margin, actor=body.actor)
+    except (PromotionError, queries.NotFound):
+        raise
+    except ValueError as exc:  # e.g. the evaluation used another test split
+        raise HTTPException(409, str(exc)) from exc
+    return {"model": out["model"], "alias": out["alias"], "decision": out["decision"],
+            "event_id": out["event_id"], "version": out["version"], "gate": out["gate"]}
 
 
 def _health(session: Session, database_url: str) -> dict:
