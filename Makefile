@@ -6,8 +6,9 @@ PYTHON ?= python3
 BIN := $(VENV)/bin
 
 # The browser tests drive Debian's Chromium (Playwright's own browser download cannot
-# work offline); installed once, as root or through sudo.
-CHROMIUM ?= /usr/bin/chromium
+# work offline) and the API benchmark's smoke test drives wrk: Debian's packages,
+# installed once, as root or through sudo.
+TEST_TOOLS := /usr/bin/chromium /usr/bin/wrk
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 .PHONY: install demo test clean
@@ -24,11 +25,11 @@ install: $(BIN)/.installed
 demo: install
 	$(BIN)/dlvm demo
 
-$(CHROMIUM):
-	$(SUDO) apt-get install -y --no-install-recommends chromium \
-	  || ($(SUDO) apt-get update && $(SUDO) apt-get install -y --no-install-recommends chromium)
+$(TEST_TOOLS):
+	$(SUDO) apt-get install -y --no-install-recommends chromium wrk \
+	  || ($(SUDO) apt-get update && $(SUDO) apt-get install -y --no-install-recommends chromium wrk)
 
-test: install $(CHROMIUM)
+test: install $(TEST_TOOLS)
 	$(BIN)/pytest -q
 
 clean:
