@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import asyncio
-import os
 
 # Reading runs from a Prefect that is down must not hang a dashboard request.
 READ_TIMEOUT_S = 30
@@ -30,5 +29,7 @@ def prefect_ui_url(settings) -> str | None:
     suffix; None for the embedded API, which serves no UI."""
     if settings.prefect_ui_url:
         return settings.prefect_ui_url.rstrip("/")
-    api = os.environ.get("PREFECT_API_URL", "").rstrip("/")
+    from prefect.settings import PREFECT_API_URL
+
+    api = (PREFECT_API_URL.value() or "").rstrip("/")
     return api.removesuffix("/api") if api else None

@@ -16,7 +16,7 @@ from sqlmodel import SQLModel, select
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks.registry_api import fill_registry  # noqa: E402
-from components.api.app import create_app  # noqa: E402
+from components.api.app import create_app, recent_flow_runs  # noqa: E402
 from components.registry import db, monitoring, queries  # noqa: E402
 from components.registry.db import session_scope  # noqa: E402
 from components.registry.promotion import record_promotion  # noqa: E402
@@ -241,11 +241,34 @@ def test_labeling_progress_says_when_label_studio_is_not_configured(client):
         "configured": False, "dataset": "elpv", "project": None, "error": None}
 
 
-def test_flow_runs_report_an_unreachable_prefect_instead_of_failing(client, monkeypatch):
-    monkeypatch.setenv("PREFECT_API_URL", "http://127.0.0.1:9/api")  # nothing listens on port 9
-    body = client.get("/api/flow-runs").json()
-    assert body["runs"] == [] and body["error"].startswith("Prefect could not be read")
+def test_flow_runs_report_an_unreachable_prefect_instead_of_failing(registry):
+    from prefect.settings import PREFECT_API_URL, PREFECT_LOGGING_TO_API_ENABLED, temporary_settings
+
+    # Nothing listens on port 9; no log shipping there either.
+    with temporary_settings({PREFECT_API_URL: "http://127.0.0.1:9/api", PREFECT_LOGGING_TO_API_ENABLED: False}):
+        body = recent_flow_runs(registry, 5)
+    assert body["runs"] == [] and body["error"].startswith("Prefect could not be read: ConnectError")
     assert body["prefect_ui"] == "http://127.0.0.1:9"
+
+
+def test_flow_runs_link_into_the_prefect_ui(registry, prefect_api):
+    from prefect import flow
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    @flow(name="dashboard-link-check")
+    def tiny() -> int:
+        return 1
+
+    with temporary_settings({PREFECT_API_URL: prefect_api}):
+        state = tiny(return_state=True)
+        body = recent_flow_runs(registry, 50)
+    run = next(r for r in body["runs"] if r["id"] == str(state.state_details.flow_run_id))
+    assert body.get("error") is None and run["flow"] == "dashboard-link-check" and run["state"] == "Completed"
+    ui = prefect_api.removesuffix("/api")
+    assert body["prefect_ui"] == ui and run["url"] == f"{ui}/runs/flow-run/{run['id']}"
+    configured = registry.model_copy(update={"prefect_ui_url": "https://prefect.example.org/"})
+    with temporary_settings({PREFECT_API_URL: prefect_api}):
+        assert recent_flow_runs(configured, 1)["prefect_ui"] == "https://prefect.example.org"
 
 
 def test_dashboard_pages_render_the_registry(client):
