@@ -63,15 +63,16 @@ def _assert_same(result, reference):
     assert result.backbones == reference.backbones
 
 
-def _sweep_unit_runs(api_url: str) -> list:
+def _sweep_unit_runs(api_url: str, flow_run_id) -> list:
+    """The task runs of one flow run (the session's Prefect server holds other tests' runs too)."""
     from prefect.client.orchestration import get_client
-    from prefect.client.schemas.filters import TaskRunFilter, TaskRunFilterName
+    from prefect.client.schemas.filters import TaskRunFilter, TaskRunFilterFlowRunId
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
     async def read():
         async with get_client() as client:
             return await client.read_task_runs(task_run_filter=TaskRunFilter(
-                name=TaskRunFilterName(like_="sweep ")), limit=200)
+                flow_run_id=TaskRunFilterFlowRunId(any_=[flow_run_id])), limit=200)
     with temporary_settings({PREFECT_API_URL: api_url}):
         return asyncio.run(read())
 
@@ -96,14 +97,14 @@ def test_sweep_on_dask_gives_the_sequential_rows(tiny_sweep, prefect_api, one_to
 
     with temporary_settings({PREFECT_API_URL: prefect_api}):
         sequential = sweep_in_a_flow(Settings(), tiny_sweep)
-        before = len(_sweep_unit_runs(prefect_api))
-        on_dask = sweep_in_a_flow(Settings(task_runner="dask", dask_workers=2), tiny_sweep)
+        state = sweep_in_a_flow(Settings(task_runner="dask", dask_workers=2), tiny_sweep, return_state=True)
+        on_dask = state.result()
     assert len(sequential.rows) == 16
     _assert_same(on_dask, sequential)
     # Each unit ran as a task run the Prefect server recorded, named after what it ran.
-    runs = _sweep_unit_runs(prefect_api)
+    runs = _sweep_unit_runs(prefect_api, state.state_details.flow_run_id)
     units = plan_units(tiny_sweep[0], tiny_sweep[-1])
-    assert len(runs) - before == len(units) == 10
+    assert len(runs) == len(units) == 10
     assert all(r.state and r.state.is_completed() for r in runs)
     assert {r.name for r in runs} == {f"sweep {u.label}" for u in units}
 
