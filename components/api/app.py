@@ -3,10 +3,10 @@ writes (promote runs the same statistical gate as ``dlvm promote``; rollback is 
 as a promotion event). ``create_app`` also mounts the dashboard pages."""
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass
 import time
+from collections.abc import Callable
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Optional
 

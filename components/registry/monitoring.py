@@ -9,8 +9,9 @@ from typing import Any
 
 from sqlmodel import Session, col, select
 
-from components.registry.queries import (NotFound, _iso, get_dataset, get_model, get_model_version,
-                                         latest_label_snapshot)
+from components.registry.queries import (NotFound, _iso, _version_refs, get_dataset, get_model,
+                                         get_model_version, latest_label_snapshot, promotion_dict,
+                                         promotion_event_version_ids)
 from components.registry.tables import (
     Alias,
     Dataset,
@@ -108,17 +109,8 @@ def recent_promotions(session: Session, limit: int = 20, model_name: str | None 
     if model_name is not None:
         query = query.where(RegisteredModel.id == get_model(session, model_name).id)
     rows = session.exec(query.order_by(col(PromotionEvent.id).desc()).limit(limit)).all()
-    versions = dict(session.exec(select(ModelVersion.id, ModelVersion.version).where(col(ModelVersion.id).in_(
-        {i for e, _ in rows for i in (e.candidate_version_id, e.previous_version_id, e.new_version_id)} - {None}
-    ))).all()) if rows else {}
-    return [
-        {"id": e.id, "model": name, "alias": e.alias, "decision": e.decision,
-         "candidate_version": versions.get(e.candidate_version_id),
-         "previous_version": versions.get(e.previous_version_id),
-         "new_version": versions.get(e.new_version_id), "evaluation_id": e.evaluation_id,
-         "evidence": e.evidence, "actor": e.actor, "reason": e.reason, "created_at": _iso(e.created_at)}
-        for e, name in rows
-    ]
+    refs = _version_refs(session, [i for e, _ in rows for i in promotion_event_version_ids(e)])
+    return [{**promotion_dict(e, refs), "model": name} for e, name in rows]
 
 
 def recent_runs(session: Session, limit: int = 20, status: str | None = None) -> list[dict[str, Any]]:

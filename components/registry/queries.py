@@ -463,14 +463,11 @@ def model_detail(session: Session, name: str) -> dict[str, Any]:
     refs = _version_refs(
         session,
         [v.parent_id for v in versions]
-        + [i for e in events for i in (e.candidate_version_id, e.previous_version_id, e.new_version_id)],
+        + [i for e in events for i in promotion_event_version_ids(e)],
     )
     by_version: dict[int, list[str]] = {}
     for alias, version in aliases.items():
         by_version.setdefault(version, []).append(alias)
-
-    def number(version_id: int | None) -> int | None:
-        return refs[version_id]["version"] if version_id in refs else None
 
     return {
         "name": model.name,
@@ -498,22 +495,31 @@ def model_detail(session: Session, name: str) -> dict[str, Any]:
             }
             for v in versions
         ],
-        "promotions": [
-            {
-                "id": e.id,
-                "alias": e.alias,
-                "decision": e.decision,
-                "candidate_version": number(e.candidate_version_id),
-                "previous_version": number(e.previous_version_id),
-                "new_version": number(e.new_version_id),
-                "evaluation_id": e.evaluation_id,
-                "evidence": e.evidence,
-                "actor": e.actor,
-                "reason": e.reason,
-                "created_at": _iso(e.created_at),
-            }
-            for e in events
-        ],
+        "promotions": [promotion_dict(e, refs) for e in events],
+    }
+
+
+def promotion_event_version_ids(event: PromotionEvent) -> tuple[int | None, ...]:
+    return event.candidate_version_id, event.previous_version_id, event.new_version_id
+
+
+def promotion_dict(event: PromotionEvent, refs: Mapping[int, dict[str, Any]]) -> dict[str, Any]:
+    """A promotion event as plain data; ``refs`` from ``_version_refs`` gives version numbers."""
+    def number(version_id: int | None) -> int | None:
+        return refs[version_id]["version"] if version_id in refs else None
+
+    return {
+        "id": event.id,
+        "alias": event.alias,
+        "decision": event.decision,
+        "candidate_version": number(event.candidate_version_id),
+        "previous_version": number(event.previous_version_id),
+        "new_version": number(event.new_version_id),
+        "evaluation_id": event.evaluation_id,
+        "evidence": event.evidence,
+        "actor": event.actor,
+        "reason": event.reason,
+        "created_at": _iso(event.created_at),
     }
 
 
