@@ -22,6 +22,12 @@ from flows.pretrain import pretrain_flow
 from flows.retrain import retrain_flow
 
 
+# One run of a deployment at a time: a round that outlasts its interval (or a second
+# labeling burst during a retrain) waits for the slot instead of running beside the first
+# on the same workspace and Label Studio project.
+ONE_AT_A_TIME = 1
+
+
 @dataclass
 class Schedules:
     nightly: str | None = "0 2 * * *"
@@ -41,13 +47,15 @@ def build_deployments(dataset: str, source: str | None, schedules: Schedules = S
     deployments = []
     if source:
         deployments.append(nightly_flow.to_deployment(name=dataset, parameters={"source": source, "dataset": dataset},
-                                                      tags=["dlvm", "nightly"], **cron(schedules.nightly)))
+                                                      tags=["dlvm", "nightly"], concurrency_limit=ONE_AT_A_TIME,
+                                                      **cron(schedules.nightly)))
     deployments.append(pretrain_flow.to_deployment(name=dataset, parameters={"dataset": dataset, "recipe": recipe},
-                                                   tags=["dlvm", "pretrain"], **cron(schedules.pretrain)))
+                                                   tags=["dlvm", "pretrain"], concurrency_limit=ONE_AT_A_TIME,
+                                                   **cron(schedules.pretrain)))
     if feedback:
         deployments.append(feedback_flow.to_deployment(
-            name=dataset, parameters={"dataset": dataset}, tags=["dlvm", "feedback"],
+            name=dataset, parameters={"dataset": dataset}, tags=["dlvm", "feedback"], concurrency_limit=ONE_AT_A_TIME,
             **({"schedules": [Interval(schedules.feedback_interval_s)]} if schedules.feedback_interval_s else {})))
     deployments.append(retrain_flow.to_deployment(name=retrain_name, parameters={"dataset": dataset, "recipe": recipe},
-                                                  tags=["dlvm", "retrain"]))
+                                                  tags=["dlvm", "retrain"], concurrency_limit=ONE_AT_A_TIME))
     return deployments

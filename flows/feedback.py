@@ -39,9 +39,10 @@ def setup_project(cfg, dataset: str, version: int, classes: list[str], kind: str
 @task(name="label-studio-sync-tasks", **LS_RETRIES)
 def sync_images(settings, cfg, project_id: int, dataset: str, dataset_version, manifest: dict):
     workspace = access.dvc_workspace(settings)
-    workspace.init()
     rel_dir = access.dataset_rel_dir(dataset)
-    workspace.checkout(dataset_version.dvc_file, rel_dir)  # the files Label Studio shows
+    with workspace.exclusive():  # the image URLs are made from files of this version
+        workspace.init()
+        workspace.checkout(dataset_version.dvc_file, rel_dir)  # the files Label Studio shows
     image_dir = settings.dvc_repo / rel_dir
     if settings.label_studio_images == "local-files":
         ls.connect_local_files(cfg, project_id, str(image_dir.resolve()))

@@ -38,9 +38,10 @@ def find_existing(settings, dataset: str, content_hash: str):
 @task(name="dvc-add-and-push", **IO_RETRIES)
 def dvc_add_and_push(settings, scan_result, source: Path, dataset: str):
     workspace = access.dvc_workspace(settings)
-    workspace.init()
-    stage_into_workspace(scan_result, source, settings.dvc_repo / access.dataset_rel_dir(dataset))
-    return workspace.add_and_push(access.dataset_rel_dir(dataset))
+    with workspace.exclusive():  # nobody checks another version out between staging and add
+        workspace.init()
+        stage_into_workspace(scan_result, source, settings.dvc_repo / access.dataset_rel_dir(dataset))
+        return workspace.add_and_push(access.dataset_rel_dir(dataset))
 
 
 @task(name="register-dataset-version", cache_policy=NO_CACHE)

@@ -323,6 +323,24 @@ def test_feedback_serve_runs_the_loop_on_its_schedule(loop, prefect_api):
     assert by_name["elpv"].schedules and by_name["elpv"].parameters["queue_size"] == 5
     assert by_name["retrain"].parameters == {"dataset": "elpv"}
     assert done[0].parameters["dataset"] == "elpv" and done[0].auto_scheduled
+    # Rounds due every 5 s take longer than that: they ran one after another, never side by side.
+    ran = sorted((r.start_time, r.end_time) for r in _deployment_runs(prefect_api, by_name["elpv"].id) if r.start_time)
+    assert all(end is not None and end <= next_start for (_, end), (next_start, _) in zip(ran, ran[1:])), ran
+
+
+def _deployment_runs(api_url: str, deployment_id) -> list:
+    import asyncio
+
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterDeploymentId
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    async def read():
+        async with get_client() as client:
+            return await client.read_flow_runs(flow_run_filter=FlowRunFilter(
+                deployment_id=FlowRunFilterDeploymentId(any_=[deployment_id])))
+    with temporary_settings({PREFECT_API_URL: api_url}):
+        return asyncio.run(read())
 
 
 @pytest.mark.s3

@@ -218,8 +218,22 @@ def test_dvc_add_push_and_checkout_restore_versions(scan, raw, tmp_path):
     missing = v1.dvc_file_text.replace(v1.md5, "0" * 32 + ".dir")
     other = DvcWorkspace(tmp_path / "other", str(tmp_path / "empty-remote"))
     other.init()
-    with pytest.raises(DvcError, match="dvc pull"):
+    with pytest.raises(DvcError, match="dvc pull") as failed:
         other.checkout(missing, "x")
+    assert "ERROR" in str(failed.value)  # DVC's own reason, not only an exit code
+
+
+def test_workspace_is_held_by_one_user_at_a_time(tmp_path):
+    """Two flows sharing a workspace take turns (flock per open file, so a second
+    DvcWorkspace object waits like another process would); a waiter gives up clearly."""
+    ws = DvcWorkspace(tmp_path / "repo", str(tmp_path / "remote"))
+    other = DvcWorkspace(tmp_path / "repo", str(tmp_path / "remote"), timeout_s=0.5)
+    with ws.exclusive():
+        ws.init()  # re-entrant for its holder
+        with pytest.raises(DvcError, match=r"another process held .*\.repo\.lock for over 0 s"):
+            other.init()
+    with other.exclusive():  # released
+        assert (other.repo_dir / ".dvc").is_dir()
 
 
 def test_dvc_s3_remote_config_keeps_secrets_local(tmp_path):

@@ -32,6 +32,9 @@ def test_prefect_yaml_matches_the_served_deployments():
     assert by_flow["feedback"]["schedules"][0]["interval"] == schedules.feedback_interval_s
     assert "schedules" not in by_flow["retrain"] and by_flow["retrain"]["name"] == "retrain"
     assert {d.name for d in served.values()} == {"elpv", "retrain"}
+    # Both routes run one flow run per deployment at a time.
+    assert all(d.concurrency_limit == 1 for d in served.values())
+    assert all(dep["concurrency_limit"] == 1 for dep in doc["deployments"])
 
 
 def test_prefect_deploy_registers_them_in_the_process_pool(prefect_api, tmp_path):

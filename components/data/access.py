@@ -40,13 +40,16 @@ def dataset_images(settings: Settings, dataset: str, version, size: int,
     """The manifest of a dataset version and all its images as uint8 [N, size, size]."""
     manifest = load_json_artifact(settings, version.manifest_uri, version.manifest_sha256)
     cache = ImageCache(settings.cache)
-    if not cache.has(manifest, size):
-        # Only touch the DVC workspace when pixels must be decoded: it restores exactly
-        # this version's files (from the remote if the workspace holds another version).
-        workspace = dvc_workspace(settings)
+    if cache.has(manifest, size):
+        return manifest, cache.load(manifest, settings.dvc_repo / dataset_rel_dir(dataset), size, progress=progress)
+    # Only touch the DVC workspace when pixels must be decoded: it restores exactly this
+    # version's files (from the remote if the workspace holds another version), and is held
+    # until they are decoded so no other flow checks another version out meanwhile.
+    workspace = dvc_workspace(settings)
+    with workspace.exclusive():
         workspace.init()
         workspace.checkout(version.dvc_file, dataset_rel_dir(dataset))
-    images = cache.load(manifest, settings.dvc_repo / dataset_rel_dir(dataset), size, progress=progress)
+        images = cache.load(manifest, settings.dvc_repo / dataset_rel_dir(dataset), size, progress=progress)
     return manifest, images
 
 

@@ -8,9 +8,13 @@ registry stores; :meth:`DvcWorkspace.checkout` brings any such version back.
 """
 from __future__ import annotations
 
+import fcntl
+import functools
 import os
 import subprocess
 import sys
+import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
@@ -41,6 +45,15 @@ def _summary(output: str, keep: int = 15) -> str:
     return "\n".join(rest[-keep:])
 
 
+def _exclusive(method):
+    """Run a workspace method inside :meth:`DvcWorkspace.exclusive`."""
+    @functools.wraps(method)
+    def wrapper(self, *args, **kwargs):
+        with self.exclusive():
+            return method(self, *args, **kwargs)
+    return wrapper
+
+
 @dataclass(frozen=True)
 class DvcResult:
     md5: str  # directory hash as DVC writes it, e.g. "3f2c...e1.dir"
@@ -60,6 +73,7 @@ class DvcWorkspace:
         self.access_key = access_key or None
         self.secret_key = secret_key or None
         self.timeout_s = timeout_s
+        self._held = 0  # depth of exclusive() in this instance (it is re-entrant)
 
     @classmethod
     def from_settings(cls, settings) -> "DvcWorkspace":
@@ -67,6 +81,39 @@ class DvcWorkspace:
         return cls(settings.dvc_repo, settings.dvc_remote, settings.s3_endpoint or None,
                    settings.s3_access_key.get_secret_value() or None,
                    settings.s3_secret_key.get_secret_value() or None)
+
+    @contextmanager
+    def exclusive(self):
+        """Hold the workspace for a multi-step operation (check a version out, then read its
+        files; stage files, then add them). Flows of other processes share this folder (a
+        scheduled feedback round beside a nightly ingest, say) and DVC's own lock covers one
+        command only, so dlvm processes take turns here; a waiter gives up after timeout_s."""
+        if self._held:
+            self._held += 1
+            try:
+                yield self
+            finally:
+                self._held -= 1
+            return
+        self.repo_dir.parent.mkdir(parents=True, exist_ok=True)
+        lock_path = self.repo_dir.parent / f".{self.repo_dir.name}.lock"
+        with open(lock_path, "a") as lock_file:
+            deadline = time.monotonic() + self.timeout_s
+            while True:
+                try:
+                    fcntl.flock(lock_file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except BlockingIOError:
+                    if time.monotonic() > deadline:
+                        raise DvcError(["dvc workspace", str(self.repo_dir)], -1,
+                                       f"another process held {lock_path} for over {self.timeout_s:.0f} s") from None
+                    time.sleep(0.2)
+            self._held = 1
+            try:
+                yield self
+            finally:
+                self._held = 0
+                fcntl.flock(lock_file, fcntl.LOCK_UN)
 
     # -- commands -------------------------------------------------------------------------
     def run(self, *args: str) -> str:
@@ -87,6 +134,7 @@ class DvcWorkspace:
             raise DvcError(["dvc", *args], proc.returncode, proc.stdout)
         return proc.stdout
 
+    @_exclusive
     def init(self) -> None:
         """Create the repo if needed and (re)configure the default remote. Idempotent."""
         self.repo_dir.mkdir(parents=True, exist_ok=True)
@@ -108,18 +156,20 @@ class DvcWorkspace:
             if self.secret_key:
                 self.run("remote", "modify", "--local", REMOTE_NAME, "secret_access_key", self.secret_key)
 
+    @_exclusive
     def add_and_push(self, rel_dir: str) -> DvcResult:
         """Track ``rel_dir`` (relative to the repo) and upload its content to the remote."""
         rel = _check_rel(rel_dir)
         if not (self.repo_dir / rel).is_dir():
             raise FileNotFoundError(f"{self.repo_dir / rel} is not a directory")
-        self.run("add", "-q", rel)
+        self.run("add", rel)  # not -q: it would hide the error lines too
         dvc_file = self.dvc_file(rel)
         # Not -q: on failure DVC's own error lines say which remote and why.
         self.run("push", "-r", REMOTE_NAME, str(PurePosixPath(rel).with_name(dvc_file.name)))
         text = dvc_file.read_text()
         return parse_dvc_file(text)
 
+    @_exclusive
     def checkout(self, dvc_file_text: str, rel_dir: str) -> Path:
         """Restore the version described by ``dvc_file_text`` into ``rel_dir`` (fetching from
         the remote as needed); files not in that version are removed. Returns the directory."""
@@ -136,7 +186,8 @@ class DvcWorkspace:
         dvc_file.parent.mkdir(parents=True, exist_ok=True)
         dvc_file.write_text(dvc_file_text)
         # --force: the workspace copy is derived state; overwrite local edits without a prompt.
-        self.run("pull", "-q", "--force", "-r", REMOTE_NAME, str(PurePosixPath(rel).with_name(dvc_file.name)))
+        # Not -q: DVC's quiet mode hides its error lines too, and they are what says why.
+        self.run("pull", "--force", "-r", REMOTE_NAME, str(PurePosixPath(rel).with_name(dvc_file.name)))
         return self.repo_dir / rel
 
     def dvc_file(self, rel_dir: str) -> Path:
