@@ -24,6 +24,28 @@ def dlvm(env: dict[str, str], *args: str, timeout: float = 600, check: bool = Tr
     return proc
 
 
+async def read_deployment_runs(client, deployment_id) -> list:
+    """Every flow run of one deployment, through an open Prefect client."""
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterDeploymentId
+
+    return await client.read_flow_runs(flow_run_filter=FlowRunFilter(
+        deployment_id=FlowRunFilterDeploymentId(any_=[deployment_id])))
+
+
+def deployment_runs(api_url: str, deployment_id) -> list:
+    """Every flow run of one deployment on the Prefect server at ``api_url``."""
+    import asyncio
+
+    from prefect.client.orchestration import get_client
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    async def read():
+        async with get_client() as client:
+            return await read_deployment_runs(client, deployment_id)
+    with temporary_settings({PREFECT_API_URL: api_url}):
+        return asyncio.run(read())
+
+
 def serve_until_a_run_completes(args: list[str], env: dict[str, str], log_path: Path, api_url: str,
                                 watch, timeout_s: float = 240):
     """Run ``dlvm ARGS`` (a serving command) until a run of the deployment ``watch(deployments)``
@@ -34,7 +56,6 @@ def serve_until_a_run_completes(args: list[str], env: dict[str, str], log_path: 
     import time
 
     from prefect.client.orchestration import get_client
-    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterDeploymentId
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
     log = open(log_path, "w")
@@ -49,8 +70,7 @@ def serve_until_a_run_completes(args: list[str], env: dict[str, str], log_path: 
                 deployments = await client.read_deployments()
                 watched = watch(deployments)
                 if watched is not None:
-                    runs = await client.read_flow_runs(flow_run_filter=FlowRunFilter(
-                        deployment_id=FlowRunFilterDeploymentId(any_=[watched.id])))
+                    runs = await read_deployment_runs(client, watched.id)
                     failed = [r for r in runs if r.state and r.state.is_failed()]
                     assert not failed, f"{watched.name} run failed: {failed[0].state.message}"
                     done = [r for r in runs if r.state and r.state.is_completed()]

@@ -15,7 +15,7 @@ import httpx
 import pytest
 from sqlmodel import select
 
-from clirun import dlvm, dlvm_env, serve_until_a_run_completes
+from clirun import deployment_runs, dlvm, dlvm_env, serve_until_a_run_completes
 from components import labelstudio as ls
 from components.data.elpv import CLASS_NAMES_4, class_name, elpv_labels, elpv_root, export_elpv, write_label_studio_export
 from components.data.access import dataset_images
@@ -324,23 +324,8 @@ def test_feedback_serve_runs_the_loop_on_its_schedule(loop, prefect_api):
     assert by_name["retrain"].parameters == {"dataset": "elpv"}
     assert done[0].parameters["dataset"] == "elpv" and done[0].auto_scheduled
     # Rounds due every 5 s take longer than that: they ran one after another, never side by side.
-    ran = sorted((r.start_time, r.end_time) for r in _deployment_runs(prefect_api, by_name["elpv"].id) if r.start_time)
+    ran = sorted((r.start_time, r.end_time) for r in deployment_runs(prefect_api, by_name["elpv"].id) if r.start_time)
     assert all(end is not None and end <= next_start for (_, end), (next_start, _) in zip(ran, ran[1:])), ran
-
-
-def _deployment_runs(api_url: str, deployment_id) -> list:
-    import asyncio
-
-    from prefect.client.orchestration import get_client
-    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterDeploymentId
-    from prefect.settings import PREFECT_API_URL, temporary_settings
-
-    async def read():
-        async with get_client() as client:
-            return await client.read_flow_runs(flow_run_filter=FlowRunFilter(
-                deployment_id=FlowRunFilterDeploymentId(any_=[deployment_id])))
-    with temporary_settings({PREFECT_API_URL: api_url}):
-        return asyncio.run(read())
 
 
 @pytest.mark.s3

@@ -40,8 +40,9 @@ def dataset_images(settings: Settings, dataset: str, version, size: int,
     """The manifest of a dataset version and all its images as uint8 [N, size, size]."""
     manifest = load_json_artifact(settings, version.manifest_uri, version.manifest_sha256)
     cache = ImageCache(settings.cache)
+    image_dir = settings.dvc_repo / dataset_rel_dir(dataset)
     if cache.has(manifest, size):
-        return manifest, cache.load(manifest, settings.dvc_repo / dataset_rel_dir(dataset), size, progress=progress)
+        return manifest, cache.load(manifest, image_dir, size, progress=progress)
     # Only touch the DVC workspace when pixels must be decoded: it restores exactly this
     # version's files (from the remote if the workspace holds another version), and is held
     # until they are decoded so no other flow checks another version out meanwhile.
@@ -49,7 +50,7 @@ def dataset_images(settings: Settings, dataset: str, version, size: int,
     with workspace.exclusive():
         workspace.init()
         workspace.checkout(version.dvc_file, dataset_rel_dir(dataset))
-        images = cache.load(manifest, settings.dvc_repo / dataset_rel_dir(dataset), size, progress=progress)
+        images = cache.load(manifest, image_dir, size, progress=progress)
     return manifest, images
 
 

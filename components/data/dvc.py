@@ -73,7 +73,7 @@ class DvcWorkspace:
         self.access_key = access_key or None
         self.secret_key = secret_key or None
         self.timeout_s = timeout_s
-        self._held = 0  # depth of exclusive() in this instance (it is re-entrant)
+        self._held = False  # this instance is inside exclusive() (which is re-entrant)
 
     @classmethod
     def from_settings(cls, settings) -> "DvcWorkspace":
@@ -88,12 +88,8 @@ class DvcWorkspace:
         files; stage files, then add them). Flows of other processes share this folder (a
         scheduled feedback round beside a nightly ingest, say) and DVC's own lock covers one
         command only, so dlvm processes take turns here; a waiter gives up after timeout_s."""
-        if self._held:
-            self._held += 1
-            try:
-                yield self
-            finally:
-                self._held -= 1
+        if self._held:  # re-entered by its holder, who releases it on the way out
+            yield self
             return
         self.repo_dir.parent.mkdir(parents=True, exist_ok=True)
         lock_path = self.repo_dir.parent / f".{self.repo_dir.name}.lock"
@@ -108,11 +104,11 @@ class DvcWorkspace:
                         raise DvcError(["dvc workspace", str(self.repo_dir)], -1,
                                        f"another process held {lock_path} for over {self.timeout_s:.0f} s") from None
                     time.sleep(0.2)
-            self._held = 1
+            self._held = True
             try:
                 yield self
             finally:
-                self._held = 0
+                self._held = False
                 fcntl.flock(lock_file, fcntl.LOCK_UN)
 
     # -- commands -------------------------------------------------------------------------
@@ -162,9 +158,10 @@ class DvcWorkspace:
         rel = _check_rel(rel_dir)
         if not (self.repo_dir / rel).is_dir():
             raise FileNotFoundError(f"{self.repo_dir / rel} is not a directory")
-        self.run("add", rel)  # not -q: it would hide the error lines too
+        # Not -q (here and in pull): quiet mode also hides DVC's error lines, which say
+        # what failed and why (which remote, which file).
+        self.run("add", rel)
         dvc_file = self.dvc_file(rel)
-        # Not -q: on failure DVC's own error lines say which remote and why.
         self.run("push", "-r", REMOTE_NAME, str(PurePosixPath(rel).with_name(dvc_file.name)))
         text = dvc_file.read_text()
         return parse_dvc_file(text)
@@ -186,7 +183,6 @@ class DvcWorkspace:
         dvc_file.parent.mkdir(parents=True, exist_ok=True)
         dvc_file.write_text(dvc_file_text)
         # --force: the workspace copy is derived state; overwrite local edits without a prompt.
-        # Not -q: DVC's quiet mode hides its error lines too, and they are what says why.
         self.run("pull", "--force", "-r", REMOTE_NAME, str(PurePosixPath(rel).with_name(dvc_file.name)))
         return self.repo_dir / rel
 
