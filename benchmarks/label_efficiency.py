@@ -2,7 +2,8 @@
 generic backbone's full-label accuracy with a fraction of the labels?
 
     .venv/bin/python benchmarks/label_efficiency.py --quick          # < 25 min on 2 CPU cores
-    .venv/bin/python benchmarks/label_efficiency.py                  # the full grid (GPU advised)
+    .venv/bin/python benchmarks/label_efficiency.py                  # the full grid (GPU hours)
+    bash benchmarks/device_check.sh label-efficiency                 # --recipe gpu: one H100, < 9 min
     .venv/bin/python benchmarks/label_efficiency.py --quick --weights vit_tiny.safetensors   # + published weights
 
 Protocol (everything the product's evaluation uses, on identical splits):
@@ -46,6 +47,7 @@ from tqdm.auto import tqdm
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from benchmarks.device_bundle import GENERIC_CORPUS, generic_train_paths, load_elpv_bundle  # noqa: E402
 from components.data.elpv import class_name, elpv_labels, elpv_root, stratified_subset  # noqa: E402
 from components.data.images import load_image_array  # noqa: E402
 from components.evaluation.report import label_efficiency_details, plot_curves, summary_table  # noqa: E402
@@ -55,11 +57,11 @@ from components.models.vit import ViTConfig, VisionTransformer, load_pretrained_
 from components.models.weights_file import read_state_dict  # noqa: E402
 from components.training.adapt import AdaptConfig  # noqa: E402
 from components.training.checkpoint import load_checkpoint, save_checkpoint  # noqa: E402
+from components.training.device import pick_device  # noqa: E402
 from components.training.pretrain import RUNTIME_FIELDS, Augment, PretrainConfig, pretrain  # noqa: E402
 
 DEITSCH_2019 = {"fine-tuned ImageNet VGG-19 (Deitsch et al. 2019)": 0.8842,
                 "SVM on hand-crafted features (Deitsch et al. 2019)": 0.8244}
-GENERIC_CORPUS = ROOT.parent / "shared" / "data" / "generic-imagenette"
 
 
 # ------------------------------------------------------------------------------ recipes
@@ -113,6 +115,25 @@ def full_recipe() -> Recipe:
     )
 
 
+def gpu_recipe() -> Recipe:
+    """One lent H100 in under 9 minutes (``benchmarks/device_check.sh``): ViT-S/16 at 128 px,
+    MAE ~1,000 epochs of the domain pool, fine-tune 20 epochs at 10 / 25 / 100 % x 3 seeds on
+    4-class. The generic corpus is the device bundle's 5,000 images (all that travels)."""
+    vit = ViTConfig.small(128, 16, global_pool="avg")
+    return Recipe(
+        vit=vit,
+        mae=PretrainConfig(method="mae", vit=vit, steps=3000, batch_size=512, lr=1.5e-3, warmup_steps=300,
+                           decoder_dim=256, decoder_depth=4, decoder_heads=8),
+        dino=dino_recipe(vit, steps=1500, batch_size=256),
+        continue_steps=1000,
+        methods=("probe", "prototype", "finetune"),  # LoRA: the full recipe (the budget holds one trained method)
+        trained_fractions=(0.1, 0.25, 1.0), trained_tasks=("4class",),
+        trained_backbones=("domain-mae", "generic-then-domain", "generic-mae", "scratch"),
+        finetune=AdaptConfig(method="finetune", epochs=20, batch_size=128),
+        generic_images=5000,
+    )
+
+
 def smoke_recipe() -> Recipe:
     """Seconds-long: checks the script end to end (tests), measures nothing."""
     vit = ViTConfig(img_size=32, patch_size=8, embed_dim=32, depth=2, num_heads=2, global_pool="avg")
@@ -129,7 +150,7 @@ def smoke_recipe() -> Recipe:
     )
 
 
-RECIPES = {"quick": quick_recipe, "full": full_recipe, "smoke": smoke_recipe}
+RECIPES = {"quick": quick_recipe, "gpu": gpu_recipe, "full": full_recipe, "smoke": smoke_recipe}
 
 
 def dino_recipe(vit: ViTConfig, steps: int, batch_size: int = 32) -> PretrainConfig:
@@ -152,25 +173,27 @@ def cached_array(cache: Path, key: str, build) -> np.ndarray:
     return arr
 
 
-def load_elpv(size: int, cache: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[str]]:
-    """(images uint8 [N, size, size], 4-class labels, 2-class labels, file sha256s) in labels.csv order."""
-    rows, root = elpv_labels(), elpv_root()
-    shas = [hashlib.sha256((root / r.path).read_bytes()).hexdigest() for r in rows]
-    images = cached_array(cache, f"elpv-{size}-{hashlib.sha256(''.join(shas).encode()).hexdigest()[:12]}",
-                          lambda: np.stack([load_image_array(root / r.path, size)
-                                            for r in tqdm(rows, desc="decode ELPV", leave=False)]))
+def load_elpv(size: int, cache: Path, bundle: Path | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[str]]:
+    """(images uint8 [N, size, size], 4-class labels, 2-class labels, file sha256s) in labels.csv
+    order, from the elpv-dataset package or from a device bundle's ``elpv-<size>/`` folder."""
+    if bundle is not None:
+        images, probabilities, shas = load_elpv_bundle(bundle, size)
+    else:
+        rows, root = elpv_labels(), elpv_root()
+        shas = [hashlib.sha256((root / r.path).read_bytes()).hexdigest() for r in rows]
+        probabilities = [r.probability for r in rows]
+        images = cached_array(cache, f"elpv-{size}-{hashlib.sha256(''.join(shas).encode()).hexdigest()[:12]}",
+                              lambda: np.stack([load_image_array(root / r.path, size)
+                                                for r in tqdm(rows, desc="decode ELPV", leave=False)]))
     names4 = ["functional", "possibly_defective", "likely_defective", "defective"]
-    y4 = np.array([names4.index(class_name(r.probability)) for r in rows])
-    y2 = np.array([int(r.probability >= 0.5) for r in rows])
+    y4 = np.array([names4.index(class_name(p)) for p in probabilities])
+    y2 = np.array([int(p >= 0.5) for p in probabilities])
     return images, y4, y2, shas
 
 
 def load_generic(corpus: Path, size: int, limit: int, cache: Path) -> np.ndarray:
     """The generic corpus's training images, grayscale at ``size`` (the backbone is grayscale)."""
-    if not (corpus / "labels.csv").is_file():
-        raise FileNotFoundError(f"generic corpus not found at {corpus} (needs labels.csv); pass --generic-corpus")
-    lines = (corpus / "labels.csv").read_text().splitlines()[1:]
-    paths = sorted(corpus / line.split(",")[0] for line in lines if line.strip().endswith(",train"))[:limit]
+    paths = generic_train_paths(corpus)[:limit]
     return cached_array(cache, f"generic-{corpus.name}-{size}-{len(paths)}",
                         lambda: np.stack([load_image_array(p, size) for p in tqdm(paths, desc="decode generic", leave=False)]))
 
@@ -269,6 +292,8 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--out", type=Path, default=None)
     ap.add_argument("--cache", type=Path, default=ROOT / ".dlvm" / "bench-cache")
     ap.add_argument("--generic-corpus", type=Path, default=GENERIC_CORPUS)
+    ap.add_argument("--elpv-bundle", type=Path, default=None,
+                    help="ELPV from a device bundle's elpv-<size>/ folder instead of the elpv-dataset package")
     ap.add_argument("--weights", type=Path, default=None, help="published generic ViT weights (timm/HF) as another baseline")
     ap.add_argument("--tasks", default="4class,2class")
     ap.add_argument("--seeds", default=None, help="override the recipe's seeds, e.g. 0,1,2")
@@ -288,12 +313,15 @@ def main(argv: list[str] | None = None) -> dict:
     size = recipe.vit.img_size
 
     # data + the Deitsch-style split
-    images, y4, y2, shas = load_elpv(size, args.cache)
+    try:
+        images, y4, y2, shas = load_elpv(size, args.cache, args.elpv_bundle)
+        generic_images = load_generic(args.generic_corpus, size, recipe.generic_images, args.cache)
+    except (FileNotFoundError, ValueError) as exc:
+        raise SystemExit(f"label_efficiency: {exc}") from None
     if recipe.elpv_images:
         keep = stratified_subset([str(v) for v in y4], recipe.elpv_images)
         images, y4, y2, shas = images[keep], y4[keep], y2[keep], [shas[i] for i in keep]
     train_idx, test_idx = test_split(shas, y4, test_fraction=0.25)
-    generic_images = load_generic(args.generic_corpus, size, recipe.generic_images, args.cache)
     print(f"ELPV {len(images)} images ({len(train_idx)} train / {len(test_idx)} test) at {size}px; "
           f"generic corpus {len(generic_images)} images", flush=True)
 
@@ -318,6 +346,8 @@ def main(argv: list[str] | None = None) -> dict:
 
     # sweeps
     report, results = [f"# Label efficiency on ELPV ({name} recipe)", ""], {"recipe": name, "tasks": {}}
+    report += [f"- data: ELPV from {args.elpv_bundle or 'the elpv-dataset package'}; generic corpus {args.generic_corpus} "
+               f"({len(generic_images)} training images)"]
     report += [f"- encoder: ViT depth {recipe.vit.depth}, width {recipe.vit.embed_dim}, patch {recipe.vit.patch_size}, "
                f"{size} px grayscale; split 75/25 stratified ({len(train_idx)} / {len(test_idx)} images)",
                f"- pretraining (domain backbones on the {len(train_idx)} training images only, labels unused):"]
@@ -358,9 +388,11 @@ def main(argv: list[str] | None = None) -> dict:
         report += accuracy_table(rows) + ["", "### Macro-F1", ""] + accuracy_table(rows, "macro_f1") + [""]
         results["tasks"][task] = {"rows": rows, "label_efficiency": eff, "label_efficiency_vs_scratch": scratch_eff}
     total = time.perf_counter() - t_start
-    report += ["", f"Total wall time: {total / 60:.1f} min (command: `.venv/bin/python benchmarks/label_efficiency.py"
-               f" --recipe {name}`)."]
-    results.update(pretraining=pretrain_info, seconds=round(total, 1), train=len(train_idx), test=len(test_idx))
+    command = " ".join(["benchmarks/label_efficiency.py", *(sys.argv[1:] if argv is None else argv)])
+    device = pick_device(args.device)
+    where = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU, {torch.get_num_threads()} torch threads"
+    report += ["", f"Total wall time: {total / 60:.1f} min on {where} (command: `{command}`)."]
+    results.update(command=command, device=where, pretraining=pretrain_info, seconds=round(total, 1), train=len(train_idx), test=len(test_idx))
     (out / "results.json").write_text(json.dumps(results, indent=1, default=float))
     (out / "report.md").write_text("\n".join(report) + "\n")
     print("\n".join(report))
