@@ -263,3 +263,30 @@ def test_demo_and_tiny_configs_are_consistent():
         AdaptConfig(method="distill")
     d = demo.to_dict()
     assert ViTConfig.from_dict(d["vit"]) == demo.vit
+
+
+def test_every_training_path_runs_under_bf16_autocast(monkeypatch):
+    """The GPU runs train under bf16 autocast; CI has no GPU. The CPU's bf16 autocast applies the
+    same casting rules, so a dtype clash (an fp32 mask token written into a bf16 tensor, a bf16
+    loss fed to fp32 statistics) fails here instead of on a lent GPU."""
+    import components.training.adapt as adapt_module
+    import components.training.pretrain as pretrain_module
+
+    casts = []
+
+    def bf16(device):
+        casts.append(torch.device(device).type)
+        return torch.autocast(device_type="cpu", dtype=torch.bfloat16)
+
+    monkeypatch.setattr(pretrain_module, "autocast_for", bf16)
+    monkeypatch.setattr(adapt_module, "autocast_for", bf16)
+    images, labels = stripes(48)
+    for cfg in (PretrainConfig.tiny(steps=3), PretrainConfig.tiny_dino(steps=3)):
+        result = pretrain(images, cfg, progress=False)
+        assert all(np.isfinite(result.losses)), cfg.method
+    vit = PretrainConfig.tiny().vit
+    for method in ("probe", "finetune", "lora", "prototype"):
+        clf = adapt(vit, result.encoder_state, images, labels, 2, AdaptConfig.tiny(method), progress=False)
+        proba = predict_proba(clf, images, device="cpu")
+        assert proba.shape == (48, 2) and np.allclose(proba.sum(1), 1, atol=1e-4), method
+    assert len(casts) >= 8 and set(casts) == {"cpu"}  # every path went through the bf16 context
