@@ -409,15 +409,9 @@ def feedback_serve(dataset: str = typer.Option(..., "--dataset", "-d"),
     prepare()
     from prefect import serve
 
-    from flows.deployments import ONE_AT_A_TIME
-    from flows.feedback import feedback_flow
-    from flows.retrain import retrain_flow
-    deployment_name = _retrain_name(get_settings())
+    from flows.deployments import feedback_loop_deployments
     params = _feedback_params(dataset, classes, queue_size, uncertainty, diversity, webhook_url)
-    serve(feedback_flow.to_deployment(name=dataset, interval=interval, parameters=params,
-                                      concurrency_limit=ONE_AT_A_TIME),
-          retrain_flow.to_deployment(name=deployment_name, parameters={"dataset": dataset},
-                                     concurrency_limit=ONE_AT_A_TIME))
+    serve(*feedback_loop_deployments(dataset, interval, _retrain_name(get_settings()), feedback_params=params))
 
 
 @feedback_app.command("retrain")

@@ -52,10 +52,20 @@ def build_deployments(dataset: str, source: str | None, schedules: Schedules = S
     deployments.append(pretrain_flow.to_deployment(name=dataset, parameters={"dataset": dataset, "recipe": recipe},
                                                    tags=["dlvm", "pretrain"], concurrency_limit=ONE_AT_A_TIME,
                                                    **cron(schedules.pretrain)))
-    if feedback:
-        deployments.append(feedback_flow.to_deployment(
-            name=dataset, parameters={"dataset": dataset}, tags=["dlvm", "feedback"], concurrency_limit=ONE_AT_A_TIME,
-            **({"schedules": [Interval(schedules.feedback_interval_s)]} if schedules.feedback_interval_s else {})))
-    deployments.append(retrain_flow.to_deployment(name=retrain_name, parameters={"dataset": dataset, "recipe": recipe},
-                                                  tags=["dlvm", "retrain"], concurrency_limit=ONE_AT_A_TIME))
+    loop = feedback_loop_deployments(dataset, schedules.feedback_interval_s, retrain_name, recipe)
+    deployments += loop if feedback else loop[1:]  # retrain is also started by the webhook receiver
     return deployments
+
+
+def feedback_loop_deployments(dataset: str, interval_s: int | None, retrain_name: str = "retrain",
+                              recipe: str = "demo", feedback_params: dict | None = None) -> list:
+    """The labeling loop's two deployments: ``feedback/<dataset>`` every ``interval_s`` seconds
+    (None: on demand) with ``feedback_params`` (feedback_flow's keyword arguments), and
+    ``retrain/<retrain_name>``, which new labels start."""
+    schedule = {"schedules": [Interval(interval_s)]} if interval_s else {}
+    return [
+        feedback_flow.to_deployment(name=dataset, parameters={**(feedback_params or {}), "dataset": dataset},
+                                    tags=["dlvm", "feedback"], concurrency_limit=ONE_AT_A_TIME, **schedule),
+        retrain_flow.to_deployment(name=retrain_name, parameters={"dataset": dataset, "recipe": recipe},
+                                   tags=["dlvm", "retrain"], concurrency_limit=ONE_AT_A_TIME),
+    ]

@@ -26,6 +26,25 @@ def test_build_deployments_schedules_and_parameters():
     assert not any(d.schedules for d in bare)
 
 
+def test_feedback_serve_and_dlvm_serve_build_the_same_loop():
+    """`dlvm feedback serve` serves feedback_loop_deployments with the CLI's feedback options;
+    `dlvm serve` the same two deployments inside build_deployments."""
+    from flows.deployments import Schedules, build_deployments, feedback_loop_deployments
+
+    feedback, retrain = feedback_loop_deployments("cells", 60, "on-labels", "demo",
+                                                  {"queue_size": 7, "dataset": "ignored", "classes": ["a", "b"]})
+    assert (feedback.flow_name, feedback.name, retrain.flow_name, retrain.name) == ("feedback", "cells", "retrain", "on-labels")
+    assert feedback.parameters == {"queue_size": 7, "dataset": "cells", "classes": ["a", "b"]}
+    assert feedback.schedules[0].schedule.interval.total_seconds() == 60
+    assert retrain.parameters == {"dataset": "cells", "recipe": "demo"} and not retrain.schedules
+    assert feedback.concurrency_limit == retrain.concurrency_limit == 1
+    served = {f"{d.flow_name}/{d.name}": d for d in build_deployments("cells", None, Schedules(feedback_interval_s=60),
+                                                                     retrain_name="on-labels")}
+    assert served["feedback/cells"].parameters == {"dataset": "cells"}
+    assert served["retrain/on-labels"].parameters == retrain.parameters
+    assert not feedback_loop_deployments("cells", None)[0].schedules  # on demand only
+
+
 def test_served_cron_deployment_runs_on_schedule(tmp_path, prefect_api):
     images_dir, _ = export_elpv(tmp_path / "raw", limit=12, seed=2)
     home = tmp_path / "state"
