@@ -130,6 +130,7 @@ def gpu_recipe() -> Recipe:
         trained_fractions=(0.1, 0.25, 1.0), trained_tasks=("4class",),
         trained_backbones=("domain-mae", "generic-then-domain", "generic-mae", "scratch"),
         finetune=AdaptConfig(method="finetune", epochs=20, batch_size=128),
+        probe=AdaptConfig(method="probe", probe_folds=3),  # the probes' L-BFGS runs on the CPU, one thread
         generic_images=5000,
     )
 
