@@ -58,7 +58,7 @@ from components.models.weights_file import read_state_dict  # noqa: E402
 from components.training.adapt import AdaptConfig  # noqa: E402
 from components.training.checkpoint import load_checkpoint, save_checkpoint  # noqa: E402
 from components.training.device import pick_device  # noqa: E402
-from components.training.pretrain import RUNTIME_FIELDS, Augment, PretrainConfig, pretrain  # noqa: E402
+from components.training.pretrain import RUNTIME_FIELDS, PretrainConfig, pretrain  # noqa: E402
 
 DEITSCH_2019 = {"fine-tuned ImageNet VGG-19 (Deitsch et al. 2019)": 0.8842,
                 "SVM on hand-crafted features (Deitsch et al. 2019)": 0.8244}

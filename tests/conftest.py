@@ -4,12 +4,17 @@ from __future__ import annotations
 
 import os
 import uuid
+from pathlib import Path
 
 import pytest
 
 from e2e_demo import demo  # noqa: F401  (fixture)
 from s3server import S3Server, s3_bucket, s3_server  # noqa: F401  (fixtures)
 
+# ../shared/data next to the checkout (the project's data shelf), or where DLVM_TEST_GENERIC_CORPUS says.
+GENERIC_CORPUS_PLACES = tuple(Path(p) for p in (os.environ.get("DLVM_TEST_GENERIC_CORPUS", "/nonexistent"),
+                                                Path(__file__).resolve().parents[2] / "shared/data/generic-imagenette",
+                                                "/work/shared/data/generic-imagenette"))
 POSTGRES_ADMIN_URL = os.environ.get("DLVM_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
 
 
@@ -25,6 +30,15 @@ def dlvm_home(tmp_path, monkeypatch):
     reset_settings()
     yield get_settings()
     reset_settings()
+
+
+@pytest.fixture(scope="session")
+def generic_corpus() -> Path:
+    """The generic natural-image corpus (labels.csv + train/ + val/)."""
+    found = [p for p in GENERIC_CORPUS_PLACES if (p / "labels.csv").is_file()]
+    if not found:
+        pytest.fail(f"generic corpus not found at any of {[str(p) for p in GENERIC_CORPUS_PLACES]}")
+    return found[0]
 
 
 @pytest.fixture(scope="session")

@@ -4,33 +4,26 @@ filled by the real pipeline (tests/test_pipeline_e2e.py, then tests/test_ui_brow
 which runs after it and only adds to it)."""
 from __future__ import annotations
 
-import os
 import shutil
-from pathlib import Path
 
 import pytest
 
 from clirun import dlvm, dlvm_env
 
 N_IMAGES = 120
-# ../shared/data next to the checkout (the project's data shelf), or where DLVM_TEST_GENERIC_CORPUS says.
-GENERIC_CORPUS = next((p for p in (Path(os.environ.get("DLVM_TEST_GENERIC_CORPUS", "/nonexistent")),
-                                   Path(__file__).resolve().parents[2] / "shared/data/generic-imagenette",
-                                   Path("/work/shared/data/generic-imagenette")) if p.is_dir()),
-                      Path(__file__).resolve().parents[2] / "shared/data/generic-imagenette")
 
 
 @pytest.fixture(scope="session")
-def demo(tmp_path_factory):
+def demo(tmp_path_factory, generic_corpus):
     """(state directory, CLI environment, the demo's stdout)."""
     root = tmp_path_factory.mktemp("e2e")
     # A few generic photos stand in for the generic corpus: the generic baseline's path
     # (ingest + pretraining with the same recipe) runs for real, only smaller.
     generic = root / "generic"
     generic.mkdir()
-    for path in sorted((GENERIC_CORPUS / "train").rglob("*.jpg"))[::400][:40]:
+    for path in sorted((generic_corpus / "train").rglob("*.jpg"))[::400][:40]:
         shutil.copy(path, generic / path.name)
-    assert len(list(generic.iterdir())) >= 20, f"generic corpus missing at {GENERIC_CORPUS}"
+    assert len(list(generic.iterdir())) >= 20, f"generic corpus missing at {generic_corpus}"
     home = root / "state"
     env = dlvm_env(home)  # no PREFECT_API_URL: the embedded Prefect API, as in the README
     out = dlvm(env, "demo", "--limit", str(N_IMAGES), "--recipe", "tiny", "--seeds", "0,1",

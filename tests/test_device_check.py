@@ -15,22 +15,21 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from benchmarks.device_bundle import (DEFAULT_GENERIC_IMAGES, DEFAULT_SIZE, GENERIC_CORPUS, build_bundle,
-                                      load_elpv_bundle)  # noqa: E402
+from benchmarks.device_bundle import DEFAULT_GENERIC_IMAGES, DEFAULT_SIZE, build_bundle, load_elpv_bundle  # noqa: E402
 from tests.test_label_efficiency_benchmark import load_benchmark  # noqa: E402
 
 SIZE, ELPV_N, GENERIC_N = 32, 300, 40
 
 
 @pytest.fixture(scope="module")
-def bundle(tmp_path_factory) -> Path:
+def bundle(tmp_path_factory, generic_corpus) -> Path:
     out = tmp_path_factory.mktemp("device") / "bundle"
-    manifest = build_bundle(out, SIZE, GENERIC_N, GENERIC_CORPUS, elpv_images=ELPV_N)
+    manifest = build_bundle(out, SIZE, GENERIC_N, generic_corpus, elpv_images=ELPV_N)
     assert (manifest["elpv_images"], manifest["generic_images"], manifest["size"]) == (ELPV_N, GENERIC_N, SIZE)
     return out
 
 
-def test_bundle_gives_the_benchmark_what_the_package_gives(bundle, tmp_path):
+def test_bundle_gives_the_benchmark_what_the_package_gives(bundle, generic_corpus, tmp_path):
     bench = load_benchmark()
     images, y4, y2, shas = bench.load_elpv(SIZE, tmp_path / "a", bundle / f"elpv-{SIZE}")
     full_images, full_y4, full_y2, full_shas = bench.load_elpv(SIZE, tmp_path / "b")
@@ -40,19 +39,19 @@ def test_bundle_gives_the_benchmark_what_the_package_gives(bundle, tmp_path):
     assert shas == full_shas[:ELPV_N] and len(set(y4.tolist())) == 4
 
     generic = bench.load_generic(bundle / "generic", SIZE, 10_000, tmp_path / "c")
-    assert np.array_equal(generic, bench.load_generic(GENERIC_CORPUS, SIZE, GENERIC_N, tmp_path / "d"))
+    assert np.array_equal(generic, bench.load_generic(generic_corpus, SIZE, GENERIC_N, tmp_path / "d"))
 
 
-def test_bundle_refuses_what_would_not_travel_and_keeps_what_is_there(bundle, tmp_path):
+def test_bundle_refuses_what_would_not_travel_and_keeps_what_is_there(bundle, generic_corpus, tmp_path):
     with pytest.raises(ValueError, match=r"over the 0.1 MiB .* lower --generic-images"):
-        build_bundle(tmp_path / "big", SIZE, GENERIC_N, GENERIC_CORPUS, max_mib=0.1, elpv_images=ELPV_N)
+        build_bundle(tmp_path / "big", SIZE, GENERIC_N, generic_corpus, max_mib=0.1, elpv_images=ELPV_N)
     assert not (tmp_path / "big").exists() and not (tmp_path / "big.partial").exists()
 
     precious = tmp_path / "precious"
     precious.mkdir()
     (precious / "notes.txt").write_text("mine")
     with pytest.raises(FileExistsError, match="not a device bundle"):
-        build_bundle(precious, SIZE, GENERIC_N, GENERIC_CORPUS, elpv_images=10)
+        build_bundle(precious, SIZE, GENERIC_N, generic_corpus, elpv_images=10)
     assert (precious / "notes.txt").read_text() == "mine"
 
     with pytest.raises(ValueError, match=r"at 32 px but the recipe needs 128 px; rebuild it with .*--size 128"):

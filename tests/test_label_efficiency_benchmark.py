@@ -8,10 +8,7 @@ import json
 import sys
 from pathlib import Path
 
-import pytest
-
 ROOT = Path(__file__).resolve().parents[1]
-CORPORA = [ROOT.parent / "shared" / "data" / "generic-imagenette", Path("/work/shared/data/generic-imagenette")]
 
 
 def load_benchmark():
@@ -22,18 +19,10 @@ def load_benchmark():
     return module
 
 
-@pytest.fixture(scope="module")
-def corpus() -> Path:
-    found = [c for c in CORPORA if (c / "labels.csv").is_file()]
-    if not found:
-        pytest.fail(f"generic corpus not found at any of {CORPORA}")
-    return found[0]
-
-
-def test_label_efficiency_smoke(tmp_path, corpus):
+def test_label_efficiency_smoke(tmp_path, generic_corpus):
     bench = load_benchmark()
     out, cache = tmp_path / "out", tmp_path / "cache"
-    args = ["--recipe", "smoke", "--out", str(out), "--cache", str(cache), "--generic-corpus", str(corpus)]
+    args = ["--recipe", "smoke", "--out", str(out), "--cache", str(cache), "--generic-corpus", str(generic_corpus)]
     results = bench.main(args)
 
     backbones = {"domain-mae", "domain-dino", "generic-then-domain", "generic-mae", "generic-dino", "scratch"}
