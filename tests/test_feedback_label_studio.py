@@ -321,7 +321,7 @@ def test_feedback_serve_runs_the_loop_on_its_schedule(loop, prefect_api):
     by_name = {d.name: d for d in deployments}
     assert {"elpv", "retrain"} <= set(by_name)
     assert by_name["elpv"].schedules and by_name["elpv"].parameters["queue_size"] == 5
-    assert by_name["retrain"].parameters == {"dataset": "elpv"}
+    assert by_name["retrain"].parameters == {"dataset": "elpv", "recipe": "demo"}  # the scheduled runs' recipe
     assert done[0].parameters["dataset"] == "elpv" and done[0].auto_scheduled
     # Rounds due every 5 s take longer than that: they ran one after another, never side by side.
     ran = sorted((r.start_time, r.end_time) for r in deployment_runs(prefect_api, by_name["elpv"].id) if r.start_time)
