@@ -52,8 +52,8 @@ def generic_train_paths(corpus: Path) -> list[Path]:
     return sorted(corpus / line.split(",")[0] for line in lines if line.strip().endswith(",train"))
 
 
-def pack_elpv(out: Path, size: int, limit: int | None = None) -> int:
-    """ELPV decoded at ``size`` as PNGs + labels.json (original sha256s); returns bytes written."""
+def pack_elpv(out: Path, size: int, limit: int | None = None) -> tuple[int, int]:
+    """ELPV decoded at ``size`` as PNGs + labels.json (original sha256s); returns (images, bytes written)."""
     rows, root = elpv_labels(), elpv_root()
     rows = rows[:limit] if limit else rows
     out.mkdir(parents=True)
@@ -68,11 +68,12 @@ def pack_elpv(out: Path, size: int, limit: int | None = None) -> int:
         entries.append({"file": name, "source": row.path, "probability": row.probability, "cell_type": row.cell_type,
                         "sha256": hashlib.sha256(original.read_bytes()).hexdigest()})
     (out / ELPV_LABELS).write_text(json.dumps({"size": size, "images": entries}) + "\n")
-    return total + (out / ELPV_LABELS).stat().st_size
+    return len(entries), total + (out / ELPV_LABELS).stat().st_size
 
 
-def pack_generic(out: Path, corpus: Path, count: int) -> int:
-    """The first ``count`` training images of ``corpus``, byte for byte, in its layout."""
+def pack_generic(out: Path, corpus: Path, count: int) -> tuple[int, int]:
+    """The first ``count`` training images of ``corpus``, byte for byte, in its layout;
+    returns (images, bytes written)."""
     paths = generic_train_paths(corpus)[:count]
     out.mkdir(parents=True)
     lines, total = ["path,label,split"], 0
@@ -83,7 +84,7 @@ def pack_generic(out: Path, corpus: Path, count: int) -> int:
         total += path.stat().st_size
         lines.append(f"{rel.as_posix()},{rel.parent.name},train")
     (out / "labels.csv").write_text("\n".join(lines) + "\n")
-    return total + (out / "labels.csv").stat().st_size
+    return len(paths), total + (out / "labels.csv").stat().st_size
 
 
 def load_elpv_bundle(folder: Path, size: int) -> tuple[np.ndarray, list[float], list[str]]:
@@ -110,12 +111,11 @@ def build_bundle(out: Path, size: int, generic_images: int, corpus: Path = GENER
         shutil.rmtree(out)
     tmp = out.with_name(out.name + ".partial")
     shutil.rmtree(tmp, ignore_errors=True)
-    elpv_bytes = pack_elpv(tmp / f"elpv-{size}", size, elpv_images)
-    generic_bytes = pack_generic(tmp / "generic", corpus, generic_images)
+    n_elpv, elpv_bytes = pack_elpv(tmp / f"elpv-{size}", size, elpv_images)
+    n_generic, generic_bytes = pack_generic(tmp / "generic", corpus, generic_images)
     mib = (elpv_bytes + generic_bytes) / 2**20
-    manifest = {"size": size, "elpv_dir": f"elpv-{size}", "generic_dir": "generic",
-                "elpv_images": len(json.loads((tmp / f"elpv-{size}" / ELPV_LABELS).read_text())["images"]),
-                "generic_images": min(generic_images, len(generic_train_paths(corpus))),
+    # device_check.sh finds elpv-<size>/ and generic/ from "size": no folder names to keep in step.
+    manifest = {"size": size, "elpv_images": n_elpv, "generic_images": n_generic,
                 "generic_corpus": str(corpus), "mib": round(mib, 1)}
     if mib > max_mib:
         shutil.rmtree(tmp)
