@@ -48,7 +48,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from benchmarks.device_bundle import GENERIC_CORPUS, generic_train_paths, load_elpv_bundle  # noqa: E402
-from components.data.elpv import class_name, elpv_labels, elpv_root, stratified_subset  # noqa: E402
+from components.data.elpv import CLASS_NAMES_4, class_name, elpv_labels, elpv_root, stratified_subset  # noqa: E402
 from components.data.images import load_image_array  # noqa: E402
 from components.evaluation.report import label_efficiency_details, plot_curves, summary_table  # noqa: E402
 from components.evaluation.split import test_split  # noqa: E402
@@ -186,8 +186,7 @@ def load_elpv(size: int, cache: Path, bundle: Path | None = None) -> tuple[np.nd
         images = cached_array(cache, f"elpv-{size}-{hashlib.sha256(''.join(shas).encode()).hexdigest()[:12]}",
                               lambda: np.stack([load_image_array(root / r.path, size)
                                                 for r in tqdm(rows, desc="decode ELPV", leave=False)]))
-    names4 = ["functional", "possibly_defective", "likely_defective", "defective"]
-    y4 = np.array([names4.index(class_name(p)) for p in probabilities])
+    y4 = np.array([CLASS_NAMES_4.index(class_name(p)) for p in probabilities])
     y2 = np.array([int(p >= 0.5) for p in probabilities])
     return images, y4, y2, shas
 
