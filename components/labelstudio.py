@@ -214,6 +214,9 @@ class SyncResult:
     already_present: int
     renewed_urls: int
     task_ids: dict[str, int]  # sha256 -> task id, every image of the manifest
+    # Every task of the project after the sync, by id: the listing the sync made, with the
+    # imported tasks and renewed URLs in it, so a round lists the project once.
+    tasks: dict[int, dict]
 
 
 def sync_tasks(cfg: LabelStudioConfig, project_id: int, images: list[dict], image_url: Callable[[dict], tuple[str, float | None]],
@@ -224,7 +227,9 @@ def sync_tasks(cfg: LabelStudioConfig, project_id: int, images: list[dict], imag
     ``renew_before_s`` get a fresh one. Tasks of images no longer in ``images`` are kept
     (their annotations are history), and reported by the snapshot when annotated."""
     existing: dict[str, dict] = {}
+    listed: dict[int, dict] = {}
     for task in iter_tasks(cfg, project_id, fields="all", doing="list existing tasks"):
+        listed[task["id"]] = task
         sha = task["data"].get("dlvm_sha256")
         if sha:
             existing.setdefault(sha, task)
@@ -247,6 +252,8 @@ def sync_tasks(cfg: LabelStudioConfig, project_id: int, images: list[dict], imag
             raise LabelStudioError(f"Label Studio at {cfg.url} imported {len(ids)} of {len(batch)} tasks "
                                    f"into project {project_id}: rerun the sync (already imported images are skipped)")
         task_ids.update({rec["sha256"]: tid for rec, tid in zip(batch, ids)})
+        listed.update({tid: {"id": tid, "data": item["data"], "annotations": [], "total_annotations": 0,
+                             "predictions": []} for item, tid in zip(payload, ids)})
         done += len(batch)
         if progress:
             progress(done, len(new))
@@ -262,9 +269,17 @@ def sync_tasks(cfg: LabelStudioConfig, project_id: int, images: list[dict], imag
         if new_expiry is not None:
             data["dlvm_url_expires"] = int(new_expiry)
         update_task_data(cfg, task["id"], data)
+        task["data"] = data
         renewed += 1
     return SyncResult(imported=len(new), already_present=len(images) - len(new), renewed_urls=renewed,
-                      task_ids={rec["sha256"]: task_ids[rec["sha256"]] for rec in images if rec["sha256"] in task_ids})
+                      task_ids={rec["sha256"]: task_ids[rec["sha256"]] for rec in images if rec["sha256"] in task_ids},
+                      tasks=listed)
+
+
+def tasks_after_pull(synced: SyncResult, changed: list[dict]) -> list[dict]:
+    """The project's tasks as the sync listed them, with the tasks the pull re-read since
+    (fresh annotations, or annotations deleted) in their place: no second listing."""
+    return list({**synced.tasks, **{task["id"]: task for task in changed}}.values())
 
 
 def update_task_data(cfg: LabelStudioConfig, task_id: int, data: dict) -> None:

@@ -93,11 +93,6 @@ def predict_dataset(settings, dataset: str, dataset_version, classifier):
     return {rec["sha256"]: i for i, rec in enumerate(manifest["images"])}, probs, features
 
 
-@task(name="label-studio-list-tasks", **LS_RETRIES)
-def list_tasks(cfg, project_id: int) -> list[dict]:
-    return list(ls.iter_tasks(cfg, project_id, fields="all"))
-
-
 @task(name="label-studio-preannotate", **LS_RETRIES)
 def publish_preannotations(cfg, project_id: int, plan, model_version: str, tasks: list[dict]) -> int:
     ls.post_predictions(cfg, project_id, plan.predictions, model_version)
@@ -170,7 +165,7 @@ def feedback_flow(dataset: str, classes: list[str] | None = None, kind: str = "c
             if list(classifier.classes or []) != list(classes):
                 raise ValueError(f"{model}@{alias} predicts classes {classifier.classes}, the project labels {classes}")
             sha_index, probs, features = predict_dataset(settings, dataset, version, classifier)
-            tasks = list_tasks(cfg, project.id)
+            tasks = ls.tasks_after_pull(synced, changed)
             model_version = f"{model}:{prod_version.version}"
             plan = plan_preannotations(tasks, sha_index, probs, features, classes, model_version, queue_size,
                                        kind=uncertainty, diversity=diversity,

@@ -360,10 +360,15 @@ def test_expiring_image_urls_are_renewed_by_the_next_sync(label_studio_server):
     records = [{"path": f"x{i}.png", "sha256": f"{i:064d}"} for i in range(3)]
     soon = lambda rec: (f"http://s3.example/{rec['path']}?v=1", time.time() + 60)  # noqa: E731
     later = lambda rec: (f"http://s3.example/{rec['path']}?v=2", time.time() + 7 * 86400)  # noqa: E731
-    assert ls.sync_tasks(cfg, project.id, records, soon).imported == 3
+    first = ls.sync_tasks(cfg, project.id, records, soon)
+    assert first.imported == 3
+    # The sync's own view of the project (what a round plans with) is what Label Studio lists.
+    listed = {t["id"]: t["data"] for t in ls.iter_tasks(cfg, project.id)}
+    assert {tid: t["data"] for tid, t in first.tasks.items()} == listed
     renewed = ls.sync_tasks(cfg, project.id, records, later)
     assert (renewed.imported, renewed.renewed_urls) == (0, 3)
     assert {t["data"]["image"].split("?")[1] for t in ls.iter_tasks(cfg, project.id)} == {"v=2"}
+    assert {t["data"]["image"].split("?")[1] for t in renewed.tasks.values()} == {"v=2"}
     assert ls.sync_tasks(cfg, project.id, records, later).renewed_urls == 0  # fresh URLs stay
 
 

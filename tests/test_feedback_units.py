@@ -11,7 +11,8 @@ from fastapi.testclient import TestClient
 from components.active_learning import select_queue, uncertainty
 from components.feedback import new_label_count, plan_preannotations
 from components.labels import build_label_snapshot, merge_snapshot
-from components.labelstudio import LabelStudioConfig, LabelStudioError, label_config, local_files_url
+from components.labelstudio import (LabelStudioConfig, LabelStudioError, SyncResult, label_config, local_files_url,
+                                   tasks_after_pull)
 from components.webhook import RetrainTrigger, create_app, labels_in_event
 
 
@@ -114,6 +115,18 @@ def test_plan_preannotations_posts_once_per_model_version_and_skips_labeled_task
     assert 100 not in posted and 101 not in posted and len(posted) == len(tasks) - 2
     assert all(p["label"] == "a" and 0.5 <= p["score"] <= 1 for p in plan.predictions)
     assert len(plan.queue) == 3 and 100 not in plan.queue and set(plan.uncertainty) == set(plan.queue)
+
+
+def test_tasks_after_pull_puts_the_re_read_tasks_in_place_of_the_sync_listing():
+    listed = {i: {"id": i, "data": {"dlvm_sha256": f"s{i}"}, "annotations": [], "total_annotations": 0} for i in range(4)}
+    synced = SyncResult(imported=0, already_present=4, renewed_urls=0, task_ids={}, tasks=listed)
+    labeled = {"id": 2, "data": {"dlvm_sha256": "s2"}, "annotations": [{"id": 9}], "total_annotations": 1}
+    tasks = tasks_after_pull(synced, [labeled])
+    assert [t["id"] for t in tasks] == [0, 1, 2, 3]
+    assert tasks[2] is labeled and tasks[1] is listed[1]
+    probs, feats = _pool()
+    plan = plan_preannotations(tasks, {f"s{i}": i for i in range(4)}, probs, feats, ["a", "b"], "m:1", queue_size=4)
+    assert 2 not in plan.queue and 2 not in {p["task"] for p in plan.predictions}
 
 
 def test_new_label_count():
