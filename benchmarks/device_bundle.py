@@ -59,14 +59,14 @@ def pack_elpv(out: Path, size: int, limit: int | None = None) -> tuple[int, int]
     out.mkdir(parents=True)
     entries, total = [], 0
     for i, row in enumerate(tqdm(rows, desc=f"ELPV at {size} px", leave=False)):
-        original = root / row.path
+        original = (root / row.path).read_bytes()  # read once: decoded and hashed
         name = f"{i:04d}.png"
         buf = io.BytesIO()
-        Image.fromarray(load_image_array(original, size)).save(buf, "PNG", optimize=True)
+        Image.fromarray(load_image_array(io.BytesIO(original), size)).save(buf, "PNG", optimize=True)
         (out / name).write_bytes(buf.getvalue())
         total += len(buf.getvalue())
         entries.append({"file": name, "source": row.path, "probability": row.probability, "cell_type": row.cell_type,
-                        "sha256": hashlib.sha256(original.read_bytes()).hexdigest()})
+                        "sha256": hashlib.sha256(original).hexdigest()})
     (out / ELPV_LABELS).write_text(json.dumps({"size": size, "images": entries}) + "\n")
     return len(entries), total + (out / ELPV_LABELS).stat().st_size
 

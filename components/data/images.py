@@ -18,6 +18,7 @@ import io
 import os
 import tempfile
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 from PIL import Image, ImageOps
@@ -61,8 +62,8 @@ def decode_array(img: Image.Image, size: int) -> np.ndarray:
     return np.asarray(gray, dtype=np.uint8)
 
 
-def load_image_array(path: Path | str, size: int) -> np.ndarray:
-    """One image file as a ``uint8`` array of shape ``(size, size)``."""
+def load_image_array(path: Path | str | BinaryIO, size: int) -> np.ndarray:
+    """One image file (a path or an open binary file) as a ``uint8`` array of shape ``(size, size)``."""
     with Image.open(path) as img:
         img.load()
         return decode_array(img, size)
