@@ -31,9 +31,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from benchmarks.label_efficiency import load_elpv  # noqa: E402
-from components.data.elpv import stratified_subset  # noqa: E402
 from components.evaluation.metrics import evaluate_predictions  # noqa: E402
 from components.evaluation.split import test_split  # noqa: E402
+from components.models.vit import normalize_uint8  # noqa: E402
 from components.training.device import pick_device  # noqa: E402
 from components.training.pretrain import Augment, augment_batch, cosine_lr  # noqa: E402
 
@@ -53,9 +53,7 @@ def conv_net(width: int, num_classes: int) -> nn.Sequential:
 @torch.no_grad()
 def predict(net: nn.Module, images: torch.Tensor, batch_size: int = 256) -> np.ndarray:
     net.eval()
-    gen = torch.Generator()  # Augment.none() draws no random numbers
-    preds = [net(augment_batch(images[i:i + batch_size], Augment.none(), gen)).argmax(1).cpu()
-             for i in range(0, len(images), batch_size)]
+    preds = [net(normalize_uint8(images[i:i + batch_size])).argmax(1).cpu() for i in range(0, len(images), batch_size)]
     return torch.cat(preds).numpy()
 
 
@@ -77,10 +75,7 @@ def main(argv: list[str] | None = None) -> dict:
                          f"(got {args.size}, {args.epochs}, {args.width})")
     out = args.out or ROOT / "benchmarks" / "results" / f"cnn-reference-{args.size}.json"
 
-    images, y4, y2, shas = load_elpv(args.size, args.cache)
-    if args.elpv_images:
-        keep = stratified_subset([str(v) for v in y4], args.elpv_images)
-        images, y4, y2, shas = images[keep], y4[keep], y2[keep], [shas[i] for i in keep]
+    images, y4, y2, shas = load_elpv(args.size, args.cache, subset=args.elpv_images)
     train_idx, test_idx = test_split(shas, y4, test_fraction=0.25)
     device = pick_device(args.device)
     torch.manual_seed(args.seed)

@@ -174,9 +174,11 @@ def cached_array(cache: Path, key: str, build) -> np.ndarray:
     return arr
 
 
-def load_elpv(size: int, cache: Path, bundle: Path | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[str]]:
+def load_elpv(size: int, cache: Path, bundle: Path | None = None,
+              subset: int | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[str]]:
     """(images uint8 [N, size, size], 4-class labels, 2-class labels, file sha256s) in labels.csv
-    order, from the elpv-dataset package or from a device bundle's ``elpv-<size>/`` folder."""
+    order, from the elpv-dataset package or from a device bundle's ``elpv-<size>/`` folder;
+    ``subset``: that many images, stratified by 4-class label (smoke runs)."""
     if bundle is not None:
         images, probabilities, shas = load_elpv_bundle(bundle, size)
     else:
@@ -188,6 +190,9 @@ def load_elpv(size: int, cache: Path, bundle: Path | None = None) -> tuple[np.nd
                                                 for r in tqdm(rows, desc="decode ELPV", leave=False)]))
     y4 = np.array([CLASS_NAMES_4.index(class_name(p)) for p in probabilities])
     y2 = np.array([int(p >= 0.5) for p in probabilities])
+    if subset:
+        keep = stratified_subset([str(v) for v in y4], subset)
+        return images[keep], y4[keep], y2[keep], [shas[i] for i in keep]
     return images, y4, y2, shas
 
 
@@ -314,13 +319,10 @@ def main(argv: list[str] | None = None) -> dict:
 
     # data + the Deitsch-style split
     try:
-        images, y4, y2, shas = load_elpv(size, args.cache, args.elpv_bundle)
+        images, y4, y2, shas = load_elpv(size, args.cache, args.elpv_bundle, recipe.elpv_images)
         generic_images = load_generic(args.generic_corpus, size, recipe.generic_images, args.cache)
     except (FileNotFoundError, ValueError) as exc:
         raise SystemExit(f"label_efficiency: {exc}") from None
-    if recipe.elpv_images:
-        keep = stratified_subset([str(v) for v in y4], recipe.elpv_images)
-        images, y4, y2, shas = images[keep], y4[keep], y2[keep], [shas[i] for i in keep]
     train_idx, test_idx = test_split(shas, y4, test_fraction=0.25)
     print(f"ELPV {len(images)} images ({len(train_idx)} train / {len(test_idx)} test) at {size}px; "
           f"generic corpus {len(generic_images)} images", flush=True)
