@@ -36,7 +36,7 @@ sys.path.insert(0, str(ROOT))
 from components.data.dvc import REMOTE_NAME, DvcWorkspace  # noqa: E402
 from components.data.elpv import elpv_labels, elpv_root  # noqa: E402
 from components.data.shards import pack_shards, stream_samples, upload_shards  # noqa: E402
-from components.services import start_s3_server, stop  # noqa: E402
+from components.stack.services import start_s3_server, stop  # noqa: E402
 from components.storage import S3ArtifactStore  # noqa: E402
 
 ACCESS, SECRET = "bench-access", "bench-secret-0123456789"

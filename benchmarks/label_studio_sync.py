@@ -22,9 +22,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from components import labelstudio as ls  # noqa: E402
+from components.labeling import label_studio as ls  # noqa: E402
 from components.data.elpv import CLASS_NAMES_4, class_name, elpv_labels, elpv_root  # noqa: E402
-from components.services import label_studio  # noqa: E402
+from components.stack.services import label_studio  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> list[tuple[str, float, str]]:

@@ -16,7 +16,7 @@ Protocol:
 * Arms: ``random`` (labelers take unlabeled tasks in random order), ``uncertainty`` (the
   dlvm queue without diversity) and ``uncertainty+diversity`` (dlvm's default queue).
 * Each round, per arm: the platform's own code posts the model's pre-annotations and ranks
-  the queue (components.feedback / components.labelstudio, as the feedback flow does); the
+  the queue (components.labeling.feedback / components.labeling.label_studio, as the feedback flow does); the
   simulated labeler reads the queue through the API and labels the top ``--per-round`` tasks
   with ELPV's ground truth (annotations created through the API); the labels are pulled back
   incrementally (``changed_tasks`` + ``merge_snapshot``) and the probe is refit. Round 0 is
@@ -43,12 +43,12 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from components import labelstudio as ls  # noqa: E402
+from components.labeling import label_studio as ls  # noqa: E402
 from components.data.elpv import CLASS_NAMES_4, elpv_labels, elpv_root, stratified_subset  # noqa: E402
 from components.evaluation.split import test_split  # noqa: E402
-from components.feedback import plan_preannotations  # noqa: E402
-from components.labels import merge_snapshot  # noqa: E402
-from components.services import label_studio  # noqa: E402
+from components.labeling.feedback import plan_preannotations  # noqa: E402
+from components.labeling.snapshots import merge_snapshot  # noqa: E402
+from components.stack.services import label_studio  # noqa: E402
 from components.training.adapt import AdaptConfig, build_encoder, extract_features, fit_probe, predict_proba_from_features  # noqa: E402
 from label_efficiency import load_elpv, pretrained_encoder, quick_recipe  # noqa: E402
 

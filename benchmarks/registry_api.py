@@ -163,7 +163,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument("--workers", default="1,2", help="comma-separated server process counts")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks/results/registry-api/results.json")
     args = parser.parse_args(argv)
-    from components.services import ui_server
+    from components.stack.services import ui_server
 
     results = []
     with tempfile.TemporaryDirectory(prefix="dlvm-api-bench-") as tmp:

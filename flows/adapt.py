@@ -9,7 +9,7 @@ from prefect.cache_policies import NO_CACHE
 
 from components.evaluation.metrics import evaluate_predictions
 from components.evaluation.split import label_subset, test_split
-from components.lineage import code_revision, current_flow_run_id, recorded_run
+from components.orchestration.lineage import code_revision, current_flow_run_id, recorded_run
 from components.models.vit import ViTConfig
 from components.registry import queries, refs
 from components.registry.refs import SCRATCH

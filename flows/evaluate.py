@@ -2,7 +2,6 @@
 methods x seeds) on a snapshot's fixed test split, with its report, plot and registry rows."""
 from __future__ import annotations
 
-import json
 
 from prefect import flow, task
 from prefect.artifacts import create_image_artifact, create_markdown_artifact, create_table_artifact
@@ -12,13 +11,13 @@ from components.evaluation.report import label_efficiency, markdown_report, plot
 from components.evaluation.split import test_split
 from components.evaluation.sweep import (Backbone, SweepConfig, SweepResult, SweepUnit, UnitResult,
                                          assemble_sweep, plan_units, run_unit)
-from components.lineage import current_flow_run_id, recorded_run
+from components.orchestration.lineage import current_flow_run_id, recorded_run
 from components.registry import queries
 from components.registry.db import session_scope
 from components.registry.promotion import baseline_refs
 from components.settings import get_settings
 from components.storage import open_store
-from components.task_runners import sweep_task_runner
+from components.orchestration.task_runners import sweep_task_runner
 from flows.adapt import SCRATCH, adapt_recipe, load_backbone, resolve_snapshot
 from flows.tasks import load_labeled_set, store_artifact
 

@@ -11,18 +11,18 @@ import json
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
-from components import labelstudio as ls
+from components.labeling import label_studio as ls
 from components.data import access
-from components.feedback import (image_url_function, label_studio_config, new_label_count,
+from components.labeling.feedback import (image_url_function, label_studio_config, new_label_count,
                                  plan_preannotations)
-from components.labels import from_json_bytes, merge_snapshot, to_json_bytes
-from components.lineage import recorded_run
+from components.labeling.snapshots import from_json_bytes, merge_snapshot, to_json_bytes
+from components.orchestration.lineage import recorded_run
 from components.registry import queries
 from components.registry.db import session_scope
 from components.settings import get_settings
 from components.training.adapt import Classifier, predict_with_features
 from components.training.checkpoint import load_checkpoint
-from components.webhook import start_deployment
+from components.labeling.webhook import start_deployment
 from flows.labels import register_snapshot, resolve_dataset_version
 from flows.tasks import load_artifact, store_artifact
 

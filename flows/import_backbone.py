@@ -6,7 +6,7 @@ from __future__ import annotations
 from prefect import flow, task
 from prefect.cache_policies import NO_CACHE
 
-from components.lineage import code_revision, current_flow_run_id, recorded_run
+from components.orchestration.lineage import code_revision, current_flow_run_id, recorded_run
 from components.models.weights_file import ImportedWeights, import_vit_weights
 from components.registry import queries
 from components.registry.db import session_scope

@@ -11,7 +11,7 @@ from prefect.cache_policies import NO_CACHE
 
 from components.data import access
 from components.data.ingest import build_manifest, quarantine, scan_folder, stage_into_workspace
-from components.lineage import current_flow_run_id, recorded_run
+from components.orchestration.lineage import current_flow_run_id, recorded_run
 from components.registry import queries
 from components.registry.db import session_scope
 from components.settings import get_settings

@@ -7,8 +7,8 @@ from pathlib import Path
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
-from components.labels import build_label_snapshot, to_json_bytes
-from components.lineage import current_flow_run_id, recorded_run
+from components.labeling.snapshots import build_label_snapshot, to_json_bytes
+from components.orchestration.lineage import current_flow_run_id, recorded_run
 from components.registry import queries, refs
 from components.registry.db import session_scope
 from components.settings import get_settings

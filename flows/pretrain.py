@@ -12,7 +12,7 @@ from dataclasses import asdict, replace
 from prefect import flow, task
 from prefect.cache_policies import NO_CACHE
 
-from components.lineage import code_revision, current_flow_run_id, recorded_run
+from components.orchestration.lineage import code_revision, current_flow_run_id, recorded_run
 from components.registry import queries, refs
 from components.registry.db import session_scope
 from components.settings import get_settings

@@ -11,14 +11,13 @@ from prefect.cache_policies import NO_CACHE
 
 from components.evaluation.gate import promotion_gate
 from components.evaluation.split import test_split
-from components.lineage import recorded_run
+from components.orchestration.lineage import recorded_run
 from components.registry import refs
 from components.registry.db import session_scope
 from components.registry.promotion import record_promotion
 from components.settings import get_settings
 from components.training.adapt import Classifier, predict_proba
 from components.training.checkpoint import load_checkpoint
-from flows.pretrain import resolve_model
 from flows.tasks import load_artifact, load_labeled_set
 
 

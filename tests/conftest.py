@@ -63,7 +63,7 @@ def postgres_database():
 def prefect_api(tmp_path_factory):
     """A real Prefect server on loopback for the session; yields its API URL. CLI tests
     point PREFECT_API_URL at it instead of paying Prefect's ephemeral start per command."""
-    from components.services import prefect_server
+    from components.stack.services import prefect_server
 
     with prefect_server(tmp_path_factory.mktemp("prefect-home")) as url:
         yield url
@@ -73,7 +73,7 @@ def prefect_api(tmp_path_factory):
 def label_studio_server(tmp_path_factory):
     """A real Label Studio server on loopback, installed and started by infra/label_studio.sh
     (its own venv, first use about a minute), serving local files from anywhere under /."""
-    from components.services import label_studio
+    from components.stack.services import label_studio
 
     with label_studio(tmp_path_factory.mktemp("label-studio")) as server:
         yield server

@@ -17,8 +17,8 @@ from collections.abc import Iterator
 
 import pytest
 
-from components.services import S3Server, rclone_binary
-from components.services import s3_server as serve_s3
+from components.stack.services import S3Server, rclone_binary
+from components.stack.services import s3_server as serve_s3
 
 ACCESS_KEY = "dlvm-test-access"
 SECRET_KEY = "dlvm-test-secret-0123456789"

@@ -16,7 +16,7 @@ from sqlmodel import SQLModel, select
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks.registry_api import fill_registry  # noqa: E402
-from components.api.app import create_app, recent_flow_runs  # noqa: E402
+from app.api.app import create_app, recent_flow_runs  # noqa: E402
 from components.registry import db, monitoring, queries  # noqa: E402
 from components.registry.db import session_scope  # noqa: E402
 from components.registry.promotion import record_promotion  # noqa: E402

@@ -406,7 +406,7 @@ def help_text():
     """`dlvm SUBCOMMAND --help`, cached: (exit code, plain text)."""
     from typer.testing import CliRunner
 
-    from components.cli import app
+    from app.cli import app
 
     runner, cache = CliRunner(), {}
 

@@ -28,7 +28,7 @@ import os, signal, sys, importlib
 module_name, attr = sys.argv[1].rsplit(".", 1)
 module = importlib.import_module(module_name)
 setattr(module, attr, lambda *a, **k: os.kill(os.getpid(), signal.SIGKILL))
-from components.cli import app
+from app.cli import app
 app(sys.argv[2:])
 """
 

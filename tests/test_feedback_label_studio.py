@@ -16,11 +16,11 @@ import pytest
 from sqlmodel import select
 
 from clirun import deployment_runs, dlvm, dlvm_env, serve_until_a_run_completes
-from components import labelstudio as ls
+from components.labeling import label_studio as ls
 from components.data.elpv import CLASS_NAMES_4, class_name, elpv_labels, elpv_root, export_elpv, write_label_studio_export
 from components.data.access import dataset_images
-from components.feedback import plan_preannotations
-from components.labels import from_json_bytes
+from components.labeling.feedback import plan_preannotations
+from components.labeling.snapshots import from_json_bytes
 from components.registry import queries, refs
 from components.registry.db import session_scope
 from components.registry.promotion import record_promotion
@@ -194,7 +194,7 @@ def test_annotations_made_through_the_api_land_in_the_next_snapshot(loop):
 def test_dashboard_labeling_progress_comes_from_the_project(loop):
     from fastapi.testclient import TestClient
 
-    from components.api.app import create_app
+    from app.api.app import create_app
 
     progress = TestClient(create_app(loop["settings"])).get("/api/datasets/elpv/labeling").json()
     project = progress["project"]
@@ -209,7 +209,7 @@ def test_dashboard_labeling_progress_comes_from_the_project(loop):
 
 
 def test_label_studio_down_fails_clearly_and_registers_nothing(loop, tmp_path):
-    from components.services import free_port
+    from components.stack.services import free_port
 
     settings, env = loop["settings"], loop["env"]
     with session_scope(settings) as session:
@@ -231,8 +231,8 @@ def test_webhook_from_label_studio_starts_the_retrain_deployment(loop, prefect_a
     from prefect.client.orchestration import get_client
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
-    from components.services import free_port
-    from components.webhook import RetrainTrigger, create_app, start_deployment
+    from components.stack.services import free_port
+    from components.labeling.webhook import RetrainTrigger, create_app, start_deployment
     from flows.retrain import retrain_flow
 
     cfg, project_id = loop["cfg"], loop["round1"]["project_id"]
@@ -332,7 +332,7 @@ def test_feedback_serve_runs_the_loop_on_its_schedule(loop, prefect_api):
 def test_presigned_image_urls_come_from_the_s3_artifact_store(s3_server, s3_bucket, tmp_path):
     """DLVM_LABEL_STUDIO_IMAGES=presigned: each image stored once in the artifact store,
     shown through a presigned URL that serves exactly its bytes and expires as configured."""
-    from components.feedback import image_url_function
+    from components.labeling.feedback import image_url_function
 
     images = tmp_path / "images"
     images.mkdir()

@@ -8,12 +8,12 @@ import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
-from components.active_learning import select_queue, uncertainty
-from components.feedback import new_label_count, plan_preannotations
-from components.labels import build_label_snapshot, merge_snapshot
-from components.labelstudio import (LabelStudioConfig, LabelStudioError, SyncResult, label_config, local_files_url,
+from components.labeling.queue import select_queue, uncertainty
+from components.labeling.feedback import new_label_count, plan_preannotations
+from components.labeling.snapshots import build_label_snapshot, merge_snapshot
+from components.labeling.label_studio import (LabelStudioConfig, LabelStudioError, SyncResult, label_config, local_files_url,
                                    tasks_after_pull)
-from components.webhook import RetrainTrigger, create_app, labels_in_event
+from components.labeling.webhook import RetrainTrigger, create_app, labels_in_event
 
 
 def test_uncertainty_kinds_rank_a_coin_flip_above_a_sure_call():

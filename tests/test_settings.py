@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from pydantic import SecretStr, ValidationError
 
-from components.settings import Settings, get_settings, mask_url_password, reset_settings
+from components.settings import get_settings, mask_url_password, reset_settings
 
 ROOT = Path(__file__).resolve().parents[1]
 ACCESS = "AKIA-test-access-7f3e"
@@ -233,7 +233,7 @@ def test_bad_dask_settings_are_clear_errors(monkeypatch, env, expected):
 def invoke_settings(env: dict):
     from typer.testing import CliRunner
 
-    from components.cli import app
+    from app.cli import app
 
     reset_settings()
     return CliRunner().invoke(app, ["settings"], env=env)

@@ -12,7 +12,7 @@ import pytest
 
 from clirun import dlvm, dlvm_env
 from components.data.elpv import export_elpv
-from components.services import free_port
+from components.stack.services import free_port
 
 pytestmark = [pytest.mark.postgres, pytest.mark.s3]
 
@@ -114,7 +114,7 @@ def test_s3_stopped_mid_push_fails_clearly_registers_nothing_and_a_rerun_complet
     from clirun import DLVM
     from components.registry.db import session_scope
     from components.registry.tables import DatasetVersion
-    from components.services import start_s3_server, stop
+    from components.stack.services import start_s3_server, stop
     from components.settings import Settings
 
     images, _ = export_elpv(tmp_path / "raw", limit=400, seed=6)

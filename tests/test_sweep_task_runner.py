@@ -16,7 +16,7 @@ from components.evaluation.split import test_split as make_test_split
 from components.evaluation.sweep import Backbone, SweepConfig, plan_units
 from components.models.vit import ViTConfig
 from components.settings import Settings
-from components.task_runners import sweep_task_runner
+from components.orchestration.task_runners import sweep_task_runner
 from flows.evaluate import sweep_on_task_runner
 from test_evaluation import _shas, _striped_images
 

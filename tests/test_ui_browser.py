@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from clirun import dlvm
-from components.services import ui_server
+from components.stack.services import ui_server
 
 pytestmark = pytest.mark.e2e
 CHROMIUM = os.environ.get("DLVM_TEST_CHROMIUM", "/usr/bin/chromium")

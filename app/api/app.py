@@ -4,23 +4,21 @@ as a promotion event). ``create_app`` also mounts the dashboard pages."""
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Optional
 
 import anyio
-from fastapi import Depends, FastAPI, HTTPException, Path as PathParam, Query, Request, Response
+from fastapi import FastAPI, HTTPException, Query, Request, Response
 from fastapi.responses import JSONResponse
-from fastapi.security import HTTPAuthorizationCredentials
 from fastapi.staticfiles import StaticFiles
 from sqlalchemy import text
 from sqlmodel import Session
 
-from components.api import schemas
-from components.api.auth import bearer, check_read, check_write
-from components.api.cache import ResponseCache
+from app.api import schemas
+from app.api.cache import ResponseCache
+from app.api.dashboard import router as dashboard_router
+from app.api.deps import Id, Limit, Name, ReadAccess, Version, Writer, alert_rules
 from components.registry import monitoring, queries
 from components.registry.db import current_revision, read_session, session_scope
 from components.registry.promotion import PromotionError, rollback
@@ -28,10 +26,6 @@ from components.registry.tables import ModelVersion
 from components.settings import Settings, get_settings
 from components.storage import ArtifactError, open_store
 
-Name = Annotated[str, PathParam(pattern=schemas.NAME_PATTERN, description="model or dataset name")]
-Version = Annotated[int, PathParam(ge=1, le=2**31 - 1)]
-Id = Annotated[int, PathParam(ge=1, le=2**31 - 1)]
-Limit = Annotated[int, Query(ge=1, le=500)]
 THREADS = 4  # worker threads per process for the (synchronous) registry routes
 # Calls that wait on other services (Prefect, Label Studio, a promotion's gate) get threads
 # of their own, so that a slow service never holds up registry reads.
@@ -40,48 +34,6 @@ NOT_FOUND = {404: {"model": schemas.Problem, "description": "no such model, vers
 UNAUTHORIZED = {401: {"model": schemas.Problem, "description": "missing or refused token"},
                 403: {"model": schemas.Problem, "description": "writes are disabled (no DLVM_API_TOKEN)"}}
 
-
-async def settings_dep(request: Request) -> Settings:
-    return request.app.state.settings
-
-
-@dataclass(frozen=True)
-class Reads:
-    """What a read route needs: the settings and the response cache of this app."""
-
-    settings: Settings
-    cache: ResponseCache
-
-    def value(self, query: Callable[..., Any], *args: Any) -> Any:
-        """One registry query in a read-only session, uncached."""
-        with read_session(self.settings) as session:
-            return query(session, *args)
-
-    def json(self, response_type: Any, query: Callable[..., Any], *args: Any, key: tuple = ()) -> Response:
-        """A query's result as a JSON response, reused until the registry changes."""
-        with read_session(self.settings) as session:
-            stamp = monitoring.registry_stamp(session)
-            body = self.cache.body((stamp, query.__module__, query.__qualname__, args, key),
-                                   lambda: query(session, *args), response_type)
-        return Response(body, media_type="application/json")
-
-
-# The auth dependencies are async (no I/O): each request then costs one threadpool hop,
-# the route's own, which matters at hundreds of requests/s on 2 cores.
-async def read_access(request: Request,
-                      credentials: Optional[HTTPAuthorizationCredentials] = Depends(bearer)) -> Reads:
-    check_read(request.app.state.settings, request, credentials)
-    return Reads(request.app.state.settings, request.app.state.cache)
-
-
-async def write_access(request: Request,
-                       credentials: Optional[HTTPAuthorizationCredentials] = Depends(bearer)) -> Settings:
-    check_write(request.app.state.settings, request, credentials)
-    return request.app.state.settings
-
-
-ReadAccess = Annotated[Reads, Depends(read_access)]
-Writer = Annotated[Settings, Depends(write_access)]
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -109,7 +61,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         return JSONResponse({"detail": str(exc)}, status_code=409)
 
     app.include_router(_api_routes())
-    from components.api.dashboard import router as dashboard_router
     app.include_router(dashboard_router)
     app.mount("/static", StaticFiles(directory=Path(__file__).parent / "static"), name="static")
     return app
@@ -279,13 +230,9 @@ def _snapshot_detail(session: Session, snapshot_id: int) -> dict:
 # --- reads from the other services (Prefect, Label Studio) -----------------------------
 
 
-def alert_rules(settings: Settings) -> monitoring.AlertRules:
-    return monitoring.AlertRules(stale_after_days=settings.alert_stale_days, metric_drop=settings.alert_metric_drop)
-
-
 def recent_flow_runs(settings: Settings, limit: int) -> dict[str, Any]:
     """Prefect's newest flow runs with links into its UI; an unreachable Prefect is reported, not raised."""
-    from components.orchestration import prefect_ui_url, recent_flow_runs as read_runs
+    from components.orchestration.flow_runs import prefect_ui_url, recent_flow_runs as read_runs
 
     ui = prefect_ui_url(settings)
     try:
@@ -298,7 +245,7 @@ def recent_flow_runs(settings: Settings, limit: int) -> dict[str, Any]:
 def labeling_progress(settings: Settings, dataset: str) -> dict[str, Any]:
     if not settings.label_studio_url:
         return {"configured": False, "dataset": dataset}
-    from components.labelstudio import LabelStudioConfig, LabelStudioError, labeling_progress as read_progress
+    from components.labeling.label_studio import LabelStudioConfig, LabelStudioError, labeling_progress as read_progress
 
     try:
         cfg = LabelStudioConfig(settings.label_studio_url, settings.label_studio_token.get_secret_value(),

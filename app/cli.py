@@ -63,7 +63,7 @@ def run_step(fn, *args, **kwargs):
     except Exception as exc:
         # Services that are down or refusing: the message names them; a traceback adds nothing.
         from components.data.dvc import DvcError
-        from components.labelstudio import LabelStudioError
+        from components.labeling.label_studio import LabelStudioError
         from components.storage import ArtifactError
         if isinstance(exc, (LabelStudioError, DvcError, ArtifactError)):
             console.print(f"[red]error:[/red] {exc}")
@@ -438,7 +438,7 @@ def feedback_webhook(host: str = typer.Option("127.0.0.1"), port: int = typer.Op
     settings = prepare()
     import uvicorn
 
-    from components.webhook import RetrainTrigger, create_app, start_deployment
+    from components.labeling.webhook import RetrainTrigger, create_app, start_deployment
     secret = settings.webhook_secret.get_secret_value()
     if not secret:
         console.print("[red]error:[/red] set DLVM_WEBHOOK_SECRET: the receiver refuses events without a shared secret")
@@ -459,7 +459,7 @@ def ui(host: str = typer.Option("127.0.0.1", help="address to listen on (0.0.0.0
     if not settings.api_token.get_secret_value():
         console.print("[yellow]DLVM_API_TOKEN is not set: promote and rollback are disabled[/yellow]")
     console.print(f"dlvm ui on http://{host}:{port}/ (API docs /docs), registry {mask_url_password(settings.database_url)}")
-    uvicorn.run("components.api.app:create_app", factory=True, host=host, port=port, workers=workers,
+    uvicorn.run("app.api.app:create_app", factory=True, host=host, port=port, workers=workers,
                 log_level="warning")
 
 
@@ -504,7 +504,7 @@ def stack_up(dir: Optional[Path] = STACK_DIR, prefect_port: int = 4200, s3_port:
                                                                        "(default SQLite in the stack folder)"),
              label_studio: bool = typer.Option(True, help="--no-label-studio: Prefect and S3 only")):
     """Start the stack (what is not running yet) and write DIR/stack.env."""
-    from components.stack import StackConfig, up
+    from components.stack.local import StackConfig, up
     root = _stack_dir(dir)
     try:
         up(StackConfig(root, prefect_port, s3_port, label_studio_port, prefect_database, label_studio),
@@ -519,7 +519,7 @@ def stack_up(dir: Optional[Path] = STACK_DIR, prefect_port: int = 4200, s3_port:
 def stack_result_storage(bucket: str = typer.Option("dlvm", help="bucket whose prefect-results/ keeps flow results")):
     """Save the Prefect block that keeps flow results in the S3 bucket (PREFECT_API_URL and
     DLVM_S3_ENDPOINT from the environment); docker-compose.yml's prefect-init runs this."""
-    from components.stack import save_result_storage
+    from components.stack.local import save_result_storage
     api_url, endpoint = os.environ.get("PREFECT_API_URL"), get_settings().s3_endpoint
     if not api_url or not endpoint:
         console.print("[red]error:[/red] set PREFECT_API_URL and DLVM_S3_ENDPOINT")
@@ -530,7 +530,7 @@ def stack_result_storage(bucket: str = typer.Option("dlvm", help="bucket whose p
 @stack_app.command("status")
 def stack_status(dir: Optional[Path] = STACK_DIR):
     """Each service: running, answering, URL. Exits 1 when one is down."""
-    from components.stack import status
+    from components.stack.local import status
     states = status(_stack_dir(dir))
     for name, state in states.items():
         word = "up" if state["healthy"] else ("not answering" if state["running"] else "down")
@@ -543,16 +543,26 @@ def stack_status(dir: Optional[Path] = STACK_DIR):
 @stack_app.command("down")
 def stack_down(dir: Optional[Path] = STACK_DIR):
     """Stop the stack's services (their data stays for the next `up`)."""
-    from components.stack import down
+    from components.stack.local import down
     stopped = down(_stack_dir(dir))
     console.print("stopped " + (", ".join(stopped) if stopped else "nothing (no service was running)"))
+
+
+@stack_app.command("label-studio")
+def stack_label_studio(action: str = typer.Argument(..., help="install, start (foreground) or env")):
+    """Label Studio in its own venv on loopback (the script dlvm ships): install it, run it in
+    the foreground, or print the DLVM_LABEL_STUDIO_* settings for it."""
+    from components.stack.services import LABEL_STUDIO_SCRIPT
+    if action not in ("install", "start", "env"):
+        raise typer.BadParameter(f"action must be install, start or env, got {action!r}")
+    os.execvp("bash", ["bash", str(LABEL_STUDIO_SCRIPT), action])
 
 
 @app.command()
 def runs(limit: int = 20):
     """Recent Prefect flow runs (from the embedded Prefect API or PREFECT_API_URL)."""
     prepare()
-    from components.orchestration import recent_flow_runs
+    from components.orchestration.flow_runs import recent_flow_runs
     table = Table("started", "flow", "run", "state", "id")
     for run in recent_flow_runs(limit):
         table.add_row(run["start_time"], run["flow"], run["name"], run["state"], run["id"])

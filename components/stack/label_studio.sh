@@ -2,9 +2,12 @@
 # Label Studio for development and tests, without Docker: its own virtual environment
 # (its pins clash with dlvm's), started on loopback with a known admin and API token.
 #
-#   infra/label_studio.sh install   # create/refresh the venv (about 60 s, 1 GB)
-#   infra/label_studio.sh start     # install if needed, then run the server in the foreground
-#   infra/label_studio.sh env       # print the DLVM_LABEL_STUDIO_* settings for this server
+#   dlvm stack label-studio install   # create/refresh the venv (about 60 s, 1 GB)
+#   dlvm stack label-studio start     # install if needed, then run the server in the foreground
+#   dlvm stack label-studio env       # print the DLVM_LABEL_STUDIO_* settings for this server
+#
+# (This file ships inside the dlvm package; `dlvm stack label-studio` runs it. Relative
+# defaults below are relative to the current directory, like DLVM_HOME's ./.dlvm.)
 #
 # Settings (environment):
 #   LABEL_STUDIO_VENV      venv directory           (default .venv-label-studio)
@@ -17,7 +20,6 @@
 set -euo pipefail
 
 LABEL_STUDIO_VERSION=1.23.2
-cd "$(dirname "$0")/.."
 VENV=${LABEL_STUDIO_VENV:-.venv-label-studio}
 DATA_DIR=${LABEL_STUDIO_DATA_DIR:-.dlvm/label-studio}
 PORT=${LABEL_STUDIO_PORT:-8080}

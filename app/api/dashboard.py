@@ -12,8 +12,8 @@ from fastapi.responses import HTMLResponse
 from fastapi.security import HTTPAuthorizationCredentials
 from fastapi.templating import Jinja2Templates
 
-from components.api.app import Name, alert_rules, settings_dep
-from components.api.auth import bearer, check_read
+from app.api.deps import Name, alert_rules, settings_dep
+from app.api.auth import bearer, check_read
 from components.registry import monitoring, queries
 from components.registry.db import read_session
 from components.settings import Settings
