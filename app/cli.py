@@ -265,10 +265,10 @@ def demo(limit: Optional[int] = typer.Option(None, help="use a stratified subset
 def models_list():
     """Registered models with their versions and aliases."""
     settings = prepare()
-    from components.registry import queries
+    from components.registry import views
     from components.registry.db import session_scope
     with session_scope(settings) as session:
-        rows = queries.list_models(session)
+        rows = views.list_models(session)
     table = Table("model", "kind", "versions", "latest", "aliases")
     for row in rows:
         aliases = ", ".join(f"{a}=v{v}" for a, v in sorted(row["aliases"].items()))
@@ -280,10 +280,10 @@ def models_list():
 def models_show(name: str, as_json: bool = typer.Option(False, "--json", help="machine-readable output")):
     """One model: its versions with lineage and metrics, aliases and promotion events."""
     settings = prepare()
-    from components.registry import queries
+    from components.registry import views
     from components.registry.db import session_scope
     with session_scope(settings) as session:
-        detail = run_step(queries.model_detail, session, name)
+        detail = run_step(views.model_detail, session, name)
     if as_json:
         print(json.dumps(detail, indent=2, default=str))
         return
@@ -438,7 +438,8 @@ def feedback_webhook(host: str = typer.Option("127.0.0.1"), port: int = typer.Op
     settings = prepare()
     import uvicorn
 
-    from components.labeling.webhook import RetrainTrigger, create_app, start_deployment
+    from components.labeling.webhook import RetrainTrigger, create_app
+    from components.orchestration.triggers import start_deployment
     secret = settings.webhook_secret.get_secret_value()
     if not secret:
         console.print("[red]error:[/red] set DLVM_WEBHOOK_SECRET: the receiver refuses events without a shared secret")

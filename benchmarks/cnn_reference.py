@@ -35,7 +35,8 @@ from components.evaluation.metrics import evaluate_predictions  # noqa: E402
 from components.evaluation.split import test_split  # noqa: E402
 from components.models.vit import normalize_uint8  # noqa: E402
 from components.training.device import pick_device  # noqa: E402
-from components.training.pretrain import Augment, augment_batch, cosine_lr  # noqa: E402
+from components.training.augment import Augment, augment_batch  # noqa: E402
+from components.training.optim import cosine_lr  # noqa: E402
 
 
 def conv_net(width: int, num_classes: int) -> nn.Sequential:

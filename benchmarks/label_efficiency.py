@@ -47,13 +47,28 @@ from tqdm.auto import tqdm
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.device_bundle import GENERIC_CORPUS, generic_train_paths, load_elpv_bundle  # noqa: E402
-from components.data.elpv import CLASS_NAMES_4, class_name, elpv_labels, elpv_root, stratified_subset  # noqa: E402
+from benchmarks.device_bundle import (  # noqa: E402
+    GENERIC_CORPUS,
+    generic_train_paths,
+    load_elpv_bundle,
+)
+from components.data.elpv import (  # noqa: E402
+    CLASS_NAMES_4,
+    class_name,
+    elpv_labels,
+    elpv_root,
+    stratified_subset,
+)
 from components.data.images import load_image_array  # noqa: E402
-from components.evaluation.report import label_efficiency_details, plot_curves, summary_table  # noqa: E402
+from components.evaluation.report import (  # noqa: E402
+    label_efficiency_details,
+    plot_curves,
+    summary_table,
+)
 from components.evaluation.split import test_split  # noqa: E402
 from components.evaluation.sweep import Backbone, SweepConfig, run_sweep  # noqa: E402
-from components.models.vit import ViTConfig, VisionTransformer, load_pretrained_weights  # noqa: E402
+from components.models.vit import VisionTransformer, ViTConfig  # noqa: E402
+from components.models.weight_mapping import load_pretrained_weights
 from components.models.weights_file import read_state_dict  # noqa: E402
 from components.training.adapt import AdaptConfig  # noqa: E402
 from components.training.checkpoint import load_checkpoint, save_checkpoint  # noqa: E402

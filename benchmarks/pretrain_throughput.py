@@ -57,7 +57,8 @@ if __package__ in (None, ""):  # run as a script: make the repository importable
 
 from components.models.vit import ViTConfig  # noqa: E402
 from components.training.device import autocast_for, pick_device  # noqa: E402
-from components.training.pretrain import PretrainConfig, augment_batch, build_ssl_model, pretrain  # noqa: E402
+from components.training.augment import augment_batch  # noqa: E402
+from components.training.pretrain import PretrainConfig, build_ssl_model, pretrain  # noqa: E402
 
 MODELS = {"ti": ViTConfig.tiny, "s": ViTConfig.small, "b": ViTConfig.base}
 MODEL_NAMES = {"ti": "ViT-Ti", "s": "ViT-S", "b": "ViT-B"}

@@ -26,7 +26,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from components.registry import queries  # noqa: E402
+from components.registry import views, writes# noqa: E402
 from components.registry.db import session_scope  # noqa: E402
 from components.registry.promotion import designate_baseline, record_promotion  # noqa: E402
 from components.registry.tables import Run, utcnow  # noqa: E402
@@ -65,23 +65,23 @@ def fill_registry(settings: Settings, n_classifiers: int = 3, n_versions: int = 
     with session_scope(settings) as s:
         versions = []
         for name, n_images in (("elpv", 2624), ("generic", 400)):
-            ds = queries.get_or_create_dataset(s, name)
+            ds = writes.get_or_create_dataset(s, name)
             for v in (1, 2):
-                versions.append(queries.add_dataset_version(
+                versions.append(writes.add_dataset_version(
                     s, ds.id, content_hash=f"{name}-content-{v}", manifest_uri=f"file:///m/{name}/{v}.json",
                     manifest_sha256="0" * 64, dvc_md5=f"{v:032d}.dir", dvc_file="outs:\n- md5: x\n",
                     n_images=n_images * v, n_bytes=n_images * v * 90_000, source_path=f"/data/{name}"))
         elpv_v1 = versions[0]
-        snapshot = queries.add_label_snapshot(
+        snapshot = writes.add_label_snapshot(
             s, elpv_v1.id, content_hash="labels-1", classes=CLASSES, n_labeled=2624, source="elpv labels",
             artifact_uri="file:///l/1.json", sha256="1" * 64)
-        queries.get_or_create_model(s, "generic-mae", "backbone")
-        generic = queries.add_model_version(s, "generic-mae", dataset_version_id=versions[2].id,
+        writes.get_or_create_model(s, "generic-mae", "backbone")
+        generic = writes.add_model_version(s, "generic-mae", dataset_version_id=versions[2].id,
                                             artifact_uri="file:///b/g1", sha256="2" * 64,
                                             params={"recipe": "demo"})
         designate_baseline(s, generic.id, actor="bench")
-        queries.get_or_create_model(s, "elpv-mae", "backbone")
-        backbone = queries.add_model_version(s, "elpv-mae", dataset_version_id=elpv_v1.id,
+        writes.get_or_create_model(s, "elpv-mae", "backbone")
+        backbone = writes.add_model_version(s, "elpv-mae", dataset_version_id=elpv_v1.id,
                                              parent_id=generic.id, artifact_uri="file:///b/e1", sha256="3" * 64,
                                              params={"recipe": "demo", "steps": 1000})
         evaluation_ids = []
@@ -89,7 +89,7 @@ def fill_registry(settings: Settings, n_classifiers: int = 3, n_versions: int = 
             rows = _sweep_rows(0.01 * i)
             plot = store.put_bytes(plot_curves(rows, "accuracy"), "reports", "elpv-label-efficiency.png")
             report = store.put_bytes(b"# Label efficiency on elpv\n", "reports", "elpv-evaluation.md")
-            evaluation = queries.add_evaluation(
+            evaluation = writes.add_evaluation(
                 s, label_snapshot_id=snapshot.id, report_uri=report.uri, report_sha256=report.sha256,
                 plot_uri=plot.uri, plot_sha256=plot.sha256, results=rows,
                 summary={"domain": "elpv-mae:1", "table": summary_table(rows), "reference": "generic-mae:1",
@@ -98,10 +98,10 @@ def fill_registry(settings: Settings, n_classifiers: int = 3, n_versions: int = 
         made["evaluations"] = evaluation_ids
         for k in range(n_classifiers):
             name = "elpv-classifier" if k == 0 else f"elpv-classifier-{k}"
-            queries.get_or_create_model(s, name, "classifier", description="ELPV 4-class defect grade")
+            writes.get_or_create_model(s, name, "classifier", description="ELPV 4-class defect grade")
             for v in range(1, n_versions + 1):
                 accuracy = 0.66 + 0.01 * v
-                mv = queries.add_model_version(
+                mv = writes.add_model_version(
                     s, name, dataset_version_id=elpv_v1.id, label_snapshot_id=snapshot.id, parent_id=backbone.id,
                     artifact_uri=f"file:///c/{name}/{v}", sha256=f"{v:064d}", params={"method": "probe"},
                     metrics={"accuracy": {"value": accuracy, "ci_low": accuracy - 0.035, "ci_high": accuracy + 0.035}})
@@ -142,7 +142,7 @@ def query_costs(settings: Settings, repeats: int = 200) -> dict[str, float]:
     from components.registry import monitoring
     from components.registry.db import read_session
 
-    calls = {"/api/models": (queries.list_models,), "/api/models/elpv-classifier": (queries.model_detail, "elpv-classifier"),
+    calls = {"/api/models": (views.list_models,), "/api/models/elpv-classifier": (views.model_detail, "elpv-classifier"),
              ENDPOINTS[2]: (monitoring.lineage, "elpv-classifier", 6),
              ENDPOINTS[3]: (monitoring.recent_promotions, 20), ENDPOINTS[4]: (monitoring.alerts,)}
     costs = {}

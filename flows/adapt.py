@@ -11,7 +11,7 @@ from components.evaluation.metrics import evaluate_predictions
 from components.evaluation.split import label_subset, test_split
 from components.orchestration.lineage import code_revision, current_flow_run_id, recorded_run
 from components.models.vit import ViTConfig
-from components.registry import queries, refs
+from components.registry import refs, writes
 from components.registry.refs import SCRATCH
 from components.registry.db import session_scope
 from components.settings import get_settings
@@ -61,8 +61,8 @@ def run_adapt(vit_cfg, state, images, labels, num_classes: int, cfg: AdaptConfig
 @task(name="register-classifier", cache_policy=NO_CACHE)
 def register_classifier(settings, model_name, version, snapshot, parent, run_id, params, metrics, stored):
     with session_scope(settings) as session:
-        queries.get_or_create_model(session, model_name, kind="classifier")
-        return queries.add_model_version(
+        writes.get_or_create_model(session, model_name, kind="classifier")
+        return writes.add_model_version(
             session, model_name=model_name, dataset_version_id=version.id, label_snapshot_id=snapshot.id,
             parent_id=parent.id if parent else None, run_id=run_id, flow_run_id=current_flow_run_id(),
             code_revision=code_revision(), params=params, metrics=metrics,

@@ -12,7 +12,7 @@ from components.evaluation.split import test_split
 from components.evaluation.sweep import (Backbone, SweepConfig, SweepResult, SweepUnit, UnitResult,
                                          assemble_sweep, plan_units, run_unit)
 from components.orchestration.lineage import current_flow_run_id, recorded_run
-from components.registry import queries
+from components.registry import writes
 from components.registry.db import session_scope
 from components.registry.promotion import baseline_refs
 from components.settings import get_settings
@@ -54,7 +54,7 @@ def sweep_on_task_runner(settings, backbones: list[Backbone], images, labels, tr
 def register_evaluation(settings, snapshot, run_id, report, plot, results, summary, rows, backbones):
     version_of = {b.name: b.model_version_id for b in backbones}
     with session_scope(settings) as session:
-        return queries.add_evaluation(
+        return writes.add_evaluation(
             session, label_snapshot_id=snapshot.id, run_id=run_id, flow_run_id=current_flow_run_id(),
             report_uri=report.uri, report_sha256=report.sha256, plot_uri=plot.uri, plot_sha256=plot.sha256,
             results_uri=results.uri, results_sha256=results.sha256, summary=summary,

@@ -22,7 +22,7 @@ from components.registry.db import session_scope
 from components.settings import get_settings
 from components.training.adapt import Classifier, predict_with_features
 from components.training.checkpoint import load_checkpoint
-from components.labeling.webhook import start_deployment
+from components.orchestration.triggers import start_deployment
 from flows.labels import register_snapshot, resolve_dataset_version
 from flows.tasks import load_artifact, store_artifact
 

@@ -8,7 +8,7 @@ from prefect.cache_policies import NO_CACHE
 
 from components.orchestration.lineage import code_revision, current_flow_run_id, recorded_run
 from components.models.weights_file import ImportedWeights, import_vit_weights
-from components.registry import queries
+from components.registry import writes
 from components.registry.db import session_scope
 from components.registry.promotion import BASELINE, designate_baseline
 from components.settings import get_settings
@@ -26,11 +26,11 @@ def register_imported(settings, model_name: str, run_id: int, weights: ImportedW
                       alias: str | None, actor: str, reason: str):
     """The version and (when asked) its baseline alias event, in one transaction."""
     with session_scope(settings) as session:
-        queries.get_or_create_model(session, model_name, kind="backbone",
+        writes.get_or_create_model(session, model_name, kind="backbone",
                                     description=f"imported from {weights.source['file']}")
         # No dataset version: these weights were trained outside dlvm, on data it never saw;
         # the source file and its sha256 are the lineage.
-        version = queries.add_model_version(
+        version = writes.add_model_version(
             session, model_name=model_name, dataset_version_id=None, label_snapshot_id=None, parent_id=None,
             run_id=run_id, flow_run_id=current_flow_run_id(), code_revision=code_revision(),
             params=weights.params(), metrics={}, artifact_uri=stored.uri, sha256=stored.sha256)

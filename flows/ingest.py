@@ -12,7 +12,7 @@ from prefect.cache_policies import NO_CACHE
 from components.data import access
 from components.data.ingest import build_manifest, quarantine, scan_folder, stage_into_workspace
 from components.orchestration.lineage import current_flow_run_id, recorded_run
-from components.registry import queries
+from components.registry import queries, writes
 from components.registry.db import session_scope
 from components.settings import get_settings
 from flows.tasks import IO_RETRIES, store_artifact
@@ -31,7 +31,7 @@ def quarantine_bad(scan_result, source: Path, dest: Path) -> list:
 @task(name="find-existing-version", cache_policy=NO_CACHE)
 def find_existing(settings, dataset: str, content_hash: str):
     with session_scope(settings) as session:
-        ds = queries.get_or_create_dataset(session, dataset)
+        ds = writes.get_or_create_dataset(session, dataset)
         return queries.find_dataset_version(session, ds.id, content_hash)
 
 
@@ -48,8 +48,8 @@ def dvc_add_and_push(settings, scan_result, source: Path, dataset: str):
 def register_version(settings, dataset: str, manifest: dict, manifest_artifact, dvc, source: Path,
                      n_quarantined: int):
     with session_scope(settings) as session:
-        ds = queries.get_or_create_dataset(session, dataset)
-        return queries.add_dataset_version(
+        ds = writes.get_or_create_dataset(session, dataset)
+        return writes.add_dataset_version(
             session, dataset_id=ds.id, content_hash=manifest["content_hash"],
             manifest_uri=manifest_artifact.uri, manifest_sha256=manifest_artifact.sha256,
             dvc_md5=dvc.md5, dvc_file=dvc.dvc_file_text, n_images=manifest["n_images"],

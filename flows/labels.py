@@ -9,7 +9,7 @@ from prefect.cache_policies import NO_CACHE
 
 from components.labeling.snapshots import build_label_snapshot, to_json_bytes
 from components.orchestration.lineage import current_flow_run_id, recorded_run
-from components.registry import queries, refs
+from components.registry import queries, refs, writes
 from components.registry.db import session_scope
 from components.settings import get_settings
 from flows.tasks import load_artifact, store_artifact
@@ -32,7 +32,7 @@ def register_snapshot(settings, dataset_version_id: int, snapshot, stored, sourc
         existing = queries.find_label_snapshot(session, dataset_version_id, snapshot.content_hash)
         if existing is not None:
             return existing, False
-        return queries.add_label_snapshot(
+        return writes.add_label_snapshot(
             session, dataset_version_id=dataset_version_id, content_hash=snapshot.content_hash,
             classes=snapshot.classes, n_labeled=len(snapshot.items), n_issues=len(snapshot.issues),
             source=source, artifact_uri=stored.uri, sha256=stored.sha256,

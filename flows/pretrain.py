@@ -13,7 +13,7 @@ from prefect import flow, task
 from prefect.cache_policies import NO_CACHE
 
 from components.orchestration.lineage import code_revision, current_flow_run_id, recorded_run
-from components.registry import queries, refs
+from components.registry import refs, writes
 from components.registry.db import session_scope
 from components.settings import get_settings
 from components.training.checkpoint import load_checkpoint, save_checkpoint
@@ -65,8 +65,8 @@ def run_pretrain(images, cfg: PretrainConfig, init_state: dict | None, checkpoin
 @task(name="register-backbone", cache_policy=NO_CACHE)
 def register_backbone(settings, model_name: str, version, parent, run_id: int, cfg, result, stored):
     with session_scope(settings) as session:
-        queries.get_or_create_model(session, model_name, kind="backbone")
-        return queries.add_model_version(
+        writes.get_or_create_model(session, model_name, kind="backbone")
+        return writes.add_model_version(
             session, model_name=model_name, dataset_version_id=version.id, label_snapshot_id=None,
             parent_id=parent.id if parent else None, run_id=run_id, flow_run_id=current_flow_run_id(),
             code_revision=code_revision(), params={"recipe": asdict(cfg)},

@@ -22,7 +22,8 @@ from components.training.adapt import (
     predict_proba_from_features,
 )
 from components.training.checkpoint import load_checkpoint, save_checkpoint
-from components.training.pretrain import Augment, param_groups
+from components.training.augment import Augment
+from components.training.optim import param_groups
 
 torch.set_num_threads(2)
 

@@ -17,7 +17,7 @@ from sqlmodel import SQLModel, select
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks.registry_api import fill_registry  # noqa: E402
 from app.api.app import create_app, recent_flow_runs  # noqa: E402
-from components.registry import db, monitoring, queries  # noqa: E402
+from components.registry import db, monitoring, queries, writes# noqa: E402
 from components.registry.db import session_scope  # noqa: E402
 from components.registry.promotion import record_promotion  # noqa: E402
 from components.registry.tables import Run, utcnow  # noqa: E402
@@ -179,15 +179,15 @@ def test_rollback_with_the_token_is_a_recorded_promotion_event(client):
 def test_cached_reads_see_writes_from_other_processes(client, registry):
     assert client.get("/api/models").json()[1]["n_versions"] == 6
     with session_scope(registry) as session:  # as a flow in another process would
-        queries.add_model_version(session, MODEL, artifact_uri="file:///c/new", sha256="9" * 64)
+        writes.add_model_version(session, MODEL, artifact_uri="file:///c/new", sha256="9" * 64)
     models = {m["name"]: m for m in client.get("/api/models").json()}
     assert models[MODEL]["n_versions"] == 7 and models[MODEL]["latest_version"] == 7
     with session_scope(registry) as session:
         run = session.exec(select(Run).where(Run.status == "completed")).first()
-        started = queries.start_run(session, "evaluate")
+        started = writes.start_run(session, "evaluate")
     assert client.get("/api/runs?status=running").json()[0]["id"] == started.id
     with session_scope(registry) as session:
-        queries.finish_run(session, started.id, status="failed", error="disk full")
+        writes.finish_run(session, started.id, status="failed", error="disk full")
     assert client.get("/api/runs?status=running").json() == []
     assert run is not None
 
@@ -210,16 +210,16 @@ def test_alerts_name_failed_runs_staleness_and_metric_drops(client, registry):
     # A production model trained on the newest data goes stale when new labels arrive.
     with session_scope(registry) as session:
         newest = queries.latest_dataset_version(session, "elpv")
-        first = queries.add_label_snapshot(session, newest.id, content_hash="v2-labels-1", classes=["a", "b"],
+        first = writes.add_label_snapshot(session, newest.id, content_hash="v2-labels-1", classes=["a", "b"],
                                            n_labeled=10, source="ls", artifact_uri="file:///l/21", sha256="5" * 64)
-        queries.get_or_create_model(session, "fresh", "classifier")
-        mv = queries.add_model_version(session, "fresh", dataset_version_id=newest.id, label_snapshot_id=first.id,
+        writes.get_or_create_model(session, "fresh", "classifier")
+        mv = writes.add_model_version(session, "fresh", dataset_version_id=newest.id, label_snapshot_id=first.id,
                                        artifact_uri="file:///c/fresh", sha256="6" * 64)
         record_promotion(session, model_name="fresh", alias="production", decision="promoted",
                          candidate_version_id=mv.id, evidence={}, actor="test")
     assert not [a for a in client.get("/api/alerts").json() if a["model"] == "fresh"]
     with session_scope(registry) as session:
-        queries.add_label_snapshot(session, newest.id, content_hash="v2-labels-2", classes=["a", "b"],
+        writes.add_label_snapshot(session, newest.id, content_hash="v2-labels-2", classes=["a", "b"],
                                    n_labeled=30, source="ls", artifact_uri="file:///l/22", sha256="7" * 64)
     fresh = [a for a in client.get("/api/alerts").json() if a["model"] == "fresh"]
     assert [a["kind"] for a in fresh] == ["stale_production"]

@@ -15,7 +15,7 @@ from sqlmodel import func, select
 
 from clirun import dlvm, dlvm_env
 from components.models.vit import ViTConfig, VisionTransformer
-from components.registry import queries
+from components.registry import queries, views, writes
 from components.registry.db import ensure_schema, session_scope
 from components.registry.promotion import baseline_refs
 from components.registry.tables import ModelVersion, PromotionEvent
@@ -117,13 +117,13 @@ def test_imported_backbone_gives_the_source_models_features(world, which, name):
 
 def test_alias_baseline_is_a_recorded_promotion_event(world):
     with session_scope(world["settings"]) as session:
-        detail = queries.model_detail(session, "generic-vit")
+        detail = views.model_detail(session, "generic-vit")
         assert detail["kind"] == "backbone" and detail["aliases"] == {"baseline": 1}
         (event,) = detail["promotions"]
         assert event["alias"] == "baseline" and event["decision"] == "promoted" and event["new_version"] == 1
         assert event["evidence"]["designation"] == "generic baseline"
         assert event["evidence"]["source"]["sha256"] == sha256(world["timm"][1])
-        assert queries.model_detail(session, "hf-vit")["aliases"] == {}
+        assert views.model_detail(session, "hf-vit")["aliases"] == {}
         assert baseline_refs(session) == ["generic-vit:1"]  # what `evaluate` adds when no backbone is named
     assert world["summary"]["baseline_event_id"] == event["id"]
 
@@ -131,7 +131,7 @@ def test_alias_baseline_is_a_recorded_promotion_event(world):
     assert "hf-vit:1 -> baseline" in out.stdout
     with session_scope(world["settings"]) as session:
         assert baseline_refs(session) == ["generic-vit:1", "hf-vit:1"]
-        (event,) = queries.model_detail(session, "hf-vit")["promotions"]
+        (event,) = views.model_detail(session, "hf-vit")["promotions"]
         assert event["reason"] == "HF checkpoint as reference" and event["evidence"]["ref"] == "hf-vit:1"
 
 
@@ -171,11 +171,11 @@ def test_designating_baselines_moves_the_alias_and_rolls_back_like_a_promotion(d
     from components.registry.promotion import PromotionError, designate_baseline, rollback
 
     with session_scope(dlvm_home) as session:
-        queries.get_or_create_model(session, "generic-mae", kind="backbone")
-        queries.get_or_create_model(session, "x-classifier", kind="classifier")
-        v1, v2 = (queries.add_model_version(session, "generic-mae", artifact_uri=f"file:///v{i}", sha256="0" * 64)
+        writes.get_or_create_model(session, "generic-mae", kind="backbone")
+        writes.get_or_create_model(session, "x-classifier", kind="classifier")
+        v1, v2 = (writes.add_model_version(session, "generic-mae", artifact_uri=f"file:///v{i}", sha256="0" * 64)
                   for i in (1, 2))
-        clf = queries.add_model_version(session, "x-classifier", artifact_uri="file:///c", sha256="0" * 64)
+        clf = writes.add_model_version(session, "x-classifier", artifact_uri="file:///c", sha256="0" * 64)
         designate_baseline(session, v1.id, actor="pipeline", evidence={"source": "/data/generic"})
         designate_baseline(session, v2.id, actor="pipeline")
         assert baseline_refs(session) == ["generic-mae:2"]
@@ -185,5 +185,5 @@ def test_designating_baselines_moves_the_alias_and_rolls_back_like_a_promotion(d
             designate_baseline(session, clf.id, actor="cli")
         rollback(session, "generic-mae", "baseline", actor="cli", reason="v2 was trained on the wrong folder")
         assert baseline_refs(session) == ["generic-mae:1"]
-        decisions = [e["decision"] for e in queries.model_detail(session, "generic-mae")["promotions"]]
+        decisions = [e["decision"] for e in views.model_detail(session, "generic-mae")["promotions"]]
         assert decisions == ["rollback", "promoted", "promoted"]

@@ -69,7 +69,7 @@ def test_kill_between_artifact_write_and_registry_commit(tmp_path, images, prefe
     settings = Settings(home=home)
 
     # 1. ingest: the manifest artifact is written, then the process dies before its row.
-    proc = run_killed_at("components.registry.queries.add_dataset_version", env,
+    proc = run_killed_at("components.registry.writes.add_dataset_version", env,
                          "ingest", str(images), "--dataset", "cells")
     assert proc.returncode == -signal.SIGKILL, proc.stdout[-2000:]
     assert len(artifact_files(settings, "manifests")) == 1, "the artifact was fully written before the kill"
@@ -82,7 +82,7 @@ def test_kill_between_artifact_write_and_registry_commit(tmp_path, images, prefe
         assert [v.version for v in session.exec(select(DatasetVersion)).all()] == [1]
 
     # 2. pretrain: the checkpoint is written, then the process dies before the model version row.
-    proc = run_killed_at("components.registry.queries.add_model_version", env,
+    proc = run_killed_at("components.registry.writes.add_model_version", env,
                          "pretrain", "--dataset", "cells", "--recipe", "tiny", "--steps", "3")
     assert proc.returncode == -signal.SIGKILL, proc.stdout[-2000:]
     assert len(artifact_files(settings, "checkpoints")) == 1

@@ -8,7 +8,8 @@ import torch
 
 from components.models.dino import SelfDistillation, sinkhorn_knopp, teacher_momentum_at, teacher_temp_at
 from components.models.vit import ViTConfig, VisionTransformer
-from components.training.pretrain import Augment, augment_batch, param_groups
+from components.training.augment import Augment, augment_batch
+from components.training.optim import param_groups
 
 
 def tiny_cfg() -> ViTConfig:

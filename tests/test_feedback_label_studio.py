@@ -232,7 +232,8 @@ def test_webhook_from_label_studio_starts_the_retrain_deployment(loop, prefect_a
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
     from components.stack.services import free_port
-    from components.labeling.webhook import RetrainTrigger, create_app, start_deployment
+    from components.labeling.webhook import RetrainTrigger, create_app
+    from components.orchestration.triggers import start_deployment
     from flows.retrain import retrain_flow
 
     cfg, project_id = loop["cfg"], loop["round1"]["project_id"]

@@ -5,7 +5,13 @@ import pytest
 import torch
 
 from components.models.mae import MaskedAutoencoder
-from components.models.vit import ViTConfig, VisionTransformer, load_pretrained_weights, normalize_uint8, sincos_pos_embed
+from components.models.vit import (
+    VisionTransformer,
+    ViTConfig,
+    normalize_uint8,
+    sincos_pos_embed,
+)
+from components.models.weight_mapping import load_pretrained_weights
 
 torch.set_num_threads(2)
 

@@ -14,7 +14,7 @@ from alembic.runtime.migration import MigrationContext
 from sqlalchemy.exc import IntegrityError, StatementError
 from sqlmodel import Session, SQLModel, select
 
-from components.registry import db, queries as q
+from components.registry import db, queries as q, views, writes as w
 from components.registry.promotion import PromotionError, record_promotion, rollback
 from components.registry.tables import Alias, DatasetVersion, PromotionEvent
 from components.settings import Settings
@@ -62,8 +62,8 @@ def session(url):
 
 
 def _dataset_version(s: Session, name: str = "elpv", content: str = "c1"):
-    ds = q.get_or_create_dataset(s, name)
-    return q.add_dataset_version(
+    ds = w.get_or_create_dataset(s, name)
+    return w.add_dataset_version(
         s, ds.id, content_hash=content, manifest_uri=f"file:///a/manifest/{content}.json",
         manifest_sha256="m" * 64, dvc_md5="d" * 32 + ".dir", dvc_file="outs:\n- md5: x\n",
         n_images=10, n_bytes=1000, source_path="/data/raw",
@@ -71,7 +71,7 @@ def _dataset_version(s: Session, name: str = "elpv", content: str = "c1"):
 
 
 def _snapshot(s: Session, dv_id: int, content: str = "l1"):
-    return q.add_label_snapshot(
+    return w.add_label_snapshot(
         s, dv_id, content_hash=content, classes=["good", "crack"], n_labeled=8, n_issues=1,
         source="export.json", artifact_uri=f"file:///a/labels/{content}.json", sha256="l" * 64,
     )
@@ -79,9 +79,9 @@ def _snapshot(s: Session, dv_id: int, content: str = "l1"):
 
 def _models(s: Session, n_versions: int = 3):
     """A classifier with ``n_versions`` versions; returns their ids."""
-    q.get_or_create_model(s, "elpv-clf", "classifier")
+    w.get_or_create_model(s, "elpv-clf", "classifier")
     return [
-        q.add_model_version(s, "elpv-clf", artifact_uri=f"file:///a/clf/{i}", sha256=f"{i}" * 64).id
+        w.add_model_version(s, "elpv-clf", artifact_uri=f"file:///a/clf/{i}", sha256=f"{i}" * 64).id
         for i in range(1, n_versions + 1)
     ]
 
@@ -131,13 +131,13 @@ def test_migration_head_matches_the_models(url):
 def test_session_scope_upgrades_commits_and_rolls_back(empty_url, tmp_path):
     settings = Settings(home=tmp_path / "home", database_url=empty_url)
     with db.session_scope(settings) as s:
-        q.get_or_create_dataset(s, "kept")
+        w.get_or_create_dataset(s, "kept")
     with pytest.raises(RuntimeError, match="boom"):
         with db.session_scope(settings) as s:
-            q.get_or_create_dataset(s, "discarded")
+            w.get_or_create_dataset(s, "discarded")
             raise RuntimeError("boom")
     with db.session_scope(settings) as s:
-        assert [d["name"] for d in q.list_datasets(s)] == ["kept"]
+        assert [d["name"] for d in views.list_datasets(s)] == ["kept"]
 
 
 def test_sqlite_engine_enforces_foreign_keys_and_uses_wal(tmp_path):
@@ -157,8 +157,8 @@ def test_sqlite_engine_enforces_foreign_keys_and_uses_wal(tmp_path):
 
 
 def test_dataset_versions_are_numbered_and_content_addressed(session, url):
-    ds = q.get_or_create_dataset(session, "elpv")
-    assert q.get_or_create_dataset(session, "elpv").id == ds.id
+    ds = w.get_or_create_dataset(session, "elpv")
+    assert w.get_or_create_dataset(session, "elpv").id == ds.id
     v1 = _dataset_version(session, content="c1")
     v2 = _dataset_version(session, content="c2")
     other = _dataset_version(session, name="wafers", content="c1")  # same content, other dataset
@@ -182,7 +182,7 @@ def test_dataset_versions_are_numbered_and_content_addressed(session, url):
             session.add(DatasetVersion(dataset_id=ds.id, version=2, content_hash="c9", manifest_uri="u",
                                        manifest_sha256="s", dvc_md5="m", dvc_file="", n_images=0,
                                        n_bytes=0, source_path="/"))
-    datasets = {d["name"]: d for d in q.list_datasets(session)}
+    datasets = {d["name"]: d for d in views.list_datasets(session)}
     assert datasets["elpv"]["n_versions"] == 2 and datasets["elpv"]["latest_version"] == 2
 
 
@@ -216,46 +216,46 @@ def test_timestamps_are_timezone_aware_utc(session, url):
 
 
 def test_runs_start_and_finish_once(session):
-    run = q.start_run(session, "pretrain", flow_run_id="fr-1", params={"steps": 10}, code_revision="abc")
+    run = w.start_run(session, "pretrain", flow_run_id="fr-1", params={"steps": 10}, code_revision="abc")
     assert run.status == "running" and run.finished_at is None
-    q.finish_run(session, run.id, status="failed", error="CUDA OOM")
+    w.finish_run(session, run.id, status="failed", error="CUDA OOM")
     assert run.status == "failed" and run.error == "CUDA OOM" and run.finished_at is not None
     with pytest.raises(ValueError, match="already finished"):
-        q.finish_run(session, run.id)
+        w.finish_run(session, run.id)
     with pytest.raises(ValueError):
-        q.finish_run(session, q.start_run(session, "x").id, status="running")
+        w.finish_run(session, w.start_run(session, "x").id, status="running")
     with pytest.raises(q.NotFound, match="run id 424242"):
-        q.finish_run(session, 424242)
+        w.finish_run(session, 424242)
 
 
 def test_model_versions_are_numbered_per_model(session):
-    q.get_or_create_model(session, "elpv-mae", "backbone")
-    q.get_or_create_model(session, "elpv-clf", "classifier")
-    a1 = q.add_model_version(session, "elpv-mae", artifact_uri="file:///b1", sha256="1" * 64)
-    a2 = q.add_model_version(session, "elpv-mae", artifact_uri="file:///b2", sha256="2" * 64)
-    c1 = q.add_model_version(session, "elpv-clf", artifact_uri="file:///c1", sha256="3" * 64)
+    w.get_or_create_model(session, "elpv-mae", "backbone")
+    w.get_or_create_model(session, "elpv-clf", "classifier")
+    a1 = w.add_model_version(session, "elpv-mae", artifact_uri="file:///b1", sha256="1" * 64)
+    a2 = w.add_model_version(session, "elpv-mae", artifact_uri="file:///b2", sha256="2" * 64)
+    c1 = w.add_model_version(session, "elpv-clf", artifact_uri="file:///c1", sha256="3" * 64)
     assert (a1.version, a2.version, c1.version) == (1, 2, 1)
     assert q.get_model_version(session, "elpv-mae", 2).id == a2.id
     assert q.latest_model_version(session, "elpv-mae").id == a2.id
     with pytest.raises(ValueError, match="registered as a backbone"):
-        q.get_or_create_model(session, "elpv-mae", "classifier")
+        w.get_or_create_model(session, "elpv-mae", "classifier")
     with pytest.raises(ValueError, match="kind"):
-        q.get_or_create_model(session, "x", "detector")
+        w.get_or_create_model(session, "x", "detector")
 
 
 def test_concurrent_writers_get_distinct_version_numbers(url):
     """A second writer waits for the first instead of computing the same next version."""
     with Session(db.engine_for(url)) as s:
-        q.get_or_create_model(s, "elpv-clf", "classifier")
+        w.get_or_create_model(s, "elpv-clf", "classifier")
         s.commit()
     first = Session(db.engine_for(url))
-    v1 = q.add_model_version(first, "elpv-clf", artifact_uri="file:///1", sha256="1" * 64).version
+    v1 = w.add_model_version(first, "elpv-clf", artifact_uri="file:///1", sha256="1" * 64).version
     got: dict = {}
 
     def second_writer():
         try:
             with Session(db.engine_for(url)) as s:
-                got["version"] = q.add_model_version(s, "elpv-clf", artifact_uri="file:///2", sha256="2" * 64).version
+                got["version"] = w.add_model_version(s, "elpv-clf", artifact_uri="file:///2", sha256="2" * 64).version
                 s.commit()
         except Exception as exc:  # noqa: BLE001  (reported by the assertion below)
             got["error"] = exc
@@ -276,20 +276,20 @@ def test_concurrent_writers_get_distinct_version_numbers(url):
 def test_model_detail_shows_full_lineage(session):
     dv = _dataset_version(session, content="c1")
     snap = _snapshot(session, dv.id)
-    run = q.start_run(session, "pretrain", flow_run_id="fr-pre")
-    q.get_or_create_model(session, "elpv-mae", "backbone", description="MAE on ELPV")
-    bb = q.add_model_version(session, "elpv-mae", artifact_uri="file:///bb", sha256="b" * 64,
+    run = w.start_run(session, "pretrain", flow_run_id="fr-pre")
+    w.get_or_create_model(session, "elpv-mae", "backbone", description="MAE on ELPV")
+    bb = w.add_model_version(session, "elpv-mae", artifact_uri="file:///bb", sha256="b" * 64,
                              dataset_version_id=dv.id, run_id=run.id, flow_run_id="fr-pre",
                              code_revision="rev1", params={"mask_ratio": 0.75}, metrics={"loss": 0.3})
-    q.get_or_create_model(session, "elpv-clf", "classifier")
-    clf = q.add_model_version(session, "elpv-clf", artifact_uri="file:///clf", sha256="c" * 64,
+    w.get_or_create_model(session, "elpv-clf", "classifier")
+    clf = w.add_model_version(session, "elpv-clf", artifact_uri="file:///clf", sha256="c" * 64,
                               dataset_version_id=dv.id, label_snapshot_id=snap.id, parent_id=bb.id,
                               flow_run_id="fr-adapt", code_revision="rev2",
                               params={"method": "probe"}, metrics={"accuracy": 0.9})
     record_promotion(session, model_name="elpv-clf", alias="production", decision="promoted",
                      candidate_version_id=clf.id, evidence={"gate": "passed"}, actor="tester")
 
-    detail = q.model_detail(session, "elpv-clf")
+    detail = views.model_detail(session, "elpv-clf")
     (v,) = detail["versions"]
     assert v["version"] == 1 and v["aliases"] == ["production"]
     assert v["dataset"] == {"id": dv.id, "name": "elpv", "version": 1, "content_hash": "c1"}
@@ -303,10 +303,10 @@ def test_model_detail_shows_full_lineage(session):
     assert (event["decision"], event["new_version"], event["previous_version"]) == ("promoted", 1, None)
     assert event["evidence"] == {"gate": "passed"} and event["actor"] == "tester"
 
-    backbone = q.model_detail(session, "elpv-mae")["versions"][0]
+    backbone = views.model_detail(session, "elpv-mae")["versions"][0]
     assert backbone["run_id"] == run.id and backbone["parent"] is None and backbone["label_snapshot"] is None
 
-    models = {m["name"]: m for m in q.list_models(session)}
+    models = {m["name"]: m for m in views.list_models(session)}
     assert models["elpv-clf"] | {"created_at": None} == {
         "name": "elpv-clf", "kind": "classifier", "description": "", "n_versions": 1,
         "latest_version": 1, "aliases": {"production": 1}, "created_at": None,
@@ -319,7 +319,7 @@ def test_evaluations_and_referenced_artifacts(session):
     snap = _snapshot(session, dv.id)
     (v1,) = _models(session, 1)
     metric = {"value": 0.9, "ci_low": 0.85, "ci_high": 0.94}
-    ev = q.add_evaluation(
+    ev = w.add_evaluation(
         session, label_snapshot_id=snap.id, report_uri="file:///a/report.md", report_sha256="r" * 64,
         plot_uri="file:///a/plot.png", plot_sha256="p" * 64, summary={"ratio": 0.2},
         results=[{"backbone": "elpv-mae:1", "model_version_id": v1, "method": "probe", "fraction": 0.1,
@@ -328,7 +328,7 @@ def test_evaluations_and_referenced_artifacts(session):
                  {"backbone": "imagenet-vit", "method": "probe", "fraction": 1.0, "seed": 0,
                   "n_train": 500, "metrics": {"accuracy": metric}}],
     )
-    detail = q.evaluation_detail(session, ev.id)
+    detail = views.evaluation_detail(session, ev.id)
     assert [r["backbone"] for r in detail["results"]] == ["elpv-mae:1", "imagenet-vit"]
     assert detail["results"][0]["model_version"] == "elpv-clf:1" and detail["results_file"] is None
     assert detail["results"][0]["metrics"]["macro_f1"]["ci_low"] == 0.85
@@ -340,7 +340,7 @@ def test_evaluations_and_referenced_artifacts(session):
     }
     table, row_id, uri, sha = next(r for r in refs if r.table == "model_version")
     assert (row_id, sha) == (v1, "1" * 64)
-    assert q.list_evaluations(session)[0]["id"] == ev.id
+    assert views.list_evaluations(session)[0]["id"] == ev.id
 
 
 # --- aliases and promotions -----------------------------------------------------------
@@ -366,7 +366,7 @@ def test_promotion_moves_alias_and_records_event(session, url):
     with pytest.raises(PromotionError, match="decision"):
         record_promotion(session, model_name="elpv-clf", alias="production", decision="maybe",
                          candidate_version_id=v3, evidence={}, actor="flow")
-    assert [p["decision"] for p in q.model_detail(session, "elpv-clf")["promotions"]] == [
+    assert [p["decision"] for p in views.model_detail(session, "elpv-clf")["promotions"]] == [
         "rejected", "promoted", "promoted"]
 
 
@@ -384,8 +384,8 @@ def test_one_version_per_alias_per_model(session):
 
 def test_failed_promotion_leaves_neither_alias_move_nor_event(session, url):
     v1, v2, v3 = _models(session)
-    q.get_or_create_model(session, "other", "classifier")
-    foreign = q.add_model_version(session, "other", artifact_uri="file:///o", sha256="o" * 64).id
+    w.get_or_create_model(session, "other", "classifier")
+    foreign = w.add_model_version(session, "other", artifact_uri="file:///o", sha256="o" * 64).id
     record_promotion(session, model_name="elpv-clf", alias="production", decision="promoted",
                      candidate_version_id=v1, evidence={}, actor="flow")
     session.commit()
@@ -453,7 +453,7 @@ def test_rollback_walks_back_through_promotions(session, url):
         rollback(session, "elpv-clf", "production", actor="ops")
     session.commit()
     assert _alias_state(url) == (1, 5)
-    decisions = [p["decision"] for p in q.model_detail(session, "elpv-clf")["promotions"]]
+    decisions = [p["decision"] for p in views.model_detail(session, "elpv-clf")["promotions"]]
     assert decisions == ["rollback", "rollback", "promoted", "promoted", "promoted"]
 
 
@@ -463,8 +463,8 @@ def test_not_found_errors_name_what_is_missing(session):
         (lambda: q.get_model_version(session, "nope", 1), "model 'nope' not found"),
         (lambda: q.get_model_version(session, "elpv-clf", 9), "model 'elpv-clf' has no version 9"),
         (lambda: q.get_alias_version(session, "nope", "production"), "model 'nope'"),
-        (lambda: q.model_detail(session, "nope"), "model 'nope'"),
-        (lambda: q.add_model_version(session, "nope", artifact_uri="u", sha256="s"), "model 'nope'"),
+        (lambda: views.model_detail(session, "nope"), "model 'nope'"),
+        (lambda: w.add_model_version(session, "nope", artifact_uri="u", sha256="s"), "model 'nope'"),
         (lambda: q.latest_dataset_version(session, "ghost"), "dataset 'ghost' not found"),
         (lambda: q.get_dataset_version(session, "ghost", 1), "dataset 'ghost'"),
         (lambda: q.get_evaluation(session, 31337), "evaluation id 31337"),
@@ -474,6 +474,6 @@ def test_not_found_errors_name_what_is_missing(session):
         with pytest.raises(q.NotFound, match=message):
             call()
     assert issubclass(q.NotFound, LookupError)
-    q.get_or_create_dataset(session, "empty")
+    w.get_or_create_dataset(session, "empty")
     with pytest.raises(q.NotFound, match="'empty' has no versions"):
         q.latest_dataset_version(session, "empty")

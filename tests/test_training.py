@@ -22,7 +22,9 @@ from components.training.adapt import (
 )
 from components.training.checkpoint import load_checkpoint, save_checkpoint
 from components.training.device import autocast_for, pick_device
-from components.training.pretrain import Augment, PretrainConfig, augment_batch, cosine_lr, pretrain
+from components.training.augment import Augment, augment_batch
+from components.training.optim import cosine_lr
+from components.training.pretrain import PretrainConfig, pretrain
 
 torch.set_num_threads(2)
 

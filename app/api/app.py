@@ -19,7 +19,7 @@ from app.api import schemas
 from app.api.cache import ResponseCache
 from app.api.dashboard import router as dashboard_router
 from app.api.deps import Id, Limit, Name, ReadAccess, Version, Writer, alert_rules
-from components.registry import monitoring, queries
+from components.registry import monitoring, queries, views
 from components.registry.db import current_revision, read_session, session_scope
 from components.registry.promotion import PromotionError, rollback
 from components.registry.tables import ModelVersion
@@ -78,11 +78,11 @@ def _api_routes():
 
     @api.get("/models", response_model=list[schemas.ModelSummary], tags=["models"])
     def models(reads: ReadAccess):
-        return reads.json(list[schemas.ModelSummary], queries.list_models)
+        return reads.json(list[schemas.ModelSummary], views.list_models)
 
     @api.get("/models/{name}", response_model=schemas.ModelDetail, responses=NOT_FOUND, tags=["models"])
     def model(name: Name, reads: ReadAccess):
-        return reads.json(schemas.ModelDetail, queries.model_detail, name)
+        return reads.json(schemas.ModelDetail, views.model_detail, name)
 
     @api.get("/models/{name}/versions/{version}", response_model=schemas.ModelVersionOut, responses=NOT_FOUND,
              tags=["models"])
@@ -129,7 +129,7 @@ def _api_routes():
 
     @api.get("/datasets", response_model=list[schemas.DatasetSummary], tags=["data"])
     def datasets(reads: ReadAccess):
-        return reads.json(list[schemas.DatasetSummary], queries.list_datasets)
+        return reads.json(list[schemas.DatasetSummary], views.list_datasets)
 
     @api.get("/datasets/{name}", response_model=schemas.DatasetHistory, responses=NOT_FOUND, tags=["data"])
     def dataset(name: Name, reads: ReadAccess):
@@ -149,12 +149,12 @@ def _api_routes():
 
     @api.get("/evaluations", response_model=list[schemas.EvaluationSummary], tags=["evaluations"])
     def evaluations(reads: ReadAccess, limit: Limit = 50):
-        return reads.json(list[schemas.EvaluationSummary], queries.list_evaluations, limit)
+        return reads.json(list[schemas.EvaluationSummary], views.list_evaluations, limit)
 
     @api.get("/evaluations/{evaluation_id}", response_model=schemas.EvaluationDetail, responses=NOT_FOUND,
              tags=["evaluations"])
     def evaluation(evaluation_id: Id, reads: ReadAccess):
-        return reads.json(schemas.EvaluationDetail, queries.evaluation_detail, evaluation_id)
+        return reads.json(schemas.EvaluationDetail, views.evaluation_detail, evaluation_id)
 
     @api.get("/evaluations/{evaluation_id}/plot", response_class=Response, responses={
         **NOT_FOUND, 200: {"content": {"image/png": {}}, "description": "the label-efficiency curves"}},
@@ -210,7 +210,7 @@ def _health(session: Session, database_url: str) -> dict:
 
 
 def _version_detail(session: Session, name: str, version: int) -> dict:
-    found = next((v for v in queries.model_detail(session, name)["versions"] if v["version"] == version), None)
+    found = next((v for v in views.model_detail(session, name)["versions"] if v["version"] == version), None)
     if found is None:
         raise queries.NotFound(f"model {name!r} has no version {version}")
     return found
@@ -220,7 +220,7 @@ def _model_evaluation(session: Session, name: str) -> dict:
     evaluation_id = monitoring.model_evaluation_id(session, name)
     if evaluation_id is None:
         raise queries.NotFound(f"model {name!r} has no evaluation yet")
-    return queries.evaluation_detail(session, evaluation_id)
+    return views.evaluation_detail(session, evaluation_id)
 
 
 def _snapshot_detail(session: Session, snapshot_id: int) -> dict:

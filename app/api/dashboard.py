@@ -14,7 +14,7 @@ from fastapi.templating import Jinja2Templates
 
 from app.api.deps import Name, alert_rules, settings_dep
 from app.api.auth import bearer, check_read
-from components.registry import monitoring, queries
+from components.registry import monitoring, queries, views
 from components.registry.db import read_session
 from components.settings import Settings
 
@@ -53,7 +53,7 @@ def _page(request: Request, template: str, settings: Settings,
 def overview(request: Request, settings: Settings = Depends(settings_dep),
              credentials: Optional[HTTPAuthorizationCredentials] = Depends(bearer)):
     def context(session):
-        return {"models": queries.list_models(session), "datasets": queries.list_datasets(session),
+        return {"models": views.list_models(session), "datasets": views.list_datasets(session),
                 "alerts": monitoring.alerts(session, alert_rules(settings)),
                 "promotions": monitoring.recent_promotions(session, 10),
                 "runs": monitoring.recent_runs(session, 10)}
@@ -64,7 +64,7 @@ def overview(request: Request, settings: Settings = Depends(settings_dep),
 def model_page(name: Name, request: Request, settings: Settings = Depends(settings_dep),
                credentials: Optional[HTTPAuthorizationCredentials] = Depends(bearer)):
     def context(session):
-        detail = queries.model_detail(session, name)
+        detail = views.model_detail(session, name)
         versions = {v["version"]: v for v in detail["versions"]}
         shown = detail["aliases"].get(monitoring.PRODUCTION) or (detail["versions"][0]["version"]
                                                                 if detail["versions"] else None)
@@ -76,7 +76,7 @@ def model_page(name: Name, request: Request, settings: Settings = Depends(settin
             "staging": versions.get(detail["aliases"].get(monitoring.STAGING)),
             "lineage_version": shown,
             "lineage": monitoring.lineage(session, name, shown) if shown else [],
-            "evaluation": queries.evaluation_detail(session, evaluation_id) if evaluation_id else None,
+            "evaluation": views.evaluation_detail(session, evaluation_id) if evaluation_id else None,
             "datasets": [monitoring.dataset_history(session, d) for d in datasets],
             "alerts": [a for a in monitoring.alerts(session, alert_rules(settings))
                        if a["model"] in (None, name)],

@@ -33,7 +33,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from components.models.mae import MaskedAutoencoder
-from components.models.vit import ViTConfig, VisionTransformer
+from components.models.vit import VisionTransformer, ViTConfig
 
 
 class ProjectionHead(nn.Module):

@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from components.models.vit import Block, ViTConfig, VisionTransformer, sincos_pos_embed
+from components.models.vit import Block, VisionTransformer, ViTConfig, sincos_pos_embed
 
 
 class MaskedAutoencoder(nn.Module):

@@ -5,7 +5,7 @@ Reading is strict and its errors are one line each, naming the file and the prob
 a missing file, a file that is not a readable weights file, a state dict that is not a
 ViT, or a ViT of another shape than the one asked for (the parameter and both shapes).
 The key mapping itself (HF names, RGB -> gray patch embedding, position-table resize)
-is :func:`components.models.vit.load_pretrained_weights`.
+is :func:`components.models.weight_mapping.load_pretrained_weights`.
 """
 from __future__ import annotations
 
@@ -16,10 +16,17 @@ from pathlib import Path
 
 import torch
 
-from components.models.vit import LoadReport, ViTConfig, VisionTransformer, load_pretrained_weights
-# The same renaming load_pretrained_weights applies, used here only to inspect the file
+from components.models.vit import VisionTransformer, ViTConfig
+
+# The same renaming load_pretrained_weights applies is used here to inspect the file
 # (depth, width, patch size) before loading, so that errors can say what the file is.
-from components.models.vit import _from_hf, _strip_prefixes, _unwrap
+from components.models.weight_mapping import (
+    LoadReport,
+    load_pretrained_weights,
+    rename_hf_vit,
+    strip_prefixes,
+    unwrap,
+)
 
 SAFETENSORS_SUFFIXES = (".safetensors",)
 TORCH_SUFFIXES = (".pth", ".pt", ".bin", ".ckpt")
@@ -90,7 +97,7 @@ def read_state_dict(path: str | Path) -> tuple[dict[str, torch.Tensor], str]:
                          + (f": {first_line})" if first_line else ")")) from exc
     if not isinstance(obj, dict):
         raise ValueError(f"{path.name} holds a {type(obj).__name__}, not a state dict")
-    state = _unwrap(obj)
+    state = unwrap(obj)
     not_tensors = sorted(str(k) for k, v in state.items() if not isinstance(v, torch.Tensor))
     if not_tensors:
         raise ValueError(f"{path.name} is not a state dict of tensors: entries {_few(not_tensors)} are not tensors")
@@ -109,7 +116,7 @@ def vit_config_for(state: dict[str, torch.Tensor], *, img_size: int = 64, patch_
     """The grayscale ViTConfig to load ``state`` into: ``arch`` (tiny/small/base) and explicit
     sizes as given; width, depth and patch size the user left out are read off the file.
     The head count is not stored in weights, so it must come from ``arch`` or ``num_heads``."""
-    canon = _from_hf(_strip_prefixes(dict(state)))
+    canon = rename_hf_vit(strip_prefixes(dict(state)))
     if arch is not None and arch not in ARCHS:
         raise ValueError(f"unknown ViT architecture {arch!r} (known: {', '.join(ARCHS)})")
     preset = ARCHS[arch](img_size) if arch else None
@@ -132,7 +139,7 @@ def check_vit_state(state: dict[str, torch.Tensor], cfg: ViTConfig, name: str = 
     """Raise ``ValueError`` if ``state`` is not a ViT, or not one of ``cfg``'s depth and width;
     the message names the parameter and both shapes. Patch embedding and position table are
     exempt from the shape check: the loader adapts them (channels, kernel, grid)."""
-    canon = _from_hf(_strip_prefixes(dict(state)))
+    canon = rename_hf_vit(strip_prefixes(dict(state)))
     own = VisionTransformer(cfg).state_dict()
     if not any(k in own for k in canon):
         raise ValueError(f"{name} is not a ViT state dict: none of its {len(canon)} tensors has a ViT parameter name "

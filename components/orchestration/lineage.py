@@ -41,18 +41,18 @@ def current_flow_run_id() -> str | None:
 @contextmanager
 def recorded_run(settings: Settings, kind: str, params: dict) -> Iterator[int]:
     """Record one step as a registry Run: 'running' now, then 'completed' or 'failed' with the error."""
-    from components.registry import queries
+    from components.registry import writes
     from components.registry.db import session_scope
 
     with session_scope(settings) as session:
-        run = queries.start_run(session, kind=kind, params=params, flow_run_id=current_flow_run_id(),
+        run = writes.start_run(session, kind=kind, params=params, flow_run_id=current_flow_run_id(),
                                 code_revision=code_revision())
         run_id = run.id
     try:
         yield run_id
     except BaseException as exc:
         with session_scope(settings) as session:
-            queries.finish_run(session, run_id, status="failed", error=f"{type(exc).__name__}: {exc}")
+            writes.finish_run(session, run_id, status="failed", error=f"{type(exc).__name__}: {exc}")
         raise
     with session_scope(settings) as session:
-        queries.finish_run(session, run_id, status="completed")
+        writes.finish_run(session, run_id, status="completed")

@@ -9,9 +9,13 @@ from typing import Any
 
 from sqlmodel import Session, col, select
 
-from components.registry.queries import (NotFound, _iso, _version_refs, get_dataset, get_model,
-                                         get_model_version, latest_label_snapshot, promotion_dict,
-                                         promotion_event_version_ids)
+from components.registry.queries import (
+    NotFound,
+    get_dataset,
+    get_model,
+    get_model_version,
+    latest_label_snapshot,
+)
 from components.registry.tables import (
     Alias,
     Dataset,
@@ -25,6 +29,12 @@ from components.registry.tables import (
     Run,
     utcnow,
 )
+from components.registry.views import (
+    iso,
+    promotion_dict,
+    promotion_event_version_ids,
+    version_refs,
+)
 
 PRODUCTION = "production"
 STAGING = "staging"
@@ -33,7 +43,7 @@ STAGING = "staging"
 def snapshot_dict(s: LabelSnapshot) -> dict[str, Any]:
     return {"id": s.id, "version": s.version, "n_labeled": s.n_labeled, "n_issues": s.n_issues,
             "classes": s.classes, "source": s.source, "content_hash": s.content_hash,
-            "created_at": _iso(s.created_at)}
+            "created_at": iso(s.created_at)}
 
 
 def dataset_history(session: Session, name: str) -> dict[str, Any]:
@@ -48,11 +58,11 @@ def dataset_history(session: Session, name: str) -> dict[str, Any]:
         snapshots.setdefault(s.dataset_version_id, []).append(snapshot_dict(s))
     return {
         "name": dataset.name,
-        "created_at": _iso(dataset.created_at),
+        "created_at": iso(dataset.created_at),
         "versions": [
             {"id": v.id, "version": v.version, "n_images": v.n_images, "n_bytes": v.n_bytes,
              "n_quarantined": v.n_quarantined, "content_hash": v.content_hash, "dvc_md5": v.dvc_md5,
-             "source_path": v.source_path, "flow_run_id": v.flow_run_id, "created_at": _iso(v.created_at),
+             "source_path": v.source_path, "flow_run_id": v.flow_run_id, "created_at": iso(v.created_at),
              "label_snapshots": snapshots.get(v.id, [])}
             for v in versions
         ],
@@ -90,7 +100,7 @@ def lineage(session: Session, model_name: str, version: int) -> list[dict[str, A
                                             .where(DatasetVersion.id == mv.dataset_version_id)).one()
             add("dataset_version", dv.id, {"ref": f"{dataset_name} v{dv.version}", "dataset": dataset_name,
                                            "version": dv.version, "n_images": dv.n_images, "n_bytes": dv.n_bytes,
-                                           "content_hash": dv.content_hash, "created_at": _iso(dv.created_at)})
+                                           "content_hash": dv.content_hash, "created_at": iso(dv.created_at)})
         if mv.label_snapshot_id is not None:
             s = session.get(LabelSnapshot, mv.label_snapshot_id)
             add("label_snapshot", s.id, {"ref": f"labels v{s.version}", **snapshot_dict(s)})
@@ -98,7 +108,7 @@ def lineage(session: Session, model_name: str, version: int) -> list[dict[str, A
                                      "version": mv.version, "params": mv.params, "metrics": mv.metrics,
                                      "artifact_uri": mv.artifact_uri, "sha256": mv.sha256,
                                      "code_revision": mv.code_revision, "flow_run_id": mv.flow_run_id,
-                                     "created_at": _iso(mv.created_at)})
+                                     "created_at": iso(mv.created_at)})
     return nodes
 
 
@@ -109,7 +119,7 @@ def recent_promotions(session: Session, limit: int = 20, model_name: str | None 
     if model_name is not None:
         query = query.where(RegisteredModel.id == get_model(session, model_name).id)
     rows = session.exec(query.order_by(col(PromotionEvent.id).desc()).limit(limit)).all()
-    refs = _version_refs(session, [i for e, _ in rows for i in promotion_event_version_ids(e)])
+    refs = version_refs(session, [i for e, _ in rows for i in promotion_event_version_ids(e)])
     return [{**promotion_dict(e, refs), "model": name} for e, name in rows]
 
 
@@ -120,7 +130,7 @@ def recent_runs(session: Session, limit: int = 20, status: str | None = None) ->
         query = query.where(Run.status == status)
     return [
         {"id": r.id, "kind": r.kind, "status": r.status, "flow_run_id": r.flow_run_id, "error": r.error,
-         "started_at": _iso(r.started_at), "finished_at": _iso(r.finished_at)}
+         "started_at": iso(r.started_at), "finished_at": iso(r.finished_at)}
         for r in session.exec(query.order_by(col(Run.id).desc()).limit(limit)).all()
     ]
 
@@ -183,7 +193,7 @@ def alerts(session: Session, rules: AlertRules = AlertRules(), now: datetime | N
         first_line = (run.error or "no error recorded").strip().splitlines()[0][:300]
         out.append({"kind": "failed_run", "severity": "error", "model": None, "run_id": run.id,
                     "flow_run_id": run.flow_run_id,
-                    "message": f"{run.kind} run {run.id} failed at {_iso(run.finished_at or run.started_at)}: "
+                    "message": f"{run.kind} run {run.id} failed at {iso(run.finished_at or run.started_at)}: "
                                f"{first_line}"})
 
     holders = session.exec(select(RegisteredModel, ModelVersion)

@@ -9,8 +9,14 @@ import numpy as np
 from sqlmodel import Session, col, select
 
 from components.registry import queries
-from components.registry.tables import (Dataset, DatasetVersion, Evaluation, LabelSnapshot, ModelVersion,
-                                        RegisteredModel)
+from components.registry.tables import (
+    Dataset,
+    DatasetVersion,
+    Evaluation,
+    LabelSnapshot,
+    ModelVersion,
+    RegisteredModel,
+)
 
 SCRATCH = "scratch"  # the backbone name of randomly initialised encoders in sweeps
 FROM_SCRATCH_METHOD = "finetune"  # training from scratch = fine-tuning a random initialisation

@@ -35,9 +35,11 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from components.models.lora import check_lora_args, inject_lora, merge_lora
-from components.models.vit import ViTConfig, VisionTransformer, load_pretrained_weights, normalize_uint8
+from components.models.vit import VisionTransformer, ViTConfig, normalize_uint8
+from components.models.weight_mapping import load_pretrained_weights
+from components.training.augment import Augment, augment_batch
 from components.training.device import autocast_for, pick_device
-from components.training.pretrain import Augment, augment_batch, cosine_lr, param_groups
+from components.training.optim import cosine_lr, param_groups
 
 PROBE_L2_GRID = (3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 1e-1)
 METHODS = ("probe", "finetune", "lora", "prototype")

@@ -11,10 +11,9 @@ Create Date: 2026-11-25 15:25:24.917012
 """
 from typing import Sequence, Union
 
-from alembic import op
 import sqlalchemy as sa
 import sqlmodel
-
+from alembic import op
 
 # revision identifiers, used by Alembic.
 revision: str = '0001'
