@@ -72,6 +72,7 @@ def run_step(fn, *args, **kwargs):
 
 
 SUMMARY = typer.Option(None, "--summary", help="also write the step's summary as JSON to this file")
+RECIPE = typer.Option("demo", "--recipe", help="training recipe: a named preset (list them with `dlvm recipes`)")
 
 
 def write_summary(path: Path | None, summary: dict) -> None:
@@ -127,7 +128,7 @@ def labels(export: Path = typer.Argument(..., help="Label Studio JSON export"),
 
 @app.command()
 def pretrain(dataset: str = typer.Option(..., "--dataset", "-d"),
-             recipe: str = typer.Option("demo", help="PretrainConfig preset: demo, tiny, ..."),
+             recipe: str = RECIPE,
              steps: Optional[int] = typer.Option(None, help="override the recipe's steps"),
              seed: int = 0,
              init_from: Optional[str] = typer.Option(None, help="continue from a registered backbone"),
@@ -150,7 +151,7 @@ def adapt(dataset: str = typer.Option(..., "--dataset", "-d"),
           backbone: Optional[str] = typer.Option(None, help="backbone ref (name, name:version, name@alias) or 'scratch'"),
           method: str = typer.Option("probe", help="probe, finetune, lora or prototype"),
           fraction: float = typer.Option(1.0, help="fraction of the training labels"),
-          seed: int = 0, recipe: str = "demo", summary_path: Optional[Path] = SUMMARY):
+          seed: int = 0, recipe: str = RECIPE, summary_path: Optional[Path] = SUMMARY):
     """Adapt a backbone with labels (linear probe, fine-tuning, LoRA or class prototypes) and register the classifier."""
     prepare()
     from flows.adapt import adapt_flow
@@ -167,7 +168,7 @@ def evaluate(dataset: str = typer.Option(..., "--dataset", "-d"),
              backbone: list[str] = typer.Option(None, help="backbone refs to compare (repeatable)"),
              fractions: str = "0.05,0.1,0.25,0.5,1.0", seeds: str = "0,1,2",
              methods: str = typer.Option("probe", help="comma-separated: probe, finetune, lora, prototype"),
-             recipe: str = "demo", scratch: bool = typer.Option(True, help="include the from-scratch baseline"),
+             recipe: str = RECIPE, scratch: bool = typer.Option(True, help="include the from-scratch baseline"),
              summary_path: Optional[Path] = SUMMARY):
     """Label-efficiency sweep: label fractions x backbones x methods x seeds, with CIs."""
     prepare()
@@ -207,7 +208,7 @@ def promote(candidate: Optional[str] = typer.Argument(None, help="classifier ref
 def pipeline(source: Path = typer.Argument(..., help="folder of raw images"),
              dataset: str = typer.Option(..., "--dataset", "-d"),
              labels_export: Path = typer.Option(..., "--labels", help="Label Studio JSON export"),
-             recipe: str = "demo", steps: Optional[int] = None,
+             recipe: str = RECIPE, steps: Optional[int] = None,
              generic: Optional[Path] = typer.Option(None, help="folder of generic images for a generic baseline"),
              fractions: str = "0.05,0.1,0.25,0.5,1.0", seeds: str = "0,1,2", margin: float = 0.0,
              classes: Optional[str] = typer.Option(None, help="comma-separated class names the project allows")):
@@ -237,7 +238,7 @@ def _print_outcome(out: dict) -> None:
 
 @app.command()
 def demo(limit: Optional[int] = typer.Option(None, help="use a stratified subset of N ELPV images"),
-         recipe: str = typer.Option("demo", help="training recipe preset"),
+         recipe: str = RECIPE,
          steps: Optional[int] = typer.Option(None, help="override pretraining steps"),
          generic: Optional[Path] = typer.Option(None, help="generic image folder for a generic baseline, "
                                                 "e.g. ../shared/data/generic-imagenette"),
@@ -259,6 +260,23 @@ def demo(limit: Optional[int] = typer.Option(None, help="use a stratified subset
     console.print(f"  DVC:        workspace {settings.dvc_repo}, remote {settings.dvc_remote}")
     console.print(f"  Prefect:    dlvm runs   (or PREFECT_HOME={settings.prefect_home} prefect server start)")
     console.print("  dashboard:  dlvm ui   (then http://127.0.0.1:8000/; DLVM_API_TOKEN=... enables rollback)")
+
+
+@app.command()
+def recipes(as_json: bool = typer.Option(False, "--json", help="machine-readable output")):
+    """The named training recipes (--recipe): what each pretrains and for how long."""
+    from components.training.recipes import describe_recipes
+    rows = describe_recipes()
+    if as_json:
+        print(json.dumps(rows, indent=2))
+        return
+    table = Table("recipe", "pretraining (default first)", "adaptation epochs", "what it is")
+    for row in rows:
+        pre = "; ".join(f"{m}: {c['steps']} steps, {c['img_size']} px, width {c['embed_dim']} x {c['depth']}"
+                        for m, c in row["pretrain"].items())
+        epochs = ", ".join(f"{m} {a['epochs']}" for m, a in row["adapt"].items() if m in ("finetune", "lora"))
+        table.add_row(row["name"], pre, epochs, row["summary"])
+    console.print(table)
 
 
 @models_app.command("list")
@@ -418,7 +436,7 @@ def feedback_serve(dataset: str = typer.Option(..., "--dataset", "-d"),
 def feedback_retrain(dataset: str = typer.Option(..., "--dataset", "-d"),
                      backbone: Optional[str] = typer.Option(None, help="default: the production model's backbone, else <dataset>-mae"),
                      method: str = typer.Option("probe", help="probe, finetune, lora or prototype"),
-                     recipe: str = "demo", fractions: str = typer.Option("0.25,1.0", help="evaluation label fractions"),
+                     recipe: str = RECIPE, fractions: str = typer.Option("0.25,1.0", help="evaluation label fractions"),
                      seeds: str = typer.Option("0", help="evaluation seeds"), margin: float = 0.0,
                      summary_path: Optional[Path] = SUMMARY):
     """What new labels start, by hand: pull labels, evaluate, adapt, gate for production."""
@@ -470,7 +488,7 @@ def serve(dataset: str = typer.Option(..., "--dataset", "-d"),
           nightly: str = typer.Option("0 2 * * *", help="cron of ingest + label sync ('' = on demand only)"),
           weekly_pretrain: str = typer.Option("0 3 * * 0", help="cron of pretraining ('' = on demand only)"),
           feedback_interval: int = typer.Option(3600, help="seconds between feedback rounds (0 = on demand only)"),
-          recipe: str = typer.Option("demo", help="pretraining / adaptation recipe of the scheduled runs"),
+          recipe: str = RECIPE,
           timezone: str = typer.Option("UTC")):
     """Serve dlvm's deployments (nightly ingest + label sync, weekly pretraining, the feedback
     loop, retrain on new labels) with their schedules; runs execute in this process's

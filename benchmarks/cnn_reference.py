@@ -6,8 +6,8 @@ fine-tuned, 64 or 128 px) at 63-69 %. This script asks whether that ceiling is t
 stratified split, the same augmentations (plus 90-degree turns: cells are square), a plain
 VGG-style CNN with batch norm, trained from scratch at the resolution given.
 
-    .venv/bin/python benchmarks/cnn_reference.py --size 128 --epochs 20    # 4 min on 2 CPU cores
-    .venv/bin/python benchmarks/cnn_reference.py --size 256 --epochs 25    # 35 min on 2 CPU cores
+    .venv/bin/python -m benchmarks.cnn_reference --size 128 --epochs 20    # 4 min on 2 CPU cores
+    .venv/bin/python -m benchmarks.cnn_reference --size 256 --epochs 25    # 35 min on 2 CPU cores
 
 Prints test accuracy after every epoch (a diagnostic, not model selection: the number reported
 is the last epoch's) and writes ``--out`` (default ``benchmarks/results/cnn-reference-<size>.json``):
@@ -27,16 +27,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from benchmarks.label_efficiency import load_elpv
+from components.evaluation.metrics import evaluate_predictions
+from components.evaluation.split import test_split
+from components.models.vit import normalize_uint8
+from components.training.augment import Augment, augment_batch
+from components.training.device import pick_device
+from components.training.optim import cosine_lr
 
-from benchmarks.label_efficiency import load_elpv  # noqa: E402
-from components.evaluation.metrics import evaluate_predictions  # noqa: E402
-from components.evaluation.split import test_split  # noqa: E402
-from components.models.vit import normalize_uint8  # noqa: E402
-from components.training.device import pick_device  # noqa: E402
-from components.training.augment import Augment, augment_batch  # noqa: E402
-from components.training.optim import cosine_lr  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def conv_net(width: int, num_classes: int) -> nn.Sequential:
@@ -116,7 +115,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     pred = predict(net, test_x)
     result = {
-        "command": "python benchmarks/cnn_reference.py " + " ".join(argv if argv is not None else sys.argv[1:]),
+        "command": "python -m benchmarks.cnn_reference " + " ".join(argv if argv is not None else sys.argv[1:]),
         "size": args.size, "epochs": args.epochs, "width": args.width, "seed": args.seed, "device": str(device),
         "parameters": sum(p.numel() for p in net.parameters()), "train": len(train_idx), "test": len(test_idx),
         "metrics_4class": evaluate_predictions(y4[test_idx], pred, 4),

@@ -1,7 +1,7 @@
 """Time the README's demo end to end: wall time, peak memory of the process tree, and the
 label-efficiency table it produced. Run on a clean state directory:
 
-    .venv/bin/python benchmarks/demo_run.py [--home /tmp/dlvm-bench] [-- extra dlvm demo args]
+    .venv/bin/python -m benchmarks.demo_run [--home /tmp/dlvm-bench] [-- extra dlvm demo args]
 """
 from __future__ import annotations
 

@@ -2,7 +2,7 @@
 corpus in one folder small enough to travel with the working tree (the device tool sends at
 most 64 MiB, and the elpv-dataset package alone is 92 MB).
 
-    .venv/bin/python benchmarks/device_bundle.py                  # .device/ at 128 px, ~60 MiB
+    .venv/bin/python -m benchmarks.device_bundle                  # .device/ at 128 px, ~60 MiB
     bash benchmarks/device_check.sh label-efficiency              # on the GPU machine, reads .device/
 
 What goes in, and why it changes nothing the benchmark measures:
@@ -24,18 +24,16 @@ import hashlib
 import io
 import json
 import shutil
-import sys
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 from tqdm.auto import tqdm
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from components.data.elpv import elpv_labels, elpv_root
+from components.data.images import load_image_array
 
-from components.data.elpv import elpv_labels, elpv_root  # noqa: E402
-from components.data.images import load_image_array  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 GENERIC_CORPUS = ROOT.parent / "shared" / "data" / "generic-imagenette"
 DEVICE_TREE_LIMIT_MIB = 64  # what the device tool carries: working tree + carried paths

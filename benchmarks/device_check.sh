@@ -2,7 +2,7 @@
 # Issue 3's GPU checks as one prepared script for a lent GPU machine (the device tool: one
 # H100 or H200, 15 minutes of device time in all, nothing installable or reachable there).
 #
-#   here, once:   .venv/bin/python benchmarks/device_bundle.py      # ELPV + generic images -> .device/ (~60 MiB)
+#   here, once:   .venv/bin/python -m benchmarks.device_bundle      # ELPV + generic images -> .device/ (~60 MiB)
 #   on the GPU:   bash benchmarks/device_check.sh throughput         # ~3 min; carries nothing
 #                 bash benchmarks/device_check.sh label-efficiency   # < 9 min; carry .device
 #
@@ -30,7 +30,7 @@ case "$step" in
     # MAE pretraining steps of ViT-B/S/Ti at 224 px/16, compiled, bf16: images/s, loader share, MFU.
     # ViT-B first: it is the acceptance's row, and the log has each row as soon as it is measured.
     # shellcheck disable=SC2086  # THROUGHPUT_ARGS is a list of extra flags
-    "$py" benchmarks/pretrain_throughput.py --device "$device" --models b,s,ti --compile --no-progress \
+    "$py" -m benchmarks.pretrain_throughput --device "$device" --models b,s,ti --compile --no-progress \
       --json "$out/throughput.json" ${THROUGHPUT_ARGS:-} 2>&1 | tee "$out/throughput.log"
     ;;
   label-efficiency)
@@ -39,7 +39,7 @@ case "$step" in
       exit 2
     fi
     size=$("$py" -c 'import json, sys; print(json.load(open(sys.argv[1]))["size"])' "$bundle/BUNDLE.json")
-    "$py" benchmarks/label_efficiency.py --recipe "${RECIPE:-gpu}" --device "$device" \
+    "$py" -m benchmarks.label_efficiency --recipe "${RECIPE:-gpu}" --device "$device" \
       --elpv-bundle "$bundle/elpv-$size" --generic-corpus "$bundle/generic" \
       --cache "${CACHE:-.dlvm/bench-cache}" --out "$out/label-efficiency" 2>&1 | tee "$out/label-efficiency.log"
     ;;

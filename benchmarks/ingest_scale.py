@@ -1,8 +1,8 @@
 """DVC at scale: versioning N small images one file per image, against the same images
 packed into tar shards, on a real S3 server (``rclone serve s3`` on loopback).
 
-    .venv/bin/python benchmarks/ingest_scale.py --images 100000     # the docs/BENCHMARKS.md run
-    .venv/bin/python benchmarks/ingest_scale.py --images 2000       # a quick look
+    .venv/bin/python -m benchmarks.ingest_scale --images 100000     # the docs/BENCHMARKS.md run
+    .venv/bin/python -m benchmarks.ingest_scale --images 2000       # a quick look
 
 Images: distinct 32x32 grayscale PNG crops of ELPV cells (real texture, ~1 KB each), in
 folders of 1,000. Per-file: ``dvc add`` of the folder tree, then ``dvc push``. Sharded: the
@@ -30,14 +30,13 @@ import numpy as np
 from PIL import Image
 from tqdm.auto import tqdm
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from components.data.dvc import REMOTE_NAME, DvcWorkspace
+from components.data.elpv import elpv_labels, elpv_root
+from components.data.shards import pack_shards, stream_samples, upload_shards
+from components.stack.services import start_s3_server, stop
+from components.storage import S3ArtifactStore
 
-from components.data.dvc import REMOTE_NAME, DvcWorkspace  # noqa: E402
-from components.data.elpv import elpv_labels, elpv_root  # noqa: E402
-from components.data.shards import pack_shards, stream_samples, upload_shards  # noqa: E402
-from components.stack.services import start_s3_server, stop  # noqa: E402
-from components.storage import S3ArtifactStore  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 ACCESS, SECRET = "bench-access", "bench-secret-0123456789"
 

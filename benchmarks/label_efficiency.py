@@ -1,10 +1,10 @@
 """The label-efficiency benchmark on ELPV: does a domain-pretrained backbone reach the best
 generic backbone's full-label accuracy with a fraction of the labels?
 
-    .venv/bin/python benchmarks/label_efficiency.py --quick          # < 25 min on 2 CPU cores
-    .venv/bin/python benchmarks/label_efficiency.py                  # the full grid (GPU hours)
+    .venv/bin/python -m benchmarks.label_efficiency --quick          # < 25 min on 2 CPU cores
+    .venv/bin/python -m benchmarks.label_efficiency                  # the full grid (GPU hours)
     bash benchmarks/device_check.sh label-efficiency                 # --recipe gpu: one H100, < 9 min
-    .venv/bin/python benchmarks/label_efficiency.py --quick --weights vit_tiny.safetensors   # + published weights
+    .venv/bin/python -m benchmarks.label_efficiency --quick --weights vit_tiny.safetensors   # + published weights
 
 Protocol (everything the product's evaluation uses, on identical splits):
 
@@ -44,36 +44,36 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from benchmarks.device_bundle import (  # noqa: E402
+from benchmarks.device_bundle import (
     GENERIC_CORPUS,
     generic_train_paths,
     load_elpv_bundle,
 )
-from components.data.elpv import (  # noqa: E402
+from components.data.elpv import (
     CLASS_NAMES_4,
     class_name,
     elpv_labels,
     elpv_root,
     stratified_subset,
 )
-from components.data.images import load_image_array  # noqa: E402
-from components.evaluation.report import (  # noqa: E402
+from components.data.images import load_image_array
+from components.evaluation.report import (
     label_efficiency_details,
     plot_curves,
     summary_table,
 )
-from components.evaluation.split import test_split  # noqa: E402
-from components.evaluation.sweep import Backbone, SweepConfig, run_sweep  # noqa: E402
-from components.models.vit import VisionTransformer, ViTConfig  # noqa: E402
+from components.evaluation.split import test_split
+from components.evaluation.sweep import Backbone, SweepConfig, run_sweep
+from components.models.checkpoint import load_checkpoint, save_checkpoint
+from components.models.vit import VisionTransformer, ViTConfig
 from components.models.weight_mapping import load_pretrained_weights
-from components.models.weights_file import read_state_dict  # noqa: E402
-from components.training.adapt import AdaptConfig  # noqa: E402
-from components.training.checkpoint import load_checkpoint, save_checkpoint  # noqa: E402
-from components.training.device import pick_device  # noqa: E402
-from components.training.pretrain import RUNTIME_FIELDS, PretrainConfig, pretrain  # noqa: E402
+from components.models.weights_file import read_state_dict
+from components.training.adapt import AdaptConfig
+from components.training.device import pick_device
+from components.training.pretrain import RUNTIME_FIELDS, PretrainConfig, pretrain
+from components.training.recipes import demo_dino_pretrain, tiny_adapt, tiny_pretrain
+
+ROOT = Path(__file__).resolve().parents[1]
 
 DEITSCH_2019 = {"fine-tuned ImageNet VGG-19 (Deitsch et al. 2019)": 0.8842,
                 "SVM on hand-crafted features (Deitsch et al. 2019)": 0.8244}
@@ -156,12 +156,12 @@ def smoke_recipe() -> Recipe:
     tiny = dict(vit=vit, steps=4, batch_size=16, warmup_steps=1, device="cpu")
     return Recipe(
         vit=vit,
-        mae=PretrainConfig.tiny(**tiny),
+        mae=tiny_pretrain(**tiny),
         dino=dataclasses.replace(dino_recipe(vit, steps=4, batch_size=16), dino_out_dim=64, dino_hidden_dim=64,
                                  dino_bottleneck_dim=32, device="cpu"),
         continue_steps=2, fractions=(0.5, 1.0), seeds=(0,), methods=("probe", "prototype", "finetune"),
         trained_fractions=(1.0,), trained_tasks=("4class",),
-        finetune=AdaptConfig.tiny("finetune", epochs=1, max_seconds=5), probe=AdaptConfig.tiny("probe", probe_l2=1e-2),
+        finetune=tiny_adapt("finetune", epochs=1, max_seconds=5), probe=tiny_adapt("probe", probe_l2=1e-2),
         generic_images=64, elpv_images=240,
     )
 
@@ -172,7 +172,7 @@ RECIPES = {"quick": quick_recipe, "gpu": gpu_recipe, "full": full_recipe, "smoke
 def dino_recipe(vit: ViTConfig, steps: int, batch_size: int = 32) -> PretrainConfig:
     """The DINO preset (``PretrainConfig.demo_dino``: masked student, constant teacher temperature
     0.04, momentum 0.99 -> 1, crops of 40-100 %) on ``vit``."""
-    return PretrainConfig.demo_dino(vit=vit, steps=steps, batch_size=batch_size, warmup_steps=max(1, steps // 10))
+    return demo_dino_pretrain(vit=vit, steps=steps, batch_size=batch_size, warmup_steps=max(1, steps // 10))
 
 
 # ------------------------------------------------------------------------------ data
@@ -405,7 +405,7 @@ def main(argv: list[str] | None = None) -> dict:
         report += accuracy_table(rows) + ["", "### Macro-F1", ""] + accuracy_table(rows, "macro_f1") + [""]
         results["tasks"][task] = {"rows": rows, "label_efficiency": eff, "label_efficiency_vs_scratch": scratch_eff}
     total = time.perf_counter() - t_start
-    command = " ".join(["benchmarks/label_efficiency.py", *(sys.argv[1:] if argv is None else argv)])
+    command = " ".join(["python -m benchmarks.label_efficiency", *(sys.argv[1:] if argv is None else argv)])
     device = pick_device(args.device)
     where = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU, {torch.get_num_threads()} torch threads"
     report += ["", f"Total wall time: {total / 60:.1f} min on {where} (command: `{command}`)."]

@@ -1,7 +1,7 @@
 """How long the feedback loop's Label Studio operations take on a whole dataset.
 
-    .venv/bin/python benchmarks/label_studio_sync.py            # ELPV: 2,624 tasks
-    .venv/bin/python benchmarks/label_studio_sync.py --copies 4 # 10,496 tasks (the images repeated under 4 folders)
+    .venv/bin/python -m benchmarks.label_studio_sync            # ELPV: 2,624 tasks
+    .venv/bin/python -m benchmarks.label_studio_sync --copies 4 # 10,496 tasks (the images repeated under 4 folders)
 
 Starts Label Studio (infra/label_studio.sh, SQLite), then times, through the same
 functions the feedback flow calls: importing every image as a task (batches of 500), a
@@ -14,17 +14,15 @@ from __future__ import annotations
 import argparse
 import hashlib
 import shutil
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from components.data.elpv import CLASS_NAMES_4, class_name, elpv_labels, elpv_root
+from components.labeling import label_studio as ls
+from components.stack.services import label_studio
 
-from components.labeling import label_studio as ls  # noqa: E402
-from components.data.elpv import CLASS_NAMES_4, class_name, elpv_labels, elpv_root  # noqa: E402
-from components.stack.services import label_studio  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def main(argv: list[str] | None = None) -> list[tuple[str, float, str]]:

@@ -1,8 +1,8 @@
 """A simulated labeling campaign through a real Label Studio server: does ordering the
 queue by the model's uncertainty (+ diversity) buy accuracy per label over random order?
 
-    .venv/bin/python benchmarks/labeling_campaign.py --quick     # about 10 min on 2 CPU cores
-    .venv/bin/python benchmarks/labeling_campaign.py             # the whole ELPV training pool
+    .venv/bin/python -m benchmarks.labeling_campaign --quick     # about 10 min on 2 CPU cores
+    .venv/bin/python -m benchmarks.labeling_campaign             # the whole ELPV training pool
 
 Protocol:
 
@@ -30,7 +30,6 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
-import sys
 import tempfile
 import time
 from contextlib import ExitStack
@@ -39,18 +38,27 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+from benchmarks.label_efficiency import load_elpv, pretrained_encoder, quick_recipe
+from components.data.elpv import (
+    CLASS_NAMES_4,
+    elpv_labels,
+    elpv_root,
+    stratified_subset,
+)
+from components.evaluation.split import test_split
+from components.labeling import label_studio as ls
+from components.labeling.feedback import plan_preannotations
+from components.labeling.snapshots import merge_snapshot
+from components.stack.services import label_studio
+from components.training.adapt import (
+    AdaptConfig,
+    build_encoder,
+    extract_features,
+    fit_probe,
+    predict_proba_from_features,
+)
 
-from components.labeling import label_studio as ls  # noqa: E402
-from components.data.elpv import CLASS_NAMES_4, elpv_labels, elpv_root, stratified_subset  # noqa: E402
-from components.evaluation.split import test_split  # noqa: E402
-from components.labeling.feedback import plan_preannotations  # noqa: E402
-from components.labeling.snapshots import merge_snapshot  # noqa: E402
-from components.stack.services import label_studio  # noqa: E402
-from components.training.adapt import AdaptConfig, build_encoder, extract_features, fit_probe, predict_proba_from_features  # noqa: E402
-from label_efficiency import load_elpv, pretrained_encoder, quick_recipe  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 ARMS = ("random", "uncertainty", "uncertainty+diversity")
 

@@ -1,8 +1,8 @@
 """Throughput, peak memory and model-FLOP utilization of a pretraining step (ViT-Ti/S/B).
 
-    .venv/bin/python benchmarks/pretrain_throughput.py --device cpu                 # ti, s at 64 and 224 px
-    .venv/bin/python benchmarks/pretrain_throughput.py --device cuda [--compile]    # ti, s, b at 224 px
-    .venv/bin/python benchmarks/pretrain_throughput.py --device cuda --models b --batch-size 1024 --json b.json
+    .venv/bin/python -m benchmarks.pretrain_throughput --device cpu                 # ti, s at 64 and 224 px
+    .venv/bin/python -m benchmarks.pretrain_throughput --device cuda [--compile]    # ti, s, b at 224 px
+    .venv/bin/python -m benchmarks.pretrain_throughput --device cuda --models b --batch-size 1024 --json b.json
 
 What is timed is the real training loop: each configuration calls
 ``components.training.pretrain.pretrain()`` itself with ``warmup + steps`` steps, and a global
@@ -52,13 +52,11 @@ import numpy as np
 import torch
 from torch.optim.optimizer import register_optimizer_step_post_hook
 
-if __package__ in (None, ""):  # run as a script: make the repository importable
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from components.models.vit import ViTConfig  # noqa: E402
-from components.training.device import autocast_for, pick_device  # noqa: E402
-from components.training.augment import augment_batch  # noqa: E402
-from components.training.pretrain import PretrainConfig, build_ssl_model, pretrain  # noqa: E402
+from components.models.vit import ViTConfig
+from components.training.augment import augment_batch
+from components.training.device import autocast_for, pick_device
+from components.training.pretrain import PretrainConfig, build_ssl_model, pretrain
+from components.training.recipes import tiny_pretrain
 
 MODELS = {"ti": ViTConfig.tiny, "s": ViTConfig.small, "b": ViTConfig.base}
 MODEL_NAMES = {"ti": "ViT-Ti", "s": "ViT-S", "b": "ViT-B"}
@@ -429,7 +427,7 @@ def warm_up_libraries(device: torch.device) -> None:
     """One tiny pretraining run, so that the first configuration's time and memory do not carry
     the process's one-time costs (CUDA context, cuBLAS/oneDNN handles, lazily loaded code)."""
     images = np.random.default_rng(0).integers(0, 256, size=(32, 32, 32), dtype=np.uint8)
-    pretrain(images, PretrainConfig.tiny(32, steps=2, device=str(device)), progress=False)
+    pretrain(images, tiny_pretrain(32, steps=2, device=str(device)), progress=False)
     gc.collect()
 
 
@@ -461,7 +459,7 @@ def run(args, device: torch.device, models: list[str], sizes: list[int]) -> dict
     if device.type == "cuda":
         print(f"\nMFU = model FLOPs per step x steps/s / {args.peak_tflops:g} TFLOP/s.")
     out = {
-        "command": " ".join(["benchmarks/pretrain_throughput.py", *args.argv]),
+        "command": " ".join(["python -m benchmarks.pretrain_throughput", *args.argv]),
         "torch": torch.__version__, "device": str(device), "device_name": name, "cpus": os.cpu_count(),
         "load_average_start": load_average, "peak_tflops": args.peak_tflops if rows and rows[0].mfu is not None else None,
         "rows": [asdict(r) for r in rows], "table": table,

@@ -1,7 +1,7 @@
 """Registry reads through `dlvm ui`: requests/s and latency percentiles under load.
 
-    .venv/bin/python benchmarks/registry_api.py                   # the docs/BENCHMARKS.md run
-    .venv/bin/python benchmarks/registry_api.py --seconds 5       # a quick look
+    .venv/bin/python -m benchmarks.registry_api                   # the docs/BENCHMARKS.md run
+    .venv/bin/python -m benchmarks.registry_api --seconds 5       # a quick look
 
 Fills a fresh SQLite registry (the embedded default) with a realistic history
 (``fill_registry``: 2 datasets, 3 classifiers x 6 versions with lineage, evaluations with
@@ -17,21 +17,19 @@ import json
 import os
 import re
 import subprocess
-import sys
 import tempfile
 import time
 from datetime import timedelta
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from components.registry import views, writes
+from components.registry.db import session_scope
+from components.registry.promotion import designate_baseline, record_promotion
+from components.registry.tables import Run, utcnow
+from components.settings import Settings
+from components.storage import open_store
 
-from components.registry import views, writes# noqa: E402
-from components.registry.db import session_scope  # noqa: E402
-from components.registry.promotion import designate_baseline, record_promotion  # noqa: E402
-from components.registry.tables import Run, utcnow  # noqa: E402
-from components.settings import Settings  # noqa: E402
-from components.storage import open_store  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 ENDPOINTS = ("/api/models", "/api/models/elpv-classifier", "/api/models/elpv-classifier/versions/6/lineage",
              "/api/promotions?limit=20", "/api/alerts")

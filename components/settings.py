@@ -12,9 +12,14 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, SecretStr, field_serializer, field_validator, model_validator
+from pydantic import (
+    Field,
+    SecretStr,
+    field_serializer,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, SettingsConfigDict
-
 
 # Fields that hold URLs; a password in one (e.g. postgresql+psycopg://user:PASSWORD@host/db,
 # as docker-compose.yml sets DLVM_DATABASE_URL) is masked in JSON dumps and in repr.

@@ -453,7 +453,12 @@ class S3ArtifactStore:
     def _errors(self, uri: str, action: str) -> Iterator[None]:
         """Turn minio/urllib3 failures into ArtifactMissing or a clear ArtifactError."""
         import urllib3
-        from minio.error import InvalidResponseError, MinioException, S3Error, ServerError
+        from minio.error import (
+            InvalidResponseError,
+            MinioException,
+            S3Error,
+            ServerError,
+        )
 
         try:
             yield

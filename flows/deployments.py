@@ -21,7 +21,6 @@ from flows.nightly import nightly_flow
 from flows.pretrain import pretrain_flow
 from flows.retrain import retrain_flow
 
-
 # One run of a deployment at a time: a round that outlasts its interval (or a second
 # labeling burst during a retrain) waits for the slot instead of running beside the first
 # on the same workspace and Label Studio project.

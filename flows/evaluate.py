@@ -2,24 +2,47 @@
 methods x seeds) on a snapshot's fixed test split, with its report, plot and registry rows."""
 from __future__ import annotations
 
-
 from prefect import flow, task
-from prefect.artifacts import create_image_artifact, create_markdown_artifact, create_table_artifact
+from prefect.artifacts import (
+    create_image_artifact,
+    create_markdown_artifact,
+    create_table_artifact,
+)
 from prefect.cache_policies import NO_CACHE
 
-from components.evaluation.report import label_efficiency, markdown_report, plot_curves, summary_table
-from components.evaluation.split import test_split
-from components.evaluation.sweep import (Backbone, SweepConfig, SweepResult, SweepUnit, UnitResult,
-                                         assemble_sweep, plan_units, run_unit)
+from components.evaluation.report import (
+    label_efficiency,
+    markdown_report,
+    plot_curves,
+    reference_backbone,
+    summary_table,
+)
+from components.evaluation.sweep import (
+    Backbone,
+    SweepConfig,
+    SweepResult,
+    SweepUnit,
+    UnitResult,
+    assemble_sweep,
+    plan_units,
+    run_unit,
+    same_input_size,
+)
 from components.orchestration.lineage import current_flow_run_id, recorded_run
+from components.orchestration.task_runners import sweep_task_runner
 from components.registry import writes
 from components.registry.db import session_scope
 from components.registry.promotion import baseline_refs
+from components.registry.refs import SCRATCH
 from components.settings import get_settings
 from components.storage import open_store
-from components.orchestration.task_runners import sweep_task_runner
-from flows.adapt import SCRATCH, adapt_recipe, load_backbone, resolve_snapshot
-from flows.tasks import load_labeled_set, store_artifact
+from components.training.recipes import adapt_config, pretrain_config
+from flows.tasks import (
+    load_backbone,
+    load_labeled_set,
+    resolve_label_snapshot,
+    store_artifact,
+)
 
 
 @task(name="resolve-generic-baselines", cache_policy=NO_CACHE)
@@ -90,27 +113,29 @@ def evaluate_flow(dataset: str, backbones: list[str] | None = None, include_scra
     cfg = SweepConfig(fractions=tuple(fractions), seeds=tuple(seeds), methods=tuple(methods),
                       finetune_fractions=tuple(finetune_fractions) if finetune_fractions else None,
                       finetune_seeds=tuple(finetune_seeds) if finetune_seeds else None,
-                      probe=adapt_recipe("probe", recipe), finetune=adapt_recipe("finetune", recipe),
-                      lora=adapt_recipe("lora", recipe), prototype=adapt_recipe("prototype", recipe))
+                      probe=adapt_config("probe", recipe), finetune=adapt_config("finetune", recipe),
+                      lora=adapt_config("lora", recipe), prototype=adapt_config("prototype", recipe))
     params = {"dataset": dataset, "backbones": refs, "fractions": list(fractions), "seeds": list(seeds),
               "methods": list(methods), "finetune_fractions": finetune_fractions,
               "finetune_seeds": finetune_seeds, "recipe": recipe, "baselines_by_alias": generic}
     with recorded_run(settings, "evaluate", params) as run_id:
-        version, snapshot = resolve_snapshot(settings, dataset, dataset_version, snapshot_version)
-        loaded = _without_other_sizes([(ref, *load_backbone(settings, ref, recipe)) for ref in refs], generic)
-        refs = [ref for ref, *_ in loaded]
-        sizes = {vit_cfg.img_size for _, _, vit_cfg, _ in loaded}
-        if len(sizes) != 1:
-            raise ValueError(f"backbones disagree on input size {sorted(sizes)}: compare like with like")
-        backbone_list = [Backbone(ref, vit_cfg, state, mv.id if mv else None) for ref, mv, vit_cfg, state in loaded]
-        data = load_labeled_set(settings, dataset, version, snapshot, sizes.pop())
-        train_idx, test_idx = test_split(data.image_sha256, data.labels)
+        version, snapshot = resolve_label_snapshot(settings, dataset, dataset_version, snapshot_version)
+        requested = []
+        for ref in refs:
+            model_version, vit_cfg, state = load_backbone(settings, ref, pretrain_config(recipe).vit)
+            requested.append(Backbone(ref, vit_cfg, state, model_version.id if model_version else None))
+        backbone_list, notes = same_input_size(requested, generic)
+        for note in notes:
+            print(f"evaluate: {note}")
+        refs = [b.name for b in backbone_list]
+        data = load_labeled_set(settings, dataset, version, snapshot, backbone_list[0].vit_config.img_size)
+        train_idx, test_idx = data.train_idx, data.test_idx
         result = sweep_on_task_runner(settings, backbone_list, data.images, data.labels, train_idx, test_idx,
                                       len(data.classes), cfg)
         table = summary_table(result.rows)
         domain = refs[0]
         others = [r for r in refs if r != domain]
-        reference = reference or (max(others, key=lambda r: _full_label_score(table, r)) if others else None)
+        reference = reference or reference_backbone(table, others)
         efficiency = label_efficiency(result.rows, reference, [r for r in refs if r != reference]) if reference else {}
         context = {"dataset": f"{dataset} v{version.version}", "label snapshot": f"v{snapshot.version} "
                    f"({len(data.labels)} labels, classes {', '.join(data.classes)})",
@@ -131,18 +156,3 @@ def evaluate_flow(dataset: str, backbones: list[str] | None = None, include_scra
     return {"evaluation_id": evaluation.id, "report_uri": report.uri, "plot_uri": plot.uri,
             "table": table, "label_efficiency": efficiency, "markdown": markdown}
 
-
-def _without_other_sizes(loaded: list[tuple], optional: list[str]) -> list[tuple]:
-    """Leave out (with a note) baselines that joined by alias, not by request, and take another
-    input size than the domain backbone: they cannot be compared like with like."""
-    size = loaded[0][2].img_size
-    for ref, _, vit_cfg, _ in loaded:
-        if ref in optional and vit_cfg.img_size != size:
-            print(f"evaluate: leaving out baseline {ref}: {vit_cfg.img_size}px input, the domain backbone's {size}px")
-    return [row for row in loaded if row[0] not in optional or row[2].img_size == size]
-
-
-def _full_label_score(table: list[dict], backbone: str) -> float:
-    scores = [row["metrics"]["accuracy"]["value"] for row in table
-              if row["backbone"] == backbone and row["fraction"] == 1.0]
-    return max(scores, default=float("-inf"))

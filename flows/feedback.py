@@ -11,20 +11,28 @@ import json
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
-from components.labeling import label_studio as ls
 from components.data import access
-from components.labeling.feedback import (image_url_function, label_studio_config, new_label_count,
-                                 plan_preannotations)
+from components.labeling import label_studio as ls
+from components.labeling.feedback import (
+    image_url_function,
+    label_studio_config,
+    new_label_count,
+    plan_preannotations,
+)
 from components.labeling.snapshots import from_json_bytes, merge_snapshot, to_json_bytes
 from components.orchestration.lineage import recorded_run
+from components.orchestration.triggers import start_deployment
 from components.registry import queries
 from components.registry.db import session_scope
 from components.settings import get_settings
 from components.training.adapt import Classifier, predict_with_features
-from components.training.checkpoint import load_checkpoint
-from components.orchestration.triggers import start_deployment
-from flows.labels import register_snapshot, resolve_dataset_version
-from flows.tasks import load_artifact, store_artifact
+from flows.tasks import (
+    load_artifact,
+    load_model_checkpoint,
+    register_label_snapshot,
+    resolve_dataset_version,
+    store_artifact,
+)
 
 # Label Studio calls: a server restarting or briefly overloaded gets a few more chances.
 LS_RETRIES = dict(retries=2, retry_delay_seconds=[2, 5], cache_policy=NO_CACHE)
@@ -79,7 +87,7 @@ def production_model(settings, model: str, alias: str):
         if version is None:
             return None, None, None
         trained = queries.get_label_snapshot(session, version.label_snapshot_id) if version.label_snapshot_id else None
-    checkpoint = load_checkpoint(load_artifact(settings, version.artifact_uri, version.sha256))
+    checkpoint = load_model_checkpoint(settings, version)
     trained_items = from_json_bytes(load_artifact(settings, trained.artifact_uri, trained.sha256)).items if trained else []
     classifier = Classifier.from_state(checkpoint["classifier"])
     classifier.classes = classifier.classes or list(checkpoint.get("classes") or [])
@@ -157,7 +165,7 @@ def feedback_flow(dataset: str, classes: list[str] | None = None, kind: str = "c
         row, created = None, False
         if snapshot.items:
             stored = store_artifact(settings, to_json_bytes(snapshot), "label-snapshots", f"{dataset}.json")
-            row, created = register_snapshot(settings, version.id, snapshot, stored,
+            row, created = register_label_snapshot(settings, version.id, snapshot, stored,
                                              f"label-studio {cfg.url} project {project.id}")
 
         preannotated, queue = 0, []

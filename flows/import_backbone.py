@@ -6,13 +6,17 @@ from __future__ import annotations
 from prefect import flow, task
 from prefect.cache_policies import NO_CACHE
 
-from components.orchestration.lineage import code_revision, current_flow_run_id, recorded_run
+from components.models.checkpoint import save_checkpoint
 from components.models.weights_file import ImportedWeights, import_vit_weights
+from components.orchestration.lineage import (
+    code_revision,
+    current_flow_run_id,
+    recorded_run,
+)
 from components.registry import writes
 from components.registry.db import session_scope
 from components.registry.promotion import BASELINE, designate_baseline
 from components.settings import get_settings
-from components.training.checkpoint import save_checkpoint
 from flows.tasks import store_artifact
 
 
@@ -39,12 +43,6 @@ def register_imported(settings, model_name: str, run_id: int, weights: ImportedW
             event = designate_baseline(session, version.id, actor=actor, reason=reason,
                                        evidence={"source": weights.source})
         return version, (event.id if event else None)
-
-
-@task(name="designate-baseline", cache_policy=NO_CACHE)
-def set_baseline(settings, model_version_id: int, actor: str, reason: str, evidence: dict) -> int:
-    with session_scope(settings) as session:
-        return designate_baseline(session, model_version_id, actor=actor, reason=reason, evidence=evidence).id
 
 
 @flow(name="import-backbone", log_prints=True)

@@ -10,7 +10,12 @@ from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
 from components.data import access
-from components.data.ingest import build_manifest, quarantine, scan_folder, stage_into_workspace
+from components.data.ingest import (
+    build_manifest,
+    quarantine,
+    scan_folder,
+    stage_into_workspace,
+)
 from components.orchestration.lineage import current_flow_run_id, recorded_run
 from components.registry import queries, writes
 from components.registry.db import session_scope

@@ -8,35 +8,19 @@ from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
 from components.labeling.snapshots import build_label_snapshot, to_json_bytes
-from components.orchestration.lineage import current_flow_run_id, recorded_run
-from components.registry import queries, refs, writes
-from components.registry.db import session_scope
+from components.orchestration.lineage import recorded_run
 from components.settings import get_settings
-from flows.tasks import load_artifact, store_artifact
-
-
-@task(name="resolve-dataset-version", cache_policy=NO_CACHE)
-def resolve_dataset_version(settings, dataset: str, version: int | None):
-    with session_scope(settings) as session:
-        return refs.resolve_dataset_version(session, dataset, version)
+from flows.tasks import (
+    load_artifact,
+    register_label_snapshot,
+    resolve_dataset_version,
+    store_artifact,
+)
 
 
 @task(name="build-label-snapshot", cache_policy=NO_CACHE)
 def build_snapshot(export: list, manifest: dict, classes: list[str] | None):
     return build_label_snapshot(export, manifest, allowed_classes=classes)
-
-
-@task(name="register-label-snapshot", cache_policy=NO_CACHE)
-def register_snapshot(settings, dataset_version_id: int, snapshot, stored, source: str):
-    with session_scope(settings) as session:
-        existing = queries.find_label_snapshot(session, dataset_version_id, snapshot.content_hash)
-        if existing is not None:
-            return existing, False
-        return writes.add_label_snapshot(
-            session, dataset_version_id=dataset_version_id, content_hash=snapshot.content_hash,
-            classes=snapshot.classes, n_labeled=len(snapshot.items), n_issues=len(snapshot.issues),
-            source=source, artifact_uri=stored.uri, sha256=stored.sha256,
-            flow_run_id=current_flow_run_id()), True
 
 
 @flow(name="labels", log_prints=True)
@@ -59,7 +43,7 @@ def labels_flow(export_path: str, dataset: str, dataset_version: int | None = No
             raise ValueError(f"{path} holds no usable labels for {dataset} v{version.version} "
                              f"({len(snapshot.issues)} issues)")
         stored = store_artifact(settings, to_json_bytes(snapshot), "label-snapshots", f"{dataset}.json")
-        row, created = register_snapshot(settings, version.id, snapshot, stored, f"export {path}")
+        row, created = register_label_snapshot(settings, version.id, snapshot, stored, f"export {path}")
     counts = {c: sum(1 for item in snapshot.items if item["label"] == c) for c in snapshot.classes}
     print(f"labels: {dataset} v{version.version} snapshot {row.version}: {len(snapshot.items)} labeled "
           f"{counts}, {len(snapshot.issues)} issues{'' if created else ' (unchanged)'}")

@@ -7,11 +7,11 @@ from prefect import flow
 from components.settings import get_settings
 from flows.adapt import adapt_flow
 from flows.evaluate import evaluate_flow
-from flows.import_backbone import set_baseline
 from flows.ingest import ingest_flow
 from flows.labels import labels_flow
 from flows.pretrain import pretrain_flow
 from flows.promote import promote_flow
+from flows.tasks import set_baseline
 
 
 @flow(name="pipeline", log_prints=True)

@@ -10,15 +10,13 @@ from prefect import flow, task
 from prefect.cache_policies import NO_CACHE
 
 from components.evaluation.gate import promotion_gate
-from components.evaluation.split import test_split
 from components.orchestration.lineage import recorded_run
 from components.registry import refs
 from components.registry.db import session_scope
 from components.registry.promotion import record_promotion
 from components.settings import get_settings
 from components.training.adapt import Classifier, predict_proba
-from components.training.checkpoint import load_checkpoint
-from flows.tasks import load_artifact, load_labeled_set
+from flows.tasks import load_artifact, load_labeled_set, load_model_checkpoint
 
 
 @task(name="load-promotion-context", cache_policy=NO_CACHE)
@@ -29,7 +27,7 @@ def promotion_context(settings, candidate_ref: str, alias: str, evaluation_id: i
 
 @task(name="predict-test-split", cache_policy=NO_CACHE)
 def predict_test(settings, model_version, images) -> np.ndarray:
-    checkpoint = load_checkpoint(load_artifact(settings, model_version.artifact_uri, model_version.sha256))
+    checkpoint = load_model_checkpoint(settings, model_version)
     return predict_proba(Classifier.from_state(checkpoint["classifier"]), images).argmax(axis=1)
 
 
@@ -52,7 +50,7 @@ def promote_flow(candidate: str, alias: str = "production", evaluation_id: int |
         ctx = promotion_context(settings, candidate, alias, evaluation_id)
         data = load_labeled_set(settings, ctx.dataset, ctx.dataset_version, ctx.snapshot,
                                 ctx.img_size)
-        _, test_idx = test_split(data.image_sha256, data.labels)
+        test_idx = data.test_idx
         results = json.loads(load_artifact(settings, ctx.evaluation.results_uri, ctx.evaluation.results_sha256))
         if sorted(results["test_idx"]) != sorted(int(i) for i in test_idx):
             raise ValueError(f"evaluation {ctx.evaluation.id} used another test split than {candidate}'s "

@@ -5,7 +5,8 @@ model's backbone on the new snapshot -> evaluate it against the generic baseline
 from-scratch training on the new test split -> gate it for `production`."""
 from __future__ import annotations
 
-from prefect import flow
+from prefect import flow, task
+from prefect.cache_policies import NO_CACHE
 
 from components.registry import queries
 from components.registry.db import session_scope
@@ -16,7 +17,9 @@ from flows.feedback import feedback_flow
 from flows.promote import promote_flow
 
 
-def _production_backbone(settings, model: str, alias: str) -> str | None:
+@task(name="production-backbone", cache_policy=NO_CACHE)
+def production_backbone(settings, model: str, alias: str) -> str | None:
+    """``name:version`` of the backbone under the current ``alias`` holder of ``model``, or None."""
     with session_scope(settings) as session:
         version = queries.find_alias_version(session, model, alias)
         return queries.parent_ref(session, version) if version is not None else None
@@ -32,7 +35,7 @@ def retrain_flow(dataset: str, backbone: str | None = None, method: str = "probe
     model = f"{dataset}-classifier"
     labels = feedback_flow(dataset, model=model, alias=alias, retrain_after=10**9) \
         if pull and settings.label_studio_url else None
-    backbone = backbone or _production_backbone(settings, model, alias) or f"{dataset}-mae"
+    backbone = backbone or production_backbone(settings, model, alias) or f"{dataset}-mae"
     # The gate compares with training from scratch (fine-tuning on all labels): evaluate that too.
     evaluation = evaluate_flow(dataset, backbones=[backbone], fractions=fractions, seeds=seeds,
                                methods=list(dict.fromkeys([method, "finetune"])), finetune_fractions=[1.0],

@@ -7,7 +7,6 @@ import uuid
 from pathlib import Path
 
 import pytest
-
 from e2e_demo import demo  # noqa: F401  (fixture)
 from s3server import S3Server, s3_bucket, s3_server  # noqa: F401  (fixtures)
 

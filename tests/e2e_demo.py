@@ -7,7 +7,6 @@ from __future__ import annotations
 import shutil
 
 import pytest
-
 from clirun import dlvm, dlvm_env
 
 N_IMAGES = 120

@@ -6,9 +6,11 @@ import pytest
 import torch
 from torch import nn
 
-from components.evaluation.split import label_subset, test_split as make_test_split
+from components.evaluation.split import label_subset
+from components.evaluation.split import test_split as make_test_split
+from components.models.checkpoint import load_checkpoint, save_checkpoint
 from components.models.lora import LoRALinear, inject_lora, merge_lora
-from components.models.vit import ViTConfig, VisionTransformer
+from components.models.vit import VisionTransformer, ViTConfig
 from components.training.adapt import (
     METHODS,
     AdaptConfig,
@@ -21,9 +23,9 @@ from components.training.adapt import (
     predict_proba,
     predict_proba_from_features,
 )
-from components.training.checkpoint import load_checkpoint, save_checkpoint
 from components.training.augment import Augment
 from components.training.optim import param_groups
+from components.training.recipes import demo_adapt, tiny_adapt
 
 torch.set_num_threads(2)
 
@@ -138,24 +140,26 @@ def test_lora_and_method_arguments_are_checked():
         AdaptConfig(method="distill")
     assert set(METHODS) == {"probe", "finetune", "lora", "prototype"}
     for m in METHODS:
-        assert AdaptConfig.tiny(m).method == m
-    assert AdaptConfig.demo_lora().method == "lora" and AdaptConfig.demo_lora().epochs == AdaptConfig.demo_finetune().epochs
+        assert tiny_adapt(m).method == m
+    assert demo_adapt("lora").method == "lora" and demo_adapt("lora").epochs == demo_adapt("finetune").epochs
 
 
-def test_adapt_recipe_knows_the_new_methods():
-    from flows.adapt import adapt_recipe
+def test_adapt_config_knows_every_method_and_names_unknown_ones():
+    from components.training.recipes import adapt_config
 
-    assert adapt_recipe("lora", "demo", seed=3) == AdaptConfig.demo_lora(seed=3)
-    assert adapt_recipe("prototype", "demo").method == "prototype"
-    assert adapt_recipe("lora", "tiny").method == "lora"
+    assert adapt_config("lora", "demo", seed=3) == demo_adapt("lora", seed=3)
+    assert adapt_config("prototype", "demo").method == "prototype"
+    assert adapt_config("lora", "tiny").method == "lora"
     with pytest.raises(ValueError, match="prototype"):
-        adapt_recipe("distill")
+        adapt_config("distill")
+    with pytest.raises(ValueError, match="unknown recipe 'nope'"):
+        adapt_config("probe", "nope")
 
 
 def test_lora_adapt_learns_changes_only_qkv_by_low_rank_and_round_trips():
     backbone = build_encoder(VIT, None, seed=7).state_dict()
     images, y = bands(60, seed=1)
-    cfg = AdaptConfig.tiny("lora", epochs=6, lr=3e-3, lora_rank=2, lp_init=False, augment=Augment.none(),
+    cfg = tiny_adapt("lora", epochs=6, lr=3e-3, lora_rank=2, lp_init=False, augment=Augment.none(),
                            label_smoothing=0.0, drop_path=0.0)
     clf = adapt(VIT, backbone, images, y, 3, cfg, progress=False)
     assert clf.method == "lora" and not clf.training
@@ -221,7 +225,7 @@ def test_prototypes_reject_missing_classes_and_bad_labels():
 def test_prototype_adapt_matches_cached_features_and_round_trips():
     backbone = build_encoder(VIT, None, seed=3).state_dict()
     images, y = bands(30, seed=3)
-    cfg = AdaptConfig.tiny("prototype")
+    cfg = tiny_adapt("prototype")
     clf = adapt(VIT, backbone, images, y, 3, cfg, progress=False)
     assert clf.method == "prototype" and clf.normalize_features
     test_images, _ = bands(20, seed=4)
@@ -260,8 +264,8 @@ def test_run_sweep_runs_prototype_on_cached_features_and_lora(monkeypatch):
     backbones = [Backbone("scratch", VIT, None), Backbone("other", VIT, learn.build_encoder(VIT, None, 11).state_dict())]
     cfg = SweepConfig(fractions=(0.25, 1.0), seeds=(0, 1), methods=("probe", "prototype", "lora"),
                       finetune_fractions=(1.0,), finetune_seeds=(0,), n_boot=50, device="cpu",
-                      probe=AdaptConfig.tiny("probe", probe_l2=1e-2),
-                      lora=AdaptConfig.tiny("lora", epochs=1, probe_l2=1e-2))
+                      probe=tiny_adapt("probe", probe_l2=1e-2),
+                      lora=tiny_adapt("lora", epochs=1, probe_l2=1e-2))
     calls = []
     real_extract = learn.extract_features
     monkeypatch.setattr(learn, "extract_features", lambda *a, **k: calls.append(len(a[1])) or real_extract(*a, **k))
@@ -280,6 +284,6 @@ def test_run_sweep_runs_prototype_on_cached_features_and_lora(monkeypatch):
         assert row["n_train"] == len(label_subset(train, labels, row["fraction"], row["seed"]))
     # prototypes on the cached features are the prototypes of adapt()'s classifier
     sub = label_subset(train, labels, 0.25, 1)
-    clf = adapt(VIT, backbones[1].state, images[sub], labels[sub], 3, AdaptConfig.tiny("prototype", seed=1), progress=False)
+    clf = adapt(VIT, backbones[1].state, images[sub], labels[sub], 3, tiny_adapt("prototype", seed=1), progress=False)
     np.testing.assert_allclose(res.test_proba[("other", "prototype", 0.25, 1)],
                                predict_proba(clf, images[test], device="cpu"), atol=1e-4)

@@ -11,13 +11,14 @@ from pathlib import Path
 import pytest
 import schemathesis
 from fastapi.testclient import TestClient
-from hypothesis import HealthCheck, given, settings as hypothesis_settings
+from hypothesis import HealthCheck, given
+from hypothesis import settings as hypothesis_settings
 from sqlmodel import SQLModel, select
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from benchmarks.registry_api import fill_registry  # noqa: E402
 from app.api.app import create_app, recent_flow_runs  # noqa: E402
-from components.registry import db, monitoring, queries, writes# noqa: E402
+from benchmarks.registry_api import fill_registry  # noqa: E402
+from components.registry import db, monitoring, queries, writes  # noqa: E402
 from components.registry.db import session_scope  # noqa: E402
 from components.registry.promotion import record_promotion  # noqa: E402
 from components.registry.tables import Run, utcnow  # noqa: E402
@@ -251,7 +252,11 @@ def test_labeling_progress_says_when_label_studio_is_not_configured(client):
 
 
 def test_flow_runs_report_an_unreachable_prefect_instead_of_failing(sqlite_registry):
-    from prefect.settings import PREFECT_API_URL, PREFECT_LOGGING_TO_API_ENABLED, temporary_settings
+    from prefect.settings import (
+        PREFECT_API_URL,
+        PREFECT_LOGGING_TO_API_ENABLED,
+        temporary_settings,
+    )
 
     # Nothing listens on port 9; no log shipping there either.
     with temporary_settings({PREFECT_API_URL: "http://127.0.0.1:9/api", PREFECT_LOGGING_TO_API_ENABLED: False}):

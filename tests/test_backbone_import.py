@@ -10,18 +10,18 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 import torch
+from clirun import dlvm, dlvm_env
 from safetensors.torch import save_file
 from sqlmodel import func, select
 
-from clirun import dlvm, dlvm_env
-from components.models.vit import ViTConfig, VisionTransformer
+from components.models.checkpoint import load_checkpoint
+from components.models.vit import VisionTransformer, ViTConfig
 from components.registry import queries, views, writes
 from components.registry.db import ensure_schema, session_scope
 from components.registry.promotion import baseline_refs
 from components.registry.tables import ModelVersion, PromotionEvent
 from components.settings import Settings
 from components.storage import open_store
-from components.training.checkpoint import load_checkpoint
 
 # A small RGB ViT at the size we import to (no position-table resize), with a 10-class head
 # that the import must drop.
@@ -168,7 +168,11 @@ def test_bad_files_fail_in_one_line_and_register_nothing(world):
 
 
 def test_designating_baselines_moves_the_alias_and_rolls_back_like_a_promotion(dlvm_home):
-    from components.registry.promotion import PromotionError, designate_baseline, rollback
+    from components.registry.promotion import (
+        PromotionError,
+        designate_baseline,
+        rollback,
+    )
 
     with session_scope(dlvm_home) as session:
         writes.get_or_create_model(session, "generic-mae", kind="backbone")

@@ -6,14 +6,14 @@ import json
 import shutil
 
 import pytest
-from sqlmodel import select
-
 from clirun import dlvm, dlvm_env
+from sqlmodel import select
+from test_ingest import EXPECTED_BAD, GOOD, make_raw_folder
+
 from components.data.elpv import export_elpv
 from components.registry.db import session_scope
 from components.registry.tables import DatasetVersion, LabelSnapshot
 from components.settings import Settings
-from test_ingest import EXPECTED_BAD, GOOD, make_raw_folder
 
 
 @pytest.fixture(scope="module")

@@ -12,9 +12,9 @@ import tempfile
 from pathlib import Path
 
 import pytest
+from clirun import dlvm, dlvm_env
 from sqlmodel import select
 
-from clirun import dlvm, dlvm_env
 from components.data.elpv import elpv_root
 from components.registry.db import session_scope
 from components.registry.integrity import verify_registry

@@ -2,9 +2,9 @@
 served with a short cron schedule produces a scheduled flow run that completes."""
 from __future__ import annotations
 
+from clirun import dlvm_env, serve_until_a_run_completes
 from sqlmodel import select
 
-from clirun import dlvm_env, serve_until_a_run_completes
 from components.data.elpv import export_elpv
 from components.registry.db import session_scope
 from components.registry.tables import DatasetVersion
@@ -29,7 +29,11 @@ def test_build_deployments_schedules_and_parameters():
 def test_feedback_serve_and_dlvm_serve_build_the_same_loop():
     """`dlvm feedback serve` serves feedback_loop_deployments with the CLI's feedback options;
     `dlvm serve` the same two deployments inside build_deployments."""
-    from flows.deployments import Schedules, build_deployments, feedback_loop_deployments
+    from flows.deployments import (
+        Schedules,
+        build_deployments,
+        feedback_loop_deployments,
+    )
 
     feedback, retrain = feedback_loop_deployments("cells", 60, "on-labels", "demo",
                                                   {"queue_size": 7, "dataset": "ignored", "classes": ["a", "b"]})

@@ -15,7 +15,12 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from benchmarks.device_bundle import DEFAULT_GENERIC_IMAGES, DEFAULT_SIZE, build_bundle, load_elpv_bundle  # noqa: E402
+from benchmarks.device_bundle import (  # noqa: E402
+    DEFAULT_GENERIC_IMAGES,
+    DEFAULT_SIZE,
+    build_bundle,
+    load_elpv_bundle,
+)
 from tests.test_label_efficiency_benchmark import load_benchmark  # noqa: E402
 
 SIZE, ELPV_N, GENERIC_N = 32, 300, 40

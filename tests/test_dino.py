@@ -6,8 +6,13 @@ import math
 import pytest
 import torch
 
-from components.models.dino import SelfDistillation, sinkhorn_knopp, teacher_momentum_at, teacher_temp_at
-from components.models.vit import ViTConfig, VisionTransformer
+from components.models.dino import (
+    SelfDistillation,
+    sinkhorn_knopp,
+    teacher_momentum_at,
+    teacher_temp_at,
+)
+from components.models.vit import VisionTransformer, ViTConfig
 from components.training.augment import Augment, augment_batch
 from components.training.optim import param_groups
 

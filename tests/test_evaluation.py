@@ -17,9 +17,22 @@ from components.evaluation.metrics import (
     macro_f1,
     paired_bootstrap,
 )
-from components.evaluation.report import label_efficiency, markdown_report, plot_curves, summary_table
-from components.evaluation.split import label_subset, test_split as make_test_split
-from components.evaluation.sweep import SweepConfig, SweepResult, make_subsets, plan_runs, score_run
+from components.evaluation.report import (
+    label_efficiency,
+    markdown_report,
+    plot_curves,
+    summary_table,
+)
+from components.evaluation.split import label_subset
+from components.evaluation.split import test_split as make_test_split
+from components.evaluation.sweep import (
+    SweepConfig,
+    SweepResult,
+    make_subsets,
+    plan_runs,
+    score_run,
+)
+from components.training.recipes import tiny_adapt
 
 
 def _shas(n: int, tag: str = "img") -> list[str]:
@@ -308,8 +321,8 @@ def test_run_sweep_end_to_end_tiny_vit(monkeypatch):
     # A fixed probe L2: the cross-validated choice costs seconds per probe on 2 CPU cores.
     cfg = SweepConfig(
         fractions=(0.25, 1.0), seeds=(0, 1), methods=("probe", "finetune"), n_boot=200,
-        probe=learn.AdaptConfig.tiny("probe", probe_l2=1e-2),
-        finetune=learn.AdaptConfig.tiny("finetune", epochs=1, probe_l2=1e-2),
+        probe=tiny_adapt("probe", probe_l2=1e-2),
+        finetune=tiny_adapt("finetune", epochs=1, probe_l2=1e-2),
         device="cpu",
     )
 
@@ -340,7 +353,7 @@ def test_run_sweep_end_to_end_tiny_vit(monkeypatch):
     assert SweepResult.from_json(text).to_json() == text
     # Same inputs, same probes: the probe part of the sweep is deterministic.
     probe_only = SweepConfig(fractions=(0.25, 1.0), seeds=(0, 1), methods=("probe",), n_boot=200,
-                             probe=learn.AdaptConfig.tiny("probe", probe_l2=1e-2), device="cpu")
+                             probe=tiny_adapt("probe", probe_l2=1e-2), device="cpu")
     again = run_sweep(backbones, images, labels, train, test, 3, probe_only, progress=False)
     for key, proba in again.test_proba.items():
         assert np.allclose(proba, res.test_proba[key], atol=1e-6)

@@ -13,14 +13,22 @@ from pathlib import Path
 
 import httpx
 import pytest
+from clirun import deployment_runs, dlvm, dlvm_env, serve_until_a_run_completes
 from sqlmodel import select
 
-from clirun import deployment_runs, dlvm, dlvm_env, serve_until_a_run_completes
-from components.labeling import label_studio as ls
-from components.data.elpv import CLASS_NAMES_4, class_name, elpv_labels, elpv_root, export_elpv, write_label_studio_export
 from components.data.access import dataset_images
+from components.data.elpv import (
+    CLASS_NAMES_4,
+    class_name,
+    elpv_labels,
+    elpv_root,
+    export_elpv,
+    write_label_studio_export,
+)
+from components.labeling import label_studio as ls
 from components.labeling.feedback import plan_preannotations
 from components.labeling.snapshots import from_json_bytes
+from components.models.checkpoint import load_checkpoint
 from components.registry import queries, refs
 from components.registry.db import session_scope
 from components.registry.promotion import record_promotion
@@ -28,7 +36,6 @@ from components.registry.tables import LabelSnapshot, ModelVersion
 from components.settings import Settings
 from components.storage import open_store
 from components.training.adapt import Classifier, predict_with_features
-from components.training.checkpoint import load_checkpoint
 
 pytestmark = pytest.mark.label_studio
 N_IMAGES, N_FILE_LABELS, QUEUE = 40, 16, 10
@@ -231,9 +238,9 @@ def test_webhook_from_label_studio_starts_the_retrain_deployment(loop, prefect_a
     from prefect.client.orchestration import get_client
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
-    from components.stack.services import free_port
     from components.labeling.webhook import RetrainTrigger, create_app
     from components.orchestration.triggers import start_deployment
+    from components.stack.services import free_port
     from flows.retrain import retrain_flow
 
     cfg, project_id = loop["cfg"], loop["round1"]["project_id"]

@@ -8,11 +8,17 @@ import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
-from components.labeling.queue import select_queue, uncertainty
 from components.labeling.feedback import new_label_count, plan_preannotations
+from components.labeling.label_studio import (
+    LabelStudioConfig,
+    LabelStudioError,
+    SyncResult,
+    label_config,
+    local_files_url,
+    tasks_after_pull,
+)
+from components.labeling.queue import select_queue, uncertainty
 from components.labeling.snapshots import build_label_snapshot, merge_snapshot
-from components.labeling.label_studio import (LabelStudioConfig, LabelStudioError, SyncResult, label_config, local_files_url,
-                                   tasks_after_pull)
 from components.labeling.webhook import RetrainTrigger, create_app, labels_in_event
 
 

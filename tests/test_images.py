@@ -8,7 +8,12 @@ import pytest
 from PIL import Image
 
 from components.data.elpv import elpv_root
-from components.data.images import ImageCache, ImageHashMismatch, load_image_array, to_grayscale8
+from components.data.images import (
+    ImageCache,
+    ImageHashMismatch,
+    load_image_array,
+    to_grayscale8,
+)
 from components.data.ingest import build_manifest, scan_folder
 
 ELPV = elpv_root() / "images"

@@ -13,8 +13,14 @@ from PIL import Image
 
 from components.data.dvc import DvcError, DvcWorkspace, parse_dvc_file
 from components.data.elpv import elpv_root
-from components.data.ingest import (build_manifest, iter_files, manifest_json_bytes, quarantine, scan_folder,
-                                    stage_into_workspace)
+from components.data.ingest import (
+    build_manifest,
+    iter_files,
+    manifest_json_bytes,
+    quarantine,
+    scan_folder,
+    stage_into_workspace,
+)
 from components.data.validate import ImageLimits, validate_image
 
 ELPV = elpv_root() / "images"

@@ -8,11 +8,23 @@ from pathlib import Path
 
 import pytest
 
-from components.data.elpv import (CLASS_NAMES_2, CLASS_NAMES_4, class_name, elpv_labels, elpv_root, export_elpv,
-                                  stratified_subset)
+from components.data.elpv import (
+    CLASS_NAMES_2,
+    CLASS_NAMES_4,
+    class_name,
+    elpv_labels,
+    elpv_root,
+    export_elpv,
+    stratified_subset,
+)
 from components.data.ingest import build_manifest, scan_folder
-from components.labeling.snapshots import (LabelExportError, build_label_snapshot, from_json_bytes, normalize_image_ref,
-                               to_json_bytes)
+from components.labeling.snapshots import (
+    LabelExportError,
+    build_label_snapshot,
+    from_json_bytes,
+    normalize_image_ref,
+    to_json_bytes,
+)
 
 TRUTH = {Path(r.path).name: class_name(r.probability) for r in elpv_labels()}
 

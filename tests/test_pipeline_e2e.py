@@ -6,13 +6,22 @@ from __future__ import annotations
 import json
 
 import pytest
-from sqlmodel import select
-
 from clirun import dlvm
 from e2e_demo import N_IMAGES
+from sqlmodel import select
+
 from components.registry.db import session_scope
-from components.registry.tables import (Alias, DatasetVersion, Evaluation, EvaluationResult, LabelSnapshot,
-                                        ModelVersion, PromotionEvent, RegisteredModel, Run)
+from components.registry.tables import (
+    Alias,
+    DatasetVersion,
+    Evaluation,
+    EvaluationResult,
+    LabelSnapshot,
+    ModelVersion,
+    PromotionEvent,
+    RegisteredModel,
+    Run,
+)
 from components.settings import Settings
 from components.storage import open_store
 

@@ -17,9 +17,10 @@ import numpy as np
 import pytest
 import torch
 
-from components.training.checkpoint import load_checkpoint
+from components.models.checkpoint import load_checkpoint
 from components.training.launch import pretrain_in_processes
 from components.training.pretrain import PretrainConfig, pretrain
+from components.training.recipes import demo_dino_pretrain, tiny_pretrain
 
 ROOT = Path(__file__).resolve().parents[1]
 STEPS, EVERY = 200, 10
@@ -30,8 +31,9 @@ import sys, numpy as np, torch
 torch.set_num_threads(1)
 from components.training.launch import pretrain_in_processes
 from components.training.pretrain import PretrainConfig, pretrain
+from components.training.recipes import tiny_pretrain
 method, steps, every = sys.argv[4], int(sys.argv[5]), int(sys.argv[6])
-cfg = PretrainConfig.tiny(method=method, steps=steps, checkpoint_every=every)
+cfg = tiny_pretrain(method=method, steps=steps, checkpoint_every=every)
 res = pretrain(np.load(sys.argv[1]), cfg, progress=False, checkpoint_path=sys.argv[2] or None)
 torch.save({"state": res.encoder_state, "losses": res.losses, "resumed_from": res.resumed_from_step}, sys.argv[3])
 """
@@ -81,7 +83,7 @@ def test_resume_refuses_other_config_other_images_and_torn_files(tmp_path):
     rng = np.random.default_rng(1)
     imgs = rng.integers(0, 256, (24, 32, 32), dtype=np.uint8)
     ckpt = tmp_path / "resume.pt"
-    cfg = PretrainConfig.tiny(steps=12, checkpoint_every=4)
+    cfg = tiny_pretrain(steps=12, checkpoint_every=4)
     pretrain(imgs, dataclasses.replace(cfg, max_seconds=0.0, steps=12), progress=False, checkpoint_path=ckpt)
     assert not ckpt.exists()  # stopped after one step: nothing to resume from yet
     full = pretrain(imgs, cfg, progress=False, checkpoint_path=ckpt)
@@ -105,7 +107,7 @@ def test_resume_refuses_other_config_other_images_and_torn_files(tmp_path):
 
 def test_two_processes_under_torchrun_train_one_model(images):
     data = np.load(images)
-    cfg = PretrainConfig.tiny(steps=30)
+    cfg = tiny_pretrain(steps=30)
     ddp = pretrain_in_processes(data, cfg, processes=2, progress=False)
     single = pretrain(data, cfg, progress=False)
     assert len(ddp.losses) == 30 and np.mean(ddp.losses[-5:]) < np.mean(ddp.losses[:5])
@@ -113,37 +115,33 @@ def test_two_processes_under_torchrun_train_one_model(images):
     # Same data order and schedule, different augmentation/masking draws per process: close, not equal.
     assert abs(np.mean(ddp.losses[-5:]) - np.mean(single.losses[-5:])) < 0.25
     with pytest.raises(ValueError, match="does not split over 2 processes"):
-        pretrain_in_processes(data, PretrainConfig.tiny(steps=2, batch_size=15), processes=2, progress=False)
+        pretrain_in_processes(data, tiny_pretrain(steps=2, batch_size=15), processes=2, progress=False)
 
 
 def test_each_method_has_its_preset_and_unknown_ones_are_named():
-    from flows.pretrain import pretrain_recipe
+    from components.training.recipes import pretrain_config
 
-    assert pretrain_recipe("demo").method == "mae"
-    dino = pretrain_recipe("demo", method="dino", seed=3, steps=7)
+    assert pretrain_config("demo").method == "mae"
+    dino = pretrain_config("demo", method="dino", seed=3, steps=7)
     assert (dino.method, dino.seed, dino.steps, dino.dino_mask_ratio) == ("dino", 3, 7, 0.5)
-    assert pretrain_recipe("tiny", method="dino").vit == PretrainConfig.tiny().vit
-    with pytest.raises(ValueError, match="no 'byol' variant"):
-        pretrain_recipe("demo", method="byol")
-    with pytest.raises(ValueError, match="unknown pretraining recipe 'to_dict'"):
-        pretrain_recipe("to_dict")
+    assert pretrain_config("tiny", method="dino").vit == tiny_pretrain().vit
+    with pytest.raises(ValueError, match="recipe 'demo' has no 'byol' pretraining"):
+        pretrain_config("demo", method="byol")
+    with pytest.raises(ValueError, match="unknown recipe 'to_dict'"):
+        pretrain_config("to_dict")
     with pytest.raises(ValueError, match="pretraining method must be one of mae, dino"):
         PretrainConfig(method="byol")
-    cfg = PretrainConfig.demo_dino()
+    cfg = demo_dino_pretrain()
     assert PretrainConfig.from_dict(json.loads(json.dumps(cfg.to_dict()))) == cfg
 
 
 def test_flow_resume_checkpoint_is_keyed_by_data_recipe_and_starting_weights(tmp_path):
-    from types import SimpleNamespace
+    from components.training.pretrain import resume_path
 
-    from flows.pretrain import resume_path
-
-    settings = SimpleNamespace(home=tmp_path)
-    v1, v2 = SimpleNamespace(id=1), SimpleNamespace(id=2)
-    cfg = PretrainConfig.tiny()
-    same = resume_path(settings, v1, dataclasses.replace(cfg, device="cuda", compile=True, max_seconds=5), None)
-    assert resume_path(settings, v1, cfg, None) == same  # runtime knobs do not start a new run
+    cfg = tiny_pretrain()
+    same = resume_path(tmp_path, 1, dataclasses.replace(cfg, device="cuda", compile=True, max_seconds=5), None)
+    assert resume_path(tmp_path, 1, cfg, None) == same  # runtime knobs do not start a new run
     assert same.parent == tmp_path / "resume"
-    others = {resume_path(settings, v2, cfg, None), resume_path(settings, v1, dataclasses.replace(cfg, lr=1e-4), None),
-              resume_path(settings, v1, cfg, SimpleNamespace(sha256="ab" * 32))}
+    others = {resume_path(tmp_path, 2, cfg, None), resume_path(tmp_path, 1, dataclasses.replace(cfg, lr=1e-4), None),
+              resume_path(tmp_path, 1, cfg, "ab" * 32)}
     assert same not in others and len(others) == 3

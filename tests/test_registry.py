@@ -14,7 +14,9 @@ from alembic.runtime.migration import MigrationContext
 from sqlalchemy.exc import IntegrityError, StatementError
 from sqlmodel import Session, SQLModel, select
 
-from components.registry import db, queries as q, views, writes as w
+from components.registry import db, views
+from components.registry import queries as q
+from components.registry import writes as w
 from components.registry.promotion import PromotionError, record_promotion, rollback
 from components.registry.tables import Alias, DatasetVersion, PromotionEvent
 from components.settings import Settings

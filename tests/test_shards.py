@@ -12,8 +12,14 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from components.data.shards import (INDEX_NAME, ShardCorrupted, pack_shards, read_index, stream_samples,
-                                    upload_shards)
+from components.data.shards import (
+    INDEX_NAME,
+    ShardCorrupted,
+    pack_shards,
+    read_index,
+    stream_samples,
+    upload_shards,
+)
 from components.storage import ArtifactCorrupted, S3ArtifactStore, parse_uri
 
 

@@ -9,8 +9,8 @@ import json
 from pathlib import Path
 
 import pytest
-
 from clirun import dlvm, dlvm_env
+
 from components.data.elpv import export_elpv
 from components.stack.services import free_port
 
@@ -109,13 +109,13 @@ def test_s3_stopped_mid_push_fails_clearly_registers_nothing_and_a_rerun_complet
     import subprocess
     import time
 
+    from clirun import DLVM
     from sqlmodel import select
 
-    from clirun import DLVM
     from components.registry.db import session_scope
     from components.registry.tables import DatasetVersion
-    from components.stack.services import start_s3_server, stop
     from components.settings import Settings
+    from components.stack.services import start_s3_server, stop
 
     images, _ = export_elpv(tmp_path / "raw", limit=400, seed=6)
     port = free_port()

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Callable
 
 import pytest
+from s3server import S3Server, s3_bucket, s3_server  # noqa: F401  (fixtures)
 
 from components.settings import Settings
 from components.storage import (
@@ -33,7 +34,6 @@ from components.storage import (
     open_store,
     parse_uri,
 )
-from s3server import S3Server, s3_bucket, s3_server  # noqa: F401  (fixtures)
 
 
 def sha(data: bytes) -> str:

@@ -11,14 +11,15 @@ import numpy as np
 import pytest
 import torch
 from prefect import flow
+from test_evaluation import _shas, _striped_images
 
 from components.evaluation.split import test_split as make_test_split
 from components.evaluation.sweep import Backbone, SweepConfig, plan_units
 from components.models.vit import ViTConfig
-from components.settings import Settings
 from components.orchestration.task_runners import sweep_task_runner
+from components.settings import Settings
+from components.training.recipes import tiny_adapt
 from flows.evaluate import sweep_on_task_runner
-from test_evaluation import _shas, _striped_images
 
 VIT = ViTConfig(img_size=16, patch_size=8, embed_dim=32, depth=1, num_heads=2)
 
@@ -33,8 +34,8 @@ def tiny_sweep():
     backbones = [Backbone("scratch", VIT, None),
                  Backbone("other", VIT, learn.build_encoder(VIT, None, seed=123).state_dict(), model_version_id=7)]
     cfg = SweepConfig(fractions=(0.25, 1.0), seeds=(0, 1), methods=("probe", "finetune"), n_boot=100,
-                      probe=learn.AdaptConfig.tiny("probe", probe_l2=1e-2),
-                      finetune=learn.AdaptConfig.tiny("finetune", epochs=1, probe_l2=1e-2), device="cpu")
+                      probe=tiny_adapt("probe", probe_l2=1e-2),
+                      finetune=tiny_adapt("finetune", epochs=1, probe_l2=1e-2), device="cpu")
     return backbones, images, labels, train, test, 3, cfg
 
 
@@ -115,11 +116,10 @@ def test_sweep_on_an_existing_dask_cluster(tiny_sweep, prefect_api, one_torch_th
     from distributed import Client, LocalCluster
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
-    from components.training import adapt as learn
 
     backbones, images, labels, train, test, classes, _ = tiny_sweep
     probes = SweepConfig(fractions=(0.25, 1.0), seeds=(0, 1), methods=("probe", "prototype"), n_boot=100,
-                         probe=learn.AdaptConfig.tiny("probe", probe_l2=1e-2), device="cpu")
+                         probe=tiny_adapt("probe", probe_l2=1e-2), device="cpu")
     sweep = (backbones, images, labels, train, test, classes, probes)
     with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as cluster, \
             temporary_settings({PREFECT_API_URL: prefect_api}):

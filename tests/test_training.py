@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 import torch
 
-from components.models.vit import ViTConfig, VisionTransformer
+from components.models.checkpoint import load_checkpoint, save_checkpoint
+from components.models.vit import VisionTransformer, ViTConfig
 from components.training.adapt import (
     PROBE_L2_GRID,
     AdaptConfig,
@@ -20,11 +21,17 @@ from components.training.adapt import (
     predict_proba,
     predict_proba_from_features,
 )
-from components.training.checkpoint import load_checkpoint, save_checkpoint
-from components.training.device import autocast_for, pick_device
 from components.training.augment import Augment, augment_batch
+from components.training.device import autocast_for, pick_device
 from components.training.optim import cosine_lr
-from components.training.pretrain import PretrainConfig, pretrain
+from components.training.pretrain import pretrain
+from components.training.recipes import (
+    demo_adapt,
+    demo_pretrain,
+    tiny_adapt,
+    tiny_dino_pretrain,
+    tiny_pretrain,
+)
 
 torch.set_num_threads(2)
 
@@ -45,7 +52,7 @@ def stripes(n: int, size: int = 32, seed: int = 0) -> tuple[np.ndarray, np.ndarr
 @pytest.fixture(scope="module")
 def tiny_pretrained():
     images, _ = stripes(64)
-    cfg = PretrainConfig.tiny(steps=40)
+    cfg = tiny_pretrain(steps=40)
     return cfg, pretrain(images, cfg, progress=False)
 
 
@@ -59,10 +66,10 @@ def test_pretrain_runs_and_loss_decreases(tiny_pretrained):
 
 def test_pretrain_is_deterministic_with_seed():
     images, _ = stripes(32)
-    cfg = PretrainConfig.tiny(steps=6)
+    cfg = tiny_pretrain(steps=6)
     a = pretrain(images, cfg, progress=False)
     b = pretrain(images, cfg, progress=False)
-    c = pretrain(images, PretrainConfig.tiny(steps=6, seed=1), progress=False)
+    c = pretrain(images, tiny_pretrain(steps=6, seed=1), progress=False)
     assert a.losses == b.losses
     assert all(torch.equal(a.encoder_state[k], b.encoder_state[k]) for k in a.encoder_state)
     assert not torch.equal(a.encoder_state["blocks.0.attn.qkv.weight"], c.encoder_state["blocks.0.attn.qkv.weight"])
@@ -71,15 +78,15 @@ def test_pretrain_is_deterministic_with_seed():
 def test_pretrain_rejects_wrong_input():
     images, _ = stripes(8, size=32)
     with pytest.raises(ValueError, match="expects 64px"):
-        pretrain(images, PretrainConfig.tiny(img_size=64), progress=False)
+        pretrain(images, tiny_pretrain(img_size=64), progress=False)
     with pytest.raises(ValueError, match="uint8"):
-        pretrain(images.astype(np.float32), PretrainConfig.tiny(), progress=False)
+        pretrain(images.astype(np.float32), tiny_pretrain(), progress=False)
 
 
 def test_pretrain_continues_from_encoder_state(tiny_pretrained):
     cfg, result = tiny_pretrained
     images, _ = stripes(32)
-    cont = pretrain(images, PretrainConfig.tiny(steps=3, lr=0.0, min_lr=0.0), progress=False, init_encoder_state=result.encoder_state)
+    cont = pretrain(images, tiny_pretrain(steps=3, lr=0.0, min_lr=0.0), progress=False, init_encoder_state=result.encoder_state)
     # lr 0: the encoder comes back exactly as it went in
     assert all(torch.equal(cont.encoder_state[k], result.encoder_state[k]) for k in result.encoder_state)
 
@@ -158,7 +165,7 @@ def test_fit_probe_handles_tiny_label_sets_and_bad_labels():
 def test_probe_adapt_separates_stripes_and_predict_proba(tiny_pretrained):
     cfg, result = tiny_pretrained
     images, y = stripes(80, seed=1)
-    clf = adapt(cfg.vit, result.encoder_state, images, y, 2, AdaptConfig.tiny("probe"), progress=False)
+    clf = adapt(cfg.vit, result.encoder_state, images, y, 2, tiny_adapt("probe"), progress=False)
     test_images, test_y = stripes(30, seed=2)
     proba = predict_proba(clf, test_images, batch_size=7, device="cpu")
     assert proba.shape == (30, 2) and proba.dtype == np.float32
@@ -166,14 +173,14 @@ def test_probe_adapt_separates_stripes_and_predict_proba(tiny_pretrained):
     assert (proba.argmax(1) == test_y).mean() >= 0.9
     # the classifier computes exactly what the cached-feature path computes
     enc = build_encoder(cfg.vit, result.encoder_state)
-    head = fit_probe(extract_features(enc, images), y, 2, AdaptConfig.tiny("probe"))
+    head = fit_probe(extract_features(enc, images), y, 2, tiny_adapt("probe"))
     np.testing.assert_allclose(predict_proba_from_features(head, extract_features(enc, test_images)), proba, atol=1e-4)
 
 
 def test_finetune_is_deterministic_and_moves_the_encoder(tiny_pretrained):
     cfg, result = tiny_pretrained
     images, y = stripes(48, seed=3)
-    ft = AdaptConfig.tiny("finetune", epochs=2, lr=2e-3, lp_init=False)
+    ft = tiny_adapt("finetune", epochs=2, lr=2e-3, lp_init=False)
     a = adapt(cfg.vit, result.encoder_state, images, y, 2, ft, progress=False)
     b = adapt(cfg.vit, result.encoder_state, images, y, 2, ft, progress=False)
     assert all(torch.equal(v, b.state_dict()[k]) for k, v in a.state_dict().items())
@@ -181,14 +188,14 @@ def test_finetune_is_deterministic_and_moves_the_encoder(tiny_pretrained):
     assert not torch.equal(a.encoder.blocks[0].attn.qkv.weight, result.encoder_state["blocks.0.attn.qkv.weight"])
     assert a.method == "finetune" and not a.training
     # scratch backbone runs too
-    c = adapt(cfg.vit, None, images, y, 2, AdaptConfig.tiny("finetune", epochs=1), progress=False)
+    c = adapt(cfg.vit, None, images, y, 2, tiny_adapt("finetune", epochs=1), progress=False)
     assert not torch.equal(c.encoder.blocks[0].attn.qkv.weight, a.encoder.blocks[0].attn.qkv.weight)
 
 
 def test_finetune_from_probe_head_learns(tiny_pretrained):
     cfg, result = tiny_pretrained
     images, y = stripes(80, seed=3)
-    clf = adapt(cfg.vit, result.encoder_state, images, y, 2, AdaptConfig.tiny("finetune", epochs=3, lr=1e-3), progress=False)
+    clf = adapt(cfg.vit, result.encoder_state, images, y, 2, tiny_adapt("finetune", epochs=3, lr=1e-3), progress=False)
     test_images, test_y = stripes(40, seed=4)
     proba = predict_proba(clf, test_images, device="cpu")
     np.testing.assert_allclose(proba.sum(1), 1.0, rtol=1e-5)
@@ -198,7 +205,7 @@ def test_finetune_from_probe_head_learns(tiny_pretrained):
 def test_classifier_checkpoint_round_trip(tiny_pretrained):
     cfg, result = tiny_pretrained
     images, y = stripes(20, seed=5)
-    clf = adapt(cfg.vit, result.encoder_state, images, y, 2, AdaptConfig.tiny("probe"), progress=False)
+    clf = adapt(cfg.vit, result.encoder_state, images, y, 2, tiny_adapt("probe"), progress=False)
     clf.classes = ["horizontal", "vertical"]
     data = save_checkpoint(clf.state())
     assert isinstance(data, bytes)
@@ -257,10 +264,10 @@ def test_device_helpers():
 
 
 def test_demo_and_tiny_configs_are_consistent():
-    demo = PretrainConfig.demo()
+    demo = demo_pretrain()
     assert demo.vit.img_size % demo.vit.patch_size == 0 and demo.steps > 0
-    assert AdaptConfig.demo_probe().method == "probe" and AdaptConfig.demo_finetune().method == "finetune"
-    assert PretrainConfig.tiny().steps <= 50
+    assert demo_adapt("probe").method == "probe" and demo_adapt("finetune").method == "finetune"
+    assert tiny_pretrain().steps <= 50
     with pytest.raises(ValueError):
         AdaptConfig(method="distill")
     d = demo.to_dict()
@@ -283,12 +290,12 @@ def test_every_training_path_runs_under_bf16_autocast(monkeypatch):
     monkeypatch.setattr(pretrain_module, "autocast_for", bf16)
     monkeypatch.setattr(adapt_module, "autocast_for", bf16)
     images, labels = stripes(48)
-    for cfg in (PretrainConfig.tiny(steps=3), PretrainConfig.tiny_dino(steps=3)):
+    for cfg in (tiny_pretrain(steps=3), tiny_dino_pretrain(steps=3)):
         result = pretrain(images, cfg, progress=False)
         assert all(np.isfinite(result.losses)), cfg.method
-    vit = PretrainConfig.tiny().vit
+    vit = tiny_pretrain().vit
     for method in ("probe", "finetune", "lora", "prototype"):
-        clf = adapt(vit, result.encoder_state, images, labels, 2, AdaptConfig.tiny(method), progress=False)
+        clf = adapt(vit, result.encoder_state, images, labels, 2, tiny_adapt(method), progress=False)
         proba = predict_proba(clf, images, device="cpu")
         assert proba.shape == (48, 2) and np.allclose(proba.sum(1), 1, atol=1e-4), method
     assert len(casts) >= 8 and set(casts) == {"cpu"}  # every path went through the bf16 context

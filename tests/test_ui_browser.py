@@ -14,8 +14,8 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-
 from clirun import dlvm
+
 from components.stack.services import ui_server
 
 pytestmark = pytest.mark.e2e

@@ -232,7 +232,8 @@ def _snapshot_detail(session: Session, snapshot_id: int) -> dict:
 
 def recent_flow_runs(settings: Settings, limit: int) -> dict[str, Any]:
     """Prefect's newest flow runs with links into its UI; an unreachable Prefect is reported, not raised."""
-    from components.orchestration.flow_runs import prefect_ui_url, recent_flow_runs as read_runs
+    from components.orchestration.flow_runs import prefect_ui_url
+    from components.orchestration.flow_runs import recent_flow_runs as read_runs
 
     ui = prefect_ui_url(settings)
     try:
@@ -245,7 +246,8 @@ def recent_flow_runs(settings: Settings, limit: int) -> dict[str, Any]:
 def labeling_progress(settings: Settings, dataset: str) -> dict[str, Any]:
     if not settings.label_studio_url:
         return {"configured": False, "dataset": dataset}
-    from components.labeling.label_studio import LabelStudioConfig, LabelStudioError, labeling_progress as read_progress
+    from components.labeling.label_studio import LabelStudioConfig, LabelStudioError
+    from components.labeling.label_studio import labeling_progress as read_progress
 
     try:
         cfg = LabelStudioConfig(settings.label_studio_url, settings.label_studio_token.get_secret_value(),

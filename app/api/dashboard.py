@@ -12,8 +12,8 @@ from fastapi.responses import HTMLResponse
 from fastapi.security import HTTPAuthorizationCredentials
 from fastapi.templating import Jinja2Templates
 
-from app.api.deps import Name, alert_rules, settings_dep
 from app.api.auth import bearer, check_read
+from app.api.deps import Name, alert_rules, settings_dep
 from components.registry import monitoring, queries, views
 from components.registry.db import read_session
 from components.settings import Settings

@@ -7,7 +7,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Annotated, Any, Optional
 
-from fastapi import Depends, Path as PathParam, Query, Request, Response
+from fastapi import Depends, Query, Request, Response
+from fastapi import Path as PathParam
 from fastapi.security import HTTPAuthorizationCredentials
 
 from app.api import schemas

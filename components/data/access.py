@@ -13,6 +13,7 @@ import numpy as np
 
 from components.data.dvc import DvcWorkspace
 from components.data.images import ImageCache
+from components.evaluation.split import test_split
 from components.settings import Settings
 from components.storage import open_store
 
@@ -56,12 +57,14 @@ def dataset_images(settings: Settings, dataset: str, version, size: int,
 
 @dataclass
 class LabeledSet:
-    """The labeled images of a snapshot, in snapshot order."""
+    """The labeled images of a snapshot, in snapshot order, with the snapshot's fixed test split."""
     images: np.ndarray          # uint8 [N, size, size]
     labels: np.ndarray          # int64 [N], indices into classes
     classes: list[str]
     image_sha256: list[str]
     paths: list[str]
+    train_idx: np.ndarray       # the training pool (label fractions are drawn from it)
+    test_idx: np.ndarray        # the test split: never trained on, never used to choose anything
 
 
 def labeled_set(settings: Settings, dataset: str, version, snapshot, size: int,
@@ -72,10 +75,10 @@ def labeled_set(settings: Settings, dataset: str, version, snapshot, size: int,
     classes = list(snap["classes"])
     class_index = {c: i for i, c in enumerate(classes)}
     rows = [index[item["path"]] for item in snap["items"]]
-    return LabeledSet(
-        images=images[rows],
-        labels=np.array([class_index[item["label"]] for item in snap["items"]], dtype=np.int64),
-        classes=classes,
-        image_sha256=[item["sha256"] for item in snap["items"]],
-        paths=[item["path"] for item in snap["items"]],
-    )
+    labels = np.array([class_index[item["label"]] for item in snap["items"]], dtype=np.int64)
+    shas = [item["sha256"] for item in snap["items"]]
+    # The one place the test split is computed: every flow that trains, evaluates or gates
+    # on a snapshot gets it from here (hash-assigned, so it depends only on the labels).
+    train_idx, test_idx = test_split(shas, labels)
+    return LabeledSet(images=images[rows], labels=labels, classes=classes, image_sha256=shas,
+                      paths=[item["path"] for item in snap["items"]], train_idx=train_idx, test_idx=test_idx)

@@ -26,7 +26,6 @@ from tqdm.auto import tqdm
 
 from components.data.validate import COLOR_MODES, GRAYSCALE_MODES
 
-
 _ORIENTATION = 0x0112  # EXIF tag
 
 

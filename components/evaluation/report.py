@@ -79,6 +79,16 @@ def _means(rows: Sequence[dict[str, Any]], metric: str) -> dict[tuple[str, str],
     return out
 
 
+def reference_backbone(table: Sequence[dict[str, Any]], candidates: Sequence[str],
+                       metric: str = "accuracy") -> str | None:
+    """The candidate with the best 100 %-label score (any method): the reference whose
+    full-label score the label-efficiency ratio asks the others to reach."""
+    def full_label_score(backbone: str) -> float:
+        return max((row["metrics"][metric]["value"] for row in table
+                    if row["backbone"] == backbone and row["fraction"] == 1.0), default=float("-inf"))
+    return max(candidates, key=full_label_score) if candidates else None
+
+
 def label_efficiency_details(
     rows: Sequence[dict[str, Any]],
     reference_backbone: str,

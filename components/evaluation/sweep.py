@@ -20,6 +20,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -393,3 +394,17 @@ def run_sweep(
     finally:
         bar.close()
     return assemble_sweep(parts, backbones, labels, train_idx, test_idx, num_classes, cfg)
+
+
+def same_input_size(backbones: Sequence[Backbone], optional: Sequence[str]) -> tuple[list[Backbone], list[str]]:
+    """(kept, notes): the backbones comparable like with like. Those that joined by alias,
+    not by request (``optional``), and take another input size than the first (the domain
+    backbone) are left out with a note; requested ones of another size are an error."""
+    size = backbones[0].vit_config.img_size
+    kept = [b for b in backbones if b.name not in optional or b.vit_config.img_size == size]
+    notes = [f"leaving out baseline {b.name}: {b.vit_config.img_size}px input, the domain backbone's {size}px"
+             for b in backbones if b not in kept]
+    sizes = sorted({b.vit_config.img_size for b in kept})
+    if len(sizes) != 1:
+        raise ValueError(f"backbones disagree on input size {sizes}: compare like with like")
+    return kept, notes

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import numpy as np
 
-from components.labeling.queue import select_queue, uncertainty
 from components.labeling.label_studio import LabelStudioConfig, local_files_url
+from components.labeling.queue import select_queue, uncertainty
 from components.settings import Settings
 from components.storage import open_store
 

@@ -13,7 +13,7 @@ from components.settings import Settings
 @lru_cache(maxsize=1)
 def code_revision() -> str:
     """The git commit of the dlvm source tree ("+dirty" when it has local changes)."""
-    root = Path(__file__).resolve().parent.parent
+    root = Path(__file__).resolve().parents[2]
     try:
         rev = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True,
                              text=True, timeout=10, check=True).stdout.strip()

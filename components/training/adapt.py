@@ -84,30 +84,6 @@ class AdaptConfig:
         if not self.prototype_temperature > 0:
             raise ValueError(f"prototype_temperature must be > 0, got {self.prototype_temperature!r}")
 
-    @classmethod
-    def demo_probe(cls, **kw) -> "AdaptConfig":
-        return cls(**{"method": "probe", **kw})
-
-    @classmethod
-    def demo_finetune(cls, **kw) -> "AdaptConfig":
-        """The CPU demo fine-tune: 4 epochs, a few minutes on 2 cores for ~2,000 ELPV images
-        at 64 px (see docs/BENCHMARKS.md)."""
-        return cls(**{"method": "finetune", "epochs": 4, **kw})
-
-    @classmethod
-    def demo_lora(cls, **kw) -> "AdaptConfig":
-        """The CPU demo LoRA run: the fine-tune demo's schedule with rank-8 adapters on qkv."""
-        return cls(**{"method": "lora", "epochs": 4, **kw})
-
-    @classmethod
-    def demo_prototype(cls, **kw) -> "AdaptConfig":
-        return cls(**{"method": "prototype", **kw})
-
-    @classmethod
-    def tiny(cls, method: str = "probe", **kw) -> "AdaptConfig":
-        """Seconds-long settings for tests."""
-        return cls(**{"method": method, "epochs": 2, "batch_size": 16, "probe_folds": 3, "device": "cpu", **kw})
-
     def to_dict(self) -> dict:
         return asdict(self)
 
@@ -328,7 +304,7 @@ class Classifier(nn.Module):
         return self.head(z)
 
     def state(self) -> dict:
-        """Plain dict for :func:`components.training.checkpoint.save_checkpoint`."""
+        """Plain dict for :func:`components.models.checkpoint.save_checkpoint`."""
         return {
             "kind": "classifier",
             "method": self.method,

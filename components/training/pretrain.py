@@ -10,6 +10,7 @@ The full training state is checkpointed atomically so a killed run resumes where
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import math
 import os
@@ -21,11 +22,11 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from components.models.checkpoint import load_checkpoint, save_checkpoint, to_plain
 from components.models.mae import MaskedAutoencoder
 from components.models.vit import ViTConfig
 from components.models.weight_mapping import load_pretrained_weights
 from components.training.augment import Augment, augment_batch
-from components.training.checkpoint import load_checkpoint, save_checkpoint, to_plain
 from components.training.device import autocast_for
 from components.training.distributed import distributed_context
 from components.training.optim import cosine_lr, param_groups
@@ -91,32 +92,6 @@ class PretrainConfig:
         if self.steps < 1 or self.batch_size < 1:
             raise ValueError(f"steps and batch_size must be >= 1 (got {self.steps}, {self.batch_size})")
 
-    @classmethod
-    def demo(cls, **kw) -> "PretrainConfig":
-        """The CPU demo recipe: ~7 min on 2 cores for the 2,624 ELPV images (see benchmarks)."""
-        return cls(**kw)
-
-    @classmethod
-    def demo_dino(cls, **kw) -> "PretrainConfig":
-        """DINO at the demo's budget (see docs/BENCHMARKS.md for what it gives on ELPV)."""
-        base = dict(method="dino", steps=300, batch_size=32, lr=5e-4, warmup_steps=30, weight_decay=0.04,
-                    betas=(0.9, 0.999), grad_clip=3.0, augment=Augment(crop_scale=(0.4, 1.0), rot90=True))
-        return cls(**{**base, **kw})
-
-    @classmethod
-    def tiny_dino(cls, **kw) -> "PretrainConfig":
-        return cls.tiny(**{"method": "dino", "grad_clip": 3.0, **kw})
-
-    @classmethod
-    def tiny(cls, img_size: int = 32, **kw) -> "PretrainConfig":
-        """A seconds-long run for tests."""
-        base = dict(
-            vit=ViTConfig(img_size=img_size, patch_size=8, embed_dim=32, depth=2, num_heads=2, global_pool="avg"),
-            steps=30, batch_size=16, lr=2e-3, warmup_steps=5, decoder_dim=32, decoder_depth=1, decoder_heads=2,
-            dino_out_dim=64, dino_hidden_dim=64, dino_bottleneck_dim=32, device="cpu",
-        )
-        return cls(**{**base, **kw})
-
     def to_dict(self) -> dict:
         d = asdict(self)
         d["vit"] = self.vit.to_dict()
@@ -139,6 +114,15 @@ class PretrainConfig:
 PRETRAIN_METHODS = ("mae", "dino")
 # Fields that change how a run executes, not what it computes: a run may resume under new values.
 RUNTIME_FIELDS = ("device", "compile", "checkpoint_every", "max_seconds")
+
+
+def resume_path(state_dir: Path, dataset_version_id: int, cfg: PretrainConfig, init_sha256: str | None) -> Path:
+    """Where one exact run (data, recipe, starting weights) keeps its resume checkpoint under
+    ``state_dir``: a rerun with the same three finds it; runtime knobs do not change it."""
+    recipe = {k: v for k, v in cfg.to_dict().items() if k not in RUNTIME_FIELDS}
+    key = json.dumps({"dataset_version": dataset_version_id, "recipe": recipe, "init": init_sha256},
+                     sort_keys=True, default=str)
+    return Path(state_dir) / "resume" / f"pretrain-{hashlib.sha256(key.encode()).hexdigest()[:16]}.pt"
 
 
 @dataclass
