@@ -170,7 +170,7 @@ RECIPES = {"quick": quick_recipe, "gpu": gpu_recipe, "full": full_recipe, "smoke
 
 
 def dino_recipe(vit: ViTConfig, steps: int, batch_size: int = 32) -> PretrainConfig:
-    """The DINO preset (``PretrainConfig.demo_dino``: masked student, constant teacher temperature
+    """The DINO preset (``recipes.demo_dino_pretrain``: masked student, constant teacher temperature
     0.04, momentum 0.99 -> 1, crops of 40-100 %) on ``vit``."""
     return demo_dino_pretrain(vit=vit, steps=steps, batch_size=batch_size, warmup_steps=max(1, steps // 10))
 

@@ -3,7 +3,7 @@
     .venv/bin/python -m benchmarks.label_studio_sync            # ELPV: 2,624 tasks
     .venv/bin/python -m benchmarks.label_studio_sync --copies 4 # 10,496 tasks (the images repeated under 4 folders)
 
-Starts Label Studio (infra/label_studio.sh, SQLite), then times, through the same
+Starts Label Studio (components/stack/label_studio.sh, SQLite), then times, through the same
 functions the feedback flow calls: importing every image as a task (batches of 500), a
 re-sync that imports nothing, annotating ``--annotate`` tasks through the API, a full pull
 and an incremental pull of the last 10 changes (pages of 500), posting a prediction on every

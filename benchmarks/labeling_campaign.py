@@ -8,7 +8,7 @@ Protocol:
 
 * ELPV 4-class; the label-efficiency benchmark's 75/25 stratified, hash-assigned split. The
   training images (or a stratified subset with ``--quick``) are the unlabeled pool, imported
-  as tasks into one Label Studio project per arm and seed (started by infra/label_studio.sh);
+  as tasks into one Label Studio project per arm and seed (started by components/stack/label_studio.sh);
   the test images are never shown to the labelers.
 * Backbone: the label-efficiency benchmark's quick domain MAE (pretrained on the training
   images only, cached), frozen; the "production model" of each round is a linear probe on

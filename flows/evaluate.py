@@ -60,7 +60,7 @@ def sweep_unit(unit: SweepUnit, backbone: Backbone, images, labels, train_idx, t
 def sweep_on_task_runner(settings, backbones: list[Backbone], images, labels, train_idx, test_idx,
                          num_classes: int, cfg: SweepConfig) -> SweepResult:
     """The sweep's units as ``sweep-unit`` task runs on the task runner the settings choose
-    (components/task_runners.py: sequential, or a Dask cluster), put back together in plan
+    (components/orchestration/task_runners.py: sequential, or a Dask cluster), put back together in plan
     order. A runner of its own rather than this flow's: the choice is a setting, read when
     the flow runs, and the other tasks of the flow gain nothing from a cluster."""
     by_name = {b.name: b for b in backbones}

@@ -1,4 +1,4 @@
-"""Shared fixtures: a fresh dlvm state directory per test, the loopback S3 server
+"""Shared fixtures and the test kinds (tests/unit, integration, e2e, browser; one marker each): a fresh dlvm state directory per test, the loopback S3 server
 (tests/s3server.py) and a throw-away PostgreSQL database."""
 from __future__ import annotations
 
@@ -15,6 +15,17 @@ GENERIC_CORPUS_PLACES = tuple(Path(p) for p in (os.environ.get("DLVM_TEST_GENERI
                                                 Path(__file__).resolve().parents[2] / "shared/data/generic-imagenette",
                                                 "/work/shared/data/generic-imagenette"))
 POSTGRES_ADMIN_URL = os.environ.get("DLVM_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
+
+
+KINDS = ("unit", "integration", "e2e", "browser")
+
+
+def pytest_collection_modifyitems(items):
+    """Each test carries its kind's marker (its folder), so `-m unit` and friends select by kind."""
+    for item in items:
+        kind = item.path.parent.name
+        if kind in KINDS:
+            item.add_marker(kind)
 
 
 @pytest.fixture
@@ -70,7 +81,7 @@ def prefect_api(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def label_studio_server(tmp_path_factory):
-    """A real Label Studio server on loopback, installed and started by infra/label_studio.sh
+    """A real Label Studio server on loopback, installed and started by components/stack/label_studio.sh
     (its own venv, first use about a minute), serving local files from anywhere under /."""
     from components.stack.services import label_studio
 

@@ -1,6 +1,6 @@
 """The end-to-end registry: `dlvm demo` on a small ELPV subset with the tiny recipe, run
 once per test session (about 2 minutes) and shared by the tests that need a registry
-filled by the real pipeline (tests/test_pipeline_e2e.py, then tests/test_ui_browser.py,
+filled by the real pipeline (tests/e2e/test_pipeline_e2e.py, then tests/browser/test_ui_browser.py,
 which runs after it and only adds to it)."""
 from __future__ import annotations
 

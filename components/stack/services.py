@@ -9,7 +9,7 @@
 Each starts the service in its own session on loopback, waits until it answers and
 returns a handle; the context managers :func:`label_studio`, :func:`prefect_server` and
 :func:`s3_server` stop it (the whole process group) on exit. ``dlvm stack`` starts them
-detached (components/stack.py).
+detached (components/stack/local.py).
 """
 from __future__ import annotations
 

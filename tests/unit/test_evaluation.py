@@ -6,6 +6,7 @@ import json
 
 import numpy as np
 import pytest
+from synthetic import banded_images
 
 from components.evaluation.gate import promotion_gate
 from components.evaluation.metrics import (
@@ -297,24 +298,13 @@ def test_sweep_plan_subsets_rows_and_json_roundtrip():
 # ----------------------------------------------------------------------------- sweep (end to end)
 
 
-def _striped_images(n: int, num_classes: int, size: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """Noisy uint8 images whose class is a bright horizontal band at a class-specific height."""
-    rng = np.random.default_rng(seed)
-    labels = np.arange(n) % num_classes
-    images = rng.integers(0, 90, size=(n, size, size)).astype(np.uint8)
-    band = size // num_classes
-    for i, c in enumerate(labels):
-        images[i, c * band:(c + 1) * band] += 120
-    return images, labels
-
-
 def test_run_sweep_end_to_end_tiny_vit(monkeypatch):
     from components.evaluation.sweep import Backbone, run_sweep
     from components.models.vit import ViTConfig
     from components.training import adapt as learn
 
     vit = ViTConfig(img_size=16, patch_size=8, embed_dim=32, depth=1, num_heads=2)
-    images, labels = _striped_images(48, 3, 16, seed=0)
+    images, labels = banded_images(48, 3, 16, seed=0)
     train, test = make_test_split(_shas(48), labels)
     other_state = learn.build_encoder(vit, None, seed=123).state_dict()
     backbones = [Backbone("scratch", vit, None), Backbone("other", vit, other_state, model_version_id=7)]

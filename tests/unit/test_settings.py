@@ -11,7 +11,7 @@ from pydantic import SecretStr, ValidationError
 
 from components.settings import get_settings, mask_url_password, reset_settings
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 ACCESS = "AKIA-test-access-7f3e"
 SECRET = "s3cret-test-value-91b2"
 DB_PASSWORD = "db-pass-5c8d"

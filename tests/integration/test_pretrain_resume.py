@@ -22,7 +22,7 @@ from components.training.launch import pretrain_in_processes
 from components.training.pretrain import PretrainConfig, pretrain
 from components.training.recipes import demo_dino_pretrain, tiny_pretrain
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 STEPS, EVERY = 200, 10
 
 # One pretraining process: images, checkpoint path and output path from argv.

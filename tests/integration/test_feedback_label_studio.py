@@ -1,5 +1,5 @@
 """The labeling team's loop against a real Label Studio server (installed and started by
-infra/label_studio.sh) and a real Prefect server: project set-up, task import without
+components/stack/label_studio.sh) and a real Prefect server: project set-up, task import without
 duplicates, images served, pre-annotations, the uncertainty + diversity queue, an
 annotation made through the API landing in the next snapshot, the webhook starting a
 retrain run (and refusing a wrong secret), and Label Studio down or refusing."""
@@ -301,7 +301,7 @@ def test_labeling_campaign_benchmark_runs_through_label_studio(label_studio_serv
     import subprocess
     import sys
 
-    root = Path(__file__).resolve().parents[1]
+    root = Path(__file__).resolve().parents[2]
     out = tmp_path / "out"
     proc = subprocess.run([sys.executable, str(root / "benchmarks" / "labeling_campaign.py"), "--backbone", "scratch",
                            "--pool", "40", "--seeds", "1", "--rounds", "1", "--per-round", "4", "--seed-labels", "8",

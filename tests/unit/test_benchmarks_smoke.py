@@ -3,13 +3,10 @@ FLOP counter agrees with a count done by hand (so a broken counter cannot inflat
 from __future__ import annotations
 
 import json
-import sys
-from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from benchmarks.pretrain_throughput import main  # noqa: E402
+from benchmarks.pretrain_throughput import main
 
 
 def mae_flops(img: int, patch: int, dim: int, depth: int, dec_dim: int, dec_depth: int, batch: int,

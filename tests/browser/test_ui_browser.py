@@ -20,7 +20,7 @@ from components.stack.services import ui_server
 
 pytestmark = pytest.mark.e2e
 CHROMIUM = os.environ.get("DLVM_TEST_CHROMIUM", "/usr/bin/chromium")
-ARTIFACTS = Path(os.environ.get("DLVM_TEST_ARTIFACTS", Path(__file__).resolve().parents[1] / "test-artifacts"))
+ARTIFACTS = Path(os.environ.get("DLVM_TEST_ARTIFACTS", Path(__file__).resolve().parents[2] / "test-artifacts"))
 TOKEN = "dashboard-test-token"
 MODEL = "elpv-classifier"
 # As root in a sandbox without a network: no sandbox, no GPU, none of Chromium's own calls home.

@@ -3,14 +3,11 @@ the file it writes."""
 from __future__ import annotations
 
 import json
-import sys
-from pathlib import Path
 
 import pytest
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from benchmarks.cnn_reference import conv_net, main  # noqa: E402
+from benchmarks.cnn_reference import conv_net, main
 
 
 def test_cnn_reference_trains_and_reports_on_the_75_25_split(tmp_path):

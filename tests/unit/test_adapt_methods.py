@@ -4,6 +4,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from synthetic import banded_images as bands
 from torch import nn
 
 from components.evaluation.split import label_subset
@@ -30,17 +31,6 @@ from components.training.recipes import demo_adapt, tiny_adapt
 torch.set_num_threads(2)
 
 VIT = ViTConfig(img_size=16, patch_size=8, embed_dim=32, depth=2, num_heads=2)
-
-
-def bands(n: int, num_classes: int = 3, size: int = 16, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """Noisy uint8 images whose class is a bright horizontal band at a class-specific height."""
-    rng = np.random.default_rng(seed)
-    labels = np.arange(n) % num_classes
-    images = rng.integers(0, 90, size=(n, size, size)).astype(np.uint8)
-    band = size // num_classes
-    for i, c in enumerate(labels):
-        images[i, c * band:(c + 1) * band] += 120
-    return images, labels
 
 
 def clusters(n_per_class: int, num_classes: int = 4, dim: int = 24, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:

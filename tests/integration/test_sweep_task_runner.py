@@ -1,4 +1,4 @@
-"""The evaluation sweep on a Prefect task runner (flows/evaluate.py, components/task_runners.py):
+"""The evaluation sweep on a Prefect task runner (flows/evaluate.py, components/orchestration/task_runners.py):
 the same tiny sweep, sequential in the flow's process and on Dask clusters of worker
 processes (one the runner starts, one already running that DLVM_DASK_ADDRESS points at),
 gives the same rows and the same probabilities, and every unit is a task run on the

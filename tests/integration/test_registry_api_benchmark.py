@@ -3,11 +3,8 @@ and loads every endpoint with wrk; every request must succeed and the numbers be
 from __future__ import annotations
 
 import json
-import sys
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from benchmarks.registry_api import ENDPOINTS, main  # noqa: E402
+from benchmarks.registry_api import ENDPOINTS, main
 
 
 def test_benchmark_loads_every_endpoint_without_errors(tmp_path):

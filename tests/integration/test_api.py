@@ -4,9 +4,7 @@ exact across writes, a schemathesis run over the OpenAPI spec, and the dashboard
 server-rendered content (the browser tests drive them in Chromium)."""
 from __future__ import annotations
 
-import sys
 from datetime import timedelta
-from pathlib import Path
 
 import pytest
 import schemathesis
@@ -15,14 +13,13 @@ from hypothesis import HealthCheck, given
 from hypothesis import settings as hypothesis_settings
 from sqlmodel import SQLModel, select
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from app.api.app import create_app, recent_flow_runs  # noqa: E402
-from benchmarks.registry_api import fill_registry  # noqa: E402
-from components.registry import db, monitoring, queries, writes  # noqa: E402
-from components.registry.db import session_scope  # noqa: E402
-from components.registry.promotion import record_promotion  # noqa: E402
-from components.registry.tables import Run, utcnow  # noqa: E402
-from components.settings import Settings  # noqa: E402
+from app.api.app import create_app, recent_flow_runs
+from benchmarks.registry_api import fill_registry
+from components.registry import db, monitoring, queries, writes
+from components.registry.db import session_scope
+from components.registry.promotion import record_promotion
+from components.registry.tables import Run, utcnow
+from components.settings import Settings
 
 TOKEN = "write-token-for-tests"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
@@ -315,7 +312,7 @@ def test_openapi_spec_holds_and_no_server_errors(sqlite_registry):
         def check(case):
             # Rollbacks are fuzzed with the token (bodies, names, aliases). Promote is fuzzed
             # without it: with it, a valid body runs the real gate, which needs real
-            # artifacts; tests/test_ui_browser.py promotes through the API on the pipeline's registry.
+            # artifacts; tests/browser/test_ui_browser.py promotes through the API on the pipeline's registry.
             if operation.method.upper() == "POST" and operation.path.endswith("/rollback"):
                 case.headers = {**(case.headers or {}), **AUTH}
             case.call_and_validate()

@@ -13,15 +13,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-from benchmarks.device_bundle import (  # noqa: E402
-    DEFAULT_GENERIC_IMAGES,
-    DEFAULT_SIZE,
-    build_bundle,
-    load_elpv_bundle,
-)
-from tests.test_label_efficiency_benchmark import load_benchmark  # noqa: E402
+from benchmarks.device_bundle import DEFAULT_GENERIC_IMAGES, DEFAULT_SIZE, build_bundle, load_elpv_bundle
+from test_label_efficiency_benchmark import load_benchmark
+
+ROOT = Path(__file__).resolve().parents[2]
 
 SIZE, ELPV_N, GENERIC_N = 32, 300, 40
 

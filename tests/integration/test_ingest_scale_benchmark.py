@@ -4,15 +4,12 @@ hold exactly the per-file images (index hashes match the bytes)."""
 from __future__ import annotations
 
 import hashlib
-import sys
 import tarfile
-from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from benchmarks.ingest_scale import main, make_images  # noqa: E402
-from components.data.shards import pack_shards  # noqa: E402
+from benchmarks.ingest_scale import main, make_images
+from components.data.shards import pack_shards
 
 pytestmark = pytest.mark.s3
 
