@@ -7,8 +7,8 @@ import shutil
 
 import pytest
 from clirun import dlvm, dlvm_env
+from raw_folder import EXPECTED_BAD, GOOD, make_raw_folder
 from sqlmodel import select
-from test_ingest import EXPECTED_BAD, GOOD, make_raw_folder
 
 from components.data.elpv import export_elpv
 from components.registry.db import session_scope

@@ -12,9 +12,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
-from benchmarks.device_bundle import DEFAULT_GENERIC_IMAGES, DEFAULT_SIZE, build_bundle, load_elpv_bundle
 from test_label_efficiency_benchmark import load_benchmark
+
+from benchmarks.device_bundle import (
+    DEFAULT_GENERIC_IMAGES,
+    DEFAULT_SIZE,
+    build_bundle,
+    load_elpv_bundle,
+)
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 import torch
 from prefect import flow
-from test_evaluation import _shas, _striped_images
+from synthetic import banded_images as _striped_images
+from synthetic import fake_shas as _shas
 
 from components.evaluation.split import test_split as make_test_split
 from components.evaluation.sweep import Backbone, SweepConfig, plan_units

@@ -11,8 +11,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-
-from test_layers import graph, modules
+from import_graph import closure, modules
 
 ROOT = Path(__file__).resolve().parents[2]
 STAGE_FLOWS = {"ingest": "flows.ingest", "labels": "flows.labels", "pretrain": "flows.pretrain",
@@ -26,14 +25,8 @@ def stages() -> dict:
 
 def code_of(flow: str) -> set[str]:
     """app/cli.py (every stage's command) and the files of every module ``flow`` imports, transitively."""
-    edges, files = graph(), modules()
-    seen, todo = set(), [flow]
-    while todo:
-        module = todo.pop()
-        if module not in seen:
-            seen.add(module)
-            todo += edges.get(module, ())
-    return {"app/cli.py"} | {str(files[m].relative_to(ROOT)) for m in seen}
+    files = modules()
+    return {"app/cli.py"} | {str(files[m].relative_to(ROOT)) for m in closure(flow)}
 
 
 def test_every_stage_declares_exactly_the_code_it_runs():

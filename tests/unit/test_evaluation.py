@@ -1,12 +1,12 @@
 """Evaluation: split, metrics, bootstrap statistics, promotion gate, sweep and reports."""
 from __future__ import annotations
 
-import hashlib
 import json
 
 import numpy as np
 import pytest
 from synthetic import banded_images
+from synthetic import fake_shas as _shas
 
 from components.evaluation.gate import promotion_gate
 from components.evaluation.metrics import (
@@ -34,10 +34,6 @@ from components.evaluation.sweep import (
     score_run,
 )
 from components.training.recipes import tiny_adapt
-
-
-def _shas(n: int, tag: str = "img") -> list[str]:
-    return [hashlib.sha256(f"{tag}{i}".encode()).hexdigest() for i in range(n)]
 
 
 def _noisy(y: np.ndarray, acc: float, num_classes: int, seed: int) -> np.ndarray:
