@@ -179,3 +179,49 @@ def load_pretrained_weights(model: VisionTransformer, state_dict: dict) -> LoadR
     model.load_state_dict(new, strict=False)
     report.loaded = sorted(new)
     return report
+
+
+def load_resnet_weights(model, state_dict: dict) -> LoadReport:
+    """Load timm / torchvision ResNet weights (or ours) into a :class:`ResNet` (in place).
+
+    The names are the same in all three; wrappers and prefixes are stripped, RGB stem
+    kernels are summed to our one gray channel, a classifier ``fc`` of another shape is
+    dropped. Anything else that does not fit raises ``ValueError`` naming keys and shapes,
+    before the model is touched.
+    """
+    state = strip_prefixes(unwrap(dict(state_dict)))
+    own = model.state_dict()
+    report = LoadReport()
+    new: dict[str, torch.Tensor] = {}
+    unexpected, mismatched = [], []
+    for k, v in state.items():
+        if k.startswith("fc.") and (k not in own or tuple(own[k].shape) != tuple(v.shape)):
+            report.dropped.append(k)
+            continue
+        if k not in own:
+            unexpected.append(k)
+            continue
+        v = v if isinstance(v, torch.Tensor) else torch.as_tensor(np.asarray(v))
+        tgt = own[k]
+        if k == "conv1.weight" and v.dim() == 4 and v.shape[1] != tgt.shape[1] and tgt.shape[1] == 1:
+            v = v.sum(dim=1, keepdim=True)  # gray = same image in R, G and B
+            report.adapted.append(f"conv1.weight: summed {state[k].shape[1]} input channels to 1")
+        if v.shape != tgt.shape:
+            mismatched.append(f"{k}: checkpoint {tuple(v.shape)} vs model {tuple(tgt.shape)}")
+            continue
+        new[k] = v.to(tgt.dtype)
+    missing = sorted(k for k in own if k not in new and not k.startswith("fc.") and k not in
+                     {m.split(":")[0] for m in mismatched})
+    problems = []
+    if mismatched:  # a wrong size mismatches every tensor: the first few say which shape the file has
+        more = f" (and {len(mismatched) - 3} more)" if len(mismatched) > 3 else ""
+        problems.append("shape mismatch: " + "; ".join(mismatched[:3]) + more)
+    if unexpected:
+        problems.append(f"unexpected keys: {sorted(unexpected)[:10]}")
+    if missing:
+        problems.append(f"missing keys: {missing[:10]}")
+    if problems:
+        raise ValueError("cannot load weights into ResNet: " + " | ".join(problems))
+    model.load_state_dict(new, strict=False)
+    report.loaded = sorted(new)
+    return report

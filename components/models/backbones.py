@@ -1,0 +1,72 @@
+"""The backbone families behind one interface.
+
+A backbone config (:class:`ViTConfig` or :class:`ResNetConfig`) has ``img_size``,
+``embed_dim`` (the pooled feature width), ``family`` and ``to_dict``; the module built from
+it has ``forward_pool(images) -> [B, D]``, ``num_features`` and ``set_drop_path``. Every
+pretraining method, adaptation method and evaluation works through this interface; the
+family-specific parts (MAE and DINO's patch masking, LoRA on attention) say so when given
+the other family.
+
+Checkpoints written before the ResNet family existed hold a ``vit_config`` without a
+``family`` key: :func:`config_from_dict` reads them as ViTs.
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from components.models.resnet import ResNet, ResNetConfig
+from components.models.vit import ViTConfig, VisionTransformer
+
+BackboneConfig = ViTConfig | ResNetConfig
+FAMILIES = ("vit", "resnet")
+
+
+def family_of(cfg: BackboneConfig) -> str:
+    return "resnet" if isinstance(cfg, ResNetConfig) else "vit"
+
+
+def config_to_dict(cfg: BackboneConfig) -> dict:
+    return {**cfg.to_dict(), "family": family_of(cfg)}
+
+
+def config_from_dict(d: dict) -> BackboneConfig:
+    """A backbone config from :func:`config_to_dict`'s output (or an older ViT-only dict)."""
+    d = dict(d)
+    family = d.pop("family", "vit")
+    if family == "resnet":
+        return ResNetConfig.from_dict(d)
+    if family == "vit":
+        return ViTConfig.from_dict(d)
+    raise ValueError(f"unknown backbone family {family!r} (families: {', '.join(FAMILIES)})")
+
+
+def checkpoint_config(checkpoint: dict) -> BackboneConfig:
+    """The backbone config a backbone or classifier checkpoint records (old ones: ``vit_config``)."""
+    raw = checkpoint.get("backbone_config", checkpoint.get("vit_config"))
+    if raw is None:
+        raise ValueError("checkpoint records no backbone config")
+    return config_from_dict(dict(raw))
+
+
+def build_backbone(cfg: BackboneConfig, seed: int | None = None) -> nn.Module:
+    """A randomly initialised encoder of ``cfg`` (seeded without touching the global RNG when ``seed`` is given)."""
+    make = ResNet if isinstance(cfg, ResNetConfig) else VisionTransformer
+    if seed is None:
+        return make(cfg)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return make(cfg)
+
+
+def load_backbone_weights(model: nn.Module, state: dict):
+    """Load ``state`` (ours, or timm / MAE / Hugging Face / torchvision names) into ``model``; the load report."""
+    from components.models.weight_mapping import load_pretrained_weights, load_resnet_weights
+
+    if isinstance(model, ResNet):
+        return load_resnet_weights(model, state)
+    return load_pretrained_weights(model, state)
+
+
+def parameter_count(cfg: BackboneConfig) -> int:
+    return sum(p.numel() for p in build_backbone(cfg, seed=0).parameters())
