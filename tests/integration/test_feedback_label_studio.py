@@ -303,12 +303,12 @@ def test_labeling_campaign_benchmark_runs_through_label_studio(label_studio_serv
 
     root = Path(__file__).resolve().parents[2]
     out = tmp_path / "out"
-    proc = subprocess.run([sys.executable, str(root / "benchmarks" / "labeling_campaign.py"), "--backbone", "scratch",
+    proc = subprocess.run([sys.executable, "-m", "benchmarks.labeling_campaign", "--backbone", "scratch",
                            "--pool", "40", "--seeds", "1", "--rounds", "1", "--per-round", "4", "--seed-labels", "8",
                            "--label-studio-url", label_studio_server.url, "--label-studio-token", label_studio_server.token,
                            "--files-root", str(label_studio_server.document_root), "--work-dir", str(tmp_path),
                            "--cache", str(tmp_path / "cache"), "--out", str(out)],
-                          capture_output=True, text=True, timeout=600, stdin=subprocess.DEVNULL)
+                          capture_output=True, text=True, timeout=600, stdin=subprocess.DEVNULL, cwd=root)
     assert proc.returncode == 0, proc.stderr[-3000:]
     results = json.loads((out / "results.json").read_text())
     arms = {c["arm"] for c in results["curves"]}
