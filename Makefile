@@ -30,7 +30,7 @@ $(TEST_TOOLS):
 	  || ($(SUDO) apt-get update && $(SUDO) apt-get install -y --no-install-recommends chromium wrk)
 
 test: install $(TEST_TOOLS)
-	$(BIN)/pytest -q
+	$(BIN)/pytest -q --durations=25
 
 clean:
 	rm -rf $(VENV) .dlvm
