@@ -72,7 +72,11 @@ def run_step(fn, *args, **kwargs):
 
 
 SUMMARY = typer.Option(None, "--summary", help="also write the step's summary as JSON to this file")
-RECIPE = typer.Option("demo", "--recipe", help="training recipe: a named preset (list them with `dlvm recipes`)")
+RECIPE = typer.Option("auto", "--recipe", help="training recipe: auto (chosen from the data and the device) or a "
+                                              "named preset: demo, tiny, tiny-cnn (see `dlvm recipes`)")
+BUDGET = typer.Option(None, "--budget-minutes", help="time budget of the auto recipe (default 20 on a CPU, 60 on a GPU)")
+METHODS = typer.Option("probe,finetune", "--methods", help="adaptation methods the evaluation sweeps "
+                                                            "(probe, finetune, lora, prototype)")
 
 
 def write_summary(path: Path | None, summary: dict) -> None:
@@ -132,16 +136,18 @@ def pretrain(dataset: str = typer.Option(..., "--dataset", "-d"),
              steps: Optional[int] = typer.Option(None, help="override the recipe's steps"),
              seed: int = 0,
              init_from: Optional[str] = typer.Option(None, help="continue from a registered backbone"),
-             method: Optional[str] = typer.Option(None, help="mae or dino (default: the recipe's)"),
+             method: Optional[str] = typer.Option(None, help="simclr or vicreg (any backbone), mae or dino (ViT) "
+                                                  "(default: the recipe's)"),
              processes: int = typer.Option(1, help="data-parallel processes under torchrun (one per GPU)"),
+             budget_minutes: Optional[float] = BUDGET,
              summary_path: Optional[Path] = SUMMARY):
-    """Self-supervised pretraining (MAE or DINO) of a backbone on a dataset's images.
+    """Self-supervised pretraining (SimCLR, VICReg, MAE or DINO) of a backbone on a dataset's images.
 
     A run that crashed resumes from its last checkpoint when rerun with the same options."""
     prepare()
     from flows.pretrain import pretrain_flow
     out = run_step(pretrain_flow, dataset, recipe=recipe, steps=steps, seed=seed, init_from=init_from,
-                   method=method, processes=processes)
+                   method=method, processes=processes, budget_minutes=budget_minutes)
     write_summary(summary_path, out)
     console.print(f"registered {out['model']} v{out['version']}")
 
@@ -151,12 +157,13 @@ def adapt(dataset: str = typer.Option(..., "--dataset", "-d"),
           backbone: Optional[str] = typer.Option(None, help="backbone ref (name, name:version, name@alias) or 'scratch'"),
           method: str = typer.Option("probe", help="probe, finetune, lora or prototype"),
           fraction: float = typer.Option(1.0, help="fraction of the training labels"),
-          seed: int = 0, recipe: str = RECIPE, summary_path: Optional[Path] = SUMMARY):
+          seed: int = 0, recipe: str = RECIPE, budget_minutes: Optional[float] = BUDGET,
+          summary_path: Optional[Path] = SUMMARY):
     """Adapt a backbone with labels (linear probe, fine-tuning, LoRA or class prototypes) and register the classifier."""
     prepare()
     from flows.adapt import adapt_flow
     out = run_step(adapt_flow, dataset, backbone=backbone, method=method, fraction=fraction, seed=seed,
-                   recipe=recipe)
+                   recipe=recipe, budget_minutes=budget_minutes)
     write_summary(summary_path, out)
     acc = out["metrics"]["accuracy"]
     console.print(f"registered {out['model']} v{out['version']}: accuracy {acc['value']:.3f} "
@@ -169,13 +176,14 @@ def evaluate(dataset: str = typer.Option(..., "--dataset", "-d"),
              fractions: str = "0.05,0.1,0.25,0.5,1.0", seeds: str = "0,1,2",
              methods: str = typer.Option("probe", help="comma-separated: probe, finetune, lora, prototype"),
              recipe: str = RECIPE, scratch: bool = typer.Option(True, help="include the from-scratch baseline"),
-             summary_path: Optional[Path] = SUMMARY):
+             budget_minutes: Optional[float] = BUDGET, summary_path: Optional[Path] = SUMMARY):
     """Label-efficiency sweep: label fractions x backbones x methods x seeds, with CIs."""
     prepare()
     from flows.evaluate import evaluate_flow
     out = run_step(evaluate_flow, dataset, backbones=backbone or None, include_scratch=scratch,
                    fractions=parse_list(fractions), seeds=parse_list(seeds, int),
-                   methods=[m.strip() for m in methods.split(",") if m.strip()], recipe=recipe)
+                   methods=[m.strip() for m in methods.split(",") if m.strip()], recipe=recipe,
+                   budget_minutes=budget_minutes)
     write_summary(summary_path, out)
     console.print(f"evaluation {out['evaluation_id']}: report {out['report_uri']}\nplot {out['plot_uri']}")
 
@@ -211,21 +219,23 @@ def pipeline(source: Path = typer.Argument(..., help="folder of raw images"),
              recipe: str = RECIPE, steps: Optional[int] = None,
              generic: Optional[Path] = typer.Option(None, help="folder of generic images for a generic baseline"),
              fractions: str = "0.05,0.1,0.25,0.5,1.0", seeds: str = "0,1,2", margin: float = 0.0,
-             classes: Optional[str] = typer.Option(None, help="comma-separated class names the project allows")):
+             classes: Optional[str] = typer.Option(None, help="comma-separated class names the project allows"),
+             budget_minutes: Optional[float] = BUDGET, methods: str = METHODS):
     """The whole loop: ingest, labels, pretrain, evaluate, adapt, promote."""
     prepare()
     out = _run_pipeline(source, dataset, labels_export, recipe, steps, generic, parse_list(fractions),
-                        parse_list(seeds, int), margin, parse_list(classes, str) if classes else None)
+                        parse_list(seeds, int), margin, parse_list(classes, str) if classes else None,
+                        budget_minutes, parse_list(methods, str))
     _print_outcome(out)
 
 
 def _run_pipeline(source, dataset, labels_export, recipe, steps, generic, fractions, seeds, margin,
-                  classes=None) -> dict:
+                  classes=None, budget_minutes=None, methods=("probe", "finetune")) -> dict:
     from flows.pipeline import pipeline_flow
     return run_step(pipeline_flow, str(source), dataset, str(labels_export), classes=classes, recipe=recipe,
                     pretrain_steps=steps,
                     generic_source=str(generic) if generic else None, fractions=fractions, seeds=seeds,
-                    margin=margin)
+                    margin=margin, budget_minutes=budget_minutes, methods=[m.strip() for m in methods])
 
 
 def _print_outcome(out: dict) -> None:
@@ -243,14 +253,16 @@ def demo(limit: Optional[int] = typer.Option(None, help="use a stratified subset
          generic: Optional[Path] = typer.Option(None, help="generic image folder for a generic baseline, "
                                                 "e.g. ../shared/data/generic-imagenette"),
          seeds: str = "0,1,2", fractions: str = "0.05,0.1,0.25,0.5,1.0",
-         margin: float = typer.Option(0.0, help="promotion margin over the holder and baselines")):
+         margin: float = typer.Option(0.0, help="promotion margin over the holder and baselines"),
+         budget_minutes: Optional[float] = BUDGET, methods: str = METHODS):
     """Run the whole loop on ELPV solar-cell images (from the elpv-dataset package)."""
     settings = prepare()
     from components.data.elpv import CLASS_NAMES_4, export_elpv
     images_dir, export_json = export_elpv(settings.home / "demo" / "elpv", limit=limit)
     console.print(f"[bold]dlvm demo[/bold]: ELPV images in {images_dir}, Label Studio export {export_json}")
     out = _run_pipeline(images_dir, "elpv", export_json, recipe, steps, generic, parse_list(fractions),
-                        parse_list(seeds, int), margin, list(CLASS_NAMES_4))
+                        parse_list(seeds, int), margin, list(CLASS_NAMES_4), budget_minutes,
+                        parse_list(methods, str))
     _print_outcome(out)
     console.print("\n[bold]where to look[/bold]")
     console.print(f"  registry:   dlvm models list; dlvm models show elpv-classifier   ({settings.database_url})")
@@ -264,7 +276,7 @@ def demo(limit: Optional[int] = typer.Option(None, help="use a stratified subset
 
 @app.command()
 def recipes(as_json: bool = typer.Option(False, "--json", help="machine-readable output")):
-    """The named training recipes (--recipe): what each pretrains and for how long."""
+    """The training recipes (--recipe): auto, chosen from the data, and the named presets."""
     from components.training.recipes import describe_recipes
     rows = describe_recipes()
     if as_json:
@@ -272,10 +284,10 @@ def recipes(as_json: bool = typer.Option(False, "--json", help="machine-readable
         return
     table = Table("recipe", "pretraining (default first)", "adaptation epochs", "what it is")
     for row in rows:
-        pre = "; ".join(f"{m}: {c['steps']} steps, {c['img_size']} px, width {c['embed_dim']} x {c['depth']}"
-                        for m, c in row["pretrain"].items())
+        pre = "; ".join(f"{m}: {c['steps']} steps, {c['img_size']} px, {c.get('family', 'vit')} width "
+                        f"{c['embed_dim']} x {c['depth']}" for m, c in row["pretrain"].items()) or "from the data"
         epochs = ", ".join(f"{m} {a['epochs']}" for m, a in row["adapt"].items() if m in ("finetune", "lora"))
-        table.add_row(row["name"], pre, epochs, row["summary"])
+        table.add_row(row["name"], pre, epochs or "from the data and budget", row["summary"])
     console.print(table)
 
 

@@ -1,22 +1,26 @@
 """Flow `adapt`: adapt a backbone to a label snapshot (linear probe, fine-tuning, LoRA or
-few-shot class prototypes) and register the classifier with its lineage and its test metrics."""
+few-shot class prototypes) and register the classifier with its lineage, its input
+preprocessing, its training record and its test metrics."""
 from __future__ import annotations
 
-from dataclasses import asdict
+from dataclasses import replace
 
 from prefect import flow, task
 from prefect.cache_policies import NO_CACHE
 
+from components.data.images import Preprocess
 from components.evaluation.metrics import evaluate_predictions
 from components.evaluation.split import label_subset
+from components.models.backbones import config_to_dict, family_of
 from components.models.checkpoint import save_checkpoint
 from components.orchestration.lineage import recorded_run
 from components.settings import get_settings
 from components.training.adapt import AdaptConfig, adapt, predict_proba
-from components.training.recipes import adapt_config, pretrain_config
+from components.training.recipes import AUTO, recipe_for_run
 from flows.tasks import (
     load_backbone,
     load_labeled_set,
+    profile_dataset,
     register_model_version,
     resolve_label_snapshot,
     store_artifact,
@@ -24,8 +28,8 @@ from flows.tasks import (
 
 
 @task(name="adapt-backbone", cache_policy=NO_CACHE)
-def run_adapt(vit_cfg, state, images, labels, num_classes: int, cfg: AdaptConfig):
-    return adapt(vit_cfg, state, images, labels, num_classes, cfg, progress=True)
+def run_adapt(backbone_cfg, state, images, labels, num_classes: int, cfg: AdaptConfig, preprocess: dict):
+    return adapt(backbone_cfg, state, images, labels, num_classes, cfg, progress=True, preprocess=preprocess)
 
 
 @task(name="test-metrics", cache_policy=NO_CACHE)
@@ -37,28 +41,57 @@ def test_metrics(classifier, data, n_train: int) -> dict:
 
 @flow(name="adapt", log_prints=True)
 def adapt_flow(dataset: str, backbone: str | None = None, method: str = "probe", fraction: float = 1.0,
-               seed: int = 0, recipe: str = "demo", dataset_version: int | None = None,
-               snapshot_version: int | None = None, model_name: str | None = None) -> dict:
-    """Adapt `backbone` (a registered backbone ref like 'elpv-mae', 'elpv-mae:2', or 'scratch')
-    with `fraction` of the snapshot's training labels; evaluate on its fixed test split."""
+               seed: int = 0, recipe: str = AUTO, dataset_version: int | None = None,
+               snapshot_version: int | None = None, model_name: str | None = None,
+               budget_minutes: float | None = None, finetune_runs: int = 1) -> dict:
+    """Adapt `backbone` (a registered backbone ref like 'elpv-simclr', 'elpv-mae:2', or 'scratch')
+    with `fraction` of the snapshot's training labels; evaluate on its fixed test split.
+    A registered backbone decodes images as it was pretrained (its recorded preprocessing)."""
     settings = get_settings()
-    backbone = backbone or f"{dataset}-mae"
     model_name = model_name or f"{dataset}-classifier"
     if not 0 < fraction <= 1:
         raise ValueError(f"fraction must be in (0, 1], got {fraction}")
-    cfg = adapt_config(method, recipe, seed)
+    version, snapshot = resolve_label_snapshot(settings, dataset, dataset_version, snapshot_version)
+    profile = None
+    if recipe == AUTO:
+        # The label count sizes the epochs; class balance is decided from the labels themselves
+        # when training starts (AdaptConfig.class_balance = auto).
+        profile = replace(profile_dataset(settings, dataset, version), n_labels=int(snapshot.n_labeled))
+    resolved, runtime = recipe_for_run(recipe, profile, budget_minutes=budget_minutes, finetune_runs=finetune_runs,
+                                       pretrain=False, seed=seed)
+    cfg = resolved.adapt[method] if method in resolved.adapt else None
+    if cfg is None:
+        raise ValueError(f"unknown adaptation method {method!r} (methods: {', '.join(resolved.adapt)})")
+    backbone = backbone or f"{dataset}-{resolved.pretrain.method}"
     params = {"dataset": dataset, "backbone": backbone, "method": method, "fraction": fraction, "seed": seed,
-              "recipe": recipe, "adapt": asdict(cfg)}
+              "recipe": recipe, "adapt": cfg.to_dict(), "budget_minutes": budget_minutes, "runtime": runtime}
     with recorded_run(settings, "adapt", params) as run_id:
-        version, snapshot = resolve_label_snapshot(settings, dataset, dataset_version, snapshot_version)
-        parent, vit_cfg, state = load_backbone(settings, backbone, pretrain_config(recipe).vit)
-        params["img_size"] = vit_cfg.img_size
-        data = load_labeled_set(settings, dataset, version, snapshot, vit_cfg.img_size)
+        parent, backbone_cfg, state, preprocess = load_backbone(settings, backbone, resolved.backbone,
+                                                                resolved.preprocess.to_dict())
+        pre = Preprocess.coerce(preprocess or backbone_cfg.img_size)
+        if pre.size != backbone_cfg.img_size:
+            raise ValueError(f"backbone {backbone} takes {backbone_cfg.img_size} px, its preprocessing says {pre.size}")
+        params.update({"img_size": backbone_cfg.img_size, "preprocess": pre.to_dict(),
+                       "family": family_of(backbone_cfg), "architecture": config_to_dict(backbone_cfg)})
+        print(f"adapt: {backbone} ({family_of(backbone_cfg)}), input {pre.describe()}; {method}"
+              + (f" {cfg.epochs} epochs, {cfg.optimizer}, validation {cfg.val_fraction:.0%}, class balance "
+                 f"{cfg.class_balance}, EMA {cfg.ema_decay or 'off'}, TTA {cfg.tta}"
+                 if method in ("finetune", "lora") else "")
+              + f"; {runtime['threads']} thread(s)")
+        data = load_labeled_set(settings, dataset, version, snapshot, pre)
         subset = label_subset(data.train_idx, data.labels, fraction, seed)
-        classifier = run_adapt(vit_cfg, state, data.images[subset], data.labels[subset], len(data.classes), cfg)
+        classifier = run_adapt(backbone_cfg, state, data.images[subset], data.labels[subset], len(data.classes), cfg,
+                               pre.to_dict())
         metrics = test_metrics(classifier, data, int(len(subset)))
-        checkpoint = save_checkpoint({"kind": "classifier", "vit_config": vit_cfg.to_dict(),
-                                      "classes": data.classes, "classifier": classifier.state()})
+        training = classifier.training_log
+        if training:
+            params["training"] = training
+            print(f"adapt: {training.get('epochs_run')} epochs ({training.get('stopped')}), kept epoch "
+                  f"{training.get('best_epoch')} (validation balanced accuracy "
+                  f"{training.get('best_val_balanced_accuracy')}), class balance {training.get('class_balance')}")
+        checkpoint = save_checkpoint({"kind": "classifier", "backbone_config": config_to_dict(backbone_cfg),
+                                      "preprocess": pre.to_dict(), "classes": data.classes,
+                                      "classifier": classifier.state()})
         stored = store_artifact(settings, checkpoint, "checkpoints", f"{model_name}.pt")
         model_version = register_model_version(settings, model_name, "classifier", stored, run_id=run_id,
                                                dataset_version=version, snapshot=snapshot, parent=parent,

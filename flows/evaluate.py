@@ -2,6 +2,8 @@
 methods x seeds) on a snapshot's fixed test split, with its report, plot and registry rows."""
 from __future__ import annotations
 
+import dataclasses
+
 from prefect import flow, task
 from prefect.artifacts import (
     create_image_artifact,
@@ -36,10 +38,12 @@ from components.registry.promotion import baseline_refs
 from components.registry.refs import SCRATCH
 from components.settings import get_settings
 from components.storage import open_store
-from components.training.recipes import adapt_config, pretrain_config
+from components.data.images import Preprocess
+from components.training.recipes import AUTO, recipe_for_run
 from flows.tasks import (
     load_backbone,
     load_labeled_set,
+    profile_dataset,
     resolve_label_snapshot,
     store_artifact,
 )
@@ -100,35 +104,53 @@ def publish(settings, dataset: str, markdown: str, table: list[dict], plot):
 def evaluate_flow(dataset: str, backbones: list[str] | None = None, include_scratch: bool = True,
                   fractions: list[float] = (0.05, 0.1, 0.25, 0.5, 1.0), seeds: list[int] = (0, 1, 2),
                   methods: list[str] = ("probe",), finetune_fractions: list[float] | None = None,
-                  finetune_seeds: list[int] | None = None, recipe: str = "demo", reference: str | None = None,
-                  dataset_version: int | None = None, snapshot_version: int | None = None) -> dict:
+                  finetune_seeds: list[int] | None = None, recipe: str = AUTO, reference: str | None = None,
+                  dataset_version: int | None = None, snapshot_version: int | None = None,
+                  budget_minutes: float | None = None, finetune_runs: int | None = None) -> dict:
     """Compare backbones on the snapshot's test split. `backbones` are registered backbone refs
     (default: the dataset's own MAE backbone and every backbone's `baseline` alias holder of
     the same input size); 'scratch' is added unless include_scratch is off.
     `reference` names the backbone whose 100 %-label score defines label efficiency
-    (default: the best non-domain backbone)."""
+    (default: the best non-domain backbone). With the `auto` recipe the fine-tuning epochs
+    come from the data's profile and `budget_minutes` (shared by the sweep's fine-tune runs)."""
     settings = get_settings()
-    generic = [] if backbones else [r for r in generic_baselines(settings) if not r.startswith(f"{dataset}-mae:")]
-    refs = list(backbones or [f"{dataset}-mae", *generic]) + ([SCRATCH] if include_scratch else [])
+    version, snapshot = resolve_label_snapshot(settings, dataset, dataset_version, snapshot_version)
+    profile = None
+    if recipe == AUTO:
+        profile = dataclasses.replace(profile_dataset(settings, dataset, version), n_labels=int(snapshot.n_labeled))
+    n_trained = (len(finetune_fractions or fractions) * len(finetune_seeds or seeds)
+                 * len([m for m in methods if m in ("finetune", "lora")]))
+    resolved, runtime = recipe_for_run(recipe, profile, budget_minutes=budget_minutes,
+                                       finetune_runs=finetune_runs or max(1, n_trained * (len(backbones or [1])
+                                                                                          + include_scratch)),
+                                       pretrain=False)
+    domain_method = resolved.pretrain.method
+    generic = [] if backbones else [r for r in generic_baselines(settings) if not r.startswith(f"{dataset}-{domain_method}:")]
+    refs = list(backbones or [f"{dataset}-{domain_method}", *generic]) + ([SCRATCH] if include_scratch else [])
     cfg = SweepConfig(fractions=tuple(fractions), seeds=tuple(seeds), methods=tuple(methods),
                       finetune_fractions=tuple(finetune_fractions) if finetune_fractions else None,
                       finetune_seeds=tuple(finetune_seeds) if finetune_seeds else None,
-                      probe=adapt_config("probe", recipe), finetune=adapt_config("finetune", recipe),
-                      lora=adapt_config("lora", recipe), prototype=adapt_config("prototype", recipe))
+                      probe=resolved.adapt["probe"], finetune=resolved.adapt["finetune"],
+                      lora=resolved.adapt["lora"], prototype=resolved.adapt["prototype"])
     params = {"dataset": dataset, "backbones": refs, "fractions": list(fractions), "seeds": list(seeds),
               "methods": list(methods), "finetune_fractions": finetune_fractions,
-              "finetune_seeds": finetune_seeds, "recipe": recipe, "baselines_by_alias": generic}
+              "finetune_seeds": finetune_seeds, "recipe": recipe, "baselines_by_alias": generic,
+              "budget_minutes": budget_minutes, "runtime": runtime}
     with recorded_run(settings, "evaluate", params) as run_id:
-        version, snapshot = resolve_label_snapshot(settings, dataset, dataset_version, snapshot_version)
-        requested = []
+        requested, inputs = [], []
         for ref in refs:
-            model_version, vit_cfg, state = load_backbone(settings, ref, pretrain_config(recipe).vit)
-            requested.append(Backbone(ref, vit_cfg, state, model_version.id if model_version else None))
+            model_version, backbone_cfg, state, preprocess = load_backbone(settings, ref, resolved.backbone,
+                                                                           resolved.preprocess.to_dict())
+            requested.append(Backbone(ref, backbone_cfg, state, model_version.id if model_version else None))
+            inputs.append(Preprocess.coerce(preprocess or backbone_cfg.img_size))
         backbone_list, notes = same_input_size(requested, generic)
         for note in notes:
             print(f"evaluate: {note}")
         refs = [b.name for b in backbone_list]
-        data = load_labeled_set(settings, dataset, version, snapshot, backbone_list[0].vit_config.img_size)
+        # Decoded as the domain backbone was pretrained (its recorded preprocessing).
+        pre = inputs[[b.name for b in requested].index(refs[0])]
+        print(f"evaluate: input {pre.describe()}")
+        data = load_labeled_set(settings, dataset, version, snapshot, pre)
         train_idx, test_idx = data.train_idx, data.test_idx
         result = sweep_on_task_runner(settings, backbone_list, data.images, data.labels, train_idx, test_idx,
                                       len(data.classes), cfg)

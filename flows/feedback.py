@@ -96,7 +96,7 @@ def production_model(settings, model: str, alias: str):
 
 @task(name="predict-dataset", cache_policy=NO_CACHE)
 def predict_dataset(settings, dataset: str, dataset_version, classifier):
-    manifest, images = access.dataset_images(settings, dataset, dataset_version, classifier.vit_cfg.img_size)
+    manifest, images = access.dataset_images(settings, dataset, dataset_version, classifier.input_spec)
     probs, features = predict_with_features(classifier, images)
     return {rec["sha256"]: i for i, rec in enumerate(manifest["images"])}, probs, features
 

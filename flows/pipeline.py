@@ -5,6 +5,7 @@ from __future__ import annotations
 from prefect import flow
 
 from components.settings import get_settings
+from components.training.recipes import AUTO, PRETRAIN_SHARE
 from flows.adapt import adapt_flow
 from flows.evaluate import evaluate_flow
 from flows.ingest import ingest_flow
@@ -13,15 +14,18 @@ from flows.pretrain import pretrain_flow
 from flows.promote import promote_flow
 from flows.tasks import set_baseline
 
+TRAINED_METHODS = ("finetune", "lora")
+
 
 @flow(name="pipeline", log_prints=True)
 def pipeline_flow(source: str, dataset: str, labels_export: str, classes: list[str] | None = None,
-                  recipe: str = "demo",
+                  recipe: str = AUTO,
                   pretrain_steps: int | None = None, generic_source: str | None = None,
                   generic_dataset: str = "generic", fractions: list[float] = (0.05, 0.1, 0.25, 0.5, 1.0),
                   seeds: list[int] = (0, 1, 2), methods: list[str] = ("probe", "finetune"),
                   finetune_fractions: list[float] | None = (1.0,), finetune_seeds: list[int] | None = (0,),
-                  candidate_method: str = "probe", margin: float = 0.0) -> dict:
+                  candidate_method: str = "probe", margin: float = 0.0,
+                  budget_minutes: float | None = None, pretrain_method: str | None = None) -> dict:
     """Run every step on `source` images labeled by `labels_export` (a Label Studio export;
     `classes`, when given, are the only labels accepted).
     With `generic_source` (a folder of generic images), a backbone pretrained with the same
@@ -31,21 +35,38 @@ def pipeline_flow(source: str, dataset: str, labels_export: str, classes: list[s
     Probes run on every fraction and seed; fine-tuning, minutes a run on CPU, on
     `finetune_fractions` x `finetune_seeds`. The candidate is adapted with
     `candidate_method` on all labels and gated against each generic backbone adapted the
-    same way and against a model trained from scratch on all labels."""
+    same way and against a model trained from scratch on all labels.
+
+    `recipe` `auto` (the default) chooses input, architecture, pretraining steps and
+    fine-tuning epochs from the data and the device so that the domain pretraining and
+    every fine-tune run share `budget_minutes` (a generic baseline's pretraining comes on
+    top: it gets the same recipe and steps, for a fair comparison)."""
     ingest = ingest_flow(source, dataset)
     labels = labels_flow(labels_export, dataset, classes=classes)
-    backbones = [pretrain_flow(dataset, recipe=recipe, steps=pretrain_steps)]
+    n_backbones = 2 + bool(generic_source)  # domain, scratch, generic
+    sweep_runs = (n_backbones * len(finetune_fractions or fractions) * len(finetune_seeds or seeds)
+                  * len([m for m in methods if m in TRAINED_METHODS]))
+    finetune_runs = max(1, sweep_runs + (candidate_method in TRAINED_METHODS))
+    adapt_budget = budget_minutes * (1 - PRETRAIN_SHARE) if budget_minutes else None
+    if recipe == AUTO:
+        print(f"pipeline: recipe auto, budget {budget_minutes or 'default'} min shared by pretraining and "
+              f"{finetune_runs} fine-tune run(s)")
+    budget = dict(budget_minutes=budget_minutes, finetune_runs=finetune_runs)
+    backbones = [pretrain_flow(dataset, recipe=recipe, steps=pretrain_steps, method=pretrain_method, **budget)]
     if generic_source:
         ingest_flow(generic_source, generic_dataset)
-        backbones.append(pretrain_flow(generic_dataset, recipe=recipe, steps=pretrain_steps))
+        backbones.append(pretrain_flow(generic_dataset, recipe=recipe, steps=pretrain_steps, method=pretrain_method,
+                                       **budget))
         set_baseline(get_settings(), backbones[-1]["model_version_id"], actor="pipeline", reason="generic baseline",
                      evidence={"source": generic_source, "dataset": generic_dataset, "recipe": recipe,
                                "pretrain_steps": pretrain_steps, "compared_on": dataset})
     refs = [f"{b['model']}:{b['version']}" for b in backbones]
+    adapt_budget = dict(budget_minutes=adapt_budget, finetune_runs=finetune_runs)
     evaluation = evaluate_flow(dataset, backbones=refs, fractions=fractions, seeds=seeds, methods=methods,
                                finetune_fractions=finetune_fractions, finetune_seeds=finetune_seeds,
-                               recipe=recipe)
-    candidate = adapt_flow(dataset, backbone=refs[0], method=candidate_method, fraction=1.0, recipe=recipe)
+                               recipe=recipe, **adapt_budget)
+    candidate = adapt_flow(dataset, backbone=refs[0], method=candidate_method, fraction=1.0, recipe=recipe,
+                           **adapt_budget)
     promotion = promote_flow(f"{candidate['model']}:{candidate['version']}",
                              evaluation_id=evaluation["evaluation_id"], margin=margin)
     return {"ingest": ingest, "labels": labels, "backbones": refs, "evaluation": evaluation,

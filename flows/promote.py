@@ -49,7 +49,7 @@ def promote_flow(candidate: str, alias: str = "production", evaluation_id: int |
                                             "metric": metric, "evaluation_id": evaluation_id}):
         ctx = promotion_context(settings, candidate, alias, evaluation_id)
         data = load_labeled_set(settings, ctx.dataset, ctx.dataset_version, ctx.snapshot,
-                                ctx.img_size)
+                                ctx.preprocess or ctx.img_size)
         test_idx = data.test_idx
         results = json.loads(load_artifact(settings, ctx.evaluation.results_uri, ctx.evaluation.results_sha256))
         if sorted(results["test_idx"]) != sorted(int(i) for i in test_idx):

@@ -8,7 +8,6 @@ from prefect.cache_policies import NO_CACHE
 
 from components.data import access
 from components.models.checkpoint import load_checkpoint
-from components.models.vit import ViTConfig
 from components.orchestration.lineage import code_revision, current_flow_run_id
 from components.registry import queries, refs, writes
 from components.registry.db import session_scope
@@ -41,8 +40,14 @@ def load_labeled_set(settings: Settings, dataset: str, version, snapshot, size: 
 
 
 @task(name="load-dataset-images", **IO_RETRIES)
-def load_dataset_images(settings: Settings, dataset: str, version, size: int):
+def load_dataset_images(settings: Settings, dataset: str, version, size):
     return access.dataset_images(settings, dataset, version, size)
+
+
+@task(name="profile-dataset", **IO_RETRIES)
+def profile_dataset(settings: Settings, dataset: str, version):
+    """Image sizes, count and pixel kind of a dataset version: what the auto recipe is chosen from."""
+    return access.dataset_profile(settings, dataset, version)
 
 
 # --- registry reads ---------------------------------------------------------------------
@@ -114,13 +119,17 @@ def set_baseline(settings: Settings, model_version_id: int, actor: str, reason: 
 # --- backbones --------------------------------------------------------------------------
 
 
-def load_backbone(settings: Settings, ref: str, scratch_arch: ViTConfig):
-    """(model version or None, ViTConfig, state dict or None) for a backbone reference;
-    'scratch' is a randomly initialised backbone of the ``scratch_arch`` architecture (the
-    recipe's, which the flow knows: this module stays free of training code, so that the
-    ingest and labels stages of dvc.yaml do not depend on it)."""
+def load_backbone(settings: Settings, ref: str, scratch_arch, scratch_input=None):
+    """(model version or None, backbone config (ViT or ResNet), state dict or None, input
+    preprocessing as a plain dict or None) for a backbone reference; 'scratch' is a randomly
+    initialised backbone of the ``scratch_arch`` architecture decoding images as
+    ``scratch_input`` (the recipe's, which the flow knows: this module stays free of training
+    code, so that the ingest and labels stages of dvc.yaml do not depend on it). A registered
+    backbone brings the preprocessing it was pretrained with, where it recorded one."""
+    from components.models.backbones import checkpoint_config
+
     if ref == refs.SCRATCH:
-        return None, scratch_arch, None
+        return None, scratch_arch, None, scratch_input
     model_version = resolve_model_version(settings, ref)
     checkpoint = load_model_checkpoint(settings, model_version)
-    return model_version, ViTConfig.from_dict(checkpoint["vit_config"]), checkpoint["state_dict"]
+    return model_version, checkpoint_config(checkpoint), checkpoint["state_dict"], checkpoint.get("preprocess")

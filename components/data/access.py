@@ -12,7 +12,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from components.data.dvc import DvcWorkspace
-from components.data.images import ImageCache
+from components.data.images import ImageCache, Preprocess
+from components.data.profile import DataProfile, profile_manifest
 from components.evaluation.split import test_split
 from components.settings import Settings
 from components.storage import open_store
@@ -36,9 +37,18 @@ def load_json_artifact(settings: Settings, uri: str, sha256: str) -> dict:
     return json.loads(open_store(settings).get_bytes(uri, sha256))
 
 
-def dataset_images(settings: Settings, dataset: str, version, size: int,
+def dataset_profile(settings: Settings, dataset: str, version) -> DataProfile:
+    """What the auto recipe is chosen from: sizes and count from the version's manifest, and
+    categorical pixels or not from a sample of its files where the DVC workspace holds them."""
+    manifest = load_json_artifact(settings, version.manifest_uri, version.manifest_sha256)
+    root = settings.dvc_repo / dataset_rel_dir(dataset)
+    return profile_manifest(manifest, root if root.is_dir() else None)
+
+
+def dataset_images(settings: Settings, dataset: str, version, size: "int | Preprocess",
                    progress: bool = True) -> tuple[dict, np.ndarray]:
-    """The manifest of a dataset version and all its images as uint8 [N, size, size]."""
+    """The manifest of a dataset version and all its images as uint8 [N, size, size], decoded
+    as ``size`` says (a :class:`Preprocess`; a bare int means bicubic, stretched)."""
     manifest = load_json_artifact(settings, version.manifest_uri, version.manifest_sha256)
     cache = ImageCache(settings.cache)
     image_dir = settings.dvc_repo / dataset_rel_dir(dataset)
@@ -67,7 +77,7 @@ class LabeledSet:
     test_idx: np.ndarray        # the test split: never trained on, never used to choose anything
 
 
-def labeled_set(settings: Settings, dataset: str, version, snapshot, size: int,
+def labeled_set(settings: Settings, dataset: str, version, snapshot, size: "int | Preprocess",
                 progress: bool = True) -> LabeledSet:
     manifest, images = dataset_images(settings, dataset, version, size, progress=progress)
     snap = load_json_artifact(settings, snapshot.artifact_uri, snapshot.sha256)

@@ -7,9 +7,11 @@ Conversion rules (the same for every image of a dataset, so models see one domai
   (robust to hot pixels; a flat image falls back to min..max, then to all zeros);
 * colour (RGB, RGBA, P, LA) becomes luminance (ITU-R 601-2, Pillow's ``convert('L')``),
   alpha is dropped;
-* EXIF orientation is applied; the image is resized to ``size x size`` whole (aspect not
-  kept: nothing is cropped away) with Pillow's bicubic filter, which widens its support
-  when shrinking and so averages like an area filter.
+* EXIF orientation is applied; the image is resized to ``size x size`` whole, as a
+  :class:`Preprocess` says: ``aspect`` ``stretch`` (aspect not kept, nothing cropped away)
+  or ``pad`` (long side to ``size``, the rest filled with black, aspect kept); ``resample``
+  ``bicubic`` (Pillow's, which widens its support when shrinking and so averages like an
+  area filter) or ``nearest`` (categorical pixels such as wafer maps: no new gray levels).
 """
 from __future__ import annotations
 
@@ -18,6 +20,7 @@ import io
 import os
 import tempfile
 from pathlib import Path
+from dataclasses import asdict, dataclass
 from typing import BinaryIO
 
 import numpy as np
@@ -52,23 +55,79 @@ def to_grayscale8(img: Image.Image) -> Image.Image:
     raise ValueError(f"unsupported image mode {mode!r} (accepted: {', '.join({**GRAYSCALE_MODES, **COLOR_MODES})})")
 
 
-def decode_array(img: Image.Image, size: int) -> np.ndarray:
+RESAMPLE = {"bicubic": Image.Resampling.BICUBIC, "nearest": Image.Resampling.NEAREST}
+ASPECT = ("stretch", "pad")
+
+
+@dataclass(frozen=True)
+class Preprocess:
+    """How a raw image becomes the model's ``size x size`` input; stored with every model
+    so that prediction decodes new images exactly as training did."""
+
+    size: int
+    resample: str = "bicubic"  # bicubic | nearest
+    aspect: str = "stretch"  # stretch | pad
+
+    def __post_init__(self) -> None:
+        if int(self.size) < 8:
+            raise ValueError(f"input size must be >= 8 px, got {self.size}")
+        object.__setattr__(self, "size", int(self.size))
+        if self.resample not in RESAMPLE:
+            raise ValueError(f"resample must be one of {', '.join(RESAMPLE)}, got {self.resample!r}")
+        if self.aspect not in ASPECT:
+            raise ValueError(f"aspect must be one of {', '.join(ASPECT)}, got {self.aspect!r}")
+
+    @property
+    def is_default(self) -> bool:
+        return (self.resample, self.aspect) == ("bicubic", "stretch")
+
+    def describe(self) -> str:
+        return f"{self.size}x{self.size} px, {self.resample} resampling, aspect {self.aspect}"
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "Preprocess":
+        return cls(int(d["size"]), d.get("resample", "bicubic"), d.get("aspect", "stretch"))
+
+    @classmethod
+    def coerce(cls, value: "int | Preprocess | dict") -> "Preprocess":
+        """A bare size means the historical default (bicubic, stretch)."""
+        if isinstance(value, Preprocess):
+            return value
+        if isinstance(value, dict):
+            return cls.from_dict(value)
+        return cls(int(value))
+
+
+def decode_array(img: Image.Image, size: "int | Preprocess") -> np.ndarray:
+    pre = Preprocess.coerce(size)
     if img.getexif().get(_ORIENTATION, 1) != 1:  # most files have none; skip exif_transpose's copy
         img = ImageOps.exif_transpose(img)
     gray = to_grayscale8(img)
-    if gray.size != (size, size):
-        gray = gray.resize((size, size), Image.Resampling.BICUBIC, reducing_gap=3.0)
+    n, w, h = pre.size, *gray.size
+    if (w, h) == (n, n):
+        return np.asarray(gray, dtype=np.uint8)
+    if pre.aspect == "pad" and w != h:
+        scale = n / max(w, h)
+        tw, th = max(1, round(w * scale)), max(1, round(h * scale))
+        inner = gray.resize((tw, th), RESAMPLE[pre.resample], reducing_gap=3.0 if pre.resample == "bicubic" else None)
+        canvas = Image.new("L", (n, n), 0)
+        canvas.paste(inner, ((n - tw) // 2, (n - th) // 2))
+        return np.asarray(canvas, dtype=np.uint8)
+    gray = gray.resize((n, n), RESAMPLE[pre.resample], reducing_gap=3.0 if pre.resample == "bicubic" else None)
     return np.asarray(gray, dtype=np.uint8)
 
 
-def load_image_array(path: Path | str | BinaryIO, size: int) -> np.ndarray:
+def load_image_array(path: Path | str | BinaryIO, size: "int | Preprocess") -> np.ndarray:
     """One image file (a path or an open binary file) as a ``uint8`` array of shape ``(size, size)``."""
     with Image.open(path) as img:
         img.load()
         return decode_array(img, size)
 
 
-def _load_verified(path: Path, size: int, sha256: str) -> np.ndarray:
+def _load_verified(path: Path, size: "int | Preprocess", sha256: str) -> np.ndarray:
     data = path.read_bytes()
     actual = hashlib.sha256(data).hexdigest()
     if actual != sha256:
@@ -84,12 +143,16 @@ class ImageCache:
     def __init__(self, cache_dir: Path | str):
         self.cache_dir = Path(cache_dir)
 
-    def path_for(self, manifest: dict, size: int) -> Path:
-        return self.cache_dir / f"{manifest['content_hash'][:16]}-{size}.npy"
+    def path_for(self, manifest: dict, size: "int | Preprocess") -> Path:
+        pre = Preprocess.coerce(size)
+        # The default keeps the name entries had before preprocessing was configurable.
+        suffix = "" if pre.is_default else f"-{pre.resample}-{pre.aspect}"
+        return self.cache_dir / f"{manifest['content_hash'][:16]}-{pre.size}{suffix}.npy"
 
-    def has(self, manifest: dict, size: int) -> bool:
-        """Whether this version is already decoded at this size (no images needed)."""
+    def has(self, manifest: dict, size: "int | Preprocess") -> bool:
+        """Whether this version is already decoded this way (no images needed)."""
         target = self.path_for(manifest, size)
+        size = Preprocess.coerce(size).size
         if not target.is_file():
             return False
         try:
@@ -98,7 +161,8 @@ class ImageCache:
             return False
         return arr.shape == (len(manifest["images"]), size, size) and arr.dtype == np.uint8
 
-    def load(self, manifest: dict, images_root: Path | str, size: int, progress: bool = True) -> np.ndarray:
+    def load(self, manifest: dict, images_root: Path | str, size: "int | Preprocess",
+             progress: bool = True) -> np.ndarray:
         """``[N, size, size]`` uint8 in manifest order; decoded once, then read from disk.
 
         Every file's sha256 is checked against the manifest while decoding, so a cache
@@ -106,6 +170,7 @@ class ImageCache:
         """
         images = manifest["images"]
         target = self.path_for(manifest, size)
+        pre, size = Preprocess.coerce(size), Preprocess.coerce(size).size
         if target.is_file():
             arr = np.load(target)
             if arr.shape == (len(images), size, size) and arr.dtype == np.uint8:
@@ -113,8 +178,8 @@ class ImageCache:
             # Wrong shape: a hash-prefix collision or a damaged file; rebuild it.
         root = Path(images_root)
         out = np.empty((len(images), size, size), dtype=np.uint8)
-        for i, rec in enumerate(tqdm(images, desc=f"decoding {size}px", unit="img", disable=not progress)):
-            out[i] = _load_verified(root / rec["path"], size, rec["sha256"])
+        for i, rec in enumerate(tqdm(images, desc=f"decoding {pre.describe()}", unit="img", disable=not progress)):
+            out[i] = _load_verified(root / rec["path"], pre, rec["sha256"])
         self.cache_dir.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=self.cache_dir, prefix=f".{target.name}.", suffix=".tmp")
         try:

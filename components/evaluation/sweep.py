@@ -30,7 +30,7 @@ from components.evaluation.metrics import as_pred, evaluate_predictions
 from components.evaluation.split import label_subset
 
 if TYPE_CHECKING:  # the learning stack (torch) is imported only when a sweep runs
-    from components.models.vit import ViTConfig
+    from components.models.backbones import BackboneConfig
 
 METHODS = ("probe", "finetune", "lora", "prototype")
 FEATURE_METHODS = ("probe", "prototype")  # heads on frozen features: extracted once per backbone
@@ -40,12 +40,17 @@ RunKey = tuple[str, str, float, int]  # (backbone, method, fraction, seed)
 
 @dataclass
 class Backbone:
-    """An encoder to evaluate: ``state`` None means random initialization (the from-scratch baseline)."""
+    """An encoder to evaluate, of either family (ViT or ResNet): ``state`` None means random
+    initialization (the from-scratch baseline)."""
 
     name: str
-    vit_config: "ViTConfig"
+    config: "BackboneConfig"
     state: dict | None = None
     model_version_id: int | None = None
+
+    @property
+    def vit_config(self) -> "BackboneConfig":  # the name from before the ResNet family
+        return self.config
 
 
 @dataclass
@@ -129,7 +134,7 @@ class SweepResult:
     y_test: np.ndarray
     num_classes: int
     test_proba: dict[RunKey, np.ndarray] = field(default_factory=dict)
-    backbones: list[dict[str, Any]] = field(default_factory=list)  # name, model_version_id, vit_config
+    backbones: list[dict[str, Any]] = field(default_factory=list)  # name, model_version_id, backbone_config
 
     def pred(self, backbone: str, method: str, fraction: float, seed: int) -> np.ndarray:
         """Test-set class predictions of one run."""
@@ -201,7 +206,9 @@ def plan_runs(backbones: list[Backbone], cfg: SweepConfig) -> list[RunKey]:
     names = [b.name for b in backbones]
     if len(set(names)) != len(names):
         raise ValueError(f"backbone names must be unique, got {names}")
+    # LoRA adapts attention projections: it has nothing to adapt in a convolutional backbone.
     return [(b.name, m, f, s) for b in backbones for m in cfg.methods
+            if not (m == "lora" and getattr(b.config, "family", "vit") != "vit")
             for f in cfg.grid(m)[0] for s in cfg.grid(m)[1]]
 
 
@@ -302,7 +309,7 @@ def run_unit(
         _, method, f, s = key
         if method in FEATURE_METHODS and feats is None:
             # Embed train+test once; probes and prototypes for every (fraction, seed) reuse the features.
-            encoder = learn.build_encoder(backbone.vit_config, backbone.state, cfg.encoder_seed)
+            encoder = learn.build_encoder(backbone.config, backbone.state, cfg.encoder_seed)
             pool = np.union1d(train_idx, test_idx)
             feats = learn.extract_features(encoder, images[pool], cfg.feature_batch_size, cfg.device)
             del encoder
@@ -315,7 +322,7 @@ def run_unit(
             head = fit(feats[row_of[sub]], labels[sub], num_classes, with_seed(method_cfg[method], s))
             proba = learn.predict_proba_from_features(head, test_feats)
         else:
-            clf = learn.adapt(backbone.vit_config, backbone.state, images[sub], labels[sub], num_classes,
+            clf = learn.adapt(backbone.config, backbone.state, images[sub], labels[sub], num_classes,
                               with_seed(method_cfg[method], s), progress=False)
             proba = learn.predict_proba(clf, images[test_idx], cfg.feature_batch_size, cfg.device)
             del clf
@@ -338,6 +345,8 @@ def assemble_sweep(
 ) -> SweepResult:
     """One ``SweepResult`` from the units' results, rows in ``plan_runs`` order whatever order
     the units finished in; every planned run must be there exactly once."""
+    from components.models.backbones import config_to_dict
+
     labels = np.asarray(labels).astype(np.int64)
     train_idx = np.sort(np.asarray(train_idx, dtype=np.int64))
     test_idx = np.sort(np.asarray(test_idx, dtype=np.int64))
@@ -357,7 +366,7 @@ def assemble_sweep(
         rows=[rows[k] for k in planned], train_idx=train_idx, test_idx=test_idx, y_test=labels[test_idx],
         num_classes=num_classes, test_proba={k: proba[k] for k in planned},
         backbones=[{"name": b.name, "model_version_id": b.model_version_id,
-                    "vit_config": dataclasses.asdict(b.vit_config)} for b in backbones],
+                    "backbone_config": config_to_dict(b.config)} for b in backbones],
     )
 
 
@@ -400,11 +409,11 @@ def same_input_size(backbones: Sequence[Backbone], optional: Sequence[str]) -> t
     """(kept, notes): the backbones comparable like with like. Those that joined by alias,
     not by request (``optional``), and take another input size than the first (the domain
     backbone) are left out with a note; requested ones of another size are an error."""
-    size = backbones[0].vit_config.img_size
-    kept = [b for b in backbones if b.name not in optional or b.vit_config.img_size == size]
-    notes = [f"leaving out baseline {b.name}: {b.vit_config.img_size}px input, the domain backbone's {size}px"
+    size = backbones[0].config.img_size
+    kept = [b for b in backbones if b.name not in optional or b.config.img_size == size]
+    notes = [f"leaving out baseline {b.name}: {b.config.img_size}px input, the domain backbone's {size}px"
              for b in backbones if b not in kept]
-    sizes = sorted({b.vit_config.img_size for b in kept})
+    sizes = sorted({b.config.img_size for b in kept})
     if len(sizes) != 1:
         raise ValueError(f"backbones disagree on input size {sizes}: compare like with like")
     return kept, notes

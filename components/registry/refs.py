@@ -76,6 +76,7 @@ class PromotionContext:
     snapshot: LabelSnapshot
     evaluation: Evaluation
     img_size: int
+    preprocess: dict | None = None  # how the candidate decodes images (recorded since preprocessing is configurable)
 
     def baseline_predictions(self, results: dict) -> dict[str, np.ndarray]:
         """Test-set predictions, on all labels, of every baseline in the evaluation: each
@@ -123,4 +124,4 @@ def promotion_context(session: Session, candidate_ref: str, alias: str,
         model_name=model.name, candidate=candidate, current=queries.get_alias_version(session, model.name, alias),
         dataset=session.get(Dataset, dataset_version.dataset_id).name,
         dataset_version=dataset_version, snapshot=snapshot, evaluation=evaluation,
-        img_size=int(candidate.params["img_size"]))
+        img_size=int(candidate.params["img_size"]), preprocess=candidate.params.get("preprocess"))

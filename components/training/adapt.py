@@ -9,14 +9,24 @@
   fraction), standardized, then an L2-regularized multinomial logistic regression solved
   exactly (L-BFGS, full batch); its L2 strength is picked by stratified cross-validation
   on the training labels unless given.
-* finetune: the whole network trained with AdamW, layer-wise learning-rate decay, label
-  smoothing, stochastic depth and grayscale augmentations; the head starts from a linear
-  probe (LP-FT), which keeps the first steps from wrecking the pretrained features.
+* finetune: the whole network trained with AdamW (or SGD with Nesterov momentum), a cosine
+  schedule, layer-wise learning-rate decay on pretrained layers, label smoothing, stochastic
+  depth and grayscale augmentations; the head starts from a linear probe (LP-FT), which keeps
+  the first steps from wrecking the pretrained features. It trains to convergence: a
+  stratified validation split carved from the *training* labels (``adapt`` never sees the
+  test split) picks the best epoch by balanced accuracy and stops after ``patience`` epochs
+  without progress; class imbalance is met by loss weights or a balanced sampler (or not:
+  ``class_balance``); an EMA of the weights is optional; dihedral test-time augmentation
+  (the 8 symmetries of the square, averaged) is recorded with the model and used whenever
+  it predicts.
 * lora: the encoder stays frozen; low-rank adapters on the attention projections of every
   block (:mod:`components.models.lora`) and the head are trained with the fine-tune's loop
   (AdamW, warmup + cosine, augmentations, LP-init head). A few hundred thousand trainable
   parameters instead of millions overfit less on few labels; after training the adapters
   are merged into the weights, so the result is a plain classifier like the others.
+
+Every method works on either backbone family (components/models/backbones.py) except LoRA,
+which adapts attention projections and so needs a ViT.
 
 A :class:`Classifier` (encoder + feature standardization + linear head, optionally on
 L2-normalized features for prototypes) is what all four produce; ``state()`` /
@@ -24,6 +34,7 @@ L2-normalized features for prototypes) is what all four produce; ``state()`` /
 """
 from __future__ import annotations
 
+import copy
 import math
 import time
 from dataclasses import asdict, dataclass, field
@@ -34,15 +45,27 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
+from components.models.backbones import (
+    BackboneConfig,
+    build_backbone,
+    checkpoint_config,
+    config_to_dict,
+    family_of,
+    load_backbone_weights,
+)
 from components.models.lora import check_lora_args, inject_lora, merge_lora
-from components.models.vit import VisionTransformer, ViTConfig, normalize_uint8
-from components.models.weight_mapping import load_pretrained_weights
+from components.models.vit import normalize_uint8
 from components.training.augment import Augment, augment_batch
 from components.training.device import autocast_for, pick_device
 from components.training.optim import cosine_lr, param_groups
 
 PROBE_L2_GRID = (3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 1e-1)
 METHODS = ("probe", "finetune", "lora", "prototype")
+OPTIMIZERS = ("adamw", "sgd")
+CLASS_BALANCE = ("none", "loss", "sampler", "auto")
+TTA = ("none", "dihedral")
+# Validation needs enough examples to rank epochs: below these it is skipped (and recorded so).
+MIN_VAL_PER_CLASS, MIN_TRAIN_FOR_VAL = 2, 40
 
 
 @dataclass
@@ -52,7 +75,19 @@ class AdaptConfig:
     ``weight_decay`` is AdamW's (fine-tune, LoRA); the probe's L2 strength is ``probe_l2``
     (``None``: chosen by ``probe_folds``-fold cross-validation over ``PROBE_L2_GRID``).
     The training knobs (epochs ... augment, max_seconds) are shared by fine-tune and LoRA;
-    LoRA uses no layer decay (its adapters are all new parameters).
+    LoRA uses no layer decay (its adapters are all new parameters), nor does a backbone
+    trained from scratch (no pretrained layer to protect).
+
+    Convergence knobs (fine-tune and LoRA): ``val_fraction`` of the training labels
+    (stratified) is held out to choose the best epoch (0: train on all, keep the last);
+    ``patience`` > 0 stops after that many epochs without a better validation score.
+    ``class_balance``: ``loss`` (inverse-frequency class weights), ``sampler`` (each class
+    drawn equally often), ``none``, or ``auto`` (loss weights when the rarest class is at
+    least 3x rarer than the commonest and there are fewer than 10,000 labels; on large sets
+    reweighting cost macro-F1, see docs/TRAINING.md). ``ema_decay`` > 0 keeps an exponential
+    moving average of the weights and uses it (for validation and as the result).
+    ``tta``: ``dihedral`` averages predictions over the 8 flips/quarter turns whenever the
+    classifier predicts (only where orientation carries no meaning).
     """
 
     method: str = "probe"  # one of METHODS
@@ -64,6 +99,13 @@ class AdaptConfig:
     label_smoothing: float = 0.1
     drop_path: float = 0.1
     warmup_epochs: float = 1.0
+    optimizer: str = "adamw"  # adamw | sgd (Nesterov momentum)
+    momentum: float = 0.9  # SGD only
+    val_fraction: float = 0.0
+    patience: int = 0
+    class_balance: str = "none"
+    ema_decay: float = 0.0
+    tta: str = "none"
     lp_init: bool = True  # fine-tune starts from a probe head
     augment: Augment = field(default_factory=Augment)
     probe_l2: float | None = None
@@ -83,6 +125,14 @@ class AdaptConfig:
         check_lora_args(self.lora_rank, self.lora_alpha, self.lora_dropout)
         if not self.prototype_temperature > 0:
             raise ValueError(f"prototype_temperature must be > 0, got {self.prototype_temperature!r}")
+        for name, value, allowed in (("optimizer", self.optimizer, OPTIMIZERS),
+                                     ("class_balance", self.class_balance, CLASS_BALANCE), ("tta", self.tta, TTA)):
+            if value not in allowed:
+                raise ValueError(f"{name} must be one of {', '.join(allowed)}; got {value!r}")
+        if not 0.0 <= self.val_fraction < 0.5:
+            raise ValueError(f"val_fraction must be in [0, 0.5), got {self.val_fraction!r}")
+        if self.patience < 0 or not 0.0 <= self.ema_decay < 1.0:
+            raise ValueError(f"patience must be >= 0 and ema_decay in [0, 1), got {self.patience}, {self.ema_decay}")
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -91,14 +141,12 @@ class AdaptConfig:
 # ------------------------------------------------------------------------------ building blocks
 
 
-def build_encoder(vit_cfg: ViTConfig, state: dict | None, seed: int = 0) -> VisionTransformer:
-    """An encoder with ``state`` loaded (ours, timm, MAE or HF keys), or randomly initialized
-    from ``seed`` when ``state`` is ``None`` (the "scratch" backbone)."""
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        encoder = VisionTransformer(vit_cfg)
+def build_encoder(backbone_cfg: BackboneConfig, state: dict | None, seed: int = 0) -> torch.nn.Module:
+    """An encoder of either family with ``state`` loaded (ours, timm, MAE, HF or torchvision
+    keys), or randomly initialized from ``seed`` when ``state`` is ``None`` (the "scratch" backbone)."""
+    encoder = build_backbone(backbone_cfg, seed=seed)
     if state is not None:
-        load_pretrained_weights(encoder, state)
+        load_backbone_weights(encoder, state)
     return encoder
 
 
@@ -110,7 +158,7 @@ def _check_images(images: np.ndarray, img_size: int) -> None:
 
 
 @torch.no_grad()
-def extract_features(encoder: VisionTransformer, images: np.ndarray, batch_size: int = 256, device: str = "auto") -> np.ndarray:
+def extract_features(encoder: torch.nn.Module, images: np.ndarray, batch_size: int = 256, device: str = "auto") -> np.ndarray:
     """Pooled features ``float32 [N, D]`` of uint8 images ``[N, H, W]`` (encoder in eval mode)."""
     _check_images(images, encoder.cfg.img_size)
     dev = pick_device(device)
@@ -271,18 +319,40 @@ def fit_prototypes(features: np.ndarray, labels: np.ndarray, num_classes: int, c
 
 
 class Classifier(nn.Module):
-    """Encoder -> pooled features -> standardization (-> L2 normalization) -> linear head."""
+    """Encoder -> pooled features -> standardization (-> L2 normalization) -> linear head.
 
-    def __init__(self, vit_cfg: ViTConfig, num_classes: int, method: str = "probe", classes: list[str] | None = None,
-                 normalize_features: bool = False):
+    Carries what prediction must reproduce: ``preprocess`` (how raw images were decoded, a
+    plain dict, see components/data/images.py) and ``tta`` (test-time augmentation);
+    ``training`` is the fine-tune's record (validation scores per epoch, the chosen epoch).
+    """
+
+    def __init__(self, backbone_cfg: BackboneConfig, num_classes: int, method: str = "probe",
+                 classes: list[str] | None = None, normalize_features: bool = False, tta: str = "none",
+                 preprocess: dict | None = None):
         super().__init__()
-        self.vit_cfg, self.num_classes, self.method = vit_cfg, num_classes, method
+        self.backbone_cfg, self.num_classes, self.method = backbone_cfg, num_classes, method
         self.classes = list(classes) if classes is not None else None
         self.normalize_features = bool(normalize_features)  # a plain flag, not a buffer: old state dicts still load
-        self.encoder = VisionTransformer(vit_cfg)
-        self.register_buffer("feat_mean", torch.zeros(vit_cfg.embed_dim))
-        self.register_buffer("feat_std", torch.ones(vit_cfg.embed_dim))
-        self.head = nn.Linear(vit_cfg.embed_dim, num_classes)
+        self.tta = tta
+        self.preprocess = dict(preprocess) if preprocess else None
+        self.training_log: dict = {}
+        self.encoder = build_backbone(backbone_cfg)
+        dim = self.encoder.num_features
+        self.register_buffer("feat_mean", torch.zeros(dim))
+        self.register_buffer("feat_std", torch.ones(dim))
+        self.head = nn.Linear(dim, num_classes)
+
+    @property
+    def vit_cfg(self) -> BackboneConfig:  # the name from before the ResNet family
+        return self.backbone_cfg
+
+    @property
+    def input_spec(self):
+        """How images must be decoded for this model: its ``Preprocess`` (bicubic, stretch at the
+        backbone's size for models saved before preprocessing was recorded)."""
+        from components.data.images import Preprocess
+
+        return Preprocess.from_dict(self.preprocess) if self.preprocess else Preprocess(self.backbone_cfg.img_size)
 
     def set_head(self, head: LinearHead) -> None:
         with torch.no_grad():
@@ -308,41 +378,58 @@ class Classifier(nn.Module):
         return {
             "kind": "classifier",
             "method": self.method,
-            "vit_config": self.vit_cfg.to_dict(),
+            "backbone_config": config_to_dict(self.backbone_cfg),
             "num_classes": self.num_classes,
             "classes": self.classes,
             "normalize_features": self.normalize_features,
-            "state_dict": {k: v.detach().cpu().clone() for k, v in self.state_dict().items()},
+            "tta": self.tta,
+            "preprocess": self.preprocess,
+            "training": self.training_log,
+            "state_dict": {k: v.detach().cpu().contiguous().clone() for k, v in self.state_dict().items()},
         }
 
     @classmethod
     def from_state(cls, state: dict) -> "Classifier":
         if state.get("kind") != "classifier":
             raise ValueError(f"not a classifier checkpoint (kind={state.get('kind')!r})")
-        clf = cls(ViTConfig.from_dict(dict(state["vit_config"])), int(state["num_classes"]), state.get("method", "probe"),
-                  state.get("classes"), bool(state.get("normalize_features", False)))
+        clf = cls(checkpoint_config(state), int(state["num_classes"]), state.get("method", "probe"),
+                  state.get("classes"), bool(state.get("normalize_features", False)), state.get("tta") or "none",
+                  state.get("preprocess"))
+        clf.training_log = dict(state.get("training") or {})
         clf.load_state_dict(state["state_dict"])
         return clf.eval()
+
+
+def dihedral_views(x: torch.Tensor) -> list[torch.Tensor]:
+    """The 8 symmetries of the square (identity first) of a batch ``[B, C, S, S]``."""
+    turns = [torch.rot90(x, k, dims=(-2, -1)) for k in range(4)]
+    return turns + [t.flip(-1) for t in turns]
 
 
 @torch.no_grad()
 def predict_with_features(clf: Classifier, images: np.ndarray, batch_size: int = 256,
                           device: str = "auto") -> tuple[np.ndarray, np.ndarray]:
     """Class probabilities ``float32 [N, C]`` and the encoder's pooled features
-    ``float32 [N, D]`` (what the head sees, before standardization) for uint8 images ``[N, H, W]``."""
-    _check_images(images, clf.vit_cfg.img_size)
+    ``float32 [N, D]`` (what the head sees, before standardization) for uint8 images ``[N, H, W]``.
+    With ``clf.tta == 'dihedral'`` both are averages over the 8 symmetries of each image."""
+    _check_images(images, clf.backbone_cfg.img_size)
     dev = pick_device(device)
     clf.to(dev).eval()
     probs, feats = [], []
     for i in range(0, len(images), batch_size):
         x = normalize_uint8(torch.from_numpy(images[i : i + batch_size]).to(dev))
-        with autocast_for(dev):
-            pooled = clf.encoder.forward_pool(x)
-            logits = clf.logits_from_pooled(pooled)
-        probs.append(torch.softmax(logits.float(), dim=1).cpu())
-        feats.append(pooled.float().cpu())
+        views = dihedral_views(x) if clf.tta == "dihedral" else [x]
+        p_sum = f_sum = 0
+        for v in views:
+            with autocast_for(dev):
+                pooled = clf.encoder.forward_pool(v)
+                logits = clf.logits_from_pooled(pooled)
+            p_sum = p_sum + torch.softmax(logits.float(), dim=1)
+            f_sum = f_sum + pooled.float()
+        probs.append((p_sum / len(views)).cpu())
+        feats.append((f_sum / len(views)).cpu())
     if not probs:
-        return np.zeros((0, clf.num_classes), np.float32), np.zeros((0, clf.vit_cfg.embed_dim), np.float32)
+        return np.zeros((0, clf.num_classes), np.float32), np.zeros((0, clf.encoder.num_features), np.float32)
     return torch.cat(probs).numpy(), torch.cat(feats).numpy()
 
 
@@ -354,9 +441,16 @@ def predict_proba(clf: Classifier, images: np.ndarray, batch_size: int = 256, de
 # ------------------------------------------------------------------------------ adapt
 
 
-def _layer_id(name: str, depth: int) -> int:
-    """0 for embeddings, i + 1 for block i, depth + 1 for the final norm and the head."""
+def _layer_id(name: str, depth: int, family: str = "vit") -> int:
+    """0 for the stem/embeddings, i + 1 for block (ViT) or stage (ResNet) i, depth + 1 for the
+    final norm and the head."""
     name = name.removeprefix("encoder.")
+    if family == "resnet":
+        if name.startswith(("conv1.", "bn1.")):
+            return 0
+        if name.startswith("layer"):
+            return int(name.split(".")[0].removeprefix("layer"))
+        return depth + 1
     if name.startswith(("patch_embed", "cls_token", "pos_embed")):
         return 0
     if name.startswith("blocks."):
@@ -364,91 +458,235 @@ def _layer_id(name: str, depth: int) -> int:
     return depth + 1
 
 
+def validation_split(labels: np.ndarray, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """(train, val) indices into ``labels``: a stratified ``fraction`` of every class held out
+    (at least ``MIN_VAL_PER_CLASS`` of a class that has twice that many). Empty val when
+    ``fraction`` is 0 or the set is too small to rank epochs."""
+    labels = np.asarray(labels)
+    everything = np.arange(len(labels))
+    if fraction <= 0 or len(labels) < MIN_TRAIN_FOR_VAL:
+        return everything, everything[:0]
+    rng = np.random.default_rng(seed + 7919)  # its own stream: the split does not shift the training draws
+    val = []
+    for c in np.unique(labels):
+        idx = np.flatnonzero(labels == c)
+        k = max(MIN_VAL_PER_CLASS, int(round(fraction * len(idx)))) if len(idx) >= 2 * MIN_VAL_PER_CLASS else 0
+        val.append(rng.permutation(idx)[:k])
+    val = np.sort(np.concatenate(val))
+    return np.setdiff1d(everything, val), val
+
+
+def resolve_class_balance(cfg: AdaptConfig, labels: np.ndarray, num_classes: int) -> str:
+    """``auto`` made concrete from the label counts (see :class:`AdaptConfig`)."""
+    if cfg.class_balance != "auto":
+        return cfg.class_balance
+    counts = np.bincount(labels, minlength=num_classes)
+    present = counts[counts > 0]
+    imbalanced = len(present) > 1 and present.max() >= 3 * present.min()
+    return "loss" if imbalanced and len(labels) < 10_000 else "none"
+
+
+def balanced_accuracy(y: np.ndarray, pred: np.ndarray, num_classes: int) -> float:
+    recalls = [float((pred[y == c] == c).mean()) for c in range(num_classes) if (y == c).any()]
+    return float(np.mean(recalls)) if recalls else float("nan")
+
+
+class WeightAverage:
+    """Exponential moving average of a model's parameters and buffers (BatchNorm statistics
+    included), with the usual warm-up: the decay at step t is min(decay, (1 + t) / (10 + t))."""
+
+    def __init__(self, model: nn.Module, decay: float):
+        self.decay, self.updates = decay, 0
+        self.state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+    @torch.no_grad()
+    def update(self, model: nn.Module) -> None:
+        d = min(self.decay, (1 + self.updates) / (10 + self.updates))
+        self.updates += 1
+        for k, v in model.state_dict().items():
+            avg = self.state[k]
+            if avg.is_floating_point():
+                avg.mul_(d).add_(v.detach(), alpha=1 - d)
+            else:
+                avg.copy_(v)
+
+
+@torch.no_grad()
+def _score(model: Classifier, data: torch.Tensor, y: np.ndarray, batch_size: int, channels_last: bool) -> float:
+    model.eval()
+    preds = []
+    for i in range(0, len(data), batch_size):
+        x = normalize_uint8(data[i : i + batch_size])
+        if channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        with autocast_for(x.device):
+            preds.append(model(x).float().argmax(1).cpu())
+    model.train()
+    return balanced_accuracy(y, torch.cat(preds).numpy(), model.num_classes)
+
+
 def adapt(
-    vit_cfg: ViTConfig,
+    backbone_cfg: BackboneConfig,
     backbone_state: dict | None,
     images: np.ndarray,
     labels: np.ndarray,
     num_classes: int,
     cfg: AdaptConfig,
     progress: bool = True,
+    preprocess: dict | None = None,
 ) -> Classifier:
     """Train a classifier for ``labels`` (ints in ``[0, num_classes)``) on uint8 images ``[N, H, W]``.
 
     ``backbone_state`` None means a randomly initialized encoder (seeded by ``cfg.seed``).
+    Only training labels come in: the validation split that picks the best epoch is carved
+    from them. ``preprocess`` (how the images were decoded) is stored with the classifier.
     """
-    _check_images(images, vit_cfg.img_size)
+    _check_images(images, backbone_cfg.img_size)
     labels = np.asarray(labels, dtype=np.int64)
     if len(labels) != len(images):
         raise ValueError(f"{len(images)} images but {len(labels)} labels")
+    family = family_of(backbone_cfg)
+    if cfg.method == "lora" and family != "vit":
+        raise ValueError(f"lora adapts a ViT's attention projections; a {family} backbone takes probe, "
+                         "finetune or prototype")
     device = pick_device(cfg.device)
-    encoder = build_encoder(vit_cfg, backbone_state, cfg.seed)
+    encoder = build_encoder(backbone_cfg, backbone_state, cfg.seed)
     torch.manual_seed(cfg.seed)  # head init, stochastic depth
-    clf = Classifier(vit_cfg, num_classes, cfg.method)
+    clf = Classifier(backbone_cfg, num_classes, cfg.method,
+                     tta=cfg.tta if cfg.method in ("finetune", "lora") else "none", preprocess=preprocess)
     clf.encoder.load_state_dict(encoder.state_dict())
 
     if cfg.method == "prototype":
         feats = extract_features(clf.encoder, images, device=cfg.device)
         clf.set_head(fit_prototypes(feats, labels, num_classes, cfg))
         return clf.eval()
-    if cfg.method == "probe" or cfg.lp_init:
-        feats = extract_features(clf.encoder, images, device=cfg.device)
-        clf.set_head(fit_probe(feats, labels, num_classes, cfg))
+
+    # ---- fine-tune / LoRA hold out a validation split first: the probe head must not see it
+    train_rows, val_rows = (validation_split(labels, cfg.val_fraction, cfg.seed) if cfg.method != "probe"
+                            else (np.arange(len(labels)), np.arange(0)))
+    # LP-FT: a probe head first, except when fine-tuning from scratch (random features teach the
+    # head nothing the first epoch would not); LoRA keeps the random encoder frozen, so it does need one.
+    if cfg.method == "probe" or (cfg.lp_init and (backbone_state is not None or cfg.method == "lora")):
+        feats = extract_features(clf.encoder, images[train_rows], device=cfg.device)
+        clf.set_head(fit_probe(feats, labels[train_rows], num_classes, cfg))
     if cfg.method == "probe":
         return clf.eval()
 
     # ---- full fine-tune, or LoRA: the same loop, different trainable parameters
-    depth = vit_cfg.depth
+    depth = len(backbone_cfg.layers) if family == "resnet" else backbone_cfg.depth
     if cfg.method == "lora":
         # Freezes the encoder; only the adapters (B = 0: the model starts unchanged) and the head train.
         inject_lora(clf.encoder, cfg.lora_rank, cfg.lora_alpha, cfg.lora_dropout,
                     ("qkv", "proj") if cfg.lora_proj else ("qkv",))
         lr_scale = None  # every adapter is a new parameter: no pretrained layer to protect with a smaller lr
+    elif backbone_state is None:
+        lr_scale = None  # from scratch: no pretrained layer to protect
     else:
-        lr_scale = lambda name: cfg.layer_decay ** (depth + 1 - _layer_id(name, depth))  # noqa: E731
+        lr_scale = lambda name: cfg.layer_decay ** (depth + 1 - _layer_id(name, depth, family))  # noqa: E731
     gen = torch.Generator().manual_seed(cfg.seed)
     clf.encoder.set_drop_path(cfg.drop_path)
+    channels_last = family == "resnet"
     clf.to(device).train()
-    data = torch.from_numpy(np.ascontiguousarray(images)).to(device)
-    targets = torch.from_numpy(labels).to(device)
-    n = len(labels)
+    if channels_last:
+        clf.to(memory_format=torch.channels_last)
+    data = torch.from_numpy(np.ascontiguousarray(images[train_rows])).to(device)
+    y_train = labels[train_rows]
+    targets = torch.from_numpy(y_train).to(device)
+    val_data = torch.from_numpy(np.ascontiguousarray(images[val_rows])).to(device)
+    y_val = labels[val_rows]
+    n = len(y_train)
     batch_size = min(cfg.batch_size, n)
     steps_per_epoch = max(1, n // batch_size)
     total = cfg.epochs * steps_per_epoch
     warmup = int(round(cfg.warmup_epochs * steps_per_epoch))
     groups = param_groups(clf, cfg.weight_decay, lr_scale)
-    opt = torch.optim.AdamW(groups, lr=cfg.lr, betas=(0.9, 0.999), fused=device.type == "cuda")
+    if cfg.optimizer == "sgd":
+        opt = torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=True)
+    else:
+        opt = torch.optim.AdamW(groups, lr=cfg.lr, betas=(0.9, 0.999), fused=device.type == "cuda")
 
+    balance = resolve_class_balance(cfg, y_train, num_classes)
+    counts = np.bincount(y_train, minlength=num_classes).astype(np.float64)
+    class_weight = None
+    if balance == "loss":
+        w = np.where(counts > 0, len(y_train) / (num_classes * np.maximum(counts, 1)), 0.0)
+        class_weight = torch.tensor(w / (w[y_train].mean()), dtype=torch.float32, device=device)
+    sample_p = None
+    if balance == "sampler":
+        per_sample = 1.0 / counts[y_train]
+        sample_p = torch.as_tensor(per_sample / per_sample.sum(), dtype=torch.float64)
+    ema = WeightAverage(clf, cfg.ema_decay) if cfg.ema_decay > 0 else None
+    scorer = copy.deepcopy(clf) if ema is not None and len(val_rows) else None
+
+    log: dict = {"n_train": int(n), "n_val": int(len(val_rows)), "class_balance": balance,
+                 "optimizer": cfg.optimizer, "ema_decay": cfg.ema_decay, "val_scores": []}
+    best_score, best_state, best_epoch, since_best = -1.0, None, cfg.epochs, 0
     bar = tqdm(total=total, desc=cfg.method, disable=not progress, leave=False)
     t0 = time.perf_counter()
-    step = 0
-    for _epoch in range(cfg.epochs):
-        order = torch.randperm(n, generator=gen)
+    step, stopped = 0, "epochs done"
+    for epoch in range(cfg.epochs):
+        if sample_p is not None:
+            order = torch.multinomial(sample_p, n, replacement=True, generator=gen)
+        else:
+            order = torch.randperm(n, generator=gen)
         for j in range(steps_per_epoch):
             idx = order[j * batch_size : (j + 1) * batch_size].to(device)
             x = augment_batch(data[idx], cfg.augment, gen)
+            if channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
             lr = cosine_lr(step, total, warmup, cfg.lr)
             for g in opt.param_groups:
                 g["lr"] = lr * g["lr_scale"]
             with autocast_for(device):
                 logits = clf(x)
-            loss = F.cross_entropy(logits.float(), targets[idx], label_smoothing=cfg.label_smoothing)
+            loss = F.cross_entropy(logits.float(), targets[idx], weight=class_weight,
+                                   label_smoothing=cfg.label_smoothing)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
+            if ema is not None:
+                ema.update(clf)
             if not math.isfinite(loss.item()):
                 raise FloatingPointError(f"{cfg.method} loss is {loss.item()} at step {step}; lower cfg.lr")
             step += 1
             bar.update(1)
             if step % 10 == 0:
-                bar.set_postfix(loss=f"{loss.item():.4f}")
+                bar.set_postfix(loss=f"{loss.item():.4f}", epoch=epoch + 1)
             if cfg.max_seconds is not None and time.perf_counter() - t0 > cfg.max_seconds:
+                stopped = "time budget"
                 break
-        else:
-            continue
-        break
+        if len(val_rows):
+            model = clf
+            if scorer is not None:
+                scorer.load_state_dict(ema.state)
+                model = scorer
+            score = _score(model, val_data, y_val, 256, channels_last)
+            log["val_scores"].append(round(score, 4))
+            bar.set_postfix(val_bacc=f"{score:.3f}", epoch=epoch + 1)
+            if score > best_score:
+                best_score, best_epoch, since_best = score, epoch + 1, 0
+                source = ema.state if ema is not None else clf.state_dict()
+                best_state = {k: v.detach().clone() for k, v in source.items()}
+            else:
+                since_best += 1
+            if cfg.patience and since_best >= cfg.patience:
+                stopped = f"no better validation score for {cfg.patience} epochs"
+                break
+        if stopped == "time budget":
+            break
     bar.close()
+    if best_state is not None:
+        clf.load_state_dict(best_state)
+    elif ema is not None:
+        clf.load_state_dict(ema.state)
+    log.update({"epochs_run": epoch + 1, "best_epoch": best_epoch if best_state is not None else epoch + 1,
+                "best_val_balanced_accuracy": round(best_score, 4) if best_state is not None else None,
+                "stopped": stopped, "seconds": round(time.perf_counter() - t0, 1)})
+    clf.training_log = log
     clf.encoder.set_drop_path(0.0)
     if cfg.method == "lora":
         merge_lora(clf.encoder)  # back to a plain ViT: same checkpoint format, no adapter code at inference
-    return clf.cpu().eval()
+    clf = clf.cpu().eval()
+    if channels_last:
+        clf.to(memory_format=torch.contiguous_format)
+    return clf

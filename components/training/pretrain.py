@@ -1,4 +1,6 @@
-"""Self-supervised pretraining of a ViT encoder: masked autoencoder (MAE) or self-distillation (DINO).
+"""Self-supervised pretraining of a backbone: masked autoencoder (MAE) or self-distillation
+(DINO) on a ViT; SimCLR or VICReg (joint embedding, components/models/joint_embedding.py) on
+either family (ViT or ResNet, components/models/backbones.py).
 
 One readable loop, top to bottom (data -> model -> optimizer -> resume -> steps -> encoder
 weights), every knob in :class:`PretrainConfig`. Images arrive as one uint8 array
@@ -22,10 +24,18 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from components.models.backbones import (
+    BackboneConfig,
+    build_backbone,
+    config_from_dict,
+    config_to_dict,
+    family_of,
+    load_backbone_weights,
+)
 from components.models.checkpoint import load_checkpoint, save_checkpoint, to_plain
+from components.models.joint_embedding import JOINT_EMBEDDING_METHODS, JointEmbedding
 from components.models.mae import MaskedAutoencoder
 from components.models.vit import ViTConfig
-from components.models.weight_mapping import load_pretrained_weights
 from components.training.augment import Augment, augment_batch
 from components.training.device import autocast_for
 from components.training.distributed import distributed_context
@@ -41,13 +51,14 @@ log = logging.getLogger(__name__)
 class PretrainConfig:
     """Every knob of self-supervised pretraining. ``lr`` is the absolute peak learning rate.
 
-    ``method`` picks the objective: ``mae`` (masked autoencoder, components/models/mae.py) or
-    ``dino`` (self-distillation with an EMA teacher, components/models/dino.py). Knobs of the
-    other method are ignored.
+    ``method`` picks the objective: ``mae`` (masked autoencoder, components/models/mae.py),
+    ``dino`` (self-distillation with an EMA teacher, components/models/dino.py), both
+    ViT-only (they mask patches), or ``simclr`` / ``vicreg`` (two augmented views embed alike)
+    on any ``backbone``. Knobs of the other methods are ignored.
     """
 
     method: str = "mae"
-    vit: ViTConfig = field(default_factory=lambda: ViTConfig.tiny(64, 8, depth=6, global_pool="avg"))
+    backbone: BackboneConfig = field(default_factory=lambda: ViTConfig.tiny(64, 8, depth=6, global_pool="avg"))
     steps: int = 1000
     batch_size: int = 128  # global: split across processes under torchrun
     lr: float = 1.5e-3
@@ -81,8 +92,12 @@ class PretrainConfig:
     dino_mask_ratio: float = 0.5  # share of patches the student does not see (MSN-style; the teacher sees all)
     dino_centering: str = "ema"  # "ema" (running center) or "sinkhorn" (balanced targets)
     dino_koleo: float = 0.0  # weight of the KoLeo feature-spreading term
+    # SimCLR / VICReg: projection head (hidden, output); SimCLR's temperature is ``temperature``
+    proj_hidden_dim: int = 512
+    proj_dim: int = 128
     # running it: none of these change the result on CPU
     compile: bool = False  # torch.compile the model (GPU throughput; first step compiles)
+    channels_last: bool = True  # CNNs: NHWC memory layout (faster convolutions on CPU and GPU)
     checkpoint_every: int = 100  # steps between resume checkpoints (when a checkpoint path is given)
     max_seconds: float | None = None  # hard stop (the schedule is not shortened)
 
@@ -91,29 +106,44 @@ class PretrainConfig:
             raise ValueError(f"pretraining method must be one of {', '.join(PRETRAIN_METHODS)}; got {self.method!r}")
         if self.steps < 1 or self.batch_size < 1:
             raise ValueError(f"steps and batch_size must be >= 1 (got {self.steps}, {self.batch_size})")
+        family = family_of(self.backbone)
+        if self.method in VIT_ONLY_METHODS and family != "vit":
+            raise ValueError(f"{self.method} pretrains a ViT (it masks patches); a {family} backbone takes "
+                             f"{' or '.join(JOINT_EMBEDDING_METHODS)}")
+
+    @property
+    def vit(self) -> ViTConfig:
+        """The backbone when it is a ViT (the name configs had before the ResNet family)."""
+        if not isinstance(self.backbone, ViTConfig):
+            raise AttributeError(f"this recipe's backbone is a {family_of(self.backbone)}, not a ViT")
+        return self.backbone
 
     def to_dict(self) -> dict:
         d = asdict(self)
-        d["vit"] = self.vit.to_dict()
+        d["backbone"] = config_to_dict(self.backbone)
         return d
 
     @classmethod
     def from_dict(cls, d: dict) -> "PretrainConfig":
         """Inverse of :meth:`to_dict` (JSON-safe: lists come back as tuples)."""
+        d = dict(d)
+        if "vit" in d and "backbone" not in d:  # written before the ResNet family
+            d["backbone"] = d.pop("vit")
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(d) - known)
         if unknown:
             raise ValueError(f"unknown PretrainConfig keys: {unknown}")
         d = {k: tuple(v) if isinstance(v, list) else v for k, v in d.items()}
-        d["vit"] = ViTConfig.from_dict(dict(d["vit"]))
+        d["backbone"] = config_from_dict(dict(d["backbone"]))
         if "augment" in d:
             d["augment"] = Augment(**{k: tuple(v) if isinstance(v, list) else v for k, v in dict(d["augment"]).items()})
         return cls(**d)
 
 
-PRETRAIN_METHODS = ("mae", "dino")
+PRETRAIN_METHODS = ("mae", "dino", *JOINT_EMBEDDING_METHODS)
+VIT_ONLY_METHODS = ("mae", "dino")
 # Fields that change how a run executes, not what it computes: a run may resume under new values.
-RUNTIME_FIELDS = ("device", "compile", "checkpoint_every", "max_seconds")
+RUNTIME_FIELDS = ("device", "compile", "channels_last", "checkpoint_every", "max_seconds")
 
 
 def resume_path(state_dir: Path, dataset_version_id: int, cfg: PretrainConfig, init_sha256: str | None) -> Path:
@@ -127,7 +157,7 @@ def resume_path(state_dir: Path, dataset_version_id: int, cfg: PretrainConfig, i
 
 @dataclass
 class PretrainResult:
-    encoder_state: dict  # VisionTransformer state dict (CPU tensors, no head)
+    encoder_state: dict  # the backbone's state dict (CPU tensors, no head)
     losses: list[float]  # one per step, from step 0 (resumed runs include the steps before the crash)
     seconds: float  # wall time of this process's steps
     images_per_s: float
@@ -136,6 +166,9 @@ class PretrainResult:
 
 def build_ssl_model(cfg: PretrainConfig) -> torch.nn.Module:
     """The pretraining model for ``cfg.method``; its ``.encoder`` is the backbone we keep."""
+    if cfg.method in JOINT_EMBEDDING_METHODS:
+        return JointEmbedding(build_backbone(cfg.backbone), cfg.method, (cfg.proj_hidden_dim, cfg.proj_dim),
+                              cfg.temperature)
     if cfg.method == "mae":
         contrastive = cfg.contrastive_weight > 0
         return MaskedAutoencoder(
@@ -202,9 +235,10 @@ def pretrain(
     init_encoder_state: dict | None = None,
     checkpoint_path: Path | str | None = None,
 ) -> PretrainResult:
-    """Pretrain a ViT encoder on uint8 grayscale images ``[N, H, W]`` (H = W = ``cfg.vit.img_size``).
+    """Pretrain a backbone on uint8 grayscale images ``[N, H, W]`` (H = W = ``cfg.backbone.img_size``).
 
-    ``init_encoder_state`` continues from existing weights (ours, timm, MAE or HF ViT).
+    ``init_encoder_state`` continues from existing weights (ours, timm, MAE or HF ViT; ours,
+    timm or torchvision ResNet).
     ``checkpoint_path``: the full training state is written there every ``cfg.checkpoint_every``
     steps; if the file exists the run resumes from it and ends with the same weights as an
     uninterrupted run (CPU, same seed). Under ``torchrun`` each process takes its share of every
@@ -213,10 +247,11 @@ def pretrain(
     """
     if images.ndim != 3 or images.dtype != np.uint8:
         raise ValueError(f"images must be uint8 [N, H, W], got {images.dtype} {images.shape}")
-    if images.shape[1:] != (cfg.vit.img_size, cfg.vit.img_size):
-        raise ValueError(f"images are {images.shape[1:]}, the encoder expects {cfg.vit.img_size}px squares")
-    if cfg.vit.in_chans != 1:
-        raise ValueError("pretraining works on grayscale images: vit.in_chans must be 1")
+    size = cfg.backbone.img_size
+    if images.shape[1:] != (size, size):
+        raise ValueError(f"images are {images.shape[1:]}, the encoder expects {size}px squares")
+    if cfg.backbone.in_chans != 1:
+        raise ValueError("pretraining works on grayscale images: the backbone's in_chans must be 1")
     dist = distributed_context(cfg.device)
     device = dist.device
     torch.manual_seed(cfg.seed)
@@ -234,10 +269,13 @@ def pretrain(
     # model
     model = build_ssl_model(cfg)
     if init_encoder_state is not None:
-        load_pretrained_weights(model.encoder, init_encoder_state)
+        load_backbone_weights(model.encoder, init_encoder_state)
         if cfg.method == "dino":
             model.update_teacher(0.0)  # the teacher starts from the same weights as the student
+    channels_last = cfg.channels_last and family_of(cfg.backbone) == "resnet"
     model.to(device).train()
+    if channels_last:
+        model.to(memory_format=torch.channels_last)
 
     # optimizer
     groups = param_groups(model, cfg.weight_decay)
@@ -289,6 +327,11 @@ def pretrain(
                 teacher_temp, momentum = teacher_schedule(step, cfg)
                 views = [augment_batch(batch, cfg.augment, gen) for _ in range(cfg.dino_views)]
                 loss = step_model(views, teacher_temp=teacher_temp, generator=gen)
+            elif cfg.method in JOINT_EMBEDDING_METHODS:
+                x, x2 = augment_batch(batch, cfg.augment, gen), augment_batch(batch, cfg.augment, gen)
+                if channels_last:
+                    x, x2 = x.contiguous(memory_format=torch.channels_last), x2.contiguous(memory_format=torch.channels_last)
+                loss = step_model(x, x2)
             elif cfg.contrastive_weight > 0:
                 x, x2 = augment_batch(batch, cfg.augment, gen), augment_batch(batch, cfg.augment, gen)
                 loss = model.forward_views(x, x2, cfg.mask_ratio, cfg.contrastive_weight, generator=gen)[0]
@@ -317,6 +360,6 @@ def pretrain(
         torch.cuda.synchronize()
     seconds = time.perf_counter() - t0
 
-    encoder_state = {k: v.detach().cpu().clone() for k, v in model.encoder.state_dict().items()}
+    encoder_state = {k: v.detach().cpu().contiguous().clone() for k, v in model.encoder.state_dict().items()}
     steps_here = len(losses) - start
     return PretrainResult(encoder_state, losses, seconds, steps_here * batch_size / max(seconds, 1e-9), start)

@@ -1,20 +1,32 @@
-"""Named training recipes: one table of presets, listed by `dlvm recipes`.
+"""Training recipes: ``auto`` (chosen from a profile of the data and the device) and named
+presets, all listed by `dlvm recipes`.
 
-A recipe is what a user picks with ``--recipe``: a pretraining config for each
-self-supervised method it supports (the first is its default) and an adaptation config
-for each adaptation method. Every preset is built and validated by the test suite, and an
-unknown name fails with the list of known ones; nothing is looked up by reflection.
+A recipe says how images are decoded (:class:`Preprocess`: size, resampling, aspect), the
+pretraining config for each self-supervised method it supports (the first is its default)
+and the adaptation config for each adaptation method. ``auto`` (the default everywhere)
+derives all of it from a :class:`DataProfile` (image sizes, count, categorical pixels,
+labels, class imbalance), the device and an optional time budget; :func:`resolve_recipe`
+returns the choices with the reason for each, which the flows print and record. Every
+preset is built and validated by the test suite, and an unknown name fails with the list of
+known ones; nothing is looked up by reflection.
 """
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 
+from components.data.images import Preprocess
+from components.data.profile import DataProfile
+from components.models.backbones import BackboneConfig, config_to_dict, family_of
+from components.models.resnet import ResNetConfig
 from components.models.vit import ViTConfig
 from components.training.adapt import METHODS as ADAPT_METHODS
 from components.training.adapt import AdaptConfig
 from components.training.augment import Augment
 from components.training.pretrain import PretrainConfig
+
+AUTO = "auto"
+PRETRAIN_SHARE = 0.3  # of an auto budget that includes pretraining; the rest is shared by the fine-tune runs
 
 # ------------------------------------------------------------------------------ presets
 
@@ -41,9 +53,9 @@ def demo_adapt(method: str, **kw) -> AdaptConfig:
 def tiny_pretrain(img_size: int = 32, **kw) -> PretrainConfig:
     """A seconds-long pretraining run for tests."""
     base = dict(
-        vit=ViTConfig(img_size=img_size, patch_size=8, embed_dim=32, depth=2, num_heads=2, global_pool="avg"),
+        backbone=ViTConfig(img_size=img_size, patch_size=8, embed_dim=32, depth=2, num_heads=2, global_pool="avg"),
         steps=30, batch_size=16, lr=2e-3, warmup_steps=5, decoder_dim=32, decoder_depth=1, decoder_heads=2,
-        dino_out_dim=64, dino_hidden_dim=64, dino_bottleneck_dim=32, device="cpu",
+        dino_out_dim=64, dino_hidden_dim=64, dino_bottleneck_dim=32, proj_hidden_dim=64, proj_dim=32, device="cpu",
     )
     return PretrainConfig(**{**base, **kw})
 
@@ -52,9 +64,27 @@ def tiny_dino_pretrain(**kw) -> PretrainConfig:
     return tiny_pretrain(**{"method": "dino", "grad_clip": 3.0, **kw})
 
 
+def tiny_cnn_backbone(img_size: int = 32) -> ResNetConfig:
+    """A 20 k-parameter ResNet (8-16-32 channels, one block a stage) for tests."""
+    return ResNetConfig(img_size=img_size, layers=(1, 1, 1), widths=(8, 16, 32), stem_kernel=3, stem_pool=False)
+
+
+def tiny_cnn_pretrain(method: str = "simclr", **kw) -> PretrainConfig:
+    """A seconds-long SimCLR / VICReg run of the tiny ResNet, for tests."""
+    base = dict(method=method, backbone=tiny_cnn_backbone(), steps=30, batch_size=16, lr=2e-3, warmup_steps=5,
+                proj_hidden_dim=64, proj_dim=32, augment=Augment.joint_embedding(), device="cpu")
+    return PretrainConfig(**{**base, **kw})
+
+
 def tiny_adapt(method: str = "probe", **kw) -> AdaptConfig:
     """Seconds-long adaptation settings for tests."""
     return AdaptConfig(**{"method": method, "epochs": 2, "batch_size": 16, "probe_folds": 3, "device": "cpu", **kw})
+
+
+def tiny_cnn_adapt(method: str = "probe", **kw) -> AdaptConfig:
+    """Seconds-long adaptation of the tiny ResNet with the convergence machinery switched on."""
+    return tiny_adapt(method, **{"epochs": 3, "lr": 2e-3, "augment": Augment.dihedral(), "val_fraction": 0.2,
+                                 "patience": 2, "ema_decay": 0.9, "class_balance": "auto", "tta": "dihedral", **kw})
 
 
 # ------------------------------------------------------------------------------ the table
@@ -66,6 +96,7 @@ class Recipe:
     summary: str
     pretrain: Mapping[str, Callable[[], PretrainConfig]]  # by SSL method; the first is the default
     adapt: Callable[[str], AdaptConfig]  # adaptation method -> its config
+    preprocess: Callable[[], Preprocess] | None = None  # None: bicubic, stretched to the backbone's size
 
     @property
     def default_method(self) -> str:
@@ -77,41 +108,258 @@ RECIPES: dict[str, Recipe] = {r.name: r for r in (
                    "4-epoch fine-tune and LoRA",
            pretrain={"mae": demo_pretrain, "dino": demo_dino_pretrain}, adapt=demo_adapt),
     Recipe("tiny", "seconds-long runs for tests and smoke checks (32 px, 2 blocks, 30 steps)",
-           pretrain={"mae": tiny_pretrain, "dino": tiny_dino_pretrain}, adapt=tiny_adapt),
+           pretrain={"mae": tiny_pretrain, "dino": tiny_dino_pretrain,
+                     "simclr": lambda: tiny_pretrain(method="simclr"), "vicreg": lambda: tiny_pretrain(method="vicreg")},
+           adapt=tiny_adapt),
+    Recipe("tiny-cnn", "seconds-long runs of a 20 k-parameter ResNet for tests (32 px, SimCLR or VICReg 30 steps; "
+                       "fine-tune with validation, EMA, dihedral TTA)",
+           pretrain={"simclr": tiny_cnn_pretrain, "vicreg": lambda: tiny_cnn_pretrain("vicreg")},
+           adapt=tiny_cnn_adapt),
 )}
+RECIPE_NAMES = (AUTO, *RECIPES)
 
 
 def get_recipe(name: str) -> Recipe:
     if name not in RECIPES:
-        raise ValueError(f"unknown recipe {name!r} (recipes: {', '.join(RECIPES)}; see `dlvm recipes`)")
+        raise ValueError(f"unknown recipe {name!r} (recipes: {', '.join(RECIPE_NAMES)}; see `dlvm recipes`)")
     return RECIPES[name]
 
 
-def pretrain_config(recipe: str, method: str | None = None, steps: int | None = None, seed: int = 0) -> PretrainConfig:
-    """The recipe's pretraining config for ``method`` (default: the recipe's own), with ``steps`` and ``seed``."""
-    r = get_recipe(recipe)
-    method = method or r.default_method
-    if method not in r.pretrain:
-        raise ValueError(f"recipe {recipe!r} has no {method!r} pretraining (it has {', '.join(r.pretrain)})")
-    cfg = replace(r.pretrain[method](), seed=seed)
-    return replace(cfg, steps=steps) if steps else cfg
+def pretrain_config(recipe: str, method: str | None = None, steps: int | None = None, seed: int = 0,
+                    profile: DataProfile | None = None, **auto) -> PretrainConfig:
+    """The recipe's pretraining config for ``method`` (default: the recipe's own), with ``steps`` and ``seed``.
+    ``auto`` needs the data's ``profile`` (and takes :func:`auto_recipe`'s keywords)."""
+    return resolve_recipe(recipe, profile, method=method, steps=steps, seed=seed, **auto).pretrain
 
 
-def adapt_config(method: str, recipe: str = "demo", seed: int = 0) -> AdaptConfig:
+def adapt_config(method: str, recipe: str = "demo", seed: int = 0, profile: DataProfile | None = None,
+                 **auto) -> AdaptConfig:
     """The recipe's adaptation config for ``method`` with ``seed``."""
     if method not in ADAPT_METHODS:
         raise ValueError(f"unknown adaptation method {method!r} (methods: {', '.join(ADAPT_METHODS)})")
-    return replace(get_recipe(recipe).adapt(method), seed=seed)
+    return resolve_recipe(recipe, profile, seed=seed, **auto).adapt[method]
+
+
+# ------------------------------------------------------------------------------ resolved recipes
+
+
+@dataclass
+class ResolvedRecipe:
+    """Every choice a run needs, and why: what the flows print and record."""
+
+    name: str
+    preprocess: Preprocess
+    pretrain: PretrainConfig
+    adapt: dict[str, AdaptConfig]
+    reasons: list[str] = field(default_factory=list)
+    profile: DataProfile | None = None
+    budget_minutes: float | None = None
+
+    @property
+    def backbone(self) -> BackboneConfig:
+        return self.pretrain.backbone
+
+    def describe(self) -> str:
+        b = self.backbone
+        arch = (f"ResNet {'-'.join(map(str, b.widths))} x {'-'.join(map(str, b.layers))} blocks"
+                if family_of(b) == "resnet" else f"ViT width {b.embed_dim} depth {b.depth} patch {b.patch_size}")
+        ft = self.adapt["finetune"]
+        lines = [f"recipe {self.name}: input {self.preprocess.describe()}; backbone {arch}; "
+                 f"pretraining {self.pretrain.method} {self.pretrain.steps} steps of {self.pretrain.batch_size}; "
+                 f"fine-tune {ft.epochs} epochs ({ft.optimizer}, lr {ft.lr:g}, validation {ft.val_fraction:.0%}, "
+                 f"patience {ft.patience or 'off'}, EMA {ft.ema_decay or 'off'}, class balance {ft.class_balance}, "
+                 f"TTA {ft.tta})"]
+        return "\n".join(lines + [f"  - {r}" for r in self.reasons])
+
+    def to_dict(self) -> dict:
+        return {"name": self.name, "preprocess": self.preprocess.to_dict(),
+                "backbone": config_to_dict(self.backbone), "pretrain": self.pretrain.to_dict(),
+                "adapt": {m: c.to_dict() for m, c in self.adapt.items()}, "reasons": list(self.reasons),
+                "profile": self.profile.to_dict() if self.profile else None, "budget_minutes": self.budget_minutes}
+
+
+def resolve_recipe(name: str, profile: DataProfile | None = None, *, method: str | None = None,
+                   steps: int | None = None, seed: int = 0, **auto) -> ResolvedRecipe:
+    """A named preset, or ``auto`` made concrete from ``profile`` (see :func:`auto_recipe`)."""
+    if name == AUTO:
+        if profile is None:
+            raise ValueError("the auto recipe is chosen from the data: profile the dataset first "
+                             "(or pick a named recipe: see `dlvm recipes`)")
+        resolved = auto_recipe(profile, **auto)
+        methods = {resolved.pretrain.method: resolved.pretrain}
+        if method and method not in methods:
+            try:
+                methods[method] = replace(resolved.pretrain, method=method)
+            except ValueError as exc:
+                raise ValueError(f"recipe 'auto' has no {method!r} pretraining here: {exc}") from None
+    else:
+        r = get_recipe(name)
+        methods = {m: make() for m, make in r.pretrain.items()}
+        if method and method not in methods:
+            raise ValueError(f"recipe {name!r} has no {method!r} pretraining (it has {', '.join(methods)})")
+        default = methods[r.default_method]
+        pre = r.preprocess() if r.preprocess else Preprocess(default.backbone.img_size)
+        resolved = ResolvedRecipe(name, pre, default, {m: r.adapt(m) for m in ADAPT_METHODS},
+                                  [f"named preset {name!r}"], profile)
+    pre = methods[method] if method else resolved.pretrain
+    pre = replace(pre, seed=seed, **({"steps": steps} if steps else {}))
+    return replace(resolved, pretrain=pre, adapt={m: replace(c, seed=seed) for m, c in resolved.adapt.items()})
+
+
+# CPU training speed of the tiny ResNet (16-128 channels) at 128 px, forward + backward +
+# augmentation, 1 thread of this project's 2-core machines under load (docs/BENCHMARKS.md);
+# other sizes and widths scale with pixels x channels. A planning figure only: every run
+# also gets a hard stop at 1.5x its share of the budget.
+CPU_IMAGES_PER_S_128 = 180.0
+GPU_SPEEDUP = 40.0
+
+
+def _images_per_s(backbone: ResNetConfig, device: str, threads: int) -> float:
+    pixels = (backbone.img_size / 128) ** 2 / (4 if not backbone.stem_pool else 1)
+    width = backbone.widths[0] / 16 * (sum(backbone.layers) / 4)
+    rate = CPU_IMAGES_PER_S_128 * max(1.0, 0.7 * threads) / (pixels * width ** 1.5)
+    return rate * (GPU_SPEEDUP if device == "cuda" else 1.0)
+
+
+def auto_recipe(profile: DataProfile, device: str = "cpu", threads: int = 1, budget_minutes: float | None = None,
+                finetune_runs: int = 1, pretrain: bool = True) -> ResolvedRecipe:
+    """The recipe for this data on this device within ``budget_minutes`` (default: 20 on a CPU,
+    60 on a GPU) shared by one pretraining and ``finetune_runs`` fine-tuning runs.
+
+    The rules (each choice is recorded with its reason):
+
+    * pixels: categorical maps (a few gray levels) are resized with nearest-neighbour (no
+      invented levels), photographs with bicubic; images far from square are padded, not
+      stretched;
+    * resolution: fine defects need pixels (ELPV cracks: 192 px gave +3 points over 128),
+      so on a CPU 192 px for up to 5,000 images, 128 up to 30,000, else 64; 224 on a GPU;
+      never above the images' own size; categorical maps 32 px on a CPU, 64 on a GPU;
+    * architecture: a BatchNorm ResNet (it learns far more per CPU-second than a ViT at
+      this scale): 0.3 M parameters (16-128 channels) on a CPU, ResNet-18 on a GPU; for
+      categorical maps 32-64-128 channels, two blocks a stage;
+    * pretraining: SimCLR (it beat VICReg at equal budget on wafer maps; joint embedding
+      beats MAE at small scale), steps from its share of the budget;
+    * fine-tuning: epochs from its share of the budget (at least 15), 10 % of the labels
+      held out (stratified) to keep the best epoch, patience a quarter of the epochs, EMA,
+      dihedral augmentation and TTA for near-square images, AdamW for small sets and SGD
+      with Nesterov momentum past 20,000 labels, class balance decided from the labels.
+    """
+    if device not in ("cpu", "cuda"):
+        raise ValueError(f"device must be cpu or cuda, got {device!r}")
+    gpu = device == "cuda"
+    budget = float(budget_minutes) if budget_minutes else (60.0 if gpu else 20.0)
+    if budget <= 0:
+        raise ValueError(f"budget_minutes must be > 0, got {budget_minutes}")
+    reasons = [f"data: {profile.describe()}; device {device}" + ("" if gpu else f", {threads} thread(s)")
+               + f"; budget {budget:g} min for {'pretraining and ' if pretrain else ''}{finetune_runs} fine-tune run(s)"]
+
+    # pixels
+    resample = "nearest" if profile.categorical else "bicubic"
+    aspect = "pad" if profile.median_aspect > 1.25 else "stretch"
+    reasons.append(f"{resample} resampling: " + ("categorical pixel values must stay categorical" if profile.categorical
+                                                 else "photographic pixels (bicubic averages when shrinking)"))
+    reasons.append(f"aspect {aspect}: median aspect ratio {profile.median_aspect:.2f}")
+    native = max(16, profile.median_short_side)
+    if profile.categorical:
+        size = 64 if gpu else 32
+        why = "categorical maps: coarse structure, small input"
+    elif gpu:
+        size, why = 224, "GPU"
+    else:
+        n = profile.n_images
+        size = 192 if n <= 5000 else 128 if n <= 30000 else 64
+        why = f"{n} images on a CPU"
+    if size > native:
+        size, why = max(16, native // 16 * 16 or native), f"{why}, capped at the images' own size"
+    reasons.append(f"input {size} px: {why}")
+    preprocess = Preprocess(size, resample, aspect)
+
+    # architecture
+    if gpu:
+        backbone = ResNetConfig.resnet18(size, stem_kernel=7 if size >= 128 else 3, stem_pool=size >= 128)
+        reasons.append("backbone ResNet-18 (GPU)")
+    elif profile.categorical:
+        backbone = ResNetConfig(img_size=size, layers=(2, 2, 2), widths=(32, 64, 128), stem_kernel=3, stem_pool=False)
+        reasons.append("backbone ResNet 32-64-128, 2 blocks a stage, stride-2 stem (0.7 M parameters; wafer maps)")
+    else:
+        backbone = ResNetConfig(img_size=size, layers=(1, 1, 1, 1), widths=(16, 32, 64, 128), stem_kernel=3,
+                                stem_pool=size >= 128)
+        reasons.append("backbone ResNet 16-32-64-128 (0.3 M parameters: learns most per CPU-second)"
+                       + (", max-pool stem" if size >= 128 else ""))
+    rate = _images_per_s(backbone, device, threads)
+
+    # budget shares
+    pre_share = PRETRAIN_SHARE if pretrain else 0.0
+    pre_minutes = budget * pre_share
+    ft_minutes = budget * (1 - pre_share) / max(1, finetune_runs)
+    batch = 256 if gpu else 64
+    pre_steps = max(20, int(pre_minutes * 60 * rate / (2 * batch)))  # two views an image
+    pretrain_cfg = PretrainConfig(method="simclr", backbone=backbone, steps=pre_steps, batch_size=batch,
+                                  lr=2e-3 if not gpu else 3e-3, warmup_steps=max(1, pre_steps // 10),
+                                  weight_decay=1e-4 if gpu else 0.05, betas=(0.9, 0.999), temperature=0.2,
+                                  proj_hidden_dim=512, proj_dim=128,
+                                  augment=Augment.joint_embedding(rot90=aspect == "stretch"),
+                                  max_seconds=pre_minutes * 60 * 1.5 if pretrain else None)
+    reasons.append(f"pretraining simclr {pre_steps} steps of {batch} (~{pre_minutes:.1f} min at an estimated "
+                   f"{rate:.0f} images/s)")
+
+    n_labels = profile.n_labels or profile.n_images
+    n_train = int(0.75 * 0.9 * n_labels)  # after the test split and the validation split
+    epochs = int(min(200, max(15, ft_minutes * 60 * rate / max(n_train, 1))))
+    large = n_labels > 20000
+    dihedral = aspect == "stretch"
+    augment = Augment.dihedral() if dihedral else Augment.dihedral(rot90=False)
+    common = dict(epochs=epochs, batch_size=128 if large else 64, augment=augment, val_fraction=0.1,
+                  patience=max(5, epochs // 4), class_balance="auto", ema_decay=0.0 if large else 0.995,
+                  tta="dihedral" if dihedral else "none", warmup_epochs=1.0 if epochs >= 10 else 0.5,
+                  drop_path=0.0, label_smoothing=0.1, device=device,
+                  max_seconds=ft_minutes * 60 * 1.5)
+    optim = (dict(optimizer="sgd", lr=0.1, weight_decay=5e-4) if large
+             else dict(optimizer="adamw", lr=2e-3, weight_decay=0.05))
+    reasons.append(f"fine-tune {epochs} epochs (~{ft_minutes:.1f} min each), {optim['optimizer']} "
+                   f"({'over 20,000 labels' if large else 'small label set'}), best epoch on a 10 % validation split, "
+                   f"{'dihedral augmentation and TTA' if dihedral else 'flips only (not square)'}")
+    imb = profile.imbalance
+    if imb is not None:
+        reasons.append(f"class balance auto: imbalance {imb:.1f}:1 over {n_labels} labels -> "
+                       + ("loss weights" if imb >= 3 and n_labels < 10000 else "none"))
+    adapt = {m: AdaptConfig(method=m, **common, **optim) for m in ("finetune", "lora")}
+    adapt["probe"] = AdaptConfig(method="probe", device=device)
+    adapt["prototype"] = AdaptConfig(method="prototype", device=device)
+    return ResolvedRecipe(AUTO, preprocess, pretrain_cfg, adapt, reasons, profile, budget)
 
 
 def describe_recipes() -> list[dict]:
-    """Each recipe as plain data: name, summary, pretraining methods (default first) with their
-    architecture and steps, adaptation methods with their epochs."""
-    rows = []
+    """Each named recipe as plain data: name, summary, pretraining methods (default first) with
+    their architecture and steps, adaptation methods with their epochs; ``auto`` first."""
+    rows = [{"name": AUTO, "summary": "chosen from the data and the device (the default): input size, "
+                                      "resampling and aspect from the images, a ResNet sized for the device, "
+                                      "SimCLR steps and fine-tune epochs from --budget-minutes",
+             "pretrain": {}, "adapt": {}}]
     for r in RECIPES.values():
-        pre = {m: pretrain_config(r.name, m) for m in r.pretrain}
+        resolved = {m: resolve_recipe(r.name, method=m) for m in r.pretrain}
         rows.append({"name": r.name, "summary": r.summary,
-                     "pretrain": {m: {"steps": c.steps, "batch_size": c.batch_size, "img_size": c.vit.img_size,
-                                      "embed_dim": c.vit.embed_dim, "depth": c.vit.depth} for m, c in pre.items()},
+                     "pretrain": {m: {"steps": c.pretrain.steps, "batch_size": c.pretrain.batch_size,
+                                      "img_size": c.backbone.img_size, "family": family_of(c.backbone),
+                                      "embed_dim": c.backbone.embed_dim,
+                                      "depth": getattr(c.backbone, "depth", len(getattr(c.backbone, "layers", ())))}
+                                  for m, c in resolved.items()},
                      "adapt": {m: {"epochs": adapt_config(m, r.name).epochs} for m in ADAPT_METHODS}})
     return rows
+
+
+def recipe_for_run(name: str, profile: DataProfile | None, *, budget_minutes: float | None = None,
+                   finetune_runs: int = 1, pretrain: bool = True, method: str | None = None,
+                   steps: int | None = None, seed: int = 0, device: str = "auto",
+                   threads: int | None = None) -> tuple[ResolvedRecipe, dict]:
+    """What a flow calls at its start: set the CPU threads for this run (see
+    components/training/device.py: cpu_threads), then resolve the recipe for this device.
+    Returns the recipe and the runtime record (threads, OpenMP wait policy, device)."""
+    from components.training.device import cpu_threads, pick_device
+
+    runtime = cpu_threads(threads)
+    dev = pick_device(device).type
+    runtime["device"] = dev
+    auto = dict(device=dev, threads=runtime["threads"], budget_minutes=budget_minutes,
+                finetune_runs=finetune_runs, pretrain=pretrain) if name == AUTO else {}
+    return resolve_recipe(name, profile, method=method, steps=steps, seed=seed, **auto), runtime

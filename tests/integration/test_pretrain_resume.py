@@ -31,9 +31,12 @@ import sys, numpy as np, torch
 torch.set_num_threads(1)
 from components.training.launch import pretrain_in_processes
 from components.training.pretrain import PretrainConfig, pretrain
-from components.training.recipes import tiny_pretrain
+from components.training.recipes import tiny_cnn_pretrain, tiny_pretrain
 method, steps, every = sys.argv[4], int(sys.argv[5]), int(sys.argv[6])
-cfg = tiny_pretrain(method=method, steps=steps, checkpoint_every=every)
+if method.endswith("-resnet"):  # a joint-embedding method on the convolutional family
+    cfg = tiny_cnn_pretrain(method.removesuffix("-resnet"), steps=steps, checkpoint_every=every)
+else:
+    cfg = tiny_pretrain(method=method, steps=steps, checkpoint_every=every)
 res = pretrain(np.load(sys.argv[1]), cfg, progress=False, checkpoint_path=sys.argv[2] or None)
 torch.save({"state": res.encoder_state, "losses": res.losses, "resumed_from": res.resumed_from_step}, sys.argv[3])
 """
@@ -51,7 +54,7 @@ def images(tmp_path) -> Path:
     return path
 
 
-@pytest.mark.parametrize("method", ["mae", "dino"])
+@pytest.mark.parametrize("method", ["mae", "dino", "simclr-resnet", "vicreg"])
 def test_sigkilled_pretraining_resumes_to_identical_weights(tmp_path, images, method):
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     reference = tmp_path / "reference.pt"
@@ -129,7 +132,7 @@ def test_each_method_has_its_preset_and_unknown_ones_are_named():
         pretrain_config("demo", method="byol")
     with pytest.raises(ValueError, match="unknown recipe 'to_dict'"):
         pretrain_config("to_dict")
-    with pytest.raises(ValueError, match="pretraining method must be one of mae, dino"):
+    with pytest.raises(ValueError, match="pretraining method must be one of mae, dino, simclr, vicreg"):
         PretrainConfig(method="byol")
     cfg = demo_dino_pretrain()
     assert PretrainConfig.from_dict(json.loads(json.dumps(cfg.to_dict()))) == cfg

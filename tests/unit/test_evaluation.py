@@ -318,7 +318,7 @@ def test_run_sweep_end_to_end_tiny_vit(monkeypatch):
     monkeypatch.setattr(learn, "extract_features", lambda *a, **k: calls.append(len(a[1])) or real_extract(*a, **k))
 
     res = run_sweep(backbones, images, labels, train, test, 3, cfg, progress=False)
-    n_lp_init = 2 * 2 * 2  # adapt() extracts features once per fine-tune run for its LP-FT head
+    n_lp_init = 2 * 2  # adapt() extracts features once per fine-tune run of a pretrained backbone (LP-FT head)
     assert len(calls) == 2 + n_lp_init and calls[:1] == [48]  # probes: once per backbone, train+test
     assert len(res.rows) == 2 * 2 * 2 * 2 == len(res.test_proba)
     assert np.array_equal(res.test_idx, test) and np.array_equal(res.y_test, labels[test])
@@ -333,7 +333,8 @@ def test_run_sweep_end_to_end_tiny_vit(monkeypatch):
     # The class signal is easy: a probe on the full train pool beats chance by far.
     assert res.rows[[r["method"] == "probe" and r["fraction"] == 1.0 for r in res.rows].index(True)][
         "metrics"]["accuracy"]["value"] > 0.6
-    assert res.backbones[1] == {"name": "other", "model_version_id": 7, "vit_config": vit.to_dict()}
+    assert res.backbones[1] == {"name": "other", "model_version_id": 7,
+                                "backbone_config": {**vit.to_dict(), "family": "vit"}}
 
     text = res.to_json()
     assert SweepResult.from_json(text).to_json() == text

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import torch
 
+from components.models.backbones import config_from_dict
 from components.models.checkpoint import load_checkpoint, save_checkpoint
 from components.models.vit import VisionTransformer, ViTConfig
 from components.training.adapt import (
@@ -24,11 +25,14 @@ from components.training.adapt import (
 from components.training.augment import Augment, augment_batch
 from components.training.device import autocast_for, pick_device
 from components.training.optim import cosine_lr
-from components.training.pretrain import pretrain
+from components.training.pretrain import PretrainConfig, pretrain
 from components.training.recipes import (
     demo_adapt,
     demo_pretrain,
     tiny_adapt,
+    tiny_cnn_adapt,
+    tiny_cnn_backbone,
+    tiny_cnn_pretrain,
     tiny_dino_pretrain,
     tiny_pretrain,
 )
@@ -271,7 +275,10 @@ def test_demo_and_tiny_configs_are_consistent():
     with pytest.raises(ValueError):
         AdaptConfig(method="distill")
     d = demo.to_dict()
-    assert ViTConfig.from_dict(d["vit"]) == demo.vit
+    assert config_from_dict(d["backbone"]) == demo.vit == demo.backbone
+    old = {k: v for k, v in d.items() if k not in ("backbone", "proj_hidden_dim", "proj_dim", "channels_last")}
+    old["vit"] = demo.vit.to_dict()  # a config recorded before the ResNet family
+    assert PretrainConfig.from_dict(old) == demo
 
 
 def test_every_training_path_runs_under_bf16_autocast(monkeypatch):
@@ -290,6 +297,12 @@ def test_every_training_path_runs_under_bf16_autocast(monkeypatch):
     monkeypatch.setattr(pretrain_module, "autocast_for", bf16)
     monkeypatch.setattr(adapt_module, "autocast_for", bf16)
     images, labels = stripes(48)
+    for cfg in (tiny_cnn_pretrain(steps=3), tiny_cnn_pretrain("vicreg", steps=3), tiny_pretrain(steps=3, method="simclr")):
+        assert all(np.isfinite(pretrain(images, cfg, progress=False).losses)), cfg.method
+    cnn = tiny_cnn_backbone()
+    for method in ("probe", "finetune", "prototype"):
+        clf = adapt(cnn, None, images, labels, 2, tiny_cnn_adapt(method, val_fraction=0.0), progress=False)
+        assert predict_proba(clf, images, device="cpu").shape == (48, 2), method
     for cfg in (tiny_pretrain(steps=3), tiny_dino_pretrain(steps=3)):
         result = pretrain(images, cfg, progress=False)
         assert all(np.isfinite(result.losses)), cfg.method

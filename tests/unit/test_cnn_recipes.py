@@ -1,0 +1,317 @@
+"""The convolutional family through pretraining and adaptation, the fine-tune's convergence
+machinery (validation split, early stopping, class balance, EMA, dihedral TTA), stated
+preprocessing, the auto recipe and the CPU thread settings. Tiny configs, 32 px, seconds."""
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from components.data.images import ImageCache, Preprocess, decode_array
+from components.data.profile import DataProfile, profile_manifest, with_labels
+from components.evaluation.sweep import Backbone, SweepConfig, plan_runs, run_sweep
+from components.models.backbones import checkpoint_config
+from components.models.checkpoint import load_checkpoint, save_checkpoint
+from components.models.resnet import ResNet, ResNetConfig
+from components.training.adapt import (
+    AdaptConfig,
+    Classifier,
+    _layer_id,
+    adapt,
+    predict_proba,
+    resolve_class_balance,
+    validation_split,
+)
+from components.training.augment import Augment, _apply_symmetries, augment_batch
+from components.training.device import cpu_threads
+from components.training.pretrain import PretrainConfig, pretrain
+from components.training.recipes import (
+    RECIPE_NAMES,
+    describe_recipes,
+    resolve_recipe,
+    tiny_adapt,
+    tiny_cnn_adapt,
+    tiny_cnn_backbone,
+    tiny_cnn_pretrain,
+    tiny_pretrain,
+)
+
+ROOT = Path(__file__).resolve().parents[2]
+torch.set_num_threads(1)
+
+
+def blobs(n: int, size: int = 32, seed: int = 0, weights=(0.5, 0.5)) -> tuple[np.ndarray, np.ndarray]:
+    """Class 0: a bright square somewhere, class 1: a bright ring somewhere; noisy background."""
+    rng = np.random.default_rng(seed)
+    y = rng.choice(len(weights), size=n, p=np.asarray(weights) / sum(weights))
+    yy, xx = np.mgrid[:size, :size]
+    out = np.empty((n, size, size), np.uint8)
+    for i in range(n):
+        cy, cx = rng.integers(8, size - 8, 2)
+        r = np.hypot(yy - cy, xx - cx)
+        shape = (np.maximum(abs(yy - cy), abs(xx - cx)) < 5) if y[i] == 0 else ((r > 3) & (r < 6))
+        out[i] = np.clip(60 + 150 * shape + rng.normal(0, 20, (size, size)), 0, 255).astype(np.uint8)
+    return out, y.astype(np.int64)
+
+
+# ------------------------------------------------------------------------------ pretraining
+
+
+@pytest.mark.parametrize("method", ["simclr", "vicreg"])
+def test_joint_embedding_pretrains_a_resnet_deterministically(method):
+    images, _ = blobs(40)
+    cfg = tiny_cnn_pretrain(method, steps=12)
+    a, b = pretrain(images, cfg, progress=False), pretrain(images, cfg, progress=False)
+    assert a.losses == b.losses and all(math.isfinite(v) for v in a.losses)
+    assert set(a.encoder_state) == set(ResNet(cfg.backbone).state_dict())
+    assert all(torch.equal(a.encoder_state[k], b.encoder_state[k]) for k in a.encoder_state)
+    # the weights moved, and the pretrained encoder loads as a backbone for adaptation
+    fresh = ResNet(cfg.backbone).state_dict()
+    assert any(not torch.equal(fresh[k], a.encoder_state[k]) for k in fresh if fresh[k].is_floating_point())
+    clf = adapt(cfg.backbone, a.encoder_state, images, np.arange(40) % 2, 2, tiny_adapt("probe"), progress=False)
+    assert predict_proba(clf, images, device="cpu").shape == (40, 2)
+
+
+def test_simclr_on_a_vit_and_vit_only_methods_refuse_a_resnet():
+    images, _ = blobs(24)
+    result = pretrain(images, tiny_pretrain(method="simclr", steps=3), progress=False)
+    assert len(result.losses) == 3 and "cls_token" in result.encoder_state
+    for method in ("mae", "dino"):
+        with pytest.raises(ValueError, match=f"{method} pretrains a ViT.*resnet backbone takes simclr or vicreg"):
+            PretrainConfig(method=method, backbone=tiny_cnn_backbone())
+
+
+def test_pretrain_config_round_trips_either_family_and_reads_old_vit_configs():
+    cnn = tiny_cnn_pretrain(steps=7)
+    assert PretrainConfig.from_dict(json.loads(json.dumps(cnn.to_dict()))) == cnn
+    vit = tiny_pretrain()
+    old = {k: v for k, v in json.loads(json.dumps(vit.to_dict())).items()
+           if k not in ("proj_hidden_dim", "proj_dim", "channels_last")}
+    old["vit"] = {k: v for k, v in old.pop("backbone").items() if k != "family"}
+    back = PretrainConfig.from_dict(old)
+    assert back.backbone == vit.backbone and back.vit == vit.vit
+    with pytest.raises(AttributeError, match="backbone is a resnet"):
+        cnn.vit
+
+
+# ------------------------------------------------------------------------------ augmentation
+
+
+def test_dihedral_fast_path_is_the_grid_sample_map():
+    x = torch.rand(8, 1, 7, 7)
+    thetas = []
+    for k in range(4):
+        for fx in (1.0, -1.0):
+            c, s = round(math.cos(k * math.pi / 2)), round(math.sin(k * math.pi / 2))
+            thetas.append([[c * fx, -s, 0.0], [s * fx, c, 0.0]])
+    theta = torch.tensor(thetas, dtype=torch.float64)
+    grid = F.affine_grid(theta.float(), list(x.shape), align_corners=False)
+    reference = F.grid_sample(x, grid, mode="bilinear", padding_mode="reflection", align_corners=False)
+    assert torch.allclose(_apply_symmetries(x, theta), reference, atol=1e-6)
+    # 8 distinct images: every symmetry is used and none is the same as another
+    assert len({tuple(v.flatten().tolist()) for v in _apply_symmetries(x[:1].expand(8, -1, -1, -1), theta)}) == 8
+
+
+def test_dihedral_augmentation_permutes_pixels_and_noise_is_seeded():
+    images = torch.from_numpy(blobs(16)[0])
+    out = augment_batch(images, Augment.dihedral(), torch.Generator().manual_seed(0))
+    plain = augment_batch(images, Augment.none(), torch.Generator().manual_seed(0))
+    assert torch.allclose(out.flatten(1).sort(1).values, plain.flatten(1).sort(1).values)  # same pixels, moved
+    noisy = Augment.dihedral(noise=0.05)
+    a = augment_batch(images, noisy, torch.Generator().manual_seed(3))
+    b = augment_batch(images, noisy, torch.Generator().manual_seed(3))
+    assert torch.equal(a, b) and not torch.equal(a, augment_batch(images, Augment.dihedral(), torch.Generator().manual_seed(3)))
+
+
+# ------------------------------------------------------------------------------ fine-tuning
+
+
+def test_validation_split_is_stratified_disjoint_and_skipped_when_too_small():
+    y = np.array([0] * 80 + [1] * 15 + [2] * 3)
+    train, val = validation_split(y, 0.1, seed=0)
+    assert np.intersect1d(train, val).size == 0 and len(train) + len(val) == len(y)
+    assert np.bincount(y[val], minlength=3).tolist() == [8, 2, 0]  # the 3-example class stays in training
+    assert np.array_equal(validation_split(y, 0.1, seed=0)[1], val)
+    assert len(validation_split(y[:20], 0.1, 0)[1]) == 0 and len(validation_split(y, 0.0, 0)[1]) == 0
+
+
+def test_class_balance_auto_is_decided_from_the_labels():
+    auto = AdaptConfig(method="finetune", class_balance="auto")
+    assert resolve_class_balance(auto, np.array([0] * 90 + [1] * 10), 2) == "loss"
+    assert resolve_class_balance(auto, np.array([0] * 60 + [1] * 40), 2) == "none"
+    assert resolve_class_balance(auto, np.array([0] * 27000 + [1] * 3000), 2) == "none"  # large sets: no reweighting
+    assert resolve_class_balance(AdaptConfig(class_balance="sampler"), np.array([0, 1]), 2) == "sampler"
+    with pytest.raises(ValueError, match="class_balance must be one of"):
+        AdaptConfig(class_balance="smote")
+    with pytest.raises(ValueError, match="optimizer must be one of adamw, sgd"):
+        AdaptConfig(optimizer="lion")
+
+
+def test_resnet_finetune_selects_its_best_epoch_stops_early_and_records_it():
+    images, y = blobs(80, weights=(0.75, 0.25))
+    cfg = tiny_cnn_adapt("finetune", epochs=6, patience=2, val_fraction=0.2, batch_size=16)
+    clf = adapt(tiny_cnn_backbone(), None, images, y, 2, cfg, progress=False, preprocess={"size": 32})
+    log = clf.training_log
+    assert log["n_val"] == 16 and log["n_train"] == 64 and log["class_balance"] == "loss"
+    assert 1 <= log["epochs_run"] <= 6 and len(log["val_scores"]) == log["epochs_run"]
+    assert log["best_val_balanced_accuracy"] == max(log["val_scores"])
+    assert log["best_epoch"] == 1 + log["val_scores"].index(max(log["val_scores"]))
+    if log["epochs_run"] < 6:
+        assert log["stopped"].startswith("no better validation score")
+    again = adapt(tiny_cnn_backbone(), None, images, y, 2, cfg, progress=False)
+    assert again.training_log["val_scores"] == log["val_scores"]  # deterministic
+    # the balanced sampler and SGD run too
+    sgd = adapt(tiny_cnn_backbone(), None, images, y, 2,
+                tiny_cnn_adapt("finetune", epochs=1, class_balance="sampler", optimizer="sgd", lr=0.05), progress=False)
+    assert sgd.training_log["class_balance"] == "sampler" and sgd.training_log["optimizer"] == "sgd"
+
+
+def test_classifier_checkpoint_keeps_family_tta_preprocessing_and_training_record():
+    images, y = blobs(48)
+    clf = adapt(tiny_cnn_backbone(), None, images, y, 2, tiny_cnn_adapt("finetune", epochs=2), progress=False,
+                preprocess={"size": 32, "resample": "nearest", "aspect": "pad"})
+    assert clf.tta == "dihedral"
+    state = load_checkpoint(save_checkpoint({"kind": "classifier", "classifier": clf.state()}))["classifier"]
+    assert state["backbone_config"]["family"] == "resnet" and isinstance(checkpoint_config(state), ResNetConfig)
+    back = Classifier.from_state(state)
+    assert back.tta == "dihedral" and back.input_spec == Preprocess(32, "nearest", "pad")
+    assert back.training_log["best_epoch"] == clf.training_log["best_epoch"]
+    assert np.allclose(predict_proba(back, images, device="cpu"), predict_proba(clf, images, device="cpu"), atol=1e-6)
+    # dihedral TTA: predictions are invariant to turning the images
+    turned = np.ascontiguousarray(np.rot90(images, 1, axes=(1, 2)))
+    assert np.allclose(predict_proba(back, turned, device="cpu"), predict_proba(back, images, device="cpu"), atol=1e-5)
+
+
+def test_lora_needs_a_vit_and_the_sweep_leaves_it_out_for_resnets():
+    images, y = blobs(40)
+    with pytest.raises(ValueError, match="lora adapts a ViT's attention projections"):
+        adapt(tiny_cnn_backbone(), None, images, y, 2, tiny_adapt("lora"), progress=False)
+    cnn = Backbone("cnn", tiny_cnn_backbone())
+    cfg = SweepConfig(fractions=(1.0,), seeds=(0,), methods=("probe", "finetune", "lora"), n_boot=50,
+                      finetune=tiny_cnn_adapt("finetune", epochs=1), device="cpu")
+    assert [r[1] for r in plan_runs([cnn], cfg)] == ["probe", "finetune"]
+    result = run_sweep([cnn], images, y, np.arange(30), np.arange(30, 40), 2, cfg, progress=False)
+    assert [r["method"] for r in result.rows] == ["probe", "finetune"]
+    assert result.backbones[0]["backbone_config"]["family"] == "resnet"
+
+
+def test_layer_decay_groups_resnet_stages():
+    names = [n for n, _ in ResNet(tiny_cnn_backbone()).named_parameters()]
+    ids = {n: _layer_id(n, 3, "resnet") for n in names}
+    assert ids["conv1.weight"] == 0 and ids["layer1.0.conv1.weight"] == 1 and ids["layer3.0.bn2.bias"] == 3
+    assert _layer_id("head.weight", 3, "resnet") == 4
+
+
+# ------------------------------------------------------------------------------ preprocessing and profile
+
+
+def test_preprocess_nearest_keeps_levels_pad_keeps_aspect_and_cache_keys_differ(tmp_path):
+    levels = np.zeros((30, 60), np.uint8)
+    levels[:, 20:40] = 127
+    levels[10:20, :] = 255
+    img = Image.fromarray(levels, "L")
+    nearest = decode_array(img, Preprocess(16, "nearest", "stretch"))
+    assert set(np.unique(nearest).tolist()) <= {0, 127, 255}
+    assert len(np.unique(decode_array(img, 16))) > 3  # bicubic invents levels
+    padded = decode_array(img, Preprocess(16, "nearest", "pad"))
+    assert padded.shape == (16, 16) and (padded[:4] == 0).all() and (padded[-4:] == 0).all()  # 16x8 band, centred
+    manifest = {"content_hash": "ab" * 32, "images": []}
+    cache = ImageCache(tmp_path)
+    assert cache.path_for(manifest, 32).name == f"{'ab' * 8}-32.npy"  # the old name for the old default
+    assert cache.path_for(manifest, Preprocess(32, "nearest", "pad")) != cache.path_for(manifest, 32)
+    with pytest.raises(ValueError, match="resample must be one of bicubic, nearest"):
+        Preprocess(32, "lanczos")
+    assert Preprocess.coerce({"size": 32}) == Preprocess(32) and "nearest" in Preprocess(8, "nearest").describe()
+
+
+def test_profile_tells_categorical_maps_from_photographs(tmp_path):
+    rng = np.random.default_rng(0)
+    records = []
+    for i in range(5):
+        Image.fromarray((rng.integers(0, 3, (40, 44)) * 127).astype(np.uint8), "L").save(tmp_path / f"m{i}.png")
+        records.append({"path": f"m{i}.png", "width": 44, "height": 40})
+    maps = profile_manifest({"images": records}, tmp_path)
+    assert maps.categorical and maps.n_images == 5 and maps.median_short_side == 40
+    Image.fromarray(rng.integers(0, 256, (40, 44)).astype(np.uint8), "L").save(tmp_path / "m0.png")
+    assert not profile_manifest({"images": records}, tmp_path).categorical
+    labeled = with_labels(maps, [0, 0, 0, 0, 0, 0, 1, 1])
+    assert (labeled.n_labels, labeled.n_classes, labeled.imbalance) == (8, 2, 3.0)
+
+
+# ------------------------------------------------------------------------------ recipes
+
+
+def test_auto_recipe_follows_the_data_and_the_device():
+    elpv = DataProfile(2624, 300, 300, 1.0, False, 2624, 4, 14.2)
+    r = resolve_recipe("auto", elpv, budget_minutes=20)
+    assert r.preprocess == Preprocess(192, "bicubic", "stretch") and isinstance(r.backbone, ResNetConfig)
+    assert r.pretrain.method == "simclr" and r.backbone.img_size == 192
+    ft = r.adapt["finetune"]
+    assert ft.val_fraction > 0 and ft.patience > 0 and ft.tta == "dihedral" and ft.class_balance == "auto"
+    assert any("loss weights" in reason for reason in r.reasons) and "192x192 px" in r.describe()
+    longer = resolve_recipe("auto", elpv, budget_minutes=60).adapt["finetune"]
+    assert longer.epochs > ft.epochs
+    maps = DataProfile(60000, 40, 40, 1.0, True, 37000, 9, 100.0)
+    m = resolve_recipe("auto", maps)
+    assert m.preprocess == Preprocess(32, "nearest", "stretch") and m.adapt["finetune"].optimizer == "sgd"
+    wide = resolve_recipe("auto", DataProfile(500, 400, 200, 2.0))
+    assert wide.preprocess.aspect == "pad" and wide.adapt["finetune"].tta == "none"
+    small = resolve_recipe("auto", DataProfile(500, 48, 48, 1.0))
+    assert small.preprocess.size == 48  # never above the images' own size
+    gpu = resolve_recipe("auto", elpv, device="cuda")
+    assert gpu.backbone.widths == (64, 128, 256, 512) and gpu.preprocess.size == 224
+    with pytest.raises(ValueError, match="auto recipe is chosen from the data"):
+        resolve_recipe("auto")
+    assert resolve_recipe("auto", elpv, method="vicreg").pretrain.method == "vicreg"
+    with pytest.raises(ValueError, match="recipe 'auto' has no 'mae' pretraining here"):
+        resolve_recipe("auto", elpv, method="mae")
+
+
+def test_named_presets_build_and_are_listed():
+    assert RECIPE_NAMES[0] == "auto" and {"demo", "tiny", "tiny-cnn"} <= set(RECIPE_NAMES)
+    rows = {row["name"]: row for row in describe_recipes()}
+    assert set(rows) == set(RECIPE_NAMES)
+    assert rows["tiny-cnn"]["pretrain"]["simclr"]["family"] == "resnet"
+    tiny_cnn = resolve_recipe("tiny-cnn", seed=4, steps=9)
+    assert tiny_cnn.pretrain.steps == 9 and tiny_cnn.adapt["finetune"].seed == 4
+    with pytest.raises(ValueError, match="unknown recipe 'huge'"):
+        resolve_recipe("huge")
+
+
+# ------------------------------------------------------------------------------ threads
+
+
+def test_cpu_threads_are_chosen_recorded_and_overridable(monkeypatch):
+    before = torch.get_num_threads()
+    try:
+        monkeypatch.delenv("DLVM_THREADS", raising=False)
+        chosen = cpu_threads()
+        assert 1 <= chosen["threads"] <= chosen["cores"] and torch.get_num_threads() == chosen["threads"]
+        monkeypatch.setenv("DLVM_THREADS", "1")
+        assert cpu_threads()["threads"] == 1
+        assert cpu_threads(2)["threads"] == 2  # an explicit request wins
+        monkeypatch.setenv("DLVM_THREADS", "many")
+        with pytest.raises(ValueError, match="DLVM_THREADS must be a positive integer"):
+            cpu_threads()
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_importing_components_sets_a_passive_openmp_wait_policy_unless_given():
+    code = "import os, components; print(os.environ['OMP_WAIT_POLICY'])"
+    env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
+    env["PYTHONPATH"] = str(ROOT)
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "PASSIVE"
+    out = subprocess.run([sys.executable, "-c", code], env={**env, "OMP_WAIT_POLICY": "ACTIVE"},
+                         capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "ACTIVE"
