@@ -10,6 +10,7 @@ from prefect.cache_policies import NO_CACHE
 from components.evaluation.metrics import evaluate_predictions
 from components.evaluation.split import label_subset
 from components.models.checkpoint import save_checkpoint
+from components.names import check_dataset, check_model, check_model_ref
 from components.orchestration.lineage import recorded_run
 from components.settings import get_settings
 from components.training.adapt import AdaptConfig, adapt, predict_proba
@@ -41,6 +42,11 @@ def adapt_flow(dataset: str, backbone: str | None = None, method: str = "probe",
                snapshot_version: int | None = None, model_name: str | None = None) -> dict:
     """Adapt `backbone` (a registered backbone ref like 'elpv-mae', 'elpv-mae:2', or 'scratch')
     with `fraction` of the snapshot's training labels; evaluate on its fixed test split."""
+    check_dataset(dataset)
+    if backbone is not None:
+        check_model_ref(backbone, allow=("scratch",))
+    if model_name is not None:
+        check_model(model_name)
     settings = get_settings()
     backbone = backbone or f"{dataset}-mae"
     model_name = model_name or f"{dataset}-classifier"

@@ -28,6 +28,7 @@ from components.evaluation.sweep import (
     run_unit,
     same_input_size,
 )
+from components.names import check_dataset, check_model_ref
 from components.orchestration.lineage import current_flow_run_id, recorded_run
 from components.orchestration.task_runners import sweep_task_runner
 from components.registry import writes
@@ -107,6 +108,9 @@ def evaluate_flow(dataset: str, backbones: list[str] | None = None, include_scra
     the same input size); 'scratch' is added unless include_scratch is off.
     `reference` names the backbone whose 100 %-label score defines label efficiency
     (default: the best non-domain backbone)."""
+    check_dataset(dataset)
+    for ref in list(backbones or []) + ([reference] if reference else []):
+        check_model_ref(ref, allow=("scratch",))
     settings = get_settings()
     generic = [] if backbones else [r for r in generic_baselines(settings) if not r.startswith(f"{dataset}-mae:")]
     refs = list(backbones or [f"{dataset}-mae", *generic]) + ([SCRATCH] if include_scratch else [])

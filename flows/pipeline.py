@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from prefect import flow
 
+from components.names import check_dataset
 from components.settings import get_settings
 from flows.adapt import adapt_flow
 from flows.evaluate import evaluate_flow
@@ -32,6 +33,8 @@ def pipeline_flow(source: str, dataset: str, labels_export: str, classes: list[s
     `finetune_fractions` x `finetune_seeds`. The candidate is adapted with
     `candidate_method` on all labels and gated against each generic backbone adapted the
     same way and against a model trained from scratch on all labels."""
+    check_dataset(dataset)
+    check_dataset(generic_dataset)
     ingest = ingest_flow(source, dataset)
     labels = labels_flow(labels_export, dataset, classes=classes)
     backbones = [pretrain_flow(dataset, recipe=recipe, steps=pretrain_steps)]

@@ -11,6 +11,7 @@ from prefect import flow, task
 from prefect.cache_policies import NO_CACHE
 
 from components.models.checkpoint import save_checkpoint
+from components.names import check_dataset, check_model, check_model_ref
 from components.orchestration.lineage import recorded_run
 from components.settings import get_settings
 from components.training.launch import pretrain_in_processes
@@ -39,6 +40,11 @@ def pretrain_flow(dataset: str, dataset_version: int | None = None, recipe: str 
     """Pretrain a backbone on `dataset` (latest version by default). `init_from` names a
     registered backbone to continue from (e.g. a generic one: transductive adaptation);
     `processes` > 1 runs data-parallel under torchrun (one GPU each on a GPU machine)."""
+    check_dataset(dataset)
+    if model_name is not None:
+        check_model(model_name)
+    if init_from is not None:
+        check_model_ref(init_from)
     settings = get_settings()
     cfg = pretrain_config(recipe, method, steps, seed)
     model_name = model_name or f"{dataset}-{cfg.method}"
