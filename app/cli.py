@@ -12,6 +12,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from components import names
 from components.settings import Settings, get_settings, mask_url_password
 
 app = typer.Typer(help="dlvm: domain-specific large vision models, from raw images to a promoted model.",
@@ -36,6 +37,31 @@ console = Console(width=None if sys.stdout.isatty() else 160, soft_wrap=True)
 
 # Errors a user can cause and fix: shown as one line, without a traceback.
 USER_ERRORS = (ValueError, LookupError, FileNotFoundError, NotADirectoryError, PermissionError)
+
+
+def _checked(check, many: bool = False):
+    """A typer callback applying one of components.names' rules (the API's) to a name
+    option, so a bad name ends the command before anything is touched."""
+    def callback(value):
+        if value is None:
+            return value
+        try:
+            return [check(v) for v in value] if many else check(value)
+        except names.InvalidName as exc:
+            raise typer.BadParameter(str(exc)) from None
+    return callback
+
+
+DATASET_NAME = _checked(names.check_dataset)
+MODEL_NAME = _checked(names.check_model)
+MODEL_REF = _checked(names.check_model_ref)
+def _backbone_ref(ref: str) -> str:
+    return names.check_model_ref(ref, allow=("scratch",))
+
+
+BACKBONE_REF = _checked(_backbone_ref)
+ALIAS_NAME = _checked(names.check_alias)
+CLASS_LIST = _checked(lambda text: ",".join(names.parse_classes(text)))
 
 
 def prepare(settings: Settings | None = None) -> Settings:
@@ -94,7 +120,7 @@ def parse_list(text: str, kind=float) -> list:
 
 @app.command()
 def ingest(path: Path = typer.Argument(..., help="folder of raw images"),
-           dataset: str = typer.Option(..., "--dataset", "-d", help="dataset name"),
+           dataset: str = typer.Option(..., "--dataset", "-d", callback=DATASET_NAME, help="dataset name"),
            summary_path: Optional[Path] = SUMMARY):
     """Validate a folder of images, version it with DVC and register the dataset version."""
     prepare()
@@ -112,9 +138,10 @@ def ingest(path: Path = typer.Argument(..., help="folder of raw images"),
 
 @app.command()
 def labels(export: Path = typer.Argument(..., help="Label Studio JSON export"),
-           dataset: str = typer.Option(..., "--dataset", "-d"),
+           dataset: str = typer.Option(..., "--dataset", "-d", callback=DATASET_NAME),
            dataset_version: Optional[int] = typer.Option(None, help="default: latest"),
-           classes: Optional[str] = typer.Option(None, help="comma-separated class names the project allows; "
+           classes: Optional[str] = typer.Option(None, callback=CLASS_LIST,
+                                                 help="comma-separated class names the project allows; "
                                                  "labels outside them are reported as unknown_class"),
            summary_path: Optional[Path] = SUMMARY):
     """Build a validated label snapshot from a Label Studio JSON export."""
@@ -131,11 +158,12 @@ def labels(export: Path = typer.Argument(..., help="Label Studio JSON export"),
 
 
 @app.command()
-def pretrain(dataset: str = typer.Option(..., "--dataset", "-d"),
+def pretrain(dataset: str = typer.Option(..., "--dataset", "-d", callback=DATASET_NAME),
              recipe: str = RECIPE,
              steps: Optional[int] = typer.Option(None, help="override the recipe's steps"),
              seed: int = 0,
-             init_from: Optional[str] = typer.Option(None, help="continue from a registered backbone"),
+             init_from: Optional[str] = typer.Option(None, callback=MODEL_REF,
+                                                     help="continue from a registered backbone"),
              method: Optional[str] = typer.Option(None, help="simclr or vicreg (any backbone), mae or dino (ViT) "
                                                   "(default: the recipe's)"),
              processes: int = typer.Option(1, help="data-parallel processes under torchrun (one per GPU)"),
@@ -153,8 +181,9 @@ def pretrain(dataset: str = typer.Option(..., "--dataset", "-d"),
 
 
 @app.command()
-def adapt(dataset: str = typer.Option(..., "--dataset", "-d"),
-          backbone: Optional[str] = typer.Option(None, help="backbone ref (name, name:version, name@alias) or 'scratch'"),
+def adapt(dataset: str = typer.Option(..., "--dataset", "-d", callback=DATASET_NAME),
+          backbone: Optional[str] = typer.Option(None, callback=BACKBONE_REF,
+                                                 help="backbone ref (name, name:version, name@alias) or 'scratch'"),
           method: str = typer.Option("probe", help="probe, finetune, lora or prototype"),
           fraction: float = typer.Option(1.0, help="fraction of the training labels"),
           seed: int = 0, recipe: str = RECIPE, budget_minutes: Optional[float] = BUDGET,
@@ -171,8 +200,9 @@ def adapt(dataset: str = typer.Option(..., "--dataset", "-d"),
 
 
 @app.command()
-def evaluate(dataset: str = typer.Option(..., "--dataset", "-d"),
-             backbone: list[str] = typer.Option(None, help="backbone refs to compare (repeatable)"),
+def evaluate(dataset: str = typer.Option(..., "--dataset", "-d", callback=DATASET_NAME),
+             backbone: list[str] = typer.Option(None, callback=_checked(_backbone_ref, many=True),
+                                                help="backbone refs to compare (repeatable)"),
              fractions: str = "0.05,0.1,0.25,0.5,1.0", seeds: str = "0,1,2",
              methods: str = typer.Option("probe", help="comma-separated: probe, finetune, lora, prototype"),
              recipe: str = RECIPE, scratch: bool = typer.Option(True, help="include the from-scratch baseline"),
@@ -189,10 +219,12 @@ def evaluate(dataset: str = typer.Option(..., "--dataset", "-d"),
 
 
 @app.command()
-def promote(candidate: Optional[str] = typer.Argument(None, help="classifier ref, e.g. elpv-classifier:3"),
-            alias: str = "production", margin: float = 0.0,
+def promote(candidate: Optional[str] = typer.Argument(None, callback=MODEL_REF,
+                                                      help="classifier ref, e.g. elpv-classifier:3"),
+            alias: str = typer.Option("production", callback=ALIAS_NAME), margin: float = 0.0,
             evaluation: Optional[int] = typer.Option(None, help="evaluation id (default: latest for the snapshot)"),
-            rollback: Optional[str] = typer.Option(None, help="roll MODEL's alias back to its previous version"),
+            rollback: Optional[str] = typer.Option(None, callback=MODEL_NAME,
+                                                   help="roll MODEL's alias back to its previous version"),
             actor: str = typer.Option(os.environ.get("USER", "cli"), help="who decides"),
             reason: str = "", summary_path: Optional[Path] = SUMMARY):
     """Gate a candidate for an alias (paired bootstrap against the holder and baselines), or roll back."""
@@ -207,19 +239,21 @@ def promote(candidate: Optional[str] = typer.Argument(None, help="classifier ref
     if not candidate:
         raise typer.BadParameter("give a CANDIDATE or --rollback MODEL")
     from flows.promote import promote_flow
-    out = run_step(promote_flow, candidate, alias=alias, evaluation_id=evaluation, margin=margin, actor=actor)
+    out = run_step(promote_flow, candidate, alias=alias, evaluation_id=evaluation, margin=margin, actor=actor,
+                   reason=reason)
     write_summary(summary_path, out)
     console.print(f"{out['model']} v{out['version']} -> {alias}: {out['decision']}")
 
 
 @app.command()
 def pipeline(source: Path = typer.Argument(..., help="folder of raw images"),
-             dataset: str = typer.Option(..., "--dataset", "-d"),
+             dataset: str = typer.Option(..., "--dataset", "-d", callback=DATASET_NAME),
              labels_export: Path = typer.Option(..., "--labels", help="Label Studio JSON export"),
              recipe: str = RECIPE, steps: Optional[int] = None,
              generic: Optional[Path] = typer.Option(None, help="folder of generic images for a generic baseline"),
              fractions: str = "0.05,0.1,0.25,0.5,1.0", seeds: str = "0,1,2", margin: float = 0.0,
-             classes: Optional[str] = typer.Option(None, help="comma-separated class names the project allows"),
+             classes: Optional[str] = typer.Option(None, callback=CLASS_LIST,
+                                                   help="comma-separated class names the project allows"),
              budget_minutes: Optional[float] = BUDGET, methods: str = METHODS):
     """The whole loop: ingest, labels, pretrain, evaluate, adapt, promote."""
     prepare()
@@ -307,7 +341,7 @@ def models_list():
 
 
 @models_app.command("show")
-def models_show(name: str, as_json: bool = typer.Option(False, "--json", help="machine-readable output")):
+def models_show(name: str = typer.Argument(..., callback=MODEL_NAME), as_json: bool = typer.Option(False, "--json", help="machine-readable output")):
     """One model: its versions with lineage and metrics, aliases and promotion events."""
     settings = prepare()
     from components.registry import views
@@ -337,7 +371,8 @@ def models_show(name: str, as_json: bool = typer.Option(False, "--json", help="m
 
 @backbone_app.command("import")
 def backbone_import(path: Path = typer.Argument(..., help="timm / Hugging Face ViT weights: .safetensors, .pth, .pt, .bin"),
-                    name: str = typer.Option(..., "--name", help="backbone model name, e.g. imagenet-vit-s"),
+                    name: str = typer.Option(..., "--name", callback=MODEL_NAME,
+                                             help="backbone model name, e.g. imagenet-vit-s"),
                     img_size: int = typer.Option(64, help="input size the backbone will see (position table resized)"),
                     patch_size: Optional[int] = typer.Option(None, help="default: the file's patch size"),
                     arch: Optional[str] = typer.Option(None, help="tiny, small or base (ViT-Ti/S/B width, depth, heads)"),
@@ -369,7 +404,7 @@ def backbone_import(path: Path = typer.Argument(..., help="timm / Hugging Face V
 
 
 @backbone_app.command("baseline")
-def backbone_baseline(ref: str = typer.Argument(..., help="backbone ref, e.g. generic-mae:2"),
+def backbone_baseline(ref: str = typer.Argument(..., callback=MODEL_REF, help="backbone ref, e.g. generic-mae:2"),
                       reason: str = typer.Option("generic baseline", help="why, recorded with the event"),
                       actor: str = typer.Option(os.environ.get("USER", "cli"), help="who decides")):
     """Put a backbone version under its model's `baseline` alias (a recorded promotion event)."""
@@ -400,7 +435,8 @@ def _retrain_name(settings: Settings) -> str:
 
 
 FEEDBACK_OPTIONS = dict(
-    classes=typer.Option(None, help="comma-separated classes (default: the production model's or the latest snapshot's)"),
+    classes=typer.Option(None, callback=CLASS_LIST,
+                         help="comma-separated classes (default: the production model's or the latest snapshot's)"),
     queue_size=typer.Option(100, help="tasks ranked in the 'dlvm queue' tab"),
     uncertainty=typer.Option("margin", help="least_confidence, margin or entropy"),
     diversity=typer.Option(True, help="spread the queue over feature space (--no-diversity: uncertainty only)"),
@@ -409,7 +445,7 @@ FEEDBACK_OPTIONS = dict(
 
 
 @feedback_app.command("run")
-def feedback_run(dataset: str = typer.Option(..., "--dataset", "-d"),
+def feedback_run(dataset: str = typer.Option(..., "--dataset", "-d", callback=DATASET_NAME),
                  classes: Optional[str] = FEEDBACK_OPTIONS["classes"],
                  queue_size: int = FEEDBACK_OPTIONS["queue_size"],
                  uncertainty: str = FEEDBACK_OPTIONS["uncertainty"],
@@ -427,7 +463,7 @@ def feedback_run(dataset: str = typer.Option(..., "--dataset", "-d"),
 
 
 @feedback_app.command("serve")
-def feedback_serve(dataset: str = typer.Option(..., "--dataset", "-d"),
+def feedback_serve(dataset: str = typer.Option(..., "--dataset", "-d", callback=DATASET_NAME),
                    interval: int = typer.Option(3600, help="seconds between feedback rounds"),
                    classes: Optional[str] = FEEDBACK_OPTIONS["classes"],
                    queue_size: int = FEEDBACK_OPTIONS["queue_size"],
@@ -445,8 +481,9 @@ def feedback_serve(dataset: str = typer.Option(..., "--dataset", "-d"),
 
 
 @feedback_app.command("retrain")
-def feedback_retrain(dataset: str = typer.Option(..., "--dataset", "-d"),
-                     backbone: Optional[str] = typer.Option(None, help="default: the production model's backbone, else <dataset>-mae"),
+def feedback_retrain(dataset: str = typer.Option(..., "--dataset", "-d", callback=DATASET_NAME),
+                     backbone: Optional[str] = typer.Option(None, callback=BACKBONE_REF,
+                                                            help="default: the production model's backbone, else <dataset>-mae"),
                      method: str = typer.Option("probe", help="probe, finetune, lora or prototype"),
                      recipe: str = RECIPE, fractions: str = typer.Option("0.25,1.0", help="evaluation label fractions"),
                      seeds: str = typer.Option("0", help="evaluation seeds"), margin: float = 0.0,
@@ -461,7 +498,7 @@ def feedback_retrain(dataset: str = typer.Option(..., "--dataset", "-d"),
 
 @feedback_app.command("webhook")
 def feedback_webhook(host: str = typer.Option("127.0.0.1"), port: int = typer.Option(8765),
-                     dataset: str = typer.Option(..., "--dataset", "-d"),
+                     dataset: str = typer.Option(..., "--dataset", "-d", callback=DATASET_NAME),
                      min_interval: float = typer.Option(300.0, help="seconds between two retrain starts")):
     """Receive Label Studio's annotation webhooks; start the retrain deployment every
     DLVM_RETRAIN_AFTER_LABELS new labels (debounced by --min-interval)."""
@@ -495,7 +532,7 @@ def ui(host: str = typer.Option("127.0.0.1", help="address to listen on (0.0.0.0
 
 
 @app.command()
-def serve(dataset: str = typer.Option(..., "--dataset", "-d"),
+def serve(dataset: str = typer.Option(..., "--dataset", "-d", callback=DATASET_NAME),
           source: Optional[Path] = typer.Option(None, help="raw-image folder the nightly deployment ingests"),
           nightly: str = typer.Option("0 2 * * *", help="cron of ingest + label sync ('' = on demand only)"),
           weekly_pretrain: str = typer.Option("0 3 * * 0", help="cron of pretraining ('' = on demand only)"),

@@ -13,6 +13,7 @@ from components.evaluation.metrics import evaluate_predictions
 from components.evaluation.split import label_subset
 from components.models.backbones import config_to_dict, family_of
 from components.models.checkpoint import save_checkpoint
+from components.names import check_dataset, check_model, check_model_ref
 from components.orchestration.lineage import recorded_run
 from components.settings import get_settings
 from components.training.adapt import AdaptConfig, adapt, predict_proba
@@ -47,6 +48,11 @@ def adapt_flow(dataset: str, backbone: str | None = None, method: str = "probe",
     """Adapt `backbone` (a registered backbone ref like 'elpv-simclr', 'elpv-mae:2', or 'scratch')
     with `fraction` of the snapshot's training labels; evaluate on its fixed test split.
     A registered backbone decodes images as it was pretrained (its recorded preprocessing)."""
+    check_dataset(dataset)
+    if backbone is not None:
+        check_model_ref(backbone, allow=("scratch",))
+    if model_name is not None:
+        check_model(model_name)
     settings = get_settings()
     model_name = model_name or f"{dataset}-classifier"
     if not 0 < fraction <= 1:

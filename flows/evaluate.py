@@ -30,6 +30,7 @@ from components.evaluation.sweep import (
     run_unit,
     same_input_size,
 )
+from components.names import check_dataset, check_model_ref
 from components.orchestration.lineage import current_flow_run_id, recorded_run
 from components.orchestration.task_runners import sweep_task_runner
 from components.registry import writes
@@ -113,6 +114,9 @@ def evaluate_flow(dataset: str, backbones: list[str] | None = None, include_scra
     `reference` names the backbone whose 100 %-label score defines label efficiency
     (default: the best non-domain backbone). With the `auto` recipe the fine-tuning epochs
     come from the data's profile and `budget_minutes` (shared by the sweep's fine-tune runs)."""
+    check_dataset(dataset)
+    for ref in list(backbones or []) + ([reference] if reference else []):
+        check_model_ref(ref, allow=("scratch",))
     settings = get_settings()
     version, snapshot = resolve_label_snapshot(settings, dataset, dataset_version, snapshot_version)
     profile = None

@@ -20,6 +20,7 @@ from components.labeling.feedback import (
     plan_preannotations,
 )
 from components.labeling.snapshots import from_json_bytes, merge_snapshot, to_json_bytes
+from components.names import check_alias, check_dataset, check_model
 from components.orchestration.lineage import recorded_run
 from components.orchestration.triggers import start_deployment
 from components.registry import queries
@@ -123,6 +124,10 @@ def feedback_flow(dataset: str, classes: list[str] | None = None, kind: str = "c
     (default `<dataset>-classifier@production`) the round imports tasks and pulls labels
     only. `retrain_after` defaults to DLVM_RETRAIN_AFTER_LABELS; `webhook_url`, when given,
     is registered in the project with DLVM_WEBHOOK_SECRET."""
+    check_dataset(dataset)
+    check_alias(alias)
+    if model is not None:
+        check_model(model)
     settings = get_settings()
     logger = get_run_logger()
     cfg = label_studio_config(settings)

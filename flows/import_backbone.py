@@ -8,6 +8,7 @@ from prefect.cache_policies import NO_CACHE
 
 from components.models.checkpoint import save_checkpoint
 from components.models.weights_file import ImportedWeights, import_vit_weights
+from components.names import check_model
 from components.orchestration.lineage import (
     code_revision,
     current_flow_run_id,
@@ -55,6 +56,7 @@ def import_backbone_flow(path: str, name: str, img_size: int = 64, patch_size: i
     `num_heads`). `alias='baseline'` also makes it the model's generic baseline."""
     if alias not in (None, BASELINE):
         raise ValueError(f"import can only set the {BASELINE!r} alias; {alias!r} moves through `dlvm promote`")
+    check_model(name)
     settings = get_settings()
     config = {"img_size": img_size, "patch_size": patch_size, "arch": arch, "embed_dim": embed_dim,
               "depth": depth, "num_heads": num_heads, "global_pool": global_pool}

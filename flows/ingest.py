@@ -16,6 +16,7 @@ from components.data.ingest import (
     scan_folder,
     stage_into_workspace,
 )
+from components.names import check_dataset, child_path
 from components.orchestration.lineage import current_flow_run_id, recorded_run
 from components.registry import queries, writes
 from components.registry.db import session_scope
@@ -35,8 +36,13 @@ def quarantine_bad(scan_result, source: Path, dest: Path) -> list:
 
 @task(name="find-existing-version", cache_policy=NO_CACHE)
 def find_existing(settings, dataset: str, content_hash: str):
+    # A read: the dataset row is only created with its first version, so a failed ingest
+    # leaves no empty dataset behind.
     with session_scope(settings) as session:
-        ds = writes.get_or_create_dataset(session, dataset)
+        try:
+            ds = queries.get_dataset(session, dataset)
+        except queries.NotFound:
+            return None
         return queries.find_dataset_version(session, ds.id, content_hash)
 
 
@@ -45,7 +51,8 @@ def dvc_add_and_push(settings, scan_result, source: Path, dataset: str):
     workspace = access.dvc_workspace(settings)
     with workspace.exclusive():  # nobody checks another version out between staging and add
         workspace.init()
-        stage_into_workspace(scan_result, source, settings.dvc_repo / access.dataset_rel_dir(dataset))
+        stage_into_workspace(scan_result, source, settings.dvc_repo / access.dataset_rel_dir(dataset),
+                             root=settings.dvc_repo / "data")
         return workspace.add_and_push(access.dataset_rel_dir(dataset))
 
 
@@ -65,6 +72,7 @@ def register_version(settings, dataset: str, manifest: dict, manifest_artifact, 
 @flow(name="ingest", log_prints=True)
 def ingest_flow(source: str, dataset: str) -> dict:
     """Version the images under `source` as a new version of `dataset` (none if unchanged)."""
+    check_dataset(dataset)  # before anything is read, written or recorded: the name becomes paths
     settings = get_settings()
     logger = get_run_logger()
     source_dir = Path(source).expanduser().resolve()
@@ -73,7 +81,8 @@ def ingest_flow(source: str, dataset: str) -> dict:
     with recorded_run(settings, "ingest", {"source": str(source_dir), "dataset": dataset}):
         scan_result = scan(source_dir)
         stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S")
-        bad = quarantine_bad(scan_result, source_dir, settings.quarantine / dataset / stamp) if scan_result.bad else []
+        quarantine_dir = child_path(settings.quarantine, dataset, stamp)
+        bad = quarantine_bad(scan_result, source_dir, quarantine_dir) if scan_result.bad else []
         for item in scan_result.bad:
             logger.warning("quarantined %s: %s (%s)", item.path, item.reason, item.detail)
         if not scan_result.good:
@@ -93,7 +102,7 @@ def ingest_flow(source: str, dataset: str) -> dict:
         "dataset": dataset, "version": version.version, "dataset_version_id": version.id,
         "created": created, "n_images": manifest["n_images"], "content_hash": manifest["content_hash"],
         "quarantined": [{"path": b.path, "reason": b.reason, "detail": b.detail} for b in scan_result.bad],
-        "quarantine_dir": str(settings.quarantine / dataset / stamp) if scan_result.bad else None,
+        "quarantine_dir": str(quarantine_dir) if scan_result.bad else None,
     }
     print(f"ingest: {dataset} v{version.version} ({manifest['n_images']} images, "
           f"{len(scan_result.bad)} quarantined, {'new version' if created else 'unchanged'})")

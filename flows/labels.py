@@ -8,6 +8,7 @@ from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
 from components.labeling.snapshots import build_label_snapshot, to_json_bytes
+from components.names import check_dataset
 from components.orchestration.lineage import recorded_run
 from components.settings import get_settings
 from flows.tasks import (
@@ -27,6 +28,7 @@ def build_snapshot(export: list, manifest: dict, classes: list[str] | None):
 def labels_flow(export_path: str, dataset: str, dataset_version: int | None = None,
                 classes: list[str] | None = None) -> dict:
     """Snapshot the labels in a Label Studio JSON export for a dataset version (latest by default)."""
+    check_dataset(dataset)
     settings = get_settings()
     logger = get_run_logger()
     path = Path(export_path).expanduser().resolve()

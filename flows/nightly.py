@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from prefect import flow
 
+from components.names import check_dataset
 from components.settings import get_settings
 from flows.feedback import feedback_flow
 from flows.ingest import ingest_flow
@@ -13,6 +14,7 @@ from flows.ingest import ingest_flow
 def nightly_flow(source: str, dataset: str, queue_size: int = 100) -> dict:
     """Ingest `source` as `dataset` (a new version only when it changed); then one feedback
     round when Label Studio is configured (DLVM_LABEL_STUDIO_URL)."""
+    check_dataset(dataset)
     ingest = ingest_flow(source, dataset)
     if not get_settings().label_studio_url:
         print("nightly: DLVM_LABEL_STUDIO_URL is not set: no label sync")

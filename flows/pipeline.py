@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from prefect import flow
 
+from components.names import check_dataset
 from components.settings import get_settings
 from components.training.recipes import AUTO, PRETRAIN_SHARE
 from flows.adapt import adapt_flow
@@ -41,6 +42,8 @@ def pipeline_flow(source: str, dataset: str, labels_export: str, classes: list[s
     fine-tuning epochs from the data and the device so that the domain pretraining and
     every fine-tune run share `budget_minutes` (a generic baseline's pretraining comes on
     top: it gets the same recipe and steps, for a fair comparison)."""
+    check_dataset(dataset)
+    check_dataset(generic_dataset)
     ingest = ingest_flow(source, dataset)
     labels = labels_flow(labels_export, dataset, classes=classes)
     n_backbones = 2 + bool(generic_source)  # domain, scratch, generic

@@ -12,6 +12,7 @@ from prefect.cache_policies import NO_CACHE
 
 from components.models.backbones import config_to_dict, family_of
 from components.models.checkpoint import save_checkpoint
+from components.names import check_dataset, check_model, check_model_ref
 from components.orchestration.lineage import recorded_run
 from components.settings import get_settings
 from components.training.launch import pretrain_in_processes
@@ -44,6 +45,11 @@ def pretrain_flow(dataset: str, dataset_version: int | None = None, recipe: str 
     `processes` > 1 runs data-parallel under torchrun (one GPU each on a GPU machine).
     With the `auto` recipe the architecture, input and steps come from the data's profile
     and `budget_minutes` (shared with `finetune_runs` later fine-tunes)."""
+    check_dataset(dataset)
+    if model_name is not None:
+        check_model(model_name)
+    if init_from is not None:
+        check_model_ref(init_from)
     settings = get_settings()
     version = resolve_dataset_version(settings, dataset, dataset_version)
     profile = profile_dataset(settings, dataset, version) if recipe == AUTO else None

@@ -10,13 +10,16 @@ from prefect import flow, task
 from prefect.cache_policies import NO_CACHE
 
 from components.evaluation.gate import promotion_gate
+from components.names import check_alias, check_model_ref
 from components.orchestration.lineage import recorded_run
 from components.registry import refs
 from components.registry.db import session_scope
-from components.registry.promotion import record_promotion
+from components.registry.promotion import HolderChanged, record_promotion
 from components.settings import get_settings
 from components.training.adapt import Classifier, predict_proba
 from flows.tasks import load_artifact, load_labeled_set, load_model_checkpoint
+
+REGATE_ATTEMPTS = 3
 
 
 @task(name="load-promotion-context", cache_policy=NO_CACHE)
@@ -32,42 +35,57 @@ def predict_test(settings, model_version, images) -> np.ndarray:
 
 
 @task(name="record-promotion", cache_policy=NO_CACHE)
-def record(settings, model_name, alias, decision, candidate_id, evaluation_id, evidence, actor, reason):
+def record(settings, model_name, alias, decision, candidate_id, evaluation_id, evidence, actor, reason,
+           holder_id):
     with session_scope(settings) as session:
         return record_promotion(session, model_name=model_name, alias=alias, decision=decision,
                                 candidate_version_id=candidate_id, evaluation_id=evaluation_id,
-                                evidence=evidence, actor=actor, reason=reason)
+                                evidence=evidence, actor=actor, reason=reason, expected_holder_id=holder_id)
 
 
 @flow(name="promote", log_prints=True)
 def promote_flow(candidate: str, alias: str = "production", evaluation_id: int | None = None,
                  margin: float = 0.0, metric: str = "accuracy", confidence: float = 0.95,
-                 actor: str = "pipeline") -> dict:
-    """Gate `candidate` (a classifier ref such as 'elpv-classifier:3') for `alias`."""
+                 actor: str = "pipeline", reason: str = "") -> dict:
+    """Gate `candidate` (a classifier ref such as 'elpv-classifier:3') for `alias`; `reason`
+    (why it is proposed) is recorded with the event, the gate's verdict when none is given."""
+    check_model_ref(candidate)
+    check_alias(alias)
     settings = get_settings()
     with recorded_run(settings, "promote", {"candidate": candidate, "alias": alias, "margin": margin,
                                             "metric": metric, "evaluation_id": evaluation_id}):
-        ctx = promotion_context(settings, candidate, alias, evaluation_id)
-        data = load_labeled_set(settings, ctx.dataset, ctx.dataset_version, ctx.snapshot,
-                                ctx.preprocess or ctx.img_size)
-        test_idx = data.test_idx
-        results = json.loads(load_artifact(settings, ctx.evaluation.results_uri, ctx.evaluation.results_sha256))
-        if sorted(results["test_idx"]) != sorted(int(i) for i in test_idx):
-            raise ValueError(f"evaluation {ctx.evaluation.id} used another test split than {candidate}'s "
-                             "label snapshot: re-run evaluate on this snapshot")
-        y_test = data.labels[test_idx]
-        test_images = data.images[test_idx]
-        others = {f"baseline {name}": np.asarray(pred) for name, pred in ctx.baseline_predictions(results).items()}
-        if ctx.current is not None and ctx.current.id != ctx.candidate.id:
-            others[f"{alias} v{ctx.current.version}"] = predict_test(settings, ctx.current, test_images)
-        candidate_pred = predict_test(settings, ctx.candidate, test_images)
-        gate = promotion_gate(y_test, candidate_pred, others, len(data.classes), metric=metric,
-                              margin=margin, confidence=confidence)
-        decision = "promoted" if gate.passed else "rejected"
-        evidence = {"gate": gate.to_dict(), "evaluation_id": ctx.evaluation.id, "n_test": int(len(test_idx)),
-                    "label_snapshot_id": ctx.snapshot.id}
-        event = record(settings, ctx.model_name, alias, decision, ctx.candidate.id, ctx.evaluation.id,
-                       evidence, actor, gate.reason)
+        # Compare-and-swap with the alias: when another promotion moved it while this one was
+        # gating, gate again against the new holder (a few times, then give up).
+        for attempt in range(1, REGATE_ATTEMPTS + 1):
+            ctx = promotion_context(settings, candidate, alias, evaluation_id)
+            data = load_labeled_set(settings, ctx.dataset, ctx.dataset_version, ctx.snapshot,
+                                    ctx.preprocess or ctx.img_size)
+            test_idx = data.test_idx
+            results = json.loads(load_artifact(settings, ctx.evaluation.results_uri, ctx.evaluation.results_sha256))
+            if sorted(results["test_idx"]) != sorted(int(i) for i in test_idx):
+                raise ValueError(f"evaluation {ctx.evaluation.id} used another test split than {candidate}'s "
+                                 "label snapshot: re-run evaluate on this snapshot")
+            y_test = data.labels[test_idx]
+            test_images = data.images[test_idx]
+            others = {f"baseline {name}": np.asarray(pred) for name, pred in ctx.baseline_predictions(results).items()}
+            if ctx.current is not None and ctx.current.id != ctx.candidate.id:
+                others[f"{alias} v{ctx.current.version}"] = predict_test(settings, ctx.current, test_images)
+            candidate_pred = predict_test(settings, ctx.candidate, test_images)
+            gate = promotion_gate(y_test, candidate_pred, others, len(data.classes), metric=metric,
+                                  margin=margin, confidence=confidence)
+            decision = "promoted" if gate.passed else "rejected"
+            holder = ctx.current
+            evidence = {"gate": gate.to_dict(), "evaluation_id": ctx.evaluation.id, "n_test": int(len(test_idx)),
+                        "label_snapshot_id": ctx.snapshot.id,
+                        "holder": {"version_id": holder.id, "version": holder.version} if holder else None}
+            try:
+                event = record(settings, ctx.model_name, alias, decision, ctx.candidate.id, ctx.evaluation.id,
+                               evidence, actor, reason or gate.reason, holder.id if holder else None)
+                break
+            except HolderChanged as exc:
+                if attempt == REGATE_ATTEMPTS:
+                    raise
+                print(f"promote: {exc} (attempt {attempt} of {REGATE_ATTEMPTS})")
     print(f"promote: {ctx.model_name} v{ctx.candidate.version} -> {alias}: {decision.upper()} ({gate.reason})")
     return {"decision": decision, "event_id": event.id, "model": ctx.model_name,
             "version": ctx.candidate.version, "alias": alias, "gate": gate.to_dict()}

@@ -8,6 +8,7 @@ from __future__ import annotations
 from prefect import flow, task
 from prefect.cache_policies import NO_CACHE
 
+from components.names import check_alias, check_dataset, check_model_ref
 from components.registry import queries
 from components.registry.db import session_scope
 from components.settings import get_settings
@@ -31,6 +32,10 @@ def retrain_flow(dataset: str, backbone: str | None = None, method: str = "probe
                  alias: str = "production", pull: bool = True) -> dict:
     """Retrain `dataset`'s classifier on its newest labels and gate it for `alias`.
     `backbone` defaults to the backbone of the current `alias` holder, else `<dataset>-mae`."""
+    check_dataset(dataset)
+    check_alias(alias)
+    if backbone is not None:
+        check_model_ref(backbone, allow=("scratch",))
     settings = get_settings()
     model = f"{dataset}-classifier"
     labels = feedback_flow(dataset, model=model, alias=alias, retrain_after=10**9) \

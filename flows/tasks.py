@@ -1,12 +1,14 @@
 """Tasks shared by several flows: thin wrappers that give component calls Prefect's
 retries, names and logs. I/O that can fail transiently (artifact store, DVC remote)
-is retried; computation and registry reads are not."""
+is retried when the failure is transient (components/failures.py); computation and
+registry reads are not."""
 from __future__ import annotations
 
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from components.data import access
+from components.failures import is_transient
 from components.models.checkpoint import load_checkpoint
 from components.orchestration.lineage import code_revision, current_flow_run_id
 from components.registry import queries, refs, writes
@@ -15,8 +17,17 @@ from components.registry.promotion import designate_baseline
 from components.settings import Settings
 from components.storage import StoredArtifact, open_store
 
+
+def retry_if_transient(task, task_run, state) -> bool:
+    """Prefect's retry condition: retry only failures that can succeed on retry (a dead
+    connection, a 5xx), never deterministic ones (a 403, a missing bucket, a name too long)."""
+    exc = state.data if isinstance(state.data, BaseException) else state.result(raise_on_failure=False)
+    return isinstance(exc, BaseException) and is_transient(exc)
+
+
 # Inputs are large arrays and configs: never hash them for Prefect's cache.
-IO_RETRIES = dict(retries=3, retry_delay_seconds=[1, 5, 15], cache_policy=NO_CACHE)
+IO_RETRIES = dict(retries=3, retry_delay_seconds=[1, 5, 15], retry_condition_fn=retry_if_transient,
+                  cache_policy=NO_CACHE)
 ONCE = dict(cache_policy=NO_CACHE)
 
 

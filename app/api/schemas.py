@@ -9,9 +9,9 @@ from typing import Any, Literal, Optional
 
 from pydantic import BaseModel, ConfigDict, Field
 
-# A model or dataset name as the registry accepts it (see components/registry/refs.py).
-NAME_PATTERN = r"^[A-Za-z0-9][\w.\-]{0,127}$"
-ALIAS_PATTERN = r"^[A-Za-z][\w.\-]{0,63}$"
+# A model or dataset name and an alias: the one rule of components/names.py, which the
+# command line, the flows and the registry writes apply too (re-exported for deps.py).
+from components.names import ALIAS_PATTERN, NAME_PATTERN  # noqa: F401
 
 
 class Health(BaseModel):

@@ -15,13 +15,14 @@ from components.data.dvc import DvcWorkspace
 from components.data.images import ImageCache, Preprocess
 from components.data.profile import DataProfile, profile_manifest
 from components.evaluation.split import test_split
+from components.names import check_dataset
 from components.settings import Settings
 from components.storage import open_store
 
 
 def dataset_rel_dir(dataset: str) -> str:
-    """Where a dataset's files live inside the DVC workspace."""
-    return f"data/{dataset}"
+    """Where a dataset's files live inside the DVC workspace (the name is checked: it becomes a path)."""
+    return f"data/{check_dataset(dataset)}"
 
 
 def dvc_workspace(settings: Settings) -> DvcWorkspace:

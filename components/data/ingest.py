@@ -152,16 +152,29 @@ def quarantine(scan: IngestScan, src: Path | str | None, dest_dir: Path | str) -
     return list(scan.bad)
 
 
-def stage_into_workspace(scan: IngestScan, src: Path | str | None, workspace_dir: Path | str) -> dict[str, int]:
+class SourceChanged(ValueError):
+    """A file's bytes changed between the scan (which hashed them) and staging."""
+
+
+def stage_into_workspace(scan: IngestScan, src: Path | str | None, workspace_dir: Path | str,
+                         root: Path | str | None = None) -> dict[str, int]:
     """Make ``workspace_dir`` hold exactly the scan's good images (read from ``src``,
     default: the scanned folder) at their relative paths.
 
-    New or changed files are copied (each one atomically: temp file + rename), unchanged
-    ones (same sha256) are left alone, anything else in the directory is deleted.
-    Returns counts: copied, unchanged, removed.
+    New or changed files are copied (each one atomically: temp file + rename) and hashed
+    while they are copied: a file whose bytes are no longer the ones the scan hashed raises
+    :class:`SourceChanged` and is not staged, so a version is never recorded with one hash
+    and other bytes. Unchanged ones (same sha256) are left alone, anything else in the
+    directory is deleted. Since this deletes, ``workspace_dir`` must resolve strictly inside
+    ``root`` when one is given (the flows pass the workspace's data folder), and never
+    contain the source. Returns counts: copied, unchanged, removed.
     """
     src = Path(src).resolve() if src is not None else scan.root
     workspace_dir = Path(workspace_dir).resolve()
+    if root is not None:
+        base = Path(root).resolve()
+        if workspace_dir == base or not workspace_dir.is_relative_to(base):
+            raise ValueError(f"refusing to stage into {workspace_dir}: it is not strictly inside {base}")
     if (workspace_dir / ".dvc").exists():
         raise ValueError(f"{workspace_dir} is a DVC repository root; stage into a sub-directory of it")
     if workspace_dir == src or src.is_relative_to(workspace_dir):
@@ -177,7 +190,7 @@ def stage_into_workspace(scan: IngestScan, src: Path | str | None, workspace_dir
             unchanged += 1
             continue
         target.parent.mkdir(parents=True, exist_ok=True)
-        _atomic_copy(src / rel, target)
+        _atomic_copy(src / rel, target, expect_sha256=rec.sha256)
         copied += 1
 
     # Remove everything not wanted (hidden files included: the workspace is ours), then
@@ -197,11 +210,20 @@ def stage_into_workspace(scan: IngestScan, src: Path | str | None, workspace_dir
     return {"copied": copied, "unchanged": unchanged, "removed": removed}
 
 
-def _atomic_copy(src: Path, dest: Path) -> None:
-    fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".tmp")
-    os.close(fd)
+def _atomic_copy(src: Path, dest: Path, expect_sha256: str | None = None) -> None:
+    # A short temp name: a source name near the file system's 255-byte limit must not
+    # overflow it with a prefix and suffix.
+    fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=".stage-", suffix=".tmp")
     try:
-        shutil.copyfile(src, tmp)
+        digest = hashlib.sha256()
+        with open(src, "rb") as fin, os.fdopen(fd, "wb") as fout:
+            while block := fin.read(1 << 20):
+                digest.update(block)
+                fout.write(block)
+        if expect_sha256 is not None and digest.hexdigest() != expect_sha256:
+            raise SourceChanged(f"{src} changed after it was validated (sha256 {expect_sha256[:12]}... then, "
+                                f"{digest.hexdigest()[:12]}... now): nothing was versioned; ingest again "
+                                "once the folder is no longer being written")
         os.chmod(tmp, 0o644)  # mkstemp makes 0600 files; staged data is meant to be shared
         os.replace(tmp, dest)
     except BaseException:
@@ -210,7 +232,7 @@ def _atomic_copy(src: Path, dest: Path) -> None:
 
 
 def _atomic_write(dest: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".tmp")
+    fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=".write-", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)

@@ -15,13 +15,14 @@ can turn into a grayscale array:
 A failing check carries a short machine code in ``reason`` and a human sentence in
 ``detail``. Codes: ``unsupported_extension``, ``empty_file``, ``unreadable``,
 ``not_an_image``, ``truncated``, ``corrupt``, ``decompression_bomb``, ``too_small``,
-``too_large``, ``unsupported_mode`` (``duplicate`` is assigned by the folder scan, which
-sees all files).
+``too_large``, ``unsupported_mode``, ``name_too_long`` (``duplicate`` is assigned by the
+folder scan, which sees all files).
 """
 from __future__ import annotations
 
 import hashlib
 import io
+import os
 import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -56,7 +57,13 @@ REASONS: tuple[str, ...] = (
     "too_large",
     "unsupported_mode",
     "duplicate",
+    "name_too_long",
 )
+
+# File names longer than this (in UTF-8 bytes) are quarantined: most file systems stop at
+# 255 bytes, and the tools a version passes through (staging, DVC's checkout, an editor's
+# backup) add temporary prefixes and suffixes to a name, which must still fit.
+MAX_NAME_BYTES = 200
 
 
 @dataclass(frozen=True)
@@ -114,6 +121,9 @@ def validate_image(path: Path | str, limits: ImageLimits | None = None) -> Image
     def bad(reason: str, detail: str, **kw) -> ImageCheck:
         return ImageCheck(path=name, ok=False, reason=reason, detail=detail, **kw)
 
+    if len(os.fsencode(path.name)) > MAX_NAME_BYTES:
+        return bad("name_too_long", f"file name is {len(os.fsencode(path.name))} bytes long, "
+                   f"more than {MAX_NAME_BYTES}: rename it")
     if not limits.allows_extension(path):
         return bad("unsupported_extension", f"extension {path.suffix or '(none)'!r} is not one of "
                    f"{', '.join(sorted(limits.extensions))}")

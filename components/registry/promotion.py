@@ -12,6 +12,7 @@ from typing import Any
 
 from sqlmodel import Session, col, select
 
+from components.names import check_alias
 from components.registry.queries import NotFound, get_model
 from components.registry.tables import (
     DECISIONS,
@@ -26,6 +27,19 @@ from components.registry.tables import (
 
 class PromotionError(ValueError):
     """A promotion or rollback that cannot be done as asked (nothing was changed)."""
+
+
+class HolderChanged(PromotionError):
+    """The alias moved between the gate's read of its holder and the recording of the
+    decision: the decision compared the candidate with a version that no longer holds it."""
+
+    def __init__(self, model_name: str, alias: str, expected: int | None, actual: int | None):
+        self.expected, self.actual = expected, actual
+        super().__init__(f"{model_name}@{alias} moved while the candidate was gated (version id "
+                         f"{expected} then, {actual} now): gate again against the new holder")
+
+
+ANY_HOLDER = object()  # record_promotion's default: no compare-and-swap (rollbacks, baselines)
 
 
 def _alias_row(session: Session, model_id: int, alias: str) -> Alias | None:
@@ -43,8 +57,14 @@ def record_promotion(
     evidence: Mapping[str, Any],
     actor: str,
     reason: str = "",
+    expected_holder_id: int | None | object = ANY_HOLDER,
 ) -> PromotionEvent:
     """Record a promotion decision; for 'promoted' and 'rollback' also point ``alias`` at the candidate.
+
+    ``expected_holder_id`` is the holder (model version id, None for none) the decision was
+    made against: if the alias holds another version when the decision is recorded, nothing is
+    recorded and :class:`HolderChanged` is raised (compare-and-swap, under the model's row
+    lock, so of two concurrent promotions the second sees the first's move and re-gates).
 
     The alias move and the event are one unit (a savepoint inside the caller's
     transaction): if anything fails, neither is left behind and the error propagates.
@@ -54,6 +74,7 @@ def record_promotion(
         raise PromotionError(f"decision must be one of {DECISIONS}, not {decision!r}")
     if not actor:
         raise PromotionError("a promotion needs an actor (who or what decided)")
+    check_alias(alias)
     try:
         json.dumps(dict(evidence), allow_nan=False)
     except (TypeError, ValueError) as exc:
@@ -72,6 +93,8 @@ def record_promotion(
     moves = decision in ("promoted", "rollback")
     current = _alias_row(session, model.id, alias)
     previous_version_id = current.model_version_id if current is not None else None
+    if expected_holder_id is not ANY_HOLDER and expected_holder_id != previous_version_id:
+        raise HolderChanged(model_name, alias, expected_holder_id, previous_version_id)
     if moves and previous_version_id == candidate.id:
         raise PromotionError(f"{model_name}:{candidate.version} already holds alias {alias!r}")
 

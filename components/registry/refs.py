@@ -8,6 +8,7 @@ from dataclasses import dataclass
 import numpy as np
 from sqlmodel import Session, col, select
 
+from components.names import InvalidName, check_model_ref
 from components.registry import queries
 from components.registry.tables import (
     Dataset,
@@ -25,9 +26,11 @@ _REF = re.compile(r"^(?P<name>[A-Za-z0-9][\w.\-]*)(?::(?P<version>\d+)|@(?P<alia
 
 def resolve_model_version(session: Session, ref: str) -> ModelVersion:
     """`name` -> latest version, `name:3` -> version 3, `name@alias` -> the alias holder."""
+    try:
+        check_model_ref(ref.strip() if isinstance(ref, str) else ref)
+    except InvalidName as exc:
+        raise InvalidName(f"bad model reference: {exc}; use NAME, NAME:VERSION or NAME@ALIAS") from None
     match = _REF.match(ref.strip())
-    if not match:
-        raise ValueError(f"bad model reference {ref!r}: use NAME, NAME:VERSION or NAME@ALIAS")
     name, version, alias = match["name"], match["version"], match["alias"]
     if version:
         return queries.get_model_version(session, name, int(version))

@@ -12,6 +12,7 @@ from sqlalchemy import func
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, select
 
+from components.names import check_dataset, check_model
 from components.registry.queries import (
     AlreadyRegistered,
     NotFound,
@@ -62,7 +63,7 @@ def _get_or_create(session: Session, row_type: type, name: str, **fields: Any):
 
 
 def get_or_create_dataset(session: Session, name: str) -> Dataset:
-    return _get_or_create(session, Dataset, name)
+    return _get_or_create(session, Dataset, check_dataset(name))
 
 
 def add_dataset_version(
@@ -177,6 +178,7 @@ def finish_run(session: Session, run_id: int, *, status: str = "completed", erro
 def get_or_create_model(session: Session, name: str, kind: str, description: str = "") -> RegisteredModel:
     if kind not in MODEL_KINDS:
         raise ValueError(f"model kind must be one of {MODEL_KINDS}, not {kind!r}")
+    check_model(name)
     model = _get_or_create(session, RegisteredModel, name, kind=kind, description=description)
     if model.kind != kind:
         raise ValueError(f"model {name!r} is registered as a {model.kind}, not a {kind}")
