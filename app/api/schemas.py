@@ -169,12 +169,13 @@ class FlowRuns(BaseModel):
 
 
 class Alert(BaseModel):
-    kind: Literal["failed_run", "stale_production", "metric_drop"]
+    kind: Literal["failed_run", "stale_production", "metric_drop", "drift"]
     severity: Literal["error", "warning"]
     model: Optional[str]
     message: str
     run_id: Optional[int] = None
     flow_run_id: Optional[str] = None
+    batch_id: Optional[int] = Field(None, description="the prediction batch that drifted (kind drift)")
 
 
 class LabelingProgress(BaseModel):
