@@ -178,6 +178,18 @@ class Alert(BaseModel):
     batch_id: Optional[int] = Field(None, description="the prediction batch that drifted (kind drift)")
 
 
+class Prediction(BaseModel):
+    """One image's prediction by the version an alias points at."""
+    model_config = ConfigDict(populate_by_name=True)
+
+    model: str
+    alias: str
+    version: int
+    class_: str = Field(alias="class", description="the predicted class")
+    confidence: float = Field(description="its probability")
+    probabilities: dict[str, float]
+
+
 class LabelingProgress(BaseModel):
     configured: bool = Field(description="whether DLVM_LABEL_STUDIO_URL is set")
     dataset: str
