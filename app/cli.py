@@ -367,6 +367,104 @@ def models_show(name: str = typer.Argument(..., callback=MODEL_NAME), as_json: b
     for event in detail["promotions"]:
         console.print(f"  {event['created_at']}  {event['decision']:<9} {event['alias']}: "
                       f"{event.get('summary') or event.get('reason') or ''}")
+    with session_scope(settings) as session:
+        _print_usage(session, name)
+
+
+# --- using a model: predict, export, model card (issue 17) -------------------------------
+
+
+@app.command()
+def predict(source: str = typer.Argument(..., help="a folder of images, dataset:NAME[:VERSION] or s3://bucket/prefix"),
+            model: str = typer.Option(..., "--model", "-m", help="classifier: NAME (= NAME@production), NAME:V or NAME@ALIAS"),
+            batch_size: int = typer.Option(256, min=1, help="images decoded and predicted at once"),
+            device: Optional[str] = typer.Option(None, help="cpu, cuda, cuda:N (default: DLVM_DEVICE, auto)"),
+            drift_alpha: float = typer.Option(0.01, help="false-alarm rate of the drift alert per batch"),
+            summary_path: Optional[Path] = SUMMARY):
+    """Predict every image of SOURCE with a registered classifier; store the predictions (CSV),
+    embeddings and a summary, register the batch and compare it with the training data (drift)."""
+    prepare()
+    from flows.predict import predict_flow
+    out = run_step(predict_flow, source, model, batch_size=batch_size, device=device, drift_alpha=drift_alpha)
+    write_summary(summary_path, out)
+    for bad in out["failures"]:
+        console.print(f"  unreadable {bad['name']}: {bad['reason']} ({bad['detail']})")
+    drift = out["drift"]
+    console.print(f"{out['model']}: {out['n_images']} images predicted, {out['n_failed']} unreadable "
+                  f"(batch {out['batch_id']}): " + ", ".join(f"{c} {n}" for c, n in out["class_counts"].items()))
+    if drift.get("tested"):
+        fired = [t["name"] for t in drift["tests"] if t["fired"]]
+        console.print(("[red]drift alert[/red]: " + ", ".join(fired)) if drift["alert"] else
+                      f"no drift against the training data ({len(drift['tests'])} tests, "
+                      f"false-alarm rate {drift['alpha']:.0%})")
+    else:
+        console.print(f"drift not tested: {drift.get('reason')}")
+    console.print(f"predictions: {out['predictions_uri']}\nsummary:     {out['summary_uri']}")
+
+
+@app.command("export")
+def export_model(model: str = typer.Argument(..., help="classifier: NAME (= NAME@production), NAME:V or NAME@ALIAS"),
+                 torchscript: bool = typer.Option(False, "--torchscript", help="also export TorchScript"),
+                 opset: int = typer.Option(17, help="ONNX opset"),
+                 output: Optional[Path] = typer.Option(None, "--output", "-o", help="also copy the ONNX file here"),
+                 summary_path: Optional[Path] = SUMMARY):
+    """Export a classifier to ONNX (preprocessing in the graph), check it against torch on the
+    test split (onnxruntime), store it with its sha256 and register it with the check's result."""
+    settings = prepare()
+    from flows.export import export_flow
+    out = run_step(export_flow, model, formats=["onnx", "torchscript"] if torchscript else ["onnx"], opset=opset)
+    write_summary(summary_path, out)
+    for e in out["exports"]:
+        p = e["checks"]["parity"]
+        console.print(f"{out['model']} -> {e['kind']}: {e['uri']}\n  sha256 {e['sha256']}\n  parity on {p['n_images']} "
+                      f"test images: max |diff| {p['max_abs_diff']:.2e}, top-1 agreement {p['top1_agreement']:.2%}: "
+                      + ("passed" if p["passed"] else "[red]FAILED[/red]"))
+    if output is not None:
+        from components.storage import open_store
+        onnx = next(e for e in out["exports"] if e["kind"] == "onnx")
+        output.parent.mkdir(parents=True, exist_ok=True)
+        open_store(settings).get_file(onnx["uri"], onnx["sha256"], output)
+        console.print(f"copied to {output}")
+
+
+@models_app.command("card")
+def models_card(ref: str = typer.Argument(..., help="NAME (production version, else latest) or NAME:VERSION"),
+                output: Optional[Path] = typer.Option(None, "--output", "-o", help="write the markdown here")):
+    """The model card (markdown) of a classifier version, from the registry only."""
+    settings = prepare()
+    from components.inference.card import model_card
+    from components.registry.db import read_session
+    from components.storage import open_store
+    store = open_store(settings)
+    with read_session(settings) as session:
+        text = run_step(model_card, session, ref, store.get_bytes)
+    if output is None:
+        print(text)
+    else:
+        output.parent.mkdir(parents=True, exist_ok=True)
+        output.write_text(text)
+        console.print(f"wrote {output}")
+
+
+def _print_usage(session, name: str) -> None:
+    """`models show`: the latest prediction batches with their drift verdicts, and exports."""
+    from components.registry import usage
+    batches = usage.prediction_batches(session, name, limit=5)
+    for alert in usage.drift_alerts(session):
+        if alert["model"] == name:
+            console.print(f"[red]drift alert[/red]: {alert['message']}")
+    if batches:
+        table = Table("batch", "version", "when", "images", "unreadable", "drift", "source")
+        for b in batches:
+            verdict = {None: "not tested", True: "[red]ALERT[/red]", False: "none"}[b["drift_alert"]]
+            table.add_row(str(b["id"]), f"v{b['version']}", b["created_at"][:19], str(b["n_images"]),
+                          str(b["n_failed"]), verdict, b["source"])
+        console.print(table)
+    for a in usage.model_artifacts(session, name):
+        if a["kind"] != "drift_reference":
+            parity = a["checks"].get("parity", {})
+            console.print(f"  export v{a['version']} {a['kind']}: {a['artifact_uri']} "
+                          f"(parity {'passed' if parity.get('passed') else 'FAILED'})")
 
 
 @backbone_app.command("import")

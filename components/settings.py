@@ -80,6 +80,8 @@ class Settings(BaseSettings):
     alert_stale_days: float = Field(30.0, gt=0, description="a production model older than this is stale")
     alert_metric_drop: float = Field(0.02, ge=0, description="production this far below a former production "
                                      "version's accuracy raises an alert")
+    predict_max_bytes: int = Field(10_000_000, ge=1024, description="largest image body the prediction endpoint "
+                                                                    "accepts (bytes); larger ones get 413")
     device: str = Field("auto", description="torch device: auto, cpu, cuda, cuda:N")
     num_workers: int = Field(0, ge=0, description="data-loading worker processes")
     task_runner: Literal["sequential", "dask"] = Field(

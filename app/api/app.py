@@ -18,7 +18,7 @@ from sqlmodel import Session
 from app.api import schemas
 from app.api.cache import ResponseCache
 from app.api.dashboard import router as dashboard_router
-from app.api.deps import Id, Limit, Name, ReadAccess, Version, Writer, alert_rules
+from app.api.deps import AliasQuery, Id, Limit, Name, ReadAccess, Version, Writer, alert_rules
 from components.registry import monitoring, queries, views
 from components.registry.db import current_revision, read_session, session_scope
 from components.registry.promotion import PromotionError, rollback
@@ -51,6 +51,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         "reads need DLVM_API_READ_TOKEN when the server sets one."))
     app.state.settings = settings
     app.state.cache = ResponseCache()
+    from components.inference.serving import ServedModels  # torch loads on the first prediction, not here
+    app.state.served_models = ServedModels(settings)
 
     @app.exception_handler(queries.NotFound)
     async def not_found(_request: Request, exc: queries.NotFound) -> JSONResponse:
@@ -179,6 +181,31 @@ def _api_routes():
         """Prefect's newest flow runs (asked live); an unreachable Prefect is reported in `error`."""
         return await anyio.to_thread.run_sync(recent_flow_runs, reads.settings, limit, limiter=SLOW_CALLS)
 
+    # --- using a model: predictions and the model card (issue 17) ---------------------
+
+    @api.post("/models/{name}/predict", response_model=schemas.Prediction, tags=["predict"],
+              responses={**NOT_FOUND, 409: {"model": schemas.Problem, "description": "the alias holds no classifier"},
+                         413: {"model": schemas.Problem, "description": "the body is larger than DLVM_PREDICT_MAX_BYTES"},
+                         422: {"model": schemas.Problem, "description": "the body is not an image dlvm can read"},
+                         502: {"model": schemas.Problem, "description": "the model's checkpoint could not be read"}},
+              openapi_extra={"requestBody": {"required": True, "description": "one encoded image (PNG, JPEG, TIFF, BMP)",
+                                             "content": {"application/octet-stream": {"schema": {
+                                                 "type": "string", "format": "binary"}}}}})
+    async def predict(name: Name, request: Request, reads: ReadAccess, alias: AliasQuery = "production"):
+        """Predict one image with the classifier `alias` points at (loaded once, reloaded only when
+        the alias moves): the class, its probability and every class's probability."""
+        body = await _bounded_body(request, reads.settings.predict_max_bytes)
+        served = request.app.state.served_models
+        return await anyio.to_thread.run_sync(_predict_one, served, name, alias, body)
+
+    @api.get("/models/{name}/card", response_class=Response, tags=["models"], responses={
+        **NOT_FOUND, 422: {"model": schemas.Problem, "description": "not a classifier, or a bad version"},
+        200: {"content": {"text/markdown": {}}, "description": "the model card, markdown"}})
+    def model_card(name: Name, reads: ReadAccess,
+                   version: Annotated[Optional[int], Query(ge=1, le=2**31 - 1)] = None):
+        """The model card of `version` (default: production, else the latest), from the registry only."""
+        return Response(_card(reads.settings, name, version), media_type="text/markdown; charset=utf-8")
+
     @api.get("/alerts", response_model=list[schemas.Alert], tags=["ops"])
     def alerts(reads: ReadAccess):
         rules = alert_rules(reads.settings)
@@ -201,6 +228,50 @@ def _promote(settings: Settings, name: str, body: schemas.PromoteRequest) -> dic
         raise HTTPException(409, str(exc)) from exc
     return {"model": out["model"], "alias": out["alias"], "decision": out["decision"],
             "event_id": out["event_id"], "version": out["version"], "gate": out["gate"]}
+
+
+async def _bounded_body(request: Request, limit: int) -> bytes:
+    """The request body, refused with 413 as soon as it is known to exceed ``limit`` bytes
+    (from Content-Length before reading, or while streaming a chunked body)."""
+    declared = request.headers.get("content-length")
+    if declared and declared.isdigit() and int(declared) > limit:
+        raise HTTPException(413, f"the image is {int(declared):,} bytes; this server accepts at most {limit:,}")
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > limit:
+            raise HTTPException(413, f"the image is larger than {limit:,} bytes, the most this server accepts")
+    if not body:
+        raise HTTPException(422, "empty body: send one encoded image as the request body")
+    return bytes(body)
+
+
+def _predict_one(served, name: str, alias: str, body: bytes) -> dict:
+    from components.inference.inputs import UnreadableImage
+    try:
+        return served.predict(name, alias, body)
+    except UnreadableImage as exc:
+        raise HTTPException(422, f"not an image dlvm can read: {exc}") from exc
+    except ArtifactError as exc:
+        raise HTTPException(502, f"the artifact store could not give the model: {exc}") from exc
+    except queries.NotFound:
+        raise
+    except ValueError as exc:  # e.g. the alias holds a backbone
+        raise HTTPException(409, str(exc)) from exc
+
+
+def _card(settings: Settings, name: str, version: int | None) -> str:
+    from components.inference.card import model_card
+    store = open_store(settings)
+    with read_session(settings) as session:
+        try:
+            return model_card(session, f"{name}:{version}" if version else name, store.get_bytes)
+        except queries.NotFound:
+            raise
+        except ArtifactError as exc:
+            raise HTTPException(502, f"the artifact store could not give the label snapshot: {exc}") from exc
+        except ValueError as exc:
+            raise HTTPException(422, str(exc)) from exc
 
 
 def _health(session: Session, database_url: str) -> dict:

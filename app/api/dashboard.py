@@ -80,5 +80,24 @@ def model_page(name: Name, request: Request, settings: Settings = Depends(settin
             "datasets": [monitoring.dataset_history(session, d) for d in datasets],
             "alerts": [a for a in monitoring.alerts(session, alert_rules(settings))
                        if a["model"] in (None, name)],
+            **_usage_context(session, settings, name, detail["kind"]),
         }
     return _page(request, "model.html", settings, credentials, context)
+
+
+def _usage_context(session, settings: Settings, name: str, kind: str) -> dict[str, Any]:
+    """The model page's prediction batches and model card (classifiers only)."""
+    if kind != "classifier" or not views.model_detail(session, name)["versions"]:
+        return {"batches": [], "card_html": None, "card_error": None}
+    from markdown_it import MarkdownIt
+
+    from components.inference.card import model_card
+    from components.registry import usage
+    from components.storage import ArtifactError, open_store
+    try:
+        card = model_card(session, name, open_store(settings).get_bytes)
+        card_html, card_error = MarkdownIt("commonmark", {"html": False}).enable("table").render(card), None
+    except (ArtifactError, ValueError) as exc:  # the page still shows everything else
+        card_html, card_error = None, str(exc)
+    return {"batches": usage.prediction_batches(session, name, limit=10), "card_html": card_html,
+            "card_error": card_error}

@@ -22,6 +22,7 @@ Name = Annotated[str, PathParam(pattern=schemas.NAME_PATTERN, description="model
 Version = Annotated[int, PathParam(ge=1, le=2**31 - 1)]
 Id = Annotated[int, PathParam(ge=1, le=2**31 - 1)]
 Limit = Annotated[int, Query(ge=1, le=500)]
+AliasQuery = Annotated[str, Query(pattern=schemas.ALIAS_PATTERN, description="the alias whose version predicts")]
 
 
 async def settings_dep(request: Request) -> Settings:

@@ -169,12 +169,25 @@ class FlowRuns(BaseModel):
 
 
 class Alert(BaseModel):
-    kind: Literal["failed_run", "stale_production", "metric_drop"]
+    kind: Literal["failed_run", "stale_production", "metric_drop", "drift"]
     severity: Literal["error", "warning"]
     model: Optional[str]
     message: str
     run_id: Optional[int] = None
     flow_run_id: Optional[str] = None
+    batch_id: Optional[int] = Field(None, description="the prediction batch that drifted (kind drift)")
+
+
+class Prediction(BaseModel):
+    """One image's prediction by the version an alias points at."""
+    model_config = ConfigDict(populate_by_name=True)
+
+    model: str
+    alias: str
+    version: int
+    class_: str = Field(alias="class", description="the predicted class")
+    confidence: float = Field(description="its probability")
+    probabilities: dict[str, float]
 
 
 class LabelingProgress(BaseModel):

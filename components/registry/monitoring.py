@@ -29,6 +29,7 @@ from components.registry.tables import (
     Run,
     utcnow,
 )
+from components.registry.usage import drift_alerts
 from components.registry.views import (
     iso,
     promotion_dict,
@@ -180,9 +181,10 @@ def _metric(version: ModelVersion, metric: str) -> float | None:
 
 
 def alerts(session: Session, rules: AlertRules = AlertRules(), now: datetime | None = None) -> list[dict[str, Any]]:
-    """What an operator should look at: failed runs, stale production models, metric drops.
+    """What an operator should look at: failed runs, stale production models, metric drops,
+    prediction batches that drifted from the training data.
 
-    Each alert: {"kind": "failed_run" | "stale_production" | "metric_drop", "severity":
+    Each alert: {"kind": "failed_run" | "stale_production" | "metric_drop" | "drift", "severity":
     "error" | "warning", "model": name or None, "message"}.
     """
     now = now or utcnow()
@@ -214,6 +216,7 @@ def alerts(session: Session, rules: AlertRules = AlertRules(), now: datetime | N
         drop = _metric_drop(session, model, holder, rules)
         if drop:
             out.append({"kind": "metric_drop", "severity": "warning", "model": model.name, "message": drop})
+    out += drift_alerts(session)
     return out
 
 
@@ -268,7 +271,7 @@ __all__ = ["AlertRules", "NotFound", "alerts", "dataset_history", "lineage", "mo
 _STAMP_SQL = "SELECT " + ", ".join(
     [f"(SELECT max(id) FROM {table})" for table in (
         "dataset", "dataset_version", "label_snapshot", "run", "registered_model", "model_version",
-        "evaluation", "evaluation_result", "promotion_event", "alias")]
+        "evaluation", "evaluation_result", "promotion_event", "alias", "model_artifact", "prediction_batch")]
     + ["(SELECT count(finished_at) FROM run)"])
 
 

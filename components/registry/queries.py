@@ -15,7 +15,9 @@ from components.registry.tables import (
     DatasetVersion,
     Evaluation,
     LabelSnapshot,
+    ModelArtifact,
     ModelVersion,
+    PredictionBatch,
     RegisteredModel,
 )
 
@@ -168,4 +170,11 @@ def referenced_artifacts(session: Session) -> list[ArtifactRef]:
                          (r.results_uri, r.results_sha256)):
             if uri:
                 refs.append(ArtifactRef("evaluation", r.id, uri, sha or ""))
+    for r in session.exec(select(ModelArtifact).order_by(col(ModelArtifact.id))).all():
+        refs.append(ArtifactRef("model_artifact", r.id, r.artifact_uri, r.sha256))
+    for r in session.exec(select(PredictionBatch).order_by(col(PredictionBatch.id))).all():
+        for uri, sha in ((r.predictions_uri, r.predictions_sha256), (r.summary_uri, r.summary_sha256),
+                         (r.embeddings_uri, r.embeddings_sha256)):
+            if uri:
+                refs.append(ArtifactRef("prediction_batch", r.id, uri, sha or ""))
     return refs

@@ -1,5 +1,6 @@
 """The model registry's tables: datasets, label snapshots, runs, models, aliases,
-evaluations and promotions.
+evaluations and promotions; and what using a model leaves behind: its exports and drift
+references (``model_artifact``) and its prediction batches (``prediction_batch``).
 
 All timestamps are timezone-aware UTC. JSON columns hold plain JSON-able data (params,
 metrics, evidence). Rows are append-only except ``Alias`` (moved by promotions) and
@@ -239,6 +240,50 @@ class PromotionEvent(SQLModel, table=True):
     created_at: datetime = _created()
 
 
+class ModelArtifact(SQLModel, table=True):
+    """A file derived from a model version: an ONNX or TorchScript export with the result of
+    its parity check, or the drift reference its prediction batches are compared with."""
+
+    __tablename__ = "model_artifact"
+    __table_args__ = (CheckConstraint("kind IN ('onnx', 'torchscript', 'drift_reference')", name="kind"),)
+
+    id: Optional[int] = Field(default=None, primary_key=True)
+    model_version_id: int = Field(foreign_key="model_version.id", index=True)
+    kind: str  # onnx | torchscript | drift_reference
+    artifact_uri: str
+    sha256: str
+    size: int
+    details: dict[str, Any] = _json_dict()  # opset, inputs/outputs, preprocessing; the reference's make-up
+    checks: dict[str, Any] = _json_dict()  # the parity check (onnxruntime/TorchScript vs torch) and its verdict
+    flow_run_id: Optional[str] = None
+    created_at: datetime = _created()
+
+
+class PredictionBatch(SQLModel, table=True):
+    """One `dlvm predict` run: which model version saw which inputs, where the per-image
+    predictions are, and how the batch compared with the model's training data."""
+
+    __tablename__ = "prediction_batch"
+
+    id: Optional[int] = Field(default=None, primary_key=True)
+    model_version_id: int = Field(foreign_key="model_version.id", index=True)
+    source: str = Field(sa_type=Text)  # a folder, dataset:NAME:V or s3://bucket/prefix
+    n_images: int  # predicted
+    n_failed: int = 0  # unreadable, reported per file in the summary
+    predictions_uri: str  # CSV, one row per image
+    predictions_sha256: str
+    summary_uri: str  # JSON: counts, failures, drift report
+    summary_sha256: str
+    embeddings_uri: Optional[str] = None  # float32 .npy [n_images, D], rows = the CSV's embedding_id
+    embeddings_sha256: Optional[str] = None
+    class_counts: dict[str, Any] = _json_dict()
+    drift_alert: Optional[bool] = None  # None: not tested (too few images or no reference)
+    drift: dict[str, Any] = _json_dict()
+    flow_run_id: Optional[str] = None
+    created_at: datetime = _created()
+
+
 RUN_STATUSES = ("running", "completed", "failed")
 MODEL_KINDS = ("backbone", "classifier")
 DECISIONS = ("promoted", "rejected", "rollback")
+MODEL_ARTIFACT_KINDS = ("onnx", "torchscript", "drift_reference")
