@@ -80,6 +80,9 @@ class Settings(BaseSettings):
     alert_stale_days: float = Field(30.0, gt=0, description="a production model older than this is stale")
     alert_metric_drop: float = Field(0.02, ge=0, description="production this far below a former production "
                                      "version's accuracy raises an alert")
+    shard_threshold: int = Field(20_000, ge=1, description="ingest versions a folder of more images than this as "
+                                 "tar shards + index instead of one file per image (docs/SCALING.md)")
+    shard_size: int = Field(1_000, ge=1, description="images per shard when ingest packs shards")
     device: str = Field("auto", description="torch device: auto, cpu, cuda, cuda:N")
     num_workers: int = Field(0, ge=0, description="data-loading worker processes")
     task_runner: Literal["sequential", "dask"] = Field(
