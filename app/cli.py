@@ -32,6 +32,9 @@ app.add_typer(feedback_app, name="feedback")
 stack_app = typer.Typer(help="The service stack on loopback without Docker: Prefect server, S3 server, Label Studio.",
                         no_args_is_help=True)
 app.add_typer(stack_app, name="stack")
+data_app = typer.Typer(help="Public datasets written out as a user's raw folders and label exports.",
+                       no_args_is_help=True)
+app.add_typer(data_app, name="data")
 # Wide enough for URIs and tables when output goes to a file or a CI log.
 console = Console(width=None if sys.stdout.isatty() else 160, soft_wrap=True)
 
@@ -121,34 +124,103 @@ def parse_list(text: str, kind=float) -> list:
 @app.command()
 def ingest(path: Path = typer.Argument(..., help="folder of raw images"),
            dataset: str = typer.Option(..., "--dataset", "-d", callback=DATASET_NAME, help="dataset name"),
+           include: Optional[list[str]] = typer.Option(
+               None, "--include", help="glob of files to take (repeatable; default: every file). Without '/' it "
+                                       "matches a file or folder name ('*.png'), with '/' the path from the folder "
+                                       "('train/*'); case-insensitive"),
+           exclude: Optional[list[str]] = typer.Option(
+               None, "--exclude", help="glob of files to leave out (repeatable), e.g. 'masks' or '*_mask.png'"),
            summary_path: Optional[Path] = SUMMARY):
-    """Validate a folder of images, version it with DVC and register the dataset version."""
+    """Validate a folder of images, version it with DVC and register the dataset version.
+
+    A folder of more images than DLVM_SHARD_THRESHOLD (20,000) is versioned as tar shards."""
     prepare()
     from flows.ingest import ingest_flow
-    summary = run_step(ingest_flow, str(path), dataset)
+    summary = run_step(ingest_flow, str(path), dataset, include or [], exclude or [])
     write_summary(summary_path, summary)
     for bad in summary["quarantined"]:
         console.print(f"  quarantined {bad['path']}: {bad['reason']} ({bad['detail']})")
+    _print_folder_counts(summary["folders"])
     state = "new version" if summary["created"] else "unchanged, no new version"
     console.print(f"{dataset} v{summary['version']}: {summary['n_images']} images, "
-                  f"{len(summary['quarantined'])} quarantined ({state})")
+                  f"{len(summary['quarantined'])} quarantined, {summary['excluded']} left out by the patterns "
+                  f"({state}; {summary['layout']})")
     if summary["quarantine_dir"]:
         console.print(f"quarantine: {summary['quarantine_dir']}")
 
 
+def _print_folder_counts(folders: list[dict], limit: int = 40) -> None:
+    """What ingest took from each sub-folder: the busiest first when there are many."""
+    if len(folders) <= 1 and not any(f["excluded"] for f in folders):
+        return
+    table = Table("folder", "taken", "quarantined", "left out", title="per folder")
+    shown = sorted(folders, key=lambda f: -(f["taken"] + f["quarantined"] + f["excluded"]))[:limit]
+    for f in sorted(shown, key=lambda f: f["folder"]):
+        table.add_row(f["folder"], str(f["taken"]), str(f["quarantined"]), str(f["excluded"]))
+    console.print(table)
+    if len(folders) > limit:
+        console.print(f"  ... and {len(folders) - limit} more folders (all of them in --summary)")
+
+
+@data_app.command("wm811k")
+def data_wm811k(out: Path = typer.Option(..., "--out", help="folder to write (empty, or an earlier output)"),
+                npz: Optional[Path] = typer.Option(None, "--npz", help="wm811k.npz (default: $DLVM_WM811K_NPZ, "
+                                                   "else shared/data/wafer-wm811k/ beside this directory)"),
+                limit_per_split: Optional[int] = typer.Option(None, "--limit-per-split",
+                                                              help="at most this many maps per split, class mix kept"),
+                url_prefix: Optional[str] = typer.Option(None, help="prefix of the image references in the exports "
+                                                         "(default: Label Studio local files, /data/local-files/?d=wm811k/)")):
+    """WM-811K wafer maps as PNG files (pool/ for pretraining, test/), one Label Studio
+    export per published split (labels/), and a summary (wm811k.json)."""
+    from components.data import wm811k
+    try:
+        maps = wm811k.load_wm811k(wm811k.find_wm811k(npz))
+        summary = wm811k.write_wm811k(maps, out, url_prefix=url_prefix or wm811k.DEFAULT_URL_PREFIX,
+                                      limit_per_split=limit_per_split)
+    except USER_ERRORS as exc:
+        console.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(1)
+    table = Table("split", "maps", "export", title=f"WM-811K in {out}")
+    for name, split in summary["splits"].items():
+        table.add_row(name, str(split["maps"]), split["export"])
+    console.print(table)
+    dups = summary["exact_duplicates"]
+    console.print(f"pool/: {summary['pool']} maps ({', '.join(summary['pool_splits'])}), test/: {summary['test']} "
+                  f"maps; {dups['total']} maps repeat an earlier one value for value (ingest quarantines them; "
+                  f"{dups['test_maps_equal_to_a_pool_map']} test maps equal a pool map)")
+    console.print(f"next: dlvm ingest {out / 'pool'} --dataset wm811k-pool; "
+                  f"dlvm labels {out / 'labels' / 'train_1.json'} --dataset wm811k-pool")
+
+
 @app.command()
-def labels(export: Path = typer.Argument(..., help="Label Studio JSON export"),
+def labels(export: Optional[Path] = typer.Argument(None, help="Label Studio JSON export"),
            dataset: str = typer.Option(..., "--dataset", "-d", callback=DATASET_NAME),
            dataset_version: Optional[int] = typer.Option(None, help="default: latest"),
            classes: Optional[str] = typer.Option(None, callback=CLASS_LIST,
                                                  help="comma-separated class names the project allows; "
                                                  "labels outside them are reported as unknown_class"),
+           from_folders: Optional[Path] = typer.Option(
+               None, "--from-folders", help="instead of an export: a folder with one sub-folder per class"),
+           from_prefix: Optional[Path] = typer.Option(
+               None, "--from-prefix", help="instead of an export: a folder whose file names start with their "
+                                           "class, e.g. crack_0001.png"),
+           prefix_separator: str = typer.Option("_", "--prefix-separator",
+                                                help="what ends the class in a --from-prefix file name"),
+           from_csv: Optional[Path] = typer.Option(
+               None, "--from-csv", help="instead of an export: a CSV of path,label rows"),
            summary_path: Optional[Path] = SUMMARY):
-    """Build a validated label snapshot from a Label Studio JSON export."""
+    """Build a validated label snapshot from a Label Studio JSON export, class folders,
+    class-prefixed file names or a path,label CSV (the same checks for each)."""
+    given = [(kind, p) for kind, p in (("label-studio", export), ("folders", from_folders),
+                                       ("prefix", from_prefix), ("csv", from_csv)) if p is not None]
+    if len(given) != 1:
+        console.print("[red]error:[/red] give exactly one of EXPORT, --from-folders, --from-prefix, --from-csv")
+        raise typer.Exit(2)
+    source, label_path = given[0]
     prepare()
     from flows.labels import labels_flow
-    summary = run_step(labels_flow, str(export), dataset, dataset_version,
-                       parse_list(classes, str) if classes else None)
+    summary = run_step(labels_flow, str(label_path), dataset, dataset_version,
+                       parse_list(classes, str) if classes else None, source, prefix_separator)
     write_summary(summary_path, summary)
     for issue in summary["issues"]:
         console.print(f"  {issue['kind']}: {issue['image']} ({issue['detail']})")

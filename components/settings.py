@@ -82,6 +82,9 @@ class Settings(BaseSettings):
                                      "version's accuracy raises an alert")
     predict_max_bytes: int = Field(10_000_000, ge=1024, description="largest image body the prediction endpoint "
                                                                     "accepts (bytes); larger ones get 413")
+    shard_threshold: int = Field(20_000, ge=1, description="ingest versions a folder of more images than this as "
+                                 "tar shards + index instead of one file per image (docs/SCALING.md)")
+    shard_size: int = Field(1_000, ge=1, description="images per shard when ingest packs shards")
     device: str = Field("auto", description="torch device: auto, cpu, cuda, cuda:N")
     num_workers: int = Field(0, ge=0, description="data-loading worker processes")
     task_runner: Literal["sequential", "dask"] = Field(

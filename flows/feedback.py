@@ -47,12 +47,9 @@ def setup_project(cfg, dataset: str, version: int, classes: list[str], kind: str
 
 @task(name="label-studio-sync-tasks", **LS_RETRIES)
 def sync_images(settings, cfg, project_id: int, dataset: str, dataset_version, manifest: dict):
-    workspace = access.dvc_workspace(settings)
-    rel_dir = access.dataset_rel_dir(dataset)
-    with workspace.exclusive():  # the image URLs are made from files of this version
-        workspace.init()
-        workspace.checkout(dataset_version.dvc_file, rel_dir)  # the files Label Studio shows
-    image_dir = settings.dvc_repo / rel_dir
+    # The files Label Studio shows: the DVC workspace checked out to this version, or for a
+    # sharded version its members extracted once.
+    image_dir = access.dataset_files(settings, dataset, dataset_version, manifest)
     if settings.label_studio_images == "local-files":
         ls.connect_local_files(cfg, project_id, str(image_dir.resolve()))
     logger = get_run_logger()

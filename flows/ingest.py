@@ -12,10 +12,12 @@ from prefect.cache_policies import NO_CACHE
 from components.data import access
 from components.data.ingest import (
     build_manifest,
+    folder_counts,
     quarantine,
     scan_folder,
     stage_into_workspace,
 )
+from components.data.shards import stage_shards
 from components.names import check_dataset, child_path
 from components.orchestration.lineage import current_flow_run_id, recorded_run
 from components.registry import queries, writes
@@ -25,8 +27,8 @@ from flows.tasks import IO_RETRIES, store_artifact
 
 
 @task(name="scan-folder", cache_policy=NO_CACHE)
-def scan(source: Path):
-    return scan_folder(source)
+def scan(source: Path, include: list[str], exclude: list[str]):
+    return scan_folder(source, include=include, exclude=exclude)
 
 
 @task(name="quarantine-bad-files", cache_policy=NO_CACHE)
@@ -47,13 +49,21 @@ def find_existing(settings, dataset: str, content_hash: str):
 
 
 @task(name="dvc-add-and-push", **IO_RETRIES)
-def dvc_add_and_push(settings, scan_result, source: Path, dataset: str):
+def dvc_add_and_push(settings, scan_result, source: Path, dataset: str, shard_size: int | None):
+    """Stage the good images (one file each, or packed in shards of ``shard_size``), then
+    version them; returns the DVC result and the shard layout (None for one file each)."""
     workspace = access.dvc_workspace(settings)
+    # The dataset's folder, refused unless strictly inside the data folder (names are checked
+    # at the flow's entry; this is the last line of defence before files are deleted).
+    target = child_path(settings.dvc_repo / "data", *Path(access.dataset_rel_dir(dataset)).parts[1:])
+    layout = None
     with workspace.exclusive():  # nobody checks another version out between staging and add
         workspace.init()
-        stage_into_workspace(scan_result, source, settings.dvc_repo / access.dataset_rel_dir(dataset),
-                             root=settings.dvc_repo / "data")
-        return workspace.add_and_push(access.dataset_rel_dir(dataset))
+        if shard_size:
+            layout = stage_shards(source, [(r.path, r.sha256) for r in scan_result.good], target, shard_size)
+        else:
+            stage_into_workspace(scan_result, source, target, root=settings.dvc_repo / "data")
+        return workspace.add_and_push(access.dataset_rel_dir(dataset)), layout
 
 
 @task(name="register-dataset-version", cache_policy=NO_CACHE)
@@ -70,30 +80,47 @@ def register_version(settings, dataset: str, manifest: dict, manifest_artifact, 
 
 
 @flow(name="ingest", log_prints=True)
-def ingest_flow(source: str, dataset: str) -> dict:
-    """Version the images under `source` as a new version of `dataset` (none if unchanged)."""
+def ingest_flow(source: str, dataset: str, include: list[str] | None = None,
+                exclude: list[str] | None = None) -> dict:
+    """Version the images under `source` as a new version of `dataset` (none if unchanged).
+
+    `include` / `exclude`: glob patterns choosing which files count (components/data/ingest.py,
+    `matches_pattern`); a folder of more images than DLVM_SHARD_THRESHOLD is versioned as
+    shards of DLVM_SHARD_SIZE images instead of one file per image."""
     check_dataset(dataset)  # before anything is read, written or recorded: the name becomes paths
     settings = get_settings()
     logger = get_run_logger()
+    include, exclude = list(include or []), list(exclude or [])
     source_dir = Path(source).expanduser().resolve()
     if not source_dir.is_dir():
         raise NotADirectoryError(f"ingest source {source_dir} is not a directory")
-    with recorded_run(settings, "ingest", {"source": str(source_dir), "dataset": dataset}):
-        scan_result = scan(source_dir)
+    with recorded_run(settings, "ingest", {"source": str(source_dir), "dataset": dataset,
+                                           "include": include, "exclude": exclude}):
+        scan_result = scan(source_dir, include, exclude)
         stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S")
         quarantine_dir = child_path(settings.quarantine, dataset, stamp)
         bad = quarantine_bad(scan_result, source_dir, quarantine_dir) if scan_result.bad else []
         for item in scan_result.bad:
             logger.warning("quarantined %s: %s (%s)", item.path, item.reason, item.detail)
         if not scan_result.good:
-            raise ValueError(f"no valid images under {source_dir}: {len(scan_result.bad)} files quarantined")
+            left_out = f", {len(scan_result.excluded)} left out by the patterns" if scan_result.excluded else ""
+            raise ValueError(f"no valid images under {source_dir}: {len(scan_result.bad)} files quarantined{left_out}")
         manifest = build_manifest(scan_result, dataset)
+        if include or exclude:
+            manifest["selection"] = {"include": include, "exclude": exclude}
+        sharded = len(scan_result.good) > settings.shard_threshold
         existing = find_existing(settings, dataset, manifest["content_hash"])
         if existing is not None:
             logger.info("unchanged: %s is already version %d of %s", source_dir, existing.version, dataset)
             version, created = existing, False
         else:
-            dvc = dvc_add_and_push(settings, scan_result, source_dir, dataset)
+            if sharded:
+                logger.info("%d images > DLVM_SHARD_THRESHOLD %d: versioning shards of %d",
+                            len(scan_result.good), settings.shard_threshold, settings.shard_size)
+            dvc, layout = dvc_add_and_push(settings, scan_result, source_dir, dataset,
+                                           settings.shard_size if sharded else None)
+            if layout is not None:
+                manifest["layout"] = layout
             manifest_bytes = json.dumps(manifest, sort_keys=True, indent=1).encode()
             stored = store_artifact(settings, manifest_bytes, "manifests", f"{dataset}.json")
             version = register_version(settings, dataset, manifest, stored, dvc, source_dir, len(bad))
@@ -103,7 +130,19 @@ def ingest_flow(source: str, dataset: str) -> dict:
         "created": created, "n_images": manifest["n_images"], "content_hash": manifest["content_hash"],
         "quarantined": [{"path": b.path, "reason": b.reason, "detail": b.detail} for b in scan_result.bad],
         "quarantine_dir": str(quarantine_dir) if scan_result.bad else None,
+        "excluded": len(scan_result.excluded), "folders": folder_counts(scan_result),
+        "layout": _layout_text(manifest if created else None),
     }
     print(f"ingest: {dataset} v{version.version} ({manifest['n_images']} images, "
-          f"{len(scan_result.bad)} quarantined, {'new version' if created else 'unchanged'})")
+          f"{len(scan_result.bad)} quarantined, {len(scan_result.excluded)} left out by the patterns, "
+          f"{'new version' if created else 'unchanged'}, {summary['layout']})")
     return summary
+
+
+def _layout_text(manifest: dict | None) -> str:
+    if manifest is None:  # unchanged: the existing version keeps the layout it was stored in
+        return "stored as before"
+    layout = manifest.get("layout")
+    if layout:
+        return f"{layout['n_shards']} shards of up to {layout['shard_size']} images"
+    return "one file per image"

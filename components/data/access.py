@@ -8,16 +8,21 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
 from components.data.dvc import DvcWorkspace
 from components.data.images import ImageCache, Preprocess
 from components.data.profile import DataProfile, profile_manifest
+from components.data.shards import PackedFolder, shard_layout
 from components.evaluation.split import test_split
 from components.names import check_dataset
 from components.settings import Settings
 from components.storage import open_store
+
+# Written last into a folder of extracted shard members: the extraction finished.
+EXTRACTED_MARK = ".extracted"
 
 
 def dataset_rel_dir(dataset: str) -> str:
@@ -62,8 +67,44 @@ def dataset_images(settings: Settings, dataset: str, version, size: "int | Prepr
     with workspace.exclusive():
         workspace.init()
         workspace.checkout(version.dvc_file, dataset_rel_dir(dataset))
-        images = cache.load(manifest, image_dir, size, progress=progress)
+        images = cache.load(manifest, image_dir, size, progress=progress, read=_image_reader(manifest, image_dir))
     return manifest, images
+
+
+def _image_reader(manifest: dict, image_dir: Path):
+    """How to read an image's bytes from a checked-out version: from its shards when the
+    version is sharded, else None (one file per image, at its path)."""
+    layout = shard_layout(manifest)
+    if layout is None:
+        return None
+    return PackedFolder(image_dir, layout["index_sha256"]).read
+
+
+def dataset_files(settings: Settings, dataset: str, version, manifest: dict | None = None,
+                  progress: bool = True) -> Path:
+    """A folder holding every image of a dataset version as a file at its manifest path (what
+    Label Studio shows and what gets uploaded for presigned URLs).
+
+    One file per image: the DVC workspace, checked out to this version. Sharded: the shards
+    are checked out and extracted once (every member verified) into the cache, under a
+    folder named by the version's content hash; later calls find it complete."""
+    if manifest is None:
+        manifest = load_json_artifact(settings, version.manifest_uri, version.manifest_sha256)
+    layout = shard_layout(manifest)
+    image_dir = settings.dvc_repo / dataset_rel_dir(dataset)
+    if layout is not None:
+        files_dir = settings.cache / "files" / f"{dataset}-{manifest['content_hash'][:16]}"
+        if (files_dir / EXTRACTED_MARK).is_file():
+            return files_dir
+    workspace = dvc_workspace(settings)
+    with workspace.exclusive():  # nobody checks another version out while its files are read
+        workspace.init()
+        workspace.checkout(version.dvc_file, dataset_rel_dir(dataset))
+        if layout is None:
+            return image_dir
+        PackedFolder(image_dir, layout["index_sha256"]).extract(files_dir, progress=progress)
+    (files_dir / EXTRACTED_MARK).write_text(layout["index_sha256"] + "\n")
+    return files_dir
 
 
 @dataclass

@@ -19,6 +19,7 @@ import hashlib
 import io
 import os
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from dataclasses import asdict, dataclass
 from typing import BinaryIO
@@ -127,11 +128,10 @@ def load_image_array(path: Path | str | BinaryIO, size: "int | Preprocess") -> n
         return decode_array(img, size)
 
 
-def _load_verified(path: Path, size: "int | Preprocess", sha256: str) -> np.ndarray:
-    data = path.read_bytes()
+def _load_verified(data: bytes, where: str, size: "int | Preprocess", sha256: str) -> np.ndarray:
     actual = hashlib.sha256(data).hexdigest()
     if actual != sha256:
-        raise ImageHashMismatch(f"{path}: sha256 {actual} differs from the manifest's {sha256}")
+        raise ImageHashMismatch(f"{where}: sha256 {actual} differs from the manifest's {sha256}")
     with Image.open(io.BytesIO(data)) as img:
         img.load()
         return decode_array(img, size)
@@ -161,12 +161,14 @@ class ImageCache:
             return False
         return arr.shape == (len(manifest["images"]), size, size) and arr.dtype == np.uint8
 
-    def load(self, manifest: dict, images_root: Path | str, size: "int | Preprocess",
-             progress: bool = True) -> np.ndarray:
+    def load(self, manifest: dict, images_root: Path | str, size: "int | Preprocess", progress: bool = True,
+             read: Callable[[str], bytes] | None = None) -> np.ndarray:
         """``[N, size, size]`` uint8 in manifest order; decoded once, then read from disk.
 
-        Every file's sha256 is checked against the manifest while decoding, so a cache
-        entry can only hold the images its key names.
+        ``read(path)`` gives an image's bytes (default: the file ``images_root / path``; a
+        sharded dataset version passes its shards' reader). Every image's sha256 is checked
+        against the manifest while decoding, so a cache entry can only hold the images its
+        key names.
         """
         images = manifest["images"]
         target = self.path_for(manifest, size)
@@ -179,7 +181,8 @@ class ImageCache:
         root = Path(images_root)
         out = np.empty((len(images), size, size), dtype=np.uint8)
         for i, rec in enumerate(tqdm(images, desc=f"decoding {pre.describe()}", unit="img", disable=not progress)):
-            out[i] = _load_verified(root / rec["path"], pre, rec["sha256"])
+            data = read(rec["path"]) if read is not None else (root / rec["path"]).read_bytes()
+            out[i] = _load_verified(data, str(root / rec["path"]), pre, rec["sha256"])
         self.cache_dir.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=self.cache_dir, prefix=f".{target.name}.", suffix=".tmp")
         try:

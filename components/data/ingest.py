@@ -10,6 +10,7 @@ hash.
 """
 from __future__ import annotations
 
+import fnmatch
 import hashlib
 import json
 import os
@@ -17,6 +18,7 @@ import shutil
 import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Sequence
 
 from tqdm.auto import tqdm
 
@@ -59,6 +61,7 @@ class IngestScan:
     root: Path  # the scanned folder (absolute)
     good: list[ImageRecord] = field(default_factory=list)
     bad: list[BadFile] = field(default_factory=list)
+    excluded: list[str] = field(default_factory=list)  # left out by the include/exclude patterns, not read
 
     def bad_by_reason(self) -> dict[str, list[BadFile]]:
         out: dict[str, list[BadFile]] = {}
@@ -81,15 +84,60 @@ def iter_files(src: Path) -> list[str]:
     return sorted(out)
 
 
-def scan_folder(src: Path | str, limits: ImageLimits | None = None, progress: bool = True) -> IngestScan:
-    """Validate every file under ``src`` and split them into good images and bad files."""
+def matches_pattern(rel: str, pattern: str) -> bool:
+    """Whether the relative POSIX path ``rel`` matches a glob ``pattern`` (case-insensitive).
+
+    A pattern without ``/`` matches the file name or any folder name on the path
+    (``*.png``, ``masks``); one with ``/`` matches the whole path or a leading folder of it
+    (``train/masks``, ``*/ground_truth/*.png``). ``*`` also crosses ``/``."""
+    rel, pattern = rel.lower(), pattern.strip().strip("/").lower()
+    parts = rel.split("/")
+    if "/" not in pattern:
+        return any(fnmatch.fnmatchcase(part, pattern) for part in parts)
+    return any(fnmatch.fnmatchcase("/".join(parts[:k]), pattern) for k in range(1, len(parts) + 1))
+
+
+def select_files(files: list[str], include: Sequence[str] = (), exclude: Sequence[str] = ()) -> tuple[list[str], list[str]]:
+    """(taken, excluded): a file is taken when it matches an include pattern (any file when
+    there are none) and no exclude pattern."""
+    taken, excluded = [], []
+    for rel in files:
+        wanted = (not include or any(matches_pattern(rel, p) for p in include)) \
+            and not any(matches_pattern(rel, p) for p in exclude)
+        (taken if wanted else excluded).append(rel)
+    return taken, excluded
+
+
+def folder_counts(scan: IngestScan) -> list[dict]:
+    """Per folder holding files (relative, ``.`` for the top): images taken, files quarantined,
+    files left out by the patterns; sorted by folder."""
+    counts: dict[str, dict] = {}
+
+    def row(rel: str) -> dict:
+        folder = rel.rsplit("/", 1)[0] if "/" in rel else "."
+        return counts.setdefault(folder, {"folder": folder, "taken": 0, "quarantined": 0, "excluded": 0})
+
+    for r in scan.good:
+        row(r.path)["taken"] += 1
+    for b in scan.bad:
+        row(b.path)["quarantined"] += 1
+    for rel in scan.excluded:
+        row(rel)["excluded"] += 1
+    return [counts[k] for k in sorted(counts)]
+
+
+def scan_folder(src: Path | str, limits: ImageLimits | None = None, progress: bool = True,
+                include: Sequence[str] = (), exclude: Sequence[str] = ()) -> IngestScan:
+    """Validate every file under ``src`` (those the include/exclude patterns select, see
+    :func:`select_files`) and split them into good images and bad files."""
     src = Path(src).resolve()
     if not src.is_dir():
         raise NotADirectoryError(f"not a directory: {src}")
     limits = limits or ImageLimits()
-    scan = IngestScan(root=src)
+    taken, excluded = select_files(iter_files(src), include, exclude)
+    scan = IngestScan(root=src, excluded=excluded)
     first_by_hash: dict[str, str] = {}
-    for rel in tqdm(iter_files(src), desc=f"validating {src.name}", unit="img", disable=not progress):
+    for rel in tqdm(taken, desc=f"validating {src.name}", unit="img", disable=not progress):
         check = validate_image(src / rel, limits)
         if not check.ok:
             scan.bad.append(BadFile(rel, check.reason, check.detail))

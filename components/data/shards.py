@@ -20,11 +20,15 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import os
 import tarfile
+import tempfile
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import NamedTuple
+
+from tqdm.auto import tqdm
 
 from components.storage import ArtifactError, ArtifactStore, StoredArtifact
 
@@ -48,32 +52,62 @@ def pack_shards(src: Path, dest: Path, shard_size: int, pattern: str = "*.png") 
     """Pack the files under ``src`` matching ``pattern`` (any depth, sorted by relative path)
     into ``dest/shard-NNNNN.tar`` of ``shard_size`` files each, and write ``dest/index.json``.
     Returns the index."""
-    if shard_size < 1:
-        raise ValueError(f"shard_size must be >= 1, got {shard_size}")
     src, dest = Path(src), Path(dest)
     if not src.is_dir():
         raise ValueError(f"not a folder: {src}")
-    files = sorted((p for p in src.rglob(pattern) if p.is_file()), key=lambda p: p.relative_to(src).as_posix())
+    files = sorted(p.relative_to(src).as_posix() for p in src.rglob(pattern) if p.is_file())
     if not files:
         raise ValueError(f"no files matching {pattern!r} under {src}")
+    return pack_files(src, [(rel, None) for rel in files], dest, shard_size)
+
+
+def pack_files(src: Path, files: list[tuple[str, str | None]], dest: Path, shard_size: int,
+               progress: bool = False) -> dict:
+    """Pack ``src/rel`` for each ``(rel, sha256)`` of ``files`` into shards in ``dest`` (sorted
+    by ``rel``; ``shard_size`` files a shard) and write ``dest/index.json``; returns the index.
+
+    A file whose bytes do not hash to its given sha256 (it changed since it was validated)
+    stops packing with a ValueError; ``None`` takes the file as it is. Each shard is written
+    to a temporary name and renamed, and a shard already there with the right bytes is left
+    alone, so packing a folder again rewrites only the shards that changed."""
+    if shard_size < 1:
+        raise ValueError(f"shard_size must be >= 1, got {shard_size}")
+    src, dest = Path(src), Path(dest)
+    files = sorted(files)
     dest.mkdir(parents=True, exist_ok=True)
     shards, members = [], {}
+    bar = tqdm(total=len(files), desc=f"packing {len(files)} files into shards", unit="img", disable=not progress)
     for number, start in enumerate(range(0, len(files), shard_size)):
         name = f"shard-{number:05d}.tar"
         part = files[start:start + shard_size]
-        with tarfile.open(dest / name, "w", format=tarfile.PAX_FORMAT) as tar:
-            for path in part:
-                data = path.read_bytes()
-                rel = path.relative_to(src).as_posix()
+        buf = io.BytesIO()
+        with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tar:
+            for rel, expected in part:
+                data = (src / rel).read_bytes()
+                digest = _sha256(data)
+                if expected is not None and digest != expected:
+                    raise ValueError(f"{src / rel} changed since it was validated "
+                                     f"(sha256 {digest[:12]}, expected {expected[:12]}): ingest again")
                 info = tarfile.TarInfo(rel)  # mtime, uid, gid 0 and no owner names: reproducible bytes
                 info.size, info.mode = len(data), 0o644
                 tar.addfile(info, io.BytesIO(data))
-                members[rel] = {"shard": number, "size": len(data), "sha256": _sha256(data)}
-        shard_bytes = (dest / name).read_bytes()
-        shards.append({"name": name, "members": len(part), "size": len(shard_bytes), "sha256": _sha256(shard_bytes)})
+                members[rel] = {"shard": number, "size": len(data), "sha256": digest}
+            bar.update(len(part))
+        shard_bytes = buf.getvalue()
+        shard_sha = _sha256(shard_bytes)
+        target = dest / name
+        if not (target.is_file() and target.stat().st_size == len(shard_bytes) and _sha256_file(target) == shard_sha):
+            _atomic_write(target, shard_bytes)
+        shards.append({"name": name, "members": len(part), "size": len(shard_bytes), "sha256": shard_sha})
+    bar.close()
     index = {"format": INDEX_FORMAT, "shard_size": shard_size, "shards": shards, "members": members}
-    (dest / INDEX_NAME).write_text(json.dumps(index, sort_keys=True))
+    _atomic_write(dest / INDEX_NAME, index_bytes(index))
     return index
+
+
+def index_bytes(index: dict) -> bytes:
+    """The bytes an index is written as (its sha256 is what a manifest records)."""
+    return json.dumps(index, sort_keys=True).encode()
 
 
 def read_index(data: bytes | str) -> dict:
@@ -145,3 +179,117 @@ def _verified_members(data: bytes, number: int, shard: dict, members: dict) -> I
             yield Sample(info.name, member)
     if seen != shard["members"]:
         raise ShardCorrupted(f"{shard['uri']}: {seen} members, the index says {shard['members']}")
+
+
+def _sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _atomic_write(dest: Path, data: bytes) -> None:
+    fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, dest)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+# -- a dataset version kept as shards in the DVC workspace ---------------------------------
+# Past a threshold of files (DLVM_SHARD_THRESHOLD) ingest versions a folder as shards + index
+# instead of one file per image; the manifest still lists every image (path, sha256, ...), so
+# its content hash, the label snapshots and the decode cache are the same either way, and it
+# says which layout holds the files under "layout". Readers go through PackedFolder.
+
+LAYOUT_SHARDS = "shards"
+
+
+def shard_layout(manifest: dict) -> dict | None:
+    """The manifest's shard layout ({"kind": "shards", "index_sha256", ...}), or None when its
+    images are stored one file each."""
+    layout = manifest.get("layout")
+    if isinstance(layout, dict) and layout.get("kind") == LAYOUT_SHARDS:
+        return layout
+    return None
+
+
+def stage_shards(src: Path, files: list[tuple[str, str]], workspace_dir: Path, shard_size: int,
+                 progress: bool = True) -> dict:
+    """Make ``workspace_dir`` hold exactly the shards and index of ``files`` ((rel, sha256), read
+    from ``src``, each checked against its sha256); returns the layout a manifest records."""
+    src, workspace_dir = Path(src).resolve(), Path(workspace_dir).resolve()
+    if (workspace_dir / ".dvc").exists():
+        raise ValueError(f"{workspace_dir} is a DVC repository root; stage into a sub-directory of it")
+    if workspace_dir == src or src.is_relative_to(workspace_dir):
+        raise ValueError(f"workspace {workspace_dir} contains the source folder {src}")
+    index = pack_files(src, files, workspace_dir, shard_size, progress=progress)
+    wanted = {INDEX_NAME, *(s["name"] for s in index["shards"])}
+    # Anything else (an earlier per-file version, more shards of a bigger one) goes.
+    for path in sorted(workspace_dir.rglob("*"), key=lambda p: len(p.parts), reverse=True):
+        rel = path.relative_to(workspace_dir).as_posix()
+        if path.is_symlink() or (path.is_file() and rel not in wanted):
+            path.unlink()
+        elif path.is_dir() and not any(path.iterdir()):
+            path.rmdir()
+    return {"kind": LAYOUT_SHARDS, "format": INDEX_FORMAT, "shard_size": shard_size,
+            "n_shards": len(index["shards"]), "index_sha256": _sha256(index_bytes(index))}
+
+
+class PackedFolder:
+    """Members of a packed folder (shards + index.json) read by name, every shard and member
+    verified against the index, and the index against ``index_sha256`` when given.
+
+    One shard is held in memory at a time: reading members in index order (sorted by name,
+    as manifests list them) opens each shard once."""
+
+    def __init__(self, folder: Path | str, index_sha256: str | None = None):
+        self.folder = Path(folder)
+        path = self.folder / INDEX_NAME
+        if not path.is_file():
+            raise FileNotFoundError(f"{self.folder} holds no shard index ({INDEX_NAME})")
+        data = path.read_bytes()
+        if index_sha256 is not None and _sha256(data) != index_sha256:
+            raise ShardCorrupted(f"{path} hashes to {_sha256(data)}, the dataset version says {index_sha256}")
+        self.index = read_index(data)
+        self._number: int | None = None
+        self._members: dict[str, bytes] = {}
+
+    def names(self) -> list[str]:
+        return sorted(self.index["members"])
+
+    def read(self, name: str) -> bytes:
+        entry = self.index["members"].get(name)
+        if entry is None:
+            raise KeyError(f"{name} is not in the shards of {self.folder}")
+        if entry["shard"] != self._number:
+            self._load(entry["shard"])
+        return self._members[name]
+
+    def _load(self, number: int) -> None:
+        shard = dict(self.index["shards"][number])
+        path = self.folder / shard["name"]
+        data = path.read_bytes()
+        if _sha256(data) != shard["sha256"]:
+            raise ShardCorrupted(f"{path} hashes to {_sha256(data)}, the index says {shard['sha256']}")
+        shard.setdefault("uri", str(path))
+        self._members = dict(_verified_members(data, number, shard, self.index["members"]))
+        self._number = number
+
+    def extract(self, dest: Path | str, progress: bool = True) -> int:
+        """Write every member to ``dest/name`` (each atomically); returns how many."""
+        dest = Path(dest)
+        names = self.names()
+        for name in tqdm(names, desc=f"extracting {self.folder.name}", unit="img", disable=not progress):
+            parts = PurePosixPath(name).parts
+            if not parts or name.startswith("/") or ".." in parts:
+                raise ShardCorrupted(f"{self.folder}: member name {name!r} would land outside {dest}")
+            target = dest / name
+            target.parent.mkdir(parents=True, exist_ok=True)
+            _atomic_write(target, self.read(name))
+        return len(names)

@@ -205,3 +205,42 @@ def test_rgb_jpeg_bytes_are_decodable(raw):
     with Image.open(io.BytesIO((raw / "deep/rgb.jpg").read_bytes())) as img:
         img.load()
         assert img.mode == "RGB" and img.size == (300, 300)
+
+
+def test_patterns_match_names_folders_and_paths():
+    from components.data.ingest import matches_pattern, select_files
+
+    assert matches_pattern("train/masks/a_mask.png", "masks")            # a folder name anywhere
+    assert matches_pattern("train/masks/a_mask.png", "*_MASK.png")       # a file name, any case
+    assert matches_pattern("train/masks/a.png", "train/masks")           # a leading folder path
+    assert matches_pattern("train/masks/a.png", "train/masks/")
+    assert matches_pattern("x/train/a.png", "*/train/*.png")
+    assert not matches_pattern("train/a.png", "masks")
+    assert not matches_pattern("other/train/a.png", "train/*")           # paths start at the top
+    files = ["README.md", "docs/fig.png", "train/a.png", "train/masks/a.png", "test/b.png"]
+    assert select_files(files) == (files, [])
+    taken, left = select_files(files, include=["*.png"], exclude=["masks", "docs"])
+    assert taken == ["train/a.png", "test/b.png"]
+    assert left == ["README.md", "docs/fig.png", "train/masks/a.png"]
+
+
+def test_scan_with_patterns_counts_per_folder(tmp_path):
+    from components.data.ingest import folder_counts
+
+    for seed, rel in enumerate(("good/a.png", "good/b.png", "masks/a.png", "good/masks/c.png", "top.png")):
+        p = tmp_path / rel
+        p.parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(np.random.default_rng(seed).integers(0, 255, (20, 20), dtype=np.uint8), "L").save(p)
+    (tmp_path / "good" / "notes.txt").write_text("not an image")
+    scan = scan_folder(tmp_path, progress=False, exclude=["masks"])
+    assert sorted(r.path for r in scan.good) == ["good/a.png", "good/b.png", "top.png"]
+    assert scan.excluded == ["good/masks/c.png", "masks/a.png"]
+    assert [b.path for b in scan.bad] == ["good/notes.txt"]  # excluded files are never read
+    assert folder_counts(scan) == [
+        {"folder": ".", "taken": 1, "quarantined": 0, "excluded": 0},
+        {"folder": "good", "taken": 2, "quarantined": 1, "excluded": 0},
+        {"folder": "good/masks", "taken": 0, "quarantined": 0, "excluded": 1},
+        {"folder": "masks", "taken": 0, "quarantined": 0, "excluded": 1},
+    ]
+    only = scan_folder(tmp_path, progress=False, include=["good/*.png"])
+    assert sorted(r.path for r in only.good) == ["good/a.png", "good/b.png", "good/masks/c.png"]
