@@ -1,5 +1,6 @@
-"""Flow `adapt`: adapt a backbone to a label snapshot (linear probe, fine-tuning, LoRA or
-few-shot class prototypes) and register the classifier with its lineage and its test metrics."""
+"""Flow `adapt`: adapt a backbone to a label snapshot (linear probe, fine-tuning, LoRA,
+few-shot class prototypes, or meta-learning: Reptile / first-order MAML, then a probe) and
+register the classifier with its lineage and its test metrics."""
 from __future__ import annotations
 
 from dataclasses import asdict
@@ -13,7 +14,8 @@ from components.models.checkpoint import save_checkpoint
 from components.orchestration.lineage import recorded_run
 from components.settings import get_settings
 from components.training.adapt import AdaptConfig, adapt, predict_proba
-from components.training.recipes import adapt_config, pretrain_config
+from components.training.meta import META_METHODS, MetaConfig, meta_adapt
+from components.training.recipes import adapt_config, meta_config, pretrain_config
 from flows.tasks import (
     load_backbone,
     load_labeled_set,
@@ -26,6 +28,11 @@ from flows.tasks import (
 @task(name="adapt-backbone", cache_policy=NO_CACHE)
 def run_adapt(vit_cfg, state, images, labels, num_classes: int, cfg: AdaptConfig):
     return adapt(vit_cfg, state, images, labels, num_classes, cfg, progress=True)
+
+
+@task(name="meta-adapt-backbone", cache_policy=NO_CACHE)
+def run_meta_adapt(backbone_cfg, state, images, labels, num_classes: int, cfg: MetaConfig):
+    return meta_adapt(backbone_cfg, state, images, labels, num_classes, cfg, progress=True)
 
 
 @task(name="test-metrics", cache_policy=NO_CACHE)
@@ -46,7 +53,7 @@ def adapt_flow(dataset: str, backbone: str | None = None, method: str = "probe",
     model_name = model_name or f"{dataset}-classifier"
     if not 0 < fraction <= 1:
         raise ValueError(f"fraction must be in (0, 1], got {fraction}")
-    cfg = adapt_config(method, recipe, seed)
+    cfg = meta_config(method, recipe, seed) if method in META_METHODS else adapt_config(method, recipe, seed)
     params = {"dataset": dataset, "backbone": backbone, "method": method, "fraction": fraction, "seed": seed,
               "recipe": recipe, "adapt": asdict(cfg)}
     with recorded_run(settings, "adapt", params) as run_id:
@@ -55,7 +62,13 @@ def adapt_flow(dataset: str, backbone: str | None = None, method: str = "probe",
         params["img_size"] = vit_cfg.img_size
         data = load_labeled_set(settings, dataset, version, snapshot, vit_cfg.img_size)
         subset = label_subset(data.train_idx, data.labels, fraction, seed)
-        classifier = run_adapt(vit_cfg, state, data.images[subset], data.labels[subset], len(data.classes), cfg)
+        if method in META_METHODS:  # episodes from the same labeled subset, then the real task's head
+            classifier, meta = run_meta_adapt(vit_cfg, state, data.images[subset], data.labels[subset],
+                                              len(data.classes), cfg)
+            params["meta_training"] = meta.summary()
+            params["baseline_method"] = cfg.final  # what the gate adapts the baselines with
+        else:
+            classifier = run_adapt(vit_cfg, state, data.images[subset], data.labels[subset], len(data.classes), cfg)
         metrics = test_metrics(classifier, data, int(len(subset)))
         checkpoint = save_checkpoint({"kind": "classifier", "vit_config": vit_cfg.to_dict(),
                                       "classes": data.classes, "classifier": classifier.state()})

@@ -115,3 +115,21 @@ def describe_recipes() -> list[dict]:
                                       "embed_dim": c.vit.embed_dim, "depth": c.vit.depth} for m, c in pre.items()},
                      "adapt": {m: {"epochs": adapt_config(m, r.name).epochs} for m in ADAPT_METHODS}})
     return rows
+
+
+# ------------------------------------------------------------------------------ meta-learning (reptile, maml)
+
+
+def meta_config(method: str, recipe: str = "demo", seed: int = 0, n_way: int | None = None,
+                k_shot: int | None = None):
+    """The recipe's meta-learning config for ``method`` (reptile or maml) with ``seed``: the
+    episodes and loops of :mod:`components.training.meta`, then the recipe's probe as the final head."""
+    from components.training.meta import META_METHODS, MetaConfig
+
+    if method not in META_METHODS:
+        raise ValueError(f"unknown meta-learning method {method!r} (methods: {', '.join(META_METHODS)})")
+    probe = adapt_config("probe", recipe, seed)
+    loops = ({"meta_steps": 4, "meta_batch": 2, "inner_steps": 2, "eval_inner_steps": 3, "device": "cpu"}
+             if recipe == "tiny" else {"meta_steps": 200, "meta_batch": 4, "inner_steps": 5, "eval_inner_steps": 10})
+    shots = {k: v for k, v in (("n_way", n_way), ("k_shot", k_shot)) if v is not None}
+    return MetaConfig(method=method, seed=seed, final="probe", final_adapt=probe, **{**loops, **shots})
