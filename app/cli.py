@@ -256,11 +256,13 @@ def pretrain(dataset: str = typer.Option(..., "--dataset", "-d", callback=DATASE
 def adapt(dataset: str = typer.Option(..., "--dataset", "-d", callback=DATASET_NAME),
           backbone: Optional[str] = typer.Option(None, callback=BACKBONE_REF,
                                                  help="backbone ref (name, name:version, name@alias) or 'scratch'"),
-          method: str = typer.Option("probe", help="probe, finetune, lora or prototype"),
+          method: str = typer.Option("probe", help="probe, finetune, lora, prototype, or meta-learning: reptile "
+                                              "or maml (first-order), then a probe on the meta-learned backbone"),
           fraction: float = typer.Option(1.0, help="fraction of the training labels"),
           seed: int = 0, recipe: str = RECIPE, budget_minutes: Optional[float] = BUDGET,
           summary_path: Optional[Path] = SUMMARY):
-    """Adapt a backbone with labels (linear probe, fine-tuning, LoRA or class prototypes) and register the classifier."""
+    """Adapt a backbone with labels (linear probe, fine-tuning, LoRA, class prototypes, Reptile or MAML) and
+    register the classifier."""
     prepare()
     from flows.adapt import adapt_flow
     out = run_step(adapt_flow, dataset, backbone=backbone, method=method, fraction=fraction, seed=seed,
@@ -278,14 +280,21 @@ def evaluate(dataset: str = typer.Option(..., "--dataset", "-d", callback=DATASE
              fractions: str = "0.05,0.1,0.25,0.5,1.0", seeds: str = "0,1,2",
              methods: str = typer.Option("probe", help="comma-separated: probe, finetune, lora, prototype"),
              recipe: str = RECIPE, scratch: bool = typer.Option(True, help="include the from-scratch baseline"),
-             budget_minutes: Optional[float] = BUDGET, summary_path: Optional[Path] = SUMMARY):
+             budget_minutes: Optional[float] = BUDGET,
+             episodes: Optional[str] = typer.Option(None, help="also the episodic few-shot evaluation, e.g. "
+                                                    "'4way1shot,4way5shot': prototypes, probe, fine-tune, Reptile, "
+                                                    "MAML on episodes from the test split"),
+             episode_count: int = typer.Option(300, help="episodes per setting (with --episodes)"),
+             summary_path: Optional[Path] = SUMMARY):
     """Label-efficiency sweep: label fractions x backbones x methods x seeds, with CIs."""
     prepare()
     from flows.evaluate import evaluate_flow
     out = run_step(evaluate_flow, dataset, backbones=backbone or None, include_scratch=scratch,
                    fractions=parse_list(fractions), seeds=parse_list(seeds, int),
                    methods=[m.strip() for m in methods.split(",") if m.strip()], recipe=recipe,
-                   budget_minutes=budget_minutes)
+                   budget_minutes=budget_minutes,
+                   episodes=[e.strip() for e in episodes.split(",") if e.strip()] if episodes else None,
+                   episode_count=episode_count)
     write_summary(summary_path, out)
     console.print(f"evaluation {out['evaluation_id']}: report {out['report_uri']}\nplot {out['plot_uri']}")
 
@@ -654,7 +663,8 @@ def feedback_serve(dataset: str = typer.Option(..., "--dataset", "-d", callback=
 def feedback_retrain(dataset: str = typer.Option(..., "--dataset", "-d", callback=DATASET_NAME),
                      backbone: Optional[str] = typer.Option(None, callback=BACKBONE_REF,
                                                             help="default: the production model's backbone, else <dataset>-mae"),
-                     method: str = typer.Option("probe", help="probe, finetune, lora or prototype"),
+                     method: str = typer.Option("probe", help="probe, finetune, lora, prototype, or meta-learning: reptile "
+                                              "or maml (first-order), then a probe on the meta-learned backbone"),
                      recipe: str = RECIPE, fractions: str = typer.Option("0.25,1.0", help="evaluation label fractions"),
                      seeds: str = typer.Option("0", help="evaluation seeds"), margin: float = 0.0,
                      summary_path: Optional[Path] = SUMMARY):

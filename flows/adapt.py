@@ -1,6 +1,7 @@
-"""Flow `adapt`: adapt a backbone to a label snapshot (linear probe, fine-tuning, LoRA or
-few-shot class prototypes) and register the classifier with its lineage, its input
-preprocessing, its training record and its test metrics."""
+"""Flow `adapt`: adapt a backbone to a label snapshot (linear probe, fine-tuning, LoRA,
+few-shot class prototypes, or meta-learning: Reptile / first-order MAML, then a probe) and
+register the classifier with its lineage, its input preprocessing, its training record and
+its test metrics."""
 from __future__ import annotations
 
 from dataclasses import replace
@@ -17,7 +18,8 @@ from components.names import check_dataset, check_model, check_model_ref
 from components.orchestration.lineage import recorded_run
 from components.settings import get_settings
 from components.training.adapt import AdaptConfig, adapt, predict_proba
-from components.training.recipes import AUTO, recipe_for_run
+from components.training.meta import META_METHODS, MetaConfig, meta_adapt
+from components.training.recipes import AUTO, meta_config, recipe_for_run
 from flows.tasks import (
     load_backbone,
     load_labeled_set,
@@ -31,6 +33,11 @@ from flows.tasks import (
 @task(name="adapt-backbone", cache_policy=NO_CACHE)
 def run_adapt(backbone_cfg, state, images, labels, num_classes: int, cfg: AdaptConfig, preprocess: dict):
     return adapt(backbone_cfg, state, images, labels, num_classes, cfg, progress=True, preprocess=preprocess)
+
+
+@task(name="meta-adapt-backbone", cache_policy=NO_CACHE)
+def run_meta_adapt(backbone_cfg, state, images, labels, num_classes: int, cfg: MetaConfig, preprocess: dict):
+    return meta_adapt(backbone_cfg, state, images, labels, num_classes, cfg, progress=True, preprocess=preprocess)
 
 
 @task(name="test-metrics", cache_policy=NO_CACHE)
@@ -65,9 +72,12 @@ def adapt_flow(dataset: str, backbone: str | None = None, method: str = "probe",
         profile = replace(profile_dataset(settings, dataset, version), n_labels=int(snapshot.n_labeled))
     resolved, runtime = recipe_for_run(recipe, profile, budget_minutes=budget_minutes, finetune_runs=finetune_runs,
                                        pretrain=False, seed=seed)
-    cfg = resolved.adapt[method] if method in resolved.adapt else None
-    if cfg is None:
-        raise ValueError(f"unknown adaptation method {method!r} (methods: {', '.join(resolved.adapt)})")
+    if method in META_METHODS:
+        cfg = meta_config(method, recipe, seed, probe=resolved.adapt["probe"])
+    elif method in resolved.adapt:
+        cfg = resolved.adapt[method]
+    else:
+        raise ValueError(f"unknown adaptation method {method!r} (methods: {', '.join([*resolved.adapt, *META_METHODS])})")
     backbone = backbone or f"{dataset}-{resolved.pretrain.method}"
     params = {"dataset": dataset, "backbone": backbone, "method": method, "fraction": fraction, "seed": seed,
               "recipe": recipe, "adapt": cfg.to_dict(), "budget_minutes": budget_minutes, "runtime": runtime}
@@ -86,8 +96,14 @@ def adapt_flow(dataset: str, backbone: str | None = None, method: str = "probe",
               + f"; {runtime['threads']} thread(s)")
         data = load_labeled_set(settings, dataset, version, snapshot, pre)
         subset = label_subset(data.train_idx, data.labels, fraction, seed)
-        classifier = run_adapt(backbone_cfg, state, data.images[subset], data.labels[subset], len(data.classes), cfg,
-                               pre.to_dict())
+        if method in META_METHODS:  # episodes from the same labeled subset, then the real task's head
+            classifier, meta = run_meta_adapt(backbone_cfg, state, data.images[subset], data.labels[subset],
+                                              len(data.classes), cfg, pre.to_dict())
+            params["meta_training"] = meta.summary()
+            params["baseline_method"] = cfg.final  # what the gate adapts the baselines with
+        else:
+            classifier = run_adapt(backbone_cfg, state, data.images[subset], data.labels[subset], len(data.classes),
+                                   cfg, pre.to_dict())
         metrics = test_metrics(classifier, data, int(len(subset)))
         training = classifier.training_log
         if training:

@@ -12,6 +12,8 @@ from prefect.artifacts import (
 )
 from prefect.cache_policies import NO_CACHE
 
+from components.evaluation.episodes import EpisodeConfig, episodes_markdown, evaluate_episodes, parse_specs
+from components.evaluation.learning_setting import learning_settings_markdown, pretraining_saw_test_images
 from components.evaluation.report import (
     label_efficiency,
     markdown_report,
@@ -40,7 +42,7 @@ from components.registry.refs import SCRATCH
 from components.settings import get_settings
 from components.storage import open_store
 from components.data.images import Preprocess
-from components.training.recipes import AUTO, recipe_for_run
+from components.training.recipes import AUTO, meta_config, recipe_for_run
 from flows.tasks import (
     load_backbone,
     load_labeled_set,
@@ -78,6 +80,19 @@ def sweep_on_task_runner(settings, backbones: list[Backbone], images, labels, tr
     return assemble_sweep(parts, backbones, labels, train_idx, test_idx, num_classes, cfg)
 
 
+@task(name="episodic-evaluation", cache_policy=NO_CACHE)
+def episodic_evaluation(backbones: list[Backbone], images, labels, train_idx, test_idx, cfg: EpisodeConfig):
+    return evaluate_episodes(backbones, images, labels, train_idx, test_idx, cfg, progress=True)
+
+
+@task(name="learning-settings", cache_policy=NO_CACHE)
+def learning_settings(settings, backbone_dataset_versions: dict, evaluated_version) -> dict[str, bool]:
+    """Per backbone: whether its pretraining saw this dataset's (test) images."""
+    with session_scope(settings) as session:
+        return {name: pretraining_saw_test_images(session, dv, evaluated_version)
+                for name, dv in backbone_dataset_versions.items()}
+
+
 @task(name="register-evaluation", cache_policy=NO_CACHE)
 def register_evaluation(settings, snapshot, run_id, report, plot, results, summary, rows, backbones):
     version_of = {b.name: b.model_version_id for b in backbones}
@@ -107,13 +122,16 @@ def evaluate_flow(dataset: str, backbones: list[str] | None = None, include_scra
                   methods: list[str] = ("probe",), finetune_fractions: list[float] | None = None,
                   finetune_seeds: list[int] | None = None, recipe: str = AUTO, reference: str | None = None,
                   dataset_version: int | None = None, snapshot_version: int | None = None,
-                  budget_minutes: float | None = None, finetune_runs: int | None = None) -> dict:
+                  budget_minutes: float | None = None, finetune_runs: int | None = None,
+                  episodes: list[str] | None = None, episode_count: int = 300) -> dict:
     """Compare backbones on the snapshot's test split. `backbones` are registered backbone refs
     (default: the dataset's own MAE backbone and every backbone's `baseline` alias holder of
     the same input size); 'scratch' is added unless include_scratch is off.
     `reference` names the backbone whose 100 %-label score defines label efficiency
     (default: the best non-domain backbone). With the `auto` recipe the fine-tuning epochs
-    come from the data's profile and `budget_minutes` (shared by the sweep's fine-tune runs)."""
+    come from the data's profile and `budget_minutes` (shared by the sweep's fine-tune runs).
+    `episodes` ('4way1shot', ...) adds the episodic few-shot evaluation (`episode_count`
+    episodes each from the test split: prototypes, probe, fine-tune, Reptile, MAML) to the report."""
     check_dataset(dataset)
     for ref in list(backbones or []) + ([reference] if reference else []):
         check_model_ref(ref, allow=("scratch",))
@@ -139,14 +157,19 @@ def evaluate_flow(dataset: str, backbones: list[str] | None = None, include_scra
     params = {"dataset": dataset, "backbones": refs, "fractions": list(fractions), "seeds": list(seeds),
               "methods": list(methods), "finetune_fractions": finetune_fractions,
               "finetune_seeds": finetune_seeds, "recipe": recipe, "baselines_by_alias": generic,
-              "budget_minutes": budget_minutes, "runtime": runtime}
+              "budget_minutes": budget_minutes, "runtime": runtime,
+              "episodes": list(episodes) if episodes else None, "episode_count": episode_count}
+    episode_cfg = (EpisodeConfig(specs=parse_specs(episodes), episodes=episode_count,
+                                 meta=meta_config("reptile", recipe, probe=resolved.adapt["probe"]))
+                   if episodes else None)
     with recorded_run(settings, "evaluate", params) as run_id:
-        requested, inputs = [], []
+        requested, inputs, pretrained_on = [], [], {}
         for ref in refs:
             model_version, backbone_cfg, state, preprocess = load_backbone(settings, ref, resolved.backbone,
                                                                            resolved.preprocess.to_dict())
             requested.append(Backbone(ref, backbone_cfg, state, model_version.id if model_version else None))
             inputs.append(Preprocess.coerce(preprocess or backbone_cfg.img_size))
+            pretrained_on[ref] = model_version.dataset_version_id if model_version else None
         backbone_list, notes = same_input_size(requested, generic)
         for note in notes:
             print(f"evaluate: {note}")
@@ -170,11 +193,20 @@ def evaluate_flow(dataset: str, backbones: list[str] | None = None, include_scra
         markdown = markdown_report(result.rows, f"Label efficiency on {dataset}", context, None,
                                    reference_backbone=reference,
                                    target_backbones=[r for r in refs if r != reference] if reference else None)
+        saw_test = learning_settings(settings, {r: pretrained_on[r] for r in refs}, version)
+        markdown += "\n" + learning_settings_markdown(saw_test, list(methods))
+        episodic = None
+        if episode_cfg is not None:
+            episodic = episodic_evaluation(backbone_list, data.images, data.labels, train_idx, test_idx, episode_cfg)
+            markdown += "\n" + episodes_markdown(episodic, episode_cfg)
         plot_png = plot_curves(result.rows, "accuracy")
         report = store_artifact(settings, markdown.encode(), "reports", f"{dataset}-evaluation.md")
         plot = store_artifact(settings, plot_png, "reports", f"{dataset}-label-efficiency.png")
         results = store_artifact(settings, result.to_json().encode(), "evaluations", f"{dataset}-sweep.json")
-        summary = {"domain": domain, "table": table, "label_efficiency": efficiency, "reference": reference, "context": context}
+        summary = {"domain": domain, "table": table, "label_efficiency": efficiency, "reference": reference, "context": context,
+                   "transductive_backbones": sorted(r for r, saw in saw_test.items() if saw)}
+        if episodic is not None:
+            summary["episodes"] = episodic.to_dict()
         evaluation = register_evaluation(settings, snapshot, run_id, report, plot, results, summary,
                                          result.rows, backbone_list)
         publish(settings, dataset, markdown, table, plot)

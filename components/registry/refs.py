@@ -87,7 +87,9 @@ class PromotionContext:
         isolates what pretraining brought), and the from-scratch model trained from random
         initialisation on the labels (fine-tuning 'scratch': supervised training from scratch,
         the usual meaning of that baseline). The candidate's seed is used where the sweep has it."""
-        method = self.candidate.params.get("method", "probe")
+        # A meta-learned classifier (reptile, maml) ends in a head fitted like baseline_method's
+        # (a probe): the baselines get that head on their own backbones.
+        method = self.candidate.params.get("baseline_method") or self.candidate.params.get("method", "probe")
         seed = self.candidate.params.get("seed", 0)
         domain = self.evaluation.summary.get("domain")
         wanted = {run["backbone"] for run in results["predictions"] if run["backbone"] != domain}

@@ -363,3 +363,22 @@ def recipe_for_run(name: str, profile: DataProfile | None, *, budget_minutes: fl
     auto = dict(device=dev, threads=runtime["threads"], budget_minutes=budget_minutes,
                 finetune_runs=finetune_runs, pretrain=pretrain) if name == AUTO else {}
     return resolve_recipe(name, profile, method=method, steps=steps, seed=seed, **auto), runtime
+
+
+# ------------------------------------------------------------------------------ meta-learning (reptile, maml)
+
+
+def meta_config(method: str, recipe: str = "demo", seed: int = 0, n_way: int | None = None,
+                k_shot: int | None = None, probe: AdaptConfig | None = None):
+    """The recipe's meta-learning config for ``method`` (reptile or maml) with ``seed``: the
+    episodes and loops of :mod:`components.training.meta`, then ``probe`` (default: the recipe's
+    probe; the auto recipe's comes from the data, so flows pass it) as the final head."""
+    from components.training.meta import META_METHODS, MetaConfig
+
+    if method not in META_METHODS:
+        raise ValueError(f"unknown meta-learning method {method!r} (methods: {', '.join(META_METHODS)})")
+    probe = replace(probe, seed=seed) if probe is not None else adapt_config("probe", recipe, seed)
+    loops = ({"meta_steps": 4, "meta_batch": 2, "inner_steps": 2, "eval_inner_steps": 3, "device": "cpu"}
+             if recipe in ("tiny", "tiny-cnn") else {"meta_steps": 200, "meta_batch": 4, "inner_steps": 5, "eval_inner_steps": 10})
+    shots = {k: v for k, v in (("n_way", n_way), ("k_shot", k_shot)) if v is not None}
+    return MetaConfig(method=method, seed=seed, final="probe", final_adapt=probe, **{**loops, **shots})
