@@ -87,3 +87,29 @@ def patch_features(model: nn.Module, images: torch.Tensor, cfg: FeatureConfig) -
     maps = [m if m.shape[-2:] == size else F.interpolate(m, size=size, mode="bilinear", align_corners=False)
             for m in maps]
     return torch.cat(maps, dim=1).permute(0, 2, 3, 1).contiguous()
+
+
+def feature_backbone(checkpoint: dict | None, img_size: int | None = None, seed: int = 0):
+    """(module, config) of the backbone whose patch features an anomaly model uses.
+
+    ``checkpoint``: a registered backbone's checkpoint (``backbone_config``/``vit_config`` +
+    ``state_dict``); ``None`` is a randomly initialised small ResNet, the from-scratch
+    reference (random convolutions are local texture detectors, not nothing). A ResNet takes
+    any input size, so ``img_size`` may change it; a ViT's position table fixes its size."""
+    from dataclasses import replace
+
+    from components.models.backbones import build_backbone, checkpoint_config, family_of
+    from components.models.resnet import ResNetConfig
+
+    if checkpoint is None:
+        cfg = ResNetConfig.small(img_size=img_size or 128)
+        return build_backbone(cfg, seed=seed), cfg
+    cfg = checkpoint_config(checkpoint)
+    if img_size and img_size != cfg.img_size:
+        if family_of(cfg) == "vit":
+            raise ValueError(f"this ViT backbone takes {cfg.img_size} px images; leave the image size unset "
+                             f"or choose a ResNet backbone for {img_size} px")
+        cfg = replace(cfg, img_size=img_size)
+    model = build_backbone(cfg, seed=seed)
+    model.load_state_dict(checkpoint["state_dict"])
+    return model, cfg
