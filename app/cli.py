@@ -260,10 +260,21 @@ def adapt(dataset: str = typer.Option(..., "--dataset", "-d", callback=DATASET_N
                                               "or maml (first-order), then a probe on the meta-learned backbone"),
           fraction: float = typer.Option(1.0, help="fraction of the training labels"),
           seed: int = 0, recipe: str = RECIPE, budget_minutes: Optional[float] = BUDGET,
-          summary_path: Optional[Path] = SUMMARY):
+          summary_path: Optional[Path] = SUMMARY,
+          task: str = typer.Option("classification", help="classification, or anomaly (good images only)"),
+          good_class: Optional[str] = typer.Option(None, help="anomaly: the snapshot class that is normal "
+                                                   "(default: every image of the dataset version is good)"),
+          false_alarm_rate: float = typer.Option(0.01, help="anomaly: false-alarm rate the threshold is set for"),
+          img_size: Optional[int] = typer.Option(None, help="anomaly: input size (ResNet backbones only)")):
     """Adapt a backbone with labels (linear probe, fine-tuning, LoRA, class prototypes, Reptile or MAML) and
-    register the classifier."""
+    register the classifier.
+
+    With --task anomaly: fit an anomaly model (PatchCore memory bank) on good images only."""
     prepare()
+    if task == "anomaly":
+        return _adapt_anomaly(dataset, backbone, good_class, false_alarm_rate, img_size, seed, summary_path)
+    if task != "classification":
+        raise typer.BadParameter(f"task must be classification or anomaly, not {task!r}")
     from flows.adapt import adapt_flow
     out = run_step(adapt_flow, dataset, backbone=backbone, method=method, fraction=fraction, seed=seed,
                    recipe=recipe, budget_minutes=budget_minutes)
@@ -271,6 +282,19 @@ def adapt(dataset: str = typer.Option(..., "--dataset", "-d", callback=DATASET_N
     acc = out["metrics"]["accuracy"]
     console.print(f"registered {out['model']} v{out['version']}: accuracy {acc['value']:.3f} "
                   f"[{acc['ci_low']:.3f}, {acc['ci_high']:.3f}]")
+
+
+def _adapt_anomaly(dataset, backbone, good_class, false_alarm_rate, img_size, seed, summary_path) -> None:
+    from flows.anomaly import anomaly_flow
+    out = run_step(anomaly_flow, dataset, backbone=backbone, good_class=good_class,
+                   false_alarm_rate=false_alarm_rate, img_size=img_size, seed=seed)
+    write_summary(summary_path, out)
+    m = out["metrics"]
+    line = f"registered {out['model']} v{out['version']} (anomaly, threshold {m['threshold']:.4g})"
+    if "image_auroc" in m:
+        a = m["image_auroc"]
+        line += f": image AUROC {a['value']:.3f} [{a['ci_low']:.3f}, {a['ci_high']:.3f}]"
+    console.print(f"{line}\nheat maps {out['heatmaps_uri']}\nreport {out['report_uri']}")
 
 
 @app.command()

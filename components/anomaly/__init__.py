@@ -1,0 +1,1 @@
+"""Anomaly detection without defect labels: models fitted on good images only."""

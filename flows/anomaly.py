@@ -1,0 +1,133 @@
+"""Flow `adapt-anomaly`: an anomaly model from good images only (PatchCore-style memory bank
+on a backbone's patch features), its threshold for a stated false-alarm rate, its evaluation
+on the snapshot's test split when defect labels exist, a heat-map artifact, and its registry
+version with lineage."""
+from __future__ import annotations
+
+import numpy as np
+from prefect import flow, task
+from prefect.cache_policies import NO_CACHE
+
+from components.anomaly.features import FeatureConfig, feature_backbone
+from components.anomaly.patchcore import PatchCoreConfig, fit_patchcore
+from components.anomaly.sets import sets_from_good_images, sets_from_labels
+from components.evaluation.anomaly import evaluate_anomaly, heatmap_overlays, markdown_report
+from components.models.checkpoint import save_checkpoint
+from components.orchestration.lineage import recorded_run
+from components.registry.refs import SCRATCH
+from components.settings import get_settings
+from flows.tasks import (
+    load_dataset_images,
+    load_labeled_set,
+    load_model_checkpoint,
+    register_model_version,
+    resolve_dataset_version,
+    resolve_label_snapshot,
+    resolve_model_version,
+    store_artifact,
+)
+
+# The registry's model kinds are fixed by a CHECK constraint ('backbone', 'classifier'); until a
+# migration adds 'anomaly', anomaly models are registered under this kind and say what they are in
+# params["task"] and in their checkpoint's "kind" (both "anomaly").
+REGISTRY_KIND = "classifier"
+TASK = "anomaly"
+EXAMPLES = 8
+
+
+@task(name="fit-anomaly-model", cache_policy=NO_CACHE)
+def fit_model(backbone, backbone_cfg, good_images, cfg: PatchCoreConfig):
+    return fit_patchcore(backbone, backbone_cfg, good_images, cfg, progress=True)
+
+
+@task(name="calibrate-threshold", cache_policy=NO_CACHE)
+def calibrate(model, good_images, false_alarm_rate: float):
+    return model.calibrate(good_images, false_alarm_rate, progress=True)
+
+
+@task(name="score-test-split", cache_policy=NO_CACHE)
+def score(model, images):
+    return model.score(images, progress=True)
+
+
+@flow(name="adapt-anomaly", log_prints=True)
+def anomaly_flow(dataset: str, backbone: str | None = None, good_class: str | None = None,
+                 false_alarm_rate: float = 0.01, img_size: int | None = None, coreset_fraction: float = 0.1,
+                 max_bank: int = 20_000, cnn_stages: tuple[int, ...] = (2, 3), vit_blocks: tuple[int, ...] = (-1,),
+                 seed: int = 0, dataset_version: int | None = None, snapshot_version: int | None = None,
+                 model_name: str | None = None) -> dict:
+    """Fit an anomaly model on `dataset`'s good images: every image of a dataset version, or
+    with `good_class` the images of that class in a label snapshot's training pool (the test
+    split, all classes, then measures it). `backbone`: a registered backbone ref or 'scratch'
+    (random small ResNet)."""
+    settings = get_settings()
+    backbone = backbone or f"{dataset}-mae"
+    model_name = model_name or f"{dataset}-anomaly"
+    if not 0 <= false_alarm_rate < 1:
+        raise ValueError(f"false_alarm_rate must be in [0, 1), got {false_alarm_rate}")
+    cfg = PatchCoreConfig(features=FeatureConfig(cnn_stages=tuple(cnn_stages), vit_blocks=tuple(vit_blocks)),
+                          coreset_fraction=coreset_fraction, max_bank=max_bank, seed=seed)
+    params = {"task": TASK, "method": "patchcore", "dataset": dataset, "backbone": backbone,
+              "good_class": good_class, "false_alarm_rate": false_alarm_rate, "patchcore": cfg.to_dict()}
+    with recorded_run(settings, "adapt-anomaly", params) as run_id:
+        parent = None if backbone == SCRATCH else resolve_model_version(settings, backbone)
+        checkpoint = None if parent is None else load_model_checkpoint(settings, parent)
+        net, backbone_cfg = feature_backbone(checkpoint, img_size, seed)
+        size = backbone_cfg.img_size
+        params["img_size"] = size
+        snapshot = None
+        if good_class is None:
+            version = resolve_dataset_version(settings, dataset, dataset_version)
+            manifest, images = load_dataset_images(settings, dataset, version, size)
+            sets = sets_from_good_images([item["sha256"] for item in manifest["images"]])
+        else:
+            version, snapshot = resolve_label_snapshot(settings, dataset, dataset_version, snapshot_version)
+            data = load_labeled_set(settings, dataset, version, snapshot, size)
+            images = data.images
+            sets = sets_from_labels(data.labels, data.classes, good_class, data.image_sha256, data.train_idx,
+                                    data.test_idx)
+        model = fit_model(net, backbone_cfg, images[sets.fit], cfg)
+        calibrate(model, images[sets.calibration], false_alarm_rate)
+        metrics = {"n_fit": int(len(sets.fit)), "n_calibration": int(len(sets.calibration)),
+                   "memory_bank": int(model.bank.shape[0]), "threshold": model.threshold,
+                   "false_alarm_rate_target": false_alarm_rate}
+        context = {"dataset": f"{dataset} v{version.version}", "backbone": backbone,
+                   "good images": (f"class {good_class!r} of snapshot v{snapshot.version}" if snapshot
+                                   else "every image of the dataset version"),
+                   "fit / calibration": f"{len(sets.fit)} / {len(sets.calibration)} good images",
+                   "memory bank": f"{model.bank.shape[0]} patches of {model.bank.shape[1]} features",
+                   "threshold": f"for a {false_alarm_rate:.1%} false-alarm rate on held-out good images"}
+        if len(sets.test) and sets.test_is_anomaly.any() and (~sets.test_is_anomaly).any():
+            shown = images[sets.test]
+            scores, heat = score(model, shown)
+            metrics.update(evaluate_anomaly(sets.test_is_anomaly, scores, model.threshold))
+            # the highest-scoring anomalies and good images: what an inspector would look at first
+            order = np.argsort(-scores)
+            anomalous = sets.test_is_anomaly[order]
+            pick = np.r_[order[anomalous][:EXAMPLES // 2], order[~anomalous][:EXAMPLES // 2]]
+            titles = [f"{'anomaly' if sets.test_is_anomaly[i] else 'good'} {scores[i]:.2f}"
+                      f"{' FLAGGED' if scores[i] > model.threshold else ''}" for i in pick]
+        else:  # no anomalies to test against: show the held-out good images the threshold came from
+            shown = images[sets.calibration[:EXAMPLES]]
+            scores, heat = score(model, shown)
+            pick = np.arange(len(scores))
+            titles = [f"good {s:.2f}" for s in scores]
+            metrics.update({"n_test_good": 0, "n_test_anomalous": 0})
+        overlay = heatmap_overlays(shown[pick], heat[pick], titles)
+        report = markdown_report(f"Anomaly model {model_name} on {dataset}", metrics, context)
+        stored_heat = store_artifact(settings, overlay, "reports", f"{model_name}-heatmaps.png")
+        stored_report = store_artifact(settings, report.encode(), "reports", f"{model_name}-evaluation.md")
+        params["artifacts"] = {"heatmaps": {"uri": stored_heat.uri, "sha256": stored_heat.sha256},
+                               "report": {"uri": stored_report.uri, "sha256": stored_report.sha256}}
+        stored = store_artifact(settings, save_checkpoint(model.state()), "checkpoints", f"{model_name}.pt")
+        model_version = register_model_version(settings, model_name, REGISTRY_KIND, stored, run_id=run_id,
+                                               dataset_version=version, snapshot=snapshot, parent=parent,
+                                               params=params, metrics=metrics,
+                                               description="anomaly model (PatchCore memory bank), task=anomaly")
+    line = f"adapt-anomaly: {model_name} v{model_version.version} ({backbone}, bank {model.bank.shape[0]})"
+    if "image_auroc" in metrics:
+        a = metrics["image_auroc"]
+        line += f": image AUROC {a['value']:.3f} [{a['ci_low']:.3f}, {a['ci_high']:.3f}]"
+    print(line)
+    return {"model": model_name, "version": model_version.version, "model_version_id": model_version.id,
+            "metrics": metrics, "report_uri": stored_report.uri, "heatmaps_uri": stored_heat.uri}

@@ -1,0 +1,87 @@
+"""`dlvm adapt --task anomaly` as a user runs it, on a handful of real DeepPCB images:
+ingest, a good/defect label snapshot, an anomaly model fitted on the good class only,
+its evaluation on the test split, the heat-map artifact and the registry lineage."""
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+from clirun import dlvm, dlvm_env
+from sqlmodel import select
+
+from components.anomaly.patchcore import PatchCore
+from components.data.elpv import write_label_studio_export
+from components.models.checkpoint import load_checkpoint
+from components.registry.db import session_scope
+from components.registry.tables import LabelSnapshot, ModelVersion, RegisteredModel
+from components.settings import Settings
+from components.storage import open_store
+
+DEEPPCB = Path("/work/shared/data/pcb-deeppcb")
+for _place in (Path(__file__).resolve().parents[3] / "shared/data/pcb-deeppcb", DEEPPCB):
+    if (_place / "boxes.csv").is_file():
+        DEEPPCB = _place
+        break
+IDS = ["20085000", "20085001", "20085002", "20085003", "20085004", "20085005", "20085006", "20085007",
+       "20085008", "20085009", "20085010", "20085011", "20085012", "20085013", "20085014", "20085015"]
+
+
+@pytest.fixture(scope="module")
+def anomaly_run(tmp_path_factory, prefect_api):
+    if not (DEEPPCB / "images").is_dir():
+        pytest.fail(f"DeepPCB not found at {DEEPPCB}")
+    root = tmp_path_factory.mktemp("anomaly")
+    raw = root / "pcb"
+    raw.mkdir()
+    names, labels = [], []
+    for i, pcb_id in enumerate(IDS):
+        for kind, label in (("temp", "good"), ("test", "defect")):
+            if kind == "test" and i % 2:  # 16 good templates, 8 tested images with defects
+                continue
+            shutil.copyfile(DEEPPCB / "images" / f"{pcb_id}_{kind}.png", raw / f"{pcb_id}_{kind}.png")
+            names.append(f"{pcb_id}_{kind}.png")
+            labels.append(label)
+    export = write_label_studio_export(root / "export.json", [f"/data/local-files/?d=pcb/{n}" for n in names], labels)
+    env = dlvm_env(root / "state", PREFECT_API_URL=prefect_api)
+    dlvm(env, "ingest", str(raw), "--dataset", "pcb")
+    dlvm(env, "labels", str(export), "--dataset", "pcb")
+    out = dlvm(env, "adapt", "--task", "anomaly", "--dataset", "pcb", "--backbone", "scratch", "--good-class", "good",
+               "--img-size", "96", "--false-alarm-rate", "0.05", "--summary", str(root / "anomaly.json"))
+    return root, env, out, json.loads((root / "anomaly.json").read_text())
+
+
+def test_anomaly_model_is_registered_with_lineage_and_metrics(anomaly_run):
+    root, env, out, summary = anomaly_run
+    assert "registered pcb-anomaly v1 (anomaly" in out.stdout and "image AUROC" in out.stdout
+    settings = Settings(home=root / "state")
+    with session_scope(settings) as session:
+        model = session.exec(select(RegisteredModel).where(RegisteredModel.name == "pcb-anomaly")).one()
+        version = session.exec(select(ModelVersion).where(ModelVersion.model_id == model.id)).one()
+        snapshot = session.exec(select(LabelSnapshot)).one()
+    assert version.params["task"] == "anomaly" and version.params["good_class"] == "good"
+    assert version.label_snapshot_id == snapshot.id and version.run_id and version.code_revision
+    m = version.metrics
+    assert m["n_fit"] + m["n_calibration"] <= 16 and m["n_calibration"] >= 1
+    assert m["n_test_anomalous"] >= 1 and m["n_test_good"] >= 1
+    assert 0 <= m["image_auroc"]["ci_low"] <= m["image_auroc"]["value"] <= m["image_auroc"]["ci_high"] <= 1
+    assert m["false_alarm_rate"]["n"] == m["n_test_good"] and m["threshold"] == summary["metrics"]["threshold"]
+    # the checkpoint is a working anomaly model; the heat maps and the report are stored artifacts
+    store = open_store(settings)
+    model = PatchCore.from_state(load_checkpoint(store.get_bytes(version.artifact_uri, version.sha256)))
+    assert model.threshold == m["threshold"] and model.img_size == 96
+    heat = version.params["artifacts"]["heatmaps"]
+    assert store.get_bytes(heat["uri"], heat["sha256"]).startswith(b"\x89PNG")
+    report = version.params["artifacts"]["report"]
+    assert b"image auroc" in store.get_bytes(report["uri"], report["sha256"])
+
+
+def test_an_unknown_good_class_is_one_clear_line(anomaly_run):
+    root, env, out, summary = anomaly_run
+    bad = dlvm(env, "adapt", "--task", "anomaly", "--dataset", "pcb", "--backbone", "scratch", "--good-class", "ok",
+               check=False)
+    assert bad.returncode == 1
+    assert "good class 'ok' is not a class of this snapshot (classes: defect, good)" in bad.stdout
+    with session_scope(Settings(home=root / "state")) as session:
+        assert len(session.exec(select(ModelVersion)).all()) == 1

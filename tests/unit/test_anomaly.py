@@ -1,0 +1,164 @@
+"""PatchCore-style anomaly detection (components/anomaly) and its metrics (components/evaluation/anomaly.py)."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from sklearn.metrics import roc_auc_score
+
+from components.anomaly.features import FeatureConfig, patch_features
+from components.anomaly.patchcore import (
+    PatchCore,
+    PatchCoreConfig,
+    false_alarm_threshold,
+    fit_patchcore,
+    greedy_coreset,
+)
+from components.evaluation.anomaly import (
+    auroc,
+    boxes_to_mask,
+    evaluate_anomaly,
+    heatmap_overlays,
+    image_auroc,
+    markdown_report,
+    pixel_auroc,
+)
+from components.models.backbones import build_backbone
+from components.models.checkpoint import load_checkpoint, save_checkpoint
+from components.models.resnet import ResNetConfig
+from components.models.vit import ViTConfig
+
+torch.set_num_threads(1)
+SIZE = 32
+
+
+def striped(n: int, seed: int) -> np.ndarray:
+    """Good images: vertical stripes with a little noise (a regular pattern, like PCB traces)."""
+    rng = np.random.default_rng(seed)
+    cols = (np.arange(SIZE) // 4) % 2
+    base = np.broadcast_to(cols * 160 + 40, (n, SIZE, SIZE))
+    return np.clip(base + rng.integers(-15, 15, size=(n, SIZE, SIZE)), 0, 255).astype(np.uint8)
+
+
+def with_defects(images: np.ndarray, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """A bright 6x6 blob at a random place in each image, and its mask."""
+    rng = np.random.default_rng(seed)
+    out, masks = images.copy(), np.zeros(images.shape, dtype=bool)
+    for i in range(len(images)):
+        r, c = rng.integers(4, SIZE - 10, size=2)
+        out[i, r:r + 6, c:c + 6] = 255
+        out[i, r + 2:r + 4, c + 2:c + 4] = 0
+        masks[i, r:r + 6, c:c + 6] = True
+    return out, masks
+
+
+BACKBONES = {
+    "resnet": ResNetConfig.tiny(img_size=SIZE),
+    "vit": ViTConfig(img_size=SIZE, patch_size=4, embed_dim=32, depth=2, num_heads=2),
+}
+
+
+@pytest.mark.parametrize("family", ["resnet", "vit"])
+def test_patch_features_shape_for_both_families(family):
+    cfg = BACKBONES[family]
+    model = build_backbone(cfg, seed=0)
+    feats = patch_features(model, torch.from_numpy(striped(2, 0)), FeatureConfig(cnn_stages=(2, 3), vit_blocks=(0, -1)))
+    if family == "resnet":  # stride-2 stem: stage 2 at stride 4, stage 3 (upsampled onto it) 64 + 32 channels
+        assert feats.shape == (2, SIZE // 4, SIZE // 4, 32 + 64)
+    else:  # two blocks of 32-wide tokens on an 8x8 grid
+        assert feats.shape == (2, SIZE // 4, SIZE // 4, 64)
+    with pytest.raises(ValueError, match="outside"):
+        patch_features(model, torch.from_numpy(striped(1, 0)), FeatureConfig(cnn_stages=(5,), vit_blocks=(7,)))
+
+
+def test_greedy_coreset_covers_the_outliers():
+    rng = np.random.default_rng(0)
+    cloud = torch.from_numpy(rng.normal(size=(500, 8))).float()
+    cloud[123] += 50  # a rare patch far from the rest: a random sample would drop it
+    cloud[321] -= 50
+    idx = greedy_coreset(cloud, 10, projection_dim=4, seed=1)
+    assert len(set(idx.tolist())) == 10
+    assert {123, 321} <= set(idx.tolist())
+    assert torch.equal(greedy_coreset(cloud, 600), torch.arange(500))
+
+
+def test_false_alarm_threshold_flags_at_most_the_rate():
+    scores = np.arange(100, dtype=float)
+    t = false_alarm_threshold(scores, 0.05)
+    assert (scores > t).sum() == 5
+    assert (scores > false_alarm_threshold(scores, 0.0)).sum() == 0
+    assert (scores[:10] > false_alarm_threshold(scores[:10], 0.05)).sum() == 0  # too few images for 5 %
+    with pytest.raises(ValueError, match="held-out good"):
+        false_alarm_threshold(np.array([]), 0.01)
+
+
+def test_auroc_matches_sklearn_with_ties_and_has_an_interval():
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 2, 300).astype(bool)
+    s = np.round(rng.normal(size=300) + y, 1)
+    assert auroc(y, s) == pytest.approx(roc_auc_score(y, s))
+    m = image_auroc(y, s, n_boot=200)
+    assert m["ci_low"] < m["value"] < m["ci_high"]
+    assert np.isnan(auroc(np.zeros(5, bool), np.arange(5)))
+
+
+def test_pixel_auroc_is_close_to_the_exact_value():
+    rng = np.random.default_rng(1)
+    masks = rng.random((6, 16, 16)) < 0.1
+    heat = rng.normal(size=masks.shape) + 1.5 * masks
+    exact = roc_auc_score(masks.ravel(), heat.ravel())
+    m = pixel_auroc(heat, masks, n_bins=500, n_boot=100)
+    assert m["value"] == pytest.approx(exact, abs=0.005)
+    assert m["ci_low"] <= m["value"] <= m["ci_high"]
+    with pytest.raises(ValueError, match="both"):
+        pixel_auroc(heat, np.zeros_like(masks))
+
+
+def test_boxes_scale_with_the_image():
+    mask = boxes_to_mask([(320, 0, 640, 160)], (640, 640), 64)
+    assert mask.sum() == 32 * 16 and mask[0, 32] and not mask[0, 31] and not mask[16, 40]
+
+
+@pytest.mark.parametrize("family", ["resnet", "vit"])
+def test_patchcore_finds_and_localizes_defects(family):
+    cfg = BACKBONES[family]
+    backbone = build_backbone(cfg, seed=0)
+    good_train, good_cal, good_test = striped(12, 1), striped(20, 2), striped(10, 3)
+    bad, masks = with_defects(striped(10, 4), seed=5)
+    model = fit_patchcore(backbone, cfg, good_train, PatchCoreConfig(coreset_fraction=0.25, blur_sigma=1.0))
+    assert 0 < model.bank.shape[0] <= 0.25 * 12 * (SIZE // 4) ** 2 + 1
+    model.calibrate(good_cal, false_alarm_rate=0.05)
+    images = np.concatenate([good_test, bad])
+    y = np.r_[np.zeros(10, bool), np.ones(10, bool)]
+    scores, heat = model.score(images)
+    assert heat.shape == images.shape and heat.dtype == np.float32
+    metrics = evaluate_anomaly(y, scores, model.threshold, heat, np.concatenate([np.zeros_like(masks), masks]),
+                               n_boot=100)
+    assert metrics["image_auroc"]["value"] > 0.9
+    assert metrics["pixel_auroc"]["value"] > 0.8
+    assert metrics["detection_rate"]["value"] > 0.5
+    # the hottest pixel of each defective image lies on (or beside) its defect
+    rows, cols = np.unravel_index(heat[10:].reshape(10, -1).argmax(1), (SIZE, SIZE))
+    hits = [masks[i][max(0, r - 3):r + 4, max(0, c - 3):c + 4].any() for i, (r, c) in enumerate(zip(rows, cols))]
+    assert np.mean(hits) >= 0.8
+    # a checkpoint round trip scores identically and keeps the threshold
+    again = PatchCore.from_state(load_checkpoint(save_checkpoint(model.state())))
+    assert again.threshold == model.threshold
+    np.testing.assert_allclose(again.score(images[:4])[0], scores[:4], rtol=1e-5)
+    report = markdown_report("t", metrics, {"dataset": "synthetic"})
+    assert "image auroc" in report and "pixel auroc" in report
+    assert heatmap_overlays(images[8:12], heat[8:12], ["a", "b", "c", "d"]).startswith(b"\x89PNG")
+
+
+def test_patchcore_refuses_bad_input():
+    cfg = BACKBONES["resnet"]
+    model = fit_patchcore(build_backbone(cfg, seed=0), cfg, striped(2, 0), PatchCoreConfig(max_bank=10))
+    assert model.bank.shape[0] == 10
+    with pytest.raises(ValueError, match="fitted on 32 px"):
+        model.score(np.zeros((1, 16, 16), np.uint8))
+    with pytest.raises(ValueError, match="no threshold"):
+        model.decide(np.zeros(1))
+    with pytest.raises(ValueError, match="good images"):
+        fit_patchcore(build_backbone(cfg, seed=0), cfg, np.zeros((0, 32, 32), np.uint8))
+    with pytest.raises(ValueError, match="not a patchcore"):
+        PatchCore.from_state({"kind": "classifier"})
