@@ -108,7 +108,7 @@ def quick_recipe() -> Recipe:
     vit = ViTConfig.tiny(64, 8, depth=6, global_pool="avg")
     return Recipe(
         vit=vit,
-        mae=PretrainConfig(method="mae", vit=vit, steps=200, batch_size=128, warmup_steps=20),
+        mae=PretrainConfig(method="mae", backbone=vit, steps=200, batch_size=128, warmup_steps=20),
         dino=dino_recipe(vit, steps=200),
         continue_steps=50,
         methods=("probe", "prototype", "finetune"),
@@ -123,7 +123,7 @@ def full_recipe() -> Recipe:
     vit = ViTConfig.small(128, 16, global_pool="avg")
     return Recipe(
         vit=vit,
-        mae=PretrainConfig(method="mae", vit=vit, steps=20000, batch_size=256, lr=1.5e-3, warmup_steps=1000,
+        mae=PretrainConfig(method="mae", backbone=vit, steps=20000, batch_size=256, lr=1.5e-3, warmup_steps=1000,
                            decoder_dim=256, decoder_depth=4, decoder_heads=8),
         dino=dino_recipe(vit, steps=20000, batch_size=256),
         continue_steps=5000,
@@ -137,7 +137,7 @@ def gpu_recipe() -> Recipe:
     vit = ViTConfig.small(128, 16, global_pool="avg")
     return Recipe(
         vit=vit,
-        mae=PretrainConfig(method="mae", vit=vit, steps=3000, batch_size=512, lr=1.5e-3, warmup_steps=300,
+        mae=PretrainConfig(method="mae", backbone=vit, steps=3000, batch_size=512, lr=1.5e-3, warmup_steps=300,
                            decoder_dim=256, decoder_depth=4, decoder_heads=8),
         dino=dino_recipe(vit, steps=1500, batch_size=256),
         continue_steps=1000,
@@ -153,7 +153,7 @@ def gpu_recipe() -> Recipe:
 def smoke_recipe() -> Recipe:
     """Seconds-long: checks the script end to end (tests), measures nothing."""
     vit = ViTConfig(img_size=32, patch_size=8, embed_dim=32, depth=2, num_heads=2, global_pool="avg")
-    tiny = dict(vit=vit, steps=4, batch_size=16, warmup_steps=1, device="cpu")
+    tiny = dict(backbone=vit, steps=4, batch_size=16, warmup_steps=1, device="cpu")
     return Recipe(
         vit=vit,
         mae=tiny_pretrain(**tiny),
@@ -172,7 +172,7 @@ RECIPES = {"quick": quick_recipe, "gpu": gpu_recipe, "full": full_recipe, "smoke
 def dino_recipe(vit: ViTConfig, steps: int, batch_size: int = 32) -> PretrainConfig:
     """The DINO preset (``recipes.demo_dino_pretrain``: masked student, constant teacher temperature
     0.04, momentum 0.99 -> 1, crops of 40-100 %) on ``vit``."""
-    return demo_dino_pretrain(vit=vit, steps=steps, batch_size=batch_size, warmup_steps=max(1, steps // 10))
+    return demo_dino_pretrain(backbone=vit, steps=steps, batch_size=batch_size, warmup_steps=max(1, steps // 10))
 
 
 # ------------------------------------------------------------------------------ data

@@ -1,6 +1,8 @@
-"""Throughput, peak memory and model-FLOP utilization of a pretraining step (ViT-Ti/S/B).
+"""Throughput, peak memory and model-FLOP utilization of a pretraining step (ViT-Ti/S/B, ResNets).
 
     .venv/bin/python -m benchmarks.pretrain_throughput --device cpu                 # ti, s at 64 and 224 px
+    .venv/bin/python -m benchmarks.pretrain_throughput --device cpu --models rn-tiny,ti --methods simclr,mae \
+        --img-sizes 128 --batch-size 64 --threads 1                                  # per method and family
     .venv/bin/python -m benchmarks.pretrain_throughput --device cuda [--compile]    # ti, s, b at 224 px
     .venv/bin/python -m benchmarks.pretrain_throughput --device cuda --models b --batch-size 1024 --json b.json
 
@@ -27,6 +29,15 @@ Three things are measured beside the loop, with the same parts the loop uses:
 * peak memory above the data store: CUDA ``max_memory_allocated``; CPU the peak resident set
   size, sampled every 5 ms, above the RSS before ``pretrain()`` was called.
 
+* a bare torch loop of the same model: ``build_ssl_model(cfg)``, the same optimizer, batches
+  augmented once beforehand, nothing but forward, backward and ``opt.step()`` timed; the loop's
+  step time over it ("vs bare") is what dlvm's loop adds (augmentation, bookkeeping, logging).
+
+Methods (``--methods``) pair with the models that take them: MAE and DINO with ViTs, SimCLR and
+VICReg with both; pairs that do not fit are skipped with a note. ResNets (``rn-tiny``: 16-128
+channels, one block a stage, the auto recipe's CPU backbone; ``rn-small``; ``rn18``) train
+channels-last unless ``--no-channels-last``.
+
 Images are random uint8 by default (throughput does not depend on content); ``--elpv`` uses the
 ELPV solar-cell images resized to the resolution instead. Models are the standard widths at full
 depth 12 (ViT-Ti 192, ViT-S 384, ViT-B 768) with the MAE decoder of ``PretrainConfig`` (128 wide,
@@ -48,18 +59,24 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+import components  # noqa: F401  (OMP_WAIT_POLICY=PASSIVE before torch starts)
 import numpy as np
 import torch
 from torch.optim.optimizer import register_optimizer_step_post_hook
 
+from components.models.resnet import ResNetConfig
 from components.models.vit import ViTConfig
 from components.training.augment import augment_batch
 from components.training.device import autocast_for, pick_device
 from components.training.pretrain import PretrainConfig, build_ssl_model, pretrain
 from components.training.recipes import tiny_pretrain
 
-MODELS = {"ti": ViTConfig.tiny, "s": ViTConfig.small, "b": ViTConfig.base}
-MODEL_NAMES = {"ti": "ViT-Ti", "s": "ViT-S", "b": "ViT-B"}
+MODELS = {"ti": ViTConfig.tiny, "s": ViTConfig.small, "b": ViTConfig.base,
+          "rn-tiny": lambda size, patch: ResNetConfig.tiny(size, stem_pool=size >= 128),
+          "rn-small": lambda size, patch: ResNetConfig.small(size), "rn18": lambda size, patch: ResNetConfig.resnet18(size)}
+MODEL_NAMES = {"ti": "ViT-Ti", "s": "ViT-S", "b": "ViT-B", "rn-tiny": "ResNet-tiny", "rn-small": "ResNet-small",
+               "rn18": "ResNet-18"}
+VIT_ONLY = ("mae", "dino")
 DEFAULTS = {  # device -> (models, image sizes, warmup, steps)
     "cpu": (["ti", "s"], [64, 224], 2, 5),
     "cuda": (["ti", "s", "b"], [224], 10, 30),
@@ -73,7 +90,7 @@ def default_batch(device: str, model: str, img_size: int) -> int:
     GPU: large enough to fill an H100 with the encoder's 25 % visible tokens."""
     if device == "cpu":
         return 128 if img_size <= 128 else 32
-    return {"ti": 1024, "s": 1024, "b": 512}[model]
+    return {"ti": 1024, "s": 1024, "b": 512}.get(model, 512)
 
 
 def default_patch(img_size: int) -> int:
@@ -169,6 +186,8 @@ def ssl_loss(model: torch.nn.Module, batch: torch.Tensor, cfg: PretrainConfig, g
     if cfg.method == "dino":
         views = [augment_batch(batch, cfg.augment, gen) for _ in range(cfg.dino_views)]
         return model(views, teacher_temp=cfg.teacher_temp, generator=gen)
+    if cfg.method in ("simclr", "vicreg"):
+        return model(augment_batch(batch, cfg.augment, gen), augment_batch(batch, cfg.augment, gen))
     if cfg.contrastive_weight > 0:
         x, x2 = augment_batch(batch, cfg.augment, gen), augment_batch(batch, cfg.augment, gen)
         return model.forward_views(x, x2, cfg.mask_ratio, cfg.contrastive_weight, generator=gen)[0]
@@ -251,6 +270,10 @@ class Row:
     loader_ms: float
     loader_share: float
     pretrain_images_per_s: float  # pretrain()'s own figure: all steps, warmup and compilation included
+    bare_step_ms: float = 0.0  # the same model in a plain torch loop (pre-augmented batches)
+    vs_bare: float = 0.0  # the loop's step time over the bare loop's
+    threads: int = 0
+    omp_wait_policy: str = ""
 
 
 def device_name(device: torch.device) -> str:
@@ -282,14 +305,54 @@ def load_images(n: int, size: int, elpv: bool, seed: int = 0) -> np.ndarray:
     return np.stack([load_image_array(root / r.path, size) for r in rows])
 
 
-def measure(model_key: str, img_size: int, patch: int, batch: int, device: torch.device, args) -> Row:
+def bare_loop_step_s(cfg: PretrainConfig, data: torch.Tensor, device: torch.device, steps: int) -> float:
+    """Seconds per step of a plain torch loop of the same model: pre-augmented batches, forward,
+    backward, AdamW step; nothing else."""
+    torch.manual_seed(cfg.seed)
+    model = build_ssl_model(cfg).to(device).train()
+    channels_last = cfg.channels_last and isinstance(cfg.backbone, ResNetConfig)
+    if channels_last:
+        model.to(memory_format=torch.channels_last)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=device.type == "cuda")
+    gen = torch.Generator().manual_seed(0)
+    batch = data[: cfg.batch_size]
+    views = [augment_batch(batch, cfg.augment, gen) for _ in range(2)]
+    if channels_last:
+        views = [v.contiguous(memory_format=torch.channels_last) for v in views]
+    masks_gen = torch.Generator().manual_seed(1)
+
+    def step() -> None:
+        with autocast_for(device):
+            if cfg.method in ("simclr", "vicreg"):
+                loss = model(views[0], views[1])
+            elif cfg.method == "dino":
+                loss = model(views, teacher_temp=cfg.teacher_temp, generator=masks_gen)
+            else:
+                loss = model(views[0], cfg.mask_ratio, generator=masks_gen)[0]
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+
+    step()
+    sync(device)
+    t0 = time.perf_counter()
+    for _ in range(steps):
+        step()
+    sync(device)
+    return (time.perf_counter() - t0) / steps
+
+
+def measure(model_key: str, img_size: int, patch: int, batch: int, device: torch.device, args,
+            method: str | None = None) -> Row:
     vit = MODELS[model_key](img_size, patch)
+    method = method or args.method
     n_images = max(4 * batch, 256) if not args.elpv else min(args.elpv_images, 2624)
     images = load_images(n_images, img_size, args.elpv)
     if images.shape[0] < batch:
         raise SystemExit(f"--elpv gives {images.shape[0]} images, fewer than the batch of {batch}")
     cfg = PretrainConfig(
-        method=args.method, vit=vit, steps=args.warmup + args.steps, batch_size=batch,
+        method=method, backbone=vit, steps=args.warmup + args.steps, batch_size=batch,
+        channels_last=args.channels_last,
         warmup_steps=max(1, args.warmup), device=str(device), compile=args.compile, seed=0,
         decoder_dim=args.decoder_dim, decoder_depth=args.decoder_depth,
         decoder_heads=args.decoder_heads or (PretrainConfig.decoder_heads if args.decoder_dim == PretrainConfig.decoder_dim
@@ -327,6 +390,7 @@ def measure(model_key: str, img_size: int, patch: int, batch: int, device: torch
     data = torch.from_numpy(images).to(device)
     flops, _, params = count_step_flops(cfg, data, device)
     loader_s = time_data_path(cfg, data, device, batches=max(3, args.steps))
+    bare_s = bare_loop_step_s(cfg, data, device, steps=max(2, args.steps))
     del data
     if device.type == "cuda":
         torch.cuda.empty_cache()
@@ -343,7 +407,8 @@ def measure(model_key: str, img_size: int, patch: int, batch: int, device: torch
         flops_per_step=flops, tflop_per_step=flops / 1e12, achieved_tflops=achieved,
         peak_tflops=peak_tflops, mfu=achieved / peak_tflops if peak_tflops else None,
         loader_ms=1e3 * loader_s, loader_share=loader_s / step_s,
-        pretrain_images_per_s=loop_images_per_s,
+        pretrain_images_per_s=loop_images_per_s, bare_step_ms=1e3 * bare_s, vs_bare=step_s / bare_s,
+        threads=torch.get_num_threads(), omp_wait_policy=os.environ.get("OMP_WAIT_POLICY", ""),
     )
 
 
@@ -352,12 +417,14 @@ def measure(model_key: str, img_size: int, patch: int, batch: int, device: torch
 
 def markdown_table(rows: list[Row]) -> str:
     head = ["model", "img px", "patch", "batch", "device", "dtype", "compiled", "images/s", "step ms",
-            "loader ms (share)", "peak MiB", "TFLOP/step", "TFLOP/s", "MFU", "first step s"]
+            "bare loop ms (loop / bare)", "loader ms (share)", "peak MiB", "TFLOP/step", "TFLOP/s", "MFU",
+            "first step s"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
         lines.append("| " + " | ".join([
             f"{r.method.upper()} {r.model}", str(r.img_px), str(r.patch), str(r.batch), f"{r.device} ({r.device_name})", r.dtype,
             "yes" if r.compiled else "no", f"{r.images_per_s:,.1f}", f"{r.step_ms:,.1f}",
+            f"{r.bare_step_ms:,.1f} ({r.vs_bare:.2f}x)",
             f"{r.loader_ms:,.1f} ({100 * r.loader_share:.1f} %)", f"{r.peak_mib:,.0f}",
             f"{r.tflop_per_step:.3f}", f"{r.achieved_tflops:.2f}",
             f"{100 * r.mfu:.1f} %" if r.mfu is not None else "–", f"{r.first_step_s:.1f}",
@@ -378,6 +445,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--compile", action=argparse.BooleanOptionalAction, default=False,
                    help="PretrainConfig.compile: torch.compile the model (default off)")
     p.add_argument("--method", default="mae", help="PretrainConfig.method (default mae)")
+    p.add_argument("--methods", default=None, help="comma list of methods, each with every model that takes it "
+                                                     "(overrides --method)")
+    p.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=True,
+                   help="ResNets in channels-last memory layout (default on, as the loop does)")
     p.add_argument("--decoder-dim", type=int, default=PretrainConfig.decoder_dim)
     p.add_argument("--decoder-depth", type=int, default=PretrainConfig.decoder_depth)
     p.add_argument("--decoder-heads", type=int, default=None,
@@ -417,6 +488,7 @@ def main(argv: list[str] | None = None) -> dict:
     threads_before = torch.get_num_threads()
     if args.threads:
         torch.set_num_threads(args.threads)
+    args.method_list = args.methods.split(",") if args.methods else [args.method]
     try:
         return run(args, device, models, sizes)
     finally:
@@ -442,14 +514,20 @@ def run(args, device: torch.device, models: list[str], sizes: list[int]) -> dict
               f"{note}", file=sys.stderr)
     warm_up_libraries(device)
     rows: list[Row] = []
+    pairs = [(m, method) for method in args.method_list for m in models
+             if not (method in VIT_ONLY and m.startswith("rn"))]
+    skipped = [f"{method} on {MODEL_NAMES[m]}" for method in args.method_list for m in models
+               if method in VIT_ONLY and m.startswith("rn")]
+    if skipped:
+        print(f"skipped (ViT-only methods): {', '.join(skipped)}", file=sys.stderr)
     for size in sizes:
         patch = args.patch or default_patch(size)
-        for m in models:
+        for m, method in pairs:
             batch = args.batch_size or default_batch(device.type, m, size)
-            print(f"[{len(rows) + 1}/{len(sizes) * len(models)}] {MODEL_NAMES[m]} {size}px/{patch} batch {batch} "
+            print(f"[{len(rows) + 1}/{len(sizes) * len(pairs)}] {method} {MODEL_NAMES[m]} {size}px/{patch} batch {batch} "
                   f"on {device}{' compiled' if args.compile else ''}: {args.warmup} warmup + {args.steps} timed steps",
                   file=sys.stderr, flush=True)
-            row = measure(m, size, patch, batch, device, args)
+            row = measure(m, size, patch, batch, device, args, method)
             print(f"    {row.images_per_s:,.1f} images/s, {row.step_ms:,.1f} ms/step, loader {100 * row.loader_share:.1f} %"
                   + (f", MFU {100 * row.mfu:.1f} %" if row.mfu is not None else ""), file=sys.stderr, flush=True)
             rows.append(row)
@@ -461,6 +539,7 @@ def run(args, device: torch.device, models: list[str], sizes: list[int]) -> dict
     out = {
         "command": " ".join(["python -m benchmarks.pretrain_throughput", *args.argv]),
         "torch": torch.__version__, "device": str(device), "device_name": name, "cpus": os.cpu_count(),
+        "threads": torch.get_num_threads(), "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", ""),
         "load_average_start": load_average, "peak_tflops": args.peak_tflops if rows and rows[0].mfu is not None else None,
         "rows": [asdict(r) for r in rows], "table": table,
     }

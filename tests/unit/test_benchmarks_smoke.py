@@ -52,3 +52,13 @@ def test_cuda_without_cuda_is_a_clear_error(monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     with pytest.raises(SystemExit, match="CUDA is not available"):
         main(["--device", "cuda"])
+
+
+def test_pretrain_throughput_pairs_methods_with_families_and_times_a_bare_loop(tmp_path):
+    result = main(["--device", "cpu", "--models", "rn-tiny,ti", "--methods", "simclr,mae", "--img-sizes", "32",
+                   "--batch-size", "8", "--warmup", "1", "--steps", "2", "--threads", "1", "--no-progress"])
+    pairs = [(r["method"], r["model"]) for r in result["rows"]]
+    assert pairs == [("simclr", "ResNet-tiny"), ("simclr", "ViT-Ti"), ("mae", "ViT-Ti")]  # no MAE on a ResNet
+    for row in result["rows"]:
+        assert row["bare_step_ms"] > 0 and row["vs_bare"] == pytest.approx(row["step_ms"] / row["bare_step_ms"])
+        assert row["threads"] == 1 and row["flops_per_step"] > 0
