@@ -741,10 +741,13 @@ def serve(dataset: str = typer.Option(..., "--dataset", "-d", callback=DATASET_N
           nightly: str = typer.Option("0 2 * * *", help="cron of ingest + label sync ('' = on demand only)"),
           weekly_pretrain: str = typer.Option("0 3 * * 0", help="cron of pretraining ('' = on demand only)"),
           feedback_interval: int = typer.Option(3600, help="seconds between feedback rounds (0 = on demand only)"),
+          predict_source: Optional[str] = typer.Option(None, help="folder (or dataset:NAME, s3://...) the "
+                                                        "predict deployment runs the production classifier on"),
+          predict_cron: str = typer.Option("0 * * * *", help="cron of the predict deployment ('' = on demand only)"),
           recipe: str = RECIPE,
           timezone: str = typer.Option("UTC")):
     """Serve dlvm's deployments (nightly ingest + label sync, weekly pretraining, the feedback
-    loop, retrain on new labels) with their schedules; runs execute in this process's
+    loop, retrain on new labels, hourly predict with --predict-source) with their schedules; runs execute in this process's
     children. Needs a Prefect server (PREFECT_API_URL). Stop with Ctrl-C."""
     prepare()
     from prefect import serve as prefect_serve
@@ -755,9 +758,14 @@ def serve(dataset: str = typer.Option(..., "--dataset", "-d", callback=DATASET_N
     if source is not None and not source.is_dir():
         raise typer.BadParameter(f"--source {source} is not a folder")
     schedules = Schedules(nightly=nightly or None, pretrain=weekly_pretrain or None,
-                          feedback_interval_s=feedback_interval or None, timezone=timezone)
+                          feedback_interval_s=feedback_interval or None, predict=predict_cron or None,
+                          timezone=timezone)
+    if predict_source and "://" not in predict_source and not predict_source.startswith("dataset:"):
+        if not Path(predict_source).is_dir():
+            raise typer.BadParameter(f"--predict-source {predict_source} is not a folder")
+        predict_source = str(Path(predict_source).resolve())
     deployments = build_deployments(dataset, str(source.resolve()) if source else None, schedules, recipe, retrain_name,
-                                    feedback=bool(settings.label_studio_url))
+                                    feedback=bool(settings.label_studio_url), predict_source=predict_source)
     console.print("serving " + ", ".join(f"{d.flow_name}/{d.name}" for d in deployments))
     prefect_serve(*deployments)
 

@@ -132,3 +132,28 @@ def test_rollback_button_needs_the_token_and_is_recorded(ui, promoted, browser):
     page.close()
     status, detail = call(f"{ui}/api/models/{MODEL}")
     assert detail["aliases"]["production"] == before and detail["promotions"][0]["actor"] == "dashboard"
+
+
+def test_dashboard_shows_a_drift_alert_and_the_model_card(ui, promoted, browser, demo, tmp_path):
+    """A batch of inverted ELPV cells drifts: the overview and the model page say so, and the
+    model page shows the model card."""
+    import numpy as np
+    from PIL import Image
+    home, env, _ = demo
+    inverted = tmp_path / "inverted"
+    inverted.mkdir()
+    for path in sorted((home / "demo" / "elpv" / "images").iterdir())[:40]:
+        with Image.open(path) as img:
+            Image.fromarray(255 - np.asarray(img.convert("L"))).save(inverted / path.name)
+    dlvm(env, "predict", str(inverted), "--model", MODEL)
+    page = browser.new_page(viewport={"width": 1280, "height": 900})
+    page.goto(ui + "/")
+    assert "drift" in page.locator('#alerts li[data-kind="drift"]').first.inner_text()
+    page.goto(ui + f"/models/{MODEL}")
+    assert "differs from the training data" in page.locator('#alerts li[data-kind="drift"]').inner_text()
+    assert "alert" in page.locator("#predictions tr.drift").first.inner_text()
+    card = page.locator("#model-card .card-body")
+    assert f"Model card: {MODEL}:" in card.locator("h1").inner_text() and card.locator("table").count() >= 3
+    page.screenshot(path=str(ARTIFACTS / "dashboard-drift.png"), full_page=True)
+    page.close()
+

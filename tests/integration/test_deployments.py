@@ -24,6 +24,10 @@ def test_build_deployments_schedules_and_parameters():
     bare = build_deployments("cells", None, Schedules(nightly=None, pretrain=None, feedback_interval_s=None), feedback=False)
     assert [f"{d.flow_name}/{d.name}" for d in bare] == ["pretrain/cells", "retrain/retrain"]
     assert not any(d.schedules for d in bare)
+    with_predict = {f"{d.flow_name}/{d.name}": d for d in build_deployments("cells", None, Schedules(),
+                                                                           predict_source="/line/inbox")}
+    assert with_predict["predict/cells"].parameters == {"source": "/line/inbox", "model": "cells-classifier"}
+    assert [s.schedule.cron for s in with_predict["predict/cells"].schedules] == ["0 * * * *"]
 
 
 def test_feedback_serve_and_dlvm_serve_build_the_same_loop():

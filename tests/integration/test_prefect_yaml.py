@@ -25,12 +25,13 @@ def test_prefect_yaml_matches_the_served_deployments():
         assert set(dep["parameters"]) <= accepted, (dep["entrypoint"], set(dep["parameters"]) - accepted)
         assert dep["work_pool"]["name"] == "dlvm-process"
         by_flow[flow.name] = dep
-    assert set(by_flow) == {"nightly", "pretrain", "feedback", "retrain"}
+    assert set(by_flow) == {"nightly", "pretrain", "feedback", "retrain", "predict"}
     schedules = Schedules()
     assert by_flow["nightly"]["schedules"][0]["cron"] == schedules.nightly
     assert by_flow["pretrain"]["schedules"][0]["cron"] == schedules.pretrain
     assert by_flow["feedback"]["schedules"][0]["interval"] == schedules.feedback_interval_s
     assert "schedules" not in by_flow["retrain"] and by_flow["retrain"]["name"] == "retrain"
+    assert by_flow["predict"]["schedules"][0]["cron"] == schedules.predict
     assert {d.name for d in served.values()} == {"elpv", "retrain"}
     # Both routes run one flow run per deployment at a time.
     assert all(d.concurrency_limit == 1 for d in served.values())
@@ -56,5 +57,5 @@ def test_prefect_deploy_registers_them_in_the_process_pool(prefect_api, tmp_path
     run("work-pool", "create", "dlvm-process", "--type", "process", "--overwrite")
     run("--no-prompt", "deploy", "--all")
     listing = run("deployment", "ls")
-    for name in ("nightly/elpv", "pretrain/elpv", "feedback/elpv", "retrain/retrain"):
+    for name in ("nightly/elpv", "pretrain/elpv", "feedback/elpv", "retrain/retrain", "predict/elpv"):
         assert name in listing

@@ -24,6 +24,7 @@ from components.settings import Settings
 TABLES = {
     "dataset", "dataset_version", "label_snapshot", "run", "registered_model", "model_version",
     "alias", "evaluation", "evaluation_result", "promotion_event",
+    "model_artifact", "prediction_batch",  # migration 0002: exports, drift references, prediction batches
 }
 
 
