@@ -73,6 +73,8 @@ def run_step(fn, *args, **kwargs):
 
 SUMMARY = typer.Option(None, "--summary", help="also write the step's summary as JSON to this file")
 RECIPE = typer.Option("demo", "--recipe", help="training recipe: a named preset (list them with `dlvm recipes`)")
+METRIC = typer.Option("macro_f1", "--metric", help="what the gate decides on: macro_f1, balanced_accuracy or accuracy "
+                      "(accuracy is always reported)")
 
 
 def write_summary(path: Path | None, summary: dict) -> None:
@@ -169,13 +171,18 @@ def evaluate(dataset: str = typer.Option(..., "--dataset", "-d"),
              fractions: str = "0.05,0.1,0.25,0.5,1.0", seeds: str = "0,1,2",
              methods: str = typer.Option("probe", help="comma-separated: probe, finetune, lora, prototype"),
              recipe: str = RECIPE, scratch: bool = typer.Option(True, help="include the from-scratch baseline"),
+             metric: str = METRIC,
+             baseline_fractions: str = typer.Option("1.0", help="label fractions the sanity baselines run at "
+                                                    "(comma-separated, or 'all')"),
              summary_path: Optional[Path] = SUMMARY):
-    """Label-efficiency sweep: label fractions x backbones x methods x seeds, with CIs."""
+    """Label-efficiency sweep: label fractions x backbones x methods x seeds, with CIs, and the
+    sanity baselines (majority class; logistic regression and RBF-SVM on pixels and HOG)."""
     prepare()
     from flows.evaluate import evaluate_flow
     out = run_step(evaluate_flow, dataset, backbones=backbone or None, include_scratch=scratch,
                    fractions=parse_list(fractions), seeds=parse_list(seeds, int),
-                   methods=[m.strip() for m in methods.split(",") if m.strip()], recipe=recipe)
+                   methods=[m.strip() for m in methods.split(",") if m.strip()], recipe=recipe, metric=metric,
+                   baseline_fractions=None if baseline_fractions.strip() == "all" else parse_list(baseline_fractions))
     write_summary(summary_path, out)
     console.print(f"evaluation {out['evaluation_id']}: report {out['report_uri']}\nplot {out['plot_uri']}")
 
@@ -186,8 +193,10 @@ def promote(candidate: Optional[str] = typer.Argument(None, help="classifier ref
             evaluation: Optional[int] = typer.Option(None, help="evaluation id (default: latest for the snapshot)"),
             rollback: Optional[str] = typer.Option(None, help="roll MODEL's alias back to its previous version"),
             actor: str = typer.Option(os.environ.get("USER", "cli"), help="who decides"),
-            reason: str = "", summary_path: Optional[Path] = SUMMARY):
-    """Gate a candidate for an alias (paired bootstrap against the holder and baselines), or roll back."""
+            reason: str = "", metric: str = METRIC, summary_path: Optional[Path] = SUMMARY):
+    """Gate a candidate for an alias, or roll back. Paired bootstrap tests on --metric: significantly
+    better than the majority class, not significantly worse than the strongest sanity baseline
+    and from-scratch model, better by --margin than the strongest generic backbone and the holder."""
     settings = prepare()
     if rollback:
         from components.registry.db import session_scope
@@ -199,9 +208,22 @@ def promote(candidate: Optional[str] = typer.Argument(None, help="classifier ref
     if not candidate:
         raise typer.BadParameter("give a CANDIDATE or --rollback MODEL")
     from flows.promote import promote_flow
-    out = run_step(promote_flow, candidate, alias=alias, evaluation_id=evaluation, margin=margin, actor=actor)
+    out = run_step(promote_flow, candidate, alias=alias, evaluation_id=evaluation, margin=margin, actor=actor,
+                   metric=metric)
     write_summary(summary_path, out)
+    _print_gate(out["gate"])
     console.print(f"{out['model']} v{out['version']} -> {alias}: {out['decision']}")
+
+
+def _print_gate(gate: dict) -> None:
+    """One line per comparison, then the goal."""
+    from components.evaluation.gate import describe
+    for name, comparison in gate["comparisons"].items():
+        console.print(describe(name, comparison, gate["confidence"]), markup=False, highlight=False)
+    goal = gate.get("goal") or {}
+    if goal:
+        console.print(f"goal (not required): significantly better than {goal['against']}: "
+                      f"{'met' if goal['met'] else 'not met'}", markup=False, highlight=False)
 
 
 @app.command()
@@ -211,28 +233,34 @@ def pipeline(source: Path = typer.Argument(..., help="folder of raw images"),
              recipe: str = RECIPE, steps: Optional[int] = None,
              generic: Optional[Path] = typer.Option(None, help="folder of generic images for a generic baseline"),
              fractions: str = "0.05,0.1,0.25,0.5,1.0", seeds: str = "0,1,2", margin: float = 0.0,
-             classes: Optional[str] = typer.Option(None, help="comma-separated class names the project allows")):
+             classes: Optional[str] = typer.Option(None, help="comma-separated class names the project allows"),
+             metric: str = METRIC,
+             method: Optional[str] = typer.Option(None, help="the candidate's adaptation method (default: the one "
+                                                  "the sweep measured best on --metric)")):
     """The whole loop: ingest, labels, pretrain, evaluate, adapt, promote."""
     prepare()
     out = _run_pipeline(source, dataset, labels_export, recipe, steps, generic, parse_list(fractions),
-                        parse_list(seeds, int), margin, parse_list(classes, str) if classes else None)
+                        parse_list(seeds, int), margin, parse_list(classes, str) if classes else None,
+                        metric=metric, method=method)
     _print_outcome(out)
 
 
 def _run_pipeline(source, dataset, labels_export, recipe, steps, generic, fractions, seeds, margin,
-                  classes=None) -> dict:
+                  classes=None, metric="macro_f1", method=None) -> dict:
     from flows.pipeline import pipeline_flow
     return run_step(pipeline_flow, str(source), dataset, str(labels_export), classes=classes, recipe=recipe,
                     pretrain_steps=steps,
                     generic_source=str(generic) if generic else None, fractions=fractions, seeds=seeds,
-                    margin=margin)
+                    margin=margin, metric=metric, candidate_method=method)
 
 
 def _print_outcome(out: dict) -> None:
     console.print()
     console.print(out["evaluation"]["markdown"])
     promo = out["promotion"]
-    console.print(f"\n[bold]promotion[/bold]: {promo['model']} v{promo['version']} -> {promo['alias']}: "
+    console.print(f"\n[bold]candidate[/bold]: {out['backbones'][0]} / {out['candidate_method']}")
+    _print_gate(promo["gate"])
+    console.print(f"[bold]promotion[/bold]: {promo['model']} v{promo['version']} -> {promo['alias']}: "
                   f"{promo['decision']}")
 
 
@@ -243,14 +271,15 @@ def demo(limit: Optional[int] = typer.Option(None, help="use a stratified subset
          generic: Optional[Path] = typer.Option(None, help="generic image folder for a generic baseline, "
                                                 "e.g. ../shared/data/generic-imagenette"),
          seeds: str = "0,1,2", fractions: str = "0.05,0.1,0.25,0.5,1.0",
-         margin: float = typer.Option(0.0, help="promotion margin over the holder and baselines")):
+         margin: float = typer.Option(0.0, help="promotion margin over the holder and generic backbones"),
+         metric: str = METRIC):
     """Run the whole loop on ELPV solar-cell images (from the elpv-dataset package)."""
     settings = prepare()
     from components.data.elpv import CLASS_NAMES_4, export_elpv
     images_dir, export_json = export_elpv(settings.home / "demo" / "elpv", limit=limit)
     console.print(f"[bold]dlvm demo[/bold]: ELPV images in {images_dir}, Label Studio export {export_json}")
     out = _run_pipeline(images_dir, "elpv", export_json, recipe, steps, generic, parse_list(fractions),
-                        parse_list(seeds, int), margin, list(CLASS_NAMES_4))
+                        parse_list(seeds, int), margin, list(CLASS_NAMES_4), metric=metric)
     _print_outcome(out)
     console.print("\n[bold]where to look[/bold]")
     console.print(f"  registry:   dlvm models list; dlvm models show elpv-classifier   ({settings.database_url})")

@@ -1,5 +1,6 @@
 """Flow `evaluate`: the label-efficiency sweep (label fractions x backbones x adaptation
-methods x seeds) on a snapshot's fixed test split, with its report, plot and registry rows."""
+methods x seeds) and the sanity baselines on a snapshot's fixed test split, with its report,
+plot and registry rows."""
 from __future__ import annotations
 
 from prefect import flow, task
@@ -10,7 +11,11 @@ from prefect.artifacts import (
 )
 from prefect.cache_policies import NO_CACHE
 
+from components.evaluation.baselines import BASELINE_BACKBONE, SANITY_BASELINES, BaselineConfig
+from components.evaluation.metrics import DEFAULT_GATE_METRIC, check_metric
 from components.evaluation.report import (
+    beats_majority,
+    best_method,
     label_efficiency,
     markdown_report,
     plot_curves,
@@ -67,7 +72,7 @@ def sweep_on_task_runner(settings, backbones: list[Backbone], images, labels, tr
     shared = {"images": images, "labels": labels, "train_idx": train_idx, "test_idx": test_idx,
               "num_classes": num_classes, "cfg": cfg}
     with sweep_task_runner(settings) as runner:
-        futures = [runner.submit(sweep_unit, {"unit": unit, "backbone": by_name[unit.backbone], **shared})
+        futures = [runner.submit(sweep_unit, {"unit": unit, "backbone": by_name.get(unit.backbone), **shared})
                    for unit in plan_units(backbones, cfg)]
         parts = [future.result() for future in futures]
     return assemble_sweep(parts, backbones, labels, train_idx, test_idx, num_classes, cfg)
@@ -101,12 +106,26 @@ def evaluate_flow(dataset: str, backbones: list[str] | None = None, include_scra
                   fractions: list[float] = (0.05, 0.1, 0.25, 0.5, 1.0), seeds: list[int] = (0, 1, 2),
                   methods: list[str] = ("probe",), finetune_fractions: list[float] | None = None,
                   finetune_seeds: list[int] | None = None, recipe: str = "demo", reference: str | None = None,
-                  dataset_version: int | None = None, snapshot_version: int | None = None) -> dict:
+                  dataset_version: int | None = None, snapshot_version: int | None = None,
+                  metric: str = DEFAULT_GATE_METRIC, baseline_fractions: list[float] | None = (1.0,)) -> dict:
     """Compare backbones on the snapshot's test split. `backbones` are registered backbone refs
     (default: the dataset's own MAE backbone and every backbone's `baseline` alias holder of
     the same input size); 'scratch' is added unless include_scratch is off.
+    The sanity baselines (majority class; logistic regression and RBF-SVM on pixels and on
+    HOG) always run beside them, on the same label subsets, at `baseline_fractions` of the
+    labels with the first seed (None: every fraction).
+    `metric` (macro_f1, balanced_accuracy or accuracy) is what the baselines' cross-validation,
+    the label-efficiency ratio and its reference are decided on.
     `reference` names the backbone whose 100 %-label score defines label efficiency
-    (default: the best non-domain backbone)."""
+    (default: the best non-domain backbone); no ratio is claimed unless that reference is
+    significantly better than the majority class."""
+    check_metric(metric)
+    if 1.0 not in [float(f) for f in fractions]:
+        raise ValueError("fractions must include 1.0: the sanity baselines and the promotion gate compare "
+                         "full-label runs")
+    baseline_fractions = [float(f) for f in baseline_fractions] if baseline_fractions else None
+    if baseline_fractions and not set(baseline_fractions) <= {float(f) for f in fractions}:
+        raise ValueError(f"baseline_fractions {baseline_fractions} must be among fractions {list(fractions)}")
     settings = get_settings()
     generic = [] if backbones else [r for r in generic_baselines(settings) if not r.startswith(f"{dataset}-mae:")]
     refs = list(backbones or [f"{dataset}-mae", *generic]) + ([SCRATCH] if include_scratch else [])
@@ -114,10 +133,13 @@ def evaluate_flow(dataset: str, backbones: list[str] | None = None, include_scra
                       finetune_fractions=tuple(finetune_fractions) if finetune_fractions else None,
                       finetune_seeds=tuple(finetune_seeds) if finetune_seeds else None,
                       probe=adapt_config("probe", recipe), finetune=adapt_config("finetune", recipe),
-                      lora=adapt_config("lora", recipe), prototype=adapt_config("prototype", recipe))
+                      lora=adapt_config("lora", recipe), prototype=adapt_config("prototype", recipe),
+                      baselines=SANITY_BASELINES, baseline=BaselineConfig(metric=metric),
+                      baseline_fractions=tuple(baseline_fractions) if baseline_fractions else None)
     params = {"dataset": dataset, "backbones": refs, "fractions": list(fractions), "seeds": list(seeds),
               "methods": list(methods), "finetune_fractions": finetune_fractions,
-              "finetune_seeds": finetune_seeds, "recipe": recipe, "baselines_by_alias": generic}
+              "finetune_seeds": finetune_seeds, "recipe": recipe, "baselines_by_alias": generic,
+              "metric": metric, "baseline_fractions": baseline_fractions}
     with recorded_run(settings, "evaluate", params) as run_id:
         version, snapshot = resolve_label_snapshot(settings, dataset, dataset_version, snapshot_version)
         requested = []
@@ -135,24 +157,34 @@ def evaluate_flow(dataset: str, backbones: list[str] | None = None, include_scra
         table = summary_table(result.rows)
         domain = refs[0]
         others = [r for r in refs if r != domain]
-        reference = reference or reference_backbone(table, others)
-        efficiency = label_efficiency(result.rows, reference, [r for r in refs if r != reference]) if reference else {}
+        reference = reference or reference_backbone(table, others, metric)
+        # A ratio against a reference no better than always answering the majority class
+        # measures nothing: it is only claimed when the reference is significantly better.
+        reference_check = beats_majority(result.to_dict(include_proba=False), reference,
+                                         best_method(table, reference, metric), metric) if reference else None
+        targets = [r for r in refs if r != reference]
+        efficiency = (label_efficiency(result.rows, reference, targets, metric)
+                      if reference and reference_check["passed"] else {})
         context = {"dataset": f"{dataset} v{version.version}", "label snapshot": f"v{snapshot.version} "
                    f"({len(data.labels)} labels, classes {', '.join(data.classes)})",
                    "test split": f"{len(test_idx)} images (stratified, hash-assigned)",
-                   "train pool": f"{len(train_idx)} images", "reference backbone": reference or "-"}
+                   "train pool": f"{len(train_idx)} images", "decision metric": metric,
+                   "reference backbone": reference or "-"}
         markdown = markdown_report(result.rows, f"Label efficiency on {dataset}", context, None,
-                                   reference_backbone=reference,
-                                   target_backbones=[r for r in refs if r != reference] if reference else None)
-        plot_png = plot_curves(result.rows, "accuracy")
+                                   reference_backbone=reference, target_backbones=targets if reference else None,
+                                   efficiency_metric=metric, reference_check=reference_check, scratch=SCRATCH)
+        plot_png = plot_curves(result.rows, metric)
         report = store_artifact(settings, markdown.encode(), "reports", f"{dataset}-evaluation.md")
         plot = store_artifact(settings, plot_png, "reports", f"{dataset}-label-efficiency.png")
         results = store_artifact(settings, result.to_json().encode(), "evaluations", f"{dataset}-sweep.json")
-        summary = {"domain": domain, "table": table, "label_efficiency": efficiency, "reference": reference, "context": context}
+        summary = {"domain": domain, "table": table, "metric": metric, "label_efficiency": efficiency,
+                   "reference": reference, "reference_check": reference_check, "context": context,
+                   "sanity_baselines": [row for row in table if row["backbone"] == BASELINE_BACKBONE]}
         evaluation = register_evaluation(settings, snapshot, run_id, report, plot, results, summary,
                                          result.rows, backbone_list)
         publish(settings, dataset, markdown, table, plot)
     print(f"evaluate: {len(result.rows)} runs on {len(test_idx)} test images; report {report.uri}")
-    return {"evaluation_id": evaluation.id, "report_uri": report.uri, "plot_uri": plot.uri,
-            "table": table, "label_efficiency": efficiency, "markdown": markdown}
+    return {"evaluation_id": evaluation.id, "report_uri": report.uri, "plot_uri": plot.uri, "metric": metric,
+            "table": table, "label_efficiency": efficiency, "reference_check": reference_check,
+            "markdown": markdown}
 

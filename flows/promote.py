@@ -1,6 +1,10 @@
 """Flow `promote`: move an alias (default `production`) to a candidate classifier only if,
-on the same test split, it beats the current holder and every baseline of the evaluation
-by a stated margin under a paired bootstrap test. Every decision is a promotion event."""
+on the same test split and under paired bootstrap tests on a metric imbalance cannot game
+(macro-F1 by default), it is significantly better than the majority class, not
+significantly worse than the strongest sanity baseline and the strongest from-scratch
+model, and better by the margin than the strongest generic backbone and the current holder
+(components/evaluation/gate.py). Every decision is a promotion event that records every
+comparison."""
 from __future__ import annotations
 
 import json
@@ -9,9 +13,11 @@ import numpy as np
 from prefect import flow, task
 from prefect.cache_policies import NO_CACHE
 
-from components.evaluation.gate import promotion_gate
+from components.evaluation.gate import Comparator, describe, promotion_gate, strongest_comparators
+from components.evaluation.metrics import DEFAULT_GATE_METRIC, check_metric
 from components.orchestration.lineage import recorded_run
 from components.registry import refs
+from components.registry.refs import SCRATCH
 from components.registry.db import session_scope
 from components.registry.promotion import record_promotion
 from components.settings import get_settings
@@ -41,9 +47,11 @@ def record(settings, model_name, alias, decision, candidate_id, evaluation_id, e
 
 @flow(name="promote", log_prints=True)
 def promote_flow(candidate: str, alias: str = "production", evaluation_id: int | None = None,
-                 margin: float = 0.0, metric: str = "accuracy", confidence: float = 0.95,
+                 margin: float = 0.0, metric: str = DEFAULT_GATE_METRIC, confidence: float = 0.95,
                  actor: str = "pipeline") -> dict:
-    """Gate `candidate` (a classifier ref such as 'elpv-classifier:3') for `alias`."""
+    """Gate `candidate` (a classifier ref such as 'elpv-classifier:3') for `alias`, deciding on
+    `metric` (macro_f1, balanced_accuracy or accuracy; accuracy is always reported)."""
+    check_metric(metric)
     settings = get_settings()
     with recorded_run(settings, "promote", {"candidate": candidate, "alias": alias, "margin": margin,
                                             "metric": metric, "evaluation_id": evaluation_id}):
@@ -57,17 +65,22 @@ def promote_flow(candidate: str, alias: str = "production", evaluation_id: int |
                              "label snapshot: re-run evaluate on this snapshot")
         y_test = data.labels[test_idx]
         test_images = data.images[test_idx]
-        others = {f"baseline {name}": np.asarray(pred) for name, pred in ctx.baseline_predictions(results).items()}
+        comparators = strongest_comparators(results, ctx.evaluation.summary.get("domain"), SCRATCH, metric,
+                                            f"evaluation {ctx.evaluation.id}")
         if ctx.current is not None and ctx.current.id != ctx.candidate.id:
-            others[f"{alias} v{ctx.current.version}"] = predict_test(settings, ctx.current, test_images)
+            comparators.append(Comparator(f"holder: {alias} v{ctx.current.version}", "holder",
+                                          predict_test(settings, ctx.current, test_images),
+                                          f"{ctx.model_name}:{ctx.current.version}"))
         candidate_pred = predict_test(settings, ctx.candidate, test_images)
-        gate = promotion_gate(y_test, candidate_pred, others, len(data.classes), metric=metric,
+        gate = promotion_gate(y_test, candidate_pred, comparators, len(data.classes), metric=metric,
                               margin=margin, confidence=confidence)
         decision = "promoted" if gate.passed else "rejected"
         evidence = {"gate": gate.to_dict(), "evaluation_id": ctx.evaluation.id, "n_test": int(len(test_idx)),
-                    "label_snapshot_id": ctx.snapshot.id}
+                    "label_snapshot_id": ctx.snapshot.id, "candidate_method": ctx.candidate.params.get("method")}
         event = record(settings, ctx.model_name, alias, decision, ctx.candidate.id, ctx.evaluation.id,
                        evidence, actor, gate.reason)
+    for name, comparison in gate.comparisons.items():
+        print(f"promote:   {describe(name, comparison, confidence)}")
     print(f"promote: {ctx.model_name} v{ctx.candidate.version} -> {alias}: {decision.upper()} ({gate.reason})")
     return {"decision": decision, "event_id": event.id, "model": ctx.model_name,
             "version": ctx.candidate.version, "alias": alias, "gate": gate.to_dict()}

@@ -194,7 +194,7 @@ def _promote(settings: Settings, name: str, body: schemas.PromoteRequest) -> dic
     from flows.promote import promote_flow
     try:
         out = promote_flow(f"{name}:{body.version}", alias=body.alias, evaluation_id=body.evaluation_id,
-                           margin=body.margin, actor=body.actor)
+                           margin=body.margin, actor=body.actor, metric=body.metric)
     except (PromotionError, queries.NotFound):
         raise
     except ValueError as exc:  # e.g. the evaluation used another test split
