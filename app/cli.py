@@ -464,15 +464,16 @@ def feedback_serve(dataset: str = typer.Option(..., "--dataset", "-d"),
 @feedback_app.command("retrain")
 def feedback_retrain(dataset: str = typer.Option(..., "--dataset", "-d"),
                      backbone: Optional[str] = typer.Option(None, help="default: the production model's backbone, else <dataset>-mae"),
-                     method: str = typer.Option("probe", help="probe, finetune, lora or prototype"),
+                     method: Optional[str] = typer.Option(None, help="probe, finetune, lora or prototype "
+                                                          "(default: the evaluation's best of probe and finetune)"),
                      recipe: str = RECIPE, fractions: str = typer.Option("0.25,1.0", help="evaluation label fractions"),
                      seeds: str = typer.Option("0", help="evaluation seeds"), margin: float = 0.0,
-                     summary_path: Optional[Path] = SUMMARY):
+                     metric: str = METRIC, summary_path: Optional[Path] = SUMMARY):
     """What new labels start, by hand: pull labels, evaluate, adapt, gate for production."""
     prepare()
     from flows.retrain import retrain_flow
     out = run_step(retrain_flow, dataset, backbone=backbone, method=method, recipe=recipe,
-                   fractions=parse_list(fractions), seeds=parse_list(seeds, int), margin=margin)
+                   fractions=parse_list(fractions), seeds=parse_list(seeds, int), margin=margin, metric=metric)
     write_summary(summary_path, out)
 
 
