@@ -13,15 +13,7 @@ from prefect.cache_policies import NO_CACHE
 
 from components.evaluation.baselines import BASELINE_BACKBONE, SANITY_BASELINES, BaselineConfig
 from components.evaluation.metrics import DEFAULT_GATE_METRIC, check_metric
-from components.evaluation.report import (
-    beats_majority,
-    best_method,
-    label_efficiency,
-    markdown_report,
-    plot_curves,
-    reference_backbone,
-    summary_table,
-)
+from components.evaluation.report import efficiency_claim, markdown_report, plot_curves, summary_table
 from components.evaluation.sweep import (
     Backbone,
     SweepConfig,
@@ -156,22 +148,16 @@ def evaluate_flow(dataset: str, backbones: list[str] | None = None, include_scra
                                       len(data.classes), cfg)
         table = summary_table(result.rows)
         domain = refs[0]
-        others = [r for r in refs if r != domain]
-        reference = reference or reference_backbone(table, others, metric)
-        # A ratio against a reference no better than always answering the majority class
-        # measures nothing: it is only claimed when the reference is significantly better.
-        reference_check = beats_majority(result.to_dict(include_proba=False), reference,
-                                         best_method(table, reference, metric), metric) if reference else None
-        targets = [r for r in refs if r != reference]
-        efficiency = (label_efficiency(result.rows, reference, targets, metric)
-                      if reference and reference_check["passed"] else {})
+        # No ratio against a reference no better than always answering the majority class.
+        claim = efficiency_claim(result.to_dict(include_proba=False), refs, domain, metric, reference)
+        reference, reference_check, efficiency = claim["reference"], claim["reference_check"], claim["label_efficiency"]
         context = {"dataset": f"{dataset} v{version.version}", "label snapshot": f"v{snapshot.version} "
                    f"({len(data.labels)} labels, classes {', '.join(data.classes)})",
                    "test split": f"{len(test_idx)} images (stratified, hash-assigned)",
                    "train pool": f"{len(train_idx)} images", "decision metric": metric,
                    "reference backbone": reference or "-"}
         markdown = markdown_report(result.rows, f"Label efficiency on {dataset}", context, None,
-                                   reference_backbone=reference, target_backbones=targets if reference else None,
+                                   reference_backbone=reference, target_backbones=claim["targets"] or None,
                                    efficiency_metric=metric, reference_check=reference_check, scratch=SCRATCH)
         plot_png = plot_curves(result.rows, metric)
         report = store_artifact(settings, markdown.encode(), "reports", f"{dataset}-evaluation.md")

@@ -129,8 +129,9 @@ def promotion_gate(
         reason = f"refused on {metric} at {pct} one-sided confidence: " + "; ".join(failures)
     else:
         reason = (f"passed on {metric} at {pct} one-sided confidence against all {len(comparisons)} comparator(s)"
-                  + ("; goal met: significantly better than every sanity baseline" if goal.get("met")
-                     else "; goal not met: not significantly better than the best sanity baseline"))
+                  + (f"; goal {'met' if goal['met'] else 'not met'}: "
+                     f"{'' if goal['met'] else 'not '}significantly better than the strongest sanity baseline "
+                     f"({goal['against']})"))
     return GateResult(not failures, metric, margin, comparisons, reason, confidence, goal,
                       evaluate_predictions(y_true, cand, num_classes, n_boot=n_boot, seed=seed))
 

@@ -218,6 +218,23 @@ def beats_majority(results: Mapping[str, Any], backbone: str, method: str, metri
     return json_safe({**c, "backbone": backbone, "method": method, "seed": mine[0]["seed"], "confidence": confidence})
 
 
+def efficiency_claim(results: Mapping[str, Any], backbones: Sequence[str], domain: str, metric: str,
+                     reference: str | None = None) -> dict[str, Any]:
+    """What an evaluation may claim about label efficiency on ``metric``: ``{reference, targets,
+    reference_check, label_efficiency}``. The reference is ``reference`` or the non-domain backbone
+    with the best 100 %-label score; the ratio (``label_efficiency``, see there) is only computed
+    when that reference, with its best method, is significantly better than the majority class
+    (``reference_check``, ``beats_majority``); otherwise it is empty and the report says why."""
+    rows = results["rows"]
+    reference = reference or reference_backbone(summary_table(rows), [b for b in backbones if b != domain], metric)
+    if reference is None:
+        return {"reference": None, "targets": [], "reference_check": None, "label_efficiency": {}}
+    targets = [b for b in backbones if b != reference]
+    check = beats_majority(results, reference, best_method(summary_table(rows), reference, metric), metric)
+    return {"reference": reference, "targets": targets, "reference_check": check,
+            "label_efficiency": label_efficiency(rows, reference, targets, metric) if check["passed"] else {}}
+
+
 def plot_curves(rows: Sequence[dict[str, Any]], metric: str = "accuracy", title: str | None = None) -> bytes:
     """PNG bytes: metric vs label fraction (%, log x), one line per backbone x method, CI band shaded.
 
@@ -310,7 +327,8 @@ def _sanity_section(rows: Sequence[dict[str, Any]], table: list[dict[str, Any]],
                     scratch: str | None) -> list[str]:
     """The sanity baselines at 100 % of the labels (and the from-scratch network's rows), with
     what each fitted, and which is strongest on ``metric``."""
-    full = [s for s in table if s["fraction"] == _FULL and (s["backbone"] == BASELINE_BACKBONE or s["backbone"] == scratch)]
+    full = sorted((s for s in table if s["fraction"] == _FULL and s["backbone"] in (BASELINE_BACKBONE, scratch)),
+                  key=lambda s: s["backbone"] != BASELINE_BACKBONE)  # the classical rows first, then scratch
     out = ["## Sanity baselines", ""]
     if not any(s["backbone"] == BASELINE_BACKBONE for s in full):
         return out + ["- none in this evaluation: no candidate from it can pass the promotion gate.", ""]

@@ -13,11 +13,18 @@ from synthetic import fake_shas as _shas
 
 from components.evaluation.baselines import BASELINE_BACKBONE, SANITY_BASELINES, BaselineConfig
 from components.evaluation.gate import Comparator, describe, promotion_gate, strongest_comparators
-from components.evaluation.report import beats_majority, choose_candidate_method, markdown_report, summary_table
+from components.evaluation.report import (
+    beats_majority,
+    choose_candidate_method,
+    efficiency_claim,
+    markdown_report,
+    summary_table,
+)
 from components.evaluation.split import test_split
 from components.evaluation.sweep import SweepConfig, SweepResult, plan_units, run_baseline_unit, score_run
 
 DOMAIN, GENERIC, SCRATCH = "domain-mae:1", "generic-mae:1", "scratch"
+LAZY = "lazy-mae:1"  # a generic backbone whose only run predicts the majority class
 BAND = 12
 
 
@@ -59,6 +66,7 @@ def evaluation():
         (DOMAIN, "probe"): 0.80, (DOMAIN, "finetune"): 0.99,
         (GENERIC, "probe"): 0.60, (GENERIC, "finetune"): 0.75,
         (SCRATCH, "probe"): None, (SCRATCH, "finetune"): 0.70,  # None: a majority-class predictor
+        (LAZY, "probe"): None,
     }
     for i, ((backbone, method), acc) in enumerate(stand_ins.items()):
         pred = majority_like if acc is None else _noisy(y_test, acc, 2, seed=10 + i)
@@ -175,6 +183,13 @@ def test_the_ratio_is_withheld_against_a_majority_level_reference(evaluation):
     assert "no label-efficiency ratio is given" in md and "ratio" not in md.split("no label-efficiency ratio")[1]
     good = beats_majority(results, GENERIC, "finetune", "macro_f1")
     assert good["passed"]
+    # What the evaluate flow claims: nothing against a majority-level reference, a ratio otherwise.
+    withheld = efficiency_claim(results, [DOMAIN, LAZY], DOMAIN, "macro_f1")
+    assert withheld["reference"] == LAZY and not withheld["reference_check"]["passed"]
+    assert withheld["label_efficiency"] == {}
+    claimed = efficiency_claim(results, [DOMAIN, GENERIC, LAZY], DOMAIN, "macro_f1")
+    assert claimed["reference"] == GENERIC and claimed["reference_check"]["passed"]
+    assert claimed["label_efficiency"] == {DOMAIN: 1.0, LAZY: None}
     md = markdown_report(evaluation.rows, "t", {}, reference_backbone=GENERIC, efficiency_metric="macro_f1",
                          reference_check=good)
     assert "significantly better than the majority class" in md and "no label-efficiency ratio" not in md
