@@ -106,6 +106,8 @@ RECIPE = typer.Option("auto", "--recipe", help="training recipe: auto (chosen fr
 BUDGET = typer.Option(None, "--budget-minutes", help="time budget of the auto recipe (default 20 on a CPU, 60 on a GPU)")
 METHODS = typer.Option("probe,finetune", "--methods", help="adaptation methods the evaluation sweeps "
                                                             "(probe, finetune, lora, prototype)")
+METRIC = typer.Option("macro_f1", "--metric", help="what the gate decides on: macro_f1, balanced_accuracy or accuracy "
+                      "(accuracy is always reported)")
 
 
 def write_summary(path: Path | None, summary: dict) -> None:
@@ -309,8 +311,12 @@ def evaluate(dataset: str = typer.Option(..., "--dataset", "-d", callback=DATASE
                                                     "'4way1shot,4way5shot': prototypes, probe, fine-tune, Reptile, "
                                                     "MAML on episodes from the test split"),
              episode_count: int = typer.Option(300, help="episodes per setting (with --episodes)"),
+             metric: str = METRIC,
+             baseline_fractions: str = typer.Option("1.0", help="label fractions the sanity baselines run at "
+                                                    "(comma-separated, or 'all')"),
              summary_path: Optional[Path] = SUMMARY):
-    """Label-efficiency sweep: label fractions x backbones x methods x seeds, with CIs."""
+    """Label-efficiency sweep: label fractions x backbones x methods x seeds, with CIs, and the
+    sanity baselines (majority class; logistic regression and RBF-SVM on pixels and HOG)."""
     prepare()
     from flows.evaluate import evaluate_flow
     out = run_step(evaluate_flow, dataset, backbones=backbone or None, include_scratch=scratch,
@@ -318,7 +324,8 @@ def evaluate(dataset: str = typer.Option(..., "--dataset", "-d", callback=DATASE
                    methods=[m.strip() for m in methods.split(",") if m.strip()], recipe=recipe,
                    budget_minutes=budget_minutes,
                    episodes=[e.strip() for e in episodes.split(",") if e.strip()] if episodes else None,
-                   episode_count=episode_count)
+                   episode_count=episode_count, metric=metric,
+                   baseline_fractions=None if baseline_fractions.strip() == "all" else parse_list(baseline_fractions))
     write_summary(summary_path, out)
     console.print(f"evaluation {out['evaluation_id']}: report {out['report_uri']}\nplot {out['plot_uri']}")
 
@@ -331,8 +338,10 @@ def promote(candidate: Optional[str] = typer.Argument(None, callback=MODEL_REF,
             rollback: Optional[str] = typer.Option(None, callback=MODEL_NAME,
                                                    help="roll MODEL's alias back to its previous version"),
             actor: str = typer.Option(os.environ.get("USER", "cli"), help="who decides"),
-            reason: str = "", summary_path: Optional[Path] = SUMMARY):
-    """Gate a candidate for an alias (paired bootstrap against the holder and baselines), or roll back."""
+            reason: str = "", metric: str = METRIC, summary_path: Optional[Path] = SUMMARY):
+    """Gate a candidate for an alias, or roll back. Paired bootstrap tests on --metric: significantly
+    better than the majority class, not significantly worse than the strongest sanity baseline
+    and from-scratch model, better by --margin than the strongest generic backbone and the holder."""
     settings = prepare()
     if rollback:
         from components.registry.db import session_scope
@@ -345,9 +354,21 @@ def promote(candidate: Optional[str] = typer.Argument(None, callback=MODEL_REF,
         raise typer.BadParameter("give a CANDIDATE or --rollback MODEL")
     from flows.promote import promote_flow
     out = run_step(promote_flow, candidate, alias=alias, evaluation_id=evaluation, margin=margin, actor=actor,
-                   reason=reason)
+                   reason=reason, metric=metric)
     write_summary(summary_path, out)
+    _print_gate(out["gate"])
     console.print(f"{out['model']} v{out['version']} -> {alias}: {out['decision']}")
+
+
+def _print_gate(gate: dict) -> None:
+    """One line per comparison, then the goal."""
+    from components.evaluation.gate import describe
+    for name, comparison in gate["comparisons"].items():
+        console.print(describe(name, comparison, gate["confidence"]), markup=False, highlight=False)
+    goal = gate.get("goal") or {}
+    if goal:
+        console.print(f"goal (not required): significantly better than {goal['against']}: "
+                      f"{'met' if goal['met'] else 'not met'}", markup=False, highlight=False)
 
 
 @app.command()
@@ -359,29 +380,35 @@ def pipeline(source: Path = typer.Argument(..., help="folder of raw images"),
              fractions: str = "0.05,0.1,0.25,0.5,1.0", seeds: str = "0,1,2", margin: float = 0.0,
              classes: Optional[str] = typer.Option(None, callback=CLASS_LIST,
                                                    help="comma-separated class names the project allows"),
-             budget_minutes: Optional[float] = BUDGET, methods: str = METHODS):
+             budget_minutes: Optional[float] = BUDGET, methods: str = METHODS, metric: str = METRIC,
+             method: Optional[str] = typer.Option(None, help="the candidate's adaptation method (default: the one "
+                                                  "the sweep measured best on --metric)")):
     """The whole loop: ingest, labels, pretrain, evaluate, adapt, promote."""
     prepare()
     out = _run_pipeline(source, dataset, labels_export, recipe, steps, generic, parse_list(fractions),
                         parse_list(seeds, int), margin, parse_list(classes, str) if classes else None,
-                        budget_minutes, parse_list(methods, str))
+                        budget_minutes, parse_list(methods, str), metric=metric, method=method)
     _print_outcome(out)
 
 
 def _run_pipeline(source, dataset, labels_export, recipe, steps, generic, fractions, seeds, margin,
-                  classes=None, budget_minutes=None, methods=("probe", "finetune")) -> dict:
+                  classes=None, budget_minutes=None, methods=("probe", "finetune"), metric="macro_f1",
+                  method=None) -> dict:
     from flows.pipeline import pipeline_flow
     return run_step(pipeline_flow, str(source), dataset, str(labels_export), classes=classes, recipe=recipe,
                     pretrain_steps=steps,
                     generic_source=str(generic) if generic else None, fractions=fractions, seeds=seeds,
-                    margin=margin, budget_minutes=budget_minutes, methods=[m.strip() for m in methods])
+                    margin=margin, budget_minutes=budget_minutes, methods=[m.strip() for m in methods],
+                    metric=metric, candidate_method=method)
 
 
 def _print_outcome(out: dict) -> None:
     console.print()
     console.print(out["evaluation"]["markdown"])
     promo = out["promotion"]
-    console.print(f"\n[bold]promotion[/bold]: {promo['model']} v{promo['version']} -> {promo['alias']}: "
+    console.print(f"\n[bold]candidate[/bold]: {out['backbones'][0]} / {out['candidate_method']}")
+    _print_gate(promo["gate"])
+    console.print(f"[bold]promotion[/bold]: {promo['model']} v{promo['version']} -> {promo['alias']}: "
                   f"{promo['decision']}")
 
 
@@ -392,8 +419,8 @@ def demo(limit: Optional[int] = typer.Option(None, help="use a stratified subset
          generic: Optional[Path] = typer.Option(None, help="generic image folder for a generic baseline, "
                                                 "e.g. ../shared/data/generic-imagenette"),
          seeds: str = "0,1,2", fractions: str = "0.05,0.1,0.25,0.5,1.0",
-         margin: float = typer.Option(0.0, help="promotion margin over the holder and baselines"),
-         budget_minutes: Optional[float] = BUDGET, methods: str = METHODS):
+         margin: float = typer.Option(0.0, help="promotion margin over the holder and generic backbones"),
+         budget_minutes: Optional[float] = BUDGET, methods: str = METHODS, metric: str = METRIC):
     """Run the whole loop on ELPV solar-cell images (from the elpv-dataset package)."""
     settings = prepare()
     from components.data.elpv import CLASS_NAMES_4, export_elpv
@@ -401,7 +428,7 @@ def demo(limit: Optional[int] = typer.Option(None, help="use a stratified subset
     console.print(f"[bold]dlvm demo[/bold]: ELPV images in {images_dir}, Label Studio export {export_json}")
     out = _run_pipeline(images_dir, "elpv", export_json, recipe, steps, generic, parse_list(fractions),
                         parse_list(seeds, int), margin, list(CLASS_NAMES_4), budget_minutes,
-                        parse_list(methods, str))
+                        parse_list(methods, str), metric=metric)
     _print_outcome(out)
     console.print("\n[bold]where to look[/bold]")
     console.print(f"  registry:   dlvm models list; dlvm models show elpv-classifier   ({settings.database_url})")
@@ -687,16 +714,16 @@ def feedback_serve(dataset: str = typer.Option(..., "--dataset", "-d", callback=
 def feedback_retrain(dataset: str = typer.Option(..., "--dataset", "-d", callback=DATASET_NAME),
                      backbone: Optional[str] = typer.Option(None, callback=BACKBONE_REF,
                                                             help="default: the production model's backbone, else <dataset>-mae"),
-                     method: str = typer.Option("probe", help="probe, finetune, lora, prototype, or meta-learning: reptile "
-                                              "or maml (first-order), then a probe on the meta-learned backbone"),
+                     method: Optional[str] = typer.Option(None, help="probe, finetune, lora, prototype, reptile or maml "
+                                                          "(default: the evaluation's best of probe and finetune)"),
                      recipe: str = RECIPE, fractions: str = typer.Option("0.25,1.0", help="evaluation label fractions"),
                      seeds: str = typer.Option("0", help="evaluation seeds"), margin: float = 0.0,
-                     summary_path: Optional[Path] = SUMMARY):
+                     metric: str = METRIC, summary_path: Optional[Path] = SUMMARY):
     """What new labels start, by hand: pull labels, evaluate, adapt, gate for production."""
     prepare()
     from flows.retrain import retrain_flow
     out = run_step(retrain_flow, dataset, backbone=backbone, method=method, recipe=recipe,
-                   fractions=parse_list(fractions), seeds=parse_list(seeds, int), margin=margin)
+                   fractions=parse_list(fractions), seeds=parse_list(seeds, int), margin=margin, metric=metric)
     write_summary(summary_path, out)
 
 

@@ -1,5 +1,6 @@
 """Flow `evaluate`: the label-efficiency sweep (label fractions x backbones x adaptation
-methods x seeds) on a snapshot's fixed test split, with its report, plot and registry rows."""
+methods x seeds) and the sanity baselines on a snapshot's fixed test split, with its report,
+plot and registry rows."""
 from __future__ import annotations
 
 import dataclasses
@@ -12,15 +13,11 @@ from prefect.artifacts import (
 )
 from prefect.cache_policies import NO_CACHE
 
+from components.evaluation.baselines import BASELINE_BACKBONE, SANITY_BASELINES, BaselineConfig
 from components.evaluation.episodes import EpisodeConfig, episodes_markdown, evaluate_episodes, parse_specs
 from components.evaluation.learning_setting import learning_settings_markdown, pretraining_saw_test_images
-from components.evaluation.report import (
-    label_efficiency,
-    markdown_report,
-    plot_curves,
-    reference_backbone,
-    summary_table,
-)
+from components.evaluation.metrics import DEFAULT_GATE_METRIC, check_metric
+from components.evaluation.report import efficiency_claim, markdown_report, plot_curves, summary_table
 from components.evaluation.sweep import (
     Backbone,
     SweepConfig,
@@ -74,7 +71,7 @@ def sweep_on_task_runner(settings, backbones: list[Backbone], images, labels, tr
     shared = {"images": images, "labels": labels, "train_idx": train_idx, "test_idx": test_idx,
               "num_classes": num_classes, "cfg": cfg}
     with sweep_task_runner(settings) as runner:
-        futures = [runner.submit(sweep_unit, {"unit": unit, "backbone": by_name[unit.backbone], **shared})
+        futures = [runner.submit(sweep_unit, {"unit": unit, "backbone": by_name.get(unit.backbone), **shared})
                    for unit in plan_units(backbones, cfg)]
         parts = [future.result() for future in futures]
     return assemble_sweep(parts, backbones, labels, train_idx, test_idx, num_classes, cfg)
@@ -123,18 +120,32 @@ def evaluate_flow(dataset: str, backbones: list[str] | None = None, include_scra
                   finetune_seeds: list[int] | None = None, recipe: str = AUTO, reference: str | None = None,
                   dataset_version: int | None = None, snapshot_version: int | None = None,
                   budget_minutes: float | None = None, finetune_runs: int | None = None,
-                  episodes: list[str] | None = None, episode_count: int = 300) -> dict:
+                  episodes: list[str] | None = None, episode_count: int = 300,
+                  metric: str = DEFAULT_GATE_METRIC, baseline_fractions: list[float] | None = (1.0,)) -> dict:
     """Compare backbones on the snapshot's test split. `backbones` are registered backbone refs
     (default: the dataset's own MAE backbone and every backbone's `baseline` alias holder of
     the same input size); 'scratch' is added unless include_scratch is off.
+    The sanity baselines (majority class; logistic regression and RBF-SVM on pixels and on
+    HOG) always run beside them, on the same label subsets, at `baseline_fractions` of the
+    labels with the first seed (None: every fraction).
+    `metric` (macro_f1, balanced_accuracy or accuracy) is what the baselines' cross-validation,
+    the label-efficiency ratio and its reference are decided on.
     `reference` names the backbone whose 100 %-label score defines label efficiency
-    (default: the best non-domain backbone). With the `auto` recipe the fine-tuning epochs
+    (default: the best non-domain backbone); no ratio is claimed unless that reference is
+    significantly better than the majority class. With the `auto` recipe the fine-tuning epochs
     come from the data's profile and `budget_minutes` (shared by the sweep's fine-tune runs).
     `episodes` ('4way1shot', ...) adds the episodic few-shot evaluation (`episode_count`
     episodes each from the test split: prototypes, probe, fine-tune, Reptile, MAML) to the report."""
     check_dataset(dataset)
     for ref in list(backbones or []) + ([reference] if reference else []):
         check_model_ref(ref, allow=("scratch",))
+    check_metric(metric)
+    if 1.0 not in [float(f) for f in fractions]:
+        raise ValueError("fractions must include 1.0: the sanity baselines and the promotion gate compare "
+                         "full-label runs")
+    baseline_fractions = [float(f) for f in baseline_fractions] if baseline_fractions else None
+    if baseline_fractions and not set(baseline_fractions) <= {float(f) for f in fractions}:
+        raise ValueError(f"baseline_fractions {baseline_fractions} must be among fractions {list(fractions)}")
     settings = get_settings()
     version, snapshot = resolve_label_snapshot(settings, dataset, dataset_version, snapshot_version)
     profile = None
@@ -153,12 +164,15 @@ def evaluate_flow(dataset: str, backbones: list[str] | None = None, include_scra
                       finetune_fractions=tuple(finetune_fractions) if finetune_fractions else None,
                       finetune_seeds=tuple(finetune_seeds) if finetune_seeds else None,
                       probe=resolved.adapt["probe"], finetune=resolved.adapt["finetune"],
-                      lora=resolved.adapt["lora"], prototype=resolved.adapt["prototype"])
+                      lora=resolved.adapt["lora"], prototype=resolved.adapt["prototype"],
+                      baselines=SANITY_BASELINES, baseline=BaselineConfig(metric=metric),
+                      baseline_fractions=tuple(baseline_fractions) if baseline_fractions else None)
     params = {"dataset": dataset, "backbones": refs, "fractions": list(fractions), "seeds": list(seeds),
               "methods": list(methods), "finetune_fractions": finetune_fractions,
               "finetune_seeds": finetune_seeds, "recipe": recipe, "baselines_by_alias": generic,
               "budget_minutes": budget_minutes, "runtime": runtime,
-              "episodes": list(episodes) if episodes else None, "episode_count": episode_count}
+              "episodes": list(episodes) if episodes else None, "episode_count": episode_count,
+              "metric": metric, "baseline_fractions": baseline_fractions}
     episode_cfg = (EpisodeConfig(specs=parse_specs(episodes), episodes=episode_count,
                                  meta=meta_config("reptile", recipe, probe=resolved.adapt["probe"]))
                    if episodes else None)
@@ -183,27 +197,30 @@ def evaluate_flow(dataset: str, backbones: list[str] | None = None, include_scra
                                       len(data.classes), cfg)
         table = summary_table(result.rows)
         domain = refs[0]
-        others = [r for r in refs if r != domain]
-        reference = reference or reference_backbone(table, others)
-        efficiency = label_efficiency(result.rows, reference, [r for r in refs if r != reference]) if reference else {}
+        # No ratio against a reference no better than always answering the majority class.
+        claim = efficiency_claim(result.to_dict(include_proba=False), refs, domain, metric, reference)
+        reference, reference_check, efficiency = claim["reference"], claim["reference_check"], claim["label_efficiency"]
         context = {"dataset": f"{dataset} v{version.version}", "label snapshot": f"v{snapshot.version} "
                    f"({len(data.labels)} labels, classes {', '.join(data.classes)})",
                    "test split": f"{len(test_idx)} images (stratified, hash-assigned)",
-                   "train pool": f"{len(train_idx)} images", "reference backbone": reference or "-"}
+                   "train pool": f"{len(train_idx)} images", "decision metric": metric,
+                   "reference backbone": reference or "-"}
         markdown = markdown_report(result.rows, f"Label efficiency on {dataset}", context, None,
-                                   reference_backbone=reference,
-                                   target_backbones=[r for r in refs if r != reference] if reference else None)
+                                   reference_backbone=reference, target_backbones=claim["targets"] or None,
+                                   efficiency_metric=metric, reference_check=reference_check, scratch=SCRATCH)
         saw_test = learning_settings(settings, {r: pretrained_on[r] for r in refs}, version)
         markdown += "\n" + learning_settings_markdown(saw_test, list(methods))
         episodic = None
         if episode_cfg is not None:
             episodic = episodic_evaluation(backbone_list, data.images, data.labels, train_idx, test_idx, episode_cfg)
             markdown += "\n" + episodes_markdown(episodic, episode_cfg)
-        plot_png = plot_curves(result.rows, "accuracy")
+        plot_png = plot_curves(result.rows, metric)
         report = store_artifact(settings, markdown.encode(), "reports", f"{dataset}-evaluation.md")
         plot = store_artifact(settings, plot_png, "reports", f"{dataset}-label-efficiency.png")
         results = store_artifact(settings, result.to_json().encode(), "evaluations", f"{dataset}-sweep.json")
-        summary = {"domain": domain, "table": table, "label_efficiency": efficiency, "reference": reference, "context": context,
+        summary = {"domain": domain, "table": table, "metric": metric, "label_efficiency": efficiency,
+                   "reference": reference, "reference_check": reference_check, "context": context,
+                   "sanity_baselines": [row for row in table if row["backbone"] == BASELINE_BACKBONE],
                    "transductive_backbones": sorted(r for r, saw in saw_test.items() if saw)}
         if episodic is not None:
             summary["episodes"] = episodic.to_dict()
@@ -211,6 +228,7 @@ def evaluate_flow(dataset: str, backbones: list[str] | None = None, include_scra
                                          result.rows, backbone_list)
         publish(settings, dataset, markdown, table, plot)
     print(f"evaluate: {len(result.rows)} runs on {len(test_idx)} test images; report {report.uri}")
-    return {"evaluation_id": evaluation.id, "report_uri": report.uri, "plot_uri": plot.uri,
-            "table": table, "label_efficiency": efficiency, "markdown": markdown}
+    return {"evaluation_id": evaluation.id, "report_uri": report.uri, "plot_uri": plot.uri, "metric": metric,
+            "table": table, "label_efficiency": efficiency, "reference_check": reference_check,
+            "markdown": markdown}
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from prefect import flow
 
+from components.evaluation.metrics import DEFAULT_GATE_METRIC, check_metric
+from components.evaluation.report import choose_candidate_method
 from components.names import check_dataset
 from components.settings import get_settings
 from components.training.recipes import AUTO, PRETRAIN_SHARE
@@ -25,8 +27,9 @@ def pipeline_flow(source: str, dataset: str, labels_export: str, classes: list[s
                   generic_dataset: str = "generic", fractions: list[float] = (0.05, 0.1, 0.25, 0.5, 1.0),
                   seeds: list[int] = (0, 1, 2), methods: list[str] = ("probe", "finetune"),
                   finetune_fractions: list[float] | None = (1.0,), finetune_seeds: list[int] | None = (0,),
-                  candidate_method: str = "probe", margin: float = 0.0,
-                  budget_minutes: float | None = None, pretrain_method: str | None = None) -> dict:
+                  candidate_method: str | None = None, margin: float = 0.0,
+                  budget_minutes: float | None = None, pretrain_method: str | None = None,
+                  metric: str = DEFAULT_GATE_METRIC) -> dict:
     """Run every step on `source` images labeled by `labels_export` (a Label Studio export;
     `classes`, when given, are the only labels accepted).
     With `generic_source` (a folder of generic images), a backbone pretrained with the same
@@ -34,9 +37,12 @@ def pipeline_flow(source: str, dataset: str, labels_export: str, classes: list[s
     model's `baseline` alias, a recorded promotion event).
 
     Probes run on every fraction and seed; fine-tuning, minutes a run on CPU, on
-    `finetune_fractions` x `finetune_seeds`. The candidate is adapted with
-    `candidate_method` on all labels and gated against each generic backbone adapted the
-    same way and against a model trained from scratch on all labels.
+    `finetune_fractions` x `finetune_seeds`; the sanity baselines beside them. The candidate
+    is the domain backbone adapted on all labels with `candidate_method`, by default the
+    method the sweep measured best for it at 100 % of the labels on `metric`; the gate then
+    decides on `metric` (macro_f1, balanced_accuracy or accuracy) against the majority class,
+    the strongest sanity baseline, the strongest from-scratch model, the strongest generic
+    backbone and the current holder (flows/promote.py).
 
     `recipe` `auto` (the default) chooses input, architecture, pretraining steps and
     fine-tuning epochs from the data and the device so that the domain pretraining and
@@ -44,6 +50,9 @@ def pipeline_flow(source: str, dataset: str, labels_export: str, classes: list[s
     top: it gets the same recipe and steps, for a fair comparison)."""
     check_dataset(dataset)
     check_dataset(generic_dataset)
+    check_metric(metric)
+    if candidate_method is not None and candidate_method not in methods:
+        raise ValueError(f"candidate_method {candidate_method!r} is not among the swept methods {list(methods)}")
     ingest = ingest_flow(source, dataset)
     labels = labels_flow(labels_export, dataset, classes=classes)
     n_backbones = 2 + bool(generic_source)  # domain, scratch, generic
@@ -67,10 +76,12 @@ def pipeline_flow(source: str, dataset: str, labels_export: str, classes: list[s
     adapt_budget = dict(budget_minutes=adapt_budget, finetune_runs=finetune_runs)
     evaluation = evaluate_flow(dataset, backbones=refs, fractions=fractions, seeds=seeds, methods=methods,
                                finetune_fractions=finetune_fractions, finetune_seeds=finetune_seeds,
-                               recipe=recipe, **adapt_budget)
-    candidate = adapt_flow(dataset, backbone=refs[0], method=candidate_method, fraction=1.0, recipe=recipe,
+                               recipe=recipe, metric=metric, **adapt_budget)
+    method, why = choose_candidate_method(evaluation["table"], refs[0], metric, candidate_method)
+    print(f"pipeline: candidate {refs[0]} / {method}: {why}")
+    candidate = adapt_flow(dataset, backbone=refs[0], method=method, fraction=1.0, recipe=recipe,
                            **adapt_budget)
     promotion = promote_flow(f"{candidate['model']}:{candidate['version']}",
-                             evaluation_id=evaluation["evaluation_id"], margin=margin)
+                             evaluation_id=evaluation["evaluation_id"], margin=margin, metric=metric)
     return {"ingest": ingest, "labels": labels, "backbones": refs, "evaluation": evaluation,
-            "candidate": candidate, "promotion": promotion}
+            "candidate": candidate, "candidate_method": method, "promotion": promotion}

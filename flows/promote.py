@@ -1,6 +1,10 @@
 """Flow `promote`: move an alias (default `production`) to a candidate classifier only if,
-on the same test split, it beats the current holder and every baseline of the evaluation
-by a stated margin under a paired bootstrap test. Every decision is a promotion event."""
+on the same test split and under paired bootstrap tests on a metric imbalance cannot game
+(macro-F1 by default), it is significantly better than the majority class, not
+significantly worse than the strongest sanity baseline and the strongest from-scratch
+model, and better by the margin than the strongest generic backbone and the current holder
+(components/evaluation/gate.py). Every decision is a promotion event that records every
+comparison."""
 from __future__ import annotations
 
 import json
@@ -9,10 +13,12 @@ import numpy as np
 from prefect import flow, task
 from prefect.cache_policies import NO_CACHE
 
-from components.evaluation.gate import promotion_gate
+from components.evaluation.gate import Comparator, describe, promotion_gate, strongest_comparators
+from components.evaluation.metrics import DEFAULT_GATE_METRIC, check_metric
 from components.names import check_alias, check_model_ref
 from components.orchestration.lineage import recorded_run
 from components.registry import refs
+from components.registry.refs import SCRATCH
 from components.registry.db import session_scope
 from components.registry.promotion import HolderChanged, record_promotion
 from components.settings import get_settings
@@ -45,12 +51,14 @@ def record(settings, model_name, alias, decision, candidate_id, evaluation_id, e
 
 @flow(name="promote", log_prints=True)
 def promote_flow(candidate: str, alias: str = "production", evaluation_id: int | None = None,
-                 margin: float = 0.0, metric: str = "accuracy", confidence: float = 0.95,
+                 margin: float = 0.0, metric: str = DEFAULT_GATE_METRIC, confidence: float = 0.95,
                  actor: str = "pipeline", reason: str = "") -> dict:
-    """Gate `candidate` (a classifier ref such as 'elpv-classifier:3') for `alias`; `reason`
+    """Gate `candidate` (a classifier ref such as 'elpv-classifier:3') for `alias`, deciding on
+    `metric` (macro_f1, balanced_accuracy or accuracy; accuracy is always reported); `reason`
     (why it is proposed) is recorded with the event, the gate's verdict when none is given."""
     check_model_ref(candidate)
     check_alias(alias)
+    check_metric(metric)
     settings = get_settings()
     with recorded_run(settings, "promote", {"candidate": candidate, "alias": alias, "margin": margin,
                                             "metric": metric, "evaluation_id": evaluation_id}):
@@ -67,16 +75,19 @@ def promote_flow(candidate: str, alias: str = "production", evaluation_id: int |
                                  "label snapshot: re-run evaluate on this snapshot")
             y_test = data.labels[test_idx]
             test_images = data.images[test_idx]
-            others = {f"baseline {name}": np.asarray(pred) for name, pred in ctx.baseline_predictions(results).items()}
-            if ctx.current is not None and ctx.current.id != ctx.candidate.id:
-                others[f"{alias} v{ctx.current.version}"] = predict_test(settings, ctx.current, test_images)
+            comparators = strongest_comparators(results, ctx.evaluation.summary.get("domain"), SCRATCH, metric,
+                                                f"evaluation {ctx.evaluation.id}")
+            holder = ctx.current
+            if holder is not None and holder.id != ctx.candidate.id:
+                comparators.append(Comparator(f"holder: {alias} v{holder.version}", "holder",
+                                              predict_test(settings, holder, test_images),
+                                              f"{ctx.model_name}:{holder.version}"))
             candidate_pred = predict_test(settings, ctx.candidate, test_images)
-            gate = promotion_gate(y_test, candidate_pred, others, len(data.classes), metric=metric,
+            gate = promotion_gate(y_test, candidate_pred, comparators, len(data.classes), metric=metric,
                                   margin=margin, confidence=confidence)
             decision = "promoted" if gate.passed else "rejected"
-            holder = ctx.current
             evidence = {"gate": gate.to_dict(), "evaluation_id": ctx.evaluation.id, "n_test": int(len(test_idx)),
-                        "label_snapshot_id": ctx.snapshot.id,
+                        "label_snapshot_id": ctx.snapshot.id, "candidate_method": ctx.candidate.params.get("method"),
                         "holder": {"version_id": holder.id, "version": holder.version} if holder else None}
             try:
                 event = record(settings, ctx.model_name, alias, decision, ctx.candidate.id, ctx.evaluation.id,
@@ -86,6 +97,8 @@ def promote_flow(candidate: str, alias: str = "production", evaluation_id: int |
                 if attempt == REGATE_ATTEMPTS:
                     raise
                 print(f"promote: {exc} (attempt {attempt} of {REGATE_ATTEMPTS})")
+    for name, comparison in gate.comparisons.items():
+        print(f"promote:   {describe(name, comparison, confidence)}")
     print(f"promote: {ctx.model_name} v{ctx.candidate.version} -> {alias}: {decision.upper()} ({gate.reason})")
     return {"decision": decision, "event_id": event.id, "model": ctx.model_name,
             "version": ctx.candidate.version, "alias": alias, "gate": gate.to_dict()}

@@ -221,7 +221,7 @@ def _promote(settings: Settings, name: str, body: schemas.PromoteRequest) -> dic
     from flows.promote import promote_flow
     try:
         out = promote_flow(f"{name}:{body.version}", alias=body.alias, evaluation_id=body.evaluation_id,
-                           margin=body.margin, actor=body.actor, reason=body.reason)
+                           margin=body.margin, actor=body.actor, reason=body.reason, metric=body.metric)
     except (PromotionError, queries.NotFound):
         raise
     except ValueError as exc:  # e.g. the evaluation used another test split

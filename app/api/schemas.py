@@ -201,7 +201,9 @@ class PromoteRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
     version: int = Field(ge=1, description="the candidate version of this model")
     alias: str = Field("production", pattern=ALIAS_PATTERN)
-    margin: float = Field(0.0, ge=-1.0, le=1.0, description="how much better than the holder and baselines")
+    margin: float = Field(0.0, ge=-1.0, le=1.0, description="how much better than the holder and generic backbones")
+    metric: Literal["macro_f1", "balanced_accuracy", "accuracy"] = Field(
+        "macro_f1", description="what the gate decides on (accuracy is always reported)")
     evaluation_id: Optional[int] = Field(None, ge=1, description="default: the latest on the candidate's snapshot")
     actor: str = Field("api", min_length=1, max_length=100)
     reason: str = Field("", max_length=1000)

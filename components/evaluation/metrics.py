@@ -12,11 +12,17 @@ balanced accuracy (its recall is undefined). Metrics of an empty set are NaN.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+from typing import Any
 from dataclasses import asdict, dataclass
 
 import numpy as np
 
 MetricFn = Callable[[np.ndarray, np.ndarray, int], float]
+
+# What decisions (the promotion gate, the label-efficiency reference) may be made on: macro-F1
+# by default, because class imbalance cannot game it the way it games accuracy.
+GATE_METRICS = ("macro_f1", "balanced_accuracy", "accuracy")
+DEFAULT_GATE_METRIC = "macro_f1"
 
 # Resamples per bincount chunk: bounds memory at about chunk * n_test * 8 bytes.
 _CHUNK_ELEMENTS = 4_000_000
@@ -270,3 +276,57 @@ def evaluate_predictions(
         low, high = np.nanquantile(np.concatenate(chunks), [alpha / 2, 1 - alpha / 2])
         out[name]["ci_low"], out[name]["ci_high"] = float(low), float(high)
     return out
+
+
+def check_metric(metric: str) -> str:
+    """``metric`` if decisions may be made on it (``GATE_METRICS``), else a one-line error."""
+    if metric not in GATE_METRICS:
+        raise ValueError(f"gate metric must be one of {', '.join(GATE_METRICS)}, got {metric!r}")
+    return metric
+
+
+def json_safe(v: Any) -> Any:
+    """numpy scalars to Python, NaN to None, recursively: what a strict JSON encoder accepts."""
+    if isinstance(v, dict):
+        return {k: json_safe(x) for k, x in v.items()}
+    if isinstance(v, (list, tuple)):
+        return [json_safe(x) for x in v]
+    if isinstance(v, (float, np.floating)):
+        return None if np.isnan(v) else float(v)
+    if isinstance(v, np.bool_):
+        return bool(v)
+    if isinstance(v, np.integer):
+        return int(v)
+    return v
+
+
+def paired_comparison(y_true: np.ndarray, candidate_pred: np.ndarray, other_pred: np.ndarray, num_classes: int,
+                      metric: str, rule: str = "better", threshold: float = 0.0, confidence: float = 0.95,
+                      n_boot: int = 2000, seed: int = 0) -> dict[str, Any]:
+    """One paired comparison of candidate vs other on ``metric`` under a rule, as a plain dict.
+
+    ``better`` passes when the one-sided lower ``confidence`` bound of the difference exceeds
+    ``threshold``; ``not_worse`` passes unless the one-sided upper bound is below it.
+    ``ci_low``/``ci_high`` are those two bounds; ``p_value`` is the share of resamples against
+    the rule (diff <= 0 for ``better``, diff >= 0 for ``not_worse``); ``accuracy`` of both
+    sides is reported whatever the metric."""
+    if rule not in ("better", "not_worse"):
+        raise ValueError(f"rule must be 'better' or 'not_worse', got {rule!r}")
+    cand, other = as_pred(candidate_pred), as_pred(other_pred)
+    vc, vo, diff, diffs = paired_diffs(y_true, cand, other, metric, num_classes, n_boot, seed)
+    diffs = diffs[~np.isnan(diffs)]
+    if diffs.size:
+        low, high = (float(q) for q in np.quantile(diffs, [1 - confidence, confidence]))
+        p_value = float(np.mean(diffs <= 0) if rule == "better" else np.mean(diffs >= 0))
+    else:  # empty test set: no evidence, cannot pass
+        low = high = p_value = float("nan")
+    if rule == "better":
+        passed = bool(low > threshold)  # NaN compares False
+        verdict = "better" if passed else "not significantly better"
+    else:
+        passed = bool(high >= threshold)
+        verdict = "not significantly worse" if passed else "significantly worse"
+    acc = METRICS["accuracy"]
+    return {"rule": rule, "metric": metric, "candidate": vc, "other": vo, "diff": diff, "ci_low": low,
+            "ci_high": high, "threshold": float(threshold), "p_value": p_value, "verdict": verdict, "passed": passed,
+            "accuracy": {"candidate": acc(y_true, cand, num_classes), "other": acc(y_true, other, num_classes)}}

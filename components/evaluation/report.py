@@ -9,14 +9,22 @@ Aggregation over seeds (``summary_table``): ``value`` is the mean over seeds;
 sampling uncertainty of one typical run; ``seed_sd`` is the standard deviation over seeds
 (the variability from which labels were drawn and from training randomness), reported
 beside it rather than folded in, so each source of noise stays visible.
+
+Sanity-baseline rows (backbone ``baseline``, method = the baseline's name, see
+components/evaluation/baselines.py) are rows like any other: they appear in every table
+(as ``sanity / NAME``), in their own section with what was fitted, and never as a
+label-efficiency reference or target.
 """
 from __future__ import annotations
 
 import io
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
+
+from components.evaluation.baselines import BASELINE_BACKBONE
+from components.evaluation.metrics import METRICS, check_metric, json_safe, paired_comparison
 
 METRIC_NAMES = ("accuracy", "macro_f1", "balanced_accuracy")
 _FULL = 1.0
@@ -86,7 +94,30 @@ def reference_backbone(table: Sequence[dict[str, Any]], candidates: Sequence[str
     def full_label_score(backbone: str) -> float:
         return max((row["metrics"][metric]["value"] for row in table
                     if row["backbone"] == backbone and row["fraction"] == 1.0), default=float("-inf"))
+    candidates = [c for c in candidates if c != BASELINE_BACKBONE]
     return max(candidates, key=full_label_score) if candidates else None
+
+
+def best_method(table: Sequence[dict[str, Any]], backbone: str, metric: str, fraction: float = 1.0) -> str | None:
+    """The adaptation method with the best seed-mean ``metric`` for ``backbone`` at ``fraction`` of the
+    labels in a ``summary_table`` (ties: the first in table order), or None if it has no such row."""
+    rows = [r for r in table if r["backbone"] == backbone and r["fraction"] == fraction and metric in r["metrics"]]
+    return max(rows, key=lambda r: r["metrics"][metric]["value"])["method"] if rows else None
+
+
+def choose_candidate_method(table: Sequence[dict[str, Any]], backbone: str, metric: str,
+                            requested: str | None = None) -> tuple[str, str]:
+    """(method, why): the adaptation method a promotion candidate of ``backbone`` is trained with:
+    ``requested`` if given, otherwise the one the sweep measured best at 100 % of the labels
+    on ``metric`` (not always the probe)."""
+    if requested:
+        return requested, "chosen by the user"
+    method = best_method(table, backbone, metric)
+    if method is None:
+        raise ValueError(f"the evaluation has no 100 %-label run of {backbone}: cannot choose its candidate's method")
+    scores = ", ".join(f"{r['method']} {r['metrics'][metric]['value']:.3f}" for r in table
+                       if r["backbone"] == backbone and r["fraction"] == _FULL and metric in r["metrics"])
+    return method, f"the best measured at 100 % of the labels on {metric} ({scores})"
 
 
 def label_efficiency_details(
@@ -154,6 +185,56 @@ def label_efficiency(
             for d in label_efficiency_details(rows, reference_backbone, target_backbones, metric, method)}
 
 
+def full_label_runs(results: Mapping[str, Any], metric: str, fraction: float = 1.0) -> list[dict[str, Any]]:
+    """Every run of an evaluation's sweep (``SweepResult.to_dict()``) at ``fraction`` of the labels,
+    with its test-set predictions and its ``value`` on ``metric``."""
+    y_test = np.asarray(results["y_test"], dtype=np.int64)
+    num_classes = int(results["num_classes"])
+    fn = METRICS[check_metric(metric)]
+    runs = []
+    for p in results["predictions"]:
+        if float(p["fraction"]) != float(fraction):
+            continue
+        pred = np.asarray(p["pred"], dtype=np.int64)
+        runs.append({"backbone": p["backbone"], "method": p["method"], "seed": int(p["seed"]), "pred": pred,
+                     "value": fn(y_test, pred, num_classes)})
+    return runs
+
+
+def beats_majority(results: Mapping[str, Any], backbone: str, method: str, metric: str,
+                   confidence: float = 0.95, n_boot: int = 2000, seed: int = 0) -> dict[str, Any]:
+    """Whether ``backbone``/``method`` at 100 % of the labels (its lowest seed) is significantly better
+    than the majority class on ``metric``: a label-efficiency reference must be, or the ratio
+    measures nothing. The dict of ``metrics.paired_comparison`` plus ``backbone``, ``method``, ``seed``."""
+    runs = full_label_runs(results, metric)
+    majority = [r for r in runs if r["backbone"] == BASELINE_BACKBONE and r["method"] == "majority"]
+    mine = sorted((r for r in runs if r["backbone"] == backbone and r["method"] == method), key=lambda r: r["seed"])
+    if not majority or not mine:
+        missing = "the majority-class baseline" if not majority else f"{backbone} / {method}"
+        raise ValueError(f"no 100 %-label run of {missing} in the evaluation")
+    y_test = np.asarray(results["y_test"], dtype=np.int64)
+    c = paired_comparison(y_test, mine[0]["pred"], majority[0]["pred"], int(results["num_classes"]), metric,
+                          "better", 0.0, confidence, n_boot, seed)
+    return json_safe({**c, "backbone": backbone, "method": method, "seed": mine[0]["seed"], "confidence": confidence})
+
+
+def efficiency_claim(results: Mapping[str, Any], backbones: Sequence[str], domain: str, metric: str,
+                     reference: str | None = None) -> dict[str, Any]:
+    """What an evaluation may claim about label efficiency on ``metric``: ``{reference, targets,
+    reference_check, label_efficiency}``. The reference is ``reference`` or the non-domain backbone
+    with the best 100 %-label score; the ratio (``label_efficiency``, see there) is only computed
+    when that reference, with its best method, is significantly better than the majority class
+    (``reference_check``, ``beats_majority``); otherwise it is empty and the report says why."""
+    rows = results["rows"]
+    reference = reference or reference_backbone(summary_table(rows), [b for b in backbones if b != domain], metric)
+    if reference is None:
+        return {"reference": None, "targets": [], "reference_check": None, "label_efficiency": {}}
+    targets = [b for b in backbones if b != reference]
+    check = beats_majority(results, reference, best_method(summary_table(rows), reference, metric), metric)
+    return {"reference": reference, "targets": targets, "reference_check": check,
+            "label_efficiency": label_efficiency(rows, reference, targets, metric) if check["passed"] else {}}
+
+
 def plot_curves(rows: Sequence[dict[str, Any]], metric: str = "accuracy", title: str | None = None) -> bytes:
     """PNG bytes: metric vs label fraction (%, log x), one line per backbone x method, CI band shaded.
 
@@ -212,19 +293,64 @@ def _cell(m: dict[str, float]) -> str:
     return f"{m['value']:.3f} ({m['ci_low']:.3f}–{m['ci_high']:.3f})"
 
 
+def _label(backbone: str, method: str) -> str:
+    return f"sanity / {method}" if backbone == BASELINE_BACKBONE else f"{backbone} / {method}"
+
+
 def _metric_table(table: list[dict[str, Any]], curves: list[tuple[str, str]], metric: str) -> list[str]:
+    """One row per backbone / method (the sanity baselines last), one column per label fraction."""
     fractions = sorted({s["fraction"] for s in table})
     by_key = {(s["backbone"], s["method"], s["fraction"]): s for s in table}
-    header = ["labels", "n_train"] + [f"{b} / {m}" for b, m in curves]
+    curves = sorted(curves, key=lambda c: c[0] == BASELINE_BACKBONE)  # stable: plan order otherwise
+    header = ["model"] + [_pct(f) for f in fractions]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    for f in fractions:
-        n_train = [by_key[(b, m, f)]["n_train"] for b, m in curves if (b, m, f) in by_key]
-        cells = [_pct(f), f"{np.nanmean(n_train):.0f}" if n_train else "–"]
-        for b, m in curves:
+    # Labelled images per fraction: the same subsets for every model (an SVM's subsample aside).
+    n_train = [[by_key[(b, m, f)]["n_train"] for b, m in curves if (b, m, f) in by_key and b != BASELINE_BACKBONE]
+               or [by_key[(b, m, f)]["n_train"] for b, m in curves if (b, m, f) in by_key] for f in fractions]
+    lines.append("| n_train | " + " | ".join(f"{np.nanmean(n):.0f}" if n else "–" for n in n_train) + " |")
+    for b, m in curves:
+        cells = [_label(b, m)]
+        for f in fractions:
             s = by_key.get((b, m, f))
             cells.append(_cell(s["metrics"].get(metric)) if s else "–")
         lines.append("| " + " | ".join(cells) + " |")
     return lines
+
+
+def _fitted(info: dict[str, Any] | None) -> str:
+    if not info:
+        return "–"
+    return ", ".join(f"{k} {v}" for k, v in info.items())
+
+
+def _sanity_section(rows: Sequence[dict[str, Any]], table: list[dict[str, Any]], metric: str,
+                    scratch: str | None) -> list[str]:
+    """The sanity baselines at 100 % of the labels (and the from-scratch network's rows), with
+    what each fitted, and which is strongest on ``metric``."""
+    full = sorted((s for s in table if s["fraction"] == _FULL and s["backbone"] in (BASELINE_BACKBONE, scratch)),
+                  key=lambda s: s["backbone"] != BASELINE_BACKBONE)  # the classical rows first, then scratch
+    out = ["## Sanity baselines", ""]
+    if not any(s["backbone"] == BASELINE_BACKBONE for s in full):
+        return out + ["- none in this evaluation: no candidate from it can pass the promotion gate.", ""]
+    fit = {r["method"]: r.get("fit") for r in sorted(rows, key=lambda r: r["seed"], reverse=True)
+           if r["backbone"] == BASELINE_BACKBONE and r["fraction"] == _FULL}
+    out += ["Fitted on the same training labels and scored on the same test split as every backbone: the "
+            "majority class; logistic regression and an RBF-SVM on raw pixels and on HOG features "
+            f"(hyperparameters by cross-validation on the training labels, on {metric.replace('_', ' ')}); "
+            "the supervised network trained from scratch (`scratch` rows). 100 % of the labels; 95 % bootstrap "
+            "intervals.", "",
+            "| baseline | " + " | ".join(m.replace("_", " ") for m in METRIC_NAMES) + " | fitted |",
+            "|---|" + "---|" * len(METRIC_NAMES) + "---|"]
+    for s in full:
+        cells = [_label(s["backbone"], s["method"])] + [_cell(s["metrics"].get(m)) for m in METRIC_NAMES]
+        out.append("| " + " | ".join(cells + [_fitted(fit.get(s["method"])) if s["backbone"] == BASELINE_BACKBONE
+                                                 else "–"]) + " |")
+    scored = [s for s in full if metric in s["metrics"]]
+    if scored:
+        best = max(scored, key=lambda s: s["metrics"][metric]["value"])
+        out += ["", f"Strongest sanity baseline on {metric.replace('_', ' ')}: **{_label(best['backbone'], best['method'])}** "
+                f"({best['metrics'][metric]['value']:.3f})."]
+    return out + [""]
 
 
 def markdown_report(
@@ -236,13 +362,17 @@ def markdown_report(
     target_backbones: Sequence[str] | None = None,
     metrics: Sequence[str] = METRIC_NAMES,
     efficiency_metric: str = "accuracy",
+    reference_check: dict[str, Any] | None = None,
+    scratch: str | None = "scratch",
 ) -> str:
-    """A markdown report: context, one table per metric (label fraction x backbone/method,
-    seed-mean with 95 % CI), label-efficiency lines and, if given, the promotion gate
-    (``GateResult.to_dict()``).
+    """A markdown report: context, one table per metric (backbone/method x label fraction,
+    seed-mean with 95 % CI, sanity baselines included), the sanity baselines' section,
+    label-efficiency lines and, if given, the promotion gate (``GateResult.to_dict()``).
 
     Label-efficiency lines need ``reference_backbone`` (e.g. the generic baseline); the
-    targets default to every other backbone.
+    targets default to every other backbone. With ``reference_check`` (``gate.beats_majority``
+    of the reference) not passed, no ratio is claimed and the report says why.
+    ``efficiency_metric`` is also the metric the strongest sanity baseline is named on.
     """
     table = summary_table(rows)
     curves = _curves(rows)
@@ -256,23 +386,33 @@ def markdown_report(
         "## Results",
         "",
         f"Cells: mean over {len(seeds)} seed(s) ({', '.join(map(str, seeds))}) and, in brackets, the mean of the "
-        "per-seed 95 % bootstrap intervals over the test set. `labels` is the fraction of the training pool "
-        "used; `n_train` the number of labelled images.",
+        "per-seed 95 % bootstrap intervals over the test set. Columns: the fraction of the training pool "
+        "used; `n_train` the number of labelled images. `sanity / …` rows are the sanity baselines.",
         "",
     ]
     for m in metrics:
         if any(m in s["metrics"] for s in table):
             out += [f"### {m.replace('_', ' ')}", ""] + _metric_table(table, curves, m) + [""]
+    out += _sanity_section(rows, table, efficiency_metric, scratch)
 
     if reference_backbone is not None:
-        backbones = list(dict.fromkeys(b for b, _ in curves))
+        backbones = list(dict.fromkeys(b for b, _ in curves if b != BASELINE_BACKBONE))
         targets = list(target_backbones) if target_backbones is not None else [b for b in backbones if b != reference_backbone]
+        targets = [t for t in targets if t != BASELINE_BACKBONE]
         out += ["## Label efficiency", ""]
-        try:
-            details = label_efficiency_details(rows, reference_backbone, targets, efficiency_metric)
-        except ValueError as e:
-            out += [f"- not computed: {e}", ""]
-            details = []
+        details: list[dict[str, Any]] = []
+        if reference_check is not None and not reference_check.get("passed"):
+            out += [withheld_reason(reference_check), ""]
+        else:
+            try:
+                details = label_efficiency_details(rows, reference_backbone, targets, efficiency_metric)
+            except ValueError as e:
+                out += [f"- not computed: {e}", ""]
+            if reference_check is not None and details:
+                rc = reference_check
+                out.append(f"- the reference {reference_backbone} / {rc['method']} is significantly better than the "
+                           f"majority class on {rc['metric']} ({rc['candidate']:.3f} vs {rc['other']:.3f}, "
+                           f"{rc['confidence']:.0%} lower bound of the difference {rc['ci_low']:+.3f}).")
         for d in details:
             bar = f"{reference_backbone}'s 100 %-label {efficiency_metric} ({d['reference_value']:.3f}, {d['reference_method']})"
             if d["fraction"] is None:
@@ -285,22 +425,52 @@ def markdown_report(
         out.append("")
 
     if gate is not None:
-        verdict = "PASSED" if gate.get("passed") else "FAILED"
-        conf = gate.get("confidence")
-        out += ["## Promotion gate", "", f"**{verdict}** — {gate.get('reason', '')}", ""]
-        comps = gate.get("comparisons") or {}
-        if comps:
-            conf_txt = f"{conf:.0%} " if isinstance(conf, float) else ""
-            out += [
-                f"| against | candidate | other | diff | {conf_txt}lower bound | p (diff <= 0) | passed |",
-                "|---|---|---|---|---|---|---|",
-            ]
-            for name, c in comps.items():
-                def f(v: Any, fmt: str = ".3f") -> str:
-                    return "–" if v is None else format(v, fmt)
-                out.append(
-                    f"| {name} | {f(c.get('candidate'))} | {f(c.get('other'))} | {f(c.get('diff'), '+.3f')} | "
-                    f"{f(c.get('ci_low'), '+.3f')} | {f(c.get('p_value'), '.4f')} | {'yes' if c.get('passed') else 'no'} |"
-                )
-            out.append("")
+        out += gate_section(gate)
     return "\n".join(out)
+
+
+def withheld_reason(check: dict[str, Any]) -> str:
+    """Why no label-efficiency ratio is given: the reference is not significantly better than the
+    majority class (``gate.beats_majority``)."""
+    def f(v: Any, fmt: str) -> str:
+        return "nan" if v is None or (isinstance(v, float) and np.isnan(v)) else format(v, fmt)
+
+    return (f"- **no label-efficiency ratio is given**: the reference {check['backbone']} / {check['method']} at "
+            f"100 % of the labels ({check['metric']} {f(check['candidate'], '.3f')}) is not significantly better than "
+            f"the majority class ({f(check['other'], '.3f')}; {check['confidence']:.0%} lower bound of the difference "
+            f"{f(check['ci_low'], '+.3f')}): reaching its score says nothing.")
+
+
+def gate_section(gate: dict[str, Any]) -> list[str]:
+    """The promotion gate's decision (``GateResult.to_dict()``) as markdown: one row per comparison."""
+    def f(v: Any, fmt: str = ".3f") -> str:
+        return "–" if v is None else format(v, fmt)
+
+    verdict = "PASSED" if gate.get("passed") else "REFUSED"
+    conf = gate.get("confidence")
+    conf_txt = f"{conf:.0%} " if isinstance(conf, float) else ""
+    out = ["## Promotion gate", "", f"**{verdict}** — {gate.get('reason', '')}", ""]
+    comps = gate.get("comparisons") or {}
+    if comps:
+        out += [f"Metric: {gate.get('metric')}; accuracy beside it. `better`: the {conf_txt}lower bound of the "
+                "difference must exceed the threshold; `not_worse`: its upper bound must not fall below it. `p`: the "
+                "share of bootstrap resamples against the rule (diff <= 0 for `better`, diff >= 0 for `not_worse`): "
+                "small means significantly better, or significantly worse, respectively.", "",
+                f"| against | kind | rule | candidate | other | diff | {conf_txt}bound | p | accuracy (cand / other) "
+                "| verdict |",
+                "|---|---|---|---|---|---|---|---|---|---|"]
+        for name, c in comps.items():
+            bound = c.get("ci_low") if c.get("rule", "better") == "better" else c.get("ci_high")
+            acc = c.get("accuracy") or {}
+            out.append(
+                f"| {name} | {c.get('kind', '–')} | {c.get('rule', 'better')} | {f(c.get('candidate'))} | "
+                f"{f(c.get('other'))} | {f(c.get('diff'), '+.3f')} | {f(bound, '+.3f')} | {f(c.get('p_value'), '.4f')} | "
+                f"{f(acc.get('candidate'))} / {f(acc.get('other'))} | "
+                f"{'PASS' if c.get('passed') else 'FAIL'}: {c.get('verdict', '')} |")
+        out.append("")
+    goal = gate.get("goal") or {}
+    if goal:
+        out += [f"Goal (recorded, not required): significantly better than the strongest sanity baseline "
+                f"({goal.get('against')}): **{'met' if goal.get('met') else 'not met'}** (diff {f(goal.get('diff'), '+.3f')}, "
+                f"lower bound {f(goal.get('ci_low'), '+.3f')}).", ""]
+    return out

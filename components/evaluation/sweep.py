@@ -14,6 +14,11 @@ The work is split into independent units (``plan_units``: a backbone's feature-b
 or one fine-tune/LoRA run) so that a task runner can spread them over processes or machines;
 ``assemble_sweep`` puts the units' results back in plan order, so the result does not depend
 on where or in which order the units ran.
+
+Sanity baselines (``SweepConfig.baselines``: the majority class, logistic regression and RBF-SVMs
+on pixels and HOG, components/evaluation/baselines.py) run beside the backbones on the same label
+subsets and test split, one unit per baseline, as rows of the pseudo-backbone ``baseline``
+whose ``method`` is the baseline's name; each row carries what was fitted (``fit``).
 """
 from __future__ import annotations
 
@@ -26,6 +31,14 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from components.evaluation.baselines import (
+    BASELINE_BACKBONE,
+    SANITY_BASELINES,
+    BaselineConfig,
+    feature_kind,
+    features,
+    fit_predict_features,
+)
 from components.evaluation.metrics import as_pred, evaluate_predictions
 from components.evaluation.split import label_subset
 
@@ -80,6 +93,14 @@ class SweepConfig:
     encoder_seed: int = 0
     feature_batch_size: int = 256  # inference batch (feature extraction, test predictions)
     device: str = "auto"  # inference device; training uses the AdaptConfig's own device
+    # Sanity baselines fitted beside the backbones (names from SANITY_BASELINES; () = none), with
+    # their BaselineConfig (None: the defaults). Deterministic given their labels, and a
+    # kernel SVM costs minutes at 2,000 images on CPU: by default they run on every fraction
+    # with the first seed only (None: as the probes); the evaluate flow narrows them further.
+    baselines: tuple[str, ...] = ()
+    baseline: Any = None
+    baseline_fractions: tuple[float, ...] | None = None
+    baseline_seeds: tuple[int, ...] | None = None
 
     def __post_init__(self) -> None:
         bad = [m for m in self.methods if m not in METHODS]
@@ -99,11 +120,25 @@ class SweepConfig:
             self.finetune_seeds = tuple(int(s) for s in self.finetune_seeds)
             if not set(self.finetune_seeds) <= set(self.seeds):
                 raise ValueError(f"finetune_seeds {self.finetune_seeds} must be among seeds {self.seeds}")
+        bad_b = [b for b in self.baselines if b not in SANITY_BASELINES]
+        if bad_b:
+            raise ValueError(f"unknown sanity baselines {bad_b}; known: {list(SANITY_BASELINES)}")
+        self.baselines = tuple(dict.fromkeys(self.baselines))
+        if self.baseline_fractions is not None:
+            self.baseline_fractions = tuple(sorted({float(f) for f in self.baseline_fractions}))
+            if not set(self.baseline_fractions) <= set(self.fractions):
+                raise ValueError(f"baseline_fractions {self.baseline_fractions} must be among fractions {self.fractions}")
+        if self.baseline_seeds is not None:
+            self.baseline_seeds = tuple(int(s) for s in self.baseline_seeds)
+            if not set(self.baseline_seeds) <= set(self.seeds):
+                raise ValueError(f"baseline_seeds {self.baseline_seeds} must be among seeds {self.seeds}")
 
     def grid(self, method: str) -> tuple[tuple[float, ...], tuple[int, ...]]:
         """The (fractions, seeds) a method runs on."""
         if method in TRAINED_METHODS:
             return self.finetune_fractions or self.fractions, self.finetune_seeds or self.seeds
+        if method in SANITY_BASELINES:
+            return self.baseline_fractions or self.fractions, self.baseline_seeds or self.seeds[:1]
         return self.fractions, self.seeds
 
 
@@ -206,10 +241,13 @@ def plan_runs(backbones: list[Backbone], cfg: SweepConfig) -> list[RunKey]:
     names = [b.name for b in backbones]
     if len(set(names)) != len(names):
         raise ValueError(f"backbone names must be unique, got {names}")
+    if BASELINE_BACKBONE in names:
+        raise ValueError(f"{BASELINE_BACKBONE!r} names the sanity baselines' rows, not a backbone")
     # LoRA adapts attention projections: it has nothing to adapt in a convolutional backbone.
     return [(b.name, m, f, s) for b in backbones for m in cfg.methods
             if not (m == "lora" and getattr(b.config, "family", "vit") != "vit")
-            for f in cfg.grid(m)[0] for s in cfg.grid(m)[1]]
+            for f in cfg.grid(m)[0] for s in cfg.grid(m)[1]] + \
+        [(BASELINE_BACKBONE, name, f, s) for name in cfg.baselines for f in cfg.grid(name)[0] for s in cfg.grid(name)[1]]
 
 
 def make_subsets(train_idx: np.ndarray, labels: np.ndarray, cfg: SweepConfig) -> dict[tuple[float, int], np.ndarray]:
@@ -265,6 +303,8 @@ def plan_units(backbones: list[Backbone], cfg: SweepConfig) -> list[SweepUnit]:
         if features:
             units.append(SweepUnit(b.name, features))
         units += [SweepUnit(b.name, (r,)) for r in runs if r[0] == b.name and r[1] in TRAINED_METHODS]
+    for name in cfg.baselines:  # one unit per baseline: a kernel SVM is worth its own worker
+        units.append(SweepUnit(BASELINE_BACKBONE, tuple(r for r in runs if r[0] == BASELINE_BACKBONE and r[1] == name)))
     return units
 
 
@@ -284,9 +324,44 @@ def _checked_split(images, labels, train_idx, test_idx) -> tuple[np.ndarray, np.
     return images, labels, train_idx, test_idx
 
 
+def run_baseline_unit(
+    unit: SweepUnit,
+    images: np.ndarray,
+    labels: np.ndarray,
+    train_idx: np.ndarray,
+    test_idx: np.ndarray,
+    num_classes: int,
+    cfg: SweepConfig,
+) -> UnitResult:
+    """The sanity baselines' runs: the images featurized once (pixels, HOG), each baseline fitted
+    once per distinct label subset (the 100 % subset is the same for every seed) on the same
+    subsets as the backbones, scored on the same test split with the same bootstrap."""
+    images, labels, train_idx, test_idx = _checked_split(images, labels, train_idx, test_idx)
+    bcfg = cfg.baseline or BaselineConfig()
+    pool = np.union1d(train_idx, test_idx)
+    row_of = np.full(len(images), -1, dtype=np.int64)
+    row_of[pool] = np.arange(len(pool))
+    kinds = {feature_kind(key[1]) for key in unit.runs}
+    feats = {kind: features(kind, images[pool], bcfg) for kind in sorted(kinds)}
+    fitted: dict[tuple[str, bytes], tuple[np.ndarray, dict]] = {}
+    out = UnitResult(rows=[], test_proba={})
+    for key in unit.runs:
+        _, name, f, s = key
+        sub = label_subset(train_idx, labels, f, s)
+        if (name, sub.tobytes()) not in fitted:
+            x = feats[feature_kind(name)]
+            fitted[(name, sub.tobytes())] = fit_predict_features(
+                name, None if x is None else x[row_of[sub]], labels[sub], None if x is None else x[row_of[test_idx]],
+                len(test_idx), num_classes, bcfg)
+        proba, info = fitted[(name, sub.tobytes())]
+        out.test_proba[key] = np.asarray(proba, dtype=np.float32)
+        out.rows.append({**score_run(key, len(sub), labels[test_idx], proba, num_classes, cfg), "fit": info})
+    return out
+
+
 def run_unit(
     unit: SweepUnit,
-    backbone: Backbone,
+    backbone: Backbone | None,
     images: np.ndarray,
     labels: np.ndarray,
     train_idx: np.ndarray,
@@ -295,7 +370,10 @@ def run_unit(
     cfg: SweepConfig,
 ) -> UnitResult:
     """Run one unit's runs. Depends only on its arguments (every run seeds its own training),
-    so a unit gives the same numbers in any process, in any order."""
+    so a unit gives the same numbers in any process, in any order. The sanity baselines' units
+    take no backbone (None)."""
+    if unit.backbone == BASELINE_BACKBONE:
+        return run_baseline_unit(unit, images, labels, train_idx, test_idx, num_classes, cfg)
     from components.training import adapt as learn
 
     if backbone.name != unit.backbone:
@@ -398,7 +476,7 @@ def run_sweep(
     try:
         for unit in units:
             bar.set_postfix_str(unit.label)
-            parts.append(run_unit(unit, by_name[unit.backbone], images, labels, train_idx, test_idx, num_classes, cfg))
+            parts.append(run_unit(unit, by_name.get(unit.backbone), images, labels, train_idx, test_idx, num_classes, cfg))
             bar.update(len(unit.runs))
     finally:
         bar.close()

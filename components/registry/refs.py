@@ -5,7 +5,6 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-import numpy as np
 from sqlmodel import Session, col, select
 
 from components.names import InvalidName, check_model_ref
@@ -20,7 +19,6 @@ from components.registry.tables import (
 )
 
 SCRATCH = "scratch"  # the backbone name of randomly initialised encoders in sweeps
-FROM_SCRATCH_METHOD = "finetune"  # training from scratch = fine-tuning a random initialisation
 _REF = re.compile(r"^(?P<name>[A-Za-z0-9][\w.\-]*)(?::(?P<version>\d+)|@(?P<alias>[\w.\-]+))?$")
 
 
@@ -80,29 +78,6 @@ class PromotionContext:
     evaluation: Evaluation
     img_size: int
     preprocess: dict | None = None  # how the candidate decodes images (recorded since preprocessing is configurable)
-
-    def baseline_predictions(self, results: dict) -> dict[str, np.ndarray]:
-        """Test-set predictions, on all labels, of every baseline in the evaluation: each
-        pretrained non-domain backbone adapted with the candidate's method (so the comparison
-        isolates what pretraining brought), and the from-scratch model trained from random
-        initialisation on the labels (fine-tuning 'scratch': supervised training from scratch,
-        the usual meaning of that baseline). The candidate's seed is used where the sweep has it."""
-        # A meta-learned classifier (reptile, maml) ends in a head fitted like baseline_method's
-        # (a probe): the baselines get that head on their own backbones.
-        method = self.candidate.params.get("baseline_method") or self.candidate.params.get("method", "probe")
-        seed = self.candidate.params.get("seed", 0)
-        domain = self.evaluation.summary.get("domain")
-        wanted = {run["backbone"] for run in results["predictions"] if run["backbone"] != domain}
-        chosen: dict[str, dict] = {}
-        for name in sorted(wanted):
-            name_method = FROM_SCRATCH_METHOD if name == SCRATCH else method
-            runs = [run for run in results["predictions"] if run["backbone"] == name
-                    and run["method"] == name_method and run["fraction"] == 1.0]
-            if not runs:
-                raise ValueError(f"evaluation {self.evaluation.id} has no 100 %-label '{name_method}' run for "
-                                 f"baseline {name}: evaluate with method {name_method!r} at fraction 1.0")
-            chosen[f"{name} ({name_method})"] = min(runs, key=lambda r: (r["seed"] != seed, r["seed"]))
-        return {name: np.asarray(run["proba"]).argmax(axis=1) for name, run in chosen.items()}
 
 
 def promotion_context(session: Session, candidate_ref: str, alias: str,

@@ -8,7 +8,7 @@ import pytest
 from synthetic import banded_images
 from synthetic import fake_shas as _shas
 
-from components.evaluation.gate import promotion_gate
+from components.evaluation.gate import Comparator, promotion_gate
 from components.evaluation.metrics import (
     METRICS,
     accuracy,
@@ -182,24 +182,30 @@ def test_paired_bootstrap_detects_better_and_not_same():
 def test_promotion_gate_pass_fail_and_margin():
     y = np.random.default_rng(0).integers(0, 3, 500)
     cand, prod, generic = _noisy(y, 0.92, 3, 1), _noisy(y, 0.75, 3, 2), _noisy(y, 0.7, 3, 3)
-    res = promotion_gate(y, cand, {"production": prod, "generic": generic}, 3, margin=0.01)
-    assert res.passed and set(res.comparisons) == {"production", "generic"}
+    majority = Comparator("majority", "majority", np.zeros_like(y))
+
+    def gate(candidate, others, **kw):
+        return promotion_gate(y, candidate, [majority, *(Comparator(n, k, p) for n, k, p in others)], 3, **kw)
+
+    res = gate(cand, [("production", "holder", prod), ("generic", "generic", generic)], margin=0.01)
+    assert res.passed and set(res.comparisons) == {"majority", "production", "generic"}
+    assert res.metric == "macro_f1"  # the default: a metric imbalance cannot game
     c = res.comparisons["production"]
     assert c["passed"] and c["ci_low"] > 0.01 and c["diff"] == pytest.approx(c["candidate"] - c["other"])
     json.dumps(res.to_dict(), allow_nan=False)  # JSON-able
     # A margin larger than the true gain fails, and the reason names the comparator.
-    strict = promotion_gate(y, cand, {"production": prod}, 3, margin=0.3)
+    strict = gate(cand, [("production", "holder", prod)], margin=0.3)
     assert not strict.passed and "production" in strict.reason
     # Failing against one comparator fails overall.
-    mixed = promotion_gate(y, cand, {"production": prod, "twin": cand.copy()}, 3, margin=0.0)
+    mixed = gate(cand, [("production", "holder", prod), ("twin", "holder", cand.copy())])
     assert not mixed.passed and mixed.comparisons["production"]["passed"] and not mixed.comparisons["twin"]["passed"]
     # Barely better than the other is not enough at 95 %: one extra correct item out of 500.
     nearly = prod.copy()
     nearly[np.flatnonzero(prod != y)[0]] = y[np.flatnonzero(prod != y)[0]]
-    assert not promotion_gate(y, nearly, {"production": prod}, 3, margin=0.0).passed
-    # Nothing to compare against: passes, and says so.
-    empty = promotion_gate(y, cand, {}, 3)
-    assert empty.passed and "nothing to compare" in empty.reason
+    assert not gate(nearly, [("production", "holder", prod)], metric="accuracy").passed
+    # Only the majority class to compare against: decided on it alone.
+    alone = gate(cand, [])
+    assert alone.passed and list(alone.comparisons) == ["majority"]
 
 
 # ----------------------------------------------------------------------------- reports
@@ -241,15 +247,19 @@ def test_plot_and_markdown():
     png = plot_curves(rows, "accuracy")
     assert png.startswith(b"\x89PNG\r\n\x1a\n") and len(png) > 5000
     assert plot_curves(rows, "accuracy") == png  # deterministic bytes
-    gate = promotion_gate(np.array([0, 1, 1, 0]), np.array([0, 1, 1, 0]), {}, 2).to_dict()
+    y = np.array([0, 1, 1, 0] * 10)
+    gate = promotion_gate(y, y, [Comparator("majority", "majority", 0 * y)], 2).to_dict()
     md = markdown_report(rows, "ELPV label efficiency", {"dataset version": "elpv v3", "label snapshot": 7,
                                                           "test size": 656}, gate=gate, reference_backbone="generic")
     assert md.startswith("# ELPV label efficiency")
-    assert "| labels | n_train | generic / probe | domain / probe | scratch / probe |" in md
-    assert "| 10 % | 100 | 0.600 (0.550–0.650) | 0.800 (0.750–0.850) | 0.450 (0.400–0.500) |" in md
+    assert "| model | 5 % | 10 % | 25 % | 50 % | 100 % |" in md and "| n_train | 50 | 100 | 250 | 500 | 1000 |" in md
+    assert "| domain / probe | 0.700 (0.650–0.750) | 0.800 (0.750–0.850) |" in md
+    assert "| generic / probe | 0.500 (0.450–0.550) | 0.600 (0.550–0.650) |" in md
     assert "**domain** reaches generic's 100 %-label accuracy (0.800, probe) with 10 % of the labels" in md
     assert "ratio 10x" in md and "**scratch** does not reach" in md
-    assert "elpv v3" in md and "test size" in md and "PASSED" in md
+    assert "elpv v3" in md and "test size" in md and "PASSED" in md and "| majority | majority | better |" in md
+    # No sanity baselines in these rows: the report says what that means.
+    assert "## Sanity baselines" in md and "no candidate from it can pass the promotion gate" in md
 
 
 # ----------------------------------------------------------------------------- sweep (logic)
