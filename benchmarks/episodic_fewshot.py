@@ -46,7 +46,8 @@ def load_elpv(size: int):
 
 
 def load_wm811k(size: int, per_class: int, seed: int = 0):
-    d = np.load(WM811K, allow_pickle=False)
+    with np.load(WM811K, allow_pickle=False) as npz:
+        d = {k: npz[k] for k in npz.files}  # an NpzFile decompresses an array on every access
     split_names = [str(s) for s in d["split_names"]]
     classes = [str(c) for c in d["classes"]]
     rng = np.random.default_rng(seed)
