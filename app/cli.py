@@ -112,12 +112,14 @@ def labels(export: Path = typer.Argument(..., help="Label Studio JSON export"),
            dataset_version: Optional[int] = typer.Option(None, help="default: latest"),
            classes: Optional[str] = typer.Option(None, help="comma-separated class names the project allows; "
                                                  "labels outside them are reported as unknown_class"),
-           summary_path: Optional[Path] = SUMMARY):
-    """Build a validated label snapshot from a Label Studio JSON export."""
+           summary_path: Optional[Path] = SUMMARY,
+           boxes: bool = typer.Option(False, "--boxes", help="defect boxes (Label Studio RectangleLabels); "
+                                      "a .csv export image,x1,y1,x2,y2,label is always boxes")):
+    """Build a validated label snapshot from a Label Studio JSON export (or a box CSV)."""
     prepare()
     from flows.labels import labels_flow
     summary = run_step(labels_flow, str(export), dataset, dataset_version,
-                       parse_list(classes, str) if classes else None)
+                       parse_list(classes, str) if classes else None, boxes=boxes)
     write_summary(summary_path, summary)
     for issue in summary["issues"]:
         console.print(f"  {issue['kind']}: {issue['image']} ({issue['detail']})")

@@ -1,8 +1,10 @@
-"""`dlvm adapt --task anomaly` as a user runs it, on a handful of real DeepPCB images:
-ingest, a good/defect label snapshot, an anomaly model fitted on the good class only,
-its evaluation on the test split, the heat-map artifact and the registry lineage."""
+"""DeepPCB's boxes and good images through the CLI, on a handful of real images: ingest; a box
+snapshot from a CSV (bad rows reported one line each, nothing wrong registered); a good/defect
+label snapshot; `dlvm adapt --task anomaly` fitted on the good class only, its evaluation on the
+test split, the heat-map artifact and the registry lineage."""
 from __future__ import annotations
 
+import csv
 import json
 import shutil
 from pathlib import Path
@@ -59,7 +61,7 @@ def test_anomaly_model_is_registered_with_lineage_and_metrics(anomaly_run):
     with session_scope(settings) as session:
         model = session.exec(select(RegisteredModel).where(RegisteredModel.name == "pcb-anomaly")).one()
         version = session.exec(select(ModelVersion).where(ModelVersion.model_id == model.id)).one()
-        snapshot = session.exec(select(LabelSnapshot)).one()
+        snapshot = session.exec(select(LabelSnapshot).where(LabelSnapshot.version == 1)).one()
     assert version.params["task"] == "anomaly" and version.params["good_class"] == "good"
     assert version.label_snapshot_id == snapshot.id and version.run_id and version.code_revision
     m = version.metrics
@@ -85,3 +87,32 @@ def test_an_unknown_good_class_is_one_clear_line(anomaly_run):
     assert "good class 'ok' is not a class of this snapshot (classes: defect, good)" in bad.stdout
     with session_scope(Settings(home=root / "state")) as session:
         assert len(session.exec(select(ModelVersion)).all()) == 1
+
+
+def test_box_csv_becomes_a_box_snapshot_and_bad_rows_are_reported(anomaly_run, tmp_path):
+    root, env, out, summary = anomaly_run
+    rows = [r for r in csv.DictReader(open(DEEPPCB / "boxes.csv")) if r["image"][7:15] in IDS[::2]]
+    lines = ["image,x1,y1,x2,y2,label"] + [f"{r['image']},{r['x1']},{r['y1']},{r['x2']},{r['y2']},{r['defect']}"
+                                          for r in rows]
+    good = tmp_path / "boxes.csv"
+    good.write_text("\n".join(lines) + "\n")
+    done = dlvm(env, "labels", str(good), "--dataset", "pcb", "--summary", str(tmp_path / "s.json"))
+    s = json.loads((tmp_path / "s.json").read_text())
+    assert s["n_labeled"] == 8 and s["issues"] == [] and sum(s["class_counts"].values()) == len(rows)
+    assert "snapshot v2" in done.stdout
+    # a bad row: the image it names is left out, the problem is one line, the rest is registered
+    bad = tmp_path / "bad.csv"
+    first = rows[0]
+    bad.write_text("\n".join(lines + [f"{first['image']},600,600,700,700,open",
+                                       "images/nothing.png,1,1,5,5,open"]) + "\n")
+    done = dlvm(env, "labels", str(bad), "--dataset", "pcb", "--summary", str(tmp_path / "b.json"))
+    s = json.loads((tmp_path / "b.json").read_text())
+    assert s["n_labeled"] == 7 and sorted(i["kind"] for i in s["issues"]) == ["outside_image", "unknown_image"]
+    assert "outside_image: images/" in done.stdout and "lies outside the 640x640 image" in done.stdout
+    # a file that is not a box CSV: one line, nothing new registered
+    (tmp_path / "wrong.csv").write_text("path,label\na.png,open\n")
+    wrong = dlvm(env, "labels", str(tmp_path / "wrong.csv"), "--dataset", "pcb", check=False)
+    assert wrong.returncode == 1 and "header must be image,x1,y1,x2,y2,label" in wrong.stdout
+    with session_scope(Settings(home=root / "state")) as session:
+        snaps = session.exec(select(LabelSnapshot)).all()
+    assert [x.version for x in snaps] == [1, 2, 3] and snaps[1].source.startswith("box export")
