@@ -84,7 +84,7 @@ def load_elpv_cells(size: int, n_fit: int, n_cal: int, n_test: int, seed: int):
 
     test_images = np.concatenate([load(good_test), load(bad_test)])
     y = np.r_[np.zeros(len(good_test), bool), np.ones(len(bad_test), bool)]
-    return load(fit_idx), load(cal_idx), test_images, y, None, {"middle": load(middle)}
+    return load(fit_idx), load(cal_idx), test_images, y, None, {"middle": load(rng.permutation(middle)[:n_test])}
 
 
 def main() -> None:

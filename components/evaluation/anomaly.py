@@ -87,6 +87,23 @@ def boxes_to_mask(boxes: Sequence[Sequence[float]], original_size: tuple[int, in
     return mask
 
 
+def masks_from_box_snapshot(snapshot: dict, paths: Sequence[str], size: int) -> tuple[np.ndarray, np.ndarray]:
+    """(masks ``[N, size, size]``, known ``[N]``): the defect regions of each image in ``paths``
+    from a box snapshot's items (boxes in pixels of the stored width x height); ``known`` is
+    False for images the box snapshot does not cover (their regions are not known)."""
+    items = {it["path"]: it for it in snapshot["items"]}
+    masks = np.zeros((len(paths), size, size), dtype=bool)
+    known = np.zeros(len(paths), dtype=bool)
+    for i, path in enumerate(paths):
+        item = items.get(path)
+        if item is None or not item.get("width") or not item.get("height"):
+            continue
+        known[i] = True
+        masks[i] = boxes_to_mask([(b["x1"], b["y1"], b["x2"], b["y2"]) for b in item["boxes"]],
+                                 (item["width"], item["height"]), size)
+    return masks, known
+
+
 def _rate(flags: np.ndarray, n_boot: int, seed: int, alpha: float) -> dict:
     if flags.size == 0:
         return {"value": float("nan"), "ci_low": float("nan"), "ci_high": float("nan"), "n": 0}

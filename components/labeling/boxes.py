@@ -139,7 +139,9 @@ class _Collector:
                 continue
             boxes, annotator, created_at, task = min(versions, key=lambda v: (v[2], v[1]))
             boxes = sorted(boxes, key=lambda b: (b["y1"], b["x1"], b["y2"], b["x2"], b["label"]))
-            items.append({"path": path, "sha256": self.records[path]["sha256"], "boxes": boxes,
+            record = self.records[path]
+            items.append({"path": path, "sha256": record["sha256"], "boxes": boxes,
+                          "width": record.get("width"), "height": record.get("height"),
                           "annotator": annotator, "created_at": created_at, "task": task})
         labels = sorted({b["label"] for it in items for b in it["boxes"]})
         classes = self.allowed if self.allowed is not None else labels

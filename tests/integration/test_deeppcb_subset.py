@@ -116,3 +116,10 @@ def test_box_csv_becomes_a_box_snapshot_and_bad_rows_are_reported(anomaly_run, t
     with session_scope(Settings(home=root / "state")) as session:
         snaps = session.exec(select(LabelSnapshot)).all()
     assert [x.version for x in snaps] == [1, 2, 3] and snaps[1].source.startswith("box export")
+    # the box snapshot's boxes are the defect regions of the anomaly model's heat maps
+    regions = dlvm(env, "adapt", "--task", "anomaly", "--dataset", "pcb", "--backbone", "scratch", "--good-class",
+                   "good", "--snapshot", "1", "--regions-snapshot", "2", "--img-size", "96",
+                   "--summary", str(tmp_path / "r.json"))
+    m = json.loads((tmp_path / "r.json").read_text())["metrics"]
+    assert "pixel AUROC" in regions.stdout and 0 <= m["pixel_auroc"]["ci_low"] <= m["pixel_auroc"]["ci_high"] <= 1
+    assert m["n_pixel_images"] == m["n_test_good"] + m["n_test_anomalous"]

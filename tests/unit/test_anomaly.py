@@ -162,3 +162,23 @@ def test_patchcore_refuses_bad_input():
         fit_patchcore(build_backbone(cfg, seed=0), cfg, np.zeros((0, 32, 32), np.uint8))
     with pytest.raises(ValueError, match="not a patchcore"):
         PatchCore.from_state({"kind": "classifier"})
+
+
+def test_good_images_split_into_fit_and_calibration_and_the_test_split_keeps_every_class():
+    from components.anomaly.sets import sets_from_good_images, sets_from_labels
+    from synthetic import fake_shas
+
+    shas = fake_shas(50)
+    sets = sets_from_good_images(shas)
+    assert len(sets.test) == 0 and len(sets.calibration) == 10 and len(sets.fit) == 40
+    assert not set(sets.fit) & set(sets.calibration)
+    assert sets_from_good_images(list(reversed(shas))).calibration.size == 10  # by content, not order
+    labels = np.arange(50) % 3  # classes a, good, c
+    train, test = np.arange(0, 40), np.arange(40, 50)
+    s = sets_from_labels(labels, ["a", "good", "c"], "good", shas, train, test)
+    assert set(s.fit) | set(s.calibration) == {i for i in train if labels[i] == 1}
+    assert s.test.tolist() == test.tolist() and s.test_is_anomaly.tolist() == (labels[test] != 1).tolist()
+    with pytest.raises(ValueError, match="good class 'ok' is not a class"):
+        sets_from_labels(labels, ["a", "good", "c"], "ok", shas, train, test)
+    with pytest.raises(ValueError, match="at least 2 good training images"):
+        sets_from_good_images(shas[:1])

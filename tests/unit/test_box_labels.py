@@ -10,7 +10,13 @@ from components.labeling.boxes import (
     boxes_from_label_studio,
     is_box_snapshot,
 )
+from components.evaluation.anomaly import masks_from_box_snapshot
 from components.labeling.snapshots import LabelExportError, from_json_bytes, to_json_bytes
+
+
+def to_dict(snap):
+    import json
+    return json.loads(to_json_bytes(snap))
 
 MANIFEST = {"content_hash": "m", "images": [
     {"path": f"pcb/{n}.png", "sha256": f"{i:064x}", "width": 640, "height": 480}
@@ -53,6 +59,10 @@ def test_label_studio_rectangles_become_pixel_boxes_and_every_problem_is_one_lin
     assert sorted(items) == ["pcb/a.png", "pcb/b.png"]
     assert items["pcb/a.png"]["boxes"] == [{"label": "open", "x1": 64.0, "y1": 48.0, "x2": 96.0, "y2": 72.0},
                                            {"label": "short", "x1": 320.0, "y1": 240.0, "x2": 384.0, "y2": 288.0}]
+    # the regions an anomaly model's pixel AUROC is measured against, at the model's input size
+    masks, known = masks_from_box_snapshot(to_dict(snap), ["pcb/a.png", "pcb/b.png", "pcb/c.png"], 64)
+    assert known.tolist() == [True, True, False] and not masks[1:].any()
+    assert masks[0].sum() == 4 * 4 + 7 * 7 and masks[0][6, 7] and masks[0][32, 32] and not masks[0][5, 7]
     assert items["pcb/b.png"]["boxes"] == []
     kinds = sorted((i["image"], i["kind"]) for i in snap.issues)
     assert kinds == [("/data/local-files/?d=a.png", "ambiguous_image"),
