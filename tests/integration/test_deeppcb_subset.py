@@ -79,16 +79,6 @@ def test_anomaly_model_is_registered_with_lineage_and_metrics(anomaly_run):
     assert b"image auroc" in store.get_bytes(report["uri"], report["sha256"])
 
 
-def test_an_unknown_good_class_is_one_clear_line(anomaly_run):
-    root, env, out, summary = anomaly_run
-    bad = dlvm(env, "adapt", "--task", "anomaly", "--dataset", "pcb", "--backbone", "scratch", "--good-class", "ok",
-               check=False)
-    assert bad.returncode == 1
-    assert "good class 'ok' is not a class of this snapshot (classes: defect, good)" in bad.stdout
-    with session_scope(Settings(home=root / "state")) as session:
-        assert len(session.exec(select(ModelVersion)).all()) == 1
-
-
 def test_box_csv_becomes_a_box_snapshot_and_bad_rows_are_reported(anomaly_run, tmp_path):
     root, env, out, summary = anomaly_run
     rows = [r for r in csv.DictReader(open(DEEPPCB / "boxes.csv")) if r["image"][7:15] in IDS[::2]]
@@ -108,11 +98,7 @@ def test_box_csv_becomes_a_box_snapshot_and_bad_rows_are_reported(anomaly_run, t
     done = dlvm(env, "labels", str(bad), "--dataset", "pcb", "--summary", str(tmp_path / "b.json"))
     s = json.loads((tmp_path / "b.json").read_text())
     assert s["n_labeled"] == 7 and sorted(i["kind"] for i in s["issues"]) == ["outside_image", "unknown_image"]
-    assert "outside_image: images/" in done.stdout and "lies outside the 640x640 image" in done.stdout
-    # a file that is not a box CSV: one line, nothing new registered
-    (tmp_path / "wrong.csv").write_text("path,label\na.png,open\n")
-    wrong = dlvm(env, "labels", str(tmp_path / "wrong.csv"), "--dataset", "pcb", check=False)
-    assert wrong.returncode == 1 and "header must be image,x1,y1,x2,y2,label" in wrong.stdout
+    assert "outside_image: 20085000_test.png (line " in done.stdout and "lies outside the 640x640 image" in done.stdout
     with session_scope(Settings(home=root / "state")) as session:
         snaps = session.exec(select(LabelSnapshot)).all()
     assert [x.version for x in snaps] == [1, 2, 3] and snaps[1].source.startswith("box export")
