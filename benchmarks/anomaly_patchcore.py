@@ -6,8 +6,9 @@
   (good) and their tested images (anomalous, 3-12 defects each). Pixel AUROC uses the
   defect boxes as regions (every pixel inside a box is a defect pixel).
 - ``--data elpv``: functional cells (defect probability 0) are the good images, defective
-  cells (probability 1) the anomalies; cells of probability 1/3 and 2/3 are left out of the
-  headline AUROC and reported separately. Good cells are split fit / calibration / test.
+  cells (probability 1) the anomalies; ``--n-test`` cells of probability 1/3 and 2/3 are left
+  out of the headline AUROC and scored against the good test cells separately. Good cells
+  are split fit / calibration / test.
 
     .venv/bin/python -m benchmarks.anomaly_patchcore --data deeppcb --size 256 --n-fit 60 --n-test 200
     .venv/bin/python -m benchmarks.anomaly_patchcore --data elpv --size 128 --n-fit 300
