@@ -88,7 +88,7 @@ def load_elpv_cells(size: int, n_fit: int, n_cal: int, n_test: int, seed: int):
     return load(fit_idx), load(cal_idx), test_images, y, None, {"middle": load(rng.permutation(middle)[:n_test])}
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data", choices=["deeppcb", "elpv"], required=True)
     ap.add_argument("--arch", choices=sorted(ARCHS), default="resnet-small")
@@ -104,7 +104,7 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--out", type=Path)
-    args = ap.parse_args()
+    args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     started = time.time()
     load = load_deeppcb if args.data == "deeppcb" else load_elpv_cells
@@ -147,6 +147,7 @@ def main() -> None:
         test_images[pick], heat[pick], [f"{'anomaly' if y[i] else 'good'} {scores[i]:.2f}" for i in pick],
         masks[pick] if masks is not None else None))
     print(json.dumps({k: result[k] for k in ("data", "arch", "size", "bank", "metrics", "seconds")}, indent=1))
+    return result
 
 
 if __name__ == "__main__":

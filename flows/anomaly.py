@@ -18,6 +18,7 @@ from components.evaluation.anomaly import (
     heatmap_overlays,
     markdown_report,
     masks_from_box_snapshot,
+    pick_examples,
     pixel_auroc,
 )
 from components.labeling.boxes import is_box_snapshot
@@ -126,17 +127,11 @@ def anomaly_flow(dataset: str, backbone: str | None = None, good_class: str | No
                 if masks[usable].any():
                     metrics["pixel_auroc"] = pixel_auroc(heat[usable], masks[usable])
                     metrics["n_pixel_images"] = int(usable.sum())
-            # the highest-scoring anomalies and good images: what an inspector would look at first
-            order = np.argsort(-scores)
-            anomalous = sets.test_is_anomaly[order]
-            pick = np.r_[order[anomalous][:EXAMPLES // 2], order[~anomalous][:EXAMPLES // 2]]
-            titles = [f"{'anomaly' if sets.test_is_anomaly[i] else 'good'} {scores[i]:.2f}"
-                      f"{' FLAGGED' if scores[i] > model.threshold else ''}" for i in pick]
+            pick, titles = pick_examples(scores, sets.test_is_anomaly, model.threshold, EXAMPLES)
         else:  # no anomalies to test against: show the held-out good images the threshold came from
             shown = images[sets.calibration[:EXAMPLES]]
             scores, heat = score(model, shown)
-            pick = np.arange(len(scores))
-            titles = [f"good {s:.2f}" for s in scores]
+            pick, titles = pick_examples(scores, np.zeros(len(scores), bool), model.threshold, EXAMPLES)
             metrics.update({"n_test_good": 0, "n_test_anomalous": 0})
             masks = None
         overlay = heatmap_overlays(shown[pick], heat[pick], titles, masks[pick] if masks is not None else None)

@@ -150,6 +150,19 @@ def markdown_report(title: str, metrics: dict, context: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def pick_examples(scores: np.ndarray, is_anomaly: np.ndarray, threshold: float | None,
+                  n: int = 8) -> tuple[np.ndarray, list[str]]:
+    """(indices, titles) of the examples a report shows: the highest-scoring anomalies and the
+    highest-scoring good images, half each (what an inspector would look at first: the
+    clearest detections and the nearest false alarms), titled with class, score and verdict."""
+    scores, y = np.asarray(scores), np.asarray(is_anomaly, dtype=bool)
+    order = np.argsort(-scores, kind="stable")
+    pick = np.r_[order[y[order]][:n // 2], order[~y[order]][:n - min(n // 2, int(y.sum()))]][:n]
+    flagged = (lambda s: s > threshold) if threshold is not None else (lambda s: False)
+    return pick, [f"{'anomaly' if y[i] else 'good'} {scores[i]:.2f}{' FLAGGED' if flagged(scores[i]) else ''}"
+                  for i in pick]
+
+
 def heatmap_overlays(images: np.ndarray, heatmaps: np.ndarray, titles: Sequence[str],
                      masks: np.ndarray | None = None, vmax: float | None = None, columns: int = 4) -> bytes:
     """A PNG grid: each image in gray with its heat map over it (and its defect regions outlined)."""

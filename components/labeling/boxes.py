@@ -249,7 +249,8 @@ def boxes_from_csv(source: str | Path | bytes, manifest: dict,
         if box is not None:
             boxes.setdefault(path, [])
             if box in boxes[path]:
-                c.issue(path, "duplicate_box", f"{where}: {label} box ({x1}, {y1}, {x2}, {y2}) appears twice; kept once")
+                c.issue(path, "duplicate_box",
+                        f"{where}: {label} box ({x1}, {y1}, {x2}, {y2}) appears twice; kept once")
             else:
                 boxes[path].append(box)
     for path, found in boxes.items():
