@@ -210,9 +210,12 @@ def labels(export: Optional[Path] = typer.Argument(None, help="Label Studio JSON
                                                 help="what ends the class in a --from-prefix file name"),
            from_csv: Optional[Path] = typer.Option(
                None, "--from-csv", help="instead of an export: a CSV of path,label rows"),
-           summary_path: Optional[Path] = SUMMARY):
+           summary_path: Optional[Path] = SUMMARY,
+           boxes: bool = typer.Option(False, "--boxes", help="defect boxes (Label Studio RectangleLabels); "
+                                      "an EXPORT ending in .csv (image,x1,y1,x2,y2,label) is always boxes")):
     """Build a validated label snapshot from a Label Studio JSON export, class folders,
-    class-prefixed file names or a path,label CSV (the same checks for each)."""
+    class-prefixed file names or a path,label CSV (the same checks for each), or a box
+    snapshot from a RectangleLabels export or a box CSV."""
     given = [(kind, p) for kind, p in (("label-studio", export), ("folders", from_folders),
                                        ("prefix", from_prefix), ("csv", from_csv)) if p is not None]
     if len(given) != 1:
@@ -222,7 +225,8 @@ def labels(export: Optional[Path] = typer.Argument(None, help="Label Studio JSON
     prepare()
     from flows.labels import labels_flow
     summary = run_step(labels_flow, str(label_path), dataset, dataset_version,
-                       parse_list(classes, str) if classes else None, source, prefix_separator)
+                       parse_list(classes, str) if classes else None, source, prefix_separator,
+                       boxes=boxes)
     write_summary(summary_path, summary)
     for issue in summary["issues"]:
         console.print(f"  {issue['kind']}: {issue['image']} ({issue['detail']})")
@@ -267,14 +271,19 @@ def adapt(dataset: str = typer.Option(..., "--dataset", "-d", callback=DATASET_N
           good_class: Optional[str] = typer.Option(None, help="anomaly: the snapshot class that is normal "
                                                    "(default: every image of the dataset version is good)"),
           false_alarm_rate: float = typer.Option(0.01, help="anomaly: false-alarm rate the threshold is set for"),
-          img_size: Optional[int] = typer.Option(None, help="anomaly: input size (ResNet backbones only)")):
+          img_size: Optional[int] = typer.Option(None, help="anomaly: input size (ResNet backbones only)"),
+          snapshot: Optional[int] = typer.Option(None, "--snapshot", help="anomaly: the label snapshot version "
+                                                 "--good-class refers to (default: latest)"),
+          regions_snapshot: Optional[int] = typer.Option(None, help="anomaly: box snapshot version whose boxes are "
+                                                         "the defect regions (pixel AUROC)")):
     """Adapt a backbone with labels (linear probe, fine-tuning, LoRA, class prototypes, Reptile or MAML) and
     register the classifier.
 
     With --task anomaly: fit an anomaly model (PatchCore memory bank) on good images only."""
     prepare()
     if task == "anomaly":
-        return _adapt_anomaly(dataset, backbone, good_class, false_alarm_rate, img_size, seed, summary_path)
+        return _adapt_anomaly(dataset, backbone, good_class, false_alarm_rate, img_size, snapshot, regions_snapshot,
+                              seed, summary_path)
     if task != "classification":
         raise typer.BadParameter(f"task must be classification or anomaly, not {task!r}")
     from flows.adapt import adapt_flow
@@ -286,16 +295,21 @@ def adapt(dataset: str = typer.Option(..., "--dataset", "-d", callback=DATASET_N
                   f"[{acc['ci_low']:.3f}, {acc['ci_high']:.3f}]")
 
 
-def _adapt_anomaly(dataset, backbone, good_class, false_alarm_rate, img_size, seed, summary_path) -> None:
+def _adapt_anomaly(dataset, backbone, good_class, false_alarm_rate, img_size, snapshot_version, regions_snapshot,
+                   seed, summary_path) -> None:
     from flows.anomaly import anomaly_flow
     out = run_step(anomaly_flow, dataset, backbone=backbone, good_class=good_class,
-                   false_alarm_rate=false_alarm_rate, img_size=img_size, seed=seed)
+                   false_alarm_rate=false_alarm_rate, img_size=img_size, regions_snapshot=regions_snapshot, seed=seed,
+                   snapshot_version=snapshot_version)
     write_summary(summary_path, out)
     m = out["metrics"]
     line = f"registered {out['model']} v{out['version']} (anomaly, threshold {m['threshold']:.4g})"
     if "image_auroc" in m:
         a = m["image_auroc"]
         line += f": image AUROC {a['value']:.3f} [{a['ci_low']:.3f}, {a['ci_high']:.3f}]"
+    if "pixel_auroc" in m:
+        p = m["pixel_auroc"]
+        line += f", pixel AUROC {p['value']:.3f} [{p['ci_low']:.3f}, {p['ci_high']:.3f}]"
     console.print(f"{line}\nheat maps {out['heatmaps_uri']}\nreport {out['report_uri']}")
 
 

@@ -6,8 +6,9 @@
   (good) and their tested images (anomalous, 3-12 defects each). Pixel AUROC uses the
   defect boxes as regions (every pixel inside a box is a defect pixel).
 - ``--data elpv``: functional cells (defect probability 0) are the good images, defective
-  cells (probability 1) the anomalies; cells of probability 1/3 and 2/3 are left out of the
-  headline AUROC and reported separately. Good cells are split fit / calibration / test.
+  cells (probability 1) the anomalies; ``--n-test`` cells of probability 1/3 and 2/3 are left
+  out of the headline AUROC and scored against the good test cells separately. Good cells
+  are split fit / calibration / test.
 
     .venv/bin/python -m benchmarks.anomaly_patchcore --data deeppcb --size 256 --n-fit 60 --n-test 200
     .venv/bin/python -m benchmarks.anomaly_patchcore --data elpv --size 128 --n-fit 300
@@ -84,10 +85,10 @@ def load_elpv_cells(size: int, n_fit: int, n_cal: int, n_test: int, seed: int):
 
     test_images = np.concatenate([load(good_test), load(bad_test)])
     y = np.r_[np.zeros(len(good_test), bool), np.ones(len(bad_test), bool)]
-    return load(fit_idx), load(cal_idx), test_images, y, None, {"middle": load(middle)}
+    return load(fit_idx), load(cal_idx), test_images, y, None, {"middle": load(rng.permutation(middle)[:n_test])}
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data", choices=["deeppcb", "elpv"], required=True)
     ap.add_argument("--arch", choices=sorted(ARCHS), default="resnet-small")
@@ -103,7 +104,7 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--out", type=Path)
-    args = ap.parse_args()
+    args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     started = time.time()
     load = load_deeppcb if args.data == "deeppcb" else load_elpv_cells
@@ -146,6 +147,7 @@ def main() -> None:
         test_images[pick], heat[pick], [f"{'anomaly' if y[i] else 'good'} {scores[i]:.2f}" for i in pick],
         masks[pick] if masks is not None else None))
     print(json.dumps({k: result[k] for k in ("data", "arch", "size", "bank", "metrics", "seconds")}, indent=1))
+    return result
 
 
 if __name__ == "__main__":

@@ -4,6 +4,8 @@ on the snapshot's test split when defect labels exist, a heat-map artifact, and 
 version with lineage."""
 from __future__ import annotations
 
+import json
+
 import numpy as np
 from prefect import flow, task
 from prefect.cache_policies import NO_CACHE
@@ -11,12 +13,21 @@ from prefect.cache_policies import NO_CACHE
 from components.anomaly.features import FeatureConfig, feature_backbone
 from components.anomaly.patchcore import PatchCoreConfig, fit_patchcore
 from components.anomaly.sets import sets_from_good_images, sets_from_labels
-from components.evaluation.anomaly import evaluate_anomaly, heatmap_overlays, markdown_report
+from components.evaluation.anomaly import (
+    evaluate_anomaly,
+    heatmap_overlays,
+    markdown_report,
+    masks_from_box_snapshot,
+    pick_examples,
+    pixel_auroc,
+)
+from components.labeling.boxes import is_box_snapshot
 from components.models.checkpoint import save_checkpoint
 from components.orchestration.lineage import recorded_run
 from components.registry.refs import SCRATCH
 from components.settings import get_settings
 from flows.tasks import (
+    load_artifact,
     load_dataset_images,
     load_labeled_set,
     load_model_checkpoint,
@@ -55,11 +66,12 @@ def anomaly_flow(dataset: str, backbone: str | None = None, good_class: str | No
                  false_alarm_rate: float = 0.01, img_size: int | None = None, coreset_fraction: float = 0.1,
                  max_bank: int = 20_000, cnn_stages: tuple[int, ...] = (2, 3), vit_blocks: tuple[int, ...] = (-1,),
                  seed: int = 0, dataset_version: int | None = None, snapshot_version: int | None = None,
-                 model_name: str | None = None) -> dict:
+                 regions_snapshot: int | None = None, model_name: str | None = None) -> dict:
     """Fit an anomaly model on `dataset`'s good images: every image of a dataset version, or
     with `good_class` the images of that class in a label snapshot's training pool (the test
     split, all classes, then measures it). `backbone`: a registered backbone ref or 'scratch'
-    (random small ResNet)."""
+    (random small ResNet). `regions_snapshot`: a box snapshot (version number, same dataset
+    version) whose boxes are the defect regions the heat maps' pixel AUROC is measured against."""
     settings = get_settings()
     backbone = backbone or f"{dataset}-mae"
     model_name = model_name or f"{dataset}-anomaly"
@@ -68,7 +80,10 @@ def anomaly_flow(dataset: str, backbone: str | None = None, good_class: str | No
     cfg = PatchCoreConfig(features=FeatureConfig(cnn_stages=tuple(cnn_stages), vit_blocks=tuple(vit_blocks)),
                           coreset_fraction=coreset_fraction, max_bank=max_bank, seed=seed)
     params = {"task": TASK, "method": "patchcore", "dataset": dataset, "backbone": backbone,
-              "good_class": good_class, "false_alarm_rate": false_alarm_rate, "patchcore": cfg.to_dict()}
+              "good_class": good_class, "false_alarm_rate": false_alarm_rate, "regions_snapshot": regions_snapshot,
+              "patchcore": cfg.to_dict()}
+    if regions_snapshot is not None and good_class is None:
+        raise ValueError("defect regions need a test split: give --good-class with --regions-snapshot")
     with recorded_run(settings, "adapt-anomaly", params) as run_id:
         parent = None if backbone == SCRATCH else resolve_model_version(settings, backbone)
         checkpoint = None if parent is None else load_model_checkpoint(settings, parent)
@@ -101,19 +116,25 @@ def anomaly_flow(dataset: str, backbone: str | None = None, good_class: str | No
             shown = images[sets.test]
             scores, heat = score(model, shown)
             metrics.update(evaluate_anomaly(sets.test_is_anomaly, scores, model.threshold))
-            # the highest-scoring anomalies and good images: what an inspector would look at first
-            order = np.argsort(-scores)
-            anomalous = sets.test_is_anomaly[order]
-            pick = np.r_[order[anomalous][:EXAMPLES // 2], order[~anomalous][:EXAMPLES // 2]]
-            titles = [f"{'anomaly' if sets.test_is_anomaly[i] else 'good'} {scores[i]:.2f}"
-                      f"{' FLAGGED' if scores[i] > model.threshold else ''}" for i in pick]
+            masks = None
+            if regions_snapshot is not None:
+                _, box_row = resolve_label_snapshot(settings, dataset, version.version, regions_snapshot)
+                boxes = json.loads(load_artifact(settings, box_row.artifact_uri, box_row.sha256))
+                if not is_box_snapshot(boxes):
+                    raise ValueError(f"snapshot v{regions_snapshot} of {dataset} holds image classes, not boxes")
+                masks, known = masks_from_box_snapshot(boxes, [data.paths[i] for i in sets.test], size)
+                usable = known | ~sets.test_is_anomaly  # good images have no defect regions by definition
+                if masks[usable].any():
+                    metrics["pixel_auroc"] = pixel_auroc(heat[usable], masks[usable])
+                    metrics["n_pixel_images"] = int(usable.sum())
+            pick, titles = pick_examples(scores, sets.test_is_anomaly, model.threshold, EXAMPLES)
         else:  # no anomalies to test against: show the held-out good images the threshold came from
             shown = images[sets.calibration[:EXAMPLES]]
             scores, heat = score(model, shown)
-            pick = np.arange(len(scores))
-            titles = [f"good {s:.2f}" for s in scores]
+            pick, titles = pick_examples(scores, np.zeros(len(scores), bool), model.threshold, EXAMPLES)
             metrics.update({"n_test_good": 0, "n_test_anomalous": 0})
-        overlay = heatmap_overlays(shown[pick], heat[pick], titles)
+            masks = None
+        overlay = heatmap_overlays(shown[pick], heat[pick], titles, masks[pick] if masks is not None else None)
         report = markdown_report(f"Anomaly model {model_name} on {dataset}", metrics, context)
         stored_heat = store_artifact(settings, overlay, "reports", f"{model_name}-heatmaps.png")
         stored_report = store_artifact(settings, report.encode(), "reports", f"{model_name}-evaluation.md")

@@ -15,6 +15,7 @@ from components.labeling.label_sources import (
     tasks_from_csv,
     tasks_from_name_prefixes,
 )
+from components.labeling.boxes import BOX_SNAPSHOT_FORMAT, boxes_from_csv, boxes_from_label_studio
 from components.labeling.snapshots import build_label_snapshot, to_json_bytes
 from components.names import check_dataset
 from components.orchestration.lineage import recorded_run
@@ -28,7 +29,14 @@ from flows.tasks import (
 
 
 @task(name="build-label-snapshot", cache_policy=NO_CACHE)
-def build_snapshot(export, manifest: dict, classes: list[str] | None):
+def build_snapshot(export, manifest: dict, classes: list[str] | None, boxes: bool = False):
+    """Image classes from a Label Studio export (a file) or from tasks built from a folder
+    layout or a path,label CSV (a list); with ``boxes``, boxes from a RectangleLabels export,
+    and a ``.csv`` export file is always rows ``image,x1,y1,x2,y2,label``."""
+    if isinstance(export, Path) and export.suffix.lower() == ".csv":
+        return boxes_from_csv(export, manifest, allowed_classes=classes)
+    if boxes:
+        return boxes_from_label_studio(export, manifest, allowed_classes=classes)
     return build_label_snapshot(export, manifest, allowed_classes=classes)
 
 
@@ -49,11 +57,14 @@ def check_files(snapshot, tasks: list[dict], root: Path, classes: list[str] | No
 @flow(name="labels", log_prints=True)
 def labels_flow(export_path: str, dataset: str, dataset_version: int | None = None,
                 classes: list[str] | None = None, source: str = "label-studio",
-                prefix_separator: str = "_") -> dict:
+                prefix_separator: str = "_", boxes: bool = False) -> dict:
     """Snapshot labels for a dataset version (latest by default) from a Label Studio JSON
     export (`source` label-studio), a class-per-folder tree (folders), a folder of
-    class-prefixed file names (prefix) or a path,label CSV (csv): the same checks for each."""
+    class-prefixed file names (prefix) or a path,label CSV (csv): the same checks for each.
+    With `boxes` (or a .csv Label Studio-style export) defect boxes instead of image classes."""
     check_dataset(dataset)
+    if boxes and source != "label-studio":
+        raise ValueError("boxes come from a Label Studio RectangleLabels export or a box CSV, not from --from-*")
     settings = get_settings()
     logger = get_run_logger()
     if source not in SOURCE_KINDS:
@@ -69,7 +80,7 @@ def labels_flow(export_path: str, dataset: str, dataset_version: int | None = No
         version = resolve_dataset_version(settings, dataset, dataset_version)
         manifest = json.loads(load_artifact(settings, version.manifest_uri, version.manifest_sha256))
         if source == "label-studio":
-            snapshot = build_snapshot(path, manifest, classes)
+            snapshot = build_snapshot(path, manifest, classes, boxes)
         else:
             tasks = tasks_from_layout(path, source, classes, prefix_separator)
             snapshot = build_snapshot(tasks, manifest, classes)
@@ -83,8 +94,13 @@ def labels_flow(export_path: str, dataset: str, dataset_version: int | None = No
                              f"({len(snapshot.issues)} issues)")
         stored = store_artifact(settings, to_json_bytes(snapshot), "label-snapshots", f"{dataset}.json")
         what = "export" if source == "label-studio" else source
+        if snapshot.format == BOX_SNAPSHOT_FORMAT:
+            what = f"box {what}"
         row, created = register_label_snapshot(settings, version.id, snapshot, stored, f"{what} {path}")
-    counts = {c: sum(1 for item in snapshot.items if item["label"] == c) for c in snapshot.classes}
+    if snapshot.format == BOX_SNAPSHOT_FORMAT:  # boxes per class
+        counts = {c: sum(b["label"] == c for item in snapshot.items for b in item["boxes"]) for c in snapshot.classes}
+    else:
+        counts = {c: sum(1 for item in snapshot.items if item["label"] == c) for c in snapshot.classes}
     print(f"labels: {dataset} v{version.version} snapshot {row.version}: {len(snapshot.items)} labeled "
           f"{counts}, {len(snapshot.issues)} issues{'' if created else ' (unchanged)'}")
     return {"dataset": dataset, "dataset_version": version.version, "snapshot_id": row.id,

@@ -75,13 +75,19 @@ def greedy_coreset(features: torch.Tensor, n: int, projection_dim: int = 128, se
     if x.shape[1] > projection_dim:
         proj = torch.randn(x.shape[1], projection_dim, generator=gen) / math.sqrt(projection_dim)
         x = x @ proj
+    # squared distances as |x|^2 - 2 x.c + |c|^2: one matrix-vector product per step, no [N, d] temporary
+    sq = (x * x).sum(1)
+
+    def dist_to(i: int) -> torch.Tensor:
+        return (sq - 2 * (x @ x[i]) + sq[i]).clamp_min_(0)
+
     chosen = torch.empty(n, dtype=torch.long)
     chosen[0] = int(torch.randint(N, (1,), generator=gen))
-    min_dist = ((x - x[chosen[0]]) ** 2).sum(1)
+    min_dist = dist_to(int(chosen[0]))
     for i in range(1, n):
         nxt = int(torch.argmax(min_dist))
         chosen[i] = nxt
-        min_dist = torch.minimum(min_dist, ((x - x[nxt]) ** 2).sum(1))
+        torch.minimum(min_dist, dist_to(nxt), out=min_dist)
     return chosen
 
 

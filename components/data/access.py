@@ -123,6 +123,9 @@ def labeled_set(settings: Settings, dataset: str, version, snapshot, size: "int 
                 progress: bool = True) -> LabeledSet:
     manifest, images = dataset_images(settings, dataset, version, size, progress=progress)
     snap = load_json_artifact(settings, snapshot.artifact_uri, snapshot.sha256)
+    if snap.get("format") == "dlvm-box-snapshot/1":  # components.labeling.boxes.BOX_SNAPSHOT_FORMAT
+        raise ValueError(f"label snapshot v{snapshot.version} of {dataset} holds defect boxes, not image classes: "
+                         "name a classification snapshot")
     index = {item["path"]: i for i, item in enumerate(manifest["images"])}
     classes = list(snap["classes"])
     class_index = {c: i for i, c in enumerate(classes)}

@@ -87,6 +87,23 @@ def boxes_to_mask(boxes: Sequence[Sequence[float]], original_size: tuple[int, in
     return mask
 
 
+def masks_from_box_snapshot(snapshot: dict, paths: Sequence[str], size: int) -> tuple[np.ndarray, np.ndarray]:
+    """(masks ``[N, size, size]``, known ``[N]``): the defect regions of each image in ``paths``
+    from a box snapshot's items (boxes in pixels of the stored width x height); ``known`` is
+    False for images the box snapshot does not cover (their regions are not known)."""
+    items = {it["path"]: it for it in snapshot["items"]}
+    masks = np.zeros((len(paths), size, size), dtype=bool)
+    known = np.zeros(len(paths), dtype=bool)
+    for i, path in enumerate(paths):
+        item = items.get(path)
+        if item is None or not item.get("width") or not item.get("height"):
+            continue
+        known[i] = True
+        masks[i] = boxes_to_mask([(b["x1"], b["y1"], b["x2"], b["y2"]) for b in item["boxes"]],
+                                 (item["width"], item["height"]), size)
+    return masks, known
+
+
 def _rate(flags: np.ndarray, n_boot: int, seed: int, alpha: float) -> dict:
     if flags.size == 0:
         return {"value": float("nan"), "ci_low": float("nan"), "ci_high": float("nan"), "n": 0}
@@ -131,6 +148,19 @@ def markdown_report(title: str, metrics: dict, context: dict) -> str:
     lines += ["", f"Test images: {metrics['n_test_good']} good, {metrics['n_test_anomalous']} anomalous. "
               "Intervals: percentile bootstrap over test images."]
     return "\n".join(lines) + "\n"
+
+
+def pick_examples(scores: np.ndarray, is_anomaly: np.ndarray, threshold: float | None,
+                  n: int = 8) -> tuple[np.ndarray, list[str]]:
+    """(indices, titles) of the examples a report shows: the highest-scoring anomalies and the
+    highest-scoring good images, half each (what an inspector would look at first: the
+    clearest detections and the nearest false alarms), titled with class, score and verdict."""
+    scores, y = np.asarray(scores), np.asarray(is_anomaly, dtype=bool)
+    order = np.argsort(-scores, kind="stable")
+    pick = np.r_[order[y[order]][:n // 2], order[~y[order]][:n - min(n // 2, int(y.sum()))]][:n]
+    flagged = (lambda s: s > threshold) if threshold is not None else (lambda s: False)
+    return pick, [f"{'anomaly' if y[i] else 'good'} {scores[i]:.2f}{' FLAGGED' if flagged(scores[i]) else ''}"
+                  for i in pick]
 
 
 def heatmap_overlays(images: np.ndarray, heatmaps: np.ndarray, titles: Sequence[str],

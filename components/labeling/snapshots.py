@@ -128,6 +128,9 @@ class _PathIndex:
         return sorted(hits)
 
 
+PathIndex = _PathIndex  # public name: box snapshots (components/labeling/boxes.py) match images the same way
+
+
 def load_export(export: list | str | Path | bytes) -> list[dict]:
     """Read and structurally validate an export (list, JSON bytes, or path to a JSON file)."""
     if isinstance(export, (str, Path)):

@@ -1,6 +1,8 @@
 """PatchCore-style anomaly detection (components/anomaly) and its metrics (components/evaluation/anomaly.py)."""
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -21,6 +23,7 @@ from components.evaluation.anomaly import (
     heatmap_overlays,
     image_auroc,
     markdown_report,
+    pick_examples,
     pixel_auroc,
 )
 from components.models.backbones import build_backbone
@@ -162,3 +165,47 @@ def test_patchcore_refuses_bad_input():
         fit_patchcore(build_backbone(cfg, seed=0), cfg, np.zeros((0, 32, 32), np.uint8))
     with pytest.raises(ValueError, match="not a patchcore"):
         PatchCore.from_state({"kind": "classifier"})
+
+
+def test_good_images_split_into_fit_and_calibration_and_the_test_split_keeps_every_class():
+    from components.anomaly.sets import sets_from_good_images, sets_from_labels
+    from synthetic import fake_shas
+
+    shas = fake_shas(50)
+    sets = sets_from_good_images(shas)
+    assert len(sets.test) == 0 and len(sets.calibration) == 10 and len(sets.fit) == 40
+    assert not set(sets.fit) & set(sets.calibration)
+    assert sets_from_good_images(list(reversed(shas))).calibration.size == 10  # by content, not order
+    labels = np.arange(50) % 3  # classes a, good, c
+    train, test = np.arange(0, 40), np.arange(40, 50)
+    s = sets_from_labels(labels, ["a", "good", "c"], "good", shas, train, test)
+    assert set(s.fit) | set(s.calibration) == {i for i in train if labels[i] == 1}
+    assert s.test.tolist() == test.tolist() and s.test_is_anomaly.tolist() == (labels[test] != 1).tolist()
+    with pytest.raises(ValueError, match="good class 'ok' is not a class"):
+        sets_from_labels(labels, ["a", "good", "c"], "ok", shas, train, test)
+    with pytest.raises(ValueError, match="at least 2 good training images"):
+        sets_from_good_images(shas[:1])
+
+
+def test_report_examples_are_the_top_anomalies_and_the_nearest_false_alarms():
+    scores = np.array([0.1, 0.9, 0.5, 0.7, 0.3, 0.8])
+    y = np.array([False, True, False, True, False, False])
+    pick, titles = pick_examples(scores, y, threshold=0.6, n=4)
+    assert pick.tolist() == [1, 3, 5, 2]
+    assert titles == ["anomaly 0.90 FLAGGED", "anomaly 0.70 FLAGGED", "good 0.80 FLAGGED", "good 0.50"]
+    only_good, _ = pick_examples(scores[~y], np.zeros(4, bool), None, n=3)
+    assert only_good.tolist() == [3, 1, 2]
+
+
+def test_benchmark_script_runs_on_a_few_deeppcb_pairs(tmp_path):
+    from benchmarks.anomaly_patchcore import DEEPPCB, main
+
+    if not (DEEPPCB / "boxes.csv").is_file():
+        pytest.fail(f"DeepPCB not found at {DEEPPCB} (set DLVM_DEEPPCB)")
+    out = tmp_path / "r.json"
+    result = main(["--data", "deeppcb", "--arch", "resnet-tiny", "--size", "64", "--n-fit", "2", "--n-cal", "2",
+                   "--n-test", "3", "--out", str(out)])
+    assert json.loads(out.read_text()) == json.loads(json.dumps(result))
+    m = result["metrics"]
+    assert m["n_test_good"] == 3 and m["n_test_anomalous"] == 3 and "pixel_auroc" in m and "image_auroc" in m
+    assert out.with_suffix(".png").read_bytes().startswith(b"\x89PNG")

@@ -1,8 +1,10 @@
-"""`dlvm adapt --task anomaly` as a user runs it, on a handful of real DeepPCB images:
-ingest, a good/defect label snapshot, an anomaly model fitted on the good class only,
-its evaluation on the test split, the heat-map artifact and the registry lineage."""
+"""DeepPCB's boxes and good images through the CLI, on a handful of real images: ingest; a box
+snapshot from a CSV (bad rows reported one line each, nothing wrong registered); a good/defect
+label snapshot; `dlvm adapt --task anomaly` fitted on the good class only, its evaluation on the
+test split, the heat-map artifact and the registry lineage."""
 from __future__ import annotations
 
+import csv
 import json
 import shutil
 from pathlib import Path
@@ -59,7 +61,7 @@ def test_anomaly_model_is_registered_with_lineage_and_metrics(anomaly_run):
     with session_scope(settings) as session:
         model = session.exec(select(RegisteredModel).where(RegisteredModel.name == "pcb-anomaly")).one()
         version = session.exec(select(ModelVersion).where(ModelVersion.model_id == model.id)).one()
-        snapshot = session.exec(select(LabelSnapshot)).one()
+        snapshot = session.exec(select(LabelSnapshot).where(LabelSnapshot.version == 1)).one()
     assert version.params["task"] == "anomaly" and version.params["good_class"] == "good"
     assert version.label_snapshot_id == snapshot.id and version.run_id and version.code_revision
     m = version.metrics
@@ -77,11 +79,33 @@ def test_anomaly_model_is_registered_with_lineage_and_metrics(anomaly_run):
     assert b"image auroc" in store.get_bytes(report["uri"], report["sha256"])
 
 
-def test_an_unknown_good_class_is_one_clear_line(anomaly_run):
+def test_box_csv_becomes_a_box_snapshot_and_bad_rows_are_reported(anomaly_run, tmp_path):
     root, env, out, summary = anomaly_run
-    bad = dlvm(env, "adapt", "--task", "anomaly", "--dataset", "pcb", "--backbone", "scratch", "--good-class", "ok",
-               check=False)
-    assert bad.returncode == 1
-    assert "good class 'ok' is not a class of this snapshot (classes: defect, good)" in bad.stdout
+    rows = [r for r in csv.DictReader(open(DEEPPCB / "boxes.csv")) if r["image"][7:15] in IDS[::2]]
+    lines = ["image,x1,y1,x2,y2,label"] + [f"{r['image']},{r['x1']},{r['y1']},{r['x2']},{r['y2']},{r['defect']}"
+                                          for r in rows]
+    good = tmp_path / "boxes.csv"
+    good.write_text("\n".join(lines) + "\n")
+    done = dlvm(env, "labels", str(good), "--dataset", "pcb", "--summary", str(tmp_path / "s.json"))
+    s = json.loads((tmp_path / "s.json").read_text())
+    assert s["n_labeled"] == 8 and s["issues"] == [] and sum(s["class_counts"].values()) == len(rows)
+    assert "snapshot v2" in done.stdout
+    # a bad row: the image it names is left out, the problem is one line, the rest is registered
+    bad = tmp_path / "bad.csv"
+    first = rows[0]
+    bad.write_text("\n".join(lines + [f"{first['image']},600,600,700,700,open",
+                                       "images/nothing.png,1,1,5,5,open"]) + "\n")
+    done = dlvm(env, "labels", str(bad), "--dataset", "pcb", "--summary", str(tmp_path / "b.json"))
+    s = json.loads((tmp_path / "b.json").read_text())
+    assert s["n_labeled"] == 7 and sorted(i["kind"] for i in s["issues"]) == ["outside_image", "unknown_image"]
+    assert "outside_image: 20085000_test.png (line " in done.stdout and "lies outside the 640x640 image" in done.stdout
     with session_scope(Settings(home=root / "state")) as session:
-        assert len(session.exec(select(ModelVersion)).all()) == 1
+        snaps = session.exec(select(LabelSnapshot)).all()
+    assert [x.version for x in snaps] == [1, 2, 3] and snaps[1].source.startswith("box export")
+    # the box snapshot's boxes are the defect regions of the anomaly model's heat maps
+    regions = dlvm(env, "adapt", "--task", "anomaly", "--dataset", "pcb", "--backbone", "scratch", "--good-class",
+                   "good", "--snapshot", "1", "--regions-snapshot", "2", "--img-size", "96",
+                   "--summary", str(tmp_path / "r.json"))
+    m = json.loads((tmp_path / "r.json").read_text())["metrics"]
+    assert "pixel AUROC" in regions.stdout and 0 <= m["pixel_auroc"]["ci_low"] <= m["pixel_auroc"]["ci_high"] <= 1
+    assert m["n_pixel_images"] == m["n_test_good"] + m["n_test_anomalous"]
