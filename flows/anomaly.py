@@ -38,10 +38,9 @@ from flows.tasks import (
     store_artifact,
 )
 
-# The registry's model kinds are fixed by a CHECK constraint ('backbone', 'classifier'); until a
-# migration adds 'anomaly', anomaly models are registered under this kind and say what they are in
-# params["task"] and in their checkpoint's "kind" (both "anomaly").
-REGISTRY_KIND = "classifier"
+# Its own registry kind (migration 0003), so the classifier-only steps (promotion, export,
+# prediction) refuse an anomaly model by its kind.
+REGISTRY_KIND = "anomaly"
 TASK = "anomaly"
 EXAMPLES = 8
 

@@ -62,6 +62,7 @@ def test_anomaly_model_is_registered_with_lineage_and_metrics(anomaly_run):
         model = session.exec(select(RegisteredModel).where(RegisteredModel.name == "pcb-anomaly")).one()
         version = session.exec(select(ModelVersion).where(ModelVersion.model_id == model.id)).one()
         snapshot = session.exec(select(LabelSnapshot).where(LabelSnapshot.version == 1)).one()
+    assert model.kind == "anomaly"  # its own registry kind (migration 0003): never gated as a classifier
     assert version.params["task"] == "anomaly" and version.params["good_class"] == "good"
     assert version.label_snapshot_id == snapshot.id and version.run_id and version.code_revision
     m = version.metrics
@@ -77,6 +78,8 @@ def test_anomaly_model_is_registered_with_lineage_and_metrics(anomaly_run):
     assert store.get_bytes(heat["uri"], heat["sha256"]).startswith(b"\x89PNG")
     report = version.params["artifacts"]["report"]
     assert b"image auroc" in store.get_bytes(report["uri"], report["sha256"])
+    refused = dlvm(env, "promote", "pcb-anomaly:1", check=False)
+    assert refused.returncode != 0 and "only classifiers are promoted" in refused.stdout + refused.stderr
 
 
 def test_box_csv_becomes_a_box_snapshot_and_bad_rows_are_reported(anomaly_run, tmp_path):
