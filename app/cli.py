@@ -3,6 +3,7 @@ read-only views of the registry. Steps run as Prefect flows."""
 from __future__ import annotations
 
 import json
+import logging
 import os
 import sys
 from pathlib import Path
@@ -79,22 +80,58 @@ def prepare(settings: Settings | None = None) -> Settings:
     return settings
 
 
+@app.callback()
+def options(debug: bool = typer.Option(False, "--debug", help="show tracebacks (also DLVM_DEBUG=1)")):
+    """dlvm: domain-specific large vision models, from raw images to a promoted model."""
+    if debug:
+        os.environ["DLVM_DEBUG"] = "1"
+
+
+def debugging() -> bool:
+    return os.environ.get("DLVM_DEBUG", "") not in ("", "0")
+
+
+class _NoTraceback(logging.Filter):
+    """Keeps a log record's message (Prefect's 'Encountered exception ...: ValueError(...)')
+    and drops its traceback, on the terminal only: the Prefect API still gets it."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.exc_info, record.exc_text = None, None
+        return True
+
+
+def quiet_tracebacks() -> None:
+    """Without --debug, the terminal shows what failed in one line, not Prefect's tracebacks."""
+    if debugging():
+        return
+    loggers = [logging.getLogger()] + [logging.getLogger(name) for name in list(logging.root.manager.loggerDict)
+                                       if name.startswith("prefect")]
+    for logger in loggers:
+        for handler in logger.handlers:
+            if isinstance(handler, logging.StreamHandler) and not any(
+                    isinstance(f, _NoTraceback) for f in handler.filters):
+                handler.addFilter(_NoTraceback())
+
+
+def fail(exc: BaseException) -> None:
+    """End the command with the error in one line (the traceback with --debug)."""
+    if debugging():
+        raise exc
+    message = str(exc) or type(exc).__name__
+    if not isinstance(exc, USER_ERRORS):
+        message = f"{type(exc).__name__}: {message}"
+    console.print(f"[red]error:[/red] {message}")
+    raise typer.Exit(1)
+
+
 def run_step(fn, *args, **kwargs):
-    """Call a flow; a user error ends the command with its message instead of a traceback."""
+    """Call a flow; an error ends the command with its message in one line instead of a
+    traceback (services that are down or refusing, bad input: the message names them)."""
+    quiet_tracebacks()
     try:
         return fn(*args, **kwargs)
-    except USER_ERRORS as exc:
-        console.print(f"[red]error:[/red] {exc}")
-        raise typer.Exit(1)
     except Exception as exc:
-        # Services that are down or refusing: the message names them; a traceback adds nothing.
-        from components.data.dvc import DvcError
-        from components.labeling.label_studio import LabelStudioError
-        from components.storage import ArtifactError
-        if isinstance(exc, (LabelStudioError, DvcError, ArtifactError)):
-            console.print(f"[red]error:[/red] {exc}")
-            raise typer.Exit(1)
-        raise
+        fail(exc)
 
 
 SUMMARY = typer.Option(None, "--summary", help="also write the step's summary as JSON to this file")
@@ -139,15 +176,25 @@ def labels(export: Path = typer.Argument(..., help="Label Studio JSON export"),
            classes: Optional[str] = typer.Option(None, callback=CLASS_LIST,
                                                  help="comma-separated class names the project allows; "
                                                  "labels outside them are reported as unknown_class"),
+           allow_empty_classes: bool = typer.Option(False, help="keep a snapshot in which a declared class "
+                                                    "has no labels"),
+           min_labels: int = typer.Option(1, min=1, help="refuse a snapshot with fewer usable labels"),
            summary_path: Optional[Path] = SUMMARY):
     """Build a validated label snapshot from a Label Studio JSON export."""
     prepare()
     from flows.labels import labels_flow
     summary = run_step(labels_flow, str(export), dataset, dataset_version,
-                       parse_list(classes, str) if classes else None)
+                       parse_list(classes, str) if classes else None, allow_empty_classes=allow_empty_classes,
+                       min_labels=min_labels)
     write_summary(summary_path, summary)
+    counts: dict[str, int] = {}
     for issue in summary["issues"]:
+        counts[issue["kind"]] = counts.get(issue["kind"], 0) + 1
+    for issue in summary["issues"][:10]:
         console.print(f"  {issue['kind']}: {issue['image']} ({issue['detail']})")
+    if len(summary["issues"]) > 10:
+        console.print(f"  ... {len(summary['issues']) - 10} more; by kind: "
+                      + ", ".join(f"{n} {kind}" for kind, n in sorted(counts.items())))
     console.print(f"snapshot v{summary['snapshot_version']} of {dataset} v{summary['dataset_version']}: "
                   f"{summary['n_labeled']} labels {summary['class_counts']}, {len(summary['issues'])} issues"
                   + ("" if summary["created"] else " (unchanged)"))
@@ -635,11 +682,12 @@ def db_upgrade():
 
 
 @registry_app.command("verify")
-def registry_verify():
+def registry_verify(deep: bool = typer.Option(False, "--deep", help="also restore every dataset version from "
+                                              "the DVC remote and compare its files with its manifest")):
     """Check that every artifact the registry points at exists and matches its sha256."""
     settings = prepare()
     from components.registry.integrity import verify_registry
-    problems = verify_registry(settings)
+    problems = verify_registry(settings, deep=deep, progress=lambda line: console.print(f"[dim]{line}[/dim]"))
     for problem in problems:
         console.print(f"[red]{problem}[/red]")
     console.print(f"{len(problems)} problems")
@@ -661,6 +709,11 @@ def main() -> None:
     except ValidationError as exc:
         console.print(f"[red]configuration error:[/red] {exc}")
         sys.exit(2)
+    except Exception as exc:  # anything run_step did not see (the registry down, say): one line
+        if debugging():
+            raise
+        console.print(f"[red]error:[/red] {type(exc).__name__}: {exc}")
+        sys.exit(1)
 
 
 if __name__ == "__main__":

@@ -8,7 +8,7 @@ from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
 from components.labeling.snapshots import build_label_snapshot, to_json_bytes
-from components.names import check_dataset
+from components.names import check_classes, check_dataset
 from components.orchestration.lineage import recorded_run
 from components.settings import get_settings
 from flows.tasks import (
@@ -18,6 +18,8 @@ from flows.tasks import (
     store_artifact,
 )
 
+ISSUES_SHOWN = 10  # issue lines logged; the rest are counted (a large export can have 100k)
+
 
 @task(name="build-label-snapshot", cache_policy=NO_CACHE)
 def build_snapshot(export: list, manifest: dict, classes: list[str] | None):
@@ -26,9 +28,15 @@ def build_snapshot(export: list, manifest: dict, classes: list[str] | None):
 
 @flow(name="labels", log_prints=True)
 def labels_flow(export_path: str, dataset: str, dataset_version: int | None = None,
-                classes: list[str] | None = None) -> dict:
-    """Snapshot the labels in a Label Studio JSON export for a dataset version (latest by default)."""
+                classes: list[str] | None = None, allow_empty_classes: bool = False, min_labels: int = 1) -> dict:
+    """Snapshot the labels in a Label Studio JSON export for a dataset version (latest by default).
+
+    A declared class (``classes``) without a single label refuses the snapshot (a misspelt
+    class name would otherwise drop the class silently) unless ``allow_empty_classes``;
+    fewer than ``min_labels`` usable labels refuse it too."""
     check_dataset(dataset)
+    if classes is not None:
+        classes = check_classes(classes)
     settings = get_settings()
     logger = get_run_logger()
     path = Path(export_path).expanduser().resolve()
@@ -39,11 +47,24 @@ def labels_flow(export_path: str, dataset: str, dataset_version: int | None = No
         version = resolve_dataset_version(settings, dataset, dataset_version)
         manifest = json.loads(load_artifact(settings, version.manifest_uri, version.manifest_sha256))
         snapshot = build_snapshot(path, manifest, classes)
-        for issue in snapshot.issues:
-            logger.warning("label issue: %s %s (%s)", issue["kind"], issue["image"], issue["detail"])
+        if snapshot.issues:  # counts and the first few: the full list is in the snapshot artifact
+            logger.warning("label issues: %s", ", ".join(f"{n} {kind}" for kind, n in snapshot.issue_counts().items()))
+            for issue in snapshot.issues[:ISSUES_SHOWN]:
+                logger.warning("label issue: %s %s (%s)", issue["kind"], issue["image"], issue["detail"])
         if not snapshot.items:
             raise ValueError(f"{path} holds no usable labels for {dataset} v{version.version} "
                              f"({len(snapshot.issues)} issues)")
+        if len(snapshot.items) < min_labels:
+            raise ValueError(f"{path} holds {len(snapshot.items)} usable labels for {dataset} v{version.version}, "
+                             f"fewer than the {min_labels} required")
+        labeled = {item["label"] for item in snapshot.items}
+        empty = [c for c in snapshot.classes if c not in labeled]
+        if classes is not None and empty and not allow_empty_classes:
+            raise ValueError(f"declared classes without a single label in {path}: {', '.join(map(repr, empty))} "
+                             "(misspelt? labels outside the classes are unknown_class issues); "
+                             "allow them with --allow-empty-classes")
+        if empty:
+            logger.warning("classes without labels: %s", ", ".join(empty))
         stored = store_artifact(settings, to_json_bytes(snapshot), "label-snapshots", f"{dataset}.json")
         row, created = register_label_snapshot(settings, version.id, snapshot, stored, f"export {path}")
     counts = {c: sum(1 for item in snapshot.items if item["label"] == c) for c in snapshot.classes}

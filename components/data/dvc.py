@@ -136,9 +136,13 @@ class DvcWorkspace:
         self.repo_dir.mkdir(parents=True, exist_ok=True)
         if not (self.repo_dir / ".dvc").is_dir():
             self.run("init", "--no-scm", "-q")
-            # DVC keeps hash/index databases in a machine-wide dir (/var/tmp/dvc) by
-            # default; keep them inside the repo so a workspace is self-contained.
-            self.run("config", "--local", "core.site_cache_dir", str(self.repo_dir / ".dvc" / "site-cache"))
+        # DVC keeps hash/index databases in a machine-wide dir (/var/tmp/dvc) by default;
+        # keep them inside the repo so a workspace is self-contained (set again when the
+        # state directory was moved: the setting is an absolute path).
+        site_cache = str(self.repo_dir / ".dvc" / "site-cache")
+        local_config = self.repo_dir / ".dvc" / "config.local"
+        if site_cache not in (local_config.read_text() if local_config.is_file() else ""):
+            self.run("config", "--local", "core.site_cache_dir", site_cache)
         self.run("remote", "add", "--default", "--force", REMOTE_NAME, self.remote_url)
         if self.remote_url.startswith("s3://"):
             if self.s3_endpoint:
