@@ -502,13 +502,14 @@ class S3ArtifactStore:
     def _ensure_bucket(self, uri: str) -> None:
         if self._bucket_ready:
             return
+        # A missing bucket is refused, not created: a typo in DLVM_ARTIFACTS would otherwise
+        # scatter artifacts into a new bucket. Creating buckets is `dlvm stack up`'s job
+        # (and docker-compose's minio-init), or the operator's.
         with self._errors(uri, "bucket check"):
-            if not self.client.bucket_exists(self.bucket):
-                try:
-                    self.client.make_bucket(self.bucket)
-                except Exception as exc:  # another writer may have created it meanwhile
-                    if not self.client.bucket_exists(self.bucket):
-                        raise exc
+            exists = self.client.bucket_exists(self.bucket)
+        if not exists:
+            raise ArtifactError(f"bucket {self.bucket!r} does not exist at {self.endpoint}: create it "
+                                "(`dlvm stack up` does) or fix DLVM_ARTIFACTS; dlvm does not create buckets")
         self._bucket_ready = True
 
     def _stat(self, key: str, uri: str):

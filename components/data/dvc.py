@@ -127,6 +127,11 @@ class DvcWorkspace:
         except subprocess.TimeoutExpired as exc:
             raise DvcError(["dvc", *args], -1, f"timed out after {self.timeout_s}s\n{exc.output or ''}") from exc
         if proc.returncode != 0:
+            if "NoSuchBucket" in proc.stdout or "bucket does not exist" in proc.stdout.lower():
+                bucket = self.remote_url.split("://", 1)[-1].split("/", 1)[0]
+                raise DvcError(["dvc", *args], proc.returncode,
+                               f"the DVC remote's bucket {bucket!r} does not exist: create it (`dlvm stack up` "
+                               "does) or fix DLVM_DVC_REMOTE; dlvm does not create buckets\n" + proc.stdout)
             raise DvcError(["dvc", *args], proc.returncode, proc.stdout)
         return proc.stdout
 

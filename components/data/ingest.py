@@ -122,6 +122,10 @@ def build_manifest(scan: IngestScan, dataset: str = "") -> dict:
         "n_images": len(images),
         "n_bytes": sum(r["size"] for r in images),
         "images": images,
+        # Quarantined exact copies -> the kept path: labels given to a copy belong to the
+        # kept image (not part of content_hash: the versioned content is the images).
+        "duplicates": {b.path: b.duplicate_of for b in sorted(scan.bad, key=lambda b: b.path)
+                       if b.reason == "duplicate" and b.duplicate_of},
     }
 
 

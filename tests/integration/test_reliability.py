@@ -24,7 +24,7 @@ from sqlmodel import SQLModel, col, select
 
 from components.registry import db
 from components.registry.db import session_scope
-from components.registry.tables import Alias, Dataset, DatasetVersion, ModelVersion, PromotionEvent
+from components.registry.tables import Alias, Dataset, DatasetVersion, LabelSnapshot, ModelVersion, PromotionEvent
 from components.settings import Settings
 
 TOKEN = "reliability-write-token"
@@ -329,3 +329,141 @@ def test_the_dashboard_carries_security_headers(api):
     assert "frame-ancestors 'none'" in page.headers["content-security-policy"]
     assert client.get("/api/models").headers["x-content-type-options"] == "nosniff"
     assert "content-security-policy" not in client.get("/docs").headers  # Swagger UI loads from a CDN
+
+
+# --- names everywhere: generated hostile names against every command that takes one ------
+
+
+def _fails_every_rule(name: str) -> bool:
+    from components import names
+    for check in (names.check_dataset, names.check_model, names.check_alias,
+                  lambda n: names.check_model_ref(n, allow=("scratch",))):
+        try:
+            check(name)
+            return False
+        except names.InvalidName:
+            pass
+    return True
+
+
+def test_generated_hostile_names_change_nothing_anywhere(state, tmp_path):
+    """Property: for any name the rule refuses (traversal in every spelling, absolute paths,
+    NUL, very long, unicode, shell metacharacters), every command that takes a name refuses
+    it and nothing in the state directory changes; the deep check still finds 0 problems."""
+    from hypothesis import HealthCheck, given
+    from hypothesis import settings as hypothesis_settings
+    from hypothesis import strategies as st
+    from typer.testing import CliRunner
+
+    from app.cli import app
+
+    settings, env = state
+    raw, export, weights = tmp_path / "raw", tmp_path / "export.json", tmp_path / "w.safetensors"
+    export.write_text("[]")
+    weights.write_bytes(b"\0" * 16)
+    commands = [
+        ["ingest", str(raw), "--dataset", "{}"], ["labels", str(export), "--dataset", "{}"],
+        ["pretrain", "--dataset", "{}"], ["pretrain", "--dataset", DATASET, "--init-from", "{}"],
+        ["adapt", "--dataset", "{}"], ["adapt", "--dataset", DATASET, "--backbone", "{}"],
+        ["evaluate", "--dataset", "{}"], ["evaluate", "--dataset", DATASET, "--backbone", "{}"],
+        ["promote", "{}"], ["promote", f"{MODEL}:1", "--alias", "{}"], ["promote", "--rollback", "{}"],
+        ["pipeline", str(raw), "--dataset", "{}", "--labels", str(export)], ["models", "show", "{}"],
+        ["backbone", "import", str(weights), "--name", "{}"], ["backbone", "baseline", "{}"],
+        ["feedback", "run", "--dataset", "{}"], ["feedback", "retrain", "--dataset", "{}"],
+        ["feedback", "retrain", "--dataset", DATASET, "--backbone", "{}"], ["feedback", "webhook", "--dataset", "{}"],
+        ["feedback", "serve", "--dataset", "{}"], ["serve", "--dataset", "{}"],
+    ]
+    os.environ["DLVM_HOME"] = str(settings.home)  # in case a command got past its checks
+    before, rows = tree(settings.home), registry_rows(settings)
+    traversal = st.sampled_from(["..", "../..", "../../..", "..\\..", "%2e%2e", "..%2f", ".", "/", "~", "//"])
+    pieces = st.one_of(traversal, st.text(alphabet=st.characters(codec="utf-8"), min_size=1, max_size=4),
+                       st.sampled_from(["\0", "\n", ";", "$(", "`", "|", "&", "*", "'", '"', " ", "\u202e", "é",
+                                        "x" * 130, "/etc/passwd", "C:\\", "a@", ":0"]))
+    names = st.lists(pieces, min_size=1, max_size=4).map("".join).filter(_fails_every_rule)
+    runner = CliRunner()
+
+    @hypothesis_settings(max_examples=40, deadline=None, suppress_health_check=list(HealthCheck))
+    @given(name=names)
+    def every_command_refuses(name):
+        for template in commands:
+            args = [part.replace("{}", name) if part == "{}" else part for part in template]
+            result = runner.invoke(app, args)
+            # Refused (exit 2 from the name check), or read as a flag ('--help': usage, nothing run).
+            assert result.exit_code != 0 or result.output.startswith("Usage"), (args, result.output)
+
+    try:
+        every_command_refuses()
+    finally:
+        os.environ.pop("DLVM_HOME", None)
+    assert tree(settings.home) == before and registry_rows(settings) == rows
+    verify_deep(env)
+
+
+# --- 4, 10, 11, 13: crashes and silent surprises -----------------------------------------
+
+
+def test_a_name_too_long_is_quarantined_and_the_rest_ingested(state, tmp_path):
+    """Probe 4: a 254-character file name (valid on ext4) failed the whole ingest after 21 s
+    of retries with a 200-line traceback."""
+    _, env = state
+    raw = raw_images(tmp_path / "long", n=5)
+    long_name = "L" * 250 + ".png"
+    (raw / long_name).write_bytes(sorted(raw.glob("*.png"))[0].read_bytes()[:-1] + b"\0")
+    proc = dlvm(env, "ingest", str(raw), "--dataset", "long")
+    assert "name_too_long" in proc.stdout and "5 images, 1 quarantined" in proc.stdout
+    assert "Retrying" not in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_errors_are_one_line_and_debug_shows_the_traceback(state):
+    """Probe 11: every CLI error printed a full traceback before its one-line `error:`."""
+    _, env = state
+    proc = dlvm(env, "labels", "/nonexistent/export.json", "--dataset", DATASET, check=False)
+    assert proc.returncode == 1 and "error:" in proc.stdout
+    assert "Traceback" not in proc.stdout + proc.stderr
+    proc = dlvm(env, "--debug", "labels", "/nonexistent/export.json", "--dataset", DATASET, check=False)
+    assert proc.returncode == 1 and "Traceback" in proc.stdout + proc.stderr
+
+
+def _export(manifest_paths: list[str]) -> list[dict]:
+    return [{"id": i, "data": {"image": f"/data/local-files/?d=raw/{path}"},
+             "annotations": [{"id": i, "result": [{"type": "choices", "from_name": "label", "to_name": "image",
+                                                   "value": {"choices": [path.split("-")[0]]}}]}]}
+            for i, path in enumerate(manifest_paths)]
+
+
+def test_class_lists_are_normalised_and_an_empty_class_is_refused(state, tmp_path):
+    """Probe 13: `--classes "crazing, scratches"` kept the space, the class matched nothing,
+    and the command exited 0 with that snapshot as the newest."""
+    settings, env = state
+    paths = sorted(p.name for p in (tmp_path / "raw").glob("*.png"))
+    export = tmp_path / "export.json"
+    export.write_text(json.dumps(_export(paths)))
+    with session_scope(settings) as s:
+        n_snapshots = len(s.exec(select(LabelSnapshot)).all())
+    proc = dlvm(env, "labels", str(export), "--dataset", DATASET, "--classes", "top,middle,bottm", check=False)
+    assert proc.returncode == 1 and "'bottm'" in proc.stdout and "--allow-empty-classes" in proc.stdout
+    with session_scope(settings) as s:
+        assert len(s.exec(select(LabelSnapshot)).all()) == n_snapshots
+    out = dlvm(env, "labels", str(export), "--dataset", DATASET, "--classes", " top, middle , bottom").stdout
+    assert "(unchanged)" in out  # the same classes and labels as the registered snapshot: spaces are gone
+    proc = dlvm(env, "labels", str(export), "--dataset", DATASET, "--classes", "top,,middle", check=False)
+    assert proc.returncode == 2 and "empty class name" in proc.stderr
+
+
+def test_a_copied_state_directory_still_verifies_and_works(state, tmp_path):
+    """Probe 10: `registry verify` and `dlvm labels` crashed on a DLVM_HOME copied elsewhere
+    (the registry keeps absolute file:// uris)."""
+    import shutil
+
+    settings, env = state
+    moved = tmp_path / "elsewhere" / "state"
+    shutil.copytree(settings.home, moved)
+    moved_env = dict(env, DLVM_HOME=str(moved))
+    if not settings.database_url.startswith("postgresql"):
+        moved_env.pop("DLVM_DATABASE_URL", None)
+    shutil.rmtree(settings.home)  # the old place is gone: nothing may still be read from it
+    verify_deep(moved_env)
+    paths = sorted(p.name for p in (tmp_path / "raw").glob("*.png"))
+    export = tmp_path / "export.json"
+    export.write_text(json.dumps(_export(paths)))
+    assert "(unchanged)" in dlvm(moved_env, "labels", str(export), "--dataset", DATASET).stdout

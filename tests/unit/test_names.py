@@ -154,3 +154,15 @@ def test_only_transient_failures_are_retried():
                  DvcError(["dvc", "push"], 1, "ERROR: Read timeout on endpoint URL")]
     assert [is_transient(e) for e in permanent] == [False] * len(permanent)
     assert [is_transient(e) for e in transient] == [True] * len(transient)
+
+
+def test_the_io_tasks_retry_condition_reads_the_failed_state():
+    import errno
+
+    from prefect.states import Failed
+
+    from flows.tasks import IO_RETRIES, retry_if_transient
+
+    assert IO_RETRIES["retry_condition_fn"] is retry_if_transient
+    assert retry_if_transient(None, None, Failed(data=OSError(errno.ENAMETOOLONG, "File name too long"))) is False
+    assert retry_if_transient(None, None, Failed(data=ConnectionResetError())) is True
