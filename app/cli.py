@@ -167,6 +167,9 @@ def ingest(path: Path = typer.Argument(..., help="folder of raw images"),
                   f"{len(summary['quarantined'])} quarantined ({state})")
     if summary["quarantine_dir"]:
         console.print(f"quarantine: {summary['quarantine_dir']}")
+    if summary.get("hidden"):
+        console.print(f"skipped {len(summary['hidden'])} hidden files and folders (names starting with '.'): "
+                      + ", ".join(summary["hidden"][:5]) + (" ..." if len(summary["hidden"]) > 5 else ""))
 
 
 @app.command()
@@ -383,6 +386,18 @@ def models_show(name: str = typer.Argument(..., callback=MODEL_NAME), as_json: b
     from components.registry.db import session_scope
     with session_scope(settings) as session:
         detail = run_step(views.model_detail, session, name)
+    from components.storage import ArtifactCorrupted, ArtifactError, ArtifactMissing, open_store
+    store = open_store(settings)
+    for v in detail["versions"]:  # a version whose checkpoint is gone or damaged is flagged
+        try:
+            store.verify(v["artifact_uri"], v["sha256"])
+            v["artifact_status"] = "ok"
+        except ArtifactMissing:
+            v["artifact_status"] = "missing"
+        except ArtifactCorrupted:
+            v["artifact_status"] = "corrupted"
+        except (ArtifactError, ValueError) as exc:
+            v["artifact_status"] = f"unreadable: {exc}"
     if as_json:
         print(json.dumps(detail, indent=2, default=str))
         return
@@ -396,7 +411,9 @@ def models_show(name: str = typer.Argument(..., callback=MODEL_NAME), as_json: b
         dataset = f"{v['dataset']['name']} v{v['dataset']['version']}" if v.get("dataset") else "-"
         snapshot = f"snapshot v{v['label_snapshot']['version']}" if v.get("label_snapshot") else "-"
         table.add_row(f"v{v['version']}", dataset, snapshot,
-                      v.get("parent") or "-", shown or "-", f"{v['artifact_uri']}\nsha256 {v['sha256'][:16]}…",
+                      v.get("parent") or "-", shown or "-",
+                      ("" if v["artifact_status"] == "ok" else f"[red]ARTIFACT {v['artifact_status'].upper()}[/red]\n")
+                      + f"{v['artifact_uri']}\nsha256 {v['sha256'][:16]}…",
                       str(v.get("flow_run_id") or "-"))
     console.print(table)
     for event in detail["promotions"]:

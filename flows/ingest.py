@@ -15,6 +15,7 @@ from components.data.ingest import (
     quarantine,
     scan_folder,
     stage_into_workspace,
+    unchanged_quarantine,
 )
 from components.names import check_dataset, child_path
 from components.orchestration.lineage import current_flow_run_id, recorded_run
@@ -82,7 +83,13 @@ def ingest_flow(source: str, dataset: str) -> dict:
         scan_result = scan(source_dir)
         stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S")
         quarantine_dir = child_path(settings.quarantine, dataset, stamp)
-        bad = quarantine_bad(scan_result, source_dir, quarantine_dir) if scan_result.bad else []
+        if scan_result.bad and (same := unchanged_quarantine(scan_result, source_dir, quarantine_dir.parent)):
+            quarantine_dir, bad = same, list(scan_result.bad)  # already there from an earlier ingest
+        else:
+            bad = quarantine_bad(scan_result, source_dir, quarantine_dir) if scan_result.bad else []
+        if scan_result.hidden:
+            logger.warning("skipped %d hidden files and folders (names starting with '.'): %s",
+                           len(scan_result.hidden), ", ".join(scan_result.hidden[:5]))
         for item in scan_result.bad:
             logger.warning("quarantined %s: %s (%s)", item.path, item.reason, item.detail)
         if not scan_result.good:
@@ -103,6 +110,7 @@ def ingest_flow(source: str, dataset: str) -> dict:
         "created": created, "n_images": manifest["n_images"], "content_hash": manifest["content_hash"],
         "quarantined": [{"path": b.path, "reason": b.reason, "detail": b.detail} for b in scan_result.bad],
         "quarantine_dir": str(quarantine_dir) if scan_result.bad else None,
+        "hidden": scan_result.hidden,
     }
     print(f"ingest: {dataset} v{version.version} ({manifest['n_images']} images, "
           f"{len(scan_result.bad)} quarantined, {'new version' if created else 'unchanged'})")

@@ -178,7 +178,9 @@ def _choices(ann: dict, from_name: str | None) -> list[str]:
         if from_name is not None and r.get("from_name") != from_name:
             continue
         value = r.get("value") or {}
-        out.extend(str(c) for c in value.get("choices") or [])
+        choices = value.get("choices") or []
+        # One choice given as a plain string is that choice, not a list of its letters.
+        out.extend([choices] if isinstance(choices, str) else (str(c) for c in choices))
     return out
 
 

@@ -466,4 +466,20 @@ def test_a_copied_state_directory_still_verifies_and_works(state, tmp_path):
     paths = sorted(p.name for p in (tmp_path / "raw").glob("*.png"))
     export = tmp_path / "export.json"
     export.write_text(json.dumps(_export(paths)))
-    assert "(unchanged)" in dlvm(moved_env, "labels", str(export), "--dataset", DATASET).stdout
+    assert "48 labels" in dlvm(moved_env, "labels", str(export), "--dataset", DATASET).stdout
+
+
+def test_models_show_flags_a_missing_or_corrupted_artifact(state):
+    """Probe 14: `models show` did not flag a version whose artifact is missing or corrupted."""
+    settings, env = state
+    with session_scope(settings) as s:
+        uris = [v.artifact_uri for v in s.exec(select(ModelVersion).order_by(col(ModelVersion.version))).all()]
+    from components.storage import parse_uri
+    first, second = (Path(parse_uri(u).path) for u in uris[:2])
+    first.chmod(0o644)
+    first.write_bytes(b"damaged")
+    second.unlink()
+    shown = json.loads(dlvm(env, "models", "show", MODEL, "--json").stdout)
+    status = {v["version"]: v["artifact_status"] for v in shown["versions"]}
+    assert status[1] == "corrupted" and status[2] == "missing" and status[3] == "ok"
+    assert "ARTIFACT CORRUPTED" in dlvm(env, "models", "show", MODEL).stdout
