@@ -77,6 +77,14 @@ def prepare(settings: Settings | None = None) -> Settings:
     os.environ.setdefault("DVC_NO_ANALYTICS", "1")
     from components.registry.db import ensure_schema
     ensure_schema(settings)
+    from components.orchestration import lineage
+    # A SIGTERM/Ctrl-C marks the step's run failed, then the command ends within seconds even
+    # when Prefect cannot report (its embedded server stops on the same signal).
+    lineage.EXIT_AFTER_TERMINATION_S = 15.0
+    crashed = lineage.reconcile_stale_runs(settings)
+    if crashed:
+        console.print(f"[yellow]runs {', '.join(map(str, crashed))} were left running by a killed process: "
+                      "marked failed (crashed)[/yellow]")
     return settings
 
 
@@ -681,8 +689,18 @@ def stack_label_studio(action: str = typer.Argument(..., help="install, start (f
 @app.command()
 def runs(limit: int = 20):
     """Recent Prefect flow runs (from the embedded Prefect API or PREFECT_API_URL)."""
-    prepare()
-    from components.orchestration.flow_runs import recent_flow_runs
+    settings = prepare()
+    from components.orchestration.flow_runs import mark_crashed, recent_flow_runs
+    from components.orchestration.lineage import CRASHED, TERMINATED
+    from components.registry import monitoring
+    from components.registry.db import read_session
+    with read_session(settings) as session:  # Prefect's record of runs the registry knows crashed
+        ids = [r["flow_run_id"] for r in monitoring.recent_runs(session, 200, "failed")
+               if r["flow_run_id"] and (r["error"] or "").startswith((CRASHED, TERMINATED))]
+    try:
+        mark_crashed(ids, CRASHED)
+    except Exception as exc:  # Prefect unreachable: the listing below says so
+        console.print(f"[yellow]could not update Prefect's record of crashed runs: {exc}[/yellow]")
     table = Table("started", "flow", "run", "state", "id")
     for run in recent_flow_runs(limit):
         table.add_row(run["start_time"], run["flow"], run["name"], run["state"], run["id"])

@@ -483,3 +483,60 @@ def test_models_show_flags_a_missing_or_corrupted_artifact(state):
     status = {v["version"]: v["artifact_status"] for v in shown["versions"]}
     assert status[1] == "corrupted" and status[2] == "missing" and status[3] == "ok"
     assert "ARTIFACT CORRUPTED" in dlvm(env, "models", "show", MODEL).stdout
+
+
+# --- 9. killed runs do not stay 'running' ------------------------------------------------
+
+
+def _runs(settings: Settings) -> list:
+    from components.registry.tables import Run
+    with session_scope(settings) as s:
+        return s.exec(select(Run).order_by(col(Run.id))).all()
+
+
+def test_a_sigkilled_run_is_reconciled_as_crashed(state, tmp_path):
+    """Probe 9: a run killed with SIGKILL stayed `running` in the registry forever."""
+    import signal
+    settings, env = state
+    raw = raw_images(tmp_path / "killed", n=4)
+    kill = "import os, signal\ndef wrapper(*a, **k):\n    os.kill(os.getpid(), signal.SIGKILL)\n"
+    proc = run_wrapped(env, "flows.ingest.stage_into_workspace", kill, "ingest", str(raw), "--dataset", "killed")
+    assert proc.returncode == -signal.SIGKILL
+    assert [r.status for r in _runs(settings)][-1] == "running"
+    out = dlvm(env, "models", "list").stdout  # any command reconciles
+    assert "left running by a killed process" in out
+    last = _runs(settings)[-1]
+    assert last.status == "failed" and last.error.startswith("crashed")
+    assert "new version" in dlvm(env, "ingest", str(raw), "--dataset", "killed").stdout  # and it runs again
+
+
+def test_sigterm_marks_the_run_and_ends_the_command_promptly(state, tmp_path):
+    """Probe 9: SIGTERM (what `timeout`, a scheduler or a container stop send, to the whole
+    process group: the embedded Prefect server too) left `dlvm` hanging for minutes on a
+    dead server, with its runs 'Running' for good."""
+    import signal
+    settings, env = state
+    env = {k: v for k, v in env.items() if k != "PREFECT_API_URL"}  # the embedded server, as a user has it
+    env.update(PREFECT_HOME=str(tmp_path / "prefect-home"), PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS="180",
+               PREFECT_SERVER_ANALYTICS_ENABLED="false")
+    raw = raw_images(tmp_path / "slow", n=4)
+    marker = tmp_path / "staging-started"
+    stall = f"import time, pathlib\ndef wrapper(*a, **k):\n    pathlib.Path({str(marker)!r}).touch()\n    time.sleep(600)\n"
+    with tempfile.TemporaryFile("w+") as log:
+        proc = subprocess.Popen([sys.executable, "-c", WRAPPED, "flows.ingest.stage_into_workspace", stall,
+                                 "ingest", str(raw), "--dataset", "slow"], env=env, stdout=log,
+                                stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
+        try:
+            deadline = time.monotonic() + 300
+            while not marker.exists():
+                assert proc.poll() is None and time.monotonic() < deadline, log.seek(0) or log.read()[-3000:]
+                time.sleep(1)
+            os.killpg(proc.pid, signal.SIGTERM)  # as `timeout` does: the whole group
+            proc.wait(timeout=120)  # ends, instead of retrying a dead server for minutes
+        finally:
+            try:
+                os.killpg(proc.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+    last = _runs(settings)[-1]
+    assert last.status == "failed" and "termination signal" in last.error
