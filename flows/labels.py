@@ -65,6 +65,9 @@ def labels_flow(export_path: str, dataset: str, dataset_version: int | None = No
                              "allow them with --allow-empty-classes")
         if empty:
             logger.warning("classes without labels: %s", ", ".join(empty))
+        if len(snapshot.items) < 0.1 * manifest["n_images"]:
+            logger.warning("only %d of the %d images of %s v%d are labeled (--min-labels requires a minimum)",
+                           len(snapshot.items), manifest["n_images"], dataset, version.version)
         stored = store_artifact(settings, to_json_bytes(snapshot), "label-snapshots", f"{dataset}.json")
         row, created = register_label_snapshot(settings, version.id, snapshot, stored, f"export {path}")
     counts = {c: sum(1 for item in snapshot.items if item["label"] == c) for c in snapshot.classes}

@@ -448,6 +448,8 @@ def test_class_lists_are_normalised_and_an_empty_class_is_refused(state, tmp_pat
     assert "(unchanged)" in out  # the same classes and labels as the registered snapshot: spaces are gone
     proc = dlvm(env, "labels", str(export), "--dataset", DATASET, "--classes", "top,,middle", check=False)
     assert proc.returncode == 2 and "empty class name" in proc.stderr
+    proc = dlvm(env, "labels", str(export), "--dataset", DATASET, "--min-labels", "1000", check=False)
+    assert proc.returncode == 1 and "fewer than the 1000 required" in proc.stdout
 
 
 def test_a_copied_state_directory_still_verifies_and_works(state, tmp_path):
