@@ -3,6 +3,7 @@ read-only views of the registry. Steps run as Prefect flows."""
 from __future__ import annotations
 
 import json
+import logging
 import os
 import sys
 from pathlib import Path
@@ -79,25 +80,69 @@ def prepare(settings: Settings | None = None) -> Settings:
     os.environ.setdefault("DVC_NO_ANALYTICS", "1")
     from components.registry.db import ensure_schema
     ensure_schema(settings)
+    from components.orchestration import lineage
+    # A SIGTERM/Ctrl-C marks the step's run failed, then the command ends within seconds even
+    # when Prefect cannot report (its embedded server stops on the same signal).
+    lineage.EXIT_AFTER_TERMINATION_S = 15.0
+    crashed = lineage.reconcile_stale_runs(settings)
+    if crashed:
+        console.print(f"[yellow]runs {', '.join(map(str, crashed))} were left running by a killed process: "
+                      "marked failed (crashed)[/yellow]")
     return settings
 
 
+@app.callback()
+def options(debug: bool = typer.Option(False, "--debug", help="show tracebacks (also DLVM_DEBUG=1)")):
+    """dlvm: domain-specific large vision models, from raw images to a promoted model."""
+    if debug:
+        os.environ["DLVM_DEBUG"] = "1"
+
+
+def debugging() -> bool:
+    return os.environ.get("DLVM_DEBUG", "") not in ("", "0")
+
+
+class _NoTraceback(logging.Filter):
+    """Keeps a log record's message (Prefect's 'Encountered exception ...: ValueError(...)')
+    and drops its traceback, on the terminal only: the Prefect API still gets it."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.exc_info, record.exc_text = None, None
+        return True
+
+
+def quiet_tracebacks() -> None:
+    """Without --debug, the terminal shows what failed in one line, not Prefect's tracebacks."""
+    if debugging():
+        return
+    loggers = [logging.getLogger()] + [logging.getLogger(name) for name in list(logging.root.manager.loggerDict)
+                                       if name.startswith("prefect")]
+    for logger in loggers:
+        for handler in logger.handlers:
+            if isinstance(handler, logging.StreamHandler) and not any(
+                    isinstance(f, _NoTraceback) for f in handler.filters):
+                handler.addFilter(_NoTraceback())
+
+
+def fail(exc: BaseException) -> None:
+    """End the command with the error in one line (the traceback with --debug)."""
+    if debugging():
+        raise exc
+    message = str(exc) or type(exc).__name__
+    if not isinstance(exc, USER_ERRORS):
+        message = f"{type(exc).__name__}: {message}"
+    console.print(f"[red]error:[/red] {message}")
+    raise typer.Exit(1)
+
+
 def run_step(fn, *args, **kwargs):
-    """Call a flow; a user error ends the command with its message instead of a traceback."""
+    """Call a flow; an error ends the command with its message in one line instead of a
+    traceback (services that are down or refusing, bad input: the message names them)."""
+    quiet_tracebacks()
     try:
         return fn(*args, **kwargs)
-    except USER_ERRORS as exc:
-        console.print(f"[red]error:[/red] {exc}")
-        raise typer.Exit(1)
     except Exception as exc:
-        # Services that are down or refusing: the message names them; a traceback adds nothing.
-        from components.data.dvc import DvcError
-        from components.labeling.label_studio import LabelStudioError
-        from components.storage import ArtifactError
-        if isinstance(exc, (LabelStudioError, DvcError, ArtifactError)):
-            console.print(f"[red]error:[/red] {exc}")
-            raise typer.Exit(1)
-        raise
+        fail(exc)
 
 
 SUMMARY = typer.Option(None, "--summary", help="also write the step's summary as JSON to this file")
@@ -149,6 +194,9 @@ def ingest(path: Path = typer.Argument(..., help="folder of raw images"),
                   f"({state}; {summary['layout']})")
     if summary["quarantine_dir"]:
         console.print(f"quarantine: {summary['quarantine_dir']}")
+    if summary.get("hidden"):
+        console.print(f"skipped {len(summary['hidden'])} hidden files and folders (names starting with '.'): "
+                      + ", ".join(summary["hidden"][:5]) + (" ..." if len(summary["hidden"]) > 5 else ""))
 
 
 def _print_folder_counts(folders: list[dict], limit: int = 40) -> None:
@@ -210,6 +258,9 @@ def labels(export: Optional[Path] = typer.Argument(None, help="Label Studio JSON
                                                 help="what ends the class in a --from-prefix file name"),
            from_csv: Optional[Path] = typer.Option(
                None, "--from-csv", help="instead of an export: a CSV of path,label rows"),
+           allow_empty_classes: bool = typer.Option(False, help="keep a snapshot in which a declared class "
+                                                    "has no labels"),
+           min_labels: int = typer.Option(1, min=1, help="refuse a snapshot with fewer usable labels"),
            summary_path: Optional[Path] = SUMMARY,
            boxes: bool = typer.Option(False, "--boxes", help="defect boxes (Label Studio RectangleLabels); "
                                       "an EXPORT ending in .csv (image,x1,y1,x2,y2,label) is always boxes")):
@@ -226,10 +277,16 @@ def labels(export: Optional[Path] = typer.Argument(None, help="Label Studio JSON
     from flows.labels import labels_flow
     summary = run_step(labels_flow, str(label_path), dataset, dataset_version,
                        parse_list(classes, str) if classes else None, source, prefix_separator,
-                       boxes=boxes)
+                       boxes=boxes, allow_empty_classes=allow_empty_classes, min_labels=min_labels)
     write_summary(summary_path, summary)
+    counts: dict[str, int] = {}
     for issue in summary["issues"]:
+        counts[issue["kind"]] = counts.get(issue["kind"], 0) + 1
+    for issue in summary["issues"][:10]:
         console.print(f"  {issue['kind']}: {issue['image']} ({issue['detail']})")
+    if len(summary["issues"]) > 10:
+        console.print(f"  ... {len(summary['issues']) - 10} more; by kind: "
+                      + ", ".join(f"{n} {kind}" for kind, n in sorted(counts.items())))
     console.print(f"snapshot v{summary['snapshot_version']} of {dataset} v{summary['dataset_version']}: "
                   f"{summary['n_labeled']} labels {summary['class_counts']}, {len(summary['issues'])} issues"
                   + ("" if summary["created"] else " (unchanged)"))
@@ -494,6 +551,23 @@ def models_show(name: str = typer.Argument(..., callback=MODEL_NAME), as_json: b
     from components.registry.db import session_scope
     with session_scope(settings) as session:
         detail = run_step(views.model_detail, session, name)
+    from components.storage import (
+        ArtifactCorrupted,
+        ArtifactError,
+        ArtifactMissing,
+        open_store,
+    )
+    store = open_store(settings)
+    for v in detail["versions"]:  # a version whose checkpoint is gone or damaged is flagged
+        try:
+            store.verify(v["artifact_uri"], v["sha256"])
+            v["artifact_status"] = "ok"
+        except ArtifactMissing:
+            v["artifact_status"] = "missing"
+        except ArtifactCorrupted:
+            v["artifact_status"] = "corrupted"
+        except (ArtifactError, ValueError) as exc:
+            v["artifact_status"] = f"unreadable: {exc}"
     if as_json:
         print(json.dumps(detail, indent=2, default=str))
         return
@@ -507,7 +581,9 @@ def models_show(name: str = typer.Argument(..., callback=MODEL_NAME), as_json: b
         dataset = f"{v['dataset']['name']} v{v['dataset']['version']}" if v.get("dataset") else "-"
         snapshot = f"snapshot v{v['label_snapshot']['version']}" if v.get("label_snapshot") else "-"
         table.add_row(f"v{v['version']}", dataset, snapshot,
-                      v.get("parent") or "-", shown or "-", f"{v['artifact_uri']}\nsha256 {v['sha256'][:16]}…",
+                      v.get("parent") or "-", shown or "-",
+                      ("" if v["artifact_status"] == "ok" else f"[red]ARTIFACT {v['artifact_status'].upper()}[/red]\n")
+                      + f"{v['artifact_uri']}\nsha256 {v['sha256'][:16]}…",
                       str(v.get("flow_run_id") or "-"))
     console.print(table)
     for event in detail["promotions"]:
@@ -882,8 +958,18 @@ def stack_label_studio(action: str = typer.Argument(..., help="install, start (f
 @app.command()
 def runs(limit: int = 20):
     """Recent Prefect flow runs (from the embedded Prefect API or PREFECT_API_URL)."""
-    prepare()
-    from components.orchestration.flow_runs import recent_flow_runs
+    settings = prepare()
+    from components.orchestration.flow_runs import mark_crashed, recent_flow_runs
+    from components.orchestration.lineage import CRASHED, TERMINATED
+    from components.registry import monitoring
+    from components.registry.db import read_session
+    with read_session(settings) as session:  # Prefect's record of runs the registry knows crashed
+        ids = [r["flow_run_id"] for r in monitoring.recent_runs(session, 200, "failed")
+               if r["flow_run_id"] and (r["error"] or "").startswith((CRASHED, TERMINATED))]
+    try:
+        mark_crashed(ids, CRASHED)
+    except Exception as exc:  # Prefect unreachable: the listing below says so
+        console.print(f"[yellow]could not update Prefect's record of crashed runs: {exc}[/yellow]")
     table = Table("started", "flow", "run", "state", "id")
     for run in recent_flow_runs(limit):
         table.add_row(run["start_time"], run["flow"], run["name"], run["state"], run["id"])
@@ -900,11 +986,12 @@ def db_upgrade():
 
 
 @registry_app.command("verify")
-def registry_verify():
+def registry_verify(deep: bool = typer.Option(False, "--deep", help="also restore every dataset version from "
+                                              "the DVC remote and compare its files with its manifest")):
     """Check that every artifact the registry points at exists and matches its sha256."""
     settings = prepare()
     from components.registry.integrity import verify_registry
-    problems = verify_registry(settings)
+    problems = verify_registry(settings, deep=deep, progress=lambda line: console.print(f"[dim]{line}[/dim]"))
     for problem in problems:
         console.print(f"[red]{problem}[/red]")
     console.print(f"{len(problems)} problems")
@@ -926,6 +1013,11 @@ def main() -> None:
     except ValidationError as exc:
         console.print(f"[red]configuration error:[/red] {exc}")
         sys.exit(2)
+    except Exception as exc:  # anything run_step did not see (the registry down, say): one line
+        if debugging():
+            raise
+        console.print(f"[red]error:[/red] {type(exc).__name__}: {exc}")
+        sys.exit(1)
 
 
 if __name__ == "__main__":

@@ -261,9 +261,23 @@ class LocalArtifactStore:
         if parsed.scheme != "file":
             raise ValueError(f"{self!r} cannot read {uri!r}")
         path = Path(os.path.normpath(parsed.path))  # no '..' walking out of the root
-        if not path.is_relative_to(self.root) or len(path.relative_to(self.root).parts) < 3:
+        if not path.is_relative_to(self.root):
+            path = self._relocated(path, uri)
+        if len(path.relative_to(self.root).parts) < 3:
             raise ValueError(f"{uri!r} is not inside the artifact store at {self.root}")
         return path
+
+    def _relocated(self, path: Path, uri: str) -> Path:
+        """Where an artifact written when the store lived elsewhere (a DLVM_HOME copied or
+        moved; the registry keeps the absolute uri) is now: its key, the part of the old path
+        after a folder named like this store's root, below this root. The key found in the
+        store wins; without one, the uri is read as missing here, not as foreign."""
+        parts = path.parts
+        keys = [parts[i + 1:] for i, part in enumerate(parts) if part == self.root.name and len(parts) - i > 3]
+        if not keys:
+            raise ValueError(f"{uri!r} is not inside the artifact store at {self.root}")
+        candidates = [self.root.joinpath(*key) for key in keys]
+        return next((c for c in candidates if c.exists()), candidates[0])
 
     # writing
     def put_bytes(self, data: bytes, kind: str, name: str) -> StoredArtifact:
@@ -488,13 +502,14 @@ class S3ArtifactStore:
     def _ensure_bucket(self, uri: str) -> None:
         if self._bucket_ready:
             return
+        # A missing bucket is refused, not created: a typo in DLVM_ARTIFACTS would otherwise
+        # scatter artifacts into a new bucket. Creating buckets is `dlvm stack up`'s job
+        # (and docker-compose's minio-init), or the operator's.
         with self._errors(uri, "bucket check"):
-            if not self.client.bucket_exists(self.bucket):
-                try:
-                    self.client.make_bucket(self.bucket)
-                except Exception as exc:  # another writer may have created it meanwhile
-                    if not self.client.bucket_exists(self.bucket):
-                        raise exc
+            exists = self.client.bucket_exists(self.bucket)
+        if not exists:
+            raise ArtifactError(f"bucket {self.bucket!r} does not exist at {self.endpoint}: create it "
+                                "(`dlvm stack up` does) or fix DLVM_ARTIFACTS; dlvm does not create buckets")
         self._bucket_ready = True
 
     def _stat(self, key: str, uri: str):

@@ -162,7 +162,9 @@ def feedback_flow(dataset: str, classes: list[str] | None = None, kind: str = "c
         snapshot = merge_snapshot(previous, changed, manifest, classes, image_key="dlvm_path",
                                   source={"label_studio": cfg.url, "project": project.id, "cursor": cursor},
                                   origin=origin)
-        for issue in snapshot.issues:
+        if snapshot.issues:  # counts and the first few: the full list is in the snapshot artifact
+            logger.warning("label issues: %s", ", ".join(f"{n} {kind}" for kind, n in snapshot.issue_counts().items()))
+        for issue in snapshot.issues[:10]:
             logger.warning("label issue: %s %s (%s)", issue["kind"], issue["image"], issue["detail"])
         row, created = None, False
         if snapshot.items:

@@ -16,6 +16,7 @@ from components.data.ingest import (
     quarantine,
     scan_folder,
     stage_into_workspace,
+    unchanged_quarantine,
 )
 from components.data.shards import stage_shards
 from components.names import check_dataset, child_path
@@ -99,7 +100,13 @@ def ingest_flow(source: str, dataset: str, include: list[str] | None = None,
         scan_result = scan(source_dir, include, exclude)
         stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S")
         quarantine_dir = child_path(settings.quarantine, dataset, stamp)
-        bad = quarantine_bad(scan_result, source_dir, quarantine_dir) if scan_result.bad else []
+        if scan_result.bad and (same := unchanged_quarantine(scan_result, source_dir, quarantine_dir.parent)):
+            quarantine_dir, bad = same, list(scan_result.bad)  # already there from an earlier ingest
+        else:
+            bad = quarantine_bad(scan_result, source_dir, quarantine_dir) if scan_result.bad else []
+        if scan_result.hidden:
+            logger.warning("skipped %d hidden files and folders (names starting with '.'): %s",
+                           len(scan_result.hidden), ", ".join(scan_result.hidden[:5]))
         for item in scan_result.bad:
             logger.warning("quarantined %s: %s (%s)", item.path, item.reason, item.detail)
         if not scan_result.good:
@@ -132,6 +139,7 @@ def ingest_flow(source: str, dataset: str, include: list[str] | None = None,
         "quarantine_dir": str(quarantine_dir) if scan_result.bad else None,
         "excluded": len(scan_result.excluded), "folders": folder_counts(scan_result),
         "layout": _layout_text(manifest if created else None),
+        "hidden": scan_result.hidden,
     }
     print(f"ingest: {dataset} v{version.version} ({manifest['n_images']} images, "
           f"{len(scan_result.bad)} quarantined, {len(scan_result.excluded)} left out by the patterns, "

@@ -8,6 +8,11 @@ from pathlib import Path
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
+from components.labeling.boxes import (
+    BOX_SNAPSHOT_FORMAT,
+    boxes_from_csv,
+    boxes_from_label_studio,
+)
 from components.labeling.label_sources import (
     SOURCE_KINDS,
     drop_changed_files,
@@ -15,9 +20,8 @@ from components.labeling.label_sources import (
     tasks_from_csv,
     tasks_from_name_prefixes,
 )
-from components.labeling.boxes import BOX_SNAPSHOT_FORMAT, boxes_from_csv, boxes_from_label_studio
 from components.labeling.snapshots import build_label_snapshot, to_json_bytes
-from components.names import check_dataset
+from components.names import check_classes, check_dataset
 from components.orchestration.lineage import recorded_run
 from components.settings import get_settings
 from flows.tasks import (
@@ -26,6 +30,8 @@ from flows.tasks import (
     resolve_dataset_version,
     store_artifact,
 )
+
+ISSUES_SHOWN = 10  # issue lines logged; the rest are counted (a large export can have 100k)
 
 
 @task(name="build-label-snapshot", cache_policy=NO_CACHE)
@@ -57,12 +63,19 @@ def check_files(snapshot, tasks: list[dict], root: Path, classes: list[str] | No
 @flow(name="labels", log_prints=True)
 def labels_flow(export_path: str, dataset: str, dataset_version: int | None = None,
                 classes: list[str] | None = None, source: str = "label-studio",
-                prefix_separator: str = "_", boxes: bool = False) -> dict:
+                prefix_separator: str = "_", boxes: bool = False, allow_empty_classes: bool = False,
+                min_labels: int = 1) -> dict:
     """Snapshot labels for a dataset version (latest by default) from a Label Studio JSON
     export (`source` label-studio), a class-per-folder tree (folders), a folder of
     class-prefixed file names (prefix) or a path,label CSV (csv): the same checks for each.
-    With `boxes` (or a .csv Label Studio-style export) defect boxes instead of image classes."""
+    With `boxes` (or a .csv Label Studio-style export) defect boxes instead of image classes.
+
+    A declared class (``classes``) without a single label refuses the snapshot (a misspelt
+    class name would otherwise drop the class silently) unless ``allow_empty_classes``;
+    fewer than ``min_labels`` usable labels refuse it too."""
     check_dataset(dataset)
+    if classes is not None:
+        classes = check_classes(classes)
     if boxes and source != "label-studio":
         raise ValueError("boxes come from a Label Studio RectangleLabels export or a box CSV, not from --from-*")
     settings = get_settings()
@@ -87,11 +100,28 @@ def labels_flow(export_path: str, dataset: str, dataset_version: int | None = No
             if wants_folder:
                 snapshot = check_files(snapshot, tasks, path, classes)
             snapshot.source = {"kind": source, "path": str(path)}
-        for issue in snapshot.issues:
-            logger.warning("label issue: %s %s (%s)", issue["kind"], issue["image"], issue["detail"])
+        if snapshot.issues:  # counts and the first few: the full list is in the snapshot artifact
+            logger.warning("label issues: %s", ", ".join(f"{n} {kind}" for kind, n in snapshot.issue_counts().items()))
+            for issue in snapshot.issues[:ISSUES_SHOWN]:
+                logger.warning("label issue: %s %s (%s)", issue["kind"], issue["image"], issue["detail"])
         if not snapshot.items:
             raise ValueError(f"{path} holds no usable labels for {dataset} v{version.version} "
                              f"({len(snapshot.issues)} issues)")
+        if len(snapshot.items) < min_labels:
+            raise ValueError(f"{path} holds {len(snapshot.items)} usable labels for {dataset} v{version.version}, "
+                             f"fewer than the {min_labels} required")
+        labeled = ({b["label"] for item in snapshot.items for b in item["boxes"]}
+                   if snapshot.format == BOX_SNAPSHOT_FORMAT else {item["label"] for item in snapshot.items})
+        empty = [c for c in snapshot.classes if c not in labeled]
+        if classes is not None and empty and not allow_empty_classes:
+            raise ValueError(f"declared classes without a single label in {path}: {', '.join(map(repr, empty))} "
+                             "(misspelt? labels outside the classes are unknown_class issues); "
+                             "allow them with --allow-empty-classes")
+        if empty:
+            logger.warning("classes without labels: %s", ", ".join(empty))
+        if len(snapshot.items) < 0.1 * manifest["n_images"]:
+            logger.warning("only %d of the %d images of %s v%d are labeled (--min-labels requires a minimum)",
+                           len(snapshot.items), manifest["n_images"], dataset, version.version)
         stored = store_artifact(settings, to_json_bytes(snapshot), "label-snapshots", f"{dataset}.json")
         what = "export" if source == "label-studio" else source
         if snapshot.format == BOX_SNAPSHOT_FORMAT:

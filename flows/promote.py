@@ -25,7 +25,7 @@ from components.settings import get_settings
 from components.training.adapt import Classifier, predict_proba
 from flows.tasks import load_artifact, load_labeled_set, load_model_checkpoint
 
-REGATE_ATTEMPTS = 3
+REGATE_ATTEMPTS = 5  # each lost race means another promotion won: with N at once, N - 1 at most
 
 
 @task(name="load-promotion-context", cache_policy=NO_CACHE)

@@ -10,6 +10,7 @@ from typing import Annotated, Any, Optional
 
 import anyio
 from fastapi import FastAPI, HTTPException, Query, Request, Response
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from fastapi.staticfiles import StaticFiles
 from sqlalchemy import text
@@ -18,7 +19,17 @@ from sqlmodel import Session
 from app.api import schemas
 from app.api.cache import ResponseCache
 from app.api.dashboard import router as dashboard_router
-from app.api.deps import AliasQuery, Id, Limit, Name, ReadAccess, Version, Writer, alert_rules
+from app.api.deps import (
+    AliasQuery,
+    Id,
+    Limit,
+    Name,
+    ReadAccess,
+    Version,
+    Writer,
+    alert_rules,
+)
+from app.api.guards import RequestGuard, validation_problem
 from components.registry import monitoring, queries, views
 from components.registry.db import current_revision, read_session, session_scope
 from components.registry.promotion import PromotionError, rollback
@@ -51,12 +62,17 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         "reads need DLVM_API_READ_TOKEN when the server sets one."))
     app.state.settings = settings
     app.state.cache = ResponseCache()
-    from components.inference.serving import ServedModels  # torch loads on the first prediction, not here
+    from components.inference.serving import (
+        ServedModels,  # torch loads on the first prediction, not here
+    )
     app.state.served_models = ServedModels(settings)
 
     @app.exception_handler(queries.NotFound)
     async def not_found(_request: Request, exc: queries.NotFound) -> JSONResponse:
         return JSONResponse({"detail": str(exc)}, status_code=404)
+
+    app.add_middleware(RequestGuard)
+    app.add_exception_handler(RequestValidationError, validation_problem)
 
     @app.exception_handler(PromotionError)
     async def refused(_request: Request, exc: PromotionError) -> JSONResponse:

@@ -198,7 +198,7 @@ class LabelingProgress(BaseModel):
 
 
 class PromoteRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)  # NaN/Infinity: 422, not a 500
     version: int = Field(ge=1, description="the candidate version of this model")
     alias: str = Field("production", pattern=ALIAS_PATTERN)
     margin: float = Field(0.0, ge=-1.0, le=1.0, description="how much better than the holder and generic backbones")

@@ -127,6 +127,11 @@ class DvcWorkspace:
         except subprocess.TimeoutExpired as exc:
             raise DvcError(["dvc", *args], -1, f"timed out after {self.timeout_s}s\n{exc.output or ''}") from exc
         if proc.returncode != 0:
+            if "NoSuchBucket" in proc.stdout or "bucket does not exist" in proc.stdout.lower():
+                bucket = self.remote_url.split("://", 1)[-1].split("/", 1)[0]
+                raise DvcError(["dvc", *args], proc.returncode,
+                               f"the DVC remote's bucket {bucket!r} does not exist: create it (`dlvm stack up` "
+                               "does) or fix DLVM_DVC_REMOTE; dlvm does not create buckets\n" + proc.stdout)
             raise DvcError(["dvc", *args], proc.returncode, proc.stdout)
         return proc.stdout
 
@@ -136,9 +141,13 @@ class DvcWorkspace:
         self.repo_dir.mkdir(parents=True, exist_ok=True)
         if not (self.repo_dir / ".dvc").is_dir():
             self.run("init", "--no-scm", "-q")
-            # DVC keeps hash/index databases in a machine-wide dir (/var/tmp/dvc) by
-            # default; keep them inside the repo so a workspace is self-contained.
-            self.run("config", "--local", "core.site_cache_dir", str(self.repo_dir / ".dvc" / "site-cache"))
+        # DVC keeps hash/index databases in a machine-wide dir (/var/tmp/dvc) by default;
+        # keep them inside the repo so a workspace is self-contained (set again when the
+        # state directory was moved: the setting is an absolute path).
+        site_cache = str(self.repo_dir / ".dvc" / "site-cache")
+        local_config = self.repo_dir / ".dvc" / "config.local"
+        if site_cache not in (local_config.read_text() if local_config.is_file() else ""):
+            self.run("config", "--local", "core.site_cache_dir", site_cache)
         self.run("remote", "add", "--default", "--force", REMOTE_NAME, self.remote_url)
         if self.remote_url.startswith("s3://"):
             if self.s3_endpoint:

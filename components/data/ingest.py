@@ -61,6 +61,7 @@ class IngestScan:
     good: list[ImageRecord] = field(default_factory=list)
     bad: list[BadFile] = field(default_factory=list)
     excluded: list[str] = field(default_factory=list)  # left out by the include/exclude patterns, not read
+    hidden: list[str] = field(default_factory=list)  # names starting with '.': not part of the dataset
 
     def bad_by_reason(self) -> dict[str, list[BadFile]]:
         out: dict[str, list[BadFile]] = {}
@@ -125,6 +126,17 @@ def folder_counts(scan: IngestScan) -> list[dict]:
     return [counts[k] for k in sorted(counts)]
 
 
+def hidden_entries(src: Path) -> list[str]:
+    """Relative paths of the hidden files and folders (names starting with '.') that the scan
+    skips, so that the user hears about them (``..name.png`` is hidden too)."""
+    out: list[str] = []
+    for dirpath, dirnames, filenames in os.walk(src):
+        rel_dir = Path(dirpath).relative_to(src)
+        out += [(rel_dir / n).as_posix() for n in sorted(dirnames + filenames) if n.startswith(".")]
+        dirnames[:] = [d for d in dirnames if not d.startswith(".")]
+    return sorted(out)
+
+
 def scan_folder(src: Path | str, limits: ImageLimits | None = None, progress: bool = True,
                 include: Sequence[str] = (), exclude: Sequence[str] = ()) -> IngestScan:
     """Validate every file under ``src`` (those the include/exclude patterns select, see
@@ -134,9 +146,14 @@ def scan_folder(src: Path | str, limits: ImageLimits | None = None, progress: bo
         raise NotADirectoryError(f"not a directory: {src}")
     limits = limits or ImageLimits()
     taken, excluded = select_files(iter_files(src), include, exclude)
-    scan = IngestScan(root=src, excluded=excluded)
+    scan = IngestScan(root=src, excluded=excluded, hidden=hidden_entries(src))
     first_by_hash: dict[str, str] = {}
     for rel in tqdm(taken, desc=f"validating {src.name}", unit="img", disable=not progress):
+        if (src / rel).is_symlink() and not (src / rel).resolve().is_relative_to(src):
+            # A link out of the folder would version a file the user did not put there.
+            scan.bad.append(BadFile(rel, "link_outside", f"symbolic link to {os.readlink(src / rel)}, "
+                                                         "outside the ingested folder"))
+            continue
         check = validate_image(src / rel, limits)
         if not check.ok:
             scan.bad.append(BadFile(rel, check.reason, check.detail))
@@ -169,6 +186,10 @@ def build_manifest(scan: IngestScan, dataset: str = "") -> dict:
         "n_images": len(images),
         "n_bytes": sum(r["size"] for r in images),
         "images": images,
+        # Quarantined exact copies -> the kept path: labels given to a copy belong to the
+        # kept image (not part of content_hash: the versioned content is the images).
+        "duplicates": {b.path: b.duplicate_of for b in sorted(scan.bad, key=lambda b: b.path)
+                       if b.reason == "duplicate" and b.duplicate_of},
     }
 
 
@@ -197,6 +218,28 @@ def quarantine(scan: IngestScan, src: Path | str | None, dest_dir: Path | str) -
     reasons = [b.to_dict() for b in sorted(scan.bad, key=lambda b: b.path)]
     _atomic_write(dest_dir / "REASONS.json", (json.dumps(reasons, indent=1) + "\n").encode())
     return list(scan.bad)
+
+
+def unchanged_quarantine(scan: IngestScan, src: Path | str | None, dataset_dir: Path | str) -> Path | None:
+    """The newest quarantine folder under ``dataset_dir`` when it already holds exactly these
+    bad files (same reasons, same bytes): a re-ingest of an unchanged folder reuses it
+    instead of adding another copy of the same files."""
+    src = Path(src).resolve() if src is not None else scan.root
+    folders = sorted((p for p in Path(dataset_dir).glob("*") if (p / "REASONS.json").is_file()), reverse=True)
+    if not folders:
+        return None
+    latest = folders[0]
+    reasons = [b.to_dict() for b in sorted(scan.bad, key=lambda b: b.path)]
+    try:
+        if json.loads((latest / "REASONS.json").read_text()) != reasons:
+            return None
+        for b in scan.bad:
+            kept, source = latest / b.path, src / b.path
+            if source.is_file() and (not kept.is_file() or sha256_file(kept) != sha256_file(source)):
+                return None
+    except (OSError, ValueError):
+        return None
+    return latest
 
 
 class SourceChanged(ValueError):

@@ -58,6 +58,7 @@ REASONS: tuple[str, ...] = (
     "unsupported_mode",
     "duplicate",
     "name_too_long",
+    "link_outside",
 )
 
 # File names longer than this (in UTF-8 bytes) are quarantined: most file systems stop at

@@ -15,6 +15,8 @@ Rules:
   ``ambiguous_image`` (the label is kept out rather than guessed). A reference shorter
   than every manifest path (e.g. a bare file name) matches when exactly one manifest path
   ends with it.
+* A reference to an exact copy that the ingest quarantined as a duplicate (the manifest's
+  ``duplicates``) counts for the kept image; copies labelled differently are a ``conflict``.
 * Only ``choices`` results count; predictions (pre-annotations) are ignored.
 * Cancelled (skipped) annotations are ignored and reported as ``cancelled``.
 * Several non-cancelled annotations of one image (in one task or in several tasks) that
@@ -179,7 +181,9 @@ def _choices(ann: dict, from_name: str | None) -> list[str]:
         if from_name is not None and r.get("from_name") != from_name:
             continue
         value = r.get("value") or {}
-        out.extend(str(c) for c in value.get("choices") or [])
+        choices = value.get("choices") or []
+        # One choice given as a plain string is that choice, not a list of its letters.
+        out.extend([choices] if isinstance(choices, str) else (str(c) for c in choices))
     return out
 
 
@@ -188,7 +192,10 @@ def build_label_snapshot(export: list | str | Path | bytes, manifest: dict, allo
     """Validate an export against a manifest; see the module docstring for the rules."""
     tasks = load_export(export)
     records = {r["path"]: r for r in manifest["images"]}
-    index = _PathIndex(list(records))
+    # A label on a quarantined exact copy is a label of the kept image (and a conflict
+    # when the two copies were labelled differently).
+    copies = {dup: kept for dup, kept in (manifest.get("duplicates") or {}).items() if kept in records}
+    index = _PathIndex(list(records) + list(copies))
     allowed = list(dict.fromkeys(allowed_classes)) if allowed_classes is not None else None
     issues: list[dict] = []
     # manifest path -> list of (label, annotator, created_at) from non-cancelled annotations
@@ -207,7 +214,7 @@ def build_label_snapshot(export: list | str | Path | bytes, manifest: dict, allo
             issue(f"task {tid}", "missing_image", f"task {tid} has no data.{image_key} string")
             continue
         norm = normalize_image_ref(ref)
-        hits = index.match(norm)
+        hits = sorted({copies.get(hit, hit) for hit in index.match(norm)})
         if not hits:
             issue(ref, "unknown_image", f"task {tid}: {norm!r} matches no image of the dataset version")
             continue
@@ -267,13 +274,14 @@ def merge_snapshot(previous: LabelSnapshotData | None, changed_tasks: list[dict]
         for it in fresh.items:
             it["origin"] = origin
     records = {r["path"] for r in manifest["images"]}
-    index = _PathIndex(sorted(records))
+    copies = {dup: kept for dup, kept in (manifest.get("duplicates") or {}).items() if kept in records}
+    index = _PathIndex(sorted(records) + sorted(copies))
     touched: set[str] = set()
     for task in changed_tasks:
         ref = task["data"].get(image_key)
         if isinstance(ref, str) and ref:
             hits = index.match(normalize_image_ref(ref))
-            touched.update(hits)
+            touched.update(copies.get(hit, hit) for hit in hits)
             touched.add(ref)  # issues of unmatched references are keyed by the raw reference
     items = {it["path"]: it for it in fresh.items}
     issues = list(fresh.issues)

@@ -24,6 +24,23 @@ def recent_flow_runs(limit: int = 20) -> list[dict]:
     return asyncio.run(asyncio.wait_for(_recent_flow_runs(limit), READ_TIMEOUT_S))
 
 
+async def _mark_crashed(flow_run_ids: list[str], message: str) -> None:
+    from prefect.client.orchestration import get_client
+    from prefect.states import Crashed
+
+    async with get_client() as client:
+        for flow_run_id in flow_run_ids:
+            run = await client.read_flow_run(flow_run_id)
+            if run.state is not None and not run.state.is_final():
+                await client.set_flow_run_state(flow_run_id, Crashed(message=message), force=True)
+
+
+def mark_crashed(flow_run_ids: list[str], message: str) -> None:
+    """Set Prefect's record of these flow runs (still 'Running' there after a kill) to Crashed."""
+    if flow_run_ids:
+        asyncio.run(asyncio.wait_for(_mark_crashed(flow_run_ids, message), READ_TIMEOUT_S))
+
+
 def prefect_ui_url(settings) -> str | None:
     """Where the Prefect UI is: DLVM_PREFECT_UI_URL, else PREFECT_API_URL without its /api
     suffix; None for the embedded API, which serves no UI."""

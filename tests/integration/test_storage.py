@@ -446,8 +446,10 @@ def test_open_store_defaults_to_a_local_directory(tmp_path):
 
 
 @pytest.mark.s3
-def test_open_store_s3_creates_its_bucket(tmp_path, s3_server: S3Server, s3_bucket: str):
-    bucket = s3_bucket + "-made"
+def test_open_store_s3_refuses_a_missing_bucket(tmp_path, s3_server: S3Server, s3_bucket: str):
+    """A typo in DLVM_ARTIFACTS must not create a bucket (issue 16, item 8): creating buckets
+    is `dlvm stack up`'s or the operator's job."""
+    bucket = s3_bucket + "-typo"
     settings = Settings(
         home=tmp_path, artifacts=f"s3://{bucket}/dlvm/artifacts", s3_endpoint=s3_server.endpoint,
         s3_access_key=s3_server.access_key, s3_secret_key=s3_server.secret_key,
@@ -455,8 +457,23 @@ def test_open_store_s3_creates_its_bucket(tmp_path, s3_server: S3Server, s3_buck
     )
     store = open_store(settings)
     assert isinstance(store, S3ArtifactStore) and isinstance(store, ArtifactStore)
+    with pytest.raises(ArtifactError, match=f"bucket '{bucket}' does not exist"):
+        store.put_bytes(b"x", "reports", "a.md")
     assert not s3_server.client().bucket_exists(bucket)
-    art = store.put_bytes(b"x", "reports", "a.md")
-    assert art.uri == f"s3://{bucket}/dlvm/artifacts/reports/{sha(b'x')}/a.md"
-    assert s3_server.client().bucket_exists(bucket)
-    assert s3_server.object_path(bucket, f"dlvm/artifacts/reports/{sha(b'x')}/a.md").read_bytes() == b"x"
+    settings = settings.model_copy(update={"artifacts": f"s3://{s3_bucket}/dlvm/artifacts"})
+    art = open_store(settings).put_bytes(b"x", "reports", "a.md")
+    assert art.uri == f"s3://{s3_bucket}/dlvm/artifacts/reports/{sha(b'x')}/a.md"
+
+
+@pytest.mark.s3
+def test_a_dvc_remote_on_a_missing_bucket_is_a_clear_error(tmp_path, s3_server: S3Server, s3_bucket: str):
+    from components.data.dvc import DvcError, DvcWorkspace
+
+    workspace = DvcWorkspace(tmp_path / "repo", f"s3://{s3_bucket}-typo/dvc", s3_server.endpoint,
+                             s3_server.access_key, s3_server.secret_key)
+    workspace.init()
+    (tmp_path / "repo" / "data" / "d").mkdir(parents=True)
+    (tmp_path / "repo" / "data" / "d" / "a.txt").write_text("a")
+    with pytest.raises(DvcError, match="bucket .* does not exist"):
+        workspace.add_and_push("data/d")
+    assert not s3_server.client().bucket_exists(f"{s3_bucket}-typo")

@@ -154,3 +154,48 @@ def test_only_transient_failures_are_retried():
                  DvcError(["dvc", "push"], 1, "ERROR: Read timeout on endpoint URL")]
     assert [is_transient(e) for e in permanent] == [False] * len(permanent)
     assert [is_transient(e) for e in transient] == [True] * len(transient)
+
+
+def test_the_io_tasks_retry_condition_reads_the_failed_state():
+    import errno
+
+    from prefect.states import Failed
+
+    from flows.tasks import IO_RETRIES, retry_if_transient
+
+    assert IO_RETRIES["retry_condition_fn"] is retry_if_transient
+    assert retry_if_transient(None, None, Failed(data=OSError(errno.ENAMETOOLONG, "File name too long"))) is False
+    assert retry_if_transient(None, None, Failed(data=ConnectionResetError())) is True
+
+
+def test_smaller_surprises_of_the_ingest(tmp_path):
+    """Probe 14: a link out of the folder is quarantined, hidden names are reported, and an
+    unchanged re-ingest reuses its quarantine folder."""
+    from components.data.ingest import quarantine, unchanged_quarantine
+
+    src, outside = tmp_path / "src", tmp_path / "outside.png"
+    _image(src / "a.png", 10)
+    _image(src / "..name.png", 20)
+    _image(outside, 30)
+    (src / "link.png").symlink_to(outside)
+    (src / "bad.png").write_bytes(b"not a png")
+    scan = scan_folder(src, progress=False)
+    assert [r.path for r in scan.good] == ["a.png"]
+    assert {b.path: b.reason for b in scan.bad} == {"link.png": "link_outside", "bad.png": "not_an_image"}
+    assert scan.hidden == ["..name.png"]
+    qdir = tmp_path / "q" / "ds"
+    assert unchanged_quarantine(scan, src, qdir) is None
+    quarantine(scan, src, qdir / "20260101T000000")
+    assert unchanged_quarantine(scan_folder(src, progress=False), src, qdir) == qdir / "20260101T000000"
+    (src / "bad.png").write_bytes(b"still not a png")
+    assert unchanged_quarantine(scan_folder(src, progress=False), src, qdir) is None
+
+
+def test_a_single_choice_given_as_a_string_is_one_choice():
+    from components.labeling.snapshots import build_label_snapshot
+
+    manifest = {"images": [{"path": "a.png", "sha256": "0" * 64}], "content_hash": "x"}
+    task = {"id": 1, "data": {"image": "a.png"},
+            "annotations": [{"id": 1, "result": [{"type": "choices", "value": {"choices": "functional"}}]}]}
+    snap = build_label_snapshot([task], manifest)
+    assert [it["label"] for it in snap.items] == ["functional"] and snap.issues == []
