@@ -7,6 +7,7 @@ from pathlib import Path
 
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
+from prefect.utilities.annotations import quote
 
 from components.labeling.label_sources import (
     SOURCE_KINDS,
@@ -67,12 +68,13 @@ def labels_flow(export_path: str, dataset: str, dataset_version: int | None = No
         version = resolve_dataset_version(settings, dataset, dataset_version)
         manifest = json.loads(load_artifact(settings, version.manifest_uri, version.manifest_sha256))
         if source == "label-studio":
-            snapshot = build_snapshot(path, manifest, classes)
+            # quote(): no walk through every manifest record by Prefect (flows/ingest.py says why)
+            snapshot = build_snapshot(path, quote(manifest), classes)
         else:
             tasks = tasks_from_layout(path, source, classes, prefix_separator)
-            snapshot = build_snapshot(tasks, manifest, classes)
+            snapshot = build_snapshot(quote(tasks), quote(manifest), classes)
             if wants_folder:
-                snapshot = check_files(snapshot, tasks, path, classes)
+                snapshot = check_files(quote(snapshot), quote(tasks), path, classes)
             snapshot.source = {"kind": source, "path": str(path)}
         for issue in snapshot.issues:
             logger.warning("label issue: %s %s (%s)", issue["kind"], issue["image"], issue["detail"])
@@ -81,7 +83,7 @@ def labels_flow(export_path: str, dataset: str, dataset_version: int | None = No
                              f"({len(snapshot.issues)} issues)")
         stored = store_artifact(settings, to_json_bytes(snapshot), "label-snapshots", f"{dataset}.json")
         what = "export" if source == "label-studio" else source
-        row, created = register_label_snapshot(settings, version.id, snapshot, stored, f"{what} {path}")
+        row, created = register_label_snapshot(settings, version.id, quote(snapshot), stored, f"{what} {path}")
     counts = {c: sum(1 for item in snapshot.items if item["label"] == c) for c in snapshot.classes}
     print(f"labels: {dataset} v{version.version} snapshot {row.version}: {len(snapshot.items)} labeled "
           f"{counts}, {len(snapshot.issues)} issues{'' if created else ' (unchanged)'}")
