@@ -7,6 +7,7 @@ from pathlib import Path
 
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
+from prefect.utilities.annotations import quote
 
 from components.labeling.boxes import (
     BOX_SNAPSHOT_FORMAT,
@@ -93,12 +94,13 @@ def labels_flow(export_path: str, dataset: str, dataset_version: int | None = No
         version = resolve_dataset_version(settings, dataset, dataset_version)
         manifest = json.loads(load_artifact(settings, version.manifest_uri, version.manifest_sha256))
         if source == "label-studio":
-            snapshot = build_snapshot(path, manifest, classes, boxes)
+            # quote(): no walk through every manifest record by Prefect (flows/ingest.py says why)
+            snapshot = build_snapshot(path, quote(manifest), classes, boxes)
         else:
             tasks = tasks_from_layout(path, source, classes, prefix_separator)
-            snapshot = build_snapshot(tasks, manifest, classes)
+            snapshot = build_snapshot(quote(tasks), quote(manifest), classes)
             if wants_folder:
-                snapshot = check_files(snapshot, tasks, path, classes)
+                snapshot = check_files(quote(snapshot), quote(tasks), path, classes)
             snapshot.source = {"kind": source, "path": str(path)}
         if snapshot.issues:  # counts and the first few: the full list is in the snapshot artifact
             logger.warning("label issues: %s", ", ".join(f"{n} {kind}" for kind, n in snapshot.issue_counts().items()))
@@ -126,7 +128,7 @@ def labels_flow(export_path: str, dataset: str, dataset_version: int | None = No
         what = "export" if source == "label-studio" else source
         if snapshot.format == BOX_SNAPSHOT_FORMAT:
             what = f"box {what}"
-        row, created = register_label_snapshot(settings, version.id, snapshot, stored, f"{what} {path}")
+        row, created = register_label_snapshot(settings, version.id, quote(snapshot), stored, f"{what} {path}")
     if snapshot.format == BOX_SNAPSHOT_FORMAT:  # boxes per class
         counts = {c: sum(b["label"] == c for item in snapshot.items for b in item["boxes"]) for c in snapshot.classes}
     else:

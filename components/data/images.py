@@ -182,7 +182,8 @@ class ImageCache:
         out = np.empty((len(images), size, size), dtype=np.uint8)
         for i, rec in enumerate(tqdm(images, desc=f"decoding {pre.describe()}", unit="img", disable=not progress)):
             data = read(rec["path"]) if read is not None else (root / rec["path"]).read_bytes()
-            out[i] = _load_verified(data, str(root / rec["path"]), pre, rec["sha256"])
+            where = str(root / rec["path"]) if read is None else f"{rec['path']} (shards in {root})"
+            out[i] = _load_verified(data, where, pre, rec["sha256"])
         self.cache_dir.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=self.cache_dir, prefix=f".{target.name}.", suffix=".tmp")
         try:
