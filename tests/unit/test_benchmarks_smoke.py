@@ -62,3 +62,11 @@ def test_pretrain_throughput_pairs_methods_with_families_and_times_a_bare_loop(t
     for row in result["rows"]:
         assert row["bare_step_ms"] > 0 and row["vs_bare"] == pytest.approx(row["step_ms"] / row["bare_step_ms"])
         assert row["threads"] == 1 and row["flops_per_step"] > 0
+
+
+def test_label_export_scale_smoke(tmp_path):
+    from benchmarks.label_export_scale import main as export_scale
+
+    result = export_scale(["--tasks", "300", "--images", "20", "--json", str(tmp_path / "r.json")])
+    assert result["labeled"] == 20 and result["issues"] == {"unknown_image": 280}
+    assert json.loads((tmp_path / "r.json").read_text())["tasks"] == 300
