@@ -113,10 +113,10 @@ def plan_for(domain: str, mode: str) -> Plan:
                           seeds=(0,), finetune_sets=(1.0,), finetune_seeds=(0,), finetune_backbones=("domain-simclr", "scratch"),
                           finetune_epochs=1, baseline_sets=(1.0,), finetune_tasks=("4class",), generic_limit=48,
                           elpv_images=200, baseline=BaselineConfig(cv_folds=2, max_kernel_train=200)),
-            "quick": Plan(size=128, pretrain_steps=150, pretrain_batch=64, continue_steps=50,
+            "quick": Plan(size=128, pretrain_steps=100, pretrain_batch=64, continue_steps=30,
                           label_sets=(0.1, 0.25, 1.0), seeds=(0, 1), finetune_sets=(0.1, 1.0), finetune_seeds=(0,),
-                          finetune_backbones=BACKBONES, finetune_epochs=12, baseline_sets=(0.1, 1.0),
-                          finetune_tasks=("4class",), generic_limit=3000),
+                          finetune_backbones=("domain-simclr", "generic-simclr", "scratch"), finetune_epochs=8,
+                          baseline_sets=(1.0,), finetune_tasks=("4class",), generic_limit=3000),
             "standard": Plan(size=None, pretrain_steps=500, pretrain_batch=64, continue_steps=150,
                              label_sets=(0.05, 0.1, 0.25, 0.5, 1.0), seeds=(0, 1, 2), finetune_sets=(0.1, 0.25, 1.0),
                              finetune_seeds=(0,), finetune_backbones=BACKBONES, finetune_epochs=25,
@@ -127,11 +127,11 @@ def plan_for(domain: str, mode: str) -> Plan:
                       seeds=(0,), finetune_sets=("train_1",), finetune_seeds=(0,), finetune_backbones=("domain-simclr",),
                       finetune_epochs=1, baseline_sets=("train_1",), tasks=("9class",), pool_limit=300, generic_limit=48,
                       test_limit=200, baseline=BaselineConfig(cv_folds=2, max_kernel_train=200)),
-        "quick": Plan(size=32, pretrain_steps=120, pretrain_batch=128, continue_steps=40,
+        "quick": Plan(size=32, pretrain_steps=80, pretrain_batch=128, continue_steps=25,
                       label_sets=("train_1", "train_10", "train_10+20", "all"), seeds=(0,),
                       finetune_sets=("train_1", "train_10"), finetune_seeds=(0,),
                       finetune_backbones=("domain-simclr", "generic-simclr", "scratch"), finetune_epochs=15,
-                      finetune_image_budget=12000, baseline_sets=("train_1", "train_10"), tasks=("9class",),
+                      finetune_image_budget=8000, baseline_sets=("train_1",), tasks=("9class",),
                       pool_limit=15000, generic_limit=5000, test_limit=3000),
         "standard": Plan(size=32, pretrain_steps=500, pretrain_batch=128, continue_steps=150,
                          label_sets=("train_1", "train_10", "train_10+20", "all"), seeds=(0, 1),
@@ -162,23 +162,26 @@ def load_elpv(size: "int | Preprocess", cache: Path, bundle: Path | None = None,
     order, from the elpv-dataset package or from a device bundle's ``elpv-<size>/`` folder;
     ``subset``: that many images, stratified by 4-class label (smoke runs)."""
     pre = Preprocess.coerce(size)
+    four = lambda p: CLASS_NAMES_4.index(class_name(p))  # noqa: E731
     if bundle is not None:
         images, probabilities, shas = load_elpv_bundle(bundle, pre.size)
+        if subset:
+            keep = stratified_subset([str(four(p)) for p in probabilities], subset)
+            images, probabilities, shas = images[keep], [probabilities[i] for i in keep], [shas[i] for i in keep]
     else:
         from tqdm.auto import tqdm
 
         rows, root = elpv_labels(), elpv_root()
+        if subset:  # only the subset is read and decoded
+            rows = [rows[i] for i in stratified_subset([str(four(r.probability)) for r in rows], subset)]
         shas = [hashlib.sha256((root / r.path).read_bytes()).hexdigest() for r in rows]
         probabilities = [r.probability for r in rows]
         tag = "" if pre.is_default else f"-{pre.resample}-{pre.aspect}"
         images = cached_array(cache, f"elpv-{pre.size}{tag}-{hashlib.sha256(''.join(shas).encode()).hexdigest()[:12]}",
                               lambda: np.stack([load_image_array(root / r.path, pre)
                                                 for r in tqdm(rows, desc="decode ELPV", leave=False)]))
-    y4 = np.array([CLASS_NAMES_4.index(class_name(p)) for p in probabilities])
+    y4 = np.array([four(p) for p in probabilities])
     y2 = np.array([int(p >= 0.5) for p in probabilities])
-    if subset:
-        keep = stratified_subset([str(v) for v in y4], subset)
-        return images[keep], y4[keep], y2[keep], [shas[i] for i in keep]
     return images, y4, y2, shas
 
 
