@@ -185,12 +185,12 @@ def load_elpv(size: "int | Preprocess", cache: Path, bundle: Path | None = None,
     return images, y4, y2, shas
 
 
-def load_generic(corpus: Path, pre: Preprocess, limit: int, cache: Path) -> np.ndarray:
+def load_generic(corpus: Path, pre: "int | Preprocess", limit: int, cache: Path) -> np.ndarray:
     """The generic corpus's first ``limit`` training images, grayscale, decoded as photographs
     (bicubic, stretched) at the domain's input size: the backbones share one architecture."""
     from tqdm.auto import tqdm
 
-    photo = Preprocess(pre.size)
+    photo = Preprocess(Preprocess.coerce(pre).size)
     paths = generic_train_paths(corpus)[:limit]
     return cached_array(cache, f"generic-{corpus.name}-{photo.size}-{len(paths)}",
                         lambda: np.stack([load_image_array(p, photo) for p in tqdm(paths, desc="decode generic", leave=False)]))
