@@ -425,7 +425,8 @@ def run_domain(domain: str, mode: str, args, runtime: dict) -> dict:
                      "pretraining": info, "tasks": {}}
     for task in tasks:
         t0 = time.perf_counter()
-        rows, full = run_task(task, backbones, plan, recipe, args, trained=task.name in plan.finetune_tasks or domain == "wm811k")
+        trained = task.name in plan.finetune_tasks or domain == "wm811k"
+        rows, full = run_task(task, backbones, plan, recipe, args, trained=trained)
         label_of = {v[2]: (k if isinstance(k, str) else f"{100 * k:g} %") for k, v in task.label_sets.items()}
         effs = [efficiency_records(rows, full, m) for m in ("macro_f1", "accuracy")]
         context = {
@@ -436,8 +437,8 @@ def run_domain(domain: str, mode: str, args, runtime: dict) -> dict:
             "overrides": "; ".join(f"{k}: {v}" for k, v in overrides.items()),
             "pretraining": "; ".join(f"{n}: {i['steps']} steps x {i['batch_size']} of {i['images']} images, "
                                      f"{i['seconds']} s, loss {i['first_loss']} -> {i['final_loss']}" for n, i in info.items()),
-            "fine-tuning": f"{', '.join(plan.finetune_backbones)} at {', '.join(label_of[task.label_sets[k][2]] for k in plan.finetune_sets if k in task.label_sets)}, "
-                           f"seeds {list(plan.finetune_seeds)}",
+            "fine-tuning": (f"{', '.join(plan.finetune_backbones)} at {', '.join(label_of[task.label_sets[k][2]] for k in plan.finetune_sets if k in task.label_sets)}, "
+                            f"seeds {list(plan.finetune_seeds)}" if trained else "none for this task in this mode (probes only)"),
             "sweep": f"{len(rows)} runs in {time.perf_counter() - t0:.0f} s",
         }
         md = markdown_report(rows, f"{domain.upper()} {task.name}", context, efficiency_metric="macro_f1")
