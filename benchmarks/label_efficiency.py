@@ -2,9 +2,13 @@
 unlabeled images reach, with a fraction of the labels, the score a generic-corpus backbone
 needs every label for?
 
-    OMP_WAIT_POLICY=PASSIVE python -m benchmarks.label_efficiency --domain elpv --mode quick     # < 25 min, 2 cores
-    OMP_WAIT_POLICY=PASSIVE python -m benchmarks.label_efficiency --domain wm811k --mode quick   # < 25 min, 2 cores
-    OMP_WAIT_POLICY=PASSIVE python -m benchmarks.label_efficiency --domain both --mode standard  # ~1 h a domain
+    OMP_WAIT_POLICY=PASSIVE python -m benchmarks.label_efficiency --domain elpv --mode quick
+    OMP_WAIT_POLICY=PASSIVE python -m benchmarks.label_efficiency --domain wm811k --mode quick
+    OMP_WAIT_POLICY=PASSIVE python -m benchmarks.label_efficiency --domain both --mode standard
+
+``quick`` is sized for 25 minutes a domain on 2 idle cores (it took 48-50 minutes on the shared,
+loaded machine: docs/BENCHMARKS.md); ``standard`` for about an hour a domain (not run yet);
+``smoke`` for the test.
 
 Protocol (the product's own pieces: the auto recipe, ``pretrain``, the sweep with its sanity
 baselines, ``adapt``, the report):
