@@ -4,13 +4,13 @@
 #
 #   here, once:   .venv/bin/python -m benchmarks.device_bundle      # ELPV + generic images -> .device/ (~60 MiB)
 #   on the GPU:   bash benchmarks/device_check.sh throughput         # ~3 min; carries nothing
-#                 bash benchmarks/device_check.sh label-efficiency   # < 9 min; carry .device
+#                 bash benchmarks/device_check.sh label-efficiency   # ELPV, standard mode (MODE=...); carry .device
 #
 # Outputs go to $OUT (what the device tool brings back: at most 8 files, one folder down) or
 # to outputs/device-check/. The device's python3 already holds everything the benchmarks
 # import (torch, numpy, Pillow, tqdm, matplotlib). A killed label-efficiency run keeps its
 # finished pretrainings in .dlvm/bench-cache: rerun on the still-warm machine to continue.
-# The tests run it on the CPU:  PYTHON=.venv/bin/python DEVICE=cpu RECIPE=smoke bash benchmarks/device_check.sh label-efficiency
+# The tests run it on the CPU:  PYTHON=.venv/bin/python DEVICE=cpu MODE=smoke bash benchmarks/device_check.sh label-efficiency
 set -euo pipefail
 cd "$(dirname "$0")/.."
 step=${1:?"usage: $0 throughput | label-efficiency"}
@@ -39,9 +39,9 @@ case "$step" in
       exit 2
     fi
     size=$("$py" -c 'import json, sys; print(json.load(open(sys.argv[1]))["size"])' "$bundle/BUNDLE.json")
-    "$py" -m benchmarks.label_efficiency --recipe "${RECIPE:-gpu}" --device "$device" \
-      --elpv-bundle "$bundle/elpv-$size" --generic-corpus "$bundle/generic" \
-      --cache "${CACHE:-.dlvm/bench-cache}" --out "$out/label-efficiency" 2>&1 | tee "$out/label-efficiency.log"
+    "$py" -m benchmarks.label_efficiency --domain elpv --mode "${MODE:-standard}" --device "$device" \
+      --size "$size" --elpv-bundle "$bundle/elpv-$size" --generic-corpus "$bundle/generic" \
+      --cache "${CACHE:-.dlvm/bench-cache}" --out "$out" 2>&1 | tee "$out/label-efficiency.log"
     ;;
   *)
     echo "device_check: unknown step '$step' (throughput | label-efficiency)" >&2

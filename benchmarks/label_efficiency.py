@@ -1,34 +1,46 @@
-"""The label-efficiency benchmark on ELPV: does a domain-pretrained backbone reach the best
-generic backbone's full-label accuracy with a fraction of the labels?
+"""The label-efficiency benchmark on two domains: does a backbone pretrained on the domain's own
+unlabeled images reach, with a fraction of the labels, the score a generic-corpus backbone
+needs every label for?
 
-    .venv/bin/python -m benchmarks.label_efficiency --quick          # < 25 min on 2 CPU cores
-    .venv/bin/python -m benchmarks.label_efficiency                  # the full grid (GPU hours)
-    bash benchmarks/device_check.sh label-efficiency                 # --recipe gpu: one H100, < 9 min
-    .venv/bin/python -m benchmarks.label_efficiency --quick --weights vit_tiny.safetensors   # + published weights
+    OMP_WAIT_POLICY=PASSIVE python -m benchmarks.label_efficiency --domain elpv --mode quick
+    OMP_WAIT_POLICY=PASSIVE python -m benchmarks.label_efficiency --domain wm811k --mode quick
+    OMP_WAIT_POLICY=PASSIVE python -m benchmarks.label_efficiency --domain both --mode standard
 
-Protocol (everything the product's evaluation uses, on identical splits):
+``quick`` is sized for 25 minutes a domain on 2 idle cores (it took 48-50 minutes on the shared,
+loaded machine: docs/BENCHMARKS.md); ``standard`` for about an hour a domain (not run yet);
+``smoke`` for the test.
 
-* data: ELPV's 2,624 electroluminescence images (``elpv-dataset``), grayscale at the recipe's
-  resolution; a 75/25 stratified, hash-assigned split as in Deitsch et al. 2019 (1,968 / 656);
-  tasks 4-class (defect probability 0, 1/3, 2/3, 1) and 2-class (probability >= 0.5).
-* backbones, one ViT architecture, one compute budget (steps x batch) per SSL method:
-  ``domain-mae`` and ``domain-dino`` pretrained on the **training** images only (their labels
-  unused; the test images are never seen), ``generic-mae`` / ``generic-dino`` pretrained on the
-  generic corpus (``../shared/data/generic-imagenette``, converted to grayscale), ``generic-then-domain``
-  (the generic MAE backbone continued with MAE on the domain images: transductive adaptation),
-  ``scratch`` (random initialization), and with ``--weights`` published timm/HF ViT weights.
-* adaptation: linear probe and nearest-class-mean prototypes on frozen features (every fraction
-  and seed), fine-tuning and LoRA on the recipe's sub-grid (each is a training run).
-* label fractions 5, 10, 25, 50, 100 % of the training pool (nested subsets per seed), 3 seeds;
-  accuracy, macro-F1 and balanced accuracy with 95 % bootstrap intervals over the test set.
-* label-efficiency: the smallest fraction at which a domain backbone's seed-mean accuracy reaches
-  the best generic backbone's (generic-* and scratch) 100 %-label accuracy, per method and with
-  each side's best method.
+Protocol (the product's own pieces: the auto recipe, ``pretrain``, the sweep with its sanity
+baselines, ``adapt``, the report):
 
-Outputs go to ``--out`` (default ``benchmarks/results/label-efficiency-<recipe>/``): ``results.json``
-(every run), ``report.md`` (tables + verdicts), ``curve-4class.png`` / ``curve-2class.png``.
-Pretrained encoders are cached under ``--cache`` (keyed by recipe, data and starting weights), so a
-rerun only re-evaluates; a killed pretraining resumes from its checkpoint.
+* **ELPV** (``elpv-dataset``, 2,624 cells): the project's stratified hash-assigned 75/25 split
+  (components/evaluation/split.py); 4-class (defect probability 0, 1/3, 2/3, 1) and 2-class
+  (>= 0.5); label fractions of the training pool, nested per seed.
+* **WM-811K** (62,248 wafer maps, 9 classes): the published disjoint label sets ``train_1``
+  (623 labels), ``train_10`` (6,225), ``train_10+20`` (18,674) and ``all`` (37,348), scored on the
+  published ``test`` split (12,450 maps; a stratified subsample, class mix kept, in quick mode).
+* **Recipe**: ``resolve_recipe('auto', profile)`` for the domain's profile on this device (input
+  size and resampling, the ResNet, SimCLR, the fine-tune's optimizer / validation split /
+  class balance / EMA / dihedral augmentation and TTA); the mode sets the budgets (SimCLR
+  steps, fine-tune epochs) and, for wafer maps, 32 px (the auto recipe rounds the 27 px maps
+  down to 16). Every override is written into the report.
+* **Backbones**, one architecture, one SimCLR recipe and budget: ``domain-simclr`` (the
+  domain's unlabeled images: ELPV's training images, WM-811K's train+val pool; never a test
+  image), ``generic-simclr`` (``../shared/data/generic-imagenette``, grayscale, same size),
+  ``generic-then-domain`` (generic-simclr continued on the domain images), ``scratch``.
+* **Methods**: linear probe on frozen features (every label set and seed) and fine-tuning
+  (``adapt``: the mode's sub-grid). **Sanity baselines** as rows (majority class, logistic
+  regression and RBF-SVM on pixels and HOG). Accuracy, balanced accuracy and macro-F1 with
+  95 % bootstrap intervals over the test set.
+* **Label efficiency**: the smallest label fraction at which each backbone's seed-mean reaches
+  generic-simclr's all-label score (its best method), on macro-F1 (the gate's metric) and on
+  accuracy, only when that reference is significantly better than the majority class
+  (``report.efficiency_claim``); per method as well.
+
+Outputs (``--out``, default ``benchmarks/results/label-efficiency-<domain>-<mode>/``):
+``results.json`` (every row, the recipe, the pretraining record, runtime and load),
+``report.md``. Pretrained encoders are cached under ``--cache`` (keyed by recipe, data and
+starting weights); a killed pretraining resumes from its checkpoint.
 """
 from __future__ import annotations
 
@@ -36,143 +48,102 @@ import argparse
 import dataclasses
 import hashlib
 import json
+import os
 import sys
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-import torch
-from tqdm.auto import tqdm
 
-from benchmarks.device_bundle import (
-    GENERIC_CORPUS,
-    generic_train_paths,
-    load_elpv_bundle,
-)
-from components.data.elpv import (
-    CLASS_NAMES_4,
-    class_name,
-    elpv_labels,
-    elpv_root,
-    stratified_subset,
-)
-from components.data.images import load_image_array
-from components.evaluation.report import (
-    label_efficiency_details,
-    plot_curves,
-    summary_table,
-)
+import components  # noqa: F401  (OMP_WAIT_POLICY before torch)
+from benchmarks.device_bundle import GENERIC_CORPUS, generic_train_paths, load_elpv_bundle
+from benchmarks.wafer_maps import LABEL_SETS, TEST_SPLIT, load_wafer_arrays, stratified_sample, wafer_profile
+from components.data.elpv import CLASS_NAMES_4, class_name, elpv_labels, elpv_root, stratified_subset
+from components.data.images import Preprocess, load_image_array
+from components.data.profile import DataProfile, with_labels
+from components.evaluation.baselines import SANITY_BASELINES, BaselineConfig
+from components.evaluation.report import beats_majority, label_efficiency_details, markdown_report, summary_table
 from components.evaluation.split import test_split
 from components.evaluation.sweep import Backbone, SweepConfig, run_sweep
 from components.models.checkpoint import load_checkpoint, save_checkpoint
-from components.models.vit import VisionTransformer, ViTConfig
-from components.models.weight_mapping import load_pretrained_weights
-from components.models.weights_file import read_state_dict
-from components.training.adapt import AdaptConfig
-from components.training.device import pick_device
+from components.training.device import cpu_threads
 from components.training.pretrain import RUNTIME_FIELDS, PretrainConfig, pretrain
-from components.training.recipes import demo_dino_pretrain, tiny_adapt, tiny_pretrain
+from components.training.recipes import ResolvedRecipe, resolve_recipe
 
 ROOT = Path(__file__).resolve().parents[1]
-
+DOMAINS = ("elpv", "wm811k")
+MODES = ("smoke", "quick", "standard")
+BACKBONES = ("domain-simclr", "generic-then-domain", "generic-simclr", "scratch")
+DOMAIN_BACKBONES = ("domain-simclr", "generic-then-domain")
+REFERENCE = "generic-simclr"
 DEITSCH_2019 = {"fine-tuned ImageNet VGG-19 (Deitsch et al. 2019)": 0.8842,
                 "SVM on hand-crafted features (Deitsch et al. 2019)": 0.8244}
 
 
-# ------------------------------------------------------------------------------ recipes
+# ------------------------------------------------------------------------------ plans
 
 
-@dataclasses.dataclass
-class Recipe:
-    """What one benchmark run does; ``quick`` fits 25 minutes on 2 CPU cores."""
+@dataclass
+class Plan:
+    """What one (domain, mode) run does. Label sets: fractions of the training pool (ELPV) or
+    the published WM-811K label sets (names of ``LABEL_SETS``)."""
 
-    vit: ViTConfig
-    mae: PretrainConfig
-    dino: PretrainConfig
-    continue_steps: int  # generic-then-domain: extra steps on the domain images
-    fractions: tuple[float, ...] = (0.05, 0.1, 0.25, 0.5, 1.0)
-    seeds: tuple[int, ...] = (0, 1, 2)
-    methods: tuple[str, ...] = ("probe", "prototype", "finetune", "lora")
-    trained_fractions: tuple[float, ...] | None = None  # fine-tune / LoRA sub-grid (None: all)
-    trained_seeds: tuple[int, ...] | None = None
-    trained_tasks: tuple[str, ...] = ("4class", "2class")
-    trained_backbones: tuple[str, ...] | None = None  # fine-tune / LoRA only these (None: all)
-    finetune: AdaptConfig = dataclasses.field(default_factory=lambda: AdaptConfig(method="finetune", epochs=10))
-    lora: AdaptConfig = dataclasses.field(default_factory=lambda: AdaptConfig(method="lora", epochs=10))
-    probe: AdaptConfig = dataclasses.field(default_factory=lambda: AdaptConfig(method="probe"))
-    generic_images: int = 9469  # the generic corpus's train split
-    elpv_images: int | None = None  # a stratified subset (smoke runs); None = all 2,624
-
-
-def quick_recipe() -> Recipe:
-    vit = ViTConfig.tiny(64, 8, depth=6, global_pool="avg")
-    return Recipe(
-        vit=vit,
-        mae=PretrainConfig(method="mae", backbone=vit, steps=200, batch_size=128, warmup_steps=20),
-        dino=dino_recipe(vit, steps=200),
-        continue_steps=50,
-        methods=("probe", "prototype", "finetune"),
-        trained_fractions=(0.1, 1.0), trained_seeds=(0,), trained_tasks=("4class",),
-        trained_backbones=("domain-mae", "generic-mae", "scratch"),
-        finetune=AdaptConfig(method="finetune", epochs=3),
-        probe=AdaptConfig(method="probe", probe_folds=3),
-    )
+    size: int | None  # input px; None: the auto recipe's
+    pretrain_steps: int
+    pretrain_batch: int
+    continue_steps: int  # generic-then-domain: SimCLR steps on the domain after the generic ones
+    label_sets: tuple  # fractions (ELPV) or label-set names (WM-811K)
+    seeds: tuple[int, ...]
+    finetune_sets: tuple
+    finetune_seeds: tuple[int, ...]
+    finetune_backbones: tuple[str, ...]
+    finetune_epochs: int | None  # None: the auto recipe's
+    finetune_image_budget: int | None = None  # epochs capped at budget / labels (same compute a run)
+    baseline_sets: tuple = ()
+    tasks: tuple[str, ...] = ("4class", "2class")
+    finetune_tasks: tuple[str, ...] = ("4class", "2class")
+    pool_limit: int | None = None  # domain images for pretraining (stratified subsample)
+    generic_limit: int = 9469
+    test_limit: int | None = None  # WM-811K test maps (stratified subsample)
+    elpv_images: int | None = None  # smoke: a stratified subset of ELPV
+    baseline: BaselineConfig = field(default_factory=BaselineConfig)
 
 
-def full_recipe() -> Recipe:
-    vit = ViTConfig.small(128, 16, global_pool="avg")
-    return Recipe(
-        vit=vit,
-        mae=PretrainConfig(method="mae", backbone=vit, steps=20000, batch_size=256, lr=1.5e-3, warmup_steps=1000,
-                           decoder_dim=256, decoder_depth=4, decoder_heads=8),
-        dino=dino_recipe(vit, steps=20000, batch_size=256),
-        continue_steps=5000,
-    )
-
-
-def gpu_recipe() -> Recipe:
-    """One lent H100 in under 9 minutes (``benchmarks/device_check.sh``): ViT-S/16 at 128 px,
-    MAE ~1,000 epochs of the domain pool, fine-tune 20 epochs at 10 / 25 / 100 % x 3 seeds on
-    4-class. The generic corpus is the device bundle's 5,000 images (all that travels)."""
-    vit = ViTConfig.small(128, 16, global_pool="avg")
-    return Recipe(
-        vit=vit,
-        mae=PretrainConfig(method="mae", backbone=vit, steps=3000, batch_size=512, lr=1.5e-3, warmup_steps=300,
-                           decoder_dim=256, decoder_depth=4, decoder_heads=8),
-        dino=dino_recipe(vit, steps=1500, batch_size=256),
-        continue_steps=1000,
-        methods=("probe", "prototype", "finetune"),  # LoRA: the full recipe (the budget holds one trained method)
-        trained_fractions=(0.1, 0.25, 1.0), trained_tasks=("4class",),
-        trained_backbones=("domain-mae", "generic-then-domain", "generic-mae", "scratch"),
-        finetune=AdaptConfig(method="finetune", epochs=20, batch_size=128),
-        probe=AdaptConfig(method="probe", probe_folds=3),  # the probes' L-BFGS runs on the CPU, one thread
-        generic_images=5000,
-    )
-
-
-def smoke_recipe() -> Recipe:
-    """Seconds-long: checks the script end to end (tests), measures nothing."""
-    vit = ViTConfig(img_size=32, patch_size=8, embed_dim=32, depth=2, num_heads=2, global_pool="avg")
-    tiny = dict(backbone=vit, steps=4, batch_size=16, warmup_steps=1, device="cpu")
-    return Recipe(
-        vit=vit,
-        mae=tiny_pretrain(**tiny),
-        dino=dataclasses.replace(dino_recipe(vit, steps=4, batch_size=16), dino_out_dim=64, dino_hidden_dim=64,
-                                 dino_bottleneck_dim=32, device="cpu"),
-        continue_steps=2, fractions=(0.5, 1.0), seeds=(0,), methods=("probe", "prototype", "finetune"),
-        trained_fractions=(1.0,), trained_tasks=("4class",),
-        finetune=tiny_adapt("finetune", epochs=1, max_seconds=5), probe=tiny_adapt("probe", probe_l2=1e-2),
-        generic_images=64, elpv_images=240,
-    )
-
-
-RECIPES = {"quick": quick_recipe, "gpu": gpu_recipe, "full": full_recipe, "smoke": smoke_recipe}
-
-
-def dino_recipe(vit: ViTConfig, steps: int, batch_size: int = 32) -> PretrainConfig:
-    """The DINO preset (``recipes.demo_dino_pretrain``: masked student, constant teacher temperature
-    0.04, momentum 0.99 -> 1, crops of 40-100 %) on ``vit``."""
-    return demo_dino_pretrain(backbone=vit, steps=steps, batch_size=batch_size, warmup_steps=max(1, steps // 10))
+def plan_for(domain: str, mode: str) -> Plan:
+    if domain == "elpv":
+        return {
+            "smoke": Plan(size=32, pretrain_steps=3, pretrain_batch=16, continue_steps=2, label_sets=(0.5, 1.0),
+                          seeds=(0,), finetune_sets=(1.0,), finetune_seeds=(0,), finetune_backbones=("domain-simclr", "scratch"),
+                          finetune_epochs=1, baseline_sets=(1.0,), finetune_tasks=("4class",), generic_limit=48,
+                          elpv_images=200, baseline=BaselineConfig(cv_folds=2, max_kernel_train=200)),
+            "quick": Plan(size=128, pretrain_steps=100, pretrain_batch=64, continue_steps=30,
+                          label_sets=(0.1, 0.25, 1.0), seeds=(0, 1), finetune_sets=(0.1, 1.0), finetune_seeds=(0,),
+                          finetune_backbones=("domain-simclr", "generic-simclr", "scratch"), finetune_epochs=8,
+                          baseline_sets=(1.0,), finetune_tasks=("4class",), generic_limit=3000),
+            "standard": Plan(size=None, pretrain_steps=500, pretrain_batch=64, continue_steps=150,
+                             label_sets=(0.05, 0.1, 0.25, 0.5, 1.0), seeds=(0, 1, 2), finetune_sets=(0.1, 0.25, 1.0),
+                             finetune_seeds=(0,), finetune_backbones=BACKBONES, finetune_epochs=25,
+                             baseline_sets=(0.1, 0.25, 1.0)),
+        }[mode]
+    return {
+        "smoke": Plan(size=32, pretrain_steps=3, pretrain_batch=16, continue_steps=2, label_sets=("train_1", "all"),
+                      seeds=(0,), finetune_sets=("train_1",), finetune_seeds=(0,), finetune_backbones=("domain-simclr",),
+                      finetune_epochs=1, baseline_sets=("train_1",), tasks=("9class",), pool_limit=300, generic_limit=48,
+                      test_limit=200, baseline=BaselineConfig(cv_folds=2, max_kernel_train=200)),
+        "quick": Plan(size=32, pretrain_steps=80, pretrain_batch=128, continue_steps=25,
+                      label_sets=("train_1", "train_10", "train_10+20", "all"), seeds=(0,),
+                      finetune_sets=("train_1", "train_10"), finetune_seeds=(0,),
+                      finetune_backbones=("domain-simclr", "generic-simclr", "scratch"), finetune_epochs=15,
+                      finetune_image_budget=8000, baseline_sets=("train_1",), tasks=("9class",),
+                      pool_limit=15000, generic_limit=5000, test_limit=3000),
+        "standard": Plan(size=32, pretrain_steps=500, pretrain_batch=128, continue_steps=150,
+                         label_sets=("train_1", "train_10", "train_10+20", "all"), seeds=(0, 1),
+                         finetune_sets=("train_1", "train_10", "all"), finetune_seeds=(0,),
+                         finetune_backbones=("domain-simclr", "generic-simclr", "scratch"), finetune_epochs=20,
+                         finetune_image_budget=70000, baseline_sets=("train_1", "train_10", "all"),
+                         tasks=("9class",), generic_limit=9469, test_limit=None),
+    }[mode]
 
 
 # ------------------------------------------------------------------------------ data
@@ -189,33 +160,56 @@ def cached_array(cache: Path, key: str, build) -> np.ndarray:
     return arr
 
 
-def load_elpv(size: int, cache: Path, bundle: Path | None = None,
+def load_elpv(size: "int | Preprocess", cache: Path, bundle: Path | None = None,
               subset: int | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[str]]:
     """(images uint8 [N, size, size], 4-class labels, 2-class labels, file sha256s) in labels.csv
     order, from the elpv-dataset package or from a device bundle's ``elpv-<size>/`` folder;
     ``subset``: that many images, stratified by 4-class label (smoke runs)."""
+    pre = Preprocess.coerce(size)
+    four = lambda p: CLASS_NAMES_4.index(class_name(p))  # noqa: E731
     if bundle is not None:
-        images, probabilities, shas = load_elpv_bundle(bundle, size)
+        images, probabilities, shas = load_elpv_bundle(bundle, pre.size)
+        if subset:
+            keep = stratified_subset([str(four(p)) for p in probabilities], subset)
+            images, probabilities, shas = images[keep], [probabilities[i] for i in keep], [shas[i] for i in keep]
     else:
+        from tqdm.auto import tqdm
+
         rows, root = elpv_labels(), elpv_root()
+        if subset:  # only the subset is read and decoded
+            rows = [rows[i] for i in stratified_subset([str(four(r.probability)) for r in rows], subset)]
         shas = [hashlib.sha256((root / r.path).read_bytes()).hexdigest() for r in rows]
         probabilities = [r.probability for r in rows]
-        images = cached_array(cache, f"elpv-{size}-{hashlib.sha256(''.join(shas).encode()).hexdigest()[:12]}",
-                              lambda: np.stack([load_image_array(root / r.path, size)
+        tag = "" if pre.is_default else f"-{pre.resample}-{pre.aspect}"
+        images = cached_array(cache, f"elpv-{pre.size}{tag}-{hashlib.sha256(''.join(shas).encode()).hexdigest()[:12]}",
+                              lambda: np.stack([load_image_array(root / r.path, pre)
                                                 for r in tqdm(rows, desc="decode ELPV", leave=False)]))
-    y4 = np.array([CLASS_NAMES_4.index(class_name(p)) for p in probabilities])
+    y4 = np.array([four(p) for p in probabilities])
     y2 = np.array([int(p >= 0.5) for p in probabilities])
-    if subset:
-        keep = stratified_subset([str(v) for v in y4], subset)
-        return images[keep], y4[keep], y2[keep], [shas[i] for i in keep]
     return images, y4, y2, shas
 
 
-def load_generic(corpus: Path, size: int, limit: int, cache: Path) -> np.ndarray:
-    """The generic corpus's training images, grayscale at ``size`` (the backbone is grayscale)."""
+def load_generic(corpus: Path, pre: "int | Preprocess", limit: int, cache: Path) -> np.ndarray:
+    """The generic corpus's first ``limit`` training images, grayscale, decoded as photographs
+    (bicubic, stretched) at the domain's input size: the backbones share one architecture."""
+    from tqdm.auto import tqdm
+
+    photo = Preprocess(Preprocess.coerce(pre).size)
     paths = generic_train_paths(corpus)[:limit]
-    return cached_array(cache, f"generic-{corpus.name}-{size}-{len(paths)}",
-                        lambda: np.stack([load_image_array(p, size) for p in tqdm(paths, desc="decode generic", leave=False)]))
+    return cached_array(cache, f"generic-{corpus.name}-{photo.size}-{len(paths)}",
+                        lambda: np.stack([load_image_array(p, photo) for p in tqdm(paths, desc="decode generic", leave=False)]))
+
+
+@dataclass
+class Task:
+    """One classification task of a domain: images, labels, the test split and the label sets."""
+
+    name: str
+    images: np.ndarray
+    labels: np.ndarray
+    num_classes: int
+    test_idx: np.ndarray
+    label_sets: dict  # key (fraction or name) -> (train_idx, fraction passed to the sweep, fraction reported)
 
 
 # ------------------------------------------------------------------------------ pretraining (cached)
@@ -233,188 +227,272 @@ def pretrained_encoder(name: str, images: np.ndarray, cfg: PretrainConfig, cache
         saved = load_checkpoint(path.read_bytes())
         return saved["state_dict"], saved["info"]
     print(f"pretraining {name}: {cfg.method}, {cfg.steps} steps x {cfg.batch_size} images of {len(images)}", flush=True)
+    cache.mkdir(parents=True, exist_ok=True)
     result = pretrain(images, cfg, progress=True, init_encoder_state=init, checkpoint_path=cache / f"{name}-{key}.resume.pt")
     info = {"method": cfg.method, "steps": len(result.losses), "batch_size": cfg.batch_size, "images": len(images),
-            "seconds": round(result.seconds, 1), "final_loss": round(result.losses[-1], 4),
-            "resumed_from_step": result.resumed_from_step}
+            "seconds": round(result.seconds, 1), "first_loss": round(result.losses[0], 4),
+            "final_loss": round(result.losses[-1], 4), "resumed_from_step": result.resumed_from_step}
     path.write_bytes(save_checkpoint({"state_dict": result.encoder_state, "info": info}))
     (cache / f"{name}-{key}.resume.pt").unlink(missing_ok=True)
     return result.encoder_state, info
 
 
-def published_backbone(path: Path, vit: ViTConfig) -> dict:
-    """Published generic weights, loaded into our architecture (clear error on a mismatch)."""
-    encoder = VisionTransformer(vit)
-    load_pretrained_weights(encoder, read_state_dict(path)[0])
-    return encoder.state_dict()
+# ------------------------------------------------------------------------------ one domain
 
 
-# ------------------------------------------------------------------------------ report
+def domain_data(domain: str, plan: Plan, cache: Path, args) -> tuple[list[Task], np.ndarray, DataProfile, dict]:
+    """The tasks, the unlabeled domain pool for pretraining, the profile the auto recipe is chosen
+    from, and a description of the data for the report."""
+    if domain == "elpv":
+        rows = elpv_labels()
+        # What profile_manifest records for the ELPV images (300x300 photographs).
+        profile = with_labels(DataProfile(n_images=len(rows), median_width=300, median_height=300, median_aspect=1.0),
+                              [CLASS_NAMES_4.index(class_name(r.probability)) for r in rows])
+        return [], np.zeros((0, 1, 1), np.uint8), profile, {}
+    data = load_wafer_arrays(plan.size or 32, cache, args.npz)
+    profile = wafer_profile(data, data.label_set("all"))
+    return [], np.zeros((0, 1, 1), np.uint8), profile, {"wafer": data}
 
 
-def efficiency_lines(rows: list[dict], domain: list[str], generic: list[str], methods: tuple[str, ...],
-                     bar_name: str = "best generic") -> tuple[list[str], list[dict]]:
-    """Markdown lines + records: for each method (and 'best method'), the fraction at which each
-    domain backbone reaches the best generic backbone's 100 %-label accuracy."""
+def build_tasks(domain: str, plan: Plan, pre: Preprocess, cache: Path, args, extra: dict) -> tuple[list[Task], np.ndarray, dict]:
+    if domain == "elpv":
+        images, y4, y2, shas = load_elpv(pre, cache, args.elpv_bundle, plan.elpv_images)
+        train_idx, test_idx = test_split(shas, y4, test_fraction=0.25)
+        tasks = []
+        for name, y, c in (("4class", y4, 4), ("2class", y2, 2)):
+            if name in plan.tasks:
+                tasks.append(Task(name, images, y, c, test_idx, {f: (train_idx, f, f) for f in plan.label_sets}))
+        source = f"ELPV from {args.elpv_bundle}" if args.elpv_bundle else "ELPV from the elpv-dataset package"
+        about = {"source": source, "images": len(images), "train": len(train_idx), "test": len(test_idx),
+                 "split": "stratified hash-assigned 75/25 (components/evaluation/split.py)"}
+        return tasks, images[train_idx], about
+    data = extra["wafer"]
+    if data.preprocess.size != pre.size:
+        data = load_wafer_arrays(pre.size, cache, args.npz)
+    test_idx = stratified_sample(data.indices(TEST_SPLIT), data.labels, plan.test_limit, seed=0)
+    n_all = len(data.label_set("all"))
+    sets = {name: (data.label_set(name), 1.0, round(len(data.label_set(name)) / n_all, 4)) for name in plan.label_sets}
+    pool = data.indices("train_1", "train_10", "train_20", "train_29", "val")
+    pool = stratified_sample(pool, data.labels, plan.pool_limit, seed=0)
+    about = {"maps": len(data.labels), "labels_all": n_all, "test": len(test_idx),
+             "test_of": len(data.indices(TEST_SPLIT)), "pretraining_pool": len(pool),
+             "label_sets": {k: len(v[0]) for k, v in sets.items()}}
+    return [Task("9class", data.images, data.labels, len(data.classes), test_idx, sets)], data.images[pool], about
+
+
+def planned_recipe(domain: str, plan: Plan, profile: DataProfile, threads: int, device: str) -> tuple[ResolvedRecipe, dict]:
+    """The auto recipe for this data, with the plan's budgets; (recipe, overrides with reasons)."""
+    recipe = resolve_recipe("auto", profile, device=device, threads=threads, pretrain=True)
+    overrides = {}
+    pre, backbone = recipe.preprocess, recipe.backbone
+    if plan.size and plan.size != pre.size:
+        overrides["input size"] = (f"{plan.size} px instead of the auto recipe's {pre.size}"
+                                   + (" (it rounds the 27 px maps down to 16)" if domain == "wm811k" else " (mode budget)"))
+        pre = dataclasses.replace(pre, size=plan.size)
+        backbone = dataclasses.replace(backbone, img_size=plan.size,
+                                       **({"stem_pool": plan.size >= 128} if hasattr(backbone, "stem_pool") and domain == "elpv" else {}))
+    sim = dataclasses.replace(recipe.pretrain, backbone=backbone, steps=plan.pretrain_steps, batch_size=plan.pretrain_batch,
+                              warmup_steps=max(1, plan.pretrain_steps // 10), max_seconds=None, device=device)
+    overrides["simclr"] = f"{plan.pretrain_steps} steps x {plan.pretrain_batch} (mode budget; auto: {recipe.pretrain.steps} x {recipe.pretrain.batch_size})"
+    adapt = dict(recipe.adapt)
+    if plan.finetune_epochs:
+        overrides["fine-tune epochs"] = (f"{plan.finetune_epochs} (mode budget; auto: {adapt['finetune'].epochs})"
+                                         + (f", capped at {plan.finetune_image_budget} images a run" if plan.finetune_image_budget else ""))
+        adapt["finetune"] = dataclasses.replace(adapt["finetune"], epochs=plan.finetune_epochs,
+                                                patience=max(5, plan.finetune_epochs // 4))
+    adapt = {m: dataclasses.replace(c, max_seconds=None, device=device) for m, c in adapt.items()}
+    return dataclasses.replace(recipe, preprocess=pre, pretrain=sim, adapt=adapt), overrides
+
+
+def finetune_for(plan: Plan, base, n_labels: int):
+    """The fine-tune config for a label set of ``n_labels``: the plan's epochs, capped so that a
+    run sees at most ``finetune_image_budget`` images (the validation split is carved first)."""
+    if not plan.finetune_image_budget:
+        return base
+    epochs = max(1, min(base.epochs, round(plan.finetune_image_budget / max(1, 0.9 * n_labels))))
+    return dataclasses.replace(base, epochs=epochs, patience=max(5, epochs // 4),
+                               warmup_epochs=base.warmup_epochs if epochs >= 10 else 0.5)
+
+
+def run_task(task: Task, backbones: list[Backbone], plan: Plan, recipe: ResolvedRecipe, args, trained: bool) -> tuple[list[dict], dict]:
+    """Every label set of a task through the sweep; rows carry the reported fraction and label set.
+    Returns (rows, the 100 %-label sweep as ``to_dict`` for the reference's majority check)."""
+    rows, full = [], None
+    for key, (train_idx, sweep_fraction, fraction) in task.label_sets.items():
+        fractions = (sweep_fraction,)
+        ft_here = trained and key in plan.finetune_sets
+        n_labels = len(train_idx) if sweep_fraction == 1.0 else int(round(sweep_fraction * len(train_idx)))
+        cfg = SweepConfig(
+            fractions=fractions, seeds=plan.seeds, methods=("probe",), probe=recipe.adapt["probe"],
+            finetune=finetune_for(plan, recipe.adapt["finetune"], n_labels), finetune_seeds=plan.finetune_seeds,
+            # The majority class everywhere (the label-efficiency reference must beat it); the
+            # fitted baselines where the mode's budget allows.
+            baselines=SANITY_BASELINES if key in plan.baseline_sets else ("majority",), baseline=plan.baseline,
+            device=args.device)
+        t0 = time.perf_counter()
+        result = run_sweep(backbones, task.images, task.labels, train_idx, task.test_idx, task.num_classes, cfg)
+        part = list(result.rows)
+        full_dict = result.to_dict(include_proba=False) if fraction == 1.0 else None
+        if ft_here:
+            ft = run_sweep([b for b in backbones if b.name in plan.finetune_backbones], task.images, task.labels,
+                           train_idx, task.test_idx, task.num_classes, dataclasses.replace(cfg, methods=("finetune",), baselines=()))
+            part += ft.rows
+            if full_dict is not None:
+                extra = ft.to_dict(include_proba=False)
+                full_dict["rows"] += extra["rows"]
+                full_dict["predictions"] += extra["predictions"]
+        for r in part:
+            r["label_set"] = key if isinstance(key, str) else f"{100 * key:g} %"
+            r["fraction"] = fraction
+        if full_dict is not None:
+            for r in full_dict["rows"]:
+                r["fraction"] = 1.0
+            full = full_dict
+        rows += part
+        print(f"{task.name} {rows[-1]['label_set']}: {len(part)} runs in {time.perf_counter() - t0:.0f} s", flush=True)
+    return rows, full
+
+
+def efficiency_records(rows: list[dict], full: dict | None, metric: str) -> dict:
+    """Label efficiency against generic-simclr on ``metric``: withheld (with the reason) unless the
+    reference is significantly better than the majority class; best method and per method."""
+    targets = [b for b in BACKBONES if b != REFERENCE]
     table = summary_table(rows)
-    lines, records = [], []
-    for method in [*methods, None]:
-        full = [(s["metrics"]["accuracy"]["value"], s["backbone"], s["method"]) for s in table
-                if s["fraction"] == 1.0 and s["backbone"] in generic and (method is None or s["method"] == method)]
-        if not full:
+    ref_full = [s for s in table if s["backbone"] == REFERENCE and s["fraction"] == 1.0]
+    if not ref_full or full is None:
+        return {"metric": metric, "withheld": "no all-label run of the reference"}
+    best = max(ref_full, key=lambda s: s["metrics"][metric]["value"])["method"]
+    check = beats_majority(full, REFERENCE, best, metric) if any(
+        r["backbone"] == "baseline" and r["method"] == "majority" for r in full["rows"]) else None
+    if check is not None and not check["passed"]:
+        return {"metric": metric, "reference_check": check, "withheld": "the reference is not significantly better "
+                "than the majority class"}
+    out = {"metric": metric, "reference": REFERENCE, "reference_check": check, "by_method": {}}
+    for method in (None, "probe", "finetune"):
+        if method and not any(s["method"] == method for s in ref_full):
+            out["by_method"][method] = f"no all-label {method} run of {REFERENCE} in this mode"
             continue
-        ref_value, ref, _ = max(full)
-        present = {s["backbone"] for s in table if method is None or s["method"] == method}
-        for d in label_efficiency_details(rows, ref, [b for b in domain if b in present], "accuracy", method):
-            d = {**d, "method": method or "best"}
-            records.append(d)
-            bar = f"{ref} {d['reference_method']} at 100 % ({ref_value:.3f})"
-            verdict = (f"reaches it with **{100 * d['fraction']:g} %** of the labels ({d['value']:.3f}, {d['target_method']})"
-                       if d["fraction"] is not None else "**does not reach it** at any fraction tried")
-            lines.append(f"| {method or 'best of each'} | {d['target']} | {bar} | {verdict} |")
-    header = [f"| method | domain backbone | bar: {bar_name} at 100 % labels | result |", "|---|---|---|---|"]
-    return header + lines, records
-
-
-def accuracy_table(rows: list[dict], metric: str = "accuracy") -> list[str]:
-    """Backbone / method down, label fraction across; seed-mean [mean 95 % CI] per cell."""
-    table = summary_table(rows)
-    fractions = sorted({s["fraction"] for s in table})
-    curves = list(dict.fromkeys((s["backbone"], s["method"]) for s in table))
-    cell = {(s["backbone"], s["method"], s["fraction"]): s["metrics"][metric] for s in table}
-    n_train = {s["fraction"]: s["n_train"] for s in table}
-    out = ["| backbone / method | " + " | ".join(f"{100 * f:g} % ({n_train[f]:.0f})" for f in fractions) + " |",
-           "|---|" + "---|" * len(fractions)]
-    for b, m in curves:
-        cells = [f"{c['value']:.3f} [{c['ci_low']:.3f}, {c['ci_high']:.3f}]" if (c := cell.get((b, m, f))) else "–"
-                 for f in fractions]
-        out.append(f"| {b} / {m} | " + " | ".join(cells) + " |")
+        present = [t for t in targets if any(r["backbone"] == t and (method is None or r["method"] == method) for r in rows)]
+        out["by_method"][method or "best"] = label_efficiency_details(rows, REFERENCE, present, metric, method)
     return out
 
 
-def deitsch_lines(rows: list[dict]) -> list[str]:
-    out = ["| model (4-class, 75/25 stratified split, 100 % labels) | accuracy [95 % CI] |", "|---|---|"]
-    for s in summary_table(rows):
-        if s["fraction"] == 1.0:
-            m = s["metrics"]["accuracy"]
-            out.append(f"| {s['backbone']} / {s['method']} | {m['value']:.3f} [{m['ci_low']:.3f}, {m['ci_high']:.3f}] |")
-    out += [f"| {name} | {value:.4f} (published) |" for name, value in DEITSCH_2019.items()]
-    return out
+def efficiency_lines(eff: dict, label_of: dict) -> list[str]:
+    metric = eff["metric"].replace("_", " ")
+    if "withheld" in eff:
+        return [f"- on {metric}: no ratio: {eff['withheld']}."]
+    lines = []
+    for method, details in eff["by_method"].items():
+        if isinstance(details, str):
+            lines.append(f"- {metric}, {method}: {details}.")
+            continue
+        for d in details:
+            bar = f"{REFERENCE} / {d['reference_method']} with every label ({d['reference_value']:.3f})"
+            if d["fraction"] is None:
+                lines.append(f"- {metric}, {method}: **{d['target']} does not reach** {bar} with any label set tried.")
+            else:
+                lines.append(f"- {metric}, {method}: **{d['target']}** reaches {bar} with **{label_of.get(d['fraction'], d['fraction'])}** "
+                             f"of the labels ({d['value']:.3f}, {d['target_method']}): ratio {1 / d['fraction']:.3g}x.")
+    return lines
 
 
-# ------------------------------------------------------------------------------ main
+def run_domain(domain: str, mode: str, args, runtime: dict) -> dict:
+    plan = plan_for(domain, mode)
+    if args.size:
+        plan.size = args.size
+    if args.generic_images:
+        plan.generic_limit = args.generic_images
+    if args.seeds:
+        plan.seeds = tuple(int(s) for s in args.seeds.split(","))
+        plan.finetune_seeds = tuple(s for s in plan.finetune_seeds if s in plan.seeds) or plan.seeds[:1]
+    t_start = time.perf_counter()
+    load_start = os.getloadavg()
+    _, _, profile, extra = domain_data(domain, plan, args.cache, args)
+    device = "cuda" if args.device != "cpu" and __import__("torch").cuda.is_available() else "cpu"
+    recipe, overrides = planned_recipe(domain, plan, profile, runtime["threads"], device)
+    tasks, pool, about = build_tasks(domain, plan, recipe.preprocess, args.cache, args, extra)
+    generic = load_generic(args.generic_corpus, recipe.preprocess, plan.generic_limit, args.cache)
+    print(recipe.describe(), f"\noverrides: {overrides}\ndata: {about}; generic {len(generic)} images", flush=True)
+
+    info, states = {}, {}
+    states["domain-simclr"], info["domain-simclr"] = pretrained_encoder(f"{domain}-domain-simclr", pool, recipe.pretrain, args.cache)
+    states["generic-simclr"], info["generic-simclr"] = pretrained_encoder(f"{domain}-generic-simclr", generic, recipe.pretrain, args.cache)
+    cont = dataclasses.replace(recipe.pretrain, steps=plan.continue_steps, warmup_steps=max(1, plan.continue_steps // 10))
+    states["generic-then-domain"], info["generic-then-domain"] = pretrained_encoder(
+        f"{domain}-generic-then-domain", pool, cont, args.cache, init=states["generic-simclr"])
+    backbones = [Backbone(n, recipe.backbone, states.get(n)) for n in BACKBONES]
+    pretrain_s = time.perf_counter() - t_start
+
+    report = [f"# Label efficiency on {domain.upper()} ({mode} mode)", ""]
+    results: dict = {"domain": domain, "mode": mode, "recipe": recipe.to_dict(), "overrides": overrides,
+                     "plan": json.loads(json.dumps(dataclasses.asdict(plan), default=str)), "data": about,
+                     "pretraining": info, "tasks": {}}
+    for task in tasks:
+        t0 = time.perf_counter()
+        trained = task.name in plan.finetune_tasks or domain == "wm811k"
+        rows, full = run_task(task, backbones, plan, recipe, args, trained=trained)
+        label_of = {v[2]: (k if isinstance(k, str) else f"{100 * k:g} %") for k, v in task.label_sets.items()}
+        effs = [efficiency_records(rows, full, m) for m in ("macro_f1", "accuracy")]
+        context = {
+            "data": f"{domain} {task.name}: {about}",
+            "label sets": ", ".join(f"{label_of[v[2]]} = {100 * v[2]:.3g} % ({len(v[0]) if v[1] == 1.0 else round(v[1] * len(v[0]))} labels)"
+                                    for v in task.label_sets.values()),
+            "recipe": recipe.describe().replace("\n", "; "),
+            "overrides": "; ".join(f"{k}: {v}" for k, v in overrides.items()),
+            "pretraining": "; ".join(f"{n}: {i['steps']} steps x {i['batch_size']} of {i['images']} images, "
+                                     f"{i['seconds']} s, loss {i['first_loss']} -> {i['final_loss']}" for n, i in info.items()),
+            "fine-tuning": (f"{', '.join(plan.finetune_backbones)} at {', '.join(label_of[task.label_sets[k][2]] for k in plan.finetune_sets if k in task.label_sets)}, "
+                            f"seeds {list(plan.finetune_seeds)}" if trained else "none for this task in this mode (probes only)"),
+            "sweep": f"{len(rows)} runs in {time.perf_counter() - t0:.0f} s",
+        }
+        md = markdown_report(rows, f"{domain.upper()} {task.name}", context, efficiency_metric="macro_f1")
+        md = md.replace(f"# {domain.upper()} {task.name}", f"## {domain.upper()} {task.name}", 1).replace("\n## ", "\n### ")
+        report += [md, "### Label efficiency against generic-simclr's all-label score", ""]
+        report += efficiency_lines(effs[0], label_of) + efficiency_lines(effs[1], label_of) + [""]
+        if domain == "elpv" and task.name == "4class":
+            report += [f"- Deitsch et al. 2019 on the same kind of split: {', '.join(f'{k} {v}' for k, v in DEITSCH_2019.items())}.", ""]
+        results["tasks"][task.name] = {"rows": rows, "label_efficiency": effs}
+    total = time.perf_counter() - t_start
+    load_end = os.getloadavg()
+    command = "python -m benchmarks.label_efficiency " + " ".join(sys.argv[1:] if args.argv is None else args.argv)
+    where = f"{device}, {runtime['threads']} torch thread(s), OMP_WAIT_POLICY={runtime['omp_wait_policy'] or 'unset'}"
+    results.update(command=command, device=where, runtime=runtime, seconds=round(total, 1),
+                   pretrain_seconds=round(pretrain_s, 1),
+                   load_avg={"start_1_5_15": [round(v, 2) for v in load_start], "end_1_5_15": [round(v, 2) for v in load_end]})
+    report += [f"Wall time {total / 60:.1f} min (pretraining {pretrain_s / 60:.1f}) on {where}; load average "
+               f"{load_start[0]:.1f} at the start, {load_end[0]:.1f} at the end (1 min). Command: `{command}`.", ""]
+    out = args.out / f"label-efficiency-{domain}-{mode}" if args.out else ROOT / "benchmarks" / "results" / f"label-efficiency-{domain}-{mode}"
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "results.json").write_text(json.dumps(results, indent=1, default=float))
+    (out / "report.md").write_text("\n".join(report) + "\n")
+    print("\n".join(report), flush=True)
+    print(f"wrote {out}/report.md and results.json in {total / 60:.1f} min", flush=True)
+    return results
 
 
 def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--quick", action="store_true", help="the CPU recipe: < 25 min on 2 cores (= --recipe quick)")
-    ap.add_argument("--recipe", choices=sorted(RECIPES), default="full")
-    ap.add_argument("--out", type=Path, default=None)
+    ap.add_argument("--domain", choices=(*DOMAINS, "both"), default="both")
+    ap.add_argument("--mode", choices=MODES, default="quick")
+    ap.add_argument("--out", type=Path, default=None, help="parent folder of label-efficiency-<domain>-<mode>/")
     ap.add_argument("--cache", type=Path, default=ROOT / ".dlvm" / "bench-cache")
     ap.add_argument("--generic-corpus", type=Path, default=GENERIC_CORPUS)
     ap.add_argument("--elpv-bundle", type=Path, default=None,
                     help="ELPV from a device bundle's elpv-<size>/ folder instead of the elpv-dataset package")
-    ap.add_argument("--weights", type=Path, default=None, help="published generic ViT weights (timm/HF) as another baseline")
-    ap.add_argument("--tasks", default="4class,2class")
-    ap.add_argument("--seeds", default=None, help="override the recipe's seeds, e.g. 0,1,2")
-    ap.add_argument("--device", default="auto")
+    ap.add_argument("--npz", type=Path, default=None, help="wm811k.npz (default: $DLVM_WM811K_NPZ or the data shelf)")
+    ap.add_argument("--size", type=int, default=None, help="input px (default: the mode's; a device bundle's own size)")
+    ap.add_argument("--generic-images", type=int, default=None, help="generic-corpus images to pretrain on (default: the mode's)")
+    ap.add_argument("--seeds", default=None, help="override the mode's seeds, e.g. 0,1,2")
+    ap.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: DLVM_THREADS or by load)")
+    ap.add_argument("--device", default="cpu")
     args = ap.parse_args(argv)
-    torch.manual_seed(0)
-    name = "quick" if args.quick else args.recipe
-    recipe = RECIPES[name]()
-    if args.seeds:
-        recipe.seeds = tuple(int(s) for s in args.seeds.split(","))
-        recipe.trained_seeds = tuple(s for s in (recipe.trained_seeds or recipe.seeds) if s in recipe.seeds) or recipe.seeds[:1]
-    for cfg in (recipe.mae, recipe.dino):
-        cfg.device = args.device
-    out = args.out or ROOT / "benchmarks" / "results" / f"label-efficiency-{name}"
-    out.mkdir(parents=True, exist_ok=True)
-    t_start = time.perf_counter()
-    size = recipe.vit.img_size
-
-    # data + the Deitsch-style split
+    args.argv = argv
+    runtime = cpu_threads(args.threads)
+    domains = DOMAINS if args.domain == "both" else (args.domain,)
     try:
-        images, y4, y2, shas = load_elpv(size, args.cache, args.elpv_bundle, recipe.elpv_images)
-        generic_images = load_generic(args.generic_corpus, size, recipe.generic_images, args.cache)
+        return {d: run_domain(d, args.mode, args, runtime) for d in domains}
     except (FileNotFoundError, ValueError) as exc:
         raise SystemExit(f"label_efficiency: {exc}") from None
-    train_idx, test_idx = test_split(shas, y4, test_fraction=0.25)
-    print(f"ELPV {len(images)} images ({len(train_idx)} train / {len(test_idx)} test) at {size}px; "
-          f"generic corpus {len(generic_images)} images", flush=True)
-
-    # backbones: same architecture, same budget per method
-    domain_pool = images[train_idx]
-    pretrain_info, states = {}, {}
-    for method, cfg in (("mae", recipe.mae), ("dino", recipe.dino)):
-        states[f"domain-{method}"], pretrain_info[f"domain-{method}"] = pretrained_encoder(f"domain-{method}", domain_pool, cfg, args.cache)
-        states[f"generic-{method}"], pretrain_info[f"generic-{method}"] = pretrained_encoder(f"generic-{method}", generic_images, cfg, args.cache)
-    # generic-then-domain: the generic MAE backbone continued on the domain images with the MAE
-    # recipe (fixed in advance: choosing by test score would peek at the labels).
-    cont = dataclasses.replace(recipe.mae, steps=recipe.continue_steps, warmup_steps=max(1, recipe.continue_steps // 10))
-    states["generic-then-domain"], pretrain_info["generic-then-domain"] = pretrained_encoder(
-        "generic-then-domain", domain_pool, cont, args.cache, init=states["generic-mae"])
-    backbones = [Backbone(n, recipe.vit, states[n]) for n in
-                 ("domain-mae", "domain-dino", "generic-then-domain", "generic-mae", "generic-dino")]
-    if args.weights:
-        backbones.append(Backbone("published", recipe.vit, published_backbone(args.weights, recipe.vit)))
-    backbones.append(Backbone("scratch", recipe.vit, None))
-    domain = ["domain-mae", "domain-dino", "generic-then-domain"]
-    generic = [b.name for b in backbones if b.name not in domain and b.name != "scratch"]
-
-    # sweeps
-    report, results = [f"# Label efficiency on ELPV ({name} recipe)", ""], {"recipe": name, "tasks": {}}
-    report += [f"- data: ELPV from {args.elpv_bundle or 'the elpv-dataset package'}; generic corpus {args.generic_corpus} "
-               f"({len(generic_images)} training images)"]
-    report += [f"- encoder: ViT depth {recipe.vit.depth}, width {recipe.vit.embed_dim}, patch {recipe.vit.patch_size}, "
-               f"{size} px grayscale; split 75/25 stratified ({len(train_idx)} / {len(test_idx)} images)",
-               f"- pretraining (domain backbones on the {len(train_idx)} training images only, labels unused):"]
-    report += [f"  - {n}: {i['method']}, {i['steps']} steps x {i['batch_size']} of {i['images']} images, "
-               f"{i['seconds']} s, final loss {i['final_loss']}" for n, i in pretrain_info.items()]
-    report.append("")
-    for task in args.tasks.split(","):
-        labels, num_classes = (y4, 4) if task == "4class" else (y2, 2)
-        methods = recipe.methods if task in recipe.trained_tasks else tuple(m for m in recipe.methods if m in ("probe", "prototype"))
-        cfg = SweepConfig(fractions=recipe.fractions, seeds=recipe.seeds, methods=methods,
-                          finetune_fractions=recipe.trained_fractions, finetune_seeds=recipe.trained_seeds,
-                          probe=recipe.probe, finetune=dataclasses.replace(recipe.finetune, device=args.device),
-                          lora=dataclasses.replace(recipe.lora, device=args.device), device=args.device)
-        t0 = time.perf_counter()
-        trained = [m for m in methods if m in ("finetune", "lora")]
-        if trained and recipe.trained_backbones is not None:
-            # Frozen-feature methods on every backbone; the costly trained ones on a subset.
-            frozen = tuple(m for m in methods if m not in trained)
-            rows = run_sweep(backbones, images, labels, train_idx, test_idx, num_classes,
-                             dataclasses.replace(cfg, methods=frozen)).rows
-            rows += run_sweep([b for b in backbones if b.name in recipe.trained_backbones], images, labels,
-                              train_idx, test_idx, num_classes, dataclasses.replace(cfg, methods=tuple(trained))).rows
-        else:
-            rows = run_sweep(backbones, images, labels, train_idx, test_idx, num_classes, cfg).rows
-        eff_lines, eff = efficiency_lines(rows, domain, generic, methods)
-        scratch_lines, scratch_eff = efficiency_lines(rows, domain, ["scratch"], methods, "scratch")
-        (out / f"curve-{task}.png").write_bytes(plot_curves(rows, title=f"ELPV {task}: accuracy vs labels ({name})"))
-        report += [f"## ELPV {task}", "", f"Sweep: {len(rows)} runs in {time.perf_counter() - t0:.0f} s. "
-                   f"Curve: `curve-{task}.png`.", "", "### Label efficiency", "",
-                   "Against the generic-corpus baselines (the issue's bar):", ""] + eff_lines + [
-                   "", "Against training from scratch (random-initialized ViT, same adaptation):", ""] + scratch_lines + [""]
-        if task == "4class":
-            report += ["### Against Deitsch et al. 2019", ""] + deitsch_lines(rows) + [""]
-        seeds = sorted({r["seed"] for r in rows})
-        report += ["### Accuracy", "", f"Seed-mean over seeds {seeds} (fine-tune/LoRA: {list(recipe.trained_seeds or seeds)}) "
-                   "and, in brackets, the mean of the per-seed 95 % bootstrap intervals over the test set; column "
-                   "headers give the label fraction and the number of labelled images.", ""]
-        report += accuracy_table(rows) + ["", "### Macro-F1", ""] + accuracy_table(rows, "macro_f1") + [""]
-        results["tasks"][task] = {"rows": rows, "label_efficiency": eff, "label_efficiency_vs_scratch": scratch_eff}
-    total = time.perf_counter() - t_start
-    command = " ".join(["python -m benchmarks.label_efficiency", *(sys.argv[1:] if argv is None else argv)])
-    device = pick_device(args.device)
-    where = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU, {torch.get_num_threads()} torch threads"
-    report += ["", f"Total wall time: {total / 60:.1f} min on {where} (command: `{command}`)."]
-    results.update(command=command, device=where, pretraining=pretrain_info, seconds=round(total, 1), train=len(train_idx), test=len(test_idx))
-    (out / "results.json").write_text(json.dumps(results, indent=1, default=float))
-    (out / "report.md").write_text("\n".join(report) + "\n")
-    print("\n".join(report))
-    print(f"\nwrote {out}/report.md, results.json and curves in {total / 60:.1f} min")
-    return results
 
 
 if __name__ == "__main__":
