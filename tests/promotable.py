@@ -38,7 +38,7 @@ def promotable_registry(settings: Settings, raw: Path, n_candidates: int = 4) ->
     import torch
 
     from components.models.vit import ViTConfig
-    from components.training.adapt import Classifier
+    from components.training.adapt import AdaptConfig, Classifier, extract_features, fit_probe
 
     store = open_store(settings)
     scan = scan_folder(raw_images(raw), progress=False)
@@ -66,10 +66,16 @@ def promotable_registry(settings: Settings, raw: Path, n_candidates: int = 4) ->
             s, dv.id, content_hash=snapshot.content_hash, classes=CLASSES, n_labeled=len(items),
             source="synthetic", artifact_uri=snapshot_art.uri, sha256=snapshot_art.sha256)
     data = access.labeled_set(settings, DATASET, dv, sn, SIZE, progress=False)
+    y_test = data.labels[data.test_idx]
     rng = np.random.default_rng(0)
-    proba = rng.dirichlet(np.ones(len(CLASSES)), size=len(data.test_idx))
-    results = {"test_idx": [int(i) for i in data.test_idx], "predictions": [
-        {"backbone": "scratch", "method": "finetune", "fraction": 1.0, "seed": 0, "proba": proba.tolist()}]}
+    # The sweep's rows the gate reads: the majority class and a weak from-scratch model.
+    majority = int(np.bincount(data.labels[data.train_idx], minlength=len(CLASSES)).argmax())
+    weak = rng.dirichlet(np.ones(len(CLASSES)), size=len(data.test_idx)).argmax(axis=1)
+    results = {"test_idx": [int(i) for i in data.test_idx], "y_test": y_test.tolist(), "num_classes": len(CLASSES),
+               "predictions": [
+                   {"backbone": "baseline", "method": "majority", "fraction": 1.0, "seed": 0,
+                    "pred": [majority] * len(data.test_idx)},
+                   {"backbone": "scratch", "method": "finetune", "fraction": 1.0, "seed": 0, "pred": weak.tolist()}]}
     results_art = store.put_bytes(json.dumps(results).encode(), "evaluations", f"{DATASET}-sweep.json")
     report_art = store.put_bytes(b"# synthetic evaluation\n", "reports", f"{DATASET}-evaluation.md")
     cfg = ViTConfig(img_size=SIZE, patch_size=8, embed_dim=16, depth=1, num_heads=2)
@@ -81,11 +87,17 @@ def promotable_registry(settings: Settings, raw: Path, n_candidates: int = 4) ->
         made["evaluation"] = evaluation.id
         writes.get_or_create_model(s, MODEL, "classifier")
         for k in range(n_candidates):
+            # A random encoder with a probe fitted on the training split: the bands are easy, so
+            # every candidate beats the majority class and the weak baseline (the gate lets it
+            # through) and candidates differ from each other.
             torch.manual_seed(k)
-            state = Classifier(cfg, len(CLASSES), "probe", CLASSES).state()
-            art = store.put_bytes(save_checkpoint({"classifier": state}), "checkpoints", f"{MODEL}.pt")
+            clf = Classifier(cfg, len(CLASSES), "probe", CLASSES)
+            features = extract_features(clf.encoder, data.images[data.train_idx], device="cpu")
+            clf.set_head(fit_probe(features, data.labels[data.train_idx], len(CLASSES),
+                                   AdaptConfig(method="probe", probe_folds=3, seed=k, device="cpu")))
+            art = store.put_bytes(save_checkpoint({"classifier": clf.state()}), "checkpoints", f"{MODEL}.pt")
             mv = writes.add_model_version(
                 s, MODEL, artifact_uri=art.uri, sha256=art.sha256, dataset_version_id=dv.id, label_snapshot_id=sn.id,
-                params={"img_size": SIZE, "method": "probe", "seed": 0})
+                params={"img_size": SIZE, "method": "probe", "seed": k})
             made["versions"].append(mv.version)
     return made

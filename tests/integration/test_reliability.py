@@ -200,7 +200,7 @@ def check_promotion_history(settings: Settings) -> list[PromotionEvent]:
         compared = event.evidence["holder"]
         assert (compared["version_id"] if compared else None) == event.previous_version_id
         if event.previous_version_id is not None:
-            assert f"production v{versions[event.previous_version_id]}" in event.evidence["gate"]["comparisons"]
+            assert f"holder: production v{versions[event.previous_version_id]}" in event.evidence["gate"]["comparisons"]
         if event.decision == "promoted":
             current = event.new_version_id
     assert holder[0].model_version_id == current
