@@ -86,9 +86,9 @@ def backend(request, tmp_path) -> Backend:
     if request.param == "local":
         return _local_backend(tmp_path / "artifacts")
     server = request.getfixturevalue("s3_server")
-    # The store creates its bucket on first write; give it one that does not exist yet.
-    bucket = request.getfixturevalue("s3_bucket") + "-new"
-    return _s3_backend(server, bucket)
+    # The bucket exists beforehand (dlvm never creates buckets: a missing one is refused,
+    # tested on its own below).
+    return _s3_backend(server, request.getfixturevalue("s3_bucket"))
 
 
 # ------------------------------------------------------------------------- round trips
