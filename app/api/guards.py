@@ -4,16 +4,20 @@ answer carries the usual security headers (the dashboard also a content security
 from __future__ import annotations
 
 import json
+import re
 
 from fastapi import HTTPException, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from fastapi.security import HTTPAuthorizationCredentials
 
-from app.api.auth import check_write
+from app.api.auth import check_read, check_write
 
 MAX_BODY_BYTES = 64 * 1024  # the API's bodies are a few hundred bytes; 64 KiB is generous
 WRITE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
+# A prediction is a read (the read token answers it) with an image for a body: its own limit
+# (DLVM_PREDICT_MAX_BYTES).
+PREDICT_PATH = re.compile(r"^/api/models/[^/]+/predict$")
 SECURITY_HEADERS = [(b"x-content-type-options", b"nosniff"), (b"x-frame-options", b"DENY"),
                     (b"referrer-policy", b"same-origin")]
 # The dashboard's pages load their script, style and images from this server only (no inline
@@ -42,16 +46,18 @@ class RequestGuard:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
         path, method = scope["path"], scope["method"]
+        predict = method == "POST" and PREDICT_PATH.match(path) is not None
+        max_body = scope["app"].state.settings.predict_max_bytes if predict else self.max_body
         if method in WRITE_METHODS and path.startswith("/api/"):
             request = Request(scope)
             settings = scope["app"].state.settings
             try:
-                check_write(settings, request, _bearer(request))
+                (check_read if predict else check_write)(settings, request, _bearer(request))
             except HTTPException as exc:
                 return await _answer(send, exc.status_code, exc.detail, exc.headers)
         length = dict(scope["headers"]).get(b"content-length")
-        if length is not None and (not length.isdigit() or int(length) > self.max_body):
-            return await _answer(send, 413, f"request body over {self.max_body} bytes")
+        if length is not None and (not length.isdigit() or int(length) > max_body):
+            return await _answer(send, 413, f"request body over {max_body} bytes")
         if method in WRITE_METHODS:
             # Chunked bodies have no length: read up to the limit here, then replay.
             chunks, size = [], 0
@@ -61,8 +67,8 @@ class RequestGuard:
                     break
                 chunks.append(message.get("body", b""))
                 size += len(chunks[-1])
-                if size > self.max_body:
-                    return await _answer(send, 413, f"request body over {self.max_body} bytes")
+                if size > max_body:
+                    return await _answer(send, 413, f"request body over {max_body} bytes")
                 if not message.get("more_body"):
                     break
             body, replayed = b"".join(chunks), False
