@@ -81,7 +81,8 @@ class AdaptConfig:
     Convergence knobs (fine-tune and LoRA): ``val_fraction`` of the training labels
     (stratified) is held out to choose the best epoch (0: train on all, keep the last);
     ``patience`` > 0 stops after that many epochs without a better validation score.
-    ``class_balance``: ``loss`` (inverse-frequency class weights), ``sampler`` (each class
+    ``class_balance``: ``loss`` (class weights: square root of the inverse frequency, at most
+    10x apart, :func:`class_loss_weights`), ``sampler`` (each class
     drawn equally often), ``none``, or ``auto`` (loss weights when the rarest class is at
     least 3x rarer than the commonest and there are fewer than 10,000 labels; on large sets
     reweighting cost macro-F1, see docs/TRAINING.md). ``ema_decay`` > 0 keeps an exponential
@@ -486,6 +487,23 @@ def resolve_class_balance(cfg: AdaptConfig, labels: np.ndarray, num_classes: int
     return "loss" if imbalanced and len(labels) < 10_000 else "none"
 
 
+MAX_CLASS_WEIGHT_RATIO = 10.0
+
+
+def class_loss_weights(counts: np.ndarray) -> np.ndarray:
+    """Per-class loss weights for ``class_balance=loss``: the square root of the inverse
+    frequency, capped at ``MAX_CLASS_WEIGHT_RATIO`` times the commonest class's weight (0 for
+    absent classes). Plain inverse frequency collapsed fine-tuning to the rarest class on
+    WM-811K's train_1 (one Near-full map weighted ~330x the None class: accuracy 0.012 vs 0.705
+    unweighted, docs/BENCHMARKS.md)."""
+    counts = np.asarray(counts, dtype=np.float64)
+    w = np.where(counts > 0, 1.0 / np.sqrt(np.maximum(counts, 1)), 0.0)
+    if (counts > 0).any():
+        floor = w[counts > 0].min()
+        w = np.minimum(w, floor * MAX_CLASS_WEIGHT_RATIO)
+    return w
+
+
 def balanced_accuracy(y: np.ndarray, pred: np.ndarray, num_classes: int) -> float:
     recalls = [float((pred[y == c] == c).mean()) for c in range(num_classes) if (y == c).any()]
     return float(np.mean(recalls)) if recalls else float("nan")
@@ -609,7 +627,7 @@ def adapt(
     counts = np.bincount(y_train, minlength=num_classes).astype(np.float64)
     class_weight = None
     if balance == "loss":
-        w = np.where(counts > 0, len(y_train) / (num_classes * np.maximum(counts, 1)), 0.0)
+        w = class_loss_weights(counts)
         class_weight = torch.tensor(w / (w[y_train].mean()), dtype=torch.float32, device=device)
     sample_p = None
     if balance == "sampler":

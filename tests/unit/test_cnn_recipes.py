@@ -315,3 +315,12 @@ def test_importing_components_sets_a_passive_openmp_wait_policy_unless_given():
     out = subprocess.run([sys.executable, "-c", code], env={**env, "OMP_WAIT_POLICY": "ACTIVE"},
                          capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "ACTIVE"
+
+
+def test_class_loss_weights_are_tempered_and_capped():
+    from components.training.adapt import MAX_CLASS_WEIGHT_RATIO, class_loss_weights
+
+    w = class_loss_weights(np.array([3300, 100, 1, 0]))
+    assert w[3] == 0 and w[0] < w[1] < w[2]
+    assert w[1] / w[0] == pytest.approx(np.sqrt(33))  # square root of the frequency ratio
+    assert w[2] / w[0] == pytest.approx(MAX_CLASS_WEIGHT_RATIO)  # 3300x rarer, capped at 10x
