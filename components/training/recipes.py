@@ -269,7 +269,11 @@ def auto_recipe(profile: DataProfile, device: str = "cpu", threads: int = 1, bud
         n = profile.n_images
         size = 192 if n <= 5000 else 128 if n <= 30000 else 64
         why = f"{n} images on a CPU"
-    if size > native:
+    if size > native and profile.categorical:
+        # Nearest-neighbour upscaling keeps a map's values; shrinking 27 px wafer maps to 16 px
+        # (the cap below) erased thin scratch patterns.
+        why = f"{why}; maps of {native} px upscaled (nearest keeps their values)"
+    elif size > native:
         size, why = max(16, native // 16 * 16 or native), f"{why}, capped at the images' own size"
     reasons.append(f"input {size} px: {why}")
     preprocess = Preprocess(size, resample, aspect)

@@ -324,3 +324,12 @@ def test_class_loss_weights_are_tempered_and_capped():
     assert w[3] == 0 and w[0] < w[1] < w[2]
     assert w[1] / w[0] == pytest.approx(np.sqrt(33))  # square root of the frequency ratio
     assert w[2] / w[0] == pytest.approx(MAX_CLASS_WEIGHT_RATIO)  # 3300x rarer, capped at 10x
+
+
+def test_small_categorical_maps_are_upscaled_not_shrunk():
+    from components.training.recipes import resolve_recipe
+
+    wafers = resolve_recipe("auto", DataProfile(49672, 27, 27, 1.0, True, 623, 9, 330.0))
+    assert wafers.preprocess.size == 32 and wafers.preprocess.resample == "nearest"
+    photos = resolve_recipe("auto", DataProfile(500, 40, 40, 1.0, False))
+    assert photos.preprocess.size == 32  # photographs are never upscaled past their own size
