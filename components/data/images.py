@@ -20,8 +20,8 @@ import io
 import os
 import tempfile
 from collections.abc import Callable
-from pathlib import Path
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import BinaryIO
 
 import numpy as np

@@ -21,6 +21,7 @@ from typing import Sequence
 
 from tqdm.auto import tqdm
 
+from components.data.files import write_atomically
 from components.data.validate import ImageLimits, sha256_file, validate_image
 
 MANIFEST_FORMAT = "dlvm-manifest/1"
@@ -216,7 +217,7 @@ def quarantine(scan: IngestScan, src: Path | str | None, dest_dir: Path | str) -
             # A file we could not read cannot be copied; REASONS.json still lists it.
             pass
     reasons = [b.to_dict() for b in sorted(scan.bad, key=lambda b: b.path)]
-    _atomic_write(dest_dir / "REASONS.json", (json.dumps(reasons, indent=1) + "\n").encode())
+    write_atomically(dest_dir / "REASONS.json", (json.dumps(reasons, indent=1) + "\n").encode())
     return list(scan.bad)
 
 
@@ -320,14 +321,3 @@ def _atomic_copy(src: Path, dest: Path, expect_sha256: str | None = None) -> Non
         Path(tmp).unlink(missing_ok=True)
         raise
 
-
-def _atomic_write(dest: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=".write-", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, dest)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise

@@ -20,9 +20,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
-import os
 import tarfile
-import tempfile
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path, PurePosixPath
@@ -30,6 +28,7 @@ from typing import NamedTuple
 
 from tqdm.auto import tqdm
 
+from components.data.files import write_atomically
 from components.storage import ArtifactError, ArtifactStore, StoredArtifact
 
 INDEX_FORMAT = "dlvm-shards/1"
@@ -97,11 +96,11 @@ def pack_files(src: Path, files: list[tuple[str, str | None]], dest: Path, shard
         shard_sha = _sha256(shard_bytes)
         target = dest / name
         if not (target.is_file() and target.stat().st_size == len(shard_bytes) and _sha256_file(target) == shard_sha):
-            _atomic_write(target, shard_bytes)
+            write_atomically(target, shard_bytes)
         shards.append({"name": name, "members": len(part), "size": len(shard_bytes), "sha256": shard_sha})
     bar.close()
     index = {"format": INDEX_FORMAT, "shard_size": shard_size, "shards": shards, "members": members}
-    _atomic_write(dest / INDEX_NAME, index_bytes(index))
+    write_atomically(dest / INDEX_NAME, index_bytes(index))
     return index
 
 
@@ -187,18 +186,6 @@ def _sha256_file(path: Path) -> str:
         for block in iter(lambda: f.read(1 << 20), b""):
             h.update(block)
     return h.hexdigest()
-
-
-def _atomic_write(dest: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, dest)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 # -- a dataset version kept as shards in the DVC workspace ---------------------------------
@@ -291,5 +278,5 @@ class PackedFolder:
                 raise ShardCorrupted(f"{self.folder}: member name {name!r} would land outside {dest}")
             target = dest / name
             target.parent.mkdir(parents=True, exist_ok=True)
-            _atomic_write(target, self.read(name))
+            write_atomically(target, self.read(name))
         return len(names)

@@ -35,7 +35,12 @@ import numpy as np
 from PIL import Image
 from tqdm.auto import tqdm
 
-from components.data.elpv import LOCAL_FILES_PREFIX, stratified_subset, write_label_studio_export
+from components.data.elpv import (
+    LOCAL_FILES_PREFIX,
+    stratified_subset,
+    write_label_studio_export,
+)
+from components.data.files import write_atomically
 
 POOL_SPLITS = ("train_1", "train_10", "train_20", "train_29", "val")
 TEST_SPLIT = "test"
@@ -188,7 +193,7 @@ def write_wm811k(maps: WaferMaps, out: Path | str, url_prefix: str = DEFAULT_URL
         if target.is_file() and target.stat().st_size == len(data) and target.read_bytes() == data:
             kept += 1
         else:
-            _atomic_write(target, data)
+            write_atomically(target, data)
             written += 1
         digest = hashlib.sha256(data).hexdigest()
         first = first_by_hash.setdefault(digest, rel)
@@ -233,11 +238,6 @@ def write_wm811k(maps: WaferMaps, out: Path | str, url_prefix: str = DEFAULT_URL
         },
         "files": {"written": written, "unchanged": kept, "removed": removed},
     }
-    _atomic_write(out / SUMMARY_NAME, (json.dumps(summary, indent=1) + "\n").encode())
+    write_atomically(out / SUMMARY_NAME, (json.dumps(summary, indent=1) + "\n").encode())
     return summary
 
-
-def _atomic_write(dest: Path, data: bytes) -> None:
-    tmp = dest.with_name(f".{dest.name}.tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, dest)
