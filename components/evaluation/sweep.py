@@ -66,6 +66,18 @@ class Backbone:
         return self.config
 
 
+def _subset(name: str, values, among: tuple, kind) -> tuple | None:
+    """``values`` (None: all of ``among``) as a tuple of ``kind``, refused unless all are among ``among``
+    (fractions sorted and deduplicated, seeds in the given order)."""
+    if values is None:
+        return None
+    out = tuple(sorted({kind(v) for v in values})) if kind is float else tuple(kind(v) for v in values)
+    if not set(out) <= set(among):
+        kind_name = "fractions" if kind is float else "seeds"
+        raise ValueError(f"{name} {out} must be among {kind_name} {among}")
+    return out
+
+
 @dataclass
 class SweepConfig:
     """What to sweep. ``probe``/``finetune``/``lora``/``prototype`` are ``AdaptConfig``s (defaults:
@@ -112,26 +124,14 @@ class SweepConfig:
         self.fractions = tuple(sorted({float(f) for f in self.fractions}))
         self.seeds = tuple(int(s) for s in self.seeds)
         self.methods = tuple(dict.fromkeys(self.methods))
-        if self.finetune_fractions is not None:
-            self.finetune_fractions = tuple(sorted({float(f) for f in self.finetune_fractions}))
-            if not set(self.finetune_fractions) <= set(self.fractions):
-                raise ValueError(f"finetune_fractions {self.finetune_fractions} must be among fractions {self.fractions}")
-        if self.finetune_seeds is not None:
-            self.finetune_seeds = tuple(int(s) for s in self.finetune_seeds)
-            if not set(self.finetune_seeds) <= set(self.seeds):
-                raise ValueError(f"finetune_seeds {self.finetune_seeds} must be among seeds {self.seeds}")
+        self.finetune_fractions = _subset("finetune_fractions", self.finetune_fractions, self.fractions, float)
+        self.finetune_seeds = _subset("finetune_seeds", self.finetune_seeds, self.seeds, int)
         bad_b = [b for b in self.baselines if b not in SANITY_BASELINES]
         if bad_b:
             raise ValueError(f"unknown sanity baselines {bad_b}; known: {list(SANITY_BASELINES)}")
         self.baselines = tuple(dict.fromkeys(self.baselines))
-        if self.baseline_fractions is not None:
-            self.baseline_fractions = tuple(sorted({float(f) for f in self.baseline_fractions}))
-            if not set(self.baseline_fractions) <= set(self.fractions):
-                raise ValueError(f"baseline_fractions {self.baseline_fractions} must be among fractions {self.fractions}")
-        if self.baseline_seeds is not None:
-            self.baseline_seeds = tuple(int(s) for s in self.baseline_seeds)
-            if not set(self.baseline_seeds) <= set(self.seeds):
-                raise ValueError(f"baseline_seeds {self.baseline_seeds} must be among seeds {self.seeds}")
+        self.baseline_fractions = _subset("baseline_fractions", self.baseline_fractions, self.fractions, float)
+        self.baseline_seeds = _subset("baseline_seeds", self.baseline_seeds, self.seeds, int)
 
     def grid(self, method: str) -> tuple[tuple[float, ...], tuple[int, ...]]:
         """The (fractions, seeds) a method runs on."""
