@@ -959,9 +959,10 @@ def stack_down(dir: Optional[Path] = STACK_DIR):
 def stack_label_studio(action: str = typer.Argument(..., help="install, start (foreground) or env")):
     """Label Studio in its own venv on loopback (the script dlvm ships): install it, run it in
     the foreground, or print the DLVM_LABEL_STUDIO_* settings for it."""
-    from components.stack.services import LABEL_STUDIO_SCRIPT
+    from components.stack.services import LABEL_STUDIO_SCRIPT, bundled_uv
     if action not in ("install", "start", "env"):
         raise typer.BadParameter(f"action must be install, start or env, got {action!r}")
+    os.environ.setdefault("UV", bundled_uv())
     os.execvp("bash", ["bash", str(LABEL_STUDIO_SCRIPT), action])
 
 

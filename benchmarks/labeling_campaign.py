@@ -10,8 +10,8 @@ Protocol:
   training images (or a stratified subset with ``--quick``) are the unlabeled pool, imported
   as tasks into one Label Studio project per arm and seed (started by components/stack/label_studio.sh);
   the test images are never shown to the labelers.
-* Backbone: the label-efficiency benchmark's quick domain MAE (pretrained on the training
-  images only, cached), frozen; the "production model" of each round is a linear probe on
+* Backbone: the label-efficiency benchmark's quick-mode domain SimCLR ResNet (the auto
+  recipe for ELPV at 128 px, pretrained on the training images only, cached), frozen; the "production model" of each round is a linear probe on
   its features, refit on every label pulled so far.
 * Arms: ``random`` (labelers take unlabeled tasks in random order), ``uncertainty`` (the
   dlvm queue without diversity) and ``uncertainty+diversity`` (dlvm's default queue).
@@ -38,7 +38,7 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
-from benchmarks.label_efficiency import load_elpv, pretrained_encoder, quick_recipe
+from benchmarks.label_efficiency import domain_data, load_elpv, plan_for, planned_recipe, pretrained_encoder
 from components.data.elpv import (
     CLASS_NAMES_4,
     elpv_labels,
@@ -50,6 +50,7 @@ from components.labeling import label_studio as ls
 from components.labeling.feedback import plan_preannotations
 from components.labeling.snapshots import merge_snapshot
 from components.stack.services import label_studio
+from components.training.device import cpu_threads
 from components.training.adapt import (
     AdaptConfig,
     build_encoder,
@@ -141,7 +142,7 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--seed-labels", type=int, default=20)
     ap.add_argument("--cache", type=Path, default=ROOT / ".dlvm" / "bench-cache")
     ap.add_argument("--out", type=Path, default=None)
-    ap.add_argument("--backbone", choices=("domain-mae", "scratch"), default="domain-mae",
+    ap.add_argument("--backbone", choices=("domain-simclr", "scratch"), default="domain-simclr",
                     help="scratch: a random-init encoder (smoke runs; no pretraining)")
     ap.add_argument("--label-studio-url", default=None, help="use this server instead of starting one")
     ap.add_argument("--label-studio-token", default=None)
@@ -154,16 +155,18 @@ def main(argv: list[str] | None = None) -> dict:
     out = args.out or ROOT / "benchmarks" / "results" / f"labeling-campaign{'-quick' if args.quick else ''}"
     started = time.time()
 
-    recipe = quick_recipe()
-    images, y, _, shas = load_elpv(recipe.vit.img_size, args.cache)
+    plan = plan_for("elpv", "quick")
+    _, _, profile, _ = domain_data("elpv", plan, args.cache, args)
+    recipe, _ = planned_recipe("elpv", plan, profile, cpu_threads()["threads"], "cpu")
+    images, y, _, shas = load_elpv(recipe.preprocess, args.cache)
     train_idx, test_idx = test_split(shas, y)
     if args.label_studio_url and not (args.label_studio_token and args.files_root):
         ap.error("--label-studio-url needs --label-studio-token and --files-root")
     if args.backbone == "scratch":
         encoder_state, info = None, {"steps": 0, "batch_size": 0, "method": "random init"}
     else:
-        encoder_state, info = pretrained_encoder("domain-mae", images[np.sort(train_idx)], recipe.mae, args.cache)
-    features = extract_features(build_encoder(recipe.vit, encoder_state), images)
+        encoder_state, info = pretrained_encoder("elpv-domain-simclr", images[np.sort(train_idx)], recipe.pretrain, args.cache)
+    features = extract_features(build_encoder(recipe.backbone, encoder_state), images)
     pool = sorted(int(i) for i in train_idx)
     if args.pool:
         pool = sorted(pool[j] for j in stratified_subset([CLASS_NAMES_4[y[i]] for i in pool], args.pool, seed=0))

@@ -76,6 +76,12 @@ def stop(process: subprocess.Popen, sig: int = signal.SIGTERM, timeout_s: float 
 # ----------------------------------------------------------------------------- Label Studio
 
 
+def bundled_uv() -> str:
+    """The uv installed beside this Python (a dlvm dependency), else uv on PATH, else ""."""
+    beside = Path(sys.executable).parent / "uv"
+    return str(beside) if beside.exists() else (shutil.which("uv") or "")
+
+
 @dataclass
 class LabelStudioServer:
     url: str
@@ -97,6 +103,7 @@ def start_label_studio(data_dir: Path, document_root: Path = Path("/"), port: in
     env = {k: v for k, v in os.environ.items() if not k.startswith("LABEL_STUDIO_")}
     env.update(LABEL_STUDIO_DATA_DIR=str(data_dir), LABEL_STUDIO_PORT=str(port),
                LOCAL_FILES_DOCUMENT_ROOT=str(Path(document_root).resolve()))
+    env.setdefault("UV", bundled_uv())
     # Install (first use only) before the clock starts: it takes about a minute.
     subprocess.run(["bash", str(LABEL_STUDIO_SCRIPT), "install"], env=env, check=True, stdin=subprocess.DEVNULL)
     log_path = data_dir / "server.log"
