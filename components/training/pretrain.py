@@ -16,6 +16,7 @@ import json
 import logging
 import math
 import os
+import sys
 import time
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -33,6 +34,7 @@ from components.models.backbones import (
     load_backbone_weights,
 )
 from components.models.checkpoint import load_checkpoint, save_checkpoint, to_plain
+from components.training.interrupts import deferred_signals
 from components.models.joint_embedding import JOINT_EMBEDDING_METHODS, JointEmbedding
 from components.models.mae import MaskedAutoencoder
 from components.models.vit import ViTConfig
@@ -312,49 +314,64 @@ def pretrain(
     bar = tqdm(total=cfg.steps, initial=start, desc=f"pretrain ({cfg.method})", disable=not progress or dist.rank > 0,
                leave=False)
     t0 = time.perf_counter()
-    for step in range(start, cfg.steps):
-        if cursor + batch_size > n:
-            order, cursor = torch.randperm(n, generator=order_gen), 0
-        idx = order[cursor : cursor + batch_size][local]
-        cursor += batch_size
-        batch = data[idx.to(device)]
 
-        lr = cosine_lr(step, cfg.steps, cfg.warmup_steps, cfg.lr, cfg.min_lr)
-        for g in opt.param_groups:
-            g["lr"] = lr * g["lr_scale"]
-        with autocast_for(device):
+    def stop_between_steps() -> None:
+        # A SIGTERM/Ctrl-C is acted on between steps, where the state is whole: checkpoint it,
+        # so a rerun resumes from here (single process: DDP ranks would have to agree on the step).
+        if checkpoint_path and dist.world_size == 1 and len(losses) > start:
+            save_resume_state(len(losses))
+            print(f"stopped after step {len(losses)}: resume checkpoint written to {checkpoint_path}",
+                  file=sys.stderr, flush=True)
+        stop.deliver()
+
+    with deferred_signals() as stop:
+        for step in range(start, cfg.steps):
+            if stop.pending:
+                stop_between_steps()
+            if cursor + batch_size > n:
+                order, cursor = torch.randperm(n, generator=order_gen), 0
+            idx = order[cursor : cursor + batch_size][local]
+            cursor += batch_size
+            batch = data[idx.to(device)]
+
+            lr = cosine_lr(step, cfg.steps, cfg.warmup_steps, cfg.lr, cfg.min_lr)
+            for g in opt.param_groups:
+                g["lr"] = lr * g["lr_scale"]
+            with autocast_for(device):
+                if cfg.method == "dino":
+                    teacher_temp, momentum = teacher_schedule(step, cfg)
+                    views = [augment_batch(batch, cfg.augment, gen) for _ in range(cfg.dino_views)]
+                    loss = step_model(views, teacher_temp=teacher_temp, generator=gen)
+                elif cfg.method in JOINT_EMBEDDING_METHODS:
+                    x, x2 = augment_batch(batch, cfg.augment, gen), augment_batch(batch, cfg.augment, gen)
+                    if channels_last:
+                        x, x2 = x.contiguous(memory_format=torch.channels_last), x2.contiguous(memory_format=torch.channels_last)
+                    loss = step_model(x, x2)
+                elif cfg.contrastive_weight > 0:
+                    x, x2 = augment_batch(batch, cfg.augment, gen), augment_batch(batch, cfg.augment, gen)
+                    loss = model.forward_views(x, x2, cfg.mask_ratio, cfg.contrastive_weight, generator=gen)[0]
+                else:
+                    loss = step_model(augment_batch(batch, cfg.augment, gen), cfg.mask_ratio, generator=gen)[0]
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            if cfg.grad_clip:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+            opt.step()
             if cfg.method == "dino":
-                teacher_temp, momentum = teacher_schedule(step, cfg)
-                views = [augment_batch(batch, cfg.augment, gen) for _ in range(cfg.dino_views)]
-                loss = step_model(views, teacher_temp=teacher_temp, generator=gen)
-            elif cfg.method in JOINT_EMBEDDING_METHODS:
-                x, x2 = augment_batch(batch, cfg.augment, gen), augment_batch(batch, cfg.augment, gen)
-                if channels_last:
-                    x, x2 = x.contiguous(memory_format=torch.channels_last), x2.contiguous(memory_format=torch.channels_last)
-                loss = step_model(x, x2)
-            elif cfg.contrastive_weight > 0:
-                x, x2 = augment_batch(batch, cfg.augment, gen), augment_batch(batch, cfg.augment, gen)
-                loss = model.forward_views(x, x2, cfg.mask_ratio, cfg.contrastive_weight, generator=gen)[0]
-            else:
-                loss = step_model(augment_batch(batch, cfg.augment, gen), cfg.mask_ratio, generator=gen)[0]
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        if cfg.grad_clip:
-            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-        opt.step()
-        if cfg.method == "dino":
-            model.update_teacher(momentum)
+                model.update_teacher(momentum)
 
-        losses.append(float(loss.item()))
-        if not math.isfinite(losses[-1]):
-            raise FloatingPointError(f"{cfg.method} loss is {losses[-1]} at step {step}; lower cfg.lr")
-        bar.update(1)
-        if step % 10 == 0:
-            bar.set_postfix(loss=f"{losses[-1]:.4f}", lr=f"{lr:.2e}")
-        if checkpoint_path and cfg.checkpoint_every and (step + 1) % cfg.checkpoint_every == 0 and step + 1 < cfg.steps:
-            save_resume_state(step + 1)
-        if cfg.max_seconds is not None and time.perf_counter() - t0 > cfg.max_seconds:
-            break
+            losses.append(float(loss.item()))
+            if not math.isfinite(losses[-1]):
+                raise FloatingPointError(f"{cfg.method} loss is {losses[-1]} at step {step}; lower cfg.lr")
+            bar.update(1)
+            if step % 10 == 0:
+                bar.set_postfix(loss=f"{losses[-1]:.4f}", lr=f"{lr:.2e}")
+            if checkpoint_path and cfg.checkpoint_every and (step + 1) % cfg.checkpoint_every == 0 and step + 1 < cfg.steps:
+                save_resume_state(step + 1)
+            if cfg.max_seconds is not None and time.perf_counter() - t0 > cfg.max_seconds:
+                break
+        if stop.pending:  # arrived during the last step
+            stop_between_steps()
     bar.close()
     if device.type == "cuda":
         torch.cuda.synchronize()

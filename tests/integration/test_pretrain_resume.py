@@ -82,6 +82,54 @@ def test_sigkilled_pretraining_resumes_to_identical_weights(tmp_path, images, me
     assert not different, f"resumed run differs in {different}"
 
 
+# The worker, with a marker file touched when step STOP_AT starts (so the test knows the
+# loop is running) and no periodic checkpoints: any checkpoint is the one written on the signal.
+STOP_AT = 40
+MARKED_WORKER = f"""
+import pathlib, sys
+import components.training.pretrain as P
+real_lr = P.cosine_lr
+def marking_lr(step, *rest):
+    if step == {STOP_AT}:
+        pathlib.Path(sys.argv[3] + ".started").touch()
+    return real_lr(step, *rest)
+P.cosine_lr = marking_lr
+""" + WORKER
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_a_termination_signal_checkpoints_between_steps_and_the_rerun_resumes_exactly(tmp_path, images, signum):
+    """Issue 16, item 9: SIGTERM (default action here; Prefect's TerminationSignal under the CLI)
+    and Ctrl-C stop the loop at the next step boundary, after the resume checkpoint is written."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    method, never = "simclr-resnet", str(10 ** 6)
+    reference, ckpt, out = tmp_path / "reference.pt", tmp_path / "resume.pt", tmp_path / "resumed.pt"
+    args = [str(images), str(ckpt), str(out), method, str(STEPS), never]
+    proc = subprocess.Popen([sys.executable, "-c", MARKED_WORKER, *args], env=env, cwd=ROOT,
+                            stderr=subprocess.PIPE, text=True)
+    started = Path(str(out) + ".started")
+    deadline = time.monotonic() + 120
+    while not started.exists():
+        assert proc.poll() is None, proc.stderr.read()[-2000:]
+        assert time.monotonic() < deadline, "the run never reached the marked step"
+        time.sleep(0.01)
+    proc.send_signal(signum)
+    rc, stderr = proc.wait(timeout=60), proc.stderr.read()
+    assert rc != 0 and not out.exists()
+    assert rc == -signal.SIGTERM if signum == signal.SIGTERM else "KeyboardInterrupt" in stderr
+    assert "resume checkpoint written" in stderr
+    stopped_at = load_checkpoint(ckpt.read_bytes())["step"]
+    assert STOP_AT < stopped_at < STEPS  # written on the signal: periodic checkpoints are off
+
+    subprocess.run([sys.executable, "-c", WORKER, str(images), "", str(reference), method, str(STEPS), never],
+                   env=env, check=True, cwd=ROOT, timeout=300)
+
+    subprocess.run([sys.executable, "-c", WORKER, *args], env=env, check=True, cwd=ROOT, timeout=300)
+    ref, res = torch.load(reference), torch.load(out)
+    assert res["resumed_from"] == stopped_at and res["losses"] == ref["losses"]
+    assert all(torch.equal(ref["state"][k], res["state"][k]) for k in ref["state"])
+
+
 def test_resume_refuses_other_config_other_images_and_torn_files(tmp_path):
     rng = np.random.default_rng(1)
     imgs = rng.integers(0, 256, (24, 32, 32), dtype=np.uint8)
