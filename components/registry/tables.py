@@ -140,7 +140,7 @@ class Run(SQLModel, table=True):
 
 class RegisteredModel(SQLModel, table=True):
     __tablename__ = "registered_model"
-    __table_args__ = (CheckConstraint("kind IN ('backbone', 'classifier', 'anomaly')", name="kind"),)
+    __table_args__ = (CheckConstraint("kind IN ('backbone', 'classifier', 'anomaly', 'detector', 'tokenizer')", name="kind"),)
 
     id: Optional[int] = Field(default=None, primary_key=True)
     name: str = Field(unique=True)
@@ -284,6 +284,6 @@ class PredictionBatch(SQLModel, table=True):
 
 
 RUN_STATUSES = ("running", "completed", "failed")
-MODEL_KINDS = ("backbone", "classifier", "anomaly")
+MODEL_KINDS = ("backbone", "classifier", "anomaly", "detector", "tokenizer")
 DECISIONS = ("promoted", "rejected", "rollback")
 MODEL_ARTIFACT_KINDS = ("onnx", "torchscript", "drift_reference")
