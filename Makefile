@@ -1,5 +1,6 @@
 # The two set-up commands of the README: `make demo` and `make test`.
-# Both create the virtual environment on first use. torch==2.13.0 is installed first,
+# Both create the virtual environment on first use. The tests run on two workers, a
+# file at a time each (many tests wait on servers and subprocesses more than on the CPU). torch==2.13.0 is installed first,
 # on its own: on CPU machines that release is a CPU wheel; any other spec pulls CUDA.
 VENV ?= .venv
 PYTHON ?= python3
@@ -30,7 +31,7 @@ $(TEST_TOOLS):
 	  || ($(SUDO) apt-get update && $(SUDO) apt-get install -y --no-install-recommends chromium wrk)
 
 test: install $(TEST_TOOLS)
-	$(BIN)/pytest -q --durations=25
+	$(BIN)/pytest -q -n 2 --dist loadfile --durations=25
 
 clean:
 	rm -rf $(VENV) .dlvm

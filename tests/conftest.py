@@ -6,9 +6,15 @@ import os
 import uuid
 from pathlib import Path
 
-import pytest
-from e2e_demo import demo  # noqa: F401  (fixture)
-from s3server import S3Server, s3_bucket, s3_server  # noqa: F401  (fixtures)
+# Before anything imports Prefect (its settings are read once): the embedded API server that
+# in-process flow calls start can take well over Prefect's default 20 s on a busy 2-core
+# machine running two test workers; the CLI sets the same for its own processes.
+os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+
+import pytest  # noqa: E402
+from e2e_demo import demo  # noqa: F401, E402  (fixture)
+from s3server import S3Server, s3_bucket, s3_server  # noqa: F401, E402  (fixtures)
 
 # ../shared/data next to the checkout (the project's data shelf), or where DLVM_TEST_GENERIC_CORPUS says.
 GENERIC_CORPUS_PLACES = tuple(Path(p) for p in (os.environ.get("DLVM_TEST_GENERIC_CORPUS", "/nonexistent"),
