@@ -1,0 +1,221 @@
+"""The visual tokenizer (FSQ autoencoder), its training loop, and the sequential backbone:
+quantization round trip, codebook usage, learning on tiny data, resume, the causal mask,
+pooled features, sampling, and sequential pretraining through pretrain()."""
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+import torch
+
+from components.models.backbones import (
+    build_backbone,
+    config_from_dict,
+    config_to_dict,
+    family_of,
+    load_backbone_weights,
+)
+from components.models.sequential import SequentialBackbone, SequentialConfig
+from components.models.tokenizer import FSQ, TokenizerConfig, VisualTokenizer, codebook_usage, psnr
+from components.models.vit import normalize_uint8
+from components.training.pretrain import PretrainConfig, pretrain
+from components.training.recipes import sequential_recipe
+from components.training.tokenizer import (
+    evaluate_tokenizer,
+    holdout_split,
+    tiny_tokenizer_config,
+    tokenizer_parts,
+    train_tokenizer,
+)
+from components.data.images import Preprocess
+
+TINY_TOK = TokenizerConfig(32, channels=(8, 16), levels=(5, 5, 5))
+
+
+def stripes(n: int = 48, seed: int = 0) -> np.ndarray:
+    """Images with structure a tokenizer can learn: sine stripes of random frequency and phase."""
+    rng = np.random.default_rng(seed)
+    xx = np.mgrid[:32, :32][1][None].astype(np.float64)
+    freq, phase = 0.2 + rng.random((n, 1, 1)) * 0.6, rng.random((n, 1, 1)) * 6.28
+    return ((np.sin(xx * freq + phase) + 1) * 120 + 5).astype(np.uint8)
+
+
+def tiny_sequential() -> SequentialBackbone:
+    torch.manual_seed(0)
+    return SequentialBackbone(SequentialConfig(tokenizer=TINY_TOK, embed_dim=32, depth=2, num_heads=2)).eval()
+
+
+# ------------------------------------------------------------------------------ FSQ
+
+
+def test_fsq_indices_and_codes_round_trip_over_the_whole_codebook():
+    q = FSQ((8, 5, 5, 5))
+    assert q.codebook_size == 1000
+    idx = torch.arange(1000)
+    codes = q.indices_to_codes(idx)
+    assert codes.shape == (1000, 4) and codes.min() == -1 and codes.max() <= 1
+    assert torch.equal(q.codes_to_indices(codes), idx)
+    assert len({tuple(c) for c in codes.tolist()}) == 1000  # every index is its own grid point
+
+
+def test_fsq_quantizes_to_the_grid_with_a_straight_through_gradient():
+    q = FSQ((8, 5, 5, 5))
+    z = (torch.randn(4000, 4) * 2).requires_grad_(True)
+    codes, idx = q(z)
+    assert idx.min() >= 0 and idx.max() < 1000
+    assert torch.equal(q.indices_to_codes(idx), codes.detach())
+    assert len(idx.unique()) > 500  # spread latents reach most of the codebook
+    codes.sum().backward()
+    assert z.grad is not None and z.grad.abs().sum() > 0  # rounding does not block the gradient
+
+
+def test_codebook_usage_counts_used_codes_and_their_perplexity():
+    u = codebook_usage(torch.tensor([0, 0, 1, 1]), 8)
+    assert u["usage"] == pytest.approx(2 / 8) and u["perplexity"] == pytest.approx(2.0)
+
+
+def test_psnr_is_infinite_like_for_identical_and_20db_for_a_tenth_error():
+    x = torch.zeros(2, 1, 4, 4)
+    assert psnr(x, x) > 100
+    from components.models.vit import PIXEL_STD
+    assert psnr(x + 0.1 / PIXEL_STD, x) == pytest.approx(20.0, abs=1e-4)
+
+
+def test_tokenizer_shapes_and_config_checks():
+    tok = VisualTokenizer(TINY_TOK)
+    x = normalize_uint8(torch.from_numpy(stripes(3)))
+    loss, recon, idx = tok(x)
+    assert recon.shape == x.shape and idx.shape == (3, 64) and idx.max() < 125
+    assert tok.decode_tokens(idx).shape == x.shape
+    assert TINY_TOK.num_tokens == 64 and TINY_TOK.codebook_size == 125
+    with pytest.raises(ValueError, match="multiple of 4"):
+        TokenizerConfig(30)
+    with pytest.raises(ValueError, match="levels"):
+        TokenizerConfig(levels=(1, 5))
+
+
+# ------------------------------------------------------------------------------ training the tokenizer
+
+
+def test_tokenizer_training_lowers_the_loss_and_reconstructs_held_out_images():
+    images = stripes(64)
+    train, held = holdout_split(len(images), 0.25, seed=0)
+    assert len(held) == 16 and not set(train) & set(held)
+    cfg = tiny_tokenizer_config()
+    res = train_tokenizer(images[train], cfg, progress=False)
+    assert np.mean(res.losses[-5:]) < 0.5 * np.mean(res.losses[:5])
+    model = VisualTokenizer(cfg.tokenizer)
+    model.load_state_dict(res.state)
+    trained = evaluate_tokenizer(model, images[held])
+    untrained = evaluate_tokenizer(VisualTokenizer(cfg.tokenizer), images[held])
+    assert trained["psnr"] > untrained["psnr"] + 3
+    assert 0 < trained["codebook_usage"] <= 1 and trained["n_images"] == 16
+
+
+def test_tokenizer_training_resumes_to_the_same_weights(tmp_path):
+    images = stripes(32)
+    cfg = tiny_tokenizer_config(steps=12, checkpoint_every=6)
+    ckpt = tmp_path / "tok.pt"
+    full = train_tokenizer(images, cfg, progress=False, checkpoint_path=ckpt)
+    assert ckpt.exists()  # the step-6 state stays (the last step writes none)
+    resumed = train_tokenizer(images, cfg, progress=False, checkpoint_path=ckpt)
+    assert resumed.resumed_from_step == 6 and resumed.losses == full.losses
+    assert all(torch.equal(full.state[k], resumed.state[k]) for k in full.state)
+    with pytest.raises(ValueError, match="different config"):
+        train_tokenizer(images, dataclasses.replace(cfg, lr=1e-3), progress=False, checkpoint_path=ckpt)
+
+
+# ------------------------------------------------------------------------------ the sequential backbone
+
+
+def test_causal_mask_position_t_does_not_see_later_tokens():
+    model = tiny_sequential()
+    seq = torch.randint(0, 125, (2, 65))
+    seq[:, 0] = model.cfg.start_token
+    changed = seq.clone()
+    t = 20
+    changed[:, t + 1 :] = torch.randint(0, 125, (2, 65 - t - 1))
+    with torch.no_grad():
+        a, b = model.hidden(seq), model.hidden(changed)
+    assert torch.allclose(a[:, : t + 1], b[:, : t + 1], atol=1e-6)
+    assert not torch.allclose(a[:, t + 1 :], b[:, t + 1 :])  # and later positions do see them
+    later = seq.clone()
+    later[:, t] = (later[:, t] + 1) % 125
+    with torch.no_grad():
+        assert not torch.allclose(model.hidden(later)[:, t], a[:, t])
+
+
+def test_next_token_logits_predict_each_token_from_the_ones_before():
+    model = tiny_sequential()
+    tokens = torch.randint(0, 125, (2, 64))
+    logits = model.logits(tokens)
+    assert logits.shape == (2, 64, 125)
+    edited = tokens.clone()
+    edited[:, 10] = (edited[:, 10] + 7) % 125
+    with torch.no_grad():  # position 10 predicts token 10: it must not see it
+        assert torch.allclose(model.logits(edited)[:, :11], logits[:, :11], atol=1e-6)
+
+
+def test_sampling_shapes_top_k_and_decoding():
+    model = tiny_sequential()
+    g = torch.Generator().manual_seed(0)
+    tokens = model.sample(3, temperature=0.8, top_k=5, generator=g)
+    assert tokens.shape == (3, 64) and tokens.min() >= 0 and tokens.max() < 125
+    greedy = model.sample(2, top_k=1, generator=g)
+    assert torch.equal(greedy[0], greedy[1])  # top-1 is deterministic
+    assert model.generate(2, generator=g).shape == (2, 1, 32, 32)
+    with pytest.raises(ValueError, match="temperature"):
+        model.sample(1, temperature=0)
+    with pytest.raises(ValueError, match="top_k"):
+        model.sample(1, top_k=0)
+
+
+def test_sequential_is_a_backbone_family_with_pooled_features():
+    cfg = SequentialConfig(tokenizer=TINY_TOK, embed_dim=32, depth=2, num_heads=2)
+    d = config_to_dict(cfg)
+    assert d["family"] == "sequential" and config_from_dict(d) == cfg and family_of(cfg) == "sequential"
+    enc = build_backbone(cfg, seed=0)
+    x = normalize_uint8(torch.from_numpy(stripes(4)))
+    assert enc.forward_pool(x).shape == (4, 32) and enc.num_features == 32
+    # a trained backbone's state loads whole; a tokenizer's alone starts pretraining
+    other = build_backbone(cfg, seed=1)
+    assert load_backbone_weights(other, enc.state_dict()) == []
+    assert torch.equal(other.forward_pool(x), enc.forward_pool(x))
+    tok_only = {k: v for k, v in enc.state_dict().items() if k.startswith("tokenizer.")}
+    fresh = build_backbone(cfg, seed=2)
+    missing = load_backbone_weights(fresh, tok_only)
+    assert missing and not any(k.startswith("tokenizer.") for k in missing)
+    assert torch.equal(fresh.tokenizer.tokenize(x), enc.tokenizer.tokenize(x))
+    with pytest.raises(ValueError, match="tokenizer"):
+        load_backbone_weights(fresh, {k: v for k, v in enc.state_dict().items() if not k.startswith("tokenizer.")})
+    with pytest.raises(ValueError, match="unexpected"):
+        load_backbone_weights(fresh, {**enc.state_dict(), "head.weight": torch.zeros(1)})
+
+
+def test_sequential_pretraining_learns_keeps_the_tokenizer_frozen_and_resumes(tmp_path):
+    images = stripes(48)
+    tok_cfg = tiny_tokenizer_config(steps=30)
+    tok = train_tokenizer(images, tok_cfg, progress=False)
+    checkpoint = {"kind": "tokenizer", "tokenizer_config": tok_cfg.tokenizer.to_dict(),
+                  "preprocess": Preprocess(32).to_dict(), "state_dict": tok.state}
+    tcfg, pre, init = tokenizer_parts(checkpoint)
+    cfg = dataclasses.replace(sequential_recipe("tiny", tcfg, pre).pretrain, steps=40, checkpoint_every=20)
+    assert PretrainConfig.from_dict(cfg.to_dict()) == cfg
+    ckpt = tmp_path / "seq.pt"
+    res = pretrain(images, cfg, progress=False, init_encoder_state=init, checkpoint_path=ckpt)
+    assert np.mean(res.losses[-5:]) < np.mean(res.losses[:5]) - 0.3  # next-token loss falls from ~ln(125)
+    assert all(torch.equal(res.encoder_state[k], v) for k, v in init.items())  # the tokenizer did not move
+    resumed = pretrain(images, cfg, progress=False, init_encoder_state=init, checkpoint_path=ckpt)
+    assert resumed.resumed_from_step == 20 and resumed.losses == res.losses
+    assert all(torch.equal(res.encoder_state[k], resumed.encoder_state[k]) for k in res.encoder_state)
+
+
+def test_sequential_method_and_backbone_go_together():
+    seq = SequentialConfig(tokenizer=TINY_TOK, embed_dim=32, depth=2, num_heads=2)
+    with pytest.raises(ValueError, match="go together"):
+        PretrainConfig(method="simclr", backbone=seq)
+    with pytest.raises(ValueError, match="go together"):
+        PretrainConfig(method="sequential")
+    with pytest.raises(ValueError, match="not a tokenizer"):
+        tokenizer_parts({"kind": "backbone"})
