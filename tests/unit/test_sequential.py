@@ -219,3 +219,14 @@ def test_sequential_method_and_backbone_go_together():
         PretrainConfig(method="sequential")
     with pytest.raises(ValueError, match="not a tokenizer"):
         tokenizer_parts({"kind": "backbone"})
+
+
+def test_the_pretrain_flow_refuses_sequential_without_a_tokenizer_and_a_tokenizer_without_sequential():
+    from flows.pretrain import pretrain_flow
+
+    with pytest.raises(ValueError, match="needs --tokenizer"):
+        pretrain_flow.fn("elpv", method="sequential")
+    with pytest.raises(ValueError, match="needs --tokenizer"):
+        pretrain_flow.fn("elpv", method="simclr", tokenizer="elpv-tokenizer")
+    with pytest.raises(ValueError, match="init-from"):
+        pretrain_flow.fn("elpv", method="sequential", tokenizer="elpv-tokenizer", init_from="generic")
