@@ -344,6 +344,28 @@ def tokenizer_train(dataset: str = typer.Option(..., "--dataset", "-d", callback
 
 
 @app.command()
+def generate(model: str = typer.Argument(..., callback=MODEL_REF,
+                                         help="a sequential backbone: NAME, NAME:V or NAME@ALIAS"),
+             n: int = typer.Option(16, "--n", help="how many images"),
+             temperature: float = typer.Option(1.0, help="softmax temperature of each token draw"),
+             top_k: Optional[int] = typer.Option(None, "--top-k", help="draw only from the k most likely tokens"),
+             seed: int = 0,
+             out: Optional[Path] = typer.Option(None, "--out", help="also write the grid PNG here"),
+             summary_path: Optional[Path] = SUMMARY):
+    """Sample new images from a sequential backbone (`dlvm pretrain --method sequential`); the grid
+    PNG is stored as an artifact."""
+    settings = prepare()
+    from flows.generate import generate_flow
+    out_summary = run_step(generate_flow, model, n=n, temperature=temperature, top_k=top_k, seed=seed)
+    if out is not None:
+        from components.storage import open_store
+        out.write_bytes(open_store(settings).get_bytes(out_summary["uri"], out_summary["sha256"]))
+    write_summary(summary_path, out_summary)
+    console.print(f"{out_summary['n']} samples of {out_summary['model']} v{out_summary['version']}: "
+                  f"{out_summary['uri']}" + (f" (also {out})" if out else ""))
+
+
+@app.command()
 def adapt(dataset: str = typer.Option(..., "--dataset", "-d", callback=DATASET_NAME),
           backbone: Optional[str] = typer.Option(None, callback=BACKBONE_REF,
                                                  help="backbone ref (name, name:version, name@alias) or 'scratch'"),

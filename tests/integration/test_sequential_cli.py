@@ -1,16 +1,17 @@
-"""`dlvm tokenizer train`, `dlvm pretrain --method sequential` and `dlvm adapt --method probe` on
-the sequential backbone, as a user runs them: a small ELPV subset, the tiny recipe, registered
+"""`dlvm tokenizer train`, `dlvm pretrain --method sequential`, `dlvm adapt --method probe` on
+the sequential backbone and `dlvm generate` from it, as a user runs them: a small ELPV subset, the tiny recipe, registered
 versions whose lineage and metrics say what they are."""
 from __future__ import annotations
 
 import json
 
 from clirun import dlvm, dlvm_env
+from PIL import Image
 from sqlmodel import select
 
 from components.data.elpv import export_elpv
 from components.registry.db import session_scope
-from components.registry.tables import ModelVersion, RegisteredModel
+from components.registry.tables import ModelVersion, RegisteredModel, Run
 from components.settings import Settings
 
 
@@ -28,6 +29,9 @@ def test_tokenizer_then_sequential_pretraining_then_a_probe(tmp_path, prefect_ap
     dlvm(env, "adapt", "--dataset", "elpv", "--backbone", "elpv-sequential", "--method", "probe", "--recipe", "tiny",
          "--summary", str(tmp_path / "probe.json"))
     assert 0 <= json.loads((tmp_path / "probe.json").read_text())["metrics"]["accuracy"]["value"] <= 1
+    grid = tmp_path / "samples.png"
+    dlvm(env, "generate", "elpv-sequential", "--n", "6", "--top-k", "20", "--out", str(grid))
+    assert Image.open(grid).size == (3 * 34 + 2, 2 * 34 + 2)  # 6 samples of 32 px, 3 a row, 2 px apart
 
     with session_scope(Settings(home=tmp_path / "state")) as session:
         models = session.exec(select(RegisteredModel)).all()
@@ -42,3 +46,5 @@ def test_tokenizer_then_sequential_pretraining_then_a_probe(tmp_path, prefect_ap
         assert backbone.parent_id == tokenizer.id and backbone.params["family"] == "sequential"
         assert backbone.params["architecture"]["tokenizer"]["levels"] == [5, 5, 5]
         assert classifier.parent_id == backbone.id
+        runs = session.exec(select(Run).where(Run.kind == "generate")).all()
+        assert [(r.status, r.params["n"], r.params["top_k"]) for r in runs] == [("completed", 6, 20)]

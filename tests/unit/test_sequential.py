@@ -230,3 +230,33 @@ def test_the_pretrain_flow_refuses_sequential_without_a_tokenizer_and_a_tokenize
         pretrain_flow.fn("elpv", method="simclr", tokenizer="elpv-tokenizer")
     with pytest.raises(ValueError, match="init-from"):
         pretrain_flow.fn("elpv", method="sequential", tokenizer="elpv-tokenizer", init_from="generic")
+
+
+# ------------------------------------------------------------------------------ generation
+
+
+def test_generate_images_from_a_sequential_backbone_checkpoint_and_grid_png():
+    import io
+
+    from PIL import Image
+
+    from components.inference.generate import GenerateConfig, generate_images, grid_png
+
+    model = tiny_sequential()
+    checkpoint = {"kind": "backbone", "backbone_config": config_to_dict(model.cfg), "state_dict": model.state_dict()}
+    images = generate_images(checkpoint, GenerateConfig(n=5, top_k=10, seed=3))
+    assert images.shape == (5, 32, 32) and images.dtype == np.uint8
+    assert np.array_equal(images, generate_images(checkpoint, GenerateConfig(n=5, top_k=10, seed=3)))
+    assert not np.array_equal(images, generate_images(checkpoint, GenerateConfig(n=5, top_k=10, seed=4)))
+    grid = Image.open(io.BytesIO(grid_png(images, pad=2)))
+    assert grid.size == (3 * 34 + 2, 2 * 34 + 2)  # 5 images: 3 columns, 2 rows
+    assert np.array_equal(np.asarray(grid)[2:34, 2:34], images[0])
+    with pytest.raises(ValueError, match="larger than the codebook"):
+        generate_images(checkpoint, GenerateConfig(n=1, top_k=126))
+    with pytest.raises(ValueError, match="sequential backbone"):
+        generate_images({**checkpoint, "kind": "tokenizer"}, GenerateConfig(n=1))
+    vit = {"kind": "backbone", "backbone_config": {"family": "vit", "img_size": 32, "patch_size": 8}, "state_dict": {}}
+    with pytest.raises(ValueError, match="this one is a vit"):
+        generate_images(vit, GenerateConfig(n=1))
+    with pytest.raises(ValueError, match="temperature"):
+        GenerateConfig(temperature=0)
