@@ -260,3 +260,24 @@ def test_generate_images_from_a_sequential_backbone_checkpoint_and_grid_png():
         generate_images(vit, GenerateConfig(n=1))
     with pytest.raises(ValueError, match="temperature"):
         GenerateConfig(temperature=0)
+
+
+@pytest.mark.parametrize("method", ["probe", "prototype", "finetune"])
+def test_a_sequential_backbone_adapts_like_any_backbone(method):
+    from components.training.adapt import Classifier, adapt, predict_proba
+    from components.training.recipes import tiny_adapt
+
+    model = tiny_sequential()
+    images = stripes(24)
+    labels = (np.arange(24) % 2).astype(np.int64)
+    clf = adapt(model.cfg, model.state_dict(), images, labels, 2, tiny_adapt(method), progress=False)
+    proba = predict_proba(clf, images, device="cpu")
+    assert proba.shape == (24, 2) and np.allclose(proba.sum(1), 1, atol=1e-5)
+    reloaded = Classifier.from_state(clf.state())  # what a classifier checkpoint holds
+    assert np.allclose(predict_proba(reloaded, images, device="cpu"), proba, atol=1e-5)
+    if method == "finetune":  # the transformer moved, the tokenizer did not
+        tok = {k: v for k, v in model.state_dict().items() if k.startswith("tokenizer.")}
+        after = clf.encoder.state_dict()
+        assert all(torch.equal(after[k], v) for k, v in tok.items())
+    with pytest.raises(ValueError, match="lora"):
+        adapt(model.cfg, model.state_dict(), images, labels, 2, tiny_adapt("lora"), progress=False)
