@@ -1,12 +1,13 @@
 """Training and measuring a visual tokenizer (components/models/tokenizer.py) on a dataset's
 unlabeled images: one loop like pretraining's (data on the device as uint8, augmentation in
 torch, cosine schedule, atomic resume checkpoints that make a killed run end with the same
-weights as an uninterrupted one), every knob in :class:`TokenizerTrainConfig`.
+weights as an uninterrupted one, SIGTERM/Ctrl-C acted on between steps after a checkpoint), every knob in :class:`TokenizerTrainConfig`.
 """
 from __future__ import annotations
 
 import logging
 import math
+import sys
 import time
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
@@ -21,6 +22,7 @@ from components.models.tokenizer import TokenizerConfig, VisualTokenizer, codebo
 from components.models.vit import normalize_uint8
 from components.training.augment import Augment, augment_batch
 from components.training.device import pick_device
+from components.training.interrupts import deferred_signals
 from components.training.optim import cosine_lr, param_groups
 from components.training.pretrain import images_fingerprint, read_resume_state, write_atomically
 
@@ -125,33 +127,50 @@ def train_tokenizer(images: np.ndarray, cfg: TokenizerTrainConfig, progress: boo
         gen.set_state(state["gen"])
         log.info("resuming tokenizer training from step %d (%s)", start, checkpoint_path)
 
+    def save_resume_state(step: int) -> None:
+        write_atomically(checkpoint_path, save_checkpoint({
+            "config": cfg.to_dict(), "images_sha256": fingerprint, "step": step, "cursor": cursor,
+            "order": order, "losses": losses, "order_gen": order_gen.get_state(), "gen": gen.get_state(),
+            "model": model.state_dict(), "optimizer": opt.state_dict()}))
+
+    def stop_between_steps() -> None:
+        # SIGTERM/Ctrl-C: acted on between steps, after writing the resume checkpoint (as pretraining does)
+        if checkpoint_path and len(losses) > start:
+            save_resume_state(len(losses))
+            print(f"stopped after step {len(losses)}: resume checkpoint written to {checkpoint_path}",
+                  file=sys.stderr, flush=True)
+        stop.deliver()
+
     bar = tqdm(total=cfg.steps, initial=start, desc="tokenizer", disable=not progress, leave=False)
     t0 = time.perf_counter()
-    for step in range(start, cfg.steps):
-        if cursor + batch_size > n:
-            order, cursor = torch.randperm(n, generator=order_gen), 0
-        batch = data[order[cursor : cursor + batch_size].to(device)]
-        cursor += batch_size
-        lr = cosine_lr(step, cfg.steps, cfg.warmup_steps, cfg.lr, cfg.min_lr)
-        for g in opt.param_groups:
-            g["lr"] = lr * g["lr_scale"]
-        loss = model(augment_batch(batch, cfg.augment, gen))[0]
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        losses.append(float(loss.item()))
-        if not math.isfinite(losses[-1]):
-            raise FloatingPointError(f"tokenizer loss is {losses[-1]} at step {step}; lower the learning rate")
-        bar.update(1)
-        if step % 10 == 0:
-            bar.set_postfix(loss=f"{losses[-1]:.4f}", lr=f"{lr:.2e}")
-        if checkpoint_path and cfg.checkpoint_every and (step + 1) % cfg.checkpoint_every == 0 and step + 1 < cfg.steps:
-            write_atomically(checkpoint_path, save_checkpoint({
-                "config": cfg.to_dict(), "images_sha256": fingerprint, "step": step + 1, "cursor": cursor,
-                "order": order, "losses": losses, "order_gen": order_gen.get_state(), "gen": gen.get_state(),
-                "model": model.state_dict(), "optimizer": opt.state_dict()}))
-        if cfg.max_seconds is not None and time.perf_counter() - t0 > cfg.max_seconds:
-            break
+    with deferred_signals() as stop:
+        for step in range(start, cfg.steps):
+            if stop.pending:
+                stop_between_steps()
+            if cursor + batch_size > n:
+                order, cursor = torch.randperm(n, generator=order_gen), 0
+            batch = data[order[cursor : cursor + batch_size].to(device)]
+            cursor += batch_size
+            lr = cosine_lr(step, cfg.steps, cfg.warmup_steps, cfg.lr, cfg.min_lr)
+            for g in opt.param_groups:
+                g["lr"] = lr * g["lr_scale"]
+            loss = model(augment_batch(batch, cfg.augment, gen))[0]
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            losses.append(float(loss.item()))
+            if not math.isfinite(losses[-1]):
+                raise FloatingPointError(f"tokenizer loss is {losses[-1]} at step {step}; lower the learning rate")
+            bar.update(1)
+            if step % 10 == 0:
+                bar.set_postfix(loss=f"{losses[-1]:.4f}", lr=f"{lr:.2e}")
+            if checkpoint_path and cfg.checkpoint_every and (step + 1) % cfg.checkpoint_every == 0 \
+                    and step + 1 < cfg.steps:
+                save_resume_state(step + 1)
+            if cfg.max_seconds is not None and time.perf_counter() - t0 > cfg.max_seconds:
+                break
+        if stop.pending:  # arrived during the last step
+            stop_between_steps()
     bar.close()
     seconds = time.perf_counter() - t0
     state = {k: v.detach().cpu().contiguous().clone() for k, v in model.state_dict().items()}

@@ -281,3 +281,41 @@ def test_a_sequential_backbone_adapts_like_any_backbone(method):
         assert all(torch.equal(after[k], v) for k, v in tok.items())
     with pytest.raises(ValueError, match="lora"):
         adapt(model.cfg, model.state_dict(), images, labels, 2, tiny_adapt("lora"), progress=False)
+
+
+def test_tokenizer_training_checkpoints_on_sigterm_and_resumes_to_the_same_weights(tmp_path, monkeypatch):
+    import os
+    import signal
+
+    import components.training.tokenizer as tokenizer_training
+
+    class Stopped(Exception):
+        pass
+
+    def handler(signum, frame):
+        raise Stopped
+
+    images = stripes(32)
+    cfg = tiny_tokenizer_config(steps=10, checkpoint_every=0)  # no periodic checkpoints: only the signal's
+    full = train_tokenizer(images, cfg, progress=False)
+    calls = []
+    real = tokenizer_training.augment_batch
+
+    def augment_then_signal(*args):
+        calls.append(1)
+        if len(calls) == 4:  # during step 3: acted on before step 4, after a checkpoint
+            os.kill(os.getpid(), signal.SIGTERM)
+        return real(*args)
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        monkeypatch.setattr(tokenizer_training, "augment_batch", augment_then_signal)
+        ckpt = tmp_path / "tok.pt"
+        with pytest.raises(Stopped):
+            train_tokenizer(images, cfg, progress=False, checkpoint_path=ckpt)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    monkeypatch.setattr(tokenizer_training, "augment_batch", real)
+    resumed = train_tokenizer(images, cfg, progress=False, checkpoint_path=ckpt)
+    assert resumed.resumed_from_step == 4 and resumed.losses == full.losses
+    assert all(torch.equal(full.state[k], resumed.state[k]) for k in full.state)
