@@ -319,3 +319,18 @@ def test_tokenizer_training_checkpoints_on_sigterm_and_resumes_to_the_same_weigh
     resumed = train_tokenizer(images, cfg, progress=False, checkpoint_path=ckpt)
     assert resumed.resumed_from_step == 4 and resumed.losses == full.losses
     assert all(torch.equal(full.state[k], resumed.state[k]) for k in full.state)
+
+
+@pytest.mark.parametrize("method", ["reptile", "maml"])
+def test_a_sequential_backbone_meta_learns_with_its_tokenizer_frozen(method):
+    from components.training.meta import meta_adapt
+    from components.training.recipes import meta_config
+
+    model = tiny_sequential()
+    images, labels = stripes(24), (np.arange(24) % 2).astype(np.int64)
+    clf, result = meta_adapt(model.cfg, model.state_dict(), images, labels, 2, meta_config(method, "tiny"),
+                             progress=False)
+    before = model.state_dict()
+    assert all(torch.equal(result.state[k], v) for k, v in before.items() if k.startswith("tokenizer."))
+    assert any(not torch.equal(result.state[k], v) for k, v in before.items() if k.startswith("blocks."))
+    assert clf.encoder.cfg == model.cfg
