@@ -1,9 +1,11 @@
 """`dlvm tokenizer train`, `dlvm pretrain --method sequential`, `dlvm adapt --method probe` on
-the sequential backbone and `dlvm generate` from it, as a user runs them: a small ELPV subset, the tiny recipe, registered
+the sequential backbone, an evaluation sweep with it and `dlvm generate` from it, as a user runs them: a small ELPV subset, the tiny recipe, registered
 versions whose lineage and metrics say what they are."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
+from urllib.parse import urlparse
 
 from clirun import dlvm, dlvm_env
 from PIL import Image
@@ -29,6 +31,11 @@ def test_tokenizer_then_sequential_pretraining_then_a_probe(tmp_path, prefect_ap
     dlvm(env, "adapt", "--dataset", "elpv", "--backbone", "elpv-sequential", "--method", "probe", "--recipe", "tiny",
          "--summary", str(tmp_path / "probe.json"))
     assert 0 <= json.loads((tmp_path / "probe.json").read_text())["metrics"]["accuracy"]["value"] <= 1
+    dlvm(env, "evaluate", "--dataset", "elpv", "--backbone", "elpv-sequential", "--no-scratch", "--fractions", "1.0",
+         "--seeds", "0", "--recipe", "tiny", "--summary", str(tmp_path / "sweep.json"))
+    sweep = json.loads((tmp_path / "sweep.json").read_text())
+    report = Path(urlparse(sweep["report_uri"]).path).read_text()  # the default store: a local directory
+    assert "| elpv-sequential / probe |" in report  # the sweep takes a sequential backbone like any other
     grid = tmp_path / "samples.png"
     dlvm(env, "generate", "elpv-sequential", "--n", "6", "--top-k", "20", "--out", str(grid))
     assert Image.open(grid).size == (3 * 34 + 2, 2 * 34 + 2)  # 6 samples of 32 px, 3 a row, 2 px apart
