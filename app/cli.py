@@ -36,8 +36,8 @@ app.add_typer(stack_app, name="stack")
 data_app = typer.Typer(help="Public datasets written out as a user's raw folders and label exports.",
                        no_args_is_help=True)
 app.add_typer(data_app, name="data")
-tokenizer_app = typer.Typer(help="Visual tokenizers: images as sequences of discrete tokens (for sequential pretraining).",
-                            no_args_is_help=True)
+tokenizer_app = typer.Typer(help="Visual tokenizers: images as sequences of discrete tokens (sequential "
+                                 "pretraining).", no_args_is_help=True)
 app.add_typer(tokenizer_app, name="tokenizer")
 # Wide enough for URIs and tables when output goes to a file or a CI log.
 console = Console(width=None if sys.stdout.isatty() else 160, soft_wrap=True)

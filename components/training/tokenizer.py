@@ -1,7 +1,8 @@
 """Training and measuring a visual tokenizer (components/models/tokenizer.py) on a dataset's
 unlabeled images: one loop like pretraining's (data on the device as uint8, augmentation in
 torch, cosine schedule, atomic resume checkpoints that make a killed run end with the same
-weights as an uninterrupted one, SIGTERM/Ctrl-C acted on between steps after a checkpoint), every knob in :class:`TokenizerTrainConfig`.
+weights as an uninterrupted one, SIGTERM/Ctrl-C acted on between steps after a checkpoint),
+every knob in :class:`TokenizerTrainConfig`.
 """
 from __future__ import annotations
 

@@ -1,6 +1,7 @@
 """`dlvm tokenizer train`, `dlvm pretrain --method sequential`, `dlvm adapt --method probe` on
-the sequential backbone, an evaluation sweep with it and `dlvm generate` from it, as a user runs them: a small ELPV subset, the tiny recipe, registered
-versions whose lineage and metrics say what they are."""
+the sequential backbone, an evaluation sweep with it and `dlvm generate` from it, as a user runs
+them: a small ELPV subset, the tiny recipe, registered versions whose lineage and metrics say
+what they are."""
 from __future__ import annotations
 
 import json
