@@ -351,12 +351,16 @@ def generate(model: str = typer.Argument(..., callback=MODEL_REF,
              top_k: Optional[int] = typer.Option(None, "--top-k", help="draw only from the k most likely tokens"),
              seed: int = 0,
              out: Optional[Path] = typer.Option(None, "--out", help="also write the grid PNG here"),
+             against: Optional[str] = typer.Option(None, "--against", callback=DATASET_NAME,
+                                                   help="measure the samples against this dataset's images "
+                                                        "(Fréchet distance, with a shuffled-token baseline)"),
              summary_path: Optional[Path] = SUMMARY):
     """Sample new images from a sequential backbone (`dlvm pretrain --method sequential`); the grid
     PNG is stored as an artifact."""
     settings = prepare()
     from flows.generate import generate_flow
-    out_summary = run_step(generate_flow, model, n=n, temperature=temperature, top_k=top_k, seed=seed)
+    out_summary = run_step(generate_flow, model, n=n, temperature=temperature, top_k=top_k, seed=seed,
+                           against=against)
     if out is not None:
         from components.storage import open_store
         out.write_bytes(open_store(settings).get_bytes(out_summary["uri"], out_summary["sha256"]))

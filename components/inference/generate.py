@@ -12,6 +12,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from components.data.images import Preprocess
 from components.models.backbones import build_backbone, checkpoint_config, family_of, load_backbone_weights
 from components.models.vit import PIXEL_MEAN, PIXEL_STD
 
@@ -41,23 +42,37 @@ def to_uint8(images: torch.Tensor) -> np.ndarray:
     return (x * 255).round().to(torch.uint8).numpy()
 
 
-@torch.no_grad()
-def generate_images(checkpoint: dict, cfg: GenerateConfig) -> np.ndarray:
-    """``cfg.n`` images (uint8 ``[n, H, W]``) sampled from the sequential backbone a backbone
-    checkpoint holds; the same seed gives the same images on CPU."""
+def load_generator(checkpoint: dict, top_k: int | None = None):
+    """The sequential backbone a backbone checkpoint holds (eval mode, CPU); refuses anything else
+    (and a ``top_k`` larger than its codebook)."""
     if checkpoint.get("kind") != "backbone":
         raise ValueError(f"generation needs a sequential backbone; this checkpoint is a {checkpoint.get('kind')!r}")
     backbone_cfg = checkpoint_config(checkpoint)
     if family_of(backbone_cfg) != "sequential":
         raise ValueError(f"generation needs a sequential backbone (`dlvm pretrain --method sequential`); "
                          f"this one is a {family_of(backbone_cfg)}")
-    if cfg.top_k is not None and cfg.top_k > backbone_cfg.tokenizer.codebook_size:
-        raise ValueError(f"top_k {cfg.top_k} is larger than the codebook ({backbone_cfg.tokenizer.codebook_size})")
+    if top_k is not None and top_k > backbone_cfg.tokenizer.codebook_size:
+        raise ValueError(f"top_k {top_k} is larger than the codebook ({backbone_cfg.tokenizer.codebook_size})")
     model = build_backbone(backbone_cfg, seed=0)
     load_backbone_weights(model, checkpoint["state_dict"])
-    model.eval()
+    return model.eval()
+
+
+def generator_input(checkpoint: dict) -> Preprocess:
+    """How the backbone's images are decoded (what real images are compared with samples at)."""
+    return Preprocess.coerce(checkpoint.get("preprocess") or checkpoint_config(checkpoint).img_size)
+
+
+@torch.no_grad()
+def sample(model, cfg: GenerateConfig) -> np.ndarray:
+    """``cfg.n`` images (uint8 ``[n, H, W]``) from a sequential backbone; a seed fixes them on CPU."""
     gen = torch.Generator().manual_seed(cfg.seed)
     return to_uint8(model.generate(cfg.n, cfg.temperature, cfg.top_k, gen))
+
+
+def generate_images(checkpoint: dict, cfg: GenerateConfig) -> np.ndarray:
+    """:func:`sample` from the sequential backbone a backbone checkpoint holds."""
+    return sample(load_generator(checkpoint, cfg.top_k), cfg)
 
 
 def grid_png(images: np.ndarray, cols: int | None = None, pad: int = 2) -> bytes:

@@ -38,8 +38,13 @@ def test_tokenizer_then_sequential_pretraining_then_a_probe(tmp_path, prefect_ap
     report = Path(urlparse(sweep["report_uri"]).path).read_text()  # the default store: a local directory
     assert "| elpv-sequential / probe |" in report  # the sweep takes a sequential backbone like any other
     grid = tmp_path / "samples.png"
-    dlvm(env, "generate", "elpv-sequential", "--n", "6", "--top-k", "20", "--out", str(grid))
+    dlvm(env, "generate", "elpv-sequential", "--n", "6", "--top-k", "20", "--out", str(grid), "--against", "elpv",
+         "--summary", str(tmp_path / "generate.json"))
     assert Image.open(grid).size == (3 * 34 + 2, 2 * 34 + 2)  # 6 samples of 32 px, 3 a row, 2 px apart
+    quality = json.loads((tmp_path / "generate.json").read_text())["quality"]
+    assert quality["n_real"] == 40 and quality["n_samples"] == 6
+    assert set(quality["frechet_distance"]) == {"samples", "reconstructions", "shuffled_tokens"}
+    assert all(v >= 0 for v in quality["frechet_distance"].values())
 
     with session_scope(Settings(home=tmp_path / "state")) as session:
         models = session.exec(select(RegisteredModel)).all()
@@ -56,3 +61,4 @@ def test_tokenizer_then_sequential_pretraining_then_a_probe(tmp_path, prefect_ap
         assert classifier.parent_id == backbone.id
         runs = session.exec(select(Run).where(Run.kind == "generate")).all()
         assert [(r.status, r.params["n"], r.params["top_k"]) for r in runs] == [("completed", 6, 20)]
+        assert runs[0].params["against"] == "elpv"

@@ -334,3 +334,37 @@ def test_a_sequential_backbone_meta_learns_with_its_tokenizer_frozen(method):
     assert all(torch.equal(result.state[k], v) for k, v in before.items() if k.startswith("tokenizer."))
     assert any(not torch.equal(result.state[k], v) for k, v in before.items() if k.startswith("blocks."))
     assert clf.encoder.cfg == model.cfg
+
+
+def test_frechet_distance_is_zero_for_one_gaussian_and_grows_with_the_shift():
+    from components.evaluation.sample_quality import frechet_distance
+
+    rng = np.random.default_rng(0)
+    a = rng.normal(size=(4000, 3))
+    b = rng.normal(size=(4000, 3))
+    assert frechet_distance(a, a) == pytest.approx(0.0, abs=1e-6)
+    assert frechet_distance(a, b) < 0.02
+    assert frechet_distance(a, a + [2.0, 0, 0]) == pytest.approx(4.0)  # |mu_a - mu_b|^2, same covariance
+    # scaled by 3: Tr(S + 9 S - 2 (9 S^2)^1/2) = 4 Tr(S), plus the means' 4 |mu|^2
+    scaled = 4 * np.trace(np.cov(a, rowvar=False)) + 4 * (a.mean(0) ** 2).sum()
+    assert frechet_distance(a, 3 * a) == pytest.approx(scaled, rel=1e-6)
+    with pytest.raises(ValueError, match="same width"):
+        frechet_distance(a, b[:, :2])
+
+
+def test_sample_quality_has_the_tokenizer_floor_below_the_shuffled_token_baseline():
+    from components.evaluation.sample_quality import reference_images, sample_quality
+
+    images = stripes(64)
+    tok_cfg = tiny_tokenizer_config(steps=40)
+    tok = train_tokenizer(images, tok_cfg, progress=False)
+    model = tiny_sequential()
+    model.tokenizer.load_state_dict(tok.state)
+    refs = reference_images(model, images[:8], seed=0)
+    assert refs["shuffled_tokens"].shape == (8, 32, 32) and refs["reconstructions"].dtype == np.uint8
+    samples = model.generate(16, generator=torch.Generator().manual_seed(0))
+    from components.inference.generate import to_uint8
+    q = sample_quality(model, to_uint8(samples), images, max_real=48)
+    fd = q["frechet_distance"]
+    assert q["n_real"] == 48 and q["n_samples"] == 16 and set(fd) == {"samples", "reconstructions", "shuffled_tokens"}
+    assert 0 <= fd["reconstructions"] < fd["shuffled_tokens"]  # stripes reconstructed beat stripes scrambled
