@@ -36,6 +36,9 @@ app.add_typer(stack_app, name="stack")
 data_app = typer.Typer(help="Public datasets written out as a user's raw folders and label exports.",
                        no_args_is_help=True)
 app.add_typer(data_app, name="data")
+tokenizer_app = typer.Typer(help="Visual tokenizers: images as sequences of discrete tokens (sequential "
+                                 "pretraining).", no_args_is_help=True)
+app.add_typer(tokenizer_app, name="tokenizer")
 # Wide enough for URIs and tables when output goes to a file or a CI log.
 console = Console(width=None if sys.stdout.isatty() else 160, soft_wrap=True)
 
@@ -299,20 +302,71 @@ def pretrain(dataset: str = typer.Option(..., "--dataset", "-d", callback=DATASE
              seed: int = 0,
              init_from: Optional[str] = typer.Option(None, callback=MODEL_REF,
                                                      help="continue from a registered backbone"),
-             method: Optional[str] = typer.Option(None, help="simclr or vicreg (any backbone), mae or dino (ViT) "
+             method: Optional[str] = typer.Option(None, help="simclr or vicreg (any backbone), mae or dino (ViT), "
+                                                  "sequential (next-token over --tokenizer's tokens) "
                                                   "(default: the recipe's)"),
+             tokenizer: Optional[str] = typer.Option(None, callback=MODEL_REF,
+                                                     help="sequential: a registered tokenizer (dlvm tokenizer train)"),
              processes: int = typer.Option(1, help="data-parallel processes under torchrun (one per GPU)"),
              budget_minutes: Optional[float] = BUDGET,
              summary_path: Optional[Path] = SUMMARY):
-    """Self-supervised pretraining (SimCLR, VICReg, MAE or DINO) of a backbone on a dataset's images.
+    """Self-supervised pretraining (SimCLR, VICReg, MAE, DINO or sequential next-token prediction) of a
+    backbone on a dataset's images.
 
     A run that crashed resumes from its last checkpoint when rerun with the same options."""
     prepare()
     from flows.pretrain import pretrain_flow
     out = run_step(pretrain_flow, dataset, recipe=recipe, steps=steps, seed=seed, init_from=init_from,
-                   method=method, processes=processes, budget_minutes=budget_minutes)
+                   method=method, processes=processes, budget_minutes=budget_minutes, tokenizer=tokenizer)
     write_summary(summary_path, out)
     console.print(f"registered {out['model']} v{out['version']}")
+
+
+@tokenizer_app.command("train")
+def tokenizer_train(dataset: str = typer.Option(..., "--dataset", "-d", callback=DATASET_NAME),
+                    recipe: str = RECIPE,
+                    steps: Optional[int] = typer.Option(None, help="override the recipe's steps"),
+                    seed: int = 0,
+                    img_size: Optional[int] = typer.Option(None, help="input size in px (default 32: 8x8 tokens)"),
+                    model_name: Optional[str] = typer.Option(None, "--name", callback=MODEL_NAME,
+                                                             help="model name (default DATASET-tokenizer)"),
+                    summary_path: Optional[Path] = SUMMARY):
+    """Train a visual tokenizer (FSQ autoencoder) on a dataset's images; registered with the PSNR
+    and codebook usage measured on held-out images. A crashed run resumes when rerun."""
+    prepare()
+    from flows.tokenizer import tokenizer_train_flow
+    out = run_step(tokenizer_train_flow, dataset, recipe=recipe, steps=steps, seed=seed, img_size=img_size,
+                   model_name=model_name)
+    write_summary(summary_path, out)
+    m = out["metrics"]
+    console.print(f"registered {out['model']} v{out['version']} (PSNR {m['psnr']:.2f} dB, "
+                  f"codebook usage {m['codebook_usage']:.1%})")
+
+
+@app.command()
+def generate(model: str = typer.Argument(..., callback=MODEL_REF,
+                                         help="a sequential backbone: NAME, NAME:V or NAME@ALIAS"),
+             n: int = typer.Option(16, "--n", help="how many images"),
+             temperature: float = typer.Option(1.0, help="softmax temperature of each token draw"),
+             top_k: Optional[int] = typer.Option(None, "--top-k", help="draw only from the k most likely tokens"),
+             seed: int = 0,
+             out: Optional[Path] = typer.Option(None, "--out", help="also write the grid PNG here"),
+             against: Optional[str] = typer.Option(None, "--against", callback=DATASET_NAME,
+                                                   help="measure the samples against this dataset's images "
+                                                        "(Fréchet distance, with a shuffled-token baseline)"),
+             summary_path: Optional[Path] = SUMMARY):
+    """Sample new images from a sequential backbone (`dlvm pretrain --method sequential`); the grid
+    PNG is stored as an artifact."""
+    settings = prepare()
+    from flows.generate import generate_flow
+    out_summary = run_step(generate_flow, model, n=n, temperature=temperature, top_k=top_k, seed=seed,
+                           against=against)
+    if out is not None:
+        from components.storage import open_store
+        out.write_bytes(open_store(settings).get_bytes(out_summary["uri"], out_summary["sha256"]))
+    write_summary(summary_path, out_summary)
+    console.print(f"{out_summary['n']} samples of {out_summary['model']} v{out_summary['version']}: "
+                  f"{out_summary['uri']}" + (f" (also {out})" if out else ""))
 
 
 @app.command()

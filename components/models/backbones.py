@@ -1,6 +1,7 @@
 """The backbone families behind one interface.
 
-A backbone config (:class:`ViTConfig` or :class:`ResNetConfig`) has ``img_size``,
+A backbone config (:class:`ViTConfig`, :class:`ResNetConfig` or :class:`SequentialConfig`,
+a tokenizer and a causal transformer over its tokens) has ``img_size``,
 ``embed_dim`` (the pooled feature width), ``family`` and ``to_dict``; the module built from
 it has ``forward_pool(images) -> [B, D]``, ``num_features`` and ``set_drop_path``. Every
 pretraining method, adaptation method and evaluation works through this interface; the
@@ -16,13 +17,16 @@ import torch
 from torch import nn
 
 from components.models.resnet import ResNet, ResNetConfig
+from components.models.sequential import SequentialBackbone, SequentialConfig, load_sequential_weights
 from components.models.vit import ViTConfig, VisionTransformer
 
-BackboneConfig = ViTConfig | ResNetConfig
-FAMILIES = ("vit", "resnet")
+BackboneConfig = ViTConfig | ResNetConfig | SequentialConfig
+FAMILIES = ("vit", "resnet", "sequential")
 
 
 def family_of(cfg: BackboneConfig) -> str:
+    if isinstance(cfg, SequentialConfig):
+        return "sequential"
     return "resnet" if isinstance(cfg, ResNetConfig) else "vit"
 
 
@@ -38,6 +42,8 @@ def config_from_dict(d: dict) -> BackboneConfig:
         return ResNetConfig.from_dict(d)
     if family == "vit":
         return ViTConfig.from_dict(d)
+    if family == "sequential":
+        return SequentialConfig.from_dict(d)
     raise ValueError(f"unknown backbone family {family!r} (families: {', '.join(FAMILIES)})")
 
 
@@ -51,7 +57,7 @@ def checkpoint_config(checkpoint: dict) -> BackboneConfig:
 
 def build_backbone(cfg: BackboneConfig, seed: int | None = None) -> nn.Module:
     """A randomly initialised encoder of ``cfg`` (seeded without touching the global RNG when ``seed`` is given)."""
-    make = ResNet if isinstance(cfg, ResNetConfig) else VisionTransformer
+    make = {"resnet": ResNet, "vit": VisionTransformer, "sequential": SequentialBackbone}[family_of(cfg)]
     if seed is None:
         return make(cfg)
     with torch.random.fork_rng(devices=[]):
@@ -65,6 +71,8 @@ def load_backbone_weights(model: nn.Module, state: dict):
 
     if isinstance(model, ResNet):
         return load_resnet_weights(model, state)
+    if isinstance(model, SequentialBackbone):
+        return load_sequential_weights(model, state)
     return load_pretrained_weights(model, state)
 
 

@@ -1,6 +1,8 @@
 """Self-supervised pretraining of a backbone: masked autoencoder (MAE) or self-distillation
 (DINO) on a ViT; SimCLR or VICReg (joint embedding, components/models/joint_embedding.py) on
-either family (ViT or ResNet, components/models/backbones.py).
+either family (ViT or ResNet, components/models/backbones.py); next-token prediction over a
+visual tokenizer's tokens (``sequential``, components/models/sequential.py) on a sequential
+backbone.
 
 One readable loop, top to bottom (data -> model -> optimizer -> resume -> steps -> encoder
 weights), every knob in :class:`PretrainConfig`. Images arrive as one uint8 array
@@ -37,6 +39,7 @@ from components.models.checkpoint import load_checkpoint, save_checkpoint, to_pl
 from components.training.interrupts import deferred_signals
 from components.models.joint_embedding import JOINT_EMBEDDING_METHODS, JointEmbedding
 from components.models.mae import MaskedAutoencoder
+from components.models.sequential import NextTokenPretraining
 from components.models.vit import ViTConfig
 from components.training.augment import Augment, augment_batch
 from components.training.device import autocast_for
@@ -56,7 +59,8 @@ class PretrainConfig:
     ``method`` picks the objective: ``mae`` (masked autoencoder, components/models/mae.py),
     ``dino`` (self-distillation with an EMA teacher, components/models/dino.py), both
     ViT-only (they mask patches), or ``simclr`` / ``vicreg`` (two augmented views embed alike)
-    on any ``backbone``. Knobs of the other methods are ignored.
+    on any ``backbone``, or ``sequential`` (next-token cross-entropy over the tokens of the
+    tokenizer inside a sequential backbone). Knobs of the other methods are ignored.
     """
 
     method: str = "mae"
@@ -109,6 +113,9 @@ class PretrainConfig:
         if self.steps < 1 or self.batch_size < 1:
             raise ValueError(f"steps and batch_size must be >= 1 (got {self.steps}, {self.batch_size})")
         family = family_of(self.backbone)
+        if (self.method == "sequential") != (family == "sequential"):
+            raise ValueError("sequential pretraining and a sequential backbone (a tokenizer and a causal "
+                             f"transformer) go together; got method {self.method} on a {family} backbone")
         if self.method in VIT_ONLY_METHODS and family != "vit":
             raise ValueError(f"{self.method} pretrains a ViT (it masks patches); a {family} backbone takes "
                              f"{' or '.join(JOINT_EMBEDDING_METHODS)}")
@@ -142,19 +149,21 @@ class PretrainConfig:
         return cls(**d)
 
 
-PRETRAIN_METHODS = ("mae", "dino", *JOINT_EMBEDDING_METHODS)
+PRETRAIN_METHODS = ("mae", "dino", *JOINT_EMBEDDING_METHODS, "sequential")
 VIT_ONLY_METHODS = ("mae", "dino")
 # Fields that change how a run executes, not what it computes: a run may resume under new values.
 RUNTIME_FIELDS = ("device", "compile", "channels_last", "checkpoint_every", "max_seconds")
 
 
-def resume_path(state_dir: Path, dataset_version_id: int, cfg: PretrainConfig, init_sha256: str | None) -> Path:
+def resume_path(state_dir: Path, dataset_version_id: int, cfg: PretrainConfig, init_sha256: str | None,
+                kind: str = "pretrain") -> Path:
     """Where one exact run (data, recipe, starting weights) keeps its resume checkpoint under
-    ``state_dir``: a rerun with the same three finds it; runtime knobs do not change it."""
+    ``state_dir``: a rerun with the same three finds it; runtime knobs do not change it.
+    (``cfg`` may be any config with ``to_dict`` and the same runtime fields, e.g. a tokenizer's.)"""
     recipe = {k: v for k, v in cfg.to_dict().items() if k not in RUNTIME_FIELDS}
     key = json.dumps({"dataset_version": dataset_version_id, "recipe": recipe, "init": init_sha256},
                      sort_keys=True, default=str)
-    return Path(state_dir) / "resume" / f"pretrain-{hashlib.sha256(key.encode()).hexdigest()[:16]}.pt"
+    return Path(state_dir) / "resume" / f"{kind}-{hashlib.sha256(key.encode()).hexdigest()[:16]}.pt"
 
 
 @dataclass
@@ -171,6 +180,8 @@ def build_ssl_model(cfg: PretrainConfig) -> torch.nn.Module:
     if cfg.method in JOINT_EMBEDDING_METHODS:
         return JointEmbedding(build_backbone(cfg.backbone), cfg.method, (cfg.proj_hidden_dim, cfg.proj_dim),
                               cfg.temperature)
+    if cfg.method == "sequential":
+        return NextTokenPretraining(cfg.backbone)
     if cfg.method == "mae":
         contrastive = cfg.contrastive_weight > 0
         return MaskedAutoencoder(
@@ -347,6 +358,8 @@ def pretrain(
                     if channels_last:
                         x, x2 = x.contiguous(memory_format=torch.channels_last), x2.contiguous(memory_format=torch.channels_last)
                     loss = step_model(x, x2)
+                elif cfg.method == "sequential":
+                    loss = step_model(augment_batch(batch, cfg.augment, gen))
                 elif cfg.contrastive_weight > 0:
                     x, x2 = augment_batch(batch, cfg.augment, gen), augment_batch(batch, cfg.augment, gen)
                     loss = model.forward_views(x, x2, cfg.mask_ratio, cfg.contrastive_weight, generator=gen)[0]

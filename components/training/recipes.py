@@ -19,6 +19,8 @@ from components.data.images import Preprocess
 from components.data.profile import DataProfile
 from components.models.backbones import BackboneConfig, config_to_dict, family_of
 from components.models.resnet import ResNetConfig
+from components.models.sequential import SequentialConfig
+from components.models.tokenizer import TokenizerConfig
 from components.models.vit import ViTConfig
 from components.training.adapt import METHODS as ADAPT_METHODS
 from components.training.adapt import AdaptConfig
@@ -161,8 +163,14 @@ class ResolvedRecipe:
 
     def describe(self) -> str:
         b = self.backbone
-        arch = (f"ResNet {'-'.join(map(str, b.widths))} x {'-'.join(map(str, b.layers))} blocks"
-                if family_of(b) == "resnet" else f"ViT width {b.embed_dim} depth {b.depth} patch {b.patch_size}")
+        family = family_of(b)
+        if family == "resnet":
+            arch = f"ResNet {'-'.join(map(str, b.widths))} x {'-'.join(map(str, b.layers))} blocks"
+        elif family == "sequential":
+            arch = (f"causal transformer width {b.embed_dim} depth {b.depth} over {b.seq_len} tokens "
+                    f"of a {b.tokenizer.codebook_size}-code tokenizer")
+        else:
+            arch = f"ViT width {b.embed_dim} depth {b.depth} patch {b.patch_size}"
         ft = self.adapt["finetune"]
         lines = [f"recipe {self.name}: input {self.preprocess.describe()}; backbone {arch}; "
                  f"pretraining {self.pretrain.method} {self.pretrain.steps} steps of {self.pretrain.batch_size}; "
@@ -367,6 +375,44 @@ def recipe_for_run(name: str, profile: DataProfile | None, *, budget_minutes: fl
     auto = dict(device=dev, threads=runtime["threads"], budget_minutes=budget_minutes,
                 finetune_runs=finetune_runs, pretrain=pretrain) if name == AUTO else {}
     return resolve_recipe(name, profile, method=method, steps=steps, seed=seed, **auto), runtime
+
+
+# ------------------------------------------------------------------------------ sequential (tokenizer + causal transformer)
+
+
+def sequential_recipe(name: str, tokenizer: TokenizerConfig, preprocess: Preprocess, *, steps: int | None = None,
+                      seed: int = 0, device: str = "auto") -> ResolvedRecipe:
+    """Sequential pretraining over a registered tokenizer's tokens: the input is the tokenizer's
+    (its size and preprocessing); ``tiny`` is a seconds-long run for tests (width 32, 2 blocks,
+    30 steps), every other recipe (``auto``, ``demo``) a width-128, 4-block transformer for
+    1,000 steps of 64 images. Adaptation configs are the recipe's own (``auto``: its defaults)."""
+    if name != AUTO:
+        get_recipe(name)  # an unknown name fails with the list
+    tiny = name in ("tiny", "tiny-cnn")
+    shape = dict(embed_dim=32, depth=2, num_heads=2) if tiny else dict(embed_dim=128, depth=4, num_heads=4)
+    knobs = (dict(steps=30, batch_size=16, lr=2e-3, warmup_steps=5, device="cpu") if tiny
+             else dict(steps=1000, batch_size=64, lr=1e-3, warmup_steps=50, device=device))
+    cfg = PretrainConfig(method="sequential", backbone=SequentialConfig(tokenizer=tokenizer, **shape),
+                         weight_decay=0.05, betas=(0.9, 0.95), grad_clip=1.0, seed=seed,
+                         augment=Augment.dihedral(rot90=False), **{**knobs, **({"steps": steps} if steps else {})})
+    adapt = {m: replace(tiny_adapt(m) if tiny else AdaptConfig(method=m, device=device), seed=seed)
+             for m in ADAPT_METHODS}
+    reasons = [f"sequential: the tokenizer's input ({preprocess.describe()}, {tokenizer.num_tokens} tokens of "
+               f"{tokenizer.codebook_size} codes); {'tiny test shape' if tiny else 'width 128, 4 blocks'}; "
+               "flips only (crops would change what the tokens mean)"]
+    return ResolvedRecipe(name, preprocess, cfg, adapt, reasons)
+
+
+def sequential_recipe_for_run(name: str, tokenizer: TokenizerConfig, preprocess: Preprocess, *,
+                              steps: int | None = None, seed: int = 0, device: str = "auto",
+                              threads: int | None = None) -> tuple[ResolvedRecipe, dict]:
+    """:func:`recipe_for_run` for sequential pretraining: set the CPU threads, pick the device,
+    then :func:`sequential_recipe`."""
+    from components.training.device import cpu_threads, pick_device
+
+    runtime = cpu_threads(threads)
+    runtime["device"] = pick_device(device).type
+    return sequential_recipe(name, tokenizer, preprocess, steps=steps, seed=seed, device=runtime["device"]), runtime
 
 
 # ------------------------------------------------------------------------------ meta-learning (reptile, maml)

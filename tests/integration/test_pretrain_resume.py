@@ -1,5 +1,5 @@
 """Pretraining survives SIGKILL: killed mid-run and resumed from its checkpoint, it ends with
-exactly the weights of an uninterrupted run (CPU, fixed seed). Also: resume refuses a
+exactly the weights of an uninterrupted run (CPU, fixed seed; every method, sequential included). Also: resume refuses a
 checkpoint written for another config or other images, and two processes under torchrun
 (gloo on CPU) train one model."""
 from __future__ import annotations
@@ -33,11 +33,23 @@ from components.training.launch import pretrain_in_processes
 from components.training.pretrain import PretrainConfig, pretrain
 from components.training.recipes import tiny_cnn_pretrain, tiny_pretrain
 method, steps, every = sys.argv[4], int(sys.argv[5]), int(sys.argv[6])
+init = None
 if method.endswith("-resnet"):  # a joint-embedding method on the convolutional family
     cfg = tiny_cnn_pretrain(method.removesuffix("-resnet"), steps=steps, checkpoint_every=every)
+elif method == "sequential":  # next-token prediction over a (seeded, untrained) tokenizer's tokens
+    import dataclasses
+    from components.data.images import Preprocess
+    from components.models.tokenizer import TokenizerConfig, VisualTokenizer
+    from components.training.recipes import sequential_recipe
+    tok = TokenizerConfig(32, channels=(8, 16), levels=(5, 5, 5))
+    torch.manual_seed(0)
+    init = {f"tokenizer.{k}": v for k, v in VisualTokenizer(tok).state_dict().items()}
+    cfg = dataclasses.replace(sequential_recipe("tiny", tok, Preprocess(32)).pretrain, steps=steps,
+                              checkpoint_every=every)
 else:
     cfg = tiny_pretrain(method=method, steps=steps, checkpoint_every=every)
-res = pretrain(np.load(sys.argv[1]), cfg, progress=False, checkpoint_path=sys.argv[2] or None)
+res = pretrain(np.load(sys.argv[1]), cfg, progress=False, init_encoder_state=init,
+               checkpoint_path=sys.argv[2] or None)
 torch.save({"state": res.encoder_state, "losses": res.losses, "resumed_from": res.resumed_from_step}, sys.argv[3])
 """
 
@@ -54,7 +66,7 @@ def images(tmp_path) -> Path:
     return path
 
 
-@pytest.mark.parametrize("method", ["mae", "dino", "simclr-resnet", "vicreg"])
+@pytest.mark.parametrize("method", ["mae", "dino", "simclr-resnet", "vicreg", "sequential"])
 def test_sigkilled_pretraining_resumes_to_identical_weights(tmp_path, images, method):
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     reference = tmp_path / "reference.pt"
