@@ -8,7 +8,7 @@ from components.evaluation.metrics import DEFAULT_GATE_METRIC, check_metric
 from components.evaluation.report import choose_candidate_method
 from components.names import check_dataset
 from components.settings import get_settings
-from components.training.recipes import AUTO, PRETRAIN_SHARE
+from components.training.recipes import AUTO, PRETRAIN_SHARE, pipeline_finetune_runs
 from flows.adapt import adapt_flow
 from flows.evaluate import evaluate_flow
 from flows.ingest import ingest_flow
@@ -16,8 +16,6 @@ from flows.labels import labels_flow
 from flows.pretrain import pretrain_flow
 from flows.promote import promote_flow
 from flows.tasks import set_baseline
-
-TRAINED_METHODS = ("finetune", "lora")
 
 
 @flow(name="pipeline", log_prints=True)
@@ -56,9 +54,8 @@ def pipeline_flow(source: str, dataset: str, labels_export: str, classes: list[s
     ingest = ingest_flow(source, dataset)
     labels = labels_flow(labels_export, dataset, classes=classes)
     n_backbones = 2 + bool(generic_source)  # domain, scratch, generic
-    sweep_runs = (n_backbones * len(finetune_fractions or fractions) * len(finetune_seeds or seeds)
-                  * len([m for m in methods if m in TRAINED_METHODS]))
-    finetune_runs = max(1, sweep_runs + (candidate_method in TRAINED_METHODS))
+    finetune_runs = pipeline_finetune_runs(n_backbones, len(finetune_fractions or fractions),
+                                           len(finetune_seeds or seeds), methods, candidate_method)
     adapt_budget = budget_minutes * (1 - PRETRAIN_SHARE) if budget_minutes else None
     if recipe == AUTO:
         print(f"pipeline: recipe auto, budget {budget_minutes or 'default'} min shared by pretraining and "

@@ -48,6 +48,7 @@ if TYPE_CHECKING:  # the learning stack (torch) is imported only when a sweep ru
 METHODS = ("probe", "finetune", "lora", "prototype")
 FEATURE_METHODS = ("probe", "prototype")  # heads on frozen features: extracted once per backbone
 TRAINED_METHODS = ("finetune", "lora")  # a training run each: may be restricted to part of the grid
+# (components.training.adapt.TRAINED_METHODS; not imported: this module stays free of torch)
 RunKey = tuple[str, str, float, int]  # (backbone, method, fraction, seed)
 
 

@@ -61,6 +61,7 @@ from components.training.optim import cosine_lr, param_groups
 
 PROBE_L2_GRID = (3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 1e-1)
 METHODS = ("probe", "finetune", "lora", "prototype")
+TRAINED_METHODS = ("finetune", "lora")  # train the network: minutes a run on CPU, budgeted as such
 OPTIMIZERS = ("adamw", "sgd")
 CLASS_BALANCE = ("none", "loss", "sampler", "auto")
 TTA = ("none", "dihedral")

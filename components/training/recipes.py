@@ -23,12 +23,21 @@ from components.models.sequential import SequentialConfig
 from components.models.tokenizer import TokenizerConfig
 from components.models.vit import ViTConfig
 from components.training.adapt import METHODS as ADAPT_METHODS
-from components.training.adapt import AdaptConfig
+from components.training.adapt import TRAINED_METHODS, AdaptConfig
 from components.training.augment import Augment
 from components.training.pretrain import PretrainConfig
 
 AUTO = "auto"
 PRETRAIN_SHARE = 0.3  # of an auto budget that includes pretraining; the rest is shared by the fine-tune runs
+
+
+def pipeline_finetune_runs(n_backbones: int, n_fractions: int, n_seeds: int, methods, candidate_method: str | None) -> int:
+    """How many network-training runs a pipeline's budget must cover: the sweep's (backbones x
+    fractions x seeds x trained methods) plus the candidate's, which is a trained method when
+    the user names one, and may be one whenever the sweep has one (it picks the best measured)."""
+    trained = [m for m in methods if m in TRAINED_METHODS]
+    candidate_trains = candidate_method in TRAINED_METHODS if candidate_method else bool(trained)
+    return max(1, n_backbones * n_fractions * n_seeds * len(trained) + candidate_trains)
 
 # ------------------------------------------------------------------------------ presets
 

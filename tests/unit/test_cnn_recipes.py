@@ -333,3 +333,15 @@ def test_small_categorical_maps_are_upscaled_not_shrunk():
     assert wafers.preprocess.size == 32 and wafers.preprocess.resample == "nearest"
     photos = resolve_recipe("auto", DataProfile(500, 40, 40, 1.0, False))
     assert photos.preprocess.size == 32  # photographs are never upscaled past their own size
+
+
+def test_the_pipeline_budget_counts_the_candidates_training_run():
+    """The demo's 13-minute budget was shared by 2 fine-tunes while 3 ran (domain and scratch in
+    the sweep, then the candidate, whose method the sweep picks): it overran."""
+    from components.training.recipes import pipeline_finetune_runs
+
+    methods = ("probe", "prototype", "finetune")
+    assert pipeline_finetune_runs(2, 1, 1, methods, None) == 3  # the candidate may be the fine-tune
+    assert pipeline_finetune_runs(2, 1, 1, methods, "probe") == 2  # named: a probe trains nothing
+    assert pipeline_finetune_runs(3, 2, 2, methods, "finetune") == 13
+    assert pipeline_finetune_runs(2, 5, 3, ("probe",), None) == 1  # never zero: the budget divides by it
