@@ -188,7 +188,8 @@ def markdown_report(title: str, metrics: dict, context: dict) -> str:
     lines += ["", "| metric | value (95% CI) |", "| --- | --- |",
               f"| mAP@0.5 (VOC, all-point) | {_cell(metrics['map50'])} |",
               f"| mAP@0.33 | {_cell(metrics['map33'])} |",
-              f"| precision (IoU > 0.33, score >= {metrics['score_threshold']:g}) | {_cell(metrics['precision33'])} |",
+              f"| precision (IoU > 0.33, score >= {metrics['score_threshold']:g}) | "
+              f"{_cell(metrics['precision33'])} |",
               f"| recall (IoU > 0.33) | {_cell(metrics['recall33'])} |",
               f"| F-score (IoU > 0.33) | {_cell(metrics['fscore33'])} |",
               "", "| class | AP@0.5 | AP@0.33 | precision | recall | F-score |", "| --- | --- | --- | --- | --- | --- |"]

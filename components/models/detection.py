@@ -94,6 +94,26 @@ class CenterNet(nn.Module):
         return {"heatmap": self.heatmap(merged), "size": self.size(merged), "offset": self.offset(merged)}
 
 
+def detector_state(model: CenterNet, classes: list[str], img_size: int, decoding: dict) -> dict:
+    """Everything needed to detect again, as a checkpoint dict (kind ``detector``); its
+    ``backbone_config`` makes the trained encoder loadable as a backbone too."""
+    if len(classes) != model.cfg.num_classes:
+        raise ValueError(f"{len(classes)} class names for a {model.cfg.num_classes}-class detector")
+    return {"kind": "detector", "method": "centernet", "backbone_config": model.backbone.cfg.to_dict(),
+            "detector_config": model.cfg.to_dict(), "state_dict": model.state_dict(), "classes": list(classes),
+            "img_size": int(img_size), "decoding": dict(decoding)}
+
+
+def detector_from_state(state: dict) -> CenterNet:
+    """The detector a :func:`detector_state` checkpoint holds, in eval mode."""
+    if state.get("kind") != "detector" or state.get("method") != "centernet":
+        raise ValueError(f"not a centernet detector checkpoint (kind {state.get('kind')!r})")
+    model = CenterNet(ResNet(ResNetConfig.from_dict(dict(state["backbone_config"]))),
+                      DetectorConfig(**dict(state["detector_config"])))
+    model.load_state_dict(state["state_dict"])
+    return model.eval()
+
+
 # --- targets -------------------------------------------------------------------------
 
 
@@ -181,7 +201,8 @@ def detection_loss(outputs: dict[str, torch.Tensor], targets: dict[str, torch.Te
     size = CenterRegressionLoss()(outputs["size"], targets["size"], targets["mask"])
     offset = CenterRegressionLoss()(outputs["offset"], targets["offset"], targets["mask"])
     total = weights.heatmap * heat + weights.size * size + weights.offset * offset
-    return total, {"heatmap": float(heat.detach()), "size": float(size.detach()), "offset": float(offset.detach())}
+    parts = {"heatmap": heat, "size": size, "offset": offset}
+    return total, {k: float(v.detach()) for k, v in parts.items()}
 
 
 # --- decoding ------------------------------------------------------------------------
