@@ -140,10 +140,10 @@ def train_detector(backbone: ResNet, images: np.ndarray, boxes: list[np.ndarray]
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 10.0)
         opt.step()
-        history["loss"].append(float(loss))
+        history["loss"].append(float(loss.detach()))
         for k, v in parts.items():
             history[k].append(v)
-        bar.set_postfix(loss=f"{float(loss):.3f}")
+        bar.set_postfix(loss=f"{history['loss'][-1]:.3f}")
     history["seconds"] = time.monotonic() - started
     return model.cpu().eval(), history
 

@@ -1,7 +1,8 @@
 """DeepPCB boxes through the CLI to a registered detector, on a few dozen real images: ingest;
 a box snapshot from a CSV; `dlvm adapt --task detection` from scratch (a few steps at 128 px);
 the detector's registry row (kind, lineage, mAP with its interval), its checkpoint (loads and
-detects), its report and its PNG of boxes; a classification snapshot is refused in one line."""
+detects), its report and its PNG of boxes. (A classification snapshot named for detection is
+refused: tests/unit/test_detection.py.)"""
 from __future__ import annotations
 
 import csv
@@ -14,7 +15,6 @@ import pytest
 from clirun import dlvm, dlvm_env
 from sqlmodel import select
 
-from components.data.elpv import write_label_studio_export
 from components.models.checkpoint import load_checkpoint
 from components.models.detection import detector_from_state
 from components.registry.db import session_scope
@@ -90,15 +90,3 @@ def test_detector_is_registered_with_lineage_metrics_and_report(detection_run):
     refused = dlvm(env, "promote", "pcb-detector:1", check=False)
     assert refused.returncode != 0
 
-
-def test_a_classification_snapshot_is_refused_in_one_line(detection_run, tmp_path):
-    root, env, *_ = detection_run
-    names = sorted(p.name for p in (root / "pcb").iterdir())
-    export = write_label_studio_export(tmp_path / "export.json", [f"/data/local-files/?d=pcb/{n}" for n in names],
-                                       ["defect"] * (len(names) - 4) + ["good"] * 4)
-    dlvm(env, "labels", str(export), "--dataset", "pcb")
-    refused = dlvm(env, "adapt", "--task", "detection", "--dataset", "pcb", "--backbone", "scratch", "--img-size",
-                   "64", "--steps", "1", check=False)
-    said = refused.stdout + refused.stderr
-    assert refused.returncode != 0 and "holds image classes, not boxes: name a box snapshot" in said
-    assert "Traceback" not in said
