@@ -37,6 +37,8 @@ class DetectConfig:
     head_width: int = 64
     flips: bool = True
     turns: bool = True
+    crop: int | None = None  # train on random crop x crop windows (the model is convolutional: it detects on
+    # whole images); small defects keep their pixels while a step costs what a small image costs
     size_weight: float = 0.1
     max_detections: int = 100
     score_threshold: float = 0.01  # decoding keeps peaks above this; evaluation sweeps the rest
@@ -47,6 +49,8 @@ class DetectConfig:
     def __post_init__(self) -> None:
         if self.steps < 1 or self.batch_size < 1 or self.lr <= 0 or self.max_detections < 1:
             raise ValueError(f"steps, batch_size, max_detections must be >= 1 and lr > 0, got {self}")
+        if self.crop is not None and self.crop < 8:
+            raise ValueError(f"crop must be >= 8 px, got {self.crop}")
         if not 0 <= self.score_threshold < 1:
             raise ValueError(f"score_threshold must be in [0, 1), got {self.score_threshold}")
 
@@ -80,17 +84,32 @@ def augment(image: np.ndarray, boxes: np.ndarray, turns: int, flip: bool) -> tup
     return np.ascontiguousarray(image), boxes
 
 
+def crop_window(image: np.ndarray, boxes: np.ndarray, labels: np.ndarray, top: int, left: int,
+                size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The ``size x size`` window at (``top``, ``left``) and the boxes whose center lies in it,
+    shifted into it and clipped to its edges (a box cut by the edge is still that defect)."""
+    boxes = np.asarray(boxes, np.float32).reshape(-1, 4)
+    cx, cy = (boxes[:, 0] + boxes[:, 2]) / 2 - left, (boxes[:, 1] + boxes[:, 3]) / 2 - top
+    keep = (cx >= 0) & (cx < size) & (cy >= 0) & (cy < size)
+    shifted = np.clip(boxes[keep] - np.array([left, top, left, top], np.float32), 0, size)
+    return image[top:top + size, left:left + size], shifted, np.asarray(labels)[keep]
+
+
 def _batch(images: np.ndarray, boxes: list[np.ndarray], labels: list[np.ndarray], idx: np.ndarray,
            model: CenterNet, cfg: DetectConfig, rng: np.random.Generator | None) -> tuple[torch.Tensor, dict]:
     size, stride = images.shape[-1], model.stride
-    out = (-(-size // stride), -(-size // stride))
+    window = cfg.crop if cfg.crop is not None and cfg.crop < size and rng is not None else size
+    out = (-(-window // stride), -(-window // stride))
     pics, targets = [], []
     for i in idx:
-        img, bx = images[i], boxes[i]
+        img, bx, lab = images[i], boxes[i], labels[i]
         if rng is not None:
             img, bx = augment(img, bx, int(rng.integers(4)) if cfg.turns else 0, bool(cfg.flips and rng.random() < 0.5))
-        pics.append(img)
-        targets.append(centernet_targets(bx, labels[i], model.cfg.num_classes, out, stride))
+        if window < size:
+            top, left = (int(v) for v in rng.integers(0, size - window + 1, size=2))
+            img, bx, lab = crop_window(img, bx, lab, top, left, window)
+        pics.append(np.ascontiguousarray(img))
+        targets.append(centernet_targets(bx, lab, model.cfg.num_classes, out, stride))
     x = normalize_uint8(torch.from_numpy(np.stack(pics)))
     return x, {k: torch.stack([t[k] for t in targets]) for k in targets[0]}
 

@@ -90,3 +90,15 @@ def test_detector_is_registered_with_lineage_metrics_and_report(detection_run):
     refused = dlvm(env, "promote", "pcb-detector:1", check=False)
     assert refused.returncode != 0
 
+
+
+def test_benchmark_script_runs_on_a_sliver_of_deeppcb(tmp_path):
+    from benchmarks.deeppcb_detection import main
+
+    out = tmp_path / "bench.json"
+    result = main(["--arch", "resnet-tiny", "--size", "64", "--fraction", "0.008", "--n-test", "4", "--steps", "2",
+                   "--batch-size", "2", "--crop", "32", "--n-boot", "20", "--no-progress", "--out", str(out)])
+    saved = json.loads(out.read_text())
+    assert saved["n_train_images"] == 8 and saved["metrics"]["n_test_images"] == 4
+    assert saved["metrics"]["n_test_boxes"] > 0 and 0 <= saved["metrics"]["map50"]["value"] <= 1
+    assert saved["threads"] == 1 and result["detect"]["crop"] == 32

@@ -37,7 +37,7 @@ from components.models.detection import (
 from components.models.resnet import ResNet, ResNetConfig
 from components.settings import Settings
 from components.storage import open_store
-from components.training.detect import DetectConfig, augment, predict_boxes, train_detector
+from components.training.detect import DetectConfig, augment, crop_window, predict_boxes, train_detector
 
 
 def _pred(boxes, scores, labels):
@@ -214,6 +214,26 @@ def test_four_turns_are_the_identity_and_non_square_images_are_refused():
     assert (img == image).all() and boxes.tolist() == [[1, 2, 3, 4]]
     with pytest.raises(ValueError, match="square"):
         augment(np.zeros((8, 6), np.uint8), np.zeros((0, 4)), 1, False)
+
+
+def test_a_crop_keeps_the_boxes_centered_in_it_shifted_and_clipped():
+    image = np.arange(400, dtype=np.uint8).reshape(20, 20)
+    boxes = np.array([[2, 2, 6, 6], [8, 8, 12, 12], [9, 10, 19, 18]], np.float32)
+    img, kept, labels = crop_window(image, boxes, np.array([0, 1, 2]), top=5, left=5, size=10)
+    assert (img == image[5:15, 5:15]).all()
+    # the first box's center (4, 4) is outside; the third's (14, 14) is inside, cut at two edges
+    assert labels.tolist() == [1, 2] and kept.tolist() == [[3, 3, 7, 7], [4, 5, 10, 10]]
+
+
+def test_training_on_crops_detects_on_whole_images():
+    rng = np.random.default_rng(1)
+    images, boxes, labels = _squares(8, rng, size=64)
+    cfg = DetectConfig(steps=3, batch_size=4, crop=32, seed=0)
+    model, history = train_detector(ResNet(ResNetConfig.tiny(64)), images, boxes, labels, 2, cfg, progress=False)
+    assert len(history["loss"]) == 3 and all(np.isfinite(history["loss"]))
+    assert len(predict_boxes(model, images[:2], cfg)) == 2
+    with pytest.raises(ValueError, match="crop"):
+        DetectConfig(crop=4)
 
 
 # --- training ------------------------------------------------------------------------------
