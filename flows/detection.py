@@ -50,17 +50,20 @@ def evaluate(preds, truths, classes, score_threshold: float, seed: int):
 @flow(name="adapt-detection", log_prints=True)
 def detection_flow(dataset: str, backbone: str | None = None, snapshot_version: int | None = None,
                    dataset_version: int | None = None, img_size: int = 256, steps: int = 2000, batch_size: int = 16,
-                   lr: float = 2e-3, score_threshold: float = 0.3, seed: int = 0, threads: int | None = None,
+                   lr: float = 2e-3, crop: int | None = None, score_threshold: float = 0.3, seed: int = 0,
+                   threads: int | None = None,
                    model_name: str | None = None) -> dict:
     """Train a detector on `dataset`'s box snapshot (`snapshot_version`, default the latest) from
     a registered ResNet backbone's encoder or from scratch (`backbone='scratch'`: a random small
-    ResNet), evaluate it on the snapshot's test split and register it."""
+    ResNet), evaluate it on the snapshot's test split and register it. `crop`: train on random
+    crop x crop windows of the img_size images (small defects keep their pixels at a small
+    image's cost per step); detection always runs on whole images."""
     settings = get_settings()
     backbone = backbone or f"{dataset}-mae"
     model_name = model_name or f"{dataset}-detector"
     if not 0 < score_threshold < 1:
         raise ValueError(f"score_threshold must be in (0, 1), got {score_threshold}")
-    cfg = DetectConfig(steps=steps, batch_size=batch_size, lr=lr, seed=seed)
+    cfg = DetectConfig(steps=steps, batch_size=batch_size, lr=lr, crop=crop, seed=seed)
     runtime = cpu_threads(threads)
     params = {"task": TASK, "method": "centernet", "dataset": dataset, "backbone": backbone, "img_size": img_size,
               "score_threshold": score_threshold, "detect": cfg.to_dict(), "runtime": runtime}

@@ -49,7 +49,7 @@ def detection_run(tmp_path_factory, prefect_api):
     dlvm(env, "ingest", str(raw), "--dataset", "pcb")
     dlvm(env, "labels", str(root / "boxes.csv"), "--dataset", "pcb")
     out = dlvm(env, "adapt", "--task", "detection", "--dataset", "pcb", "--labels", "1", "--backbone", "scratch",
-               "--img-size", "128", "--steps", "12", "--batch-size", "4", "--summary", str(root / "detector.json"))
+               "--img-size", "128", "--crop", "96", "--steps", "12", "--batch-size", "4", "--summary", str(root / "detector.json"))
     return root, env, out, json.loads((root / "detector.json").read_text()), len(lines) - 1
 
 
@@ -88,7 +88,8 @@ def test_detector_is_registered_with_lineage_metrics_and_report(detection_run):
     assert "mAP@0.5 (VOC, all-point)" in text and f"{m['map50']['value']:.3f}" in text
     # the detector is not a classifier: promotion refuses it by its kind
     refused = dlvm(env, "promote", "pcb-detector:1", check=False)
-    assert refused.returncode != 0
+    assert refused.returncode != 0 and "is a detector; only classifiers are promoted" in refused.stdout + refused.stderr
+    assert version.params["detect"]["crop"] == 96
 
 
 
