@@ -378,25 +378,38 @@ def adapt(dataset: str = typer.Option(..., "--dataset", "-d", callback=DATASET_N
           fraction: float = typer.Option(1.0, help="fraction of the training labels"),
           seed: int = 0, recipe: str = RECIPE, budget_minutes: Optional[float] = BUDGET,
           summary_path: Optional[Path] = SUMMARY,
-          task: str = typer.Option("classification", help="classification, or anomaly (good images only)"),
+          task: str = typer.Option("classification", help="classification, anomaly (good images only) or "
+                                   "detection (boxes)"),
           good_class: Optional[str] = typer.Option(None, help="anomaly: the snapshot class that is normal "
                                                    "(default: every image of the dataset version is good)"),
           false_alarm_rate: float = typer.Option(0.01, help="anomaly: false-alarm rate the threshold is set for"),
-          img_size: Optional[int] = typer.Option(None, help="anomaly: input size (ResNet backbones only)"),
-          snapshot: Optional[int] = typer.Option(None, "--snapshot", help="anomaly: the label snapshot version "
-                                                 "--good-class refers to (default: latest)"),
+          img_size: Optional[int] = typer.Option(None, help="anomaly, detection: input size (ResNet backbones "
+                                                 "only; detection default 256)"),
+          snapshot: Optional[int] = typer.Option(None, "--snapshot", "--labels", help="the label snapshot version: "
+                                                 "anomaly: the one --good-class refers to; detection: the box "
+                                                 "snapshot (default: latest)"),
+          steps: int = typer.Option(2000, help="detection: training steps"),
+          batch_size: int = typer.Option(16, help="detection: images per step"),
+          crop: Optional[int] = typer.Option(None, help="detection: train on random crops of this size "
+                                             "(default: whole images)"),
+          score_threshold: float = typer.Option(0.3, help="detection: score a box needs to count in "
+                                                "precision / recall / F-score"),
           regions_snapshot: Optional[int] = typer.Option(None, help="anomaly: box snapshot version whose boxes are "
                                                          "the defect regions (pixel AUROC)")):
     """Adapt a backbone with labels (linear probe, fine-tuning, LoRA, class prototypes, Reptile or MAML) and
     register the classifier.
 
-    With --task anomaly: fit an anomaly model (PatchCore memory bank) on good images only."""
+    With --task anomaly: fit an anomaly model (PatchCore memory bank) on good images only.
+    With --task detection: train a box detector (CenterNet head on a ResNet) on a box snapshot."""
     prepare()
+    if task == "detection":
+        return _adapt_detection(dataset, backbone, snapshot, img_size or 256, steps, batch_size, crop,
+                                score_threshold, seed, summary_path)
     if task == "anomaly":
         return _adapt_anomaly(dataset, backbone, good_class, false_alarm_rate, img_size, snapshot, regions_snapshot,
                               seed, summary_path)
     if task != "classification":
-        raise typer.BadParameter(f"task must be classification or anomaly, not {task!r}")
+        raise typer.BadParameter(f"task must be classification, anomaly or detection, not {task!r}")
     from flows.adapt import adapt_flow
     out = run_step(adapt_flow, dataset, backbone=backbone, method=method, fraction=fraction, seed=seed,
                    recipe=recipe, budget_minutes=budget_minutes)
@@ -422,6 +435,20 @@ def _adapt_anomaly(dataset, backbone, good_class, false_alarm_rate, img_size, sn
         p = m["pixel_auroc"]
         line += f", pixel AUROC {p['value']:.3f} [{p['ci_low']:.3f}, {p['ci_high']:.3f}]"
     console.print(f"{line}\nheat maps {out['heatmaps_uri']}\nreport {out['report_uri']}")
+
+
+def _adapt_detection(dataset, backbone, snapshot_version, img_size, steps, batch_size, crop, score_threshold, seed,
+                     summary_path) -> None:
+    from flows.detection import detection_flow
+    out = run_step(detection_flow, dataset, backbone=backbone, snapshot_version=snapshot_version, img_size=img_size,
+                   steps=steps, batch_size=batch_size, crop=crop, score_threshold=score_threshold, seed=seed)
+    write_summary(summary_path, out)
+    m = out["metrics"]
+    a, f = m["map50"], m["fscore33"]
+    console.print(f"registered {out['model']} v{out['version']} (detector): mAP@0.5 {a['value']:.3f} "
+                  f"[{a['ci_low']:.3f}, {a['ci_high']:.3f}], F-score (IoU > 0.33) {f['value']:.3f} "
+                  f"[{f['ci_low']:.3f}, {f['ci_high']:.3f}] on {m['n_test_images']} test images\n"
+                  f"boxes {out['boxes_uri']}\nreport {out['report_uri']}")
 
 
 @app.command()

@@ -50,6 +50,12 @@ def load_labeled_set(settings: Settings, dataset: str, version, snapshot, size: 
     return access.labeled_set(settings, dataset, version, snapshot, size)
 
 
+@task(name="load-box-set", **IO_RETRIES)
+def load_box_set(settings: Settings, dataset: str, version, snapshot, size: int) -> access.BoxSet:
+    """A box snapshot's images, boxes and fixed test split (computed in access.box_set)."""
+    return access.box_set(settings, dataset, version, snapshot, size)
+
+
 @task(name="load-dataset-images", **IO_RETRIES)
 def load_dataset_images(settings: Settings, dataset: str, version, size):
     return access.dataset_images(settings, dataset, version, size)

@@ -137,3 +137,47 @@ def labeled_set(settings: Settings, dataset: str, version, snapshot, size: "int 
     train_idx, test_idx = test_split(shas, labels)
     return LabeledSet(images=images[rows], labels=labels, classes=classes, image_sha256=shas,
                       paths=[item["path"] for item in snap["items"]], train_idx=train_idx, test_idx=test_idx)
+
+
+@dataclass
+class BoxSet:
+    """The images of a box snapshot, in snapshot order, with their boxes scaled to the decoded
+    ``size x size`` images and the snapshot's fixed test split (stratified by defect / none)."""
+    images: np.ndarray          # uint8 [N, size, size]
+    boxes: list[np.ndarray]     # per image float32 [n_i, 4]: x1, y1, x2, y2 in pixels of the decoded image
+    labels: list[np.ndarray]    # per image int64 [n_i], indices into classes
+    classes: list[str]
+    image_sha256: list[str]
+    paths: list[str]
+    train_idx: np.ndarray
+    test_idx: np.ndarray
+
+
+def box_set(settings: Settings, dataset: str, version, snapshot, size: int, progress: bool = True) -> BoxSet:
+    """A box snapshot's images decoded at ``size`` (stretched, as :class:`Preprocess` does by
+    default, so boxes scale by ``size / width`` and ``size / height``), their boxes and split."""
+    snap = load_json_artifact(settings, snapshot.artifact_uri, snapshot.sha256)
+    if snap.get("format") != "dlvm-box-snapshot/1":  # components.labeling.boxes.BOX_SNAPSHOT_FORMAT
+        raise ValueError(f"label snapshot v{snapshot.version} of {dataset} holds image classes, not boxes: "
+                         "name a box snapshot")
+    manifest, images = dataset_images(settings, dataset, version, size, progress=progress)
+    index = {item["path"]: i for i, item in enumerate(manifest["images"])}
+    records = {item["path"]: item for item in manifest["images"]}
+    classes = list(snap["classes"])
+    class_index = {c: i for i, c in enumerate(classes)}
+    boxes, labels = [], []
+    for item in snap["items"]:
+        record = records[item["path"]]
+        width, height = item.get("width") or record.get("width"), item.get("height") or record.get("height")
+        if not width or not height:
+            raise ValueError(f"{item['path']}: image size unknown, cannot scale its boxes")
+        scale = np.array([size / width, size / height, size / width, size / height], np.float32)
+        corners = [[b["x1"], b["y1"], b["x2"], b["y2"]] for b in item["boxes"]]
+        boxes.append(np.asarray(corners, np.float32).reshape(-1, 4) * scale)
+        labels.append(np.array([class_index[b["label"]] for b in item["boxes"]], dtype=np.int64))
+    shas = [item["sha256"] for item in snap["items"]]
+    has_boxes = np.array([len(lab) > 0 for lab in labels], dtype=np.int64)
+    train_idx, test_idx = test_split(shas, has_boxes)
+    rows = [index[item["path"]] for item in snap["items"]]
+    return BoxSet(images=images[rows], boxes=boxes, labels=labels, classes=classes, image_sha256=shas,
+                  paths=[item["path"] for item in snap["items"]], train_idx=train_idx, test_idx=test_idx)

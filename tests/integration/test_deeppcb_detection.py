@@ -1,0 +1,105 @@
+"""DeepPCB boxes through the CLI to a registered detector, on a few dozen real images: ingest;
+a box snapshot from a CSV; `dlvm adapt --task detection` from scratch (a few steps at 128 px);
+the detector's registry row (kind, lineage, mAP with its interval), its checkpoint (loads and
+detects), its report and its PNG of boxes. (A classification snapshot named for detection is
+refused: tests/unit/test_detection.py.)"""
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from clirun import dlvm, dlvm_env
+from sqlmodel import select
+
+from components.models.checkpoint import load_checkpoint
+from components.models.detection import detector_from_state
+from components.registry.db import session_scope
+from components.registry.tables import LabelSnapshot, ModelVersion, RegisteredModel
+from components.settings import Settings
+from components.storage import open_store
+from components.training.detect import DetectConfig, predict_boxes
+
+DEEPPCB = Path("/work/shared/data/pcb-deeppcb")
+for _place in (Path(__file__).resolve().parents[3] / "shared/data/pcb-deeppcb", DEEPPCB):
+    if (_place / "boxes.csv").is_file():
+        DEEPPCB = _place
+        break
+N_IMAGES = 24
+
+
+@pytest.fixture(scope="module")
+def detection_run(tmp_path_factory, prefect_api):
+    if not (DEEPPCB / "images").is_dir():
+        pytest.fail(f"DeepPCB not found at {DEEPPCB}")
+    root = tmp_path_factory.mktemp("detection")
+    raw = root / "pcb"
+    raw.mkdir()
+    rows = list(csv.DictReader(open(DEEPPCB / "boxes.csv")))
+    names = sorted({Path(r["image"]).name for r in rows})[:N_IMAGES]
+    for name in names:
+        shutil.copyfile(DEEPPCB / "images" / name, raw / name)
+    lines = ["image,x1,y1,x2,y2,label"] + [f"{Path(r['image']).name},{r['x1']},{r['y1']},{r['x2']},{r['y2']},"
+                                          f"{r['defect']}" for r in rows if Path(r["image"]).name in names]
+    (root / "boxes.csv").write_text("\n".join(lines) + "\n")
+    env = dlvm_env(root / "state", PREFECT_API_URL=prefect_api)
+    dlvm(env, "ingest", str(raw), "--dataset", "pcb")
+    dlvm(env, "labels", str(root / "boxes.csv"), "--dataset", "pcb")
+    out = dlvm(env, "adapt", "--task", "detection", "--dataset", "pcb", "--labels", "1", "--backbone", "scratch",
+               "--img-size", "128", "--crop", "96", "--steps", "12", "--batch-size", "4", "--summary", str(root / "detector.json"))
+    return root, env, out, json.loads((root / "detector.json").read_text()), len(lines) - 1
+
+
+def test_detector_is_registered_with_lineage_metrics_and_report(detection_run):
+    root, env, out, summary, n_boxes = detection_run
+    assert "registered pcb-detector v1 (detector): mAP@0.5 " in out.stdout and "F-score (IoU > 0.33)" in out.stdout
+    settings = Settings(home=root / "state")
+    with session_scope(settings) as session:
+        model = session.exec(select(RegisteredModel).where(RegisteredModel.name == "pcb-detector")).one()
+        version = session.exec(select(ModelVersion).where(ModelVersion.model_id == model.id)).one()
+        snapshot = session.exec(select(LabelSnapshot).where(LabelSnapshot.version == 1)).one()
+    assert model.kind == "detector"
+    assert version.params["task"] == "detection" and version.params["backbone"] == "scratch"
+    assert version.label_snapshot_id == snapshot.id and version.dataset_version_id == snapshot.dataset_version_id
+    assert version.run_id and version.code_revision and version.parent_id is None
+    m = version.metrics
+    assert m["n_train"] + m["n_test_images"] == N_IMAGES and m["n_test_images"] >= 4
+    assert 0 < m["n_test_boxes"] and m["n_train_boxes"] + m["n_test_boxes"] == n_boxes
+    for name in ("map50", "map33", "fscore33", "precision33", "recall33"):
+        assert 0 <= m[name]["ci_low"] <= m[name]["value"] <= m[name]["ci_high"] <= 1, name
+    assert m["map33"]["value"] >= m["map50"]["value"]  # a looser overlap can only match more
+    assert set(m["ap50_per_class"]) <= {"open", "short", "mousebite", "spur", "copper", "pin-hole"}
+    assert m["final_loss"] < m["first_loss"]  # a dozen steps already learn the background
+    assert summary["metrics"]["map50"] == m["map50"]
+    # the checkpoint is a working detector; the boxes drawing and the report are stored artifacts
+    store = open_store(settings)
+    state = load_checkpoint(store.get_bytes(version.artifact_uri, version.sha256))
+    detector = detector_from_state(state)
+    assert state["img_size"] == 128 and state["classes"] == snapshot.classes and detector.stride == 4
+    found = predict_boxes(detector, np.zeros((2, 128, 128), np.uint8), DetectConfig(score_threshold=0.0))
+    assert len(found) == 2 and found[0]["boxes"].shape[1] == 4 and len(found[0]["scores"]) > 0
+    drawing = version.params["artifacts"]["boxes"]
+    assert store.get_bytes(drawing["uri"], drawing["sha256"]).startswith(b"\x89PNG")
+    report = version.params["artifacts"]["report"]
+    text = store.get_bytes(report["uri"], report["sha256"]).decode()
+    assert "mAP@0.5 (VOC, all-point)" in text and f"{m['map50']['value']:.3f}" in text
+    # the detector is not a classifier: promotion refuses it by its kind
+    refused = dlvm(env, "promote", "pcb-detector:1", check=False)
+    assert refused.returncode != 0 and "is a detector; only classifiers are promoted" in refused.stdout + refused.stderr
+    assert version.params["detect"]["crop"] == 96
+
+
+
+def test_benchmark_script_runs_on_a_sliver_of_deeppcb(tmp_path):
+    from benchmarks.deeppcb_detection import main
+
+    out = tmp_path / "bench.json"
+    result = main(["--arch", "resnet-tiny", "--size", "64", "--fraction", "0.008", "--n-test", "4", "--steps", "2",
+                   "--batch-size", "2", "--crop", "32", "--n-boot", "20", "--no-progress", "--out", str(out)])
+    saved = json.loads(out.read_text())
+    assert saved["n_train_images"] == 8 and saved["metrics"]["n_test_images"] == 4
+    assert saved["metrics"]["n_test_boxes"] > 0 and 0 <= saved["metrics"]["map50"]["value"] <= 1
+    assert saved["threads"] == 1 and result["detect"]["crop"] == 32

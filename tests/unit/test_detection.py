@@ -1,0 +1,283 @@
+"""Box detection: the metric against hand-computed cases, the CenterNet targets / losses /
+decoding, box-aware flips and turns, and a tiny end-to-end training on synthetic squares."""
+from __future__ import annotations
+
+import json
+import math
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+
+from components.data.access import box_set
+from components.evaluation.detection import (
+    average_precision,
+    draw_boxes,
+    evaluate_detection,
+    markdown_report,
+    match,
+    match_image,
+    mean_average_precision,
+    precision_recall_f,
+)
+from components.models.detection import (
+    CenterNet,
+    CenterRegressionLoss,
+    DetectorConfig,
+    FocalHeatmapLoss,
+    backbone_stride,
+    box_iou,
+    centernet_targets,
+    decode,
+    detector_from_state,
+    detector_state,
+    nms,
+)
+from components.models.resnet import ResNet, ResNetConfig
+from components.settings import Settings
+from components.storage import open_store
+from components.training.detect import DetectConfig, augment, crop_window, predict_boxes, train_detector
+
+
+def _pred(boxes, scores, labels):
+    return {"boxes": np.asarray(boxes, np.float32).reshape(-1, 4), "scores": np.asarray(scores, np.float32),
+            "labels": np.asarray(labels, np.int64)}
+
+
+def _truth(boxes, labels):
+    return {"boxes": np.asarray(boxes, np.float32).reshape(-1, 4), "labels": np.asarray(labels, np.int64)}
+
+
+TRUTHS = [_truth([[0, 0, 10, 10], [20, 20, 30, 30]], [0, 1]), _truth([[5, 5, 15, 15]], [0])]
+
+
+# --- the metric ------------------------------------------------------------------------
+
+
+def test_perfect_predictions_score_one():
+    preds = [_pred(t["boxes"], np.full(len(t["labels"]), 0.9), t["labels"]) for t in TRUTHS]
+    m = evaluate_detection(preds, TRUTHS, ["a", "b"], score_threshold=0.5, n_boot=200)
+    for name in ("map50", "map33", "precision33", "recall33", "fscore33"):
+        assert m[name]["value"] == pytest.approx(1.0) and m[name]["ci_low"] == pytest.approx(1.0), name
+    assert m["ap50_per_class"] == {"a": pytest.approx(1.0), "b": pytest.approx(1.0)}
+    assert m["n_test_images"] == 2 and m["n_test_boxes"] == 3
+
+
+def test_empty_predictions_score_zero():
+    preds = [_pred([], [], []) for _ in TRUTHS]
+    m = evaluate_detection(preds, TRUTHS, ["a", "b"], n_boot=100)
+    assert m["map50"]["value"] == 0.0 and m["map50"]["ci_high"] == 0.0
+    assert m["recall33"]["value"] == 0.0 and m["fscore33"]["value"] == 0.0 and m["precision33"]["value"] == 0.0
+
+
+def test_a_known_precision_recall_curve():
+    # 4 true boxes; detections in score order: TP FP TP FP TP -> recall .25 .25 .5 .5 .75, precision 1 .5 .67 .5 .6
+    # all-point AP = .25 * 1 + .25 * 2/3 + .25 * .6 (the envelope at each recall step)
+    true = [[0, 0, 10, 10], [20, 0, 30, 10], [40, 0, 50, 10], [60, 0, 70, 10]]
+    dets = [[0, 0, 10, 10], [100, 100, 110, 110], [20, 0, 30, 10], [200, 200, 210, 210], [40, 0, 50, 10]]
+    m = match([_pred(dets, [0.9, 0.8, 0.7, 0.6, 0.5], [0] * 5)], [_truth(true, [0] * 4)], 1, 0.5)
+    assert m.tp.tolist() == [True, False, True, False, True]
+    out = mean_average_precision(m, ["a"], n_boot=0)
+    assert out["map"]["value"] == pytest.approx(0.25 + 0.25 * 2 / 3 + 0.25 * 0.6)
+    # the same from the weights directly
+    tp = np.array([[1, 0, 1, 0, 1]], float)
+    assert average_precision(tp, 1 - tp, np.array([4]))[0] == pytest.approx(0.25 + 0.25 * 2 / 3 + 0.15)
+    # at a score threshold of 0.65: 3 kept detections, 2 true -> precision 2/3, recall 2/4
+    prf = precision_recall_f(m, ["a"], 0.65, n_boot=0)
+    assert prf["precision"]["value"] == pytest.approx(2 / 3) and prf["recall"]["value"] == pytest.approx(0.5)
+    assert prf["fscore"]["value"] == pytest.approx(2 * (2 / 3) * 0.5 / (2 / 3 + 0.5))
+
+
+def test_matching_rules_duplicates_classes_and_the_iou_threshold():
+    truth = _truth([[0, 0, 10, 10]], [0])
+    # a second detection of the same box is a false positive; the higher score takes the box
+    assert match_image(_pred([[0, 0, 10, 10], [0, 0, 10, 9]], [0.5, 0.9], [0, 0]), truth, 0.5).tolist() == [False, True]
+    # a box of another class never matches
+    assert match_image(_pred([[0, 0, 10, 10]], [0.9], [1]), truth, 0.5).tolist() == [False]
+    # IoU exactly 0.5 does not count at 0.5 (VOC: overlap must exceed the threshold); it does at 0.33
+    half = _pred([[0, 0, 10, 5]], [0.9], [0])
+    assert box_iou(half["boxes"], truth["boxes"])[0, 0] == pytest.approx(0.5)
+    assert match_image(half, truth, 0.5).tolist() == [False] and match_image(half, truth, 0.33).tolist() == [True]
+    m = evaluate_detection([half], [truth], ["a"], n_boot=0)
+    assert m["map50"]["value"] == 0.0 and m["map33"]["value"] == pytest.approx(1.0)
+
+
+def test_classes_without_true_boxes_are_left_out_of_the_mean_and_bootstrap_ci_brackets_the_value():
+    rng = np.random.default_rng(0)
+    truths, preds = [], []
+    for i in range(30):
+        t = [[10 * i, 0, 10 * i + 8, 8]]
+        truths.append(_truth(t, [0]))
+        hit = rng.random() < 0.7
+        preds.append(_pred(t if hit else [[500, 500, 510, 510]], [rng.random()], [0]))
+    m = evaluate_detection(preds, truths, ["a", "never"], n_boot=300)
+    assert set(m["ap50_per_class"]) == {"a"}
+    assert 0 < m["map50"]["ci_low"] < m["map50"]["value"] < m["map50"]["ci_high"] < 1
+    with pytest.raises(ValueError, match="no true boxes"):
+        evaluate_detection([_pred([], [], [])], [_truth([], [])], ["a"], n_boot=0)
+
+
+def test_report_and_drawing():
+    preds = [_pred(t["boxes"], np.full(len(t["labels"]), 0.9), t["labels"]) for t in TRUTHS]
+    m = evaluate_detection(preds, TRUTHS, ["a", "b"], n_boot=50)
+    text = markdown_report("Detector x", m, {"dataset": "pcb v1"})
+    assert "| mAP@0.5 (VOC, all-point) | 1.000 (1.000-1.000) |" in text and "| b | 1.000 |" in text
+    png = draw_boxes(np.zeros((2, 40, 40), np.uint8), preds, TRUTHS, ["a", "b"], 0.5)
+    assert png.startswith(b"\x89PNG")
+
+
+# --- targets, losses, decoding -----------------------------------------------------------
+
+
+def test_targets_put_a_peak_size_and_offset_at_each_center():
+    t = centernet_targets(np.array([[8, 4, 24, 12]]), np.array([1]), 2, (8, 8), stride=4)
+    # center (16, 8) px -> cell (4, 2); size 16 x 8 px -> 4 x 2 cells; offset 0
+    assert t["heatmap"][1, 2, 4] == 1.0 and t["heatmap"][0].sum() == 0 and t["heatmap"][1].max() == 1.0
+    assert t["mask"].sum() == 1 and t["mask"][2, 4] == 1
+    assert t["size"][:, 2, 4].tolist() == [4.0, 2.0] and t["offset"][:, 2, 4].tolist() == [0.0, 0.0]
+    assert t["heatmap"][1, 2, 5] == 0  # a 4 x 2 cell box: radius 0, only the center is an object
+    big = centernet_targets(np.array([[0, 0, 48, 48]]), np.array([0]), 1, (16, 16), stride=4)
+    assert big["heatmap"][0, 6, 6] == 1.0 and 0 < big["heatmap"][0, 6, 7] < 1  # near misses are penalised less
+
+
+def test_focal_loss_rewards_the_right_heat_map_and_regression_looks_only_at_centers():
+    t = centernet_targets(np.array([[8, 4, 24, 12]]), np.array([0]), 1, (8, 8), stride=4)
+    target = t["heatmap"][None]
+    good = torch.where(target == 1, 8.0, -8.0)
+    bad = torch.where(target == 1, -8.0, 8.0)
+    focal = FocalHeatmapLoss()
+    assert focal(good, target) < 0.01 < focal(bad, target)
+    reg = CenterRegressionLoss()
+    pred = t["size"][None].clone()
+    assert reg(pred, t["size"][None], t["mask"][None]) == 0
+    pred[0, :, 0, 0] += 5  # wrong far from any center: not counted
+    assert reg(pred, t["size"][None], t["mask"][None]) == 0
+    pred[0, 0, 2, 4] += 2  # wrong at the center: counted, averaged over the two channels
+    assert reg(pred, t["size"][None], t["mask"][None]).item() == pytest.approx(1.0)
+
+
+def test_decoding_recovers_the_boxes_the_targets_encode():
+    boxes = np.array([[8.5, 4.0, 24.5, 12.0], [40.0, 40.0, 50.0, 60.0]], np.float32)
+    t = centernet_targets(boxes, np.array([1, 0]), 2, (16, 16), stride=4)
+    logits = torch.where(t["heatmap"] == 1, 6.0, -6.0)[None]
+    out = decode({"heatmap": logits, "size": t["size"][None], "offset": t["offset"][None]}, stride=4,
+                 max_detections=10, score_threshold=0.5)[0]
+    order = np.argsort(out["labels"])[::-1]
+    assert out["labels"][order].tolist() == [1, 0]
+    np.testing.assert_allclose(out["boxes"][order], boxes, atol=1e-4)
+    assert (out["scores"] > 0.99).all()
+
+
+def test_nms_keeps_the_best_of_overlapping_boxes_of_one_class_only():
+    b = np.array([[0, 0, 10, 10], [1, 1, 10, 10], [0, 0, 10, 10]], np.float32)
+    kept = nms(b, np.array([0.5, 0.9, 0.8]), np.array([0, 0, 1]), 0.5)
+    assert kept.tolist() == [1, 2]
+
+
+def test_model_shapes_stride_and_checkpoint_round_trip():
+    cfg = ResNetConfig.tiny(64)
+    assert backbone_stride(cfg, 2) == 4 and backbone_stride(ResNetConfig.resnet18(), 3) == 16
+    model = CenterNet(ResNet(cfg), DetectorConfig(num_classes=3))
+    out = model(torch.zeros(2, 1, 64, 64))
+    assert out["heatmap"].shape == (2, 3, 16, 16) and out["size"].shape == (2, 2, 16, 16)
+    assert torch.sigmoid(out["heatmap"]).mean().item() == pytest.approx(0.1, abs=0.05)  # the prior
+    state = detector_state(model, ["a", "b", "c"], 64, {"max_detections": 10})
+    again = detector_from_state(state)
+    model.eval()
+    x = torch.randn(1, 1, 64, 64)
+    assert torch.allclose(again(x)["heatmap"], model(x)["heatmap"])
+    with pytest.raises(ValueError, match="not a centernet detector"):
+        detector_from_state({"kind": "anomaly"})
+
+
+# --- box-aware augmentation --------------------------------------------------------------
+
+
+def _bright_box(image: np.ndarray) -> list[float]:
+    ys, xs = np.nonzero(image)
+    return [xs.min(), ys.min(), xs.max() + 1, ys.max() + 1]
+
+
+@pytest.mark.parametrize("turns", [0, 1, 2, 3])
+@pytest.mark.parametrize("flip", [False, True])
+def test_flips_and_turns_move_boxes_with_the_pixels(turns, flip):
+    image = np.zeros((32, 32), np.uint8)
+    image[3:9, 5:20] = 255  # x 5..20, y 3..9
+    img, boxes = augment(image, np.array([[5, 3, 20, 9]]), turns, flip)
+    assert boxes[0].tolist() == _bright_box(img)
+
+
+def test_four_turns_are_the_identity_and_non_square_images_are_refused():
+    image = np.arange(64, dtype=np.uint8).reshape(8, 8)
+    img, boxes = augment(image, np.array([[1, 2, 3, 4]]), 4, False)
+    assert (img == image).all() and boxes.tolist() == [[1, 2, 3, 4]]
+    with pytest.raises(ValueError, match="square"):
+        augment(np.zeros((8, 6), np.uint8), np.zeros((0, 4)), 1, False)
+
+
+def test_a_crop_keeps_the_boxes_centered_in_it_shifted_and_clipped():
+    image = np.arange(400, dtype=np.uint8).reshape(20, 20)
+    boxes = np.array([[2, 2, 6, 6], [8, 8, 12, 12], [9, 10, 19, 18]], np.float32)
+    img, kept, labels = crop_window(image, boxes, np.array([0, 1, 2]), top=5, left=5, size=10)
+    assert (img == image[5:15, 5:15]).all()
+    # the first box's center (4, 4) is outside; the third's (14, 14) is inside, cut at two edges
+    assert labels.tolist() == [1, 2] and kept.tolist() == [[3, 3, 7, 7], [4, 5, 10, 10]]
+
+
+def test_training_on_crops_detects_on_whole_images():
+    rng = np.random.default_rng(1)
+    images, boxes, labels = _squares(8, rng, size=64)
+    cfg = DetectConfig(steps=3, batch_size=4, crop=32, seed=0)
+    model, history = train_detector(ResNet(ResNetConfig.tiny(64)), images, boxes, labels, 2, cfg, progress=False)
+    assert len(history["loss"]) == 3 and all(np.isfinite(history["loss"]))
+    assert len(predict_boxes(model, images[:2], cfg)) == 2
+    with pytest.raises(ValueError, match="crop"):
+        DetectConfig(crop=4)
+
+
+# --- training ------------------------------------------------------------------------------
+
+
+def _squares(n: int, rng: np.random.Generator, size: int = 48):
+    images, boxes, labels = np.zeros((n, size, size), np.uint8), [], []
+    for i in range(n):
+        b, lab = [], []
+        for _ in range(2):
+            w = int(rng.integers(6, 12))
+            x, y, k = int(rng.integers(0, size - w)), int(rng.integers(0, size - w)), int(rng.integers(2))
+            images[i, y:y + w, x:x + w] = 255 if k == 0 else 120
+            b.append([x, y, x + w, y + w])
+            lab.append(k)
+        boxes.append(np.array(b, np.float32))
+        labels.append(np.array(lab))
+    return images, boxes, labels
+
+
+def test_a_tiny_detector_learns_synthetic_squares():
+    torch.set_num_threads(1)
+    rng = np.random.default_rng(0)
+    images, boxes, labels = _squares(48, rng)
+    test_images, test_boxes, test_labels = _squares(12, rng)
+    cfg = DetectConfig(steps=80, batch_size=8, lr=3e-3, seed=0)
+    model, history = train_detector(ResNet(ResNetConfig.tiny(48)), images, boxes, labels, 2, cfg, progress=False)
+    assert np.mean(history["loss"][-10:]) < 0.5 * np.mean(history["loss"][:10])
+    preds = predict_boxes(model, test_images, cfg)
+    m = evaluate_detection(preds, [_truth(b, lab) for b, lab in zip(test_boxes, test_labels)], ["w", "g"], n_boot=0)
+    assert m["map50"]["value"] > 0.5, m["map50"]
+    with pytest.raises(ValueError, match="no boxes"):
+        train_detector(ResNet(ResNetConfig.tiny(48)), images[:2], [np.zeros((0, 4))] * 2, [np.zeros(0)] * 2, 2, cfg)
+
+
+def test_box_set_refuses_a_classification_snapshot(tmp_path):
+    settings = Settings(home=tmp_path)
+    stored = open_store(settings).put_bytes(json.dumps({"classes": ["good"], "items": []}).encode(), kind="labels",
+                                            name="snap.json")
+    snapshot = SimpleNamespace(artifact_uri=stored.uri, sha256=stored.sha256, version=3)
+    with pytest.raises(ValueError, match="snapshot v3 of pcb holds image classes, not boxes: name a box snapshot"):
+        box_set(settings, "pcb", None, snapshot, 64)
+
+
+def test_gaussian_radius_grows_with_the_box():
+    from components.models.detection import gaussian_radius
+    assert 0 < gaussian_radius(4, 4) < gaussian_radius(16, 16) and not math.isnan(gaussian_radius(1, 50))
