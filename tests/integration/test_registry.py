@@ -243,7 +243,7 @@ def test_model_versions_are_numbered_per_model(session):
     with pytest.raises(ValueError, match="registered as a backbone"):
         w.get_or_create_model(session, "elpv-mae", "classifier")
     with pytest.raises(ValueError, match="kind"):
-        w.get_or_create_model(session, "x", "detector")
+        w.get_or_create_model(session, "x", "segmenter")
 
 
 def test_concurrent_writers_get_distinct_version_numbers(url):
