@@ -10,9 +10,11 @@ checkpoint, and calls ``stop.deliver()``, which hands the signal to whoever hand
 from __future__ import annotations
 
 import signal
+import sys
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from pathlib import Path
 
 DEFERRED_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
@@ -55,3 +57,15 @@ def deferred_signals() -> Iterator[PendingStop]:
         yield stop
     finally:
         stop.deliver()
+
+
+def checkpoint_then_stop(stop: PendingStop, save: Callable[[int], None] | None, steps_done: int, start: int,
+                         checkpoint_path: Path | None) -> None:
+    """What a loop does with a pending signal at a step boundary: write its resume checkpoint
+    (``save(steps_done)``; None where it cannot, e.g. DDP ranks that would have to agree on the
+    step) when it trained since starting or resuming, say so, and deliver the signal."""
+    if save is not None and checkpoint_path and steps_done > start:
+        save(steps_done)
+        print(f"stopped after step {steps_done}: resume checkpoint written to {checkpoint_path}",
+              file=sys.stderr, flush=True)
+    stop.deliver()

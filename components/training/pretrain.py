@@ -18,7 +18,6 @@ import json
 import logging
 import math
 import os
-import sys
 import time
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -36,7 +35,7 @@ from components.models.backbones import (
     load_backbone_weights,
 )
 from components.models.checkpoint import load_checkpoint, save_checkpoint, to_plain
-from components.training.interrupts import deferred_signals
+from components.training.interrupts import checkpoint_then_stop, deferred_signals
 from components.models.joint_embedding import JOINT_EMBEDDING_METHODS, JointEmbedding
 from components.models.mae import MaskedAutoencoder
 from components.models.sequential import NextTokenPretraining
@@ -326,19 +325,14 @@ def pretrain(
                leave=False)
     t0 = time.perf_counter()
 
-    def stop_between_steps() -> None:
-        # A SIGTERM/Ctrl-C is acted on between steps, where the state is whole: checkpoint it,
-        # so a rerun resumes from here (single process: DDP ranks would have to agree on the step).
-        if checkpoint_path and dist.world_size == 1 and len(losses) > start:
-            save_resume_state(len(losses))
-            print(f"stopped after step {len(losses)}: resume checkpoint written to {checkpoint_path}",
-                  file=sys.stderr, flush=True)
-        stop.deliver()
+    # A SIGTERM/Ctrl-C is acted on between steps, where the state is whole: checkpointed first,
+    # so a rerun resumes from there (single process: DDP ranks would have to agree on the step).
+    save_on_stop = save_resume_state if dist.world_size == 1 else None
 
     with deferred_signals() as stop:
         for step in range(start, cfg.steps):
             if stop.pending:
-                stop_between_steps()
+                checkpoint_then_stop(stop, save_on_stop, len(losses), start, checkpoint_path)
             if cursor + batch_size > n:
                 order, cursor = torch.randperm(n, generator=order_gen), 0
             idx = order[cursor : cursor + batch_size][local]
@@ -384,7 +378,7 @@ def pretrain(
             if cfg.max_seconds is not None and time.perf_counter() - t0 > cfg.max_seconds:
                 break
         if stop.pending:  # arrived during the last step
-            stop_between_steps()
+            checkpoint_then_stop(stop, save_on_stop, len(losses), start, checkpoint_path)
     bar.close()
     if device.type == "cuda":
         torch.cuda.synchronize()

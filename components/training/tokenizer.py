@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import logging
 import math
-import sys
 import time
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
@@ -23,7 +22,7 @@ from components.models.tokenizer import TokenizerConfig, VisualTokenizer, codebo
 from components.models.vit import normalize_uint8
 from components.training.augment import Augment, augment_batch
 from components.training.device import pick_device
-from components.training.interrupts import deferred_signals
+from components.training.interrupts import checkpoint_then_stop, deferred_signals
 from components.training.optim import cosine_lr, param_groups
 from components.training.pretrain import images_fingerprint, read_resume_state, write_atomically
 
@@ -134,20 +133,12 @@ def train_tokenizer(images: np.ndarray, cfg: TokenizerTrainConfig, progress: boo
             "order": order, "losses": losses, "order_gen": order_gen.get_state(), "gen": gen.get_state(),
             "model": model.state_dict(), "optimizer": opt.state_dict()}))
 
-    def stop_between_steps() -> None:
-        # SIGTERM/Ctrl-C: acted on between steps, after writing the resume checkpoint (as pretraining does)
-        if checkpoint_path and len(losses) > start:
-            save_resume_state(len(losses))
-            print(f"stopped after step {len(losses)}: resume checkpoint written to {checkpoint_path}",
-                  file=sys.stderr, flush=True)
-        stop.deliver()
-
     bar = tqdm(total=cfg.steps, initial=start, desc="tokenizer", disable=not progress, leave=False)
     t0 = time.perf_counter()
     with deferred_signals() as stop:
         for step in range(start, cfg.steps):
             if stop.pending:
-                stop_between_steps()
+                checkpoint_then_stop(stop, save_resume_state, len(losses), start, checkpoint_path)
             if cursor + batch_size > n:
                 order, cursor = torch.randperm(n, generator=order_gen), 0
             batch = data[order[cursor : cursor + batch_size].to(device)]
@@ -171,7 +162,7 @@ def train_tokenizer(images: np.ndarray, cfg: TokenizerTrainConfig, progress: boo
             if cfg.max_seconds is not None and time.perf_counter() - t0 > cfg.max_seconds:
                 break
         if stop.pending:  # arrived during the last step
-            stop_between_steps()
+            checkpoint_then_stop(stop, save_resume_state, len(losses), start, checkpoint_path)
     bar.close()
     seconds = time.perf_counter() - t0
     state = {k: v.detach().cpu().contiguous().clone() for k, v in model.state_dict().items()}
