@@ -17,7 +17,6 @@ import hashlib
 import json
 import logging
 import math
-import os
 import time
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -26,6 +25,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from components.data.files import write_atomically
 from components.models.backbones import (
     BackboneConfig,
     build_backbone,
@@ -35,7 +35,6 @@ from components.models.backbones import (
     load_backbone_weights,
 )
 from components.models.checkpoint import load_checkpoint, save_checkpoint, to_plain
-from components.training.interrupts import checkpoint_then_stop, deferred_signals
 from components.models.joint_embedding import JOINT_EMBEDDING_METHODS, JointEmbedding
 from components.models.mae import MaskedAutoencoder
 from components.models.sequential import NextTokenPretraining
@@ -43,6 +42,7 @@ from components.models.vit import ViTConfig
 from components.training.augment import Augment, augment_batch
 from components.training.device import autocast_for
 from components.training.distributed import distributed_context
+from components.training.interrupts import checkpoint_then_stop, deferred_signals
 from components.training.optim import cosine_lr, param_groups
 
 log = logging.getLogger(__name__)
@@ -210,17 +210,6 @@ def images_fingerprint(images: np.ndarray) -> str:
     return hashlib.sha256(np.ascontiguousarray(images).data).hexdigest()
 
 
-def write_atomically(path: Path, data: bytes) -> None:
-    """Temp file + fsync + rename: a crash leaves the previous checkpoint or the new one, never half of one."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
 def read_resume_state(path: Path, cfg: PretrainConfig, fingerprint: str) -> dict:
     """The saved training state at ``path``, after checking it belongs to this config and these images."""
     try:
@@ -313,7 +302,7 @@ def pretrain(
             write_atomically(checkpoint_path, save_checkpoint({
                 "config": cfg.to_dict(), "images_sha256": fingerprint, "step": step, "cursor": cursor,
                 "order": order, "losses": losses, "order_gen": order_gen.get_state(), "gen": gens,
-                "model": model.state_dict(), "optimizer": opt.state_dict()}))
+                "model": model.state_dict(), "optimizer": opt.state_dict()}), durable=True)
         dist.barrier()
 
     step_model = dist.wrap(model)

@@ -16,6 +16,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from components.data.files import write_atomically
 from components.data.images import Preprocess
 from components.models.checkpoint import save_checkpoint
 from components.models.tokenizer import TokenizerConfig, VisualTokenizer, codebook_usage, psnr
@@ -24,7 +25,7 @@ from components.training.augment import Augment, augment_batch
 from components.training.device import pick_device
 from components.training.interrupts import checkpoint_then_stop, deferred_signals
 from components.training.optim import cosine_lr, param_groups
-from components.training.pretrain import images_fingerprint, read_resume_state, write_atomically
+from components.training.pretrain import images_fingerprint, read_resume_state
 
 log = logging.getLogger(__name__)
 
@@ -131,7 +132,7 @@ def train_tokenizer(images: np.ndarray, cfg: TokenizerTrainConfig, progress: boo
         write_atomically(checkpoint_path, save_checkpoint({
             "config": cfg.to_dict(), "images_sha256": fingerprint, "step": step, "cursor": cursor,
             "order": order, "losses": losses, "order_gen": order_gen.get_state(), "gen": gen.get_state(),
-            "model": model.state_dict(), "optimizer": opt.state_dict()}))
+            "model": model.state_dict(), "optimizer": opt.state_dict()}), durable=True)
 
     bar = tqdm(total=cfg.steps, initial=start, desc="tokenizer", disable=not progress, leave=False)
     t0 = time.perf_counter()
