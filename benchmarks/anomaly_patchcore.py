@@ -30,6 +30,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from benchmarks.device_bundle import DEEPPCB
 from components.anomaly.features import FeatureConfig
 from components.anomaly.patchcore import PatchCoreConfig, fit_patchcore
 from components.data.images import load_image_array
@@ -39,7 +40,6 @@ from components.models.checkpoint import load_checkpoint
 from components.models.resnet import ResNetConfig
 from components.models.vit import ViTConfig
 
-DEEPPCB = Path(os.environ.get("DLVM_DEEPPCB", "/work/shared/data/pcb-deeppcb"))
 ARCHS = {
     "resnet-tiny": lambda size: ResNetConfig.tiny(img_size=size),
     "resnet-small": lambda size: ResNetConfig.small(img_size=size),

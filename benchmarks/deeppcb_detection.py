@@ -28,6 +28,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from benchmarks.device_bundle import DEEPPCB
 from components.data.images import load_image_array
 from components.evaluation.detection import draw_boxes, evaluate_detection
 from components.models.backbones import build_backbone, checkpoint_config, load_backbone_weights
@@ -35,7 +36,6 @@ from components.models.checkpoint import load_checkpoint
 from components.models.resnet import ResNet, ResNetConfig
 from components.training.detect import DetectConfig, predict_boxes, train_detector
 
-DEEPPCB = Path(os.environ.get("DLVM_DEEPPCB", "/work/shared/data/pcb-deeppcb"))
 CLASSES = ["open", "short", "mousebite", "spur", "copper", "pin-hole"]
 ARCHS = {"resnet-tiny": ResNetConfig.tiny, "resnet-small": ResNetConfig.small, "resnet18": ResNetConfig.resnet18}
 ORIGINAL = 640

@@ -23,6 +23,7 @@ import argparse
 import hashlib
 import io
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -36,6 +37,8 @@ from components.data.images import load_image_array
 ROOT = Path(__file__).resolve().parents[1]
 
 GENERIC_CORPUS = ROOT.parent / "shared" / "data" / "generic-imagenette"
+# DeepPCB on the data shelf next to the checkout (DLVM_DEEPPCB points elsewhere).
+DEEPPCB = Path(os.environ.get("DLVM_DEEPPCB", ROOT.parent / "shared" / "data" / "pcb-deeppcb"))
 DEVICE_TREE_LIMIT_MIB = 64  # what the device tool carries: working tree + carried paths
 ELPV_LABELS = "labels.json"
 DEFAULT_SIZE = 128  # label_efficiency's gpu recipe

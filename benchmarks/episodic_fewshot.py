@@ -23,6 +23,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from components.data.wm811k import find_wm811k
 from components.evaluation.episodes import EpisodeConfig, episodes_markdown, evaluate_episodes, parse_specs
 from components.evaluation.split import test_split
 from components.evaluation.sweep import Backbone
@@ -30,7 +31,6 @@ from components.models.resnet import ResNetConfig
 from components.training.meta import MetaConfig
 
 RESULTS = Path(__file__).parent / "results" / "episodic-fewshot"
-WM811K = Path(os.environ.get("DLVM_SHARED_DATA", "/work/shared/data")) / "wafer-wm811k" / "wm811k.npz"
 
 
 def load_elpv(size: int):
@@ -46,7 +46,7 @@ def load_elpv(size: int):
 
 
 def load_wm811k(size: int, per_class: int, seed: int = 0):
-    with np.load(WM811K, allow_pickle=False) as npz:
+    with np.load(find_wm811k(), allow_pickle=False) as npz:
         d = {k: npz[k] for k in npz.files}  # an NpzFile decompresses an array on every access
     split_names = [str(s) for s in d["split_names"]]
     classes = [str(c) for c in d["classes"]]

@@ -58,7 +58,7 @@ import numpy as np
 
 import components  # noqa: F401  (OMP_WAIT_POLICY before torch)
 from benchmarks.device_bundle import GENERIC_CORPUS, generic_train_paths, load_elpv_bundle
-from benchmarks.wafer_maps import LABEL_SETS, TEST_SPLIT, load_wafer_arrays, stratified_sample, wafer_profile
+from benchmarks.wafer_maps import TEST_SPLIT, load_wafer_arrays, stratified_sample, wafer_profile
 from components.data.elpv import CLASS_NAMES_4, class_name, elpv_labels, elpv_root, stratified_subset
 from components.data.images import Preprocess, load_image_array
 from components.data.profile import DataProfile, with_labels

@@ -7,7 +7,6 @@ lr 2e-3; scored on the quick mode's 3,000-map test subsample.
 """
 import dataclasses
 import sys
-from pathlib import Path
 
 import components  # noqa: F401  (OMP_WAIT_POLICY before torch)
 from benchmarks import label_efficiency as le

@@ -20,6 +20,9 @@ from s3server import S3Server, s3_bucket, s3_server  # noqa: F401, E402  (fixtur
 GENERIC_CORPUS_PLACES = tuple(Path(p) for p in (os.environ.get("DLVM_TEST_GENERIC_CORPUS", "/nonexistent"),
                                                 Path(__file__).resolve().parents[2] / "shared/data/generic-imagenette",
                                                 "/work/shared/data/generic-imagenette"))
+DEEPPCB_PLACES = tuple(Path(p) for p in (os.environ.get("DLVM_TEST_DEEPPCB", "/nonexistent"),
+                                         Path(__file__).resolve().parents[2] / "shared/data/pcb-deeppcb",
+                                         "/work/shared/data/pcb-deeppcb"))
 POSTGRES_ADMIN_URL = os.environ.get("DLVM_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
 
 
@@ -54,6 +57,15 @@ def generic_corpus() -> Path:
     found = [p for p in GENERIC_CORPUS_PLACES if (p / "labels.csv").is_file()]
     if not found:
         pytest.fail(f"generic corpus not found at any of {[str(p) for p in GENERIC_CORPUS_PLACES]}")
+    return found[0]
+
+
+@pytest.fixture(scope="session")
+def deeppcb() -> Path:
+    """The DeepPCB set (images/ + boxes.csv) on the data shelf next to the checkout."""
+    found = [p for p in DEEPPCB_PLACES if (p / "boxes.csv").is_file() and (p / "images").is_dir()]
+    if not found:
+        pytest.fail(f"DeepPCB not found at any of {[str(p) for p in DEEPPCB_PLACES]}")
     return found[0]
 
 

@@ -23,25 +23,18 @@ from components.settings import Settings
 from components.storage import open_store
 from components.training.detect import DetectConfig, predict_boxes
 
-DEEPPCB = Path("/work/shared/data/pcb-deeppcb")
-for _place in (Path(__file__).resolve().parents[3] / "shared/data/pcb-deeppcb", DEEPPCB):
-    if (_place / "boxes.csv").is_file():
-        DEEPPCB = _place
-        break
 N_IMAGES = 24
 
 
 @pytest.fixture(scope="module")
-def detection_run(tmp_path_factory, prefect_api):
-    if not (DEEPPCB / "images").is_dir():
-        pytest.fail(f"DeepPCB not found at {DEEPPCB}")
+def detection_run(tmp_path_factory, prefect_api, deeppcb):
     root = tmp_path_factory.mktemp("detection")
     raw = root / "pcb"
     raw.mkdir()
-    rows = list(csv.DictReader(open(DEEPPCB / "boxes.csv")))
+    rows = list(csv.DictReader(open(deeppcb / "boxes.csv")))
     names = sorted({Path(r["image"]).name for r in rows})[:N_IMAGES]
     for name in names:
-        shutil.copyfile(DEEPPCB / "images" / name, raw / name)
+        shutil.copyfile(deeppcb / "images" / name, raw / name)
     lines = ["image,x1,y1,x2,y2,label"] + [f"{Path(r['image']).name},{r['x1']},{r['y1']},{r['x2']},{r['y2']},"
                                           f"{r['defect']}" for r in rows if Path(r["image"]).name in names]
     (root / "boxes.csv").write_text("\n".join(lines) + "\n")

@@ -7,7 +7,6 @@ from __future__ import annotations
 import csv
 import json
 import shutil
-from pathlib import Path
 
 import pytest
 from clirun import dlvm, dlvm_env
@@ -21,19 +20,12 @@ from components.registry.tables import LabelSnapshot, ModelVersion, RegisteredMo
 from components.settings import Settings
 from components.storage import open_store
 
-DEEPPCB = Path("/work/shared/data/pcb-deeppcb")
-for _place in (Path(__file__).resolve().parents[3] / "shared/data/pcb-deeppcb", DEEPPCB):
-    if (_place / "boxes.csv").is_file():
-        DEEPPCB = _place
-        break
 IDS = ["20085000", "20085001", "20085002", "20085003", "20085004", "20085005", "20085006", "20085007",
        "20085008", "20085009", "20085010", "20085011", "20085012", "20085013", "20085014", "20085015"]
 
 
 @pytest.fixture(scope="module")
-def anomaly_run(tmp_path_factory, prefect_api):
-    if not (DEEPPCB / "images").is_dir():
-        pytest.fail(f"DeepPCB not found at {DEEPPCB}")
+def anomaly_run(tmp_path_factory, prefect_api, deeppcb):
     root = tmp_path_factory.mktemp("anomaly")
     raw = root / "pcb"
     raw.mkdir()
@@ -42,7 +34,7 @@ def anomaly_run(tmp_path_factory, prefect_api):
         for kind, label in (("temp", "good"), ("test", "defect")):
             if kind == "test" and i % 2:  # 16 good templates, 8 tested images with defects
                 continue
-            shutil.copyfile(DEEPPCB / "images" / f"{pcb_id}_{kind}.png", raw / f"{pcb_id}_{kind}.png")
+            shutil.copyfile(deeppcb / "images" / f"{pcb_id}_{kind}.png", raw / f"{pcb_id}_{kind}.png")
             names.append(f"{pcb_id}_{kind}.png")
             labels.append(label)
     export = write_label_studio_export(root / "export.json", [f"/data/local-files/?d=pcb/{n}" for n in names], labels)
@@ -82,9 +74,9 @@ def test_anomaly_model_is_registered_with_lineage_and_metrics(anomaly_run):
     assert refused.returncode != 0 and "only classifiers are promoted" in refused.stdout + refused.stderr
 
 
-def test_box_csv_becomes_a_box_snapshot_and_bad_rows_are_reported(anomaly_run, tmp_path):
+def test_box_csv_becomes_a_box_snapshot_and_bad_rows_are_reported(anomaly_run, deeppcb, tmp_path):
     root, env, out, summary = anomaly_run
-    rows = [r for r in csv.DictReader(open(DEEPPCB / "boxes.csv")) if r["image"][7:15] in IDS[::2]]
+    rows = [r for r in csv.DictReader(open(deeppcb / "boxes.csv")) if r["image"][7:15] in IDS[::2]]
     lines = ["image,x1,y1,x2,y2,label"] + [f"{r['image']},{r['x1']},{r['y1']},{r['x2']},{r['y2']},{r['defect']}"
                                           for r in rows]
     good = tmp_path / "boxes.csv"
