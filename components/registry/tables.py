@@ -242,14 +242,16 @@ class PromotionEvent(SQLModel, table=True):
 
 class ModelArtifact(SQLModel, table=True):
     """A file derived from a model version: an ONNX or TorchScript export with the result of
-    its parity check, or the drift reference its prediction batches are compared with."""
+    its parity check, the drift reference its prediction batches are compared with, or a grid
+    of images a sequential backbone generated (``samples``, with how they were drawn and their
+    Fréchet distances in ``details``)."""
 
     __tablename__ = "model_artifact"
-    __table_args__ = (CheckConstraint("kind IN ('onnx', 'torchscript', 'drift_reference')", name="kind"),)
+    __table_args__ = (CheckConstraint("kind IN ('onnx', 'torchscript', 'drift_reference', 'samples')", name="kind"),)
 
     id: Optional[int] = Field(default=None, primary_key=True)
     model_version_id: int = Field(foreign_key="model_version.id", index=True)
-    kind: str  # onnx | torchscript | drift_reference
+    kind: str  # onnx | torchscript | drift_reference | samples
     artifact_uri: str
     sha256: str
     size: int
@@ -286,4 +288,4 @@ class PredictionBatch(SQLModel, table=True):
 RUN_STATUSES = ("running", "completed", "failed")
 MODEL_KINDS = ("backbone", "classifier", "anomaly", "detector", "tokenizer")
 DECISIONS = ("promoted", "rejected", "rollback")
-MODEL_ARTIFACT_KINDS = ("onnx", "torchscript", "drift_reference")
+MODEL_ARTIFACT_KINDS = ("onnx", "torchscript", "drift_reference", "samples")

@@ -18,7 +18,7 @@ from components.registry import db, views
 from components.registry import queries as q
 from components.registry import writes as w
 from components.registry.promotion import PromotionError, record_promotion, rollback
-from components.registry.tables import Alias, DatasetVersion, PromotionEvent
+from components.registry.tables import Alias, DatasetVersion, ModelArtifact, ModelVersion, PromotionEvent
 from components.settings import Settings
 
 TABLES = {
@@ -129,6 +129,50 @@ def test_migration_head_matches_the_models(url):
         table.to_metadata(changed)
     changed.tables["run"].append_column(sa.Column("extra", sa.Integer()))
     assert [d[0] for d in diff(changed)] == ["add_column"]
+
+
+def _artifact_rows(url: str) -> list[tuple]:
+    with db.engine_for(url).connect() as conn:
+        return [tuple(r) for r in conn.exec_driver_sql(
+            "SELECT id, model_version_id, kind, artifact_uri, sha256, size, details FROM model_artifact ORDER BY id")]
+
+
+def test_migration_0005_adds_samples_artifacts_to_a_filled_registry_without_loss(empty_url):
+    """A registry in use at 0004 (a model, versions, an export) upgrades to the 'samples' kind with
+    every row, index and foreign key kept; the downgrade drops only the samples rows."""
+    db.upgrade(empty_url, "0004")
+    with Session(db.engine_for(empty_url)) as s:
+        ids = _models(s, 2)
+        s.add(ModelArtifact(model_version_id=ids[1], kind="onnx", artifact_uri="file:///a/x.onnx", sha256="e" * 64,
+                            size=123, details={"opset": 17}))
+        s.commit()
+    with Session(db.engine_for(empty_url)) as s, pytest.raises(IntegrityError):  # 0004 refuses the new kind
+        s.add(ModelArtifact(model_version_id=ids[0], kind="samples", artifact_uri="file:///a/s.png",
+                            sha256="f" * 64, size=1))
+        s.flush()
+    before = _artifact_rows(empty_url)
+    assert [r[2] for r in before] == ["onnx"]
+
+    db.upgrade(empty_url)
+    assert db.current_revision(empty_url) == "0005" == db.head_revision()
+    assert _artifact_rows(empty_url) == before
+    inspector = sa.inspect(db.engine_for(empty_url))
+    assert "ix_model_artifact_model_version_id" in {i["name"] for i in inspector.get_indexes("model_artifact")}
+    with Session(db.engine_for(empty_url)) as s:
+        assert [v.version for v in s.exec(select(ModelVersion).order_by(ModelVersion.id)).all()] == [1, 2]
+        s.add(ModelArtifact(model_version_id=ids[0], kind="samples", artifact_uri="file:///a/s.png",
+                            sha256="f" * 64, size=1, details={"n": 4}))
+        s.commit()
+    with Session(db.engine_for(empty_url)) as s, pytest.raises(IntegrityError):  # still no unknown kinds
+        s.add(ModelArtifact(model_version_id=ids[0], kind="video", artifact_uri="u", sha256="0", size=1))
+        s.flush()
+    with Session(db.engine_for(empty_url)) as s, pytest.raises(IntegrityError):  # the foreign key survived
+        s.add(ModelArtifact(model_version_id=999, kind="samples", artifact_uri="u", sha256="0", size=1))
+        s.flush()
+    assert [r[2] for r in _artifact_rows(empty_url)] == ["onnx", "samples"]
+
+    db.downgrade(empty_url, "0004")
+    assert _artifact_rows(empty_url) == before
 
 
 def test_session_scope_upgrades_commits_and_rolls_back(empty_url, tmp_path):
