@@ -774,10 +774,16 @@ def _print_usage(session, name: str) -> None:
                           str(b["n_failed"]), verdict, b["source"])
         console.print(table)
     for a in usage.model_artifacts(session, name):
-        if a["kind"] != "drift_reference":
+        if a["kind"] in ("onnx", "torchscript"):
             parity = a["checks"].get("parity", {})
             console.print(f"  export v{a['version']} {a['kind']}: {a['artifact_uri']} "
                           f"(parity {'passed' if parity.get('passed') else 'FAILED'})")
+    grid = usage.newest_samples(session, name)
+    if grid:
+        fd = (grid["details"].get("quality") or {}).get("frechet_distance")
+        console.print(f"  samples v{grid['version']} ({grid['details'].get('n')} images): {grid['artifact_uri']}"
+                      + (f" (Fréchet distance {fd['samples']:.3f}; floor {fd['reconstructions']:.3f}, "
+                         f"shuffled-token baseline {fd['shuffled_tokens']:.3f})" if fd else ""))
 
 
 @backbone_app.command("import")

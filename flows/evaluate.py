@@ -17,7 +17,13 @@ from components.evaluation.baselines import BASELINE_BACKBONE, SANITY_BASELINES,
 from components.evaluation.episodes import EpisodeConfig, episodes_markdown, evaluate_episodes, parse_specs
 from components.evaluation.learning_setting import learning_settings_markdown, pretraining_saw_test_images
 from components.evaluation.metrics import DEFAULT_GATE_METRIC, check_metric
-from components.evaluation.report import efficiency_claim, markdown_report, plot_curves, summary_table
+from components.evaluation.report import (
+    efficiency_claim,
+    markdown_report,
+    plot_curves,
+    samples_section,
+    summary_table,
+)
 from components.evaluation.sweep import (
     Backbone,
     SweepConfig,
@@ -29,15 +35,16 @@ from components.evaluation.sweep import (
     run_unit,
     same_input_size,
 )
+from components.models.backbones import family_of
 from components.names import check_dataset, check_model_ref
 from components.orchestration.lineage import current_flow_run_id, recorded_run
 from components.orchestration.task_runners import sweep_task_runner
-from components.registry import writes
+from components.registry import usage, writes
 from components.registry.db import session_scope
 from components.registry.promotion import baseline_refs
 from components.registry.refs import SCRATCH
 from components.settings import get_settings
-from components.storage import open_store
+from components.storage import ArtifactError, open_store
 from components.data.images import Preprocess
 from components.training.recipes import AUTO, meta_config, recipe_for_run
 from flows.tasks import (
@@ -88,6 +95,24 @@ def learning_settings(settings, backbone_dataset_versions: dict, evaluated_versi
     with session_scope(settings) as session:
         return {name: pretraining_saw_test_images(session, dv, evaluated_version)
                 for name, dv in backbone_dataset_versions.items()}
+
+
+@task(name="generated-samples", cache_policy=NO_CACHE)
+def generated_samples(settings, backbones: list[Backbone]) -> list[dict]:
+    """Per sequential backbone: its version's newest `samples` grid (`dlvm generate`) with its bytes,
+    or none yet. A grid the store cannot give is reported in the section, not a failed evaluation."""
+    with session_scope(settings) as session:
+        entries = [{"backbone": b.name, "artifact": usage.latest_samples(session, b.model_version_id), "png": None,
+                    "error": None}
+                   for b in backbones if family_of(b.config) == "sequential" and b.model_version_id is not None]
+    store = open_store(settings)
+    for e in entries:
+        if e["artifact"] is not None:
+            try:
+                e["png"] = store.get_bytes(e["artifact"]["artifact_uri"], e["artifact"]["sha256"])
+            except ArtifactError as exc:
+                e["error"] = str(exc)
+    return entries
 
 
 @task(name="register-evaluation", cache_policy=NO_CACHE)
@@ -214,6 +239,9 @@ def evaluate_flow(dataset: str, backbones: list[str] | None = None, include_scra
         if episode_cfg is not None:
             episodic = episodic_evaluation(backbone_list, data.images, data.labels, train_idx, test_idx, episode_cfg)
             markdown += "\n" + episodes_markdown(episodic, episode_cfg)
+        samples = generated_samples(settings, backbone_list)
+        if samples:
+            markdown += "\n" + "\n".join(samples_section(samples))
         plot_png = plot_curves(result.rows, metric)
         report = store_artifact(settings, markdown.encode(), "reports", f"{dataset}-evaluation.md")
         plot = store_artifact(settings, plot_png, "reports", f"{dataset}-label-efficiency.png")
@@ -224,6 +252,11 @@ def evaluate_flow(dataset: str, backbones: list[str] | None = None, include_scra
                    "transductive_backbones": sorted(r for r, saw in saw_test.items() if saw)}
         if episodic is not None:
             summary["episodes"] = episodic.to_dict()
+        if samples:
+            summary["samples"] = [{"backbone": e["backbone"], "artifact_id": e["artifact"]["id"],
+                                   "version": e["artifact"]["version"],
+                                   "quality": e["artifact"]["details"].get("quality")}
+                                  for e in samples if e["artifact"] is not None]
         evaluation = register_evaluation(settings, snapshot, run_id, report, plot, results, summary,
                                          result.rows, backbone_list)
         publish(settings, dataset, markdown, table, plot)

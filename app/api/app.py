@@ -30,7 +30,7 @@ from app.api.deps import (
     alert_rules,
 )
 from app.api.guards import RequestGuard, validation_problem
-from components.registry import monitoring, queries, views
+from components.registry import monitoring, queries, usage, views
 from components.registry.db import current_revision, read_session, session_scope
 from components.registry.promotion import PromotionError, rollback
 from components.registry.tables import ModelVersion
@@ -187,6 +187,20 @@ def _api_routes():
             raise HTTPException(502, f"the artifact store could not give the plot: {exc}") from exc
         return Response(png, media_type="image/png", headers={"Cache-Control": "max-age=3600, immutable"})
 
+    @api.get("/models/{name}/versions/{version}/samples", response_class=Response, responses={
+        **NOT_FOUND, 502: {"model": schemas.Problem, "description": "the artifact store could not give the grid"},
+        200: {"content": {"image/png": {}}, "description": "the newest grid of samples drawn from this version"}},
+        tags=["models"])
+    def model_samples(name: Name, version: Version, reads: ReadAccess):
+        """The newest grid of images `dlvm generate` drew from this version of a sequential backbone."""
+        grid = reads.value(_samples_of, name, version)
+        try:
+            png = open_store(reads.settings).get_bytes(grid["artifact_uri"], grid["sha256"])
+        except ArtifactError as exc:
+            raise HTTPException(502, f"the artifact store could not give the samples: {exc}") from exc
+        # A later `dlvm generate` replaces what this URL shows: revalidate, by the grid's hash.
+        return Response(png, media_type="image/png", headers={"Cache-Control": "no-cache", "ETag": f'"{grid["sha256"]}"'})
+
     @api.get("/runs", response_model=list[schemas.RunOut], tags=["ops"])
     def runs(reads: ReadAccess, limit: Limit = 50,
              status: Annotated[Optional[str], Query(pattern="^(running|completed|failed)$")] = None):
@@ -301,6 +315,13 @@ def _version_detail(session: Session, name: str, version: int) -> dict:
     if found is None:
         raise queries.NotFound(f"model {name!r} has no version {version}")
     return found
+
+
+def _samples_of(session: Session, name: str, version: int) -> dict:
+    grid = usage.latest_samples(session, queries.get_model_version(session, name, version).id)
+    if grid is None:
+        raise queries.NotFound(f"samples of {name}:{version} not found: `dlvm generate {name}:{version}` draws them")
+    return grid
 
 
 def _model_evaluation(session: Session, name: str) -> dict:

@@ -14,7 +14,7 @@ from fastapi.templating import Jinja2Templates
 
 from app.api.auth import bearer, check_read
 from app.api.deps import Name, alert_rules, settings_dep
-from components.registry import monitoring, queries, views
+from components.registry import monitoring, queries, usage, views
 from components.registry.db import read_session
 from components.settings import Settings
 
@@ -80,6 +80,8 @@ def model_page(name: Name, request: Request, settings: Settings = Depends(settin
             "datasets": [monitoring.dataset_history(session, d) for d in datasets],
             "alerts": [a for a in monitoring.alerts(session, alert_rules(settings))
                        if a["model"] in (None, name)],
+            "samples": usage.newest_samples(session, name),
+            "sequential": any((v["params"] or {}).get("family") == "sequential" for v in detail["versions"]),
             **_usage_context(session, settings, name, detail["kind"]),
         }
     return _page(request, "model.html", settings, credentials, context)
@@ -92,7 +94,6 @@ def _usage_context(session, settings: Settings, name: str, kind: str) -> dict[st
     from markdown_it import MarkdownIt
 
     from components.inference.card import model_card
-    from components.registry import usage
     from components.storage import ArtifactError, open_store
     try:
         card = model_card(session, name, open_store(settings).get_bytes)

@@ -17,6 +17,7 @@ label-efficiency reference or target.
 """
 from __future__ import annotations
 
+import base64
 import io
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
@@ -473,4 +474,60 @@ def gate_section(gate: dict[str, Any]) -> list[str]:
         out += [f"Goal (recorded, not required): significantly better than the strongest sanity baseline "
                 f"({goal.get('against')}): **{'met' if goal.get('met') else 'not met'}** (diff {f(goal.get('diff'), '+.3f')}, "
                 f"lower bound {f(goal.get('ci_low'), '+.3f')}).", ""]
+    return out
+
+
+# A grid of 64 samples of 32 px is about 30-70 KB; 1,024 samples of 64 px could reach megabytes,
+# which a markdown report (and Prefect's artifact store of it) should not carry inline.
+SAMPLES_EMBED_MAX_BYTES = 512_000
+
+
+def samples_section(entries: Sequence[dict[str, Any]], max_embed_bytes: int = SAMPLES_EMBED_MAX_BYTES) -> list[str]:
+    """The generated samples of the evaluated sequential backbones, as markdown: per backbone its
+    newest grid from `dlvm generate` (embedded as a PNG data URI, so the report file stands alone;
+    a grid over ``max_embed_bytes`` is named, not embedded), how it was drawn and its Fréchet
+    distances beside the tokenizer floor and the shuffled-token baseline.
+
+    ``entries``: ``{"backbone": ref, "artifact": usage.artifact_dict(...) with its "version" | None, "png": bytes | None,
+    "error": str | None}`` (no artifact: the backbone has no samples yet; ``error``: the grid
+    could not be read)."""
+    if not entries:
+        return []
+    out = ["## Generated samples", "",
+           "The newest grid `dlvm generate` drew from each sequential backbone evaluated here. Fréchet "
+           "distance: between Gaussians fitted to the backbone's pooled features of the samples and of real "
+           "images (lower is better), beside the tokenizer's reconstructions of those real images (the floor a "
+           "generator over these tokens can reach) and their tokens shuffled per image (the baseline: right "
+           "token statistics, no spatial structure).", ""]
+    for e in entries:
+        out += [f"### {e['backbone']}", ""]
+        a = e.get("artifact")
+        if a is None:
+            out += [f"No samples yet: `dlvm generate {e['backbone']} --n 64 --against DATASET`.", ""]
+            continue
+        d = a.get("details") or {}
+        what = f"{d.get('n', '?')} samples of {e['backbone']}" + (f" v{a['version']}" if a.get("version") else "")
+        png = e.get("png")
+        if e.get("error"):
+            out.append(f"The grid could not be read ({e['error']}): `{a['artifact_uri']}`.")
+        elif png is not None and len(png) <= max_embed_bytes:
+            out.append(f"![{what}](data:image/png;base64,{base64.b64encode(png).decode('ascii')})")
+        else:
+            out.append(f"The grid ({a['size']:,} bytes) is too large to embed here: `{a['artifact_uri']}`.")
+        out += ["", f"- {what}: temperature {d.get('temperature', '?')}, top-k {d.get('top_k') or 'off'}, "
+                    f"seed {d.get('seed', '?')}; drawn {str(a.get('created_at') or '?')[:19].replace('T', ' ')}; "
+                    f"artifact `{a['artifact_uri']}` (sha256 {a['sha256'][:12]})"]
+        quality, against = d.get("quality"), d.get("against") or {}
+        if quality:
+            fd = quality["frechet_distance"]
+            verdict = ("below the shuffled-token baseline" if fd["samples"] < fd["shuffled_tokens"]
+                       else "**not below the shuffled-token baseline**: no spatial structure learned that this "
+                            "measure can see")
+            out.append(f"- Fréchet distance to {quality['n_real']} images of {against.get('dataset', '?')} "
+                       f"v{against.get('version', '?')}: samples **{fd['samples']:.3f}**, tokenizer reconstructions "
+                       f"(floor) {fd['reconstructions']:.3f}, shuffled tokens (baseline) {fd['shuffled_tokens']:.3f}: "
+                       f"{verdict}.")
+        else:
+            out.append("- not measured against real images (`dlvm generate ... --against DATASET` measures it).")
+        out.append("")
     return out

@@ -1,6 +1,6 @@
-"""Registry reads and writes of what using a model leaves behind: its exports and drift
-references (``model_artifact``), its prediction batches (``prediction_batch``), and the
-drift alerts those batches raise. Writers flush, never commit (the caller's session does)."""
+"""Registry reads and writes of what using a model leaves behind: its exports, drift
+references and generated sample grids (``model_artifact``), its prediction batches
+(``prediction_batch``), and the drift alerts those batches raise. Writers flush, never commit (the caller's session does)."""
 from __future__ import annotations
 
 from typing import Any
@@ -39,6 +39,19 @@ def latest_model_artifact(session: Session, model_version_id: int, kind: str) ->
                         .order_by(col(ModelArtifact.id).desc())).first()
 
 
+def latest_samples(session: Session, model_version_id: int) -> dict[str, Any] | None:
+    """The newest sample grid `dlvm generate` drew from a model version, with its version number; None if none."""
+    row = latest_model_artifact(session, model_version_id, "samples")
+    if row is None:
+        return None
+    return {**artifact_dict(row), "version": session.get(ModelVersion, model_version_id).version}
+
+
+def newest_samples(session: Session, model_name: str) -> dict[str, Any] | None:
+    """The newest sample grid of any version of a model, with its version number; None if none."""
+    return next((a for a in model_artifacts(session, model_name) if a["kind"] == "samples"), None)
+
+
 def add_prediction_batch(session: Session, **fields: Any) -> PredictionBatch:
     if session.get(ModelVersion, fields["model_version_id"]) is None:
         raise NotFound(f"model version id {fields['model_version_id']} not found")
@@ -72,7 +85,7 @@ def prediction_batches(session: Session, model_name: str, limit: int = 20) -> li
 
 
 def model_artifacts(session: Session, model_name: str) -> list[dict[str, Any]]:
-    """Exports and drift references of every version of a model, newest first, with their version."""
+    """Exports, drift references and sample grids of every version of a model, newest first, with their version."""
     model = get_model(session, model_name)
     rows = session.exec(select(ModelArtifact, ModelVersion.version)
                         .join(ModelVersion, col(ModelArtifact.model_version_id) == ModelVersion.id)

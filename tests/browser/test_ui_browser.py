@@ -181,3 +181,32 @@ def test_dashboard_shows_a_drift_alert_and_the_model_card(ui, promoted, browser,
     page.screenshot(path=str(ARTIFACTS / "dashboard-drift.png"), full_page=True)
     page.close()
 
+
+
+def test_a_sequential_backbone_page_shows_its_generated_samples(browser, tmp_path):
+    """The model page of a sequential backbone shows the newest grid `dlvm generate` drew, really
+    loaded by the browser from the API, with its Fréchet distances (a small registry of its own,
+    not the pipeline's: no sequential backbone is trained here)."""
+    import io
+
+    from clirun import dlvm_env
+    from generated_samples import FRECHET, SEQUENTIAL, register_sequential_samples
+    from PIL import Image
+
+    from benchmarks.registry_api import fill_registry
+    from components.settings import Settings
+
+    home = tmp_path / "state"
+    fill_registry(Settings(home=home))
+    png = register_sequential_samples(Settings(home=home))
+    with ui_server(dlvm_env(home), tmp_path / "ui.log") as server:
+        page = browser.new_page(viewport={"width": 1280, "height": 900})
+        page.goto(server.url + f"/models/{SEQUENTIAL}")
+        page.wait_for_function("() => { const i = document.querySelector('#samples-grid'); "
+                               "return i && i.complete && i.naturalWidth > 0 }")
+        assert page.locator("#samples-grid").evaluate("i => [i.naturalWidth, i.naturalHeight]") == list(
+            Image.open(io.BytesIO(png)).size)
+        table = page.locator("#samples table.frechet").inner_text()
+        assert all(f"{v:.3f}" in table for v in FRECHET.values()) and "shuffled tokens (baseline)" in table
+        page.screenshot(path=str(ARTIFACTS / "dashboard-samples.png"), full_page=True)
+        page.close()

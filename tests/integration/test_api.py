@@ -9,6 +9,7 @@ from datetime import timedelta
 import pytest
 import schemathesis
 from fastapi.testclient import TestClient
+from generated_samples import FRECHET, SEQUENTIAL, register_sequential_samples
 from hypothesis import HealthCheck, given
 from hypothesis import settings as hypothesis_settings
 from sqlmodel import SQLModel, select
@@ -96,10 +97,26 @@ def test_datasets_snapshots_evaluations_and_the_plot(client):
     assert plot.content.startswith(b"\x89PNG")
 
 
+def test_the_sample_grid_of_a_sequential_backbone_is_served_and_shown(registry):
+    png = register_sequential_samples(registry)
+    client = TestClient(create_app(registry))
+    grid = client.get(f"/api/models/{SEQUENTIAL}/versions/1/samples")
+    assert grid.status_code == 200 and grid.headers["content-type"] == "image/png"
+    assert grid.content == png  # the artifact's bytes, verified against its sha256 by the store
+    missing = client.get(f"/api/models/{SEQUENTIAL}/versions/2/samples")  # v2 has none
+    assert missing.status_code == 404 and f"dlvm generate {SEQUENTIAL}:2" in missing.json()["detail"]
+    assert client.get(f"/api/models/{SEQUENTIAL}/versions/3/samples").status_code == 404
+    page = client.get(f"/models/{SEQUENTIAL}").text
+    assert f'<img id="samples-grid" src="/api/models/{SEQUENTIAL}/versions/1/samples"' in page  # the newest grid
+    assert all(f"{v:.3f}" in page for v in FRECHET.values()) and "40 images of elpv v1" in page
+    assert 'id="samples"' not in client.get(f"/models/{MODEL}").text  # a classifier has no samples section
+
+
 @pytest.mark.parametrize("path", [
     "/api/models/no-such-model", f"/api/models/{MODEL}/versions/99", f"/api/models/{MODEL}/versions/99/lineage",
     "/api/models/no-such-model/evaluation", "/api/models/no-such-model/promotions", "/api/datasets/nope",
     "/api/datasets/nope/labeling", "/api/label-snapshots/999", "/api/evaluations/999", "/api/evaluations/999/plot",
+    f"/api/models/{MODEL}/versions/99/samples", f"/api/models/{MODEL}/versions/1/samples",
 ])
 def test_unknown_ids_give_404_naming_them(client, path):
     response = client.get(path)
@@ -304,7 +321,7 @@ def test_openapi_spec_holds_and_no_server_errors(sqlite_registry):
     routes are the same on PostgreSQL, where the tests above run too.)"""
     schema = schemathesis.openapi.from_asgi("/openapi.json", create_app(sqlite_registry))
     operations = [result.ok() for result in schema.get_all_operations()]
-    assert len(operations) == 22  # + predict and the model card (issue 17)
+    assert len(operations) == 23  # + predict and the model card (issue 17), a backbone's samples (issue 18)
     for operation in operations:
         @given(case=operation.as_strategy())
         @hypothesis_settings(max_examples=25, deadline=None, derandomize=True, database=None,

@@ -4,7 +4,9 @@ them: a small ELPV subset, the tiny recipe, registered versions whose lineage an
 what they are."""
 from __future__ import annotations
 
+import base64
 import json
+import re
 from pathlib import Path
 from urllib.parse import urlparse
 
@@ -14,7 +16,7 @@ from sqlmodel import select
 
 from components.data.elpv import export_elpv
 from components.registry.db import session_scope
-from components.registry.tables import ModelVersion, RegisteredModel, Run
+from components.registry.tables import Evaluation, ModelArtifact, ModelVersion, RegisteredModel, Run
 from components.settings import Settings
 
 
@@ -32,19 +34,24 @@ def test_tokenizer_then_sequential_pretraining_then_a_probe(tmp_path, prefect_ap
     dlvm(env, "adapt", "--dataset", "elpv", "--backbone", "elpv-sequential", "--method", "probe", "--recipe", "tiny",
          "--summary", str(tmp_path / "probe.json"))
     assert 0 <= json.loads((tmp_path / "probe.json").read_text())["metrics"]["accuracy"]["value"] <= 1
+    grid = tmp_path / "samples.png"
+    dlvm(env, "generate", "elpv-sequential", "--n", "6", "--top-k", "20", "--out", str(grid), "--against", "elpv",
+         "--summary", str(tmp_path / "generate.json"))
+    assert Image.open(grid).size == (3 * 34 + 2, 2 * 34 + 2)  # 6 samples of 32 px, 3 a row, 2 px apart
+    generated = json.loads((tmp_path / "generate.json").read_text())
+    quality = generated["quality"]
+    assert quality["n_real"] == 40 and quality["n_samples"] == 6
+    assert set(quality["frechet_distance"]) == {"samples", "reconstructions", "shuffled_tokens"}
+    assert all(v >= 0 for v in quality["frechet_distance"].values())
     dlvm(env, "evaluate", "--dataset", "elpv", "--backbone", "elpv-sequential", "--no-scratch", "--fractions", "1.0",
          "--seeds", "0", "--recipe", "tiny", "--summary", str(tmp_path / "sweep.json"))
     sweep = json.loads((tmp_path / "sweep.json").read_text())
     report = Path(urlparse(sweep["report_uri"]).path).read_text()  # the default store: a local directory
     assert "| elpv-sequential / probe |" in report  # the sweep takes a sequential backbone like any other
-    grid = tmp_path / "samples.png"
-    dlvm(env, "generate", "elpv-sequential", "--n", "6", "--top-k", "20", "--out", str(grid), "--against", "elpv",
-         "--summary", str(tmp_path / "generate.json"))
-    assert Image.open(grid).size == (3 * 34 + 2, 2 * 34 + 2)  # 6 samples of 32 px, 3 a row, 2 px apart
-    quality = json.loads((tmp_path / "generate.json").read_text())["quality"]
-    assert quality["n_real"] == 40 and quality["n_samples"] == 6
-    assert set(quality["frechet_distance"]) == {"samples", "reconstructions", "shuffled_tokens"}
-    assert all(v >= 0 for v in quality["frechet_distance"].values())
+    # ... with the grid just drawn embedded in the report, and its Fréchet distances beside it
+    embedded = re.search(r"!\[6 samples of elpv-sequential v1\]\(data:image/png;base64,([A-Za-z0-9+/=]+)\)", report)
+    assert embedded and base64.b64decode(embedded.group(1)) == grid.read_bytes()
+    assert f"samples **{quality['frechet_distance']['samples']:.3f}**" in report
 
     with session_scope(Settings(home=tmp_path / "state")) as session:
         models = session.exec(select(RegisteredModel)).all()
@@ -62,3 +69,9 @@ def test_tokenizer_then_sequential_pretraining_then_a_probe(tmp_path, prefect_ap
         runs = session.exec(select(Run).where(Run.kind == "generate")).all()
         assert [(r.status, r.params["n"], r.params["top_k"]) for r in runs] == [("completed", 6, 20)]
         assert runs[0].params["against"] == "elpv"
+        grids = session.exec(select(ModelArtifact)).all()  # the grid belongs to the version it was drawn from
+        assert [(g.kind, g.model_version_id, g.id) for g in grids] == [("samples", backbone.id, generated["artifact_id"])]
+        assert grids[0].details["quality"] == quality and grids[0].details["top_k"] == 20
+        evaluation = session.exec(select(Evaluation)).one()
+        assert [(g["backbone"], g["artifact_id"]) for g in evaluation.summary["samples"]] == [
+            ("elpv-sequential", generated["artifact_id"])]

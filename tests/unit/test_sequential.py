@@ -368,3 +368,39 @@ def test_sample_quality_has_the_tokenizer_floor_below_the_shuffled_token_baselin
     fd = q["frechet_distance"]
     assert q["n_real"] == 48 and q["n_samples"] == 16 and set(fd) == {"samples", "reconstructions", "shuffled_tokens"}
     assert 0 <= fd["reconstructions"] < fd["shuffled_tokens"]  # stripes reconstructed beat stripes scrambled
+
+
+def test_the_report_embeds_the_newest_sample_grid_with_its_frechet_distances():
+    import base64
+    import re
+
+    from components.evaluation.report import samples_section
+    from components.inference.generate import grid_png
+
+    png = grid_png(stripes(6))
+    quality = {"frechet_distance": {"samples": 1.25, "reconstructions": 0.5, "shuffled_tokens": 3.0},
+               "n_real": 40, "n_samples": 6}
+    artifact = {"id": 7, "version": 2, "artifact_uri": "file:///store/samples/ab/elpv-sequential-v2-samples.png",
+                "sha256": "ab" * 32, "size": len(png), "created_at": "2026-11-30T03:50:00+00:00",
+                "details": {"n": 6, "temperature": 1.0, "top_k": 20, "seed": 0,
+                            "against": {"dataset": "elpv", "version": 1}, "quality": quality}}
+    text = "\n".join(samples_section([{"backbone": "elpv-sequential", "artifact": artifact, "png": png}]))
+    embedded = re.search(r"!\[6 samples of elpv-sequential v2\]\(data:image/png;base64,([A-Za-z0-9+/=]+)\)", text)
+    assert embedded and base64.b64decode(embedded.group(1)) == png  # the grid itself, not a link to it
+    assert "Fréchet distance to 40 images of elpv v1: samples **1.250**" in text
+    assert "(floor) 0.500" in text and "(baseline) 3.000: below the shuffled-token baseline" in text
+    assert "top-k 20" in text and artifact["artifact_uri"] in text
+
+    worse = {**artifact, "details": {**artifact["details"], "quality": {
+        **quality, "frechet_distance": {**quality["frechet_distance"], "samples": 4.0}}}}
+    text = "\n".join(samples_section([{"backbone": "elpv-sequential", "artifact": worse, "png": png}]))
+    assert "**not below the shuffled-token baseline**" in text  # a loss is said plainly
+
+    big = "\n".join(samples_section([{"backbone": "elpv-sequential", "artifact": artifact, "png": png}],
+                                    max_embed_bytes=len(png) - 1))
+    assert "base64" not in big and "too large to embed" in big and artifact["artifact_uri"] in big
+    unread = "\n".join(samples_section([{"backbone": "s", "artifact": artifact, "png": None, "error": "missing"}]))
+    assert "could not be read (missing)" in unread and "base64" not in unread
+    none_yet = "\n".join(samples_section([{"backbone": "elpv-sequential", "artifact": None}]))
+    assert "No samples yet: `dlvm generate elpv-sequential --n 64 --against DATASET`" in none_yet
+    assert samples_section([]) == []  # no sequential backbone evaluated: no section
