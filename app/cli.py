@@ -307,6 +307,11 @@ def pretrain(dataset: str = typer.Option(..., "--dataset", "-d", callback=DATASE
                                                   "(default: the recipe's)"),
              tokenizer: Optional[str] = typer.Option(None, callback=MODEL_REF,
                                                      help="sequential: a registered tokenizer (dlvm tokenizer train)"),
+             sentence_length: Optional[int] = typer.Option(
+                 None, "--sentence-length", min=1, max=64,
+                 help="sequential: images per token sequence (a visual sentence; default 1)"),
+             model_name: Optional[str] = typer.Option(None, "--name", callback=MODEL_NAME,
+                                                      help="model name (default DATASET-METHOD)"),
              processes: int = typer.Option(1, help="data-parallel processes under torchrun (one per GPU)"),
              budget_minutes: Optional[float] = BUDGET,
              summary_path: Optional[Path] = SUMMARY):
@@ -317,7 +322,8 @@ def pretrain(dataset: str = typer.Option(..., "--dataset", "-d", callback=DATASE
     prepare()
     from flows.pretrain import pretrain_flow
     out = run_step(pretrain_flow, dataset, recipe=recipe, steps=steps, seed=seed, init_from=init_from,
-                   method=method, processes=processes, budget_minutes=budget_minutes, tokenizer=tokenizer)
+                   method=method, processes=processes, budget_minutes=budget_minutes, tokenizer=tokenizer,
+                   sentence_length=sentence_length, model_name=model_name)
     write_summary(summary_path, out)
     console.print(f"registered {out['model']} v{out['version']}")
 

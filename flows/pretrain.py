@@ -40,14 +40,16 @@ def run_pretrain(images, cfg: PretrainConfig, init_state: dict | None, checkpoin
 def pretrain_flow(dataset: str, dataset_version: int | None = None, recipe: str = AUTO,
                   steps: int | None = None, seed: int = 0, model_name: str | None = None,
                   init_from: str | None = None, method: str | None = None, processes: int = 1,
-                  budget_minutes: float | None = None, finetune_runs: int = 1, tokenizer: str | None = None) -> dict:
+                  budget_minutes: float | None = None, finetune_runs: int = 1, tokenizer: str | None = None,
+                  sentence_length: int | None = None) -> dict:
     """Pretrain a backbone on `dataset` (latest version by default). `init_from` names a
     registered backbone to continue from (e.g. a generic one: transductive adaptation);
     `processes` > 1 runs data-parallel under torchrun (one GPU each on a GPU machine).
     With the `auto` recipe the architecture, input and steps come from the data's profile
     and `budget_minutes` (shared with `finetune_runs` later fine-tunes). `method='sequential'` takes
     `tokenizer`, a registered tokenizer (`dlvm tokenizer train`): its input and tokens; it is the
-    backbone's parent in the registry."""
+    backbone's parent in the registry; `sentence_length` K > 1 trains it on visual sentences of K
+    images (one token sequence, next-token loss over the whole sentence; features stay per image)."""
     check_dataset(dataset)
     if model_name is not None:
         check_model(model_name)
@@ -56,6 +58,8 @@ def pretrain_flow(dataset: str, dataset_version: int | None = None, recipe: str 
     if (method == "sequential") != (tokenizer is not None):
         raise ValueError("sequential pretraining needs --tokenizer MODEL (a tokenizer from `dlvm tokenizer train`), "
                          "and --tokenizer is only for --method sequential")
+    if sentence_length is not None and method != "sequential":
+        raise ValueError("--sentence-length is only for --method sequential (visual sentences of tokens)")
     if tokenizer is not None:
         check_model_ref(tokenizer)
         if init_from is not None:
@@ -65,7 +69,8 @@ def pretrain_flow(dataset: str, dataset_version: int | None = None, recipe: str 
     if tokenizer is not None:
         parent = resolve_model_version(settings, tokenizer)
         tokenizer_cfg, tokenizer_input, tokenizer_state = tokenizer_parts(load_model_checkpoint(settings, parent))
-        resolved, runtime = sequential_recipe_for_run(recipe, tokenizer_cfg, tokenizer_input, steps=steps, seed=seed)
+        resolved, runtime = sequential_recipe_for_run(recipe, tokenizer_cfg, tokenizer_input, steps=steps, seed=seed,
+                                                      sentence_length=sentence_length or 1)
     else:
         profile = profile_dataset(settings, dataset, version) if recipe == AUTO else None
         resolved, runtime = recipe_for_run(recipe, profile, budget_minutes=budget_minutes,
@@ -78,7 +83,7 @@ def pretrain_flow(dataset: str, dataset_version: int | None = None, recipe: str 
     architecture = config_to_dict(cfg.backbone)
     params = {"dataset": dataset, "dataset_version": version.version, "recipe": recipe, "method": cfg.method,
               "steps": cfg.steps, "seed": seed, "model_name": model_name, "init_from": init_from,
-              "tokenizer": tokenizer,
+              "tokenizer": tokenizer, **({"sentence_length": sentence_length} if sentence_length else {}),
               "processes": processes, "budget_minutes": budget_minutes, "family": family_of(cfg.backbone),
               "architecture": architecture, "preprocess": resolved.preprocess.to_dict(), "runtime": runtime}
     with recorded_run(settings, "pretrain", params) as run_id:

@@ -10,6 +10,12 @@ whole sequence through the transformer and averages the hidden states, so probes
 and prototypes take it like a ViT or a ResNet. The tokenizer's weights are part of the
 backbone's state dict, so a backbone checkpoint is self-contained; :meth:`sample` draws new
 token sequences (temperature, top-k) that the tokenizer decodes to images.
+
+Visual sentences (``sentence_length`` K > 1, Bai et al.'s "visual sentences"): in pretraining,
+K images are one sequence, each opened by the start token (which so also separates them), and
+the next-token loss runs over the whole sentence, so an image's tokens are predicted with the
+images before it in context. The position table spans a whole sentence; one image alone (the
+features, sampling) takes the first image's positions, exactly as with K = 1.
 """
 from __future__ import annotations
 
@@ -32,6 +38,7 @@ class SequentialConfig:
     depth: int = 4
     num_heads: int = 4
     mlp_ratio: float = 4.0
+    sentence_length: int = 1  # images per pretraining sequence (a visual sentence)
 
     def __post_init__(self) -> None:
         if isinstance(self.tokenizer, dict):
@@ -40,6 +47,10 @@ class SequentialConfig:
             raise ValueError(f"embed_dim {self.embed_dim} is not a multiple of num_heads {self.num_heads}")
         if self.depth < 1:
             raise ValueError(f"depth must be >= 1, got {self.depth}")
+        if isinstance(self.sentence_length, bool) or not isinstance(self.sentence_length, int) \
+                or not 1 <= self.sentence_length <= 64:
+            raise ValueError(f"sentence_length (images per sequence) must be an integer in [1, 64], "
+                             f"got {self.sentence_length!r}")
 
     @property
     def img_size(self) -> int:
@@ -54,13 +65,23 @@ class SequentialConfig:
         return self.tokenizer.num_tokens
 
     @property
+    def sentence_tokens(self) -> int:
+        """Positions in one visual sentence: each image's start token and its tokens."""
+        return self.sentence_length * (self.seq_len + 1)
+
+    @property
     def start_token(self) -> int:
         """The start token's index: one past the tokenizer's codebook."""
         return self.tokenizer.codebook_size
 
     def to_dict(self) -> dict:
-        return {"tokenizer": self.tokenizer.to_dict(), "embed_dim": self.embed_dim, "depth": self.depth,
-                "num_heads": self.num_heads, "mlp_ratio": self.mlp_ratio}
+        d = {"tokenizer": self.tokenizer.to_dict(), "embed_dim": self.embed_dim, "depth": self.depth,
+             "num_heads": self.num_heads, "mlp_ratio": self.mlp_ratio}
+        # Only when set: a one-image backbone's dict (its registered architecture, its pretraining
+        # resume key) stays what it was before sentences existed.
+        if self.sentence_length != 1:
+            d["sentence_length"] = self.sentence_length
+        return d
 
     @classmethod
     def from_dict(cls, d: dict) -> "SequentialConfig":
@@ -82,7 +103,7 @@ class SequentialBackbone(nn.Module):
         self.tokenizer = VisualTokenizer(cfg.tokenizer).requires_grad_(False)
         vocab = cfg.tokenizer.codebook_size + 1  # + the start token
         self.tok_embed = nn.Embedding(vocab, cfg.embed_dim)
-        self.pos_embed = nn.Parameter(torch.zeros(1, cfg.seq_len + 1, cfg.embed_dim))
+        self.pos_embed = nn.Parameter(torch.zeros(1, cfg.sentence_tokens, cfg.embed_dim))
         self.blocks = nn.ModuleList(Block(cfg.embed_dim, cfg.num_heads, cfg.mlp_ratio, causal=True)
                                     for _ in range(cfg.depth))
         self.norm = nn.LayerNorm(cfg.embed_dim, eps=1e-6)
@@ -100,8 +121,8 @@ class SequentialBackbone(nn.Module):
             blk.drop_path.p = rate * i / max(n - 1, 1)
 
     def hidden(self, seq: torch.Tensor) -> torch.Tensor:
-        """Token indices ``[B, L]`` (L <= seq_len + 1, the start token first) -> hidden states ``[B, L, D]``;
-        position t depends only on positions <= t."""
+        """Token indices ``[B, L]`` (L <= sentence_tokens, the start token first) -> hidden states
+        ``[B, L, D]``; position t depends only on positions <= t."""
         x = self.tok_embed(seq) + self.pos_embed[:, : seq.shape[1]]
         for blk in self.blocks:
             x = blk(x)
@@ -118,6 +139,22 @@ class SequentialBackbone(nn.Module):
     def next_token_loss(self, tokens: torch.Tensor) -> torch.Tensor:
         logits = self.logits(tokens)
         return F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), tokens.reshape(-1).long())
+
+    def sentence(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Image tokens ``[S, K, T]`` (K images per sentence) -> one sequence per sentence ``[S, K * (T + 1)]``:
+        each image's tokens after a start token, which so also separates the images."""
+        start = torch.full((*tokens.shape[:2], 1), self.cfg.start_token, dtype=torch.long, device=tokens.device)
+        return torch.cat([start, tokens.long()], dim=2).reshape(tokens.shape[0], -1)
+
+    def sentence_loss(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Next-token cross-entropy over whole visual sentences ``[S, K, T]``: every image token is
+        predicted from all the tokens before it, earlier images included; the start tokens are given,
+        never predicted (they are not in the codebook the head predicts)."""
+        seq = self.sentence(tokens)
+        logits = self.lm_head(self.hidden(seq[:, :-1])).float()
+        targets = seq[:, 1:]
+        predicted = targets != self.cfg.start_token
+        return F.cross_entropy(logits[predicted], targets[predicted])
 
     def forward_pool(self, x: torch.Tensor) -> torch.Tensor:
         """Normalized images ``[B, 1, H, W]`` -> the mean of the hidden states after each image token ``[B, D]``."""
@@ -164,9 +201,16 @@ class NextTokenPretraining(nn.Module):
         self.encoder = SequentialBackbone(cfg)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """The loss of a batch of images ``[B, 1, H, W]``; with ``sentence_length`` K > 1, consecutive
+        groups of K images are one sentence each (B must be a multiple of K)."""
         with torch.no_grad():
             tokens = self.encoder.tokenizer.tokenize(x)
-        return self.encoder.next_token_loss(tokens)
+        k = self.encoder.cfg.sentence_length
+        if k == 1:  # one image per sequence: the loss exactly as before sentences existed
+            return self.encoder.next_token_loss(tokens)
+        if tokens.shape[0] % k:
+            raise ValueError(f"a batch of {tokens.shape[0]} images does not split into sentences of {k}")
+        return self.encoder.sentence_loss(tokens.reshape(-1, k, tokens.shape[1]))
 
 
 def load_sequential_weights(model: SequentialBackbone, state: dict) -> list[str]:

@@ -115,6 +115,10 @@ class PretrainConfig:
         if (self.method == "sequential") != (family == "sequential"):
             raise ValueError("sequential pretraining and a sequential backbone (a tokenizer and a causal "
                              f"transformer) go together; got method {self.method} on a {family} backbone")
+        sentence = getattr(self.backbone, "sentence_length", 1)
+        if self.batch_size % sentence:
+            raise ValueError(f"batch_size {self.batch_size} is not a multiple of the sentence length {sentence} "
+                             "(images per sequence)")
         if self.method in VIT_ONLY_METHODS and family != "vit":
             raise ValueError(f"{self.method} pretrains a ViT (it masks patches); a {family} backbone takes "
                              f"{' or '.join(JOINT_EMBEDDING_METHODS)}")
@@ -266,6 +270,10 @@ def pretrain(
     if batch_size % dist.world_size:
         raise ValueError(f"batch size {batch_size} does not split over {dist.world_size} processes")
     local = slice(dist.rank * batch_size // dist.world_size, (dist.rank + 1) * batch_size // dist.world_size)
+    sentence = getattr(cfg.backbone, "sentence_length", 1)
+    if (batch_size // dist.world_size) % sentence:  # a sentence never straddles two batches or processes
+        raise ValueError(f"each process's batch of {batch_size // dist.world_size} images does not split into "
+                         f"sentences of {sentence} images (the data has {n} images)")
 
     # model
     model = build_ssl_model(cfg)

@@ -390,18 +390,21 @@ def recipe_for_run(name: str, profile: DataProfile | None, *, budget_minutes: fl
 
 
 def sequential_recipe(name: str, tokenizer: TokenizerConfig, preprocess: Preprocess, *, steps: int | None = None,
-                      seed: int = 0, device: str = "auto") -> ResolvedRecipe:
+                      seed: int = 0, device: str = "auto", sentence_length: int = 1) -> ResolvedRecipe:
     """Sequential pretraining over a registered tokenizer's tokens: the input is the tokenizer's
     (its size and preprocessing); ``tiny`` is a seconds-long run for tests (width 32, 2 blocks,
     30 steps), every other recipe (``auto``, ``demo``) a width-128, 4-block transformer for
-    1,000 steps of 64 images. Adaptation configs are the recipe's own (``auto``: its defaults)."""
+    1,000 steps of 64 images. ``sentence_length`` K > 1 trains on visual sentences of K images
+    (components/models/sequential.py); a step still sees the same number of images (and tokens).
+    Adaptation configs are the recipe's own (``auto``: its defaults)."""
     if name != AUTO:
         get_recipe(name)  # an unknown name fails with the list
     tiny = name in ("tiny", "tiny-cnn")
     shape = dict(embed_dim=32, depth=2, num_heads=2) if tiny else dict(embed_dim=128, depth=4, num_heads=4)
     knobs = (dict(steps=30, batch_size=16, lr=2e-3, warmup_steps=5, device="cpu") if tiny
              else dict(steps=1000, batch_size=64, lr=1e-3, warmup_steps=50, device=device))
-    cfg = PretrainConfig(method="sequential", backbone=SequentialConfig(tokenizer=tokenizer, **shape),
+    cfg = PretrainConfig(method="sequential",
+                         backbone=SequentialConfig(tokenizer=tokenizer, sentence_length=sentence_length, **shape),
                          weight_decay=0.05, betas=(0.9, 0.95), grad_clip=1.0, seed=seed,
                          augment=Augment.dihedral(rot90=False), **{**knobs, **({"steps": steps} if steps else {})})
     adapt = {m: replace(tiny_adapt(m) if tiny else AdaptConfig(method=m, device=device), seed=seed)
@@ -409,19 +412,23 @@ def sequential_recipe(name: str, tokenizer: TokenizerConfig, preprocess: Preproc
     reasons = [f"sequential: the tokenizer's input ({preprocess.describe()}, {tokenizer.num_tokens} tokens of "
                f"{tokenizer.codebook_size} codes); {'tiny test shape' if tiny else 'width 128, 4 blocks'}; "
                "flips only (crops would change what the tokens mean)"]
+    if sentence_length > 1:
+        reasons.append(f"visual sentences of {sentence_length} images ({sentence_length * (tokenizer.num_tokens + 1)} "
+                       f"positions), {knobs['batch_size'] // sentence_length} sentences a step")
     return ResolvedRecipe(name, preprocess, cfg, adapt, reasons)
 
 
 def sequential_recipe_for_run(name: str, tokenizer: TokenizerConfig, preprocess: Preprocess, *,
                               steps: int | None = None, seed: int = 0, device: str = "auto",
-                              threads: int | None = None) -> tuple[ResolvedRecipe, dict]:
+                              threads: int | None = None, sentence_length: int = 1) -> tuple[ResolvedRecipe, dict]:
     """:func:`recipe_for_run` for sequential pretraining: set the CPU threads, pick the device,
     then :func:`sequential_recipe`."""
     from components.training.device import cpu_threads, pick_device
 
     runtime = cpu_threads(threads)
     runtime["device"] = pick_device(device).type
-    return sequential_recipe(name, tokenizer, preprocess, steps=steps, seed=seed, device=runtime["device"]), runtime
+    return sequential_recipe(name, tokenizer, preprocess, steps=steps, seed=seed, device=runtime["device"],
+                             sentence_length=sentence_length), runtime
 
 
 # ------------------------------------------------------------------------------ meta-learning (reptile, maml)

@@ -31,6 +31,12 @@ def test_tokenizer_then_sequential_pretraining_then_a_probe(tmp_path, prefect_ap
     assert "PSNR" in tok.stdout and "codebook usage" in tok.stdout
     dlvm(env, "pretrain", "--dataset", "elpv", "--method", "sequential", "--tokenizer", "elpv-tokenizer",
          "--recipe", "tiny")
+    # visual sentences: 2 images per token sequence, a backbone like the other (features per image)
+    dlvm(env, "pretrain", "--dataset", "elpv", "--method", "sequential", "--tokenizer", "elpv-tokenizer",
+         "--sentence-length", "2", "--recipe", "tiny", "--name", "elpv-sentences")
+    refused = dlvm(env, "pretrain", "--dataset", "elpv", "--method", "sequential", "--tokenizer", "elpv-tokenizer",
+                   "--sentence-length", "3", "--recipe", "tiny", check=False)
+    assert refused.returncode != 0 and "not a multiple of the sentence length 3" in refused.stdout + refused.stderr
     dlvm(env, "adapt", "--dataset", "elpv", "--backbone", "elpv-sequential", "--method", "probe", "--recipe", "tiny",
          "--summary", str(tmp_path / "probe.json"))
     assert 0 <= json.loads((tmp_path / "probe.json").read_text())["metrics"]["accuracy"]["value"] <= 1
@@ -57,7 +63,7 @@ def test_tokenizer_then_sequential_pretraining_then_a_probe(tmp_path, prefect_ap
         models = session.exec(select(RegisteredModel)).all()
         kinds, names = {m.name: m.kind for m in models}, {m.id: m.name for m in models}
         rows = {names[v.model_id]: v for v in session.exec(select(ModelVersion)).all()}
-        assert kinds == {"elpv-tokenizer": "tokenizer", "elpv-sequential": "backbone",
+        assert kinds == {"elpv-tokenizer": "tokenizer", "elpv-sequential": "backbone", "elpv-sentences": "backbone",
                          "elpv-classifier": "classifier"}
         tokenizer, backbone, classifier = rows["elpv-tokenizer"], rows["elpv-sequential"], rows["elpv-classifier"]
         assert tokenizer.dataset_version_id is not None and tokenizer.run_id is not None and tokenizer.sha256
@@ -65,6 +71,10 @@ def test_tokenizer_then_sequential_pretraining_then_a_probe(tmp_path, prefect_ap
         assert tokenizer.metrics["n_heldout"] == 4 and tokenizer.params["n_train"] == 36
         assert backbone.parent_id == tokenizer.id and backbone.params["family"] == "sequential"
         assert backbone.params["architecture"]["tokenizer"]["levels"] == [5, 5, 5]
+        assert "sentence_length" not in backbone.params["architecture"]  # one image per sequence: as before
+        sentences = rows["elpv-sentences"]
+        assert sentences.params["architecture"]["sentence_length"] == 2 and sentences.parent_id == tokenizer.id
+        assert sentences.params["recipe"]["batch_size"] == 16  # 8 sentences of 2 images a step
         assert classifier.parent_id == backbone.id
         runs = session.exec(select(Run).where(Run.kind == "generate")).all()
         assert [(r.status, r.params["n"], r.params["top_k"]) for r in runs] == [("completed", 6, 20)]

@@ -232,6 +232,90 @@ def test_the_pretrain_flow_refuses_sequential_without_a_tokenizer_and_a_tokenize
         pretrain_flow.fn("elpv", method="sequential", tokenizer="elpv-tokenizer", init_from="generic")
 
 
+# ------------------------------------------------------------------------------ visual sentences
+
+
+def sentence_model(k: int) -> SequentialBackbone:
+    torch.manual_seed(0)
+    return SequentialBackbone(SequentialConfig(tokenizer=TINY_TOK, embed_dim=32, depth=2, num_heads=2,
+                                               sentence_length=k)).eval()
+
+
+def test_a_visual_sentence_is_its_images_tokens_each_after_a_start_token():
+    model = sentence_model(3)
+    tokens = torch.randint(0, 125, (2, 3, 64))
+    seq = model.sentence(tokens)
+    start = model.cfg.start_token
+    assert seq.shape == (2, 3 * 65) and model.pos_embed.shape[1] == 3 * 65 == model.cfg.sentence_tokens
+    assert (seq[:, [0, 65, 130]] == start).all() and (seq != start).sum() == 2 * 3 * 64
+    for k in range(3):
+        assert torch.equal(seq[:, 65 * k + 1 : 65 * (k + 1)], tokens[:, k])
+
+
+def test_sentence_loss_predicts_each_image_with_the_ones_before_in_context():
+    model = sentence_model(2)
+    tokens = torch.randint(0, 125, (3, 2, 64))
+    with torch.no_grad():
+        seq = model.sentence(tokens)
+        logits = model.lm_head(model.hidden(seq[:, :-1]))
+        # the first image's predictions are the single image's: features and sampling see what training saw
+        assert torch.allclose(logits[:, :64], model.logits(tokens[:, 0]), atol=1e-5)
+        # the second image's are predicted from the first: change the first, they change
+        other = tokens.clone()
+        other[:, 0] = torch.randint(0, 125, (3, 64))
+        logits_other = model.lm_head(model.hidden(model.sentence(other)[:, :-1]))
+        assert not torch.allclose(logits_other[:, 65:], logits[:, 65:])
+        # the loss: cross-entropy over the 2 x 64 image tokens, never over the separating start token
+        targets = seq[:, 1:]
+        keep = torch.ones(129, dtype=torch.bool)
+        keep[64] = False  # position 64 (after image 1's last token) would predict image 2's start token
+        expected = torch.nn.functional.cross_entropy(logits[:, keep].reshape(-1, 125), targets[:, keep].reshape(-1))
+        assert model.sentence_loss(tokens).item() == pytest.approx(expected.item(), rel=1e-6)
+        # one image per sentence is the plain next-token loss
+        single = sentence_model(1)
+        assert single.sentence_loss(tokens[:, :1]).item() == pytest.approx(
+            single.next_token_loss(tokens[:, 0]).item(), rel=1e-6)
+
+
+def test_sentence_length_is_recorded_only_when_set_and_checked():
+    one = SequentialConfig(tokenizer=TINY_TOK, embed_dim=32, depth=2, num_heads=2)
+    assert "sentence_length" not in one.to_dict()  # K=1 dicts (registered, resume keys) are unchanged
+    four = dataclasses.replace(one, sentence_length=4)
+    assert four.to_dict()["sentence_length"] == 4 and config_from_dict(config_to_dict(four)) == four
+    for bad in (0, 65, 2.5, True):
+        with pytest.raises(ValueError, match="sentence_length"):
+            dataclasses.replace(one, sentence_length=bad)
+    with pytest.raises(ValueError, match="not a multiple of the sentence length 3"):
+        PretrainConfig(method="sequential", backbone=dataclasses.replace(one, sentence_length=3), batch_size=16)
+    # the sentence-trained backbone's features are per image, as any backbone's
+    x = normalize_uint8(torch.from_numpy(stripes(5)))
+    assert build_backbone(four, seed=0).forward_pool(x).shape == (5, 32)
+    from flows.pretrain import pretrain_flow
+    with pytest.raises(ValueError, match="only for --method sequential"):
+        pretrain_flow.fn("elpv", method="simclr", sentence_length=2)
+
+
+def test_sentence_pretraining_learns_and_resumes_bit_identically(tmp_path):
+    images = stripes(48)
+    tok_cfg = tiny_tokenizer_config(steps=30)
+    tok = train_tokenizer(images, tok_cfg, progress=False)
+    tcfg, pre, init = tokenizer_parts({"kind": "tokenizer", "tokenizer_config": tok_cfg.tokenizer.to_dict(),
+                                       "preprocess": Preprocess(32).to_dict(), "state_dict": tok.state})
+    recipe = sequential_recipe("tiny", tcfg, pre, sentence_length=4)
+    assert any("visual sentences of 4 images" in r for r in recipe.reasons)
+    cfg = dataclasses.replace(recipe.pretrain, steps=40, checkpoint_every=20)
+    assert cfg.backbone.sentence_length == 4 and PretrainConfig.from_dict(cfg.to_dict()) == cfg
+    ckpt = tmp_path / "sentences.pt"
+    res = pretrain(images, cfg, progress=False, init_encoder_state=init, checkpoint_path=ckpt)
+    assert np.mean(res.losses[-5:]) < np.mean(res.losses[:5]) - 0.3
+    assert res.encoder_state["pos_embed"].shape == (1, 4 * 65, 32)
+    resumed = pretrain(images, cfg, progress=False, init_encoder_state=init, checkpoint_path=ckpt)
+    assert resumed.resumed_from_step == 20 and resumed.losses == res.losses
+    assert all(torch.equal(res.encoder_state[k], resumed.encoder_state[k]) for k in res.encoder_state)
+    with pytest.raises(ValueError, match="does not split into sentences of 4"):
+        pretrain(images[:6], cfg, progress=False, init_encoder_state=init)  # a batch of 6: no whole sentences
+
+
 # ------------------------------------------------------------------------------ generation
 
 
