@@ -199,7 +199,8 @@ def _api_routes():
         except ArtifactError as exc:
             raise HTTPException(502, f"the artifact store could not give the samples: {exc}") from exc
         # A later `dlvm generate` replaces what this URL shows: revalidate, by the grid's hash.
-        return Response(png, media_type="image/png", headers={"Cache-Control": "no-cache", "ETag": f'"{grid["sha256"]}"'})
+        return Response(png, media_type="image/png",
+                        headers={"Cache-Control": "no-cache", "ETag": f'"{grid["sha256"]}"'})
 
     @api.get("/runs", response_model=list[schemas.RunOut], tags=["ops"])
     def runs(reads: ReadAccess, limit: Limit = 50,

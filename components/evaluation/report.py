@@ -488,8 +488,8 @@ def samples_section(entries: Sequence[dict[str, Any]], max_embed_bytes: int = SA
     a grid over ``max_embed_bytes`` is named, not embedded), how it was drawn and its Fréchet
     distances beside the tokenizer floor and the shuffled-token baseline.
 
-    ``entries``: ``{"backbone": ref, "artifact": usage.artifact_dict(...) with its "version" | None, "png": bytes | None,
-    "error": str | None}`` (no artifact: the backbone has no samples yet; ``error``: the grid
+    ``entries``: ``{"backbone": ref, "artifact": usage.artifact_dict(...) with its "version" | None,
+    "png": bytes | None, "error": str | None}`` (no artifact: the backbone has no samples yet; ``error``: the grid
     could not be read)."""
     if not entries:
         return []

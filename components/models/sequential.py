@@ -152,9 +152,9 @@ class SequentialBackbone(nn.Module):
         never predicted (they are not in the codebook the head predicts)."""
         seq = self.sentence(tokens)
         logits = self.lm_head(self.hidden(seq[:, :-1])).float()
-        targets = seq[:, 1:]
-        predicted = targets != self.cfg.start_token
-        return F.cross_entropy(logits[predicted], targets[predicted])
+        # ignore_index, not a boolean selection: the shapes stay static (torch.compile, CUDA graphs)
+        targets = seq[:, 1:].masked_fill(seq[:, 1:] == self.cfg.start_token, -100)
+        return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1), ignore_index=-100)
 
     def forward_pool(self, x: torch.Tensor) -> torch.Tensor:
         """Normalized images ``[B, 1, H, W]`` -> the mean of the hidden states after each image token ``[B, D]``."""

@@ -1,6 +1,7 @@
 """Registry reads and writes of what using a model leaves behind: its exports, drift
 references and generated sample grids (``model_artifact``), its prediction batches
-(``prediction_batch``), and the drift alerts those batches raise. Writers flush, never commit (the caller's session does)."""
+(``prediction_batch``), and the drift alerts those batches raise. Writers flush, never commit
+(the caller's session does)."""
 from __future__ import annotations
 
 from typing import Any

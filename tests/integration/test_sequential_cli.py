@@ -58,6 +58,8 @@ def test_tokenizer_then_sequential_pretraining_then_a_probe(tmp_path, prefect_ap
     embedded = re.search(r"!\[6 samples of elpv-sequential v1\]\(data:image/png;base64,([A-Za-z0-9+/=]+)\)", report)
     assert embedded and base64.b64decode(embedded.group(1)) == grid.read_bytes()
     assert f"samples **{quality['frechet_distance']['samples']:.3f}**" in report
+    shown = dlvm(env, "models", "show", "elpv-sequential").stdout
+    assert "samples v1 (6 images)" in shown and f"Fréchet distance {quality['frechet_distance']['samples']:.3f}" in shown
 
     with session_scope(Settings(home=tmp_path / "state")) as session:
         models = session.exec(select(RegisteredModel)).all()
@@ -80,7 +82,8 @@ def test_tokenizer_then_sequential_pretraining_then_a_probe(tmp_path, prefect_ap
         assert [(r.status, r.params["n"], r.params["top_k"]) for r in runs] == [("completed", 6, 20)]
         assert runs[0].params["against"] == "elpv"
         grids = session.exec(select(ModelArtifact)).all()  # the grid belongs to the version it was drawn from
-        assert [(g.kind, g.model_version_id, g.id) for g in grids] == [("samples", backbone.id, generated["artifact_id"])]
+        assert [(g.kind, g.model_version_id, g.id) for g in grids] == [
+            ("samples", backbone.id, generated["artifact_id"])]
         assert grids[0].details["quality"] == quality and grids[0].details["top_k"] == 20
         evaluation = session.exec(select(Evaluation)).one()
         assert [(g["backbone"], g["artifact_id"]) for g in evaluation.summary["samples"]] == [
