@@ -253,22 +253,30 @@ def pretrain_all(domain: str, pool: np.ndarray, cfgs: dict, cache: Path) -> tupl
 
 
 def evaluate(data: DomainData, backbones: list[Backbone], cfgs: dict, plan: Plan) -> list[dict]:
-    """Probe rows at every label set (majority class beside them); fine-tune rows with every label."""
+    """Probe rows at every label set (majority class beside them); fine-tune rows with the largest.
+    Label sets drawn from the same pool (ELPV's fractions) share one sweep, so each backbone's
+    features are extracted once; the published WM-811K sets are different pools, a sweep each."""
     rows = []
     full = list(data.label_sets)[-1]
-    for name, (train_idx, fraction) in data.label_sets.items():
-        cfg = SweepConfig(fractions=(fraction,), seeds=(0,), methods=("probe",), probe=cfgs["probe"],
+    groups: dict[bytes, list[str]] = {}
+    for name, (train_idx, _) in data.label_sets.items():
+        groups.setdefault(np.asarray(train_idx).tobytes(), []).append(name)
+    for names in groups.values():
+        train_idx = data.label_sets[names[0]][0]
+        name_of = {data.label_sets[n][1]: n for n in names}
+        cfg = SweepConfig(fractions=tuple(name_of), seeds=(0,), methods=("probe",), probe=cfgs["probe"],
                           finetune=cfgs["finetune"], baselines=("majority",), n_boot=plan.n_boot, device="cpu")
         t0 = time.perf_counter()
         part = list(run_sweep(backbones, data.images, data.labels, train_idx, data.test_idx, data.num_classes, cfg).rows)
-        if name == full:
+        if full in names:
             ft = run_sweep(backbones, data.images, data.labels, train_idx, data.test_idx, data.num_classes,
-                           dataclasses.replace(cfg, methods=("finetune",), baselines=()))
+                           dataclasses.replace(cfg, fractions=(data.label_sets[full][1],), methods=("finetune",),
+                                               baselines=()))
             part += ft.rows
         for r in part:
-            r["label_set"] = name
+            r["label_set"] = name_of[r["fraction"]]
         rows += part
-        print(f"{name}: {len(part)} runs in {time.perf_counter() - t0:.0f} s", flush=True)
+        print(f"{', '.join(names)}: {len(part)} runs in {time.perf_counter() - t0:.0f} s", flush=True)
     return rows
 
 
