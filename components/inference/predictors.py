@@ -12,6 +12,7 @@ Anomaly models and detectors run on the CPU (their scoring code keeps its tensor
 """
 from __future__ import annotations
 
+import copy
 import csv
 import io
 from dataclasses import dataclass, field
@@ -122,6 +123,14 @@ class DetectorPredictor:
     def to(self, device: str) -> "DetectorPredictor":
         return self  # CPU (see the module docstring)
 
+    def reporting_at(self, min_score: float) -> "DetectorPredictor":
+        """The same detector reporting boxes from ``min_score`` (the held one is left as it is)."""
+        if not 0 <= min_score < 1:
+            raise ValueError(f"min_score must be in [0, 1), got {min_score}")
+        other = copy.copy(self)
+        other.min_score = float(min_score)
+        return other
+
     def predict(self, images: np.ndarray, sizes: list, batch_size: int, device: str) -> BatchOutput:
         from components.training.detect import DetectConfig, predict_boxes
 
@@ -153,11 +162,16 @@ class DetectorPredictor:
         return counts
 
 
+def check_predicts(kind: str, ref: str) -> None:
+    """Refuse, in one line naming it, a registered kind that does not predict (before its checkpoint is read)."""
+    if kind not in PREDICTED_KINDS:
+        raise UnsupportedKind(f"{ref} is a {kind}: prediction takes a classifier, an anomaly model or a detector")
+
+
 def predictor_for(kind: str, checkpoint: dict, ref: str, min_score: float | None = None):
     """The predictor of a registered model of ``kind`` from its checkpoint; ``min_score``: the
     score a detector's box needs to be reported (default: the one its evaluation reported at)."""
-    if kind not in PREDICTED_KINDS:
-        raise UnsupportedKind(f"{ref} is a {kind}: prediction takes a classifier, an anomaly model or a detector")
+    check_predicts(kind, ref)
     if min_score is not None and kind != "detector":
         raise ValueError(f"--min-score is for detectors; {ref} is of kind {kind}")
     if kind == "classifier":
