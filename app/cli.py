@@ -723,8 +723,8 @@ def predict(source: str = typer.Argument(..., help="a folder of images, dataset:
                   f"(batch {out['batch_id']}): {counted}" + ", ".join(f"{c} {n}" for c, n in out["class_counts"].items()))
     if out["kind"] == "anomaly":
         rate = out["false_alarm_rate"]
-        console.print(f"threshold {out['threshold']:.4g} (score above it = anomalous), set on held-out good images "
-                      f"for a {'stated' if rate is None else f'{rate:.1%}'} false-alarm rate")
+        console.print(f"threshold {out['threshold']:.4g} (score above it = anomalous), set on held-out good images"
+                      + ("" if rate is None else f" for a {rate:.1%} false-alarm rate"))
         if out["heatmaps"]:
             console.print(f"heat maps: {len(out['heatmaps'])} PNGs in {heatmap_dir}")
     elif out["kind"] == "detector":

@@ -144,3 +144,16 @@ def test_the_drawing_grid_blanks_every_cell_and_refuses_nothing_to_draw():
     assert figure_png(fig).startswith(b"\x89PNG")  # and closes it
     with pytest.raises(ValueError, match="no images to draw"):
         image_grid(0, 4, (3, 3))
+
+
+def test_decoding_records_the_upright_size_boxes_are_mapped_back_to():
+    from components.inference.inputs import decode_image_bytes_sized
+
+    image = Image.fromarray(np.zeros((20, 40), np.uint8))  # 40 wide, 20 high
+    assert decode_image_bytes_sized(_png(np.zeros((20, 40), np.uint8)), 16)[1] == (40, 20)
+    exif = image.getexif()
+    exif[0x0112] = 6  # stored sideways: decoding turns it upright, 20 wide and 40 high
+    buf = io.BytesIO()
+    image.save(buf, format="JPEG", exif=exif)
+    pixels, size = decode_image_bytes_sized(buf.getvalue(), 16)
+    assert pixels.shape == (16, 16) and size == (20, 40)
