@@ -173,11 +173,7 @@ def predict_flow(source: str, model: str, batch_size: int = 256, device: str | N
                    "ignored": result.ignored, "class_counts": counts, "drift": report,
                    "predictions_uri": csv_file.uri,
                    "embeddings_uri": embeddings_file.uri if embeddings_file else None,
-                   "flow_run_id": current_flow_run_id()}
-        if predictor.kind == "anomaly":
-            summary.update({"threshold": predictor.threshold, "false_alarm_rate": predictor.false_alarm_rate})
-        if predictor.kind == "detector":
-            summary["min_score"] = predictor.min_score
+                   "flow_run_id": current_flow_run_id(), **predictor.summary_fields()}
         summary_file = store_artifact(settings, json.dumps(summary, indent=2).encode(), "predictions",
                                       f"{name}-summary.json")
         batch = register_batch(settings, version, inputs.description, result, csv_file, summary_file,

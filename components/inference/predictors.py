@@ -80,6 +80,10 @@ class ClassifierPredictor:
             counts[r["class"]] += 1
         return counts
 
+    def summary_fields(self) -> dict:
+        """What a batch summary says about how this model decided (a classifier: nothing beyond its rows)."""
+        return {}
+
 
 class AnomalyPredictor:
     kind = "anomaly"
@@ -108,6 +112,9 @@ class AnomalyPredictor:
     def counts(self, records: list[dict]) -> dict[str, int]:
         n = sum(r["anomalous"] for r in records)
         return {"anomalous": n, "normal": len(records) - n}
+
+    def summary_fields(self) -> dict:
+        return {"threshold": self.threshold, "false_alarm_rate": self.false_alarm_rate}
 
 
 class DetectorPredictor:
@@ -160,6 +167,9 @@ class DetectorPredictor:
             for b in r["boxes"]:
                 counts[b["class"]] += 1
         return counts
+
+    def summary_fields(self) -> dict:
+        return {"min_score": self.min_score}
 
 
 def check_predicts(kind: str, ref: str) -> None:

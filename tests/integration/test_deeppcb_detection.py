@@ -116,10 +116,6 @@ def test_predict_reports_boxes_above_a_minimum_score_and_the_dashboard_shows_the
         assert float(r["score"]) >= 0.05 and (r["width"], r["height"]) == ("640", "640")
         assert 0 <= float(r["x1"]) <= float(r["x2"]) <= 640 and 0 <= float(r["y1"]) <= float(r["y2"]) <= 640
     assert "boxes scoring at least 0.05 are reported" in done.stdout and f"{rows[0]['image']}: " in done.stdout
-    strict = dlvm(env, "predict", str(line), "--model", "pcb-detector:1", "--min-score", "0.99",
-                  "--summary", str(tmp_path / "q.json"))
-    assert sum(json.loads((tmp_path / "q.json").read_text())["class_counts"].values()) < len(boxes)
-    assert strict.returncode == 0
 
     client = TestClient(create_app(settings))
     name = rows[0]["image"]
