@@ -9,6 +9,7 @@ from datetime import timedelta
 import pytest
 import schemathesis
 from fastapi.testclient import TestClient
+from example_drawings import ANOMALY, DETECTOR, register_example_drawings
 from generated_samples import FRECHET, SEQUENTIAL, register_sequential_samples
 from hypothesis import HealthCheck, given
 from hypothesis import settings as hypothesis_settings
@@ -110,6 +111,21 @@ def test_the_sample_grid_of_a_sequential_backbone_is_served_and_shown(registry):
     assert f'<img id="samples-grid" src="/api/models/{SEQUENTIAL}/versions/1/samples"' in page  # the newest grid
     assert all(f"{v:.3f}" in page for v in FRECHET.values()) and "40 images of elpv v1" in page
     assert 'id="samples"' not in client.get(f"/models/{MODEL}").text  # a classifier has no samples section
+
+
+def test_example_drawings_of_a_detector_and_an_anomaly_model_are_served_and_shown(registry):
+    pngs = register_example_drawings(registry)
+    client = TestClient(create_app(registry))
+    for name in (DETECTOR, ANOMALY):
+        drawing = client.get(f"/api/models/{name}/versions/1/examples")
+        assert drawing.status_code == 200 and drawing.headers["content-type"] == "image/png"
+        assert drawing.content == pngs[name]  # the stored drawing, verified against its sha256 by the store
+    missing = client.get(f"/api/models/{DETECTOR}/versions/2/examples")  # v2 has none
+    assert missing.status_code == 404 and "dlvm adapt --task detection|anomaly" in missing.json()["detail"]
+    page = client.get(f"/models/{DETECTOR}").text  # the newest version with a drawing
+    assert f'<img id="examples-image" src="/api/models/{DETECTOR}/versions/1/examples"' in page
+    assert "Boxes on test images" in page and f"dlvm predict FOLDER --model {DETECTOR}:2" in page  # no aliases
+    assert "Heat maps on test images" in client.get(f"/models/{ANOMALY}").text
 
 
 def test_prediction_refuses_a_kind_that_does_not_predict_naming_it(client):
