@@ -695,23 +695,41 @@ def models_show(name: str = typer.Argument(..., callback=MODEL_NAME), as_json: b
 
 @app.command()
 def predict(source: str = typer.Argument(..., help="a folder of images, dataset:NAME[:VERSION] or s3://bucket/prefix"),
-            model: str = typer.Option(..., "--model", "-m", help="classifier: NAME (= NAME@production), NAME:V or NAME@ALIAS"),
+            model: str = typer.Option(..., "--model", "-m", help="classifier, anomaly model or detector: NAME "
+                                      "(= NAME@production), NAME:V or NAME@ALIAS"),
             batch_size: int = typer.Option(256, min=1, help="images decoded and predicted at once"),
-            device: Optional[str] = typer.Option(None, help="cpu, cuda, cuda:N (default: DLVM_DEVICE, auto)"),
-            drift_alpha: float = typer.Option(0.01, help="false-alarm rate of the drift alert per batch"),
+            device: Optional[str] = typer.Option(None, help="cpu, cuda, cuda:N (default: DLVM_DEVICE, auto; "
+                                                 "anomaly models and detectors run on the CPU)"),
+            drift_alpha: float = typer.Option(0.01, help="classifier: false-alarm rate of the drift alert per batch"),
+            min_score: Optional[float] = typer.Option(None, help="detector: the score a box needs to be reported "
+                                                      "(default: the one its evaluation used)"),
+            heatmap_dir: Optional[Path] = typer.Option(None, help="anomaly: write a heat-map overlay PNG per image "
+                                                       "into this folder"),
             summary_path: Optional[Path] = SUMMARY):
-    """Predict every image of SOURCE with a registered classifier; store the predictions (CSV),
-    embeddings and a summary, register the batch and compare it with the training data (drift)."""
+    """Predict every image of SOURCE with a registered model, by its kind: a classifier's class
+    (and a drift check against its training data), an anomaly model's score and decision at its
+    threshold, a detector's boxes. Stores the predictions (CSV) and a summary, registers the batch."""
     prepare()
     from flows.predict import predict_flow
-    out = run_step(predict_flow, source, model, batch_size=batch_size, device=device, drift_alpha=drift_alpha)
+    out = run_step(predict_flow, source, model, batch_size=batch_size, device=device, drift_alpha=drift_alpha,
+                   min_score=min_score, heatmap_dir=str(heatmap_dir.resolve()) if heatmap_dir else None)
     write_summary(summary_path, out)
     for bad in out["failures"]:
         console.print(f"  unreadable {bad['name']}: {bad['reason']} ({bad['detail']})")
+    _print_first_images(out)
     drift = out["drift"]
-    console.print(f"{out['model']}: {out['n_images']} images predicted, {out['n_failed']} unreadable "
-                  f"(batch {out['batch_id']}): " + ", ".join(f"{c} {n}" for c, n in out["class_counts"].items()))
-    if drift.get("tested"):
+    counted = {"classifier": "", "anomaly": "", "detector": "boxes: "}[out["kind"]]
+    console.print(f"{out['model']} ({out['kind']}): {out['n_images']} images predicted, {out['n_failed']} unreadable "
+                  f"(batch {out['batch_id']}): {counted}" + ", ".join(f"{c} {n}" for c, n in out["class_counts"].items()))
+    if out["kind"] == "anomaly":
+        rate = out["false_alarm_rate"]
+        console.print(f"threshold {out['threshold']:.4g} (score above it = anomalous), set on held-out good images"
+                      + ("" if rate is None else f" for a {rate:.1%} false-alarm rate"))
+        if out["heatmaps"]:
+            console.print(f"heat maps: {len(out['heatmaps'])} PNGs in {heatmap_dir}")
+    elif out["kind"] == "detector":
+        console.print(f"boxes scoring at least {out['min_score']:g} are reported")
+    elif drift.get("tested"):
         fired = [t["name"] for t in drift["tests"] if t["fired"]]
         console.print(("[red]drift alert[/red]: " + ", ".join(fired)) if drift["alert"] else
                       f"no drift against the training data ({len(drift['tests'])} tests, "
@@ -719,6 +737,23 @@ def predict(source: str = typer.Argument(..., help="a folder of images, dataset:
     else:
         console.print(f"drift not tested: {drift.get('reason')}")
     console.print(f"predictions: {out['predictions_uri']}\nsummary:     {out['summary_uri']}")
+
+
+def _print_first_images(out: dict) -> None:
+    """An anomaly model's and a detector's verdict on the first images (the CSV has them all)."""
+    if out["kind"] == "classifier":
+        return
+    for r in out["first_images"]:
+        if out["kind"] == "anomaly":
+            console.print(f"  {r['image']}: score {r['score']:.4g} "
+                          + ("[red]anomalous[/red]" if r["anomalous"] else "normal"))
+        else:
+            boxes = ", ".join(f"{b['class']} {b['score']:.2f} ({b['x1']:.0f},{b['y1']:.0f},{b['x2']:.0f},{b['y2']:.0f})"
+                              for b in r["boxes"][:5])
+            more = f" +{len(r['boxes']) - 5} more" if len(r["boxes"]) > 5 else ""
+            console.print(f"  {r['image']}: {len(r['boxes'])} boxes{': ' + boxes if boxes else ''}{more}")
+    if out["n_images"] > len(out["first_images"]):
+        console.print(f"  ... {out['n_images'] - len(out['first_images'])} more in the predictions CSV")
 
 
 @app.command("export")

@@ -38,8 +38,8 @@ from flows.tasks import (
     store_artifact,
 )
 
-# Its own registry kind (migration 0003), so the classifier-only steps (promotion, export,
-# prediction) refuse an anomaly model by its kind.
+# Its own registry kind (migration 0003), so the classifier-only steps (promotion, export)
+# refuse an anomaly model by its kind, and prediction chooses its predictor by it.
 REGISTRY_KIND = "anomaly"
 TASK = "anomaly"
 EXAMPLES = 8

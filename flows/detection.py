@@ -26,7 +26,8 @@ from flows.tasks import (
     store_artifact,
 )
 
-# Migration 0004's kind: the classifier-only steps (promotion, export, prediction) refuse it.
+# Migration 0004's kind: the classifier-only steps (promotion, export) refuse it; prediction
+# chooses its predictor by it (components/inference/predictors.py).
 REGISTRY_KIND = "detector"
 TASK = "detection"
 EXAMPLES = 8

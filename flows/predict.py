@@ -1,11 +1,14 @@
-"""Flow `predict`: a registered classifier (NAME means NAME@production) on a folder, a
-dataset version or an S3 prefix -> one prediction per image (CSV), the embeddings (.npy),
-a JSON summary with every unreadable file and the drift report, all stored as artifacts,
-and a `prediction_batch` row saying which model version saw which inputs, when, in which
-flow run."""
+"""Flow `predict`: a registered classifier, anomaly model or detector (NAME means
+NAME@production), chosen by its registered kind, on a folder, a dataset version or an S3
+prefix -> its predictions table (CSV: one row per image, per box for a detector), a JSON
+summary with every unreadable file, for a classifier the embeddings (.npy) and the drift
+report, all stored as artifacts; for an anomaly model optionally a heat-map overlay per image
+in a local folder; and a `prediction_batch` row saying which model version saw which inputs,
+when, in which flow run."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 from prefect import flow, task
 from prefect.cache_policies import NO_CACHE
@@ -20,17 +23,17 @@ from components.inference.predict import (
     per_class_report,
     predict_arrays,
     predict_source,
-    prediction_rows,
-    predictions_csv,
 )
+from components.inference.predictors import check_predicts, predictor_for, write_heatmaps
 from components.orchestration.lineage import current_flow_run_id, recorded_run
 from components.registry import queries, usage
 from components.registry.db import session_scope
-from components.registry.tables import Dataset, DatasetVersion
+from components.registry.tables import Dataset, DatasetVersion, RegisteredModel
 from components.settings import get_settings
 from flows.tasks import load_artifact, load_model_checkpoint, resolve_model_version, store_artifact
 
 ONCE = dict(cache_policy=NO_CACHE)
+SHOWN = 20  # images whose predictions the flow's return value carries
 
 
 def production_ref(model: str) -> str:
@@ -43,14 +46,30 @@ def load_classifier(settings, version):
     return classifier_from_checkpoint(load_model_checkpoint(settings, version))
 
 
+@task(name="load-predictor", **ONCE)
+def load_predictor(settings, version, ref: str, min_score: float | None):
+    """The version's model as a predictor of its registered kind (refused here, before any
+    input is read, when that kind does not predict)."""
+    with session_scope(settings) as session:
+        kind = session.get(RegisteredModel, version.model_id).kind
+    check_predicts(kind, ref)
+    return predictor_for(kind, load_model_checkpoint(settings, version), ref, min_score)
+
+
 @task(name="resolve-inputs", **ONCE)
 def resolve_inputs(settings, source: str, size: int):
     return resolve_source(settings, source, size)
 
 
 @task(name="predict-images", **ONCE)
-def run_predictions(classifier, inputs, batch_size: int, device: str):
-    return predict_source(classifier, inputs, batch_size=batch_size, device=device)
+def run_predictions(predictor, inputs, batch_size: int, device: str, heatmap_dir: str | None = None):
+    written = []
+
+    def heatmaps(names, images, output):
+        written.extend(write_heatmaps(Path(heatmap_dir), predictor, names, images, output))
+    result = predict_source(predictor, inputs, batch_size=batch_size, device=device,
+                            on_batch=heatmaps if heatmap_dir else None)
+    return result, [str(p) for p in written]
 
 
 @task(name="model-training-data", **ONCE)
@@ -116,41 +135,52 @@ def register_batch(settings, version, source: str, result, csv_file, summary_fil
 
 @flow(name="predict", log_prints=True)
 def predict_flow(source: str, model: str, batch_size: int = 256, device: str | None = None,
-                 drift_alpha: float = 0.01) -> dict:
+                 drift_alpha: float = 0.01, min_score: float | None = None, heatmap_dir: str | None = None) -> dict:
     """Predict every image of `source` (a folder, dataset:NAME[:V] or s3://bucket/prefix) with
-    `model` (NAME = NAME@production, NAME:V, NAME@ALIAS) and compare the batch with its training data."""
+    `model` (NAME = NAME@production, NAME:V, NAME@ALIAS) of kind classifier (then compare the
+    batch with its training data), anomaly (`heatmap_dir`: write a heat-map overlay PNG per
+    image there) or detector (boxes scoring at least `min_score`, default the score its
+    evaluation reported precision and recall at)."""
     settings = get_settings()
     ref = production_ref(model)
     device = device or settings.device
     cfg = drift.DriftConfig(alpha=drift_alpha)
-    with recorded_run(settings, "predict", {"source": source, "model": ref, "batch_size": batch_size}):
+    with recorded_run(settings, "predict", {"source": source, "model": ref, "batch_size": batch_size,
+                                            "min_score": min_score, "heatmap_dir": heatmap_dir}):
         version = resolve_model_version(settings, ref)
         name = ref.split("@")[0].split(":")[0]
-        classifier = load_classifier(settings, version)
-        inputs = resolve_inputs(settings, source, model_input_size(classifier))
+        predictor = load_predictor(settings, version, ref, min_score)
+        if heatmap_dir and predictor.kind != "anomaly":
+            raise ValueError(f"--heatmap-dir is for anomaly models; {ref} is a {predictor.kind}")
+        inputs = resolve_inputs(settings, source, predictor.input_size)
         if not inputs.items:
             raise ValueError(f"{inputs.description} holds no images ({', '.join(sorted(ALLOWED_EXTENSIONS))})")
-        result = run_predictions(classifier, inputs, batch_size, device)
-        report = compare(drift_reference(settings, version, classifier, device), result, cfg)
+        result, heatmaps = run_predictions(predictor, inputs, batch_size, device, heatmap_dir)
+        if predictor.kind == "classifier":
+            report = compare(drift_reference(settings, version, predictor.model, device), result, cfg)
+        else:  # the drift monitor compares a classifier's pooled features and class mix
+            report = {"tested": False, "alert": None,
+                      "reason": f"drift is tested for classifiers (their features); this is a {predictor.kind}"}
         embeddings_file = store_artifact(settings, npy_bytes(result.embeddings), "predictions",
-                                         f"{name}-embeddings.npy") if result.names else None
+                                         f"{name}-embeddings.npy") if result.names and result.embeddings is not None \
+            else None
         tag = embeddings_file.sha256[:12] if embeddings_file else "none"
-        rows = prediction_rows(result.names, result.sha256, result.proba, classifier.classes, tag)
-        csv_file = store_artifact(settings, predictions_csv(rows, classifier.classes), "predictions",
-                                  f"{name}-predictions.csv")
-        counts = {c: 0 for c in classifier.classes}
-        for row in rows:
-            counts[row["class"]] += 1
-        summary = {"model": f"{name}:{version.version}", "source": inputs.description, "n_images": len(rows),
-                   "n_failed": len(result.failures), "failures": result.failures, "ignored": result.ignored,
-                   "class_counts": counts, "drift": report, "predictions_uri": csv_file.uri,
+        csv_file = store_artifact(settings, predictor.table(result.names, result.sha256, result.records, tag),
+                                  "predictions", f"{name}-predictions.csv")
+        counts = predictor.counts(result.records)
+        summary = {"model": f"{name}:{version.version}", "kind": predictor.kind, "source": inputs.description,
+                   "n_images": len(result.names), "n_failed": len(result.failures), "failures": result.failures,
+                   "ignored": result.ignored, "class_counts": counts, "drift": report,
+                   "predictions_uri": csv_file.uri,
                    "embeddings_uri": embeddings_file.uri if embeddings_file else None,
-                   "flow_run_id": current_flow_run_id()}
+                   "flow_run_id": current_flow_run_id(), **predictor.summary_fields()}
         summary_file = store_artifact(settings, json.dumps(summary, indent=2).encode(), "predictions",
                                       f"{name}-summary.json")
         batch = register_batch(settings, version, inputs.description, result, csv_file, summary_file,
                                embeddings_file, counts, report)
     verdict = {None: "not tested", True: "DRIFT ALERT", False: "no drift"}[report.get("alert")]
-    print(f"predict: {name}:{version.version} on {len(rows)} images of {inputs.description} "
-          f"({len(result.failures)} unreadable): {counts}; drift: {verdict}")
-    return {**summary, "batch_id": batch.id, "summary_uri": summary_file.uri}
+    print(f"predict: {name}:{version.version} ({predictor.kind}) on {len(result.names)} images of "
+          f"{inputs.description} ({len(result.failures)} unreadable): {counts}; drift: {verdict}")
+    # the first images' records, for the command line to show (the CSV artifact holds them all)
+    return {**summary, "batch_id": batch.id, "summary_uri": summary_file.uri, "heatmaps": heatmaps,
+            "first_images": [{"image": n, **r} for n, r in list(zip(result.names, result.records))[:SHOWN]]}

@@ -202,6 +202,22 @@ def _api_routes():
         return Response(png, media_type="image/png",
                         headers={"Cache-Control": "no-cache", "ETag": f'"{grid["sha256"]}"'})
 
+    @api.get("/models/{name}/versions/{version}/examples", response_class=Response, responses={
+        **NOT_FOUND, 502: {"model": schemas.Problem, "description": "the artifact store could not give the drawing"},
+        200: {"content": {"image/png": {}}, "description": "test images with a detector's boxes or an anomaly "
+                                                           "model's heat maps"}},
+        tags=["models"])
+    def model_examples(name: Name, version: Version, reads: ReadAccess):
+        """The drawing of test examples made when this detector (true and found boxes) or anomaly
+        model (heat-map overlays) version was evaluated."""
+        drawing = reads.value(usage.example_drawing, name, version)
+        try:
+            png = open_store(reads.settings).get_bytes(drawing["uri"], drawing["sha256"])
+        except ArtifactError as exc:
+            raise HTTPException(502, f"the artifact store could not give the drawing: {exc}") from exc
+        # A version's evaluation drawing never changes: the URL can be kept.
+        return Response(png, media_type="image/png", headers={"Cache-Control": "max-age=3600, immutable"})
+
     @api.get("/runs", response_model=list[schemas.RunOut], tags=["ops"])
     def runs(reads: ReadAccess, limit: Limit = 50,
              status: Annotated[Optional[str], Query(pattern="^(running|completed|failed)$")] = None):
@@ -214,20 +230,29 @@ def _api_routes():
 
     # --- using a model: predictions and the model card (issue 17) ---------------------
 
-    @api.post("/models/{name}/predict", response_model=schemas.Prediction, tags=["predict"],
-              responses={**NOT_FOUND, 409: {"model": schemas.Problem, "description": "the alias holds no classifier"},
+    @api.post("/models/{name}/predict", response_model=schemas.Prediction, response_model_exclude_none=True,
+              response_model_by_alias=True, tags=["predict"],
+              responses={**NOT_FOUND, 409: {"model": schemas.Problem,
+                                            "description": "the model is of a kind that does not predict"},
                          413: {"model": schemas.Problem, "description": "the body is larger than DLVM_PREDICT_MAX_BYTES"},
                          422: {"model": schemas.Problem, "description": "the body is not an image dlvm can read"},
                          502: {"model": schemas.Problem, "description": "the model's checkpoint could not be read"}},
               openapi_extra={"requestBody": {"required": True, "description": "one encoded image (PNG, JPEG, TIFF, BMP)",
                                              "content": {"application/octet-stream": {"schema": {
                                                  "type": "string", "format": "binary"}}}}})
-    async def predict(name: Name, request: Request, reads: ReadAccess, alias: AliasQuery = "production"):
-        """Predict one image with the classifier `alias` points at (loaded once, reloaded only when
-        the alias moves): the class, its probability and every class's probability."""
+    async def predict(name: Name, request: Request, reads: ReadAccess, alias: AliasQuery = "production",
+                      version: Annotated[Optional[int], Query(ge=1, le=2**31 - 1, description=(
+                          "a version number instead of the alias (anomaly models and detectors have no "
+                          "aliases)"))] = None,
+                      min_score: Annotated[Optional[float], Query(ge=0, lt=1, description=(
+                          "detector: the score a box needs to be reported (default: the one its evaluation "
+                          "used)"))] = None):
+        """Predict one image with the model `alias` (or `version`) points at (loaded once, reloaded
+        only when the alias moves), by its kind: a classifier's class, its probability and every
+        class's; an anomaly model's score and decision at its threshold; a detector's boxes."""
         body = await _bounded_body(request, reads.settings.predict_max_bytes)
         served = request.app.state.served_models
-        return await anyio.to_thread.run_sync(_predict_one, served, name, alias, body)
+        return await anyio.to_thread.run_sync(_predict_one, served, name, alias, body, version, min_score)
 
     @api.get("/models/{name}/card", response_class=Response, tags=["models"], responses={
         **NOT_FOUND, 422: {"model": schemas.Problem, "description": "not a classifier, or a bad version"},
@@ -277,17 +302,17 @@ async def _bounded_body(request: Request, limit: int) -> bytes:
     return bytes(body)
 
 
-def _predict_one(served, name: str, alias: str, body: bytes) -> dict:
+def _predict_one(served, name: str, alias: str, body: bytes, version: int | None, min_score: float | None) -> dict:
     from components.inference.inputs import UnreadableImage
     try:
-        return served.predict(name, alias, body)
+        return served.predict(name, alias, body, version, min_score)
     except UnreadableImage as exc:
         raise HTTPException(422, f"not an image dlvm can read: {exc}") from exc
     except ArtifactError as exc:
         raise HTTPException(502, f"the artifact store could not give the model: {exc}") from exc
     except queries.NotFound:
         raise
-    except ValueError as exc:  # e.g. the alias holds a backbone
+    except ValueError as exc:  # e.g. the alias holds a backbone: the kind and what predicts, in one line
         raise HTTPException(409, str(exc)) from exc
 
 

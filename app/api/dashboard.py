@@ -81,6 +81,7 @@ def model_page(name: Name, request: Request, settings: Settings = Depends(settin
             "alerts": [a for a in monitoring.alerts(session, alert_rules(settings))
                        if a["model"] in (None, name)],
             "samples": usage.newest_samples(session, name),
+            "examples": usage.newest_example_drawing(session, name),
             "sequential": any((v["params"] or {}).get("family") == "sequential" for v in detail["versions"]),
             **_usage_context(session, settings, name, detail["kind"]),
         }
@@ -88,7 +89,9 @@ def model_page(name: Name, request: Request, settings: Settings = Depends(settin
 
 
 def _usage_context(session, settings: Settings, name: str, kind: str) -> dict[str, Any]:
-    """The model page's prediction batches and model card (classifiers only)."""
+    """The model page's prediction batches (models that predict) and model card (classifiers only)."""
+    if kind in ("anomaly", "detector"):
+        return {"batches": usage.prediction_batches(session, name, limit=10), "card_html": None, "card_error": None}
     if kind != "classifier" or not views.model_detail(session, name)["versions"]:
         return {"batches": [], "card_html": None, "card_error": None}
     from markdown_it import MarkdownIt

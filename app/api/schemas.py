@@ -178,16 +178,39 @@ class Alert(BaseModel):
     batch_id: Optional[int] = Field(None, description="the prediction batch that drifted (kind drift)")
 
 
+class Box(BaseModel):
+    """One box a detector found, in pixels of the image as sent."""
+    model_config = ConfigDict(populate_by_name=True)
+
+    class_: str = Field(alias="class")
+    score: float
+    x1: float
+    y1: float
+    x2: float
+    y2: float
+
+
 class Prediction(BaseModel):
-    """One image's prediction by the version an alias points at."""
+    """One image's prediction by the version an alias (or `?version=`) points at; the fields
+    present are those of the model's kind."""
     model_config = ConfigDict(populate_by_name=True)
 
     model: str
-    alias: str
+    alias: Optional[str] = Field(None, description="the alias asked for (absent when a version number was)")
     version: int
-    class_: str = Field(alias="class", description="the predicted class")
-    confidence: float = Field(description="its probability")
-    probabilities: dict[str, float]
+    kind: Literal["classifier", "anomaly", "detector"]
+    class_: Optional[str] = Field(None, alias="class", description="classifier: the predicted class")
+    confidence: Optional[float] = Field(None, description="classifier: its probability")
+    probabilities: Optional[dict[str, float]] = Field(None, description="classifier: every class's probability")
+    score: Optional[float] = Field(None, description="anomaly: the image's anomaly score")
+    anomalous: Optional[bool] = Field(None, description="anomaly: score > threshold")
+    threshold: Optional[float] = Field(None, description="anomaly: set on held-out good images for "
+                                                         "false_alarm_rate")
+    false_alarm_rate: Optional[float] = None
+    boxes: Optional[list[Box]] = Field(None, description="detector: boxes scoring at least min_score, best first")
+    min_score: Optional[float] = None
+    width: Optional[int] = Field(None, description="detector: the image's width, the frame of the boxes")
+    height: Optional[int] = None
 
 
 class LabelingProgress(BaseModel):

@@ -9,11 +9,12 @@ histograms instead of re-sorting millions of pixels; the binning error is below 
 """
 from __future__ import annotations
 
-import io
 from typing import Sequence
 
 import numpy as np
 from scipy.stats import rankdata
+
+from components.evaluation.figures import figure_png, image_grid
 
 
 def auroc(is_anomaly: np.ndarray, scores: np.ndarray) -> float:
@@ -164,31 +165,19 @@ def pick_examples(scores: np.ndarray, is_anomaly: np.ndarray, threshold: float |
 
 
 def heatmap_overlays(images: np.ndarray, heatmaps: np.ndarray, titles: Sequence[str],
-                     masks: np.ndarray | None = None, vmax: float | None = None, columns: int = 4) -> bytes:
-    """A PNG grid: each image in gray with its heat map over it (and its defect regions outlined)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    n = len(images)
-    if n == 0:
+                     masks: np.ndarray | None = None, vmax: float | None = None, columns: int = 4,
+                     vmin: float | None = None) -> bytes:
+    """A PNG grid: each image in gray with its heat map over it (and its defect regions outlined);
+    the colour scale runs from ``vmin`` to ``vmax`` (default: the heat maps' own range)."""
+    if len(images) == 0:
         raise ValueError("no images to draw")
-    cols = min(columns, n)
-    rows = (n + cols - 1) // cols
     vmax = float(np.max(heatmaps)) if vmax is None else vmax
-    fig, axes = plt.subplots(rows, cols, figsize=(3 * cols, 3.2 * rows), squeeze=False)
-    for ax in axes.ravel():
-        ax.axis("off")
-    for i in range(n):
-        ax = axes.ravel()[i]
+    vmin = float(np.min(heatmaps)) if vmin is None else vmin
+    fig, axes = image_grid(len(images), columns, (3, 3.2))
+    for i, ax in enumerate(axes[:len(images)]):
         ax.imshow(images[i], cmap="gray", vmin=0, vmax=255)
-        ax.imshow(heatmaps[i], cmap="jet", alpha=0.45, vmin=float(np.min(heatmaps)), vmax=vmax)
+        ax.imshow(heatmaps[i], cmap="jet", alpha=0.45, vmin=vmin, vmax=vmax)
         if masks is not None and masks[i].any():
             ax.contour(masks[i].astype(float), levels=[0.5], colors="white", linewidths=0.8)
         ax.set_title(titles[i], fontsize=8)
-    fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=80)
-    plt.close(fig)
-    return buf.getvalue()
+    return figure_png(fig)

@@ -11,13 +11,13 @@ counts as often as its image was drawn), and the score order of the records neve
 """
 from __future__ import annotations
 
-import io
 from dataclasses import dataclass
 from typing import Sequence
 
 import numpy as np
 
 from components.evaluation.anomaly import _interval
+from components.evaluation.figures import figure_png, image_grid
 from components.models.detection import box_iou
 
 VOC_IOU = 0.5
@@ -207,22 +207,10 @@ def draw_boxes(images: np.ndarray, preds: Sequence[dict], truths: Sequence[dict]
                score_threshold: float, columns: int = 4) -> bytes:
     """A PNG grid: each image in gray, its true boxes in green, its detections scoring at least
     ``score_threshold`` in red with class and score."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
     from matplotlib.patches import Rectangle
 
-    n = len(images)
-    if n == 0:
-        raise ValueError("no images to draw")
-    cols = min(columns, n)
-    rows = (n + cols - 1) // cols
-    fig, axes = plt.subplots(rows, cols, figsize=(3.5 * cols, 3.7 * rows), squeeze=False)
-    for ax in axes.ravel():
-        ax.axis("off")
-    for i in range(n):
-        ax = axes.ravel()[i]
+    fig, axes = image_grid(len(images), columns, (3.5, 3.7))
+    for i, ax in enumerate(axes[:len(images)]):
         ax.imshow(images[i], cmap="gray", vmin=0, vmax=255)
         for (x1, y1, x2, y2) in np.asarray(truths[i]["boxes"]).reshape(-1, 4):
             ax.add_patch(Rectangle((x1, y1), x2 - x1, y2 - y1, fill=False, edgecolor="lime", linewidth=1.2))
@@ -234,8 +222,4 @@ def draw_boxes(images: np.ndarray, preds: Sequence[dict], truths: Sequence[dict]
             ax.add_patch(Rectangle((x1, y1), x2 - x1, y2 - y1, fill=False, edgecolor="red", linewidth=0.9))
             ax.text(x1, y1 - 1, f"{classes[k]} {s:.2f}", color="red", fontsize=5)
         ax.set_title(f"{len(truths[i]['labels'])} true (green), {shown} found (red)", fontsize=8)
-    fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=80)
-    plt.close(fig)
-    return buf.getvalue()
+    return figure_png(fig)

@@ -44,6 +44,16 @@ def decode_image_bytes(data: bytes, size: int, limits: ImageLimits | None = None
     """One encoded image -> uint8 ``[size, size]``, converted as the training images were
     (components/data/images.py); refused with :class:`UnreadableImage` before decoding
     when its header declares too many pixels."""
+    return decode_image_bytes_sized(data, size, limits)[0]
+
+
+_EXIF_ORIENTATION, _TURNED = 0x0112, (5, 6, 7, 8)  # EXIF orientations that swap width and height (decoding turns the image upright)
+
+
+def decode_image_bytes_sized(data: bytes, size: int,
+                             limits: ImageLimits | None = None) -> tuple[np.ndarray, tuple[int, int]]:
+    """:func:`decode_image_bytes` and the upright image's (width, height) before it was scaled to
+    ``size``: what maps a detector's boxes back onto the original image."""
     limits = limits or ImageLimits()
     if not data:
         raise UnreadableImage("empty_file", "no bytes")
@@ -69,7 +79,8 @@ def decode_image_bytes(data: bytes, size: int, limits: ImageLimits | None = None
                 raise UnreadableImage("unsupported_mode", f"mode {img.mode!r} is not supported")
             try:
                 img.load()
-                return decode_array(img, size)
+                upright = (height, width) if img.getexif().get(_EXIF_ORIENTATION, 1) in _TURNED else (width, height)
+                return decode_array(img, size), upright
             except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
                 raise UnreadableImage("decompression_bomb", str(exc)) from None
             except (OSError, SyntaxError, ValueError, EOFError) as exc:
@@ -84,6 +95,7 @@ class InputItem:
     read: Callable[[], bytes] | None = None
     sha256: str = ""
     pixels: np.ndarray | None = None
+    size: tuple[int, int] | None = None  # (width, height) before decoding, when known
 
 
 @dataclass
@@ -100,6 +112,7 @@ class Batch:
     sha256: list[str]
     images: np.ndarray  # uint8 [n, size, size]
     failures: list[dict]  # {"name", "reason", "detail"}
+    sizes: list[tuple[int, int] | None] = field(default_factory=list)  # each image's (width, height) before decoding
 
 
 def folder_source(folder: Path | str) -> InputSource:
@@ -167,7 +180,8 @@ def dataset_source(settings: Settings, ref: str, size: int) -> InputSource:
         version = resolve_dataset_version(session, match["name"],
                                           int(match["version"]) if match["version"] else None)
     manifest, images = dataset_images(settings, match["name"], version, size)
-    items = [InputItem(rec["path"], sha256=rec["sha256"], pixels=images[i])
+    items = [InputItem(rec["path"], sha256=rec["sha256"], pixels=images[i],
+                       size=(int(rec["width"]), int(rec["height"])) if rec.get("width") and rec.get("height") else None)
              for i, rec in enumerate(manifest["images"])]
     return InputSource(f"dataset:{match['name']}:{version.version}", items)
 
@@ -185,15 +199,15 @@ def iter_batches(items: list[InputItem], size: int, batch_size: int = 256,
                  progress: Callable[[int], None] | None = None) -> Iterator[Batch]:
     """Decoded batches of at most ``batch_size`` usable images; unusable ones are in ``failures``."""
     for start in range(0, len(items), batch_size):
-        names, shas, arrays, failures = [], [], [], []
+        names, shas, arrays, failures, sizes = [], [], [], [], []
         for item in items[start:start + batch_size]:
             try:
                 if item.pixels is not None:
-                    pixels, sha = item.pixels, item.sha256
+                    pixels, sha, original = item.pixels, item.sha256, item.size
                 else:
                     data = item.read()
                     sha = sha256_bytes(data)
-                    pixels = decode_image_bytes(data, size)
+                    pixels, original = decode_image_bytes_sized(data, size)
             except UnreadableImage as exc:
                 failures.append({"name": item.name, "reason": exc.reason, "detail": exc.detail})
             except OSError as exc:  # a file that vanished or cannot be read
@@ -202,7 +216,8 @@ def iter_batches(items: list[InputItem], size: int, batch_size: int = 256,
                 names.append(item.name)
                 shas.append(sha)
                 arrays.append(pixels)
+                sizes.append(original)
             if progress is not None:
                 progress(1)
         images = np.stack(arrays) if arrays else np.zeros((0, size, size), np.uint8)
-        yield Batch(names, shas, images, failures)
+        yield Batch(names, shas, images, failures, sizes)

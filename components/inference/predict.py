@@ -1,5 +1,6 @@
-"""Batch prediction with a registered classifier: load it from its checkpoint, predict
-decoded images in batches (GPU when there is one), and write one row per image.
+"""Batch prediction with a registered model: predict decoded images in batches (GPU when there
+is one, for a classifier) with a predictor of the model's kind (components/inference/
+predictors.py), and, for a classifier, its table of one row per image.
 
 The per-image table is CSV (no extra dependency to read it back): ``image, sha256, class,
 confidence, p_<class>..., embedding_id``; ``embedding_id`` is ``<embeddings sha256 prefix>:<row>``,
@@ -11,19 +12,11 @@ from __future__ import annotations
 import csv
 import io
 from dataclasses import dataclass
+from typing import Callable
 
 import numpy as np
 
 from components.training.adapt import Classifier, predict_with_features
-
-
-@dataclass
-class LoadedClassifier:
-    """A classifier ready to predict, with the registry identity it was loaded as."""
-    ref: str  # name:version
-    model_version_id: int
-    classifier: Classifier
-    classes: list[str]
 
 
 def classifier_from_checkpoint(checkpoint: dict) -> Classifier:
@@ -97,36 +90,50 @@ def per_class_report(labels: np.ndarray, proba: np.ndarray, classes: list[str]) 
 
 @dataclass
 class PredictionResult:
-    """Everything one batch run produced, in input order (failures apart)."""
+    """Everything one batch run produced, in input order (failures apart): a record per image
+    (components/inference/predictors.py says what each kind's hold) and the kind's arrays."""
     names: list[str]
     sha256: list[str]
-    proba: np.ndarray  # float32 [n, C]
-    embeddings: np.ndarray  # float32 [n, D]
+    records: list[dict]
+    arrays: dict[str, np.ndarray]  # classifier: proba [n, C], embeddings [n, D]
     failures: list[dict]  # {"name", "reason", "detail"}
     ignored: list[str]  # files skipped by extension
 
+    @property
+    def proba(self) -> np.ndarray | None:
+        return self.arrays.get("proba")
 
-def predict_source(classifier: Classifier, source, batch_size: int = 256, device: str = "auto",
-                   progress: bool = True) -> PredictionResult:
-    """Predict every item of an :class:`components.inference.inputs.InputSource`, decoding and
-    predicting ``batch_size`` images at a time (memory stays bounded); unusable files are
-    collected in ``failures`` and never stop the others."""
+    @property
+    def embeddings(self) -> np.ndarray | None:
+        return self.arrays.get("embeddings")
+
+
+def predict_source(predictor, source, batch_size: int = 256, device: str = "auto", progress: bool = True,
+                   on_batch: Callable | None = None) -> PredictionResult:
+    """Predict every item of an :class:`components.inference.inputs.InputSource` with a predictor
+    of any kind (components/inference/predictors.py), decoding and predicting ``batch_size``
+    images at a time (memory stays bounded); unusable files are collected in ``failures`` and
+    never stop the others. ``on_batch(names, images, output)`` sees each batch's output before
+    it is let go (the anomaly heat maps are written there, never all held at once)."""
     from tqdm.auto import tqdm
 
-    from components.inference.inputs import iter_batches, model_input_size
+    from components.inference.inputs import iter_batches
 
-    size = model_input_size(classifier)
-    names, shas, probs, embs, failures = [], [], [], [], []
+    names, shas, records, arrays, failures = [], [], [], {}, []
     with tqdm(total=len(source.items), desc="predict", unit="img", disable=not progress) as bar:
-        for batch in iter_batches(source.items, size, batch_size, progress=bar.update):
+        for batch in iter_batches(source.items, predictor.input_size, batch_size, progress=bar.update):
             failures += batch.failures
             if len(batch.names):
-                p, e = predict_arrays(classifier, batch.images, batch_size=batch_size, device=device)
+                out = predictor.predict(batch.images, batch.sizes, batch_size, device)
+                if on_batch is not None:
+                    on_batch(batch.names, batch.images, out)
                 names += batch.names
                 shas += batch.sha256
-                probs.append(p)
-                embs.append(e)
-    num_classes = classifier.num_classes
-    proba = np.concatenate(probs) if probs else np.zeros((0, num_classes), np.float32)
-    embeddings = np.concatenate(embs) if embs else np.zeros((0, 0), np.float32)
-    return PredictionResult(names, shas, proba, embeddings, failures, list(source.ignored))
+                records += out.records
+                for key in ("proba", "embeddings"):  # what is kept of a batch: never the heat maps
+                    if key in out.arrays:
+                        arrays.setdefault(key, []).append(out.arrays[key])
+    kept = {k: np.concatenate(v) for k, v in arrays.items()}
+    if predictor.kind == "classifier" and not names:
+        kept = {"proba": np.zeros((0, len(predictor.classes)), np.float32), "embeddings": np.zeros((0, 0), np.float32)}
+    return PredictionResult(names, shas, records, kept, failures, list(source.ignored))

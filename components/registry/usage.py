@@ -53,6 +53,42 @@ def newest_samples(session: Session, model_name: str) -> dict[str, Any] | None:
     return next((a for a in model_artifacts(session, model_name) if a["kind"] == "samples"), None)
 
 
+# Where the evaluation in `dlvm adapt --task detection|anomaly` recorded its drawing of test
+# examples: the version's ``params["artifacts"][KEY]`` (uri and sha256 of a PNG in the store).
+EXAMPLE_DRAWINGS = {"detector": "boxes", "anomaly": "heatmaps"}
+
+
+def example_drawing(session: Session, model_name: str, version: int) -> dict[str, Any]:
+    """``{"version", "drawing", "uri", "sha256"}`` of the examples drawn when a detector (boxes)
+    or anomaly model (heat maps) version was evaluated; NotFound when it has none."""
+    model = get_model(session, model_name)
+    row = session.exec(select(ModelVersion).where(ModelVersion.model_id == model.id,
+                                                  ModelVersion.version == version)).first()
+    if row is None:
+        raise NotFound(f"model {model_name!r} has no version {version}")
+    key = EXAMPLE_DRAWINGS.get(model.kind)
+    found = ((row.params or {}).get("artifacts") or {}).get(key) if key else None
+    if not found:
+        kinds = " or ".join(f"{k} ({v})" for k, v in EXAMPLE_DRAWINGS.items())
+        raise NotFound(f"example drawing of {model_name}:{version} not found: drawings are made when a "
+                       f"{kinds} is evaluated (dlvm adapt --task detection|anomaly); this is a {model.kind}")
+    return {"version": version, "drawing": key, "uri": found["uri"], "sha256": found["sha256"]}
+
+
+def newest_example_drawing(session: Session, model_name: str) -> dict[str, Any] | None:
+    """The example drawing of the newest version of a detector or anomaly model that has one; None if none."""
+    model = get_model(session, model_name)
+    key = EXAMPLE_DRAWINGS.get(model.kind)
+    if key is None:
+        return None
+    for row in session.exec(select(ModelVersion).where(ModelVersion.model_id == model.id)
+                            .order_by(col(ModelVersion.version).desc())):
+        found = ((row.params or {}).get("artifacts") or {}).get(key)
+        if found:
+            return {"version": row.version, "drawing": key, "uri": found["uri"], "sha256": found["sha256"]}
+    return None
+
+
 def add_prediction_batch(session: Session, **fields: Any) -> PredictionBatch:
     if session.get(ModelVersion, fields["model_version_id"]) is None:
         raise NotFound(f"model version id {fields['model_version_id']} not found")

@@ -210,3 +210,30 @@ def test_a_sequential_backbone_page_shows_its_generated_samples(browser, tmp_pat
         assert all(f"{v:.3f}" in table for v in FRECHET.values()) and "shuffled tokens (baseline)" in table
         page.screenshot(path=str(ARTIFACTS / "dashboard-samples.png"), full_page=True)
         page.close()
+
+
+def test_detector_and_anomaly_pages_show_their_example_drawings(browser, tmp_path):
+    """The model page of a detector shows its evaluation's box drawing, and an anomaly model's
+    its heat maps, really loaded by the browser from the API (a small registry of its own)."""
+    import io
+
+    from clirun import dlvm_env
+    from example_drawings import ANOMALY, DETECTOR, register_example_drawings
+    from PIL import Image
+
+    from benchmarks.registry_api import fill_registry
+    from components.settings import Settings
+
+    home = tmp_path / "state"
+    fill_registry(Settings(home=home))
+    pngs = register_example_drawings(Settings(home=home))
+    with ui_server(dlvm_env(home), tmp_path / "ui.log") as server:
+        page = browser.new_page(viewport={"width": 1280, "height": 900})
+        for name in (DETECTOR, ANOMALY):
+            page.goto(server.url + f"/models/{name}")
+            page.wait_for_function("() => { const i = document.querySelector('#examples-image'); "
+                                   "return i && i.complete && i.naturalWidth > 0 }")
+            assert page.locator("#examples-image").evaluate("i => [i.naturalWidth, i.naturalHeight]") == list(
+                Image.open(io.BytesIO(pngs[name])).size)
+            page.screenshot(path=str(ARTIFACTS / f"dashboard-{name}.png"), full_page=True)
+        page.close()

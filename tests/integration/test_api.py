@@ -9,6 +9,7 @@ from datetime import timedelta
 import pytest
 import schemathesis
 from fastapi.testclient import TestClient
+from example_drawings import ANOMALY, DETECTOR, register_example_drawings
 from generated_samples import FRECHET, SEQUENTIAL, register_sequential_samples
 from hypothesis import HealthCheck, given
 from hypothesis import settings as hypothesis_settings
@@ -112,11 +113,38 @@ def test_the_sample_grid_of_a_sequential_backbone_is_served_and_shown(registry):
     assert 'id="samples"' not in client.get(f"/models/{MODEL}").text  # a classifier has no samples section
 
 
+def test_example_drawings_of_a_detector_and_an_anomaly_model_are_served_and_shown(registry):
+    pngs = register_example_drawings(registry)
+    client = TestClient(create_app(registry))
+    for name in (DETECTOR, ANOMALY):
+        drawing = client.get(f"/api/models/{name}/versions/1/examples")
+        assert drawing.status_code == 200 and drawing.headers["content-type"] == "image/png"
+        assert drawing.content == pngs[name]  # the stored drawing, verified against its sha256 by the store
+    missing = client.get(f"/api/models/{DETECTOR}/versions/2/examples")  # v2 has none
+    assert missing.status_code == 404 and "dlvm adapt --task detection|anomaly" in missing.json()["detail"]
+    page = client.get(f"/models/{DETECTOR}").text  # the newest version with a drawing
+    assert f'<img id="examples-image" src="/api/models/{DETECTOR}/versions/1/examples"' in page
+    assert "Boxes on test images" in page and f"dlvm predict FOLDER --model {DETECTOR}:2" in page  # no aliases
+    assert "Heat maps on test images" in client.get(f"/models/{ANOMALY}").text
+
+
+def test_prediction_refuses_a_kind_that_does_not_predict_naming_it(client):
+    png = b"\x89PNG\r\n\x1a\n"  # refused on the model's kind, before the body is looked at
+    refused = client.post("/api/models/elpv-mae/predict?version=1", content=png)
+    assert refused.status_code == 409
+    assert refused.json()["detail"] == ("elpv-mae:1 is a backbone: prediction takes a classifier, an anomaly "
+                                        "model or a detector")
+    missing = client.get(f"/api/models/{MODEL}/versions/1/examples")  # a classifier has no example drawing
+    assert missing.status_code == 404 and "this is a classifier" in missing.json()["detail"]
+    assert 'id="examples"' not in client.get(f"/models/{MODEL}").text
+
+
 @pytest.mark.parametrize("path", [
     "/api/models/no-such-model", f"/api/models/{MODEL}/versions/99", f"/api/models/{MODEL}/versions/99/lineage",
     "/api/models/no-such-model/evaluation", "/api/models/no-such-model/promotions", "/api/datasets/nope",
     "/api/datasets/nope/labeling", "/api/label-snapshots/999", "/api/evaluations/999", "/api/evaluations/999/plot",
     f"/api/models/{MODEL}/versions/99/samples", f"/api/models/{MODEL}/versions/1/samples",
+    f"/api/models/{MODEL}/versions/1/examples", f"/api/models/{MODEL}/versions/99/examples",
 ])
 def test_unknown_ids_give_404_naming_them(client, path):
     response = client.get(path)
@@ -321,7 +349,8 @@ def test_openapi_spec_holds_and_no_server_errors(sqlite_registry):
     routes are the same on PostgreSQL, where the tests above run too.)"""
     schema = schemathesis.openapi.from_asgi("/openapi.json", create_app(sqlite_registry))
     operations = [result.ok() for result in schema.get_all_operations()]
-    assert len(operations) == 23  # + predict and the model card (issue 17), a backbone's samples (issue 18)
+    assert len(operations) == 24  # + predict and the model card (issue 17), a backbone's samples (issue 18),
+    # the example drawings of detectors and anomaly models (issue 19)
     for operation in operations:
         @given(case=operation.as_strategy())
         @hypothesis_settings(max_examples=25, deadline=None, derandomize=True, database=None,

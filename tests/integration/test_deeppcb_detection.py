@@ -86,6 +86,65 @@ def test_detector_is_registered_with_lineage_metrics_and_report(detection_run):
 
 
 
+def test_predict_reports_boxes_above_a_minimum_score_and_the_dashboard_shows_the_examples(detection_run, tmp_path):
+    """`dlvm predict` with the detector (chosen by its registered kind): its boxes scoring at least
+    --min-score, in the original 640 px image's pixels, one CSV row per box; the endpoint answers
+    the same boxes for one image; the model page shows the evaluation's box drawing."""
+    from fastapi.testclient import TestClient
+
+    from app.api.app import create_app
+    from components.registry.tables import PredictionBatch
+
+    root, env, out, summary, n_boxes = detection_run
+    line = tmp_path / "line"
+    line.mkdir()
+    for path in sorted((root / "pcb").iterdir())[:3]:
+        shutil.copyfile(path, line / path.name)
+    done = dlvm(env, "predict", str(line), "--model", "pcb-detector:1", "--min-score", "0.05",
+                "--summary", str(tmp_path / "p.json"))
+    s = json.loads((tmp_path / "p.json").read_text())
+    assert s["kind"] == "detector" and s["n_images"] == 3 and s["min_score"] == 0.05
+    settings = Settings(home=root / "state")
+    store = open_store(settings)
+    with session_scope(settings) as session:
+        batch = session.get(PredictionBatch, s["batch_id"])
+    rows = list(csv.DictReader(store.get_bytes(batch.predictions_uri, batch.predictions_sha256).decode().splitlines()))
+    boxes = [r for r in rows if r["class"]]
+    assert {r["image"] for r in rows} == {p.name for p in line.iterdir()}
+    assert sum(batch.class_counts.values()) == len(boxes) > 0  # 12 steps: weak, but peaks above 0.05 exist
+    for r in boxes:
+        assert float(r["score"]) >= 0.05 and (r["width"], r["height"]) == ("640", "640")
+        assert 0 <= float(r["x1"]) <= float(r["x2"]) <= 640 and 0 <= float(r["y1"]) <= float(r["y2"]) <= 640
+    assert "boxes scoring at least 0.05 are reported" in done.stdout and f"{rows[0]['image']}: " in done.stdout
+
+    client = TestClient(create_app(settings))
+    name = rows[0]["image"]
+    answer = client.post("/api/models/pcb-detector/predict?version=1&min_score=0.05",
+                         content=(line / name).read_bytes(), headers={"Content-Type": "application/octet-stream"})
+    assert answer.status_code == 200, answer.text
+    body = answer.json()
+    assert body["kind"] == "detector" and (body["width"], body["height"]) == (640, 640) and body["min_score"] == 0.05
+    expected = [r for r in boxes if r["image"] == name]  # best first, like the answer
+    assert len(body["boxes"]) == len(expected)
+    for b, r in zip(body["boxes"], expected):
+        assert b["class"] == r["class"] and b["score"] == pytest.approx(float(r["score"]), abs=1e-4)
+        assert (b["x1"], b["y2"]) == pytest.approx((float(r["x1"]), float(r["y2"])), abs=0.06)
+    wrong = client.post("/api/models/pcb-detector/predict?version=1&min_score=1.5", content=(line / name).read_bytes())
+    assert wrong.status_code == 422
+    drawing = client.get("/api/models/pcb-detector/versions/1/examples")
+    assert drawing.status_code == 200 and drawing.headers["content-type"] == "image/png"
+    assert drawing.content == store.get_bytes(summary["boxes_uri"], summary_sha(settings, "boxes"))
+    page = client.get("/models/pcb-detector").text
+    assert '<img id="examples-image" src="/api/models/pcb-detector/versions/1/examples"' in page
+    assert "Boxes on test images" in page and f'data-batch="{s["batch_id"]}"' in page
+
+
+def summary_sha(settings: Settings, drawing: str) -> str:
+    with session_scope(settings) as session:
+        version = session.exec(select(ModelVersion)).one()
+    return version.params["artifacts"][drawing]["sha256"]
+
+
 def test_benchmark_script_runs_on_a_sliver_of_deeppcb(tmp_path):
     from benchmarks.deeppcb_detection import main
 

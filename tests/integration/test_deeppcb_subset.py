@@ -16,7 +16,7 @@ from components.anomaly.patchcore import PatchCore
 from components.data.elpv import write_label_studio_export
 from components.models.checkpoint import load_checkpoint
 from components.registry.db import session_scope
-from components.registry.tables import LabelSnapshot, ModelVersion, RegisteredModel
+from components.registry.tables import LabelSnapshot, ModelVersion, PredictionBatch, RegisteredModel
 from components.settings import Settings
 from components.storage import open_store
 
@@ -104,3 +104,67 @@ def test_box_csv_becomes_a_box_snapshot_and_bad_rows_are_reported(anomaly_run, d
     m = json.loads((tmp_path / "r.json").read_text())["metrics"]
     assert "pixel AUROC" in regions.stdout and 0 <= m["pixel_auroc"]["ci_low"] <= m["pixel_auroc"]["ci_high"] <= 1
     assert m["n_pixel_images"] == m["n_test_good"] + m["n_test_anomalous"]
+
+
+def test_predict_scores_and_decides_writes_heat_maps_and_the_dashboard_shows_the_examples(anomaly_run, tmp_path):
+    """`dlvm predict` with the anomaly model (chosen by its registered kind): a score and the
+    decision at the threshold per image, a heat-map PNG per image; the prediction endpoint
+    answers the same for one image; the model page shows the evaluation's heat-map drawing."""
+    from fastapi.testclient import TestClient
+
+    from app.api.app import create_app
+
+    root, env, out, summary = anomaly_run
+    line = tmp_path / "line"
+    line.mkdir()
+    for name in (f"{IDS[0]}_temp.png", f"{IDS[0]}_test.png", f"{IDS[2]}_test.png"):
+        shutil.copyfile(root / "pcb" / name, line / name)
+    heat = tmp_path / "heat"
+    done = dlvm(env, "predict", str(line), "--model", "pcb-anomaly:1", "--heatmap-dir", str(heat),
+                "--summary", str(tmp_path / "p.json"))
+    s = json.loads((tmp_path / "p.json").read_text())
+    threshold = summary["metrics"]["threshold"]
+    assert s["kind"] == "anomaly" and s["n_images"] == 3 and s["threshold"] == threshold
+    assert s["false_alarm_rate"] == 0.05 and s["drift"]["tested"] is False
+    settings = Settings(home=root / "state")
+    store = open_store(settings)
+    with session_scope(settings) as session:
+        batch = session.get(PredictionBatch, s["batch_id"])
+        model = session.exec(select(RegisteredModel).where(RegisteredModel.name == "pcb-anomaly")).one()
+        version = session.exec(select(ModelVersion).where(ModelVersion.model_id == model.id,
+                                                          ModelVersion.version == 1)).one()
+    rows = list(csv.DictReader(store.get_bytes(batch.predictions_uri, batch.predictions_sha256).decode().splitlines()))
+    assert [r["image"] for r in rows] == sorted(p.name for p in line.iterdir())
+    for r in rows:
+        assert r["decision"] == ("anomalous" if float(r["score"]) > threshold else "normal")
+        assert f"{r['image']}: score " in done.stdout
+    assert batch.class_counts == {"anomalous": sum(r["decision"] == "anomalous" for r in rows),
+                                  "normal": sum(r["decision"] == "normal" for r in rows)}
+    assert sorted(p.name for p in heat.iterdir()) == sorted(p.stem + ".heatmap.png" for p in line.iterdir())
+    assert all(p.read_bytes().startswith(b"\x89PNG") for p in heat.iterdir())
+    assert "threshold" in done.stdout and "false-alarm rate" in done.stdout
+    # options of another kind are refused in one line, before any image is read
+    wrong = dlvm(env, "predict", str(line), "--model", "pcb-anomaly:1", "--min-score", "0.5", check=False)
+    assert wrong.returncode != 0
+    assert "--min-score is for detectors; pcb-anomaly:1 is of kind anomaly" in wrong.stdout + wrong.stderr
+
+    client = TestClient(create_app(settings))
+    image = (line / rows[1]["image"]).read_bytes()
+    answer = client.post("/api/models/pcb-anomaly/predict?version=1", content=image,
+                         headers={"Content-Type": "application/octet-stream"})
+    assert answer.status_code == 200, answer.text
+    body = answer.json()
+    assert body["kind"] == "anomaly" and body["version"] == 1 and "class" not in body
+    assert body["score"] == pytest.approx(float(rows[1]["score"]), rel=1e-4)
+    assert body["anomalous"] == (rows[1]["decision"] == "anomalous") and body["threshold"] == threshold
+    no_alias = client.post("/api/models/pcb-anomaly/predict", content=image)
+    assert no_alias.status_code == 404 and "no version with alias 'production'" in no_alias.json()["detail"]
+    drawing = client.get("/api/models/pcb-anomaly/versions/1/examples")
+    assert drawing.status_code == 200 and drawing.headers["content-type"] == "image/png"
+    heat_artifact = version.params["artifacts"]["heatmaps"]
+    assert heat_artifact["uri"] == summary["heatmaps_uri"]
+    assert drawing.content == store.get_bytes(heat_artifact["uri"], heat_artifact["sha256"])
+    newest = client.get("/api/models/pcb-anomaly").json()["versions"][0]["version"]  # the page shows the newest
+    page = client.get("/models/pcb-anomaly").text
+    assert f'<img id="examples-image" src="/api/models/pcb-anomaly/versions/{newest}/examples"' in page
+    assert "Heat maps on test images" in page and f'data-batch="{s["batch_id"]}"' in page
