@@ -3,7 +3,11 @@
 set up the dataset's project -> import new images as tasks -> pull new labels into a
 label snapshot -> post the production model's pre-annotations and order the queue by
 uncertainty + diversity -> start the retrain deployment when enough new labels arrived
-(the polling fallback of the webhook receiver, `dlvm feedback webhook`)."""
+(the polling fallback of the webhook receiver, `dlvm feedback webhook`).
+
+A localization project (`kind='localization'`, RectangleLabels) gets the production
+detector's boxes (`<dataset>-detector@production`) and a queue by detection uncertainty;
+its boxes come into snapshots through `dlvm labels EXPORT --boxes`, not through this round."""
 from __future__ import annotations
 
 import json
@@ -13,10 +17,14 @@ from prefect.cache_policies import NO_CACHE
 
 from components.data import access
 from components.labeling import label_studio as ls
+from components.labeling.boxes import is_box_snapshot
 from components.labeling.feedback import (
+    MODEL_KIND_FOR,
+    check_model_classes,
     image_url_function,
     label_studio_config,
     new_label_count,
+    plan_box_preannotations,
     plan_preannotations,
 )
 from components.labeling.snapshots import from_json_bytes, merge_snapshot, to_json_bytes
@@ -27,6 +35,7 @@ from components.registry import queries
 from components.registry.db import session_scope
 from components.settings import get_settings
 from components.training.adapt import Classifier, predict_with_features
+from components.training.detect import Detector
 from flows.tasks import (
     load_artifact,
     load_model_checkpoint,
@@ -79,14 +88,25 @@ def previous_snapshot(settings, dataset_version_id: int, url: str, project_id: i
 
 
 @task(name="load-production-model", cache_policy=NO_CACHE)
-def production_model(settings, model: str, alias: str):
+def production_model(settings, model: str, alias: str, kind: str):
+    """(version, Classifier or Detector, the items it was trained on), or Nones when the alias is
+    unset; a model of the wrong kind for the project (a detector for a classification project,
+    a classifier for boxes) is refused before anything is done in Label Studio."""
     with session_scope(settings) as session:
         version = queries.find_alias_version(session, model, alias)
         if version is None:
             return None, None, None
+        model_kind = queries.get_model(session, model).kind
         trained = queries.get_label_snapshot(session, version.label_snapshot_id) if version.label_snapshot_id else None
+    wanted = MODEL_KIND_FOR[kind]
+    if model_kind != wanted:
+        other = {v: k for k, v in MODEL_KIND_FOR.items()}.get(model_kind)
+        raise ValueError(f"{model}@{alias} is a {model_kind}; a {kind} project takes a {wanted}'s pre-annotations"
+                         + (f" (use --kind {other}, or --model a {wanted})" if other else f" (--model a {wanted})"))
     checkpoint = load_model_checkpoint(settings, version)
     trained_items = from_json_bytes(load_artifact(settings, trained.artifact_uri, trained.sha256)).items if trained else []
+    if model_kind == "detector":
+        return version, Detector.from_state(checkpoint), trained_items
     classifier = Classifier.from_state(checkpoint["classifier"])
     classifier.classes = classifier.classes or list(checkpoint.get("classes") or [])
     return version, classifier, trained_items
@@ -97,6 +117,18 @@ def predict_dataset(settings, dataset: str, dataset_version, classifier):
     manifest, images = access.dataset_images(settings, dataset, dataset_version, classifier.input_spec)
     probs, features = predict_with_features(classifier, images)
     return {rec["sha256"]: i for i, rec in enumerate(manifest["images"])}, probs, features
+
+
+@task(name="detect-dataset", cache_policy=NO_CACHE)
+def detect_dataset(settings, dataset: str, dataset_version, detector: Detector):
+    """The detector's boxes on every image of the version, as fractions of the image (it sees
+    them stretched to its square input, so a fraction of its input is a fraction of the
+    original), with every image's embedding."""
+    manifest, images = access.dataset_images(settings, dataset, dataset_version, detector.img_size)
+    found, features = detector.detect(images, with_features=True)
+    for d in found:
+        d["boxes"] = d["boxes"] / float(detector.img_size)
+    return {rec["sha256"]: i for i, rec in enumerate(manifest["images"])}, found, features
 
 
 @task(name="label-studio-preannotate", **LS_RETRIES)
@@ -117,39 +149,61 @@ def feedback_flow(dataset: str, classes: list[str] | None = None, kind: str = "c
                   webhook_url: str | None = None) -> dict:
     """One round of the labeling loop for `dataset`'s latest version (see the module docstring).
 
-    `classes` default to the latest label snapshot's. Without a `model`@`alias` version
-    (default `<dataset>-classifier@production`) the round imports tasks and pulls labels
+    `classes` default to the production model's, else the latest label snapshot's. Without a
+    `model`@`alias` version (default `<dataset>-classifier@production`, for `kind`
+    localization `<dataset>-detector@production`) the round imports tasks and pulls labels
     only. `retrain_after` defaults to DLVM_RETRAIN_AFTER_LABELS; `webhook_url`, when given,
     is registered in the project with DLVM_WEBHOOK_SECRET."""
     check_dataset(dataset)
     check_alias(alias)
     if model is not None:
         check_model(model)
+    if kind not in MODEL_KIND_FOR:
+        raise ValueError(f"unknown labeling task {kind!r} (choose from {', '.join(MODEL_KIND_FOR)})")
     settings = get_settings()
     logger = get_run_logger()
     cfg = label_studio_config(settings)
-    model = model or f"{dataset}-classifier"
+    model = model or f"{dataset}-{MODEL_KIND_FOR[kind]}"
     retrain_after = retrain_after or settings.retrain_after_labels
     params = {"dataset": dataset, "classes": classes, "kind": kind, "model": model, "alias": alias,
               "queue_size": queue_size, "uncertainty": uncertainty, "diversity": diversity}
     with recorded_run(settings, "feedback", params):
         version = resolve_dataset_version(settings, dataset, None)
         manifest = json.loads(load_artifact(settings, version.manifest_uri, version.manifest_sha256))
-        prod_version, classifier, trained_items = production_model(settings, model, alias)
-        classes = classes or _known_classes(settings, version.id, classifier)
+        prod_version, predictor, trained_items = production_model(settings, model, alias, kind)
+        classes = classes or _known_classes(settings, version.id, predictor)
+        if predictor is not None:
+            check_model_classes(f"{model}@{alias}", kind, predictor.classes, classes)
         project = setup_project(cfg, dataset, version.version, classes, kind)
         if webhook_url:
             if not settings.webhook_secret.get_secret_value():
                 raise ValueError("webhook_url given but DLVM_WEBHOOK_SECRET is empty: set a shared secret first")
             ls.ensure_webhook(cfg, project.id, webhook_url, settings.webhook_secret.get_secret_value())
         synced = sync_images(settings, cfg, project.id, dataset, version, manifest)
-        if kind != "classification":
-            # Label snapshots, models and pre-annotations are classification for now: the
-            # project and its tasks are ready for box labeling, nothing is pulled from it.
-            logger.warning("%s project: tasks synced; boxes are not pulled into label snapshots yet", kind)
+        if kind == "localization":
+            # Boxes are not pulled into snapshots by this round (export the project and run
+            # `dlvm labels EXPORT --boxes`); tasks labeled in the project or in the latest box
+            # snapshot are labeled, the rest get the production detector's boxes and a queue rank.
+            logger.warning("localization project: tasks synced; pull boxes with `dlvm labels EXPORT --boxes`")
+            preannotated, queue = 0, []
+            if predictor is not None:
+                sha_index, detections, features = detect_dataset(settings, dataset, version, predictor)
+                tasks = list(synced.tasks.values())
+                model_version = f"{model}:{prod_version.version}"
+                plan = plan_box_preannotations(tasks, sha_index, detections, features, classes, model_version,
+                                               queue_size, predictor.show_threshold, diversity=diversity,
+                                               labeled_shas=labeled_box_images(settings, version.id))
+                publish_preannotations(cfg, project.id, plan, model_version, tasks)
+                preannotated, queue = len(plan.predictions), plan.queue
+            else:
+                logger.info("no %s@%s yet: no pre-annotations, the queue is Label Studio's default order", model, alias)
+            print(f"feedback: {dataset} v{version.version} -> Label Studio project {project.id} (boxes): "
+                  f"{synced.imported} tasks imported ({synced.already_present} already there), "
+                  f"{preannotated} box pre-annotations, queue of {len(queue)}")
             return {"project_id": project.id, "imported": synced.imported, "already_present": synced.already_present,
                     "changed_tasks": 0, "n_labeled": 0, "issues": [], "snapshot_id": None, "snapshot_version": None,
-                    "snapshot_created": False, "preannotated": 0, "queue": [], "new_labels": 0, "retrain_run": None}
+                    "snapshot_created": False, "preannotated": preannotated, "queue": queue, "new_labels": 0,
+                    "retrain_run": None}
 
         previous, since = previous_snapshot(settings, version.id, cfg.url, project.id)
         # Images labeled in this project before (a file export's labels are not watched:
@@ -173,10 +227,8 @@ def feedback_flow(dataset: str, classes: list[str] | None = None, kind: str = "c
                                              f"label-studio {cfg.url} project {project.id}")
 
         preannotated, queue = 0, []
-        if classifier is not None:
-            if list(classifier.classes or []) != list(classes):
-                raise ValueError(f"{model}@{alias} predicts classes {classifier.classes}, the project labels {classes}")
-            sha_index, probs, features = predict_dataset(settings, dataset, version, classifier)
+        if predictor is not None:
+            sha_index, probs, features = predict_dataset(settings, dataset, version, predictor)
             tasks = ls.tasks_after_pull(synced, changed)
             model_version = f"{model}:{prod_version.version}"
             plan = plan_preannotations(tasks, sha_index, probs, features, classes, model_version, queue_size,
@@ -205,9 +257,21 @@ def feedback_flow(dataset: str, classes: list[str] | None = None, kind: str = "c
             "new_labels": n_new, "retrain_run": retrain_run}
 
 
-def _known_classes(settings, dataset_version_id: int, classifier) -> list[str]:
-    if classifier is not None and classifier.classes:
-        return list(classifier.classes)
+@task(name="labeled-box-images", cache_policy=NO_CACHE)
+def labeled_box_images(settings, dataset_version_id: int) -> set[str]:
+    """sha256 of the images the latest box snapshot of the version labels (none when the latest
+    snapshot holds image classes)."""
+    with session_scope(settings) as session:
+        row = queries.latest_label_snapshot(session, dataset_version_id)
+    if row is None:
+        return set()
+    snap = from_json_bytes(load_artifact(settings, row.artifact_uri, row.sha256))
+    return {it["sha256"] for it in snap.items} if is_box_snapshot(snap) else set()
+
+
+def _known_classes(settings, dataset_version_id: int, predictor) -> list[str]:
+    if predictor is not None and predictor.classes:
+        return list(predictor.classes)
     with session_scope(settings) as session:
         row = queries.latest_label_snapshot(session, dataset_version_id)
     if row is None:
