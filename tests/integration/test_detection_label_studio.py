@@ -89,7 +89,7 @@ def test_the_project_box_export_becomes_a_box_snapshot_with_the_drawn_boxes(box_
     assert box_loop["round0"]["imported"] == N_IMAGES and box_loop["round0"]["preannotated"] == 0
     project = ls.client(box_loop["cfg"]).projects.get(id=box_loop["round0"]["project_id"])
     assert '<RectangleLabels name="label" toName="image">' in project.label_config
-    assert f"snapshot 1: {N_LABELED} labeled" in box_loop["labels"].stdout
+    assert f"snapshot v1 of pcb v1: {N_LABELED} labels" in box_loop["labels"].stdout
     settings = box_loop["settings"]
     with session_scope(settings) as session:
         version, snapshot = refs.resolve_label_snapshot(session, "pcb", None, 1)
