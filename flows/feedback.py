@@ -152,7 +152,8 @@ def feedback_flow(dataset: str, classes: list[str] | None = None, kind: str = "c
     `classes` default to the production model's, else the latest label snapshot's. Without a
     `model`@`alias` version (default `<dataset>-classifier@production`, for `kind`
     localization `<dataset>-detector@production`) the round imports tasks and pulls labels
-    only. `retrain_after` defaults to DLVM_RETRAIN_AFTER_LABELS; `webhook_url`, when given,
+    only. `uncertainty` is the classifier queue's; a localization round ranks by detection
+    uncertainty (components/labeling/queue.py: detection_uncertainty). `retrain_after` defaults to DLVM_RETRAIN_AFTER_LABELS; `webhook_url`, when given,
     is registered in the project with DLVM_WEBHOOK_SECRET."""
     check_dataset(dataset)
     check_alias(alias)

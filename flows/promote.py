@@ -106,7 +106,8 @@ def record(settings, model_name, alias, decision, candidate_id, evaluation_id, e
 def promote_flow(candidate: str, alias: str = "production", evaluation_id: int | None = None,
                  margin: float = 0.0, metric: str = DEFAULT_GATE_METRIC, confidence: float = 0.95,
                  actor: str = "pipeline", reason: str = "") -> dict:
-    """Gate `candidate` (a classifier ref such as 'elpv-classifier:3') for `alias`, deciding on
+    """Gate `candidate` (a classifier ref such as 'elpv-classifier:3', or a detector's: gated on
+    mAP@0.5, see the module docstring) for `alias`, deciding on
     `metric` (macro_f1, balanced_accuracy or accuracy; accuracy is always reported); `reason`
     (why it is proposed) is recorded with the event, the gate's verdict when none is given."""
     check_model_ref(candidate)

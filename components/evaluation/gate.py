@@ -18,6 +18,9 @@ sets what the candidate must show against it (``RULES``):
 Each kind is represented by its *strongest* member on the gate metric
 (``strongest_comparators``), never the weakest. The ``goal`` (recorded, not required):
 significantly better than the strongest sanity baseline of any kind.
+
+Detectors (:func:`detector_gate`) are gated by the same rules on mAP@0.5 over test images:
+``majority`` is a detector that finds no boxes (every image good), ``holder`` the alias's.
 """
 from __future__ import annotations
 
