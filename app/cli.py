@@ -865,9 +865,9 @@ def feedback_run(dataset: str = typer.Option(..., "--dataset", "-d", callback=DA
                  uncertainty: str = FEEDBACK_OPTIONS["uncertainty"],
                  diversity: bool = FEEDBACK_OPTIONS["diversity"],
                  webhook_url: Optional[str] = FEEDBACK_OPTIONS["webhook_url"],
-                 kind: str = typer.Option("classification", help="classification, or localization (boxes: the "
-                                                                 "production detector's boxes and a queue by "
-                                                                 "detection uncertainty; no label pull)"),
+                 kind: str = typer.Option("classification", help="classification, or localization (boxes: a "
+                                                                 "box snapshot pull, the production detector's "
+                                                                 "boxes and a queue by detection uncertainty)"),
                  model: Optional[str] = typer.Option(None, callback=MODEL_NAME,
                                                      help="model whose @production version pre-annotates "
                                                           "(default DATASET-classifier, or DATASET-detector "

@@ -5,9 +5,10 @@ label snapshot -> post the production model's pre-annotations and order the queu
 uncertainty + diversity -> start the retrain deployment when enough new labels arrived
 (the polling fallback of the webhook receiver, `dlvm feedback webhook`).
 
-A localization project (`kind='localization'`, RectangleLabels) gets the production
-detector's boxes (`<dataset>-detector@production`) and a queue by detection uncertainty;
-its boxes come into snapshots through `dlvm labels EXPORT --boxes`, not through this round."""
+A localization project (`kind='localization'`, RectangleLabels) is pulled into box
+snapshots the same way, gets the production detector's boxes
+(`<dataset>-detector@production`) and a queue by detection uncertainty; it starts no
+retrain (the retrain deployment is the classifiers')."""
 from __future__ import annotations
 
 import json
@@ -17,7 +18,7 @@ from prefect.cache_policies import NO_CACHE
 
 from components.data import access
 from components.labeling import label_studio as ls
-from components.labeling.boxes import is_box_snapshot
+from components.labeling.boxes import is_box_snapshot, merge_box_snapshot
 from components.labeling.feedback import (
     MODEL_KIND_FOR,
     check_model_classes,
@@ -72,19 +73,22 @@ def pull_changed_tasks(cfg, project_id: int, since: str | None, labeled: set[str
 
 
 @task(name="previous-label-snapshot", cache_policy=NO_CACHE)
-def previous_snapshot(settings, dataset_version_id: int, url: str, project_id: int):
-    """(latest snapshot of the dataset version or None, cursor of the pull that made it).
+def previous_snapshot(settings, dataset_version_id: int, url: str, project_id: int, boxes: bool = False):
+    """(latest snapshot of the dataset version holding image classes, or with ``boxes`` boxes;
+    None when there is none; cursor of the pull that made it).
 
     A snapshot pulled from this project is continued from its cursor; one from a file
     export or another server is the base a full pull merges onto, so its labels are kept
     wherever the project has none for the image."""
     with session_scope(settings) as session:
-        row = queries.latest_label_snapshot(session, dataset_version_id)
-    if row is None:
-        return None, None
-    snap = from_json_bytes(load_artifact(settings, row.artifact_uri, row.sha256))
-    same_project = snap.source.get("label_studio") == url and snap.source.get("project") == project_id
-    return snap, snap.source.get("cursor") if same_project else None
+        rows = queries.label_snapshots_newest_first(session, dataset_version_id)
+    for row in rows:
+        snap = from_json_bytes(load_artifact(settings, row.artifact_uri, row.sha256))
+        if is_box_snapshot(snap) != boxes:
+            continue  # the other kind of labels: not what this project's pull continues
+        same_project = snap.source.get("label_studio") == url and snap.source.get("project") == project_id
+        return snap, snap.source.get("cursor") if same_project else None
+    return None, None
 
 
 @task(name="load-production-model", cache_policy=NO_CACHE)
@@ -181,32 +185,8 @@ def feedback_flow(dataset: str, classes: list[str] | None = None, kind: str = "c
                 raise ValueError("webhook_url given but DLVM_WEBHOOK_SECRET is empty: set a shared secret first")
             ls.ensure_webhook(cfg, project.id, webhook_url, settings.webhook_secret.get_secret_value())
         synced = sync_images(settings, cfg, project.id, dataset, version, manifest)
-        if kind == "localization":
-            # Boxes are not pulled into snapshots by this round (export the project and run
-            # `dlvm labels EXPORT --boxes`); tasks labeled in the project or in the latest box
-            # snapshot are labeled, the rest get the production detector's boxes and a queue rank.
-            logger.warning("localization project: tasks synced; pull boxes with `dlvm labels EXPORT --boxes`")
-            preannotated, queue = 0, []
-            if predictor is not None:
-                sha_index, detections, features = detect_dataset(settings, dataset, version, predictor)
-                tasks = list(synced.tasks.values())
-                model_version = f"{model}:{prod_version.version}"
-                plan = plan_box_preannotations(tasks, sha_index, detections, features, classes, model_version,
-                                               queue_size, predictor.show_threshold, diversity=diversity,
-                                               labeled_shas=labeled_box_images(settings, version.id))
-                publish_preannotations(cfg, project.id, plan, model_version, tasks)
-                preannotated, queue = len(plan.predictions), plan.queue
-            else:
-                logger.info("no %s@%s yet: no pre-annotations, the queue is Label Studio's default order", model, alias)
-            print(f"feedback: {dataset} v{version.version} -> Label Studio project {project.id} (boxes): "
-                  f"{synced.imported} tasks imported ({synced.already_present} already there), "
-                  f"{preannotated} box pre-annotations, queue of {len(queue)}")
-            return {"project_id": project.id, "imported": synced.imported, "already_present": synced.already_present,
-                    "changed_tasks": 0, "n_labeled": 0, "issues": [], "snapshot_id": None, "snapshot_version": None,
-                    "snapshot_created": False, "preannotated": preannotated, "queue": queue, "new_labels": 0,
-                    "retrain_run": None}
-
-        previous, since = previous_snapshot(settings, version.id, cfg.url, project.id)
+        boxes = kind == "localization"
+        previous, since = previous_snapshot(settings, version.id, cfg.url, project.id, boxes)
         # Images labeled in this project before (a file export's labels are not watched:
         # the project never had them, so "no annotation" there removes nothing).
         origin = f"{cfg.url}#project={project.id}"
@@ -214,9 +194,9 @@ def feedback_flow(dataset: str, classes: list[str] | None = None, kind: str = "c
             if previous is not None else set()
         changed = pull_changed_tasks(cfg, project.id, since, labeled_before)
         cursor = max([t["updated_at"] for t in changed if t.get("updated_at")] + ([since] if since else []), default=None)
-        snapshot = merge_snapshot(previous, changed, manifest, classes, image_key="dlvm_path",
-                                  source={"label_studio": cfg.url, "project": project.id, "cursor": cursor},
-                                  origin=origin)
+        merge = merge_box_snapshot if boxes else merge_snapshot
+        snapshot = merge(previous, changed, manifest, classes, image_key="dlvm_path",
+                         source={"label_studio": cfg.url, "project": project.id, "cursor": cursor}, origin=origin)
         if snapshot.issues:  # counts and the first few: the full list is in the snapshot artifact
             logger.warning("label issues: %s", ", ".join(f"{n} {kind}" for kind, n in snapshot.issue_counts().items()))
         for issue in snapshot.issues[:10]:
@@ -229,12 +209,18 @@ def feedback_flow(dataset: str, classes: list[str] | None = None, kind: str = "c
 
         preannotated, queue = 0, []
         if predictor is not None:
-            sha_index, probs, features = predict_dataset(settings, dataset, version, predictor)
             tasks = ls.tasks_after_pull(synced, changed)
             model_version = f"{model}:{prod_version.version}"
-            plan = plan_preannotations(tasks, sha_index, probs, features, classes, model_version, queue_size,
-                                       kind=uncertainty, diversity=diversity,
-                                       labeled_shas={it["sha256"] for it in snapshot.items})
+            labeled = {it["sha256"] for it in snapshot.items}
+            if boxes:
+                sha_index, detections, features = detect_dataset(settings, dataset, version, predictor)
+                plan = plan_box_preannotations(tasks, sha_index, detections, features, classes, model_version,
+                                               queue_size, predictor.show_threshold, diversity=diversity,
+                                               labeled_shas=labeled)
+            else:
+                sha_index, probs, features = predict_dataset(settings, dataset, version, predictor)
+                plan = plan_preannotations(tasks, sha_index, probs, features, classes, model_version, queue_size,
+                                           kind=uncertainty, diversity=diversity, labeled_shas=labeled)
             publish_preannotations(cfg, project.id, plan, model_version, tasks)
             preannotated, queue = len(plan.predictions), plan.queue
         else:
@@ -242,7 +228,11 @@ def feedback_flow(dataset: str, classes: list[str] | None = None, kind: str = "c
 
         n_new = new_label_count(snapshot.items, trained_items)
         retrain_run = None
-        if n_new >= retrain_after:
+        if boxes:
+            # The retrain deployment adapts and gates a classifier: detectors are retrained by hand
+            # (`dlvm adapt --task detection`, `dlvm promote`).
+            logger.info("%d box labels new to %s@%s; detectors are not retrained by this round", n_new, model, alias)
+        elif n_new >= retrain_after:
             retrain_run = start_retrain(settings.retrain_deployment, dataset)
     print(f"feedback: {dataset} v{version.version} -> Label Studio project {project.id}: "
           f"{synced.imported} tasks imported ({synced.already_present} already there), "
@@ -256,18 +246,6 @@ def feedback_flow(dataset: str, classes: list[str] | None = None, kind: str = "c
             "snapshot_id": row.id if row else None, "snapshot_version": row.version if row else None,
             "snapshot_created": created, "preannotated": preannotated, "queue": queue,
             "new_labels": n_new, "retrain_run": retrain_run}
-
-
-@task(name="labeled-box-images", cache_policy=NO_CACHE)
-def labeled_box_images(settings, dataset_version_id: int) -> set[str]:
-    """sha256 of the images the latest box snapshot of the version labels (none when the latest
-    snapshot holds image classes)."""
-    with session_scope(settings) as session:
-        row = queries.latest_label_snapshot(session, dataset_version_id)
-    if row is None:
-        return set()
-    snap = from_json_bytes(load_artifact(settings, row.artifact_uri, row.sha256))
-    return {it["sha256"] for it in snap.items} if is_box_snapshot(snap) else set()
 
 
 def _known_classes(settings, dataset_version_id: int, predictor) -> list[str]:

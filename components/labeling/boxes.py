@@ -38,6 +38,7 @@ from components.labeling.snapshots import (
     LabelSnapshotData,
     PathIndex,
     load_export,
+    merge_snapshot,
     normalize_image_ref,
 )
 
@@ -229,6 +230,20 @@ def boxes_from_label_studio(export: list | str | Path | bytes, manifest: dict, a
                     boxes.append(box)
             c.add(path, boxes, _annotator(ann), str(ann.get("created_at") or ""), tid, where)
     return c.snapshot(len(tasks))
+
+
+def merge_box_snapshot(previous: LabelSnapshotData | None, changed_tasks: list[dict], manifest: dict,
+                       allowed_classes: list[str] | None = None, image_key: str = "image",
+                       from_name: str | None = None, source: dict | None = None,
+                       origin: str | None = None) -> LabelSnapshotData:
+    """The feedback round's incremental pull for box projects: ``previous`` (a box snapshot)
+    with every image of ``changed_tasks`` re-derived from their ``RectangleLabels``, exactly
+    as :func:`components.labeling.snapshots.merge_snapshot` does for image classes."""
+    if previous is not None and not is_box_snapshot(previous):
+        raise ValueError("a box pull merges onto a box snapshot, not onto image classes")
+    return merge_snapshot(previous, changed_tasks, manifest, allowed_classes, image_key=image_key,
+                          from_name=from_name, source=source, origin=origin, build=boxes_from_label_studio,
+                          content_hash=box_snapshot_hash)
 
 
 def _annotator(ann: dict) -> str:

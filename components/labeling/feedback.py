@@ -148,6 +148,8 @@ def plan_round(tasks: list[dict], sha_index: dict[str, int], u: np.ndarray, feat
 
 def new_label_count(current_items: list[dict], trained_items: list[dict] | None) -> int:
     """Labels in the current snapshot that the production model was not trained on
-    (new images, or images whose label changed)."""
-    trained = {it["path"]: it["label"] for it in trained_items or []}
-    return sum(1 for it in current_items if trained.get(it["path"]) != it["label"])
+    (new images, or images whose label, or for box snapshots whose boxes, changed)."""
+    def label(it: dict):
+        return it["label"] if "label" in it else it["boxes"]
+    trained = {it["path"]: label(it) for it in trained_items or []}
+    return sum(1 for it in current_items if trained.get(it["path"]) != label(it))

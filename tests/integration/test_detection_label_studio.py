@@ -3,8 +3,9 @@ server and a real Prefect server: a localization project; DeepPCB's boxes drawn 
 labeler would (rectangles in percent); the project's box export -> a box snapshot -> a detector
 (a few steps) with its mAP report -> gated promotion to production (and a weaker detector
 refused against it) -> the production detector's boxes as pre-annotations and a queue by
-detection uncertainty, read back through the SDK. Wrong models, kinds and labels fail with one
-line and change nothing."""
+detection uncertainty, read back through the SDK; a box drawn after that pulled into the next
+box snapshot by the round. Wrong models, kinds and labels fail with one line and change nothing.
+About 6 minutes at load average 6 on 2 shared cores, half of it the two servers' start."""
 from __future__ import annotations
 
 import csv
@@ -210,3 +211,40 @@ def test_wrong_model_kind_or_labels_fail_in_one_line_and_change_nothing(box_loop
     assert after.label_config == before.label_config  # neither touched the project
     assert after.total_predictions_number == before.total_predictions_number
     assert [p.id for p in ls.client(cfg).projects.list() if p.title == "dlvm: pcb"] == [project_id]
+
+
+def test_boxes_drawn_in_the_project_are_pulled_into_the_next_box_snapshot(box_loop):
+    """(Runs last: it labels a queued task.) The round pulls boxes like image classes: the first
+    pull from the project starts from the export's snapshot (same boxes: nothing new in round 1),
+    a box drawn since lands in a new snapshot, and the next round reads nothing."""
+    env, root, cfg, settings = box_loop["env"], box_loop["root"], box_loop["cfg"], box_loop["settings"]
+    round1 = box_loop["round1"]
+    assert round1["snapshot_version"] == 1 and not round1["snapshot_created"]
+    assert round1["changed_tasks"] == N_LABELED and round1["n_labeled"] == N_LABELED
+    task = ls.client(cfg).tasks.get(id=round1["queue"][0])
+    name = Path(task.data["dlvm_path"]).name
+    drawn = box_loop["truth"][name]
+    ls.client(cfg).annotations.create(id=task.id, result=[
+        {"from_name": "label", "to_name": "image", "type": "rectanglelabels", "original_width": SIZE,
+         "original_height": SIZE, "value": {**corners_to_percent(float(r["x1"]), float(r["y1"]), float(r["x2"]),
+                                                                 float(r["y2"]), SIZE, SIZE),
+                                            "rotation": 0, "rectanglelabels": [r["defect"]]}} for r in drawn])
+    args = ["feedback", "run", "--dataset", "pcb", "--kind", "localization", "--classes", ",".join(CLASSES),
+            "--queue-size", str(QUEUE)]
+    dlvm(env, *args, "--summary", str(root / "round2.json"))
+    round2 = json.loads((root / "round2.json").read_text())
+    assert round2["snapshot_created"] and round2["snapshot_version"] == 2 and round2["n_labeled"] == N_LABELED + 1
+    assert task.id not in round2["queue"] and round2["preannotated"] == 0  # the rest already have v1's boxes
+    with session_scope(settings) as session:
+        row = queries.get_label_snapshot(session, round2["snapshot_id"])
+    snap = json.loads(open_store(settings).get_bytes(row.artifact_uri, row.sha256))
+    assert snap["format"] == "dlvm-box-snapshot/1" and snap["source"]["project"] == round2["project_id"]
+    (item,) = [it for it in snap["items"] if Path(it["path"]).name == name]
+    got = sorted((b["label"], b["x1"], b["y1"], b["x2"], b["y2"]) for b in item["boxes"])
+    want = sorted((r["defect"], float(r["x1"]), float(r["y1"]), float(r["x2"]), float(r["y2"])) for r in drawn)
+    assert [g[0] for g in got] == [w[0] for w in want]
+    assert np.allclose([g[1:] for g in got], [w[1:] for w in want], atol=0.01)
+    assert item["annotator"] == "admin@dlvm.local"
+    dlvm(env, *args, "--summary", str(root / "round3.json"))
+    round3 = json.loads((root / "round3.json").read_text())
+    assert round3["changed_tasks"] == 0 and not round3["snapshot_created"] and round3["snapshot_version"] == 2

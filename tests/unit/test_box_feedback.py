@@ -196,3 +196,42 @@ def test_detector_gate_needs_better_than_no_boxes_and_than_the_holder():
         detector_gate(truths, good, [DetectorComparator("holder: production v1", "holder", poor)], ["open"])
     with pytest.raises(ValueError, match="'majority' \\(no boxes\\) or 'holder'"):
         DetectorComparator("generic", "generic", poor)
+
+
+def _box_task(tid, path, boxes, annotator="a@x"):
+    result = [{"from_name": "label", "to_name": "image", "type": "rectanglelabels", "original_width": 100,
+               "original_height": 50, "value": {**corners_to_percent(*b[1:], 100, 50), "rotation": 0,
+                                                "rectanglelabels": [b[0]]}} for b in boxes]
+    return {"id": tid, "data": {"dlvm_path": path},
+            "annotations": [{"id": tid * 10, "result": result, "completed_by": {"email": annotator},
+                             "created_at": "2026-11-30T00:00:00Z"}]}
+
+
+def test_box_pull_re_derives_the_changed_images_and_keeps_the_rest():
+    from components.labeling.boxes import BOX_SNAPSHOT_FORMAT, box_snapshot_hash, merge_box_snapshot
+    from components.labeling.feedback import new_label_count
+    from components.labeling.snapshots import build_label_snapshot
+
+    manifest = {"images": [{"path": f"{n}.png", "sha256": n * 64, "width": 100, "height": 50} for n in "abc"]}
+    first = merge_box_snapshot(None, [_box_task(1, "a.png", [("open", 10, 10, 20, 20)]),
+                                      _box_task(2, "b.png", [("short", 0, 0, 50, 25)])],
+                               manifest, ["open", "short"], image_key="dlvm_path", origin="ls#1")
+    assert first.format == BOX_SNAPSHOT_FORMAT and [it["path"] for it in first.items] == ["a.png", "b.png"]
+    assert {it["origin"] for it in first.items} == {"ls#1"}
+    assert first.content_hash == box_snapshot_hash(first.classes, first.items)
+    # a.png's box moved, c.png labeled clean (no rectangles), b.png untouched by this pull
+    second = merge_box_snapshot(first, [_box_task(1, "a.png", [("open", 30, 10, 40, 20)]), _box_task(3, "c.png", [])],
+                                manifest, ["open", "short"], image_key="dlvm_path", origin="ls#1")
+    by_path = {it["path"]: it for it in second.items}
+    assert [(b["x1"], b["x2"]) for b in by_path["a.png"]["boxes"]] == [(30, 40)]
+    assert by_path["b.png"] == first.items[1] and by_path["c.png"]["boxes"] == []
+    assert second.content_hash != first.content_hash and second.format == BOX_SNAPSHOT_FORMAT
+    assert new_label_count(second.items, first.items) == 2  # a moved box and a newly checked image
+    # an unknown label in the pull: that image is left out with an issue, nothing else changes
+    third = merge_box_snapshot(second, [_box_task(2, "b.png", [("spur", 0, 0, 5, 5)])], manifest, ["open", "short"],
+                               image_key="dlvm_path")
+    assert "b.png" not in {it["path"] for it in third.items}
+    assert [i["kind"] for i in third.issues] == ["unknown_class"]
+    classes = build_label_snapshot([], manifest, ["ok"])
+    with pytest.raises(ValueError, match="a box pull merges onto a box snapshot"):
+        merge_box_snapshot(classes, [], manifest, ["open"], image_key="dlvm_path")
