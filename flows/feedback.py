@@ -157,8 +157,9 @@ def feedback_flow(dataset: str, classes: list[str] | None = None, kind: str = "c
     `model`@`alias` version (default `<dataset>-classifier@production`, for `kind`
     localization `<dataset>-detector@production`) the round imports tasks and pulls labels
     only. `uncertainty` is the classifier queue's; a localization round ranks by detection
-    uncertainty (components/labeling/queue.py: detection_uncertainty). `retrain_after` defaults to DLVM_RETRAIN_AFTER_LABELS; `webhook_url`, when given,
-    is registered in the project with DLVM_WEBHOOK_SECRET."""
+    uncertainty (components/labeling/queue.py: detection_uncertainty). `retrain_after`
+    defaults to DLVM_RETRAIN_AFTER_LABELS; `webhook_url`, when given, is registered in the
+    project with DLVM_WEBHOOK_SECRET."""
     check_dataset(dataset)
     check_alias(alias)
     if model is not None:

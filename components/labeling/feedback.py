@@ -73,7 +73,7 @@ def check_model_classes(model_ref: str, kind: str, model_classes: list[str], pro
 
 @dataclass
 class Preannotations:
-    predictions: list[dict]      # {task, score, label} or {task, score, boxes} for unlabeled tasks without this model's prediction
+    predictions: list[dict]      # {task, score, label or boxes}: unlabeled tasks without this model's prediction
     queue: list[int]             # task ids, label first to last
     uncertainty: dict[int, float]  # task id -> uncertainty of the queued tasks
 
