@@ -855,6 +855,11 @@ FEEDBACK_OPTIONS = dict(
     uncertainty=typer.Option("margin", help="least_confidence, margin or entropy"),
     diversity=typer.Option(True, help="spread the queue over feature space (--no-diversity: uncertainty only)"),
     webhook_url=typer.Option(None, help="register this receiver URL in the project (needs DLVM_WEBHOOK_SECRET)"),
+    kind=typer.Option("classification", help="classification, or localization (boxes: a box snapshot pull, the "
+                                             "production detector's boxes and a queue by detection uncertainty)"),
+    model=typer.Option(None, callback=MODEL_NAME, help="model whose @production version pre-annotates (default "
+                                                       "DATASET-classifier, or DATASET-detector with --kind "
+                                                       "localization)"),
 )
 
 
@@ -865,13 +870,8 @@ def feedback_run(dataset: str = typer.Option(..., "--dataset", "-d", callback=DA
                  uncertainty: str = FEEDBACK_OPTIONS["uncertainty"],
                  diversity: bool = FEEDBACK_OPTIONS["diversity"],
                  webhook_url: Optional[str] = FEEDBACK_OPTIONS["webhook_url"],
-                 kind: str = typer.Option("classification", help="classification, or localization (boxes: a "
-                                                                 "box snapshot pull, the production detector's "
-                                                                 "boxes and a queue by detection uncertainty)"),
-                 model: Optional[str] = typer.Option(None, callback=MODEL_NAME,
-                                                     help="model whose @production version pre-annotates "
-                                                          "(default DATASET-classifier, or DATASET-detector "
-                                                          "with --kind localization)"),
+                 kind: str = FEEDBACK_OPTIONS["kind"],
+                 model: Optional[str] = FEEDBACK_OPTIONS["model"],
                  summary_path: Optional[Path] = SUMMARY):
     """One round: project, tasks, label pull, pre-annotations and queue, retrain trigger."""
     prepare()
@@ -888,14 +888,15 @@ def feedback_serve(dataset: str = typer.Option(..., "--dataset", "-d", callback=
                    queue_size: int = FEEDBACK_OPTIONS["queue_size"],
                    uncertainty: str = FEEDBACK_OPTIONS["uncertainty"],
                    diversity: bool = FEEDBACK_OPTIONS["diversity"],
-                   webhook_url: Optional[str] = FEEDBACK_OPTIONS["webhook_url"]):
+                   webhook_url: Optional[str] = FEEDBACK_OPTIONS["webhook_url"],
+                   kind: str = FEEDBACK_OPTIONS["kind"], model: Optional[str] = FEEDBACK_OPTIONS["model"]):
     """Serve the scheduled `feedback` deployment and the `retrain` deployment new labels start
     (needs a Prefect server: PREFECT_API_URL). Stop with Ctrl-C."""
     prepare()
     from prefect import serve
 
     from flows.deployments import feedback_loop_deployments
-    params = _feedback_params(dataset, classes, queue_size, uncertainty, diversity, webhook_url)
+    params = _feedback_params(dataset, classes, queue_size, uncertainty, diversity, webhook_url, kind, model)
     serve(*feedback_loop_deployments(dataset, interval, _retrain_name(get_settings()), feedback_params=params))
 
 

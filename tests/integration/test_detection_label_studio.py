@@ -4,8 +4,9 @@ labeler would (rectangles in percent); the project's box export -> a box snapsho
 (a few steps) with its mAP report -> gated promotion to production (and a weaker detector
 refused against it) -> the production detector's boxes as pre-annotations and a queue by
 detection uncertainty, read back through the SDK; a box drawn after that pulled into the next
-box snapshot by the round. Wrong models, kinds and labels fail with one line and change nothing.
-About 6 minutes at load average 6 on 2 shared cores, half of it the two servers' start."""
+box snapshot by the round; the round on a schedule. Wrong models, kinds and labels fail with one
+line and change nothing. 5-7 minutes at load average 4-6 on 2 shared cores, about 2 of them the
+two servers' start."""
 from __future__ import annotations
 
 import csv
@@ -15,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from clirun import dlvm, dlvm_env
+from clirun import dlvm, dlvm_env, serve_until_a_run_completes
 from sqlmodel import select
 
 from components.data.access import dataset_images
@@ -248,3 +249,13 @@ def test_boxes_drawn_in_the_project_are_pulled_into_the_next_box_snapshot(box_lo
     dlvm(env, *args, "--summary", str(root / "round3.json"))
     round3 = json.loads((root / "round3.json").read_text())
     assert round3["changed_tasks"] == 0 and not round3["snapshot_created"] and round3["snapshot_version"] == 2
+
+
+def test_feedback_serve_runs_box_rounds_on_its_schedule(box_loop, prefect_api):
+    """`dlvm feedback serve --kind localization` schedules the box round; a scheduled run completes."""
+    watched, _, done = serve_until_a_run_completes(
+        ["feedback", "serve", "--dataset", "pcb", "--kind", "localization", "--classes", ",".join(CLASSES),
+         "--interval", "5", "--queue-size", str(QUEUE)], box_loop["env"], box_loop["root"] / "serve.log", prefect_api,
+        watch=lambda ds: next((d for d in ds if d.name == "pcb" and d.parameters.get("kind") == "localization"), None))
+    assert watched.schedules and watched.parameters["classes"] == CLASSES
+    assert done[0].parameters["kind"] == "localization" and done[0].auto_scheduled
