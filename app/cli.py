@@ -490,7 +490,7 @@ def evaluate(dataset: str = typer.Option(..., "--dataset", "-d", callback=DATASE
 
 @app.command()
 def promote(candidate: Optional[str] = typer.Argument(None, callback=MODEL_REF,
-                                                      help="classifier ref, e.g. elpv-classifier:3"),
+                                                      help="classifier or detector ref, e.g. elpv-classifier:3"),
             alias: str = typer.Option("production", callback=ALIAS_NAME), margin: float = 0.0,
             evaluation: Optional[int] = typer.Option(None, help="evaluation id (default: latest for the snapshot)"),
             rollback: Optional[str] = typer.Option(None, callback=MODEL_NAME,
@@ -499,7 +499,9 @@ def promote(candidate: Optional[str] = typer.Argument(None, callback=MODEL_REF,
             reason: str = "", metric: str = METRIC, summary_path: Optional[Path] = SUMMARY):
     """Gate a candidate for an alias, or roll back. Paired bootstrap tests on --metric: significantly
     better than the majority class, not significantly worse than the strongest sanity baseline
-    and from-scratch model, better by --margin than the strongest generic backbone and the holder."""
+    and from-scratch model, better by --margin than the strongest generic backbone and the holder.
+    A detector is gated on mAP@0.5 over its box snapshot's test split: significantly better than
+    finding no boxes, and by --margin than the holder."""
     settings = prepare()
     if rollback:
         from components.registry.db import session_scope
@@ -877,10 +879,11 @@ def backbone_baseline(ref: str = typer.Argument(..., callback=MODEL_REF, help="b
         console.print(f"{ref} -> baseline (event {event.id})")
 
 
-def _feedback_params(dataset, classes, queue_size, uncertainty, diversity, webhook_url, kind="classification") -> dict:
+def _feedback_params(dataset, classes, queue_size, uncertainty, diversity, webhook_url, kind="classification",
+                     model=None) -> dict:
     return {"dataset": dataset, "classes": parse_list(classes, str) if classes else None, "kind": kind,
             "queue_size": queue_size, "uncertainty": uncertainty, "diversity": diversity,
-            "webhook_url": webhook_url}
+            "webhook_url": webhook_url, **({"model": model} if model else {})}
 
 
 def _retrain_name(settings: Settings) -> str:
@@ -899,6 +902,11 @@ FEEDBACK_OPTIONS = dict(
     uncertainty=typer.Option("margin", help="least_confidence, margin or entropy"),
     diversity=typer.Option(True, help="spread the queue over feature space (--no-diversity: uncertainty only)"),
     webhook_url=typer.Option(None, help="register this receiver URL in the project (needs DLVM_WEBHOOK_SECRET)"),
+    kind=typer.Option("classification", help="classification, or localization (boxes: a box snapshot pull, the "
+                                             "production detector's boxes and a queue by detection uncertainty)"),
+    model=typer.Option(None, callback=MODEL_NAME, help="model whose @production version pre-annotates (default "
+                                                       "DATASET-classifier, or DATASET-detector with --kind "
+                                                       "localization)"),
 )
 
 
@@ -909,14 +917,14 @@ def feedback_run(dataset: str = typer.Option(..., "--dataset", "-d", callback=DA
                  uncertainty: str = FEEDBACK_OPTIONS["uncertainty"],
                  diversity: bool = FEEDBACK_OPTIONS["diversity"],
                  webhook_url: Optional[str] = FEEDBACK_OPTIONS["webhook_url"],
-                 kind: str = typer.Option("classification", help="classification, or localization (boxes: "
-                                                                 "project and tasks only)"),
+                 kind: str = FEEDBACK_OPTIONS["kind"],
+                 model: Optional[str] = FEEDBACK_OPTIONS["model"],
                  summary_path: Optional[Path] = SUMMARY):
     """One round: project, tasks, label pull, pre-annotations and queue, retrain trigger."""
     prepare()
     from flows.feedback import feedback_flow
     summary = run_step(feedback_flow, **_feedback_params(dataset, classes, queue_size, uncertainty, diversity,
-                                                         webhook_url, kind))
+                                                         webhook_url, kind, model))
     write_summary(summary_path, summary)
 
 
@@ -927,14 +935,15 @@ def feedback_serve(dataset: str = typer.Option(..., "--dataset", "-d", callback=
                    queue_size: int = FEEDBACK_OPTIONS["queue_size"],
                    uncertainty: str = FEEDBACK_OPTIONS["uncertainty"],
                    diversity: bool = FEEDBACK_OPTIONS["diversity"],
-                   webhook_url: Optional[str] = FEEDBACK_OPTIONS["webhook_url"]):
+                   webhook_url: Optional[str] = FEEDBACK_OPTIONS["webhook_url"],
+                   kind: str = FEEDBACK_OPTIONS["kind"], model: Optional[str] = FEEDBACK_OPTIONS["model"]):
     """Serve the scheduled `feedback` deployment and the `retrain` deployment new labels start
     (needs a Prefect server: PREFECT_API_URL). Stop with Ctrl-C."""
     prepare()
     from prefect import serve
 
     from flows.deployments import feedback_loop_deployments
-    params = _feedback_params(dataset, classes, queue_size, uncertainty, diversity, webhook_url)
+    params = _feedback_params(dataset, classes, queue_size, uncertainty, diversity, webhook_url, kind, model)
     serve(*feedback_loop_deployments(dataset, interval, _retrain_name(get_settings()), feedback_params=params))
 
 

@@ -11,6 +11,7 @@ counts as often as its image was drawn), and the score order of the records neve
 """
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -122,6 +123,53 @@ def mean_average_precision(m: Matched, classes: Sequence[str], n_boot: int = 100
         raise ValueError("no true boxes in the test images: mAP is undefined")
     values = np.nanmean(np.stack(boot_aps), axis=0) if n_boot else np.zeros(0)
     return {"map": _interval(float(np.mean(point_aps)), values, alpha), "per_class": per_class}
+
+
+def _map_rows(m: Matched, image_weights: np.ndarray) -> np.ndarray:
+    """mAP under each row of image weights ``[R, n_images]``, over the classes with true boxes
+    in the whole test set (a class whose boxes a resample missed is left out of that row's mean)."""
+    present = [k for k in range(m.n_true.shape[1]) if m.n_true[:, k].sum() > 0]
+    if not present:
+        raise ValueError("no true boxes in the test images: mAP is undefined")
+    with np.errstate(invalid="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # a row where every class was missed: NaN
+        return np.nanmean(np.stack([_class_ap(m, k, image_weights) for k in present]), axis=0)
+
+
+def paired_map_comparison(candidate: Sequence[dict], other: Sequence[dict], truths: Sequence[dict], num_classes: int,
+                          rule: str = "better", threshold: float = 0.0, confidence: float = 0.95,
+                          n_boot: int = 2000, seed: int = 0) -> dict:
+    """Two detectors' mAP@0.5 on the same test images, compared under one rule as the classifier
+    gate compares its metric (components/evaluation/metrics.paired_comparison, same keys but no
+    accuracy): the same bootstrap resamples of images weight both detectors' matches, so the
+    difference's interval is paired. ``better``: the one-sided lower ``confidence`` bound of
+    candidate - other above ``threshold``; ``not_worse``: the upper bound not below it."""
+    if rule not in ("better", "not_worse"):
+        raise ValueError(f"rule must be 'better' or 'not_worse', got {rule!r}")
+    if not len(candidate) == len(other) == len(truths):
+        raise ValueError(f"{len(candidate)} and {len(other)} detected images for {len(truths)} test images")
+    mc = match(candidate, truths, num_classes, VOC_IOU)
+    mo = match(other, truths, num_classes, VOC_IOU)
+    point = np.ones((1, len(truths)))
+    vc, vo = float(_map_rows(mc, point)[0]), float(_map_rows(mo, point)[0])
+    diffs = np.zeros(0)
+    if n_boot and len(truths):
+        w = _bootstrap_weights(len(truths), n_boot, seed)
+        diffs = _map_rows(mc, w) - _map_rows(mo, w)
+        diffs = diffs[~np.isnan(diffs)]
+    if diffs.size:
+        low, high = (float(q) for q in np.quantile(diffs, [1 - confidence, confidence]))
+        p_value = float(np.mean(diffs <= 0) if rule == "better" else np.mean(diffs >= 0))
+    else:  # no resamples: no evidence, cannot pass a "better"
+        low = high = p_value = float("nan")
+    if rule == "better":
+        passed = bool(low > threshold)
+        verdict = "better" if passed else "not significantly better"
+    else:
+        passed = bool(high >= threshold)
+        verdict = "not significantly worse" if passed else "significantly worse"
+    return {"rule": rule, "metric": "map50", "candidate": vc, "other": vo, "diff": vc - vo, "ci_low": low,
+            "ci_high": high, "threshold": float(threshold), "p_value": p_value, "verdict": verdict, "passed": passed}
 
 
 def _prf(tp: np.ndarray, n_pred: np.ndarray, n_true: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

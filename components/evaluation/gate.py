@@ -18,6 +18,9 @@ sets what the candidate must show against it (``RULES``):
 Each kind is represented by its *strongest* member on the gate metric
 (``strongest_comparators``), never the weakest. The ``goal`` (recorded, not required):
 significantly better than the strongest sanity baseline of any kind.
+
+Detectors (:func:`detector_gate`) are gated by the same rules on mAP@0.5 over test images:
+``majority`` is a detector that finds no boxes (every image good), ``holder`` the alias's.
 """
 from __future__ import annotations
 
@@ -28,6 +31,7 @@ from typing import Any
 import numpy as np
 
 from components.evaluation.baselines import BASELINE_BACKBONE
+from components.evaluation.detection import paired_map_comparison
 from components.evaluation.metrics import (
     DEFAULT_GATE_METRIC,
     as_pred,
@@ -136,6 +140,47 @@ def promotion_gate(
                       evaluate_predictions(y_true, cand, num_classes, n_boot=n_boot, seed=seed))
 
 
+@dataclass(frozen=True)
+class DetectorComparator:
+    """Another detector's boxes on the candidate's test images: ``kind`` ``majority`` (no boxes
+    at all: what "every image is good" amounts to for boxes, mAP 0) or ``holder``."""
+
+    name: str
+    kind: str
+    detections: Sequence[dict]
+    source: str = ""
+
+    def __post_init__(self) -> None:
+        if self.kind not in ("majority", "holder"):
+            raise ValueError(f"a detector is compared with 'majority' (no boxes) or 'holder', got {self.kind!r}")
+
+
+def detector_gate(truths: Sequence[dict], candidate: Sequence[dict], comparators: Sequence[DetectorComparator],
+                  classes: Sequence[str], margin: float = 0.0, confidence: float = 0.95, n_boot: int = 2000,
+                  seed: int = 0) -> GateResult:
+    """The gate for detectors, on mAP@0.5 over the same test images, by the classifier rules
+    (``RULES``): significantly better than finding nothing (above ``max(margin, 0)``) and than
+    the alias's holder (by more than ``margin``), each a paired bootstrap over images
+    (:func:`components.evaluation.detection.paired_map_comparison`). Detectors have no
+    classical or generic baselines to be measured against yet: the evidence says so."""
+    if not 0.5 <= confidence < 1.0:
+        raise ValueError(f"confidence must be in [0.5, 1), got {confidence}")
+    if not any(c.kind == "majority" for c in comparators):
+        raise ValueError("the detector gate needs the no-boxes baseline among its comparators")
+    comparisons: dict[str, dict[str, Any]] = {}
+    failures: list[str] = []
+    for c in sorted(comparators, key=lambda c: (KINDS.index(c.kind), c.name)):
+        threshold = max(margin, 0.0) if c.kind == "majority" else margin
+        comparisons[c.name] = {"kind": c.kind, "source": c.source, **paired_map_comparison(
+            candidate, c.detections, truths, len(classes), RULES[c.kind], threshold, confidence, n_boot, seed)}
+        if not comparisons[c.name]["passed"]:
+            failures.append(f"{c.name}: {comparisons[c.name]['verdict']}")
+    pct = f"{confidence:.0%}"
+    reason = (f"refused on map50 at {pct} one-sided confidence: " + "; ".join(failures) if failures else
+              f"passed on map50 at {pct} one-sided confidence against all {len(comparisons)} comparator(s)")
+    return GateResult(not failures, "map50", margin, comparisons, reason, confidence)
+
+
 def _goal(comparisons: dict[str, dict[str, Any]], y_true: np.ndarray, cand: np.ndarray,
           by_name: Mapping[str, Comparator], num_classes: int, metric: str, confidence: float,
           n_boot: int, seed: int) -> dict[str, Any]:
@@ -198,8 +243,8 @@ def describe(name: str, c: Mapping[str, Any], confidence: float) -> str:
     bound = "lower" if c["rule"] == "better" else "upper"
     b = c["ci_low"] if c["rule"] == "better" else c["ci_high"]
     need = f"must be better by > {c['threshold']:+.3f}" if c["rule"] == "better" else "must not be worse"
-    acc = c.get("accuracy") or {}
+    acc = c.get("accuracy")  # classifiers only
+    accuracy = f"; accuracy {num(acc.get('candidate'), '.3f')} vs {num(acc.get('other'), '.3f')}" if acc else ""
     return (f"{'PASS' if c['passed'] else 'FAIL'}  {name}: {c['metric']} {num(c['candidate'], '.3f')} vs "
             f"{num(c['other'], '.3f')} (diff {num(c['diff'], '+.3f')}, {confidence:.0%} {bound} bound "
-            f"{num(b, '+.3f')}, p {num(c['p_value'], '.3f')}; accuracy {num(acc.get('candidate'), '.3f')} vs "
-            f"{num(acc.get('other'), '.3f')}) {need}: {c['verdict']}")
+            f"{num(b, '+.3f')}, p {num(c['p_value'], '.3f')}{accuracy}) {need}: {c['verdict']}")

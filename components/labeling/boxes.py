@@ -38,6 +38,7 @@ from components.labeling.snapshots import (
     LabelSnapshotData,
     PathIndex,
     load_export,
+    merge_snapshot,
     normalize_image_ref,
 )
 
@@ -151,6 +152,28 @@ class _Collector:
                                  n_tasks=n_tasks, format=BOX_SNAPSHOT_FORMAT)
 
 
+def percent_to_corners(x: float, y: float, width: float, height: float, image_width: float,
+                       image_height: float) -> tuple[float, float, float, float]:
+    """A Label Studio rectangle (top-left ``x``, ``y`` and ``width``, ``height``, each in percent
+    of the image's width or height) as pixel corners ``(x1, y1, x2, y2)``."""
+    return (x * image_width / 100, y * image_height / 100, (x + width) * image_width / 100,
+            (y + height) * image_height / 100)
+
+
+def corners_to_percent(x1: float, y1: float, x2: float, y2: float, image_width: float,
+                       image_height: float) -> dict[str, float]:
+    """Pixel corners as a Label Studio rectangle value (``x``, ``y``, ``width``, ``height`` in
+    percent), clipped to the image: a detector's box may reach past the edge, a Label Studio
+    region may not. The inverse of :func:`percent_to_corners` for boxes inside the image."""
+    if image_width <= 0 or image_height <= 0:
+        raise ValueError(f"image size must be positive, got {image_width}x{image_height}")
+    left, right = (min(max(v / image_width * 100, 0.0), 100.0) for v in (x1, x2))
+    top, bottom = (min(max(v / image_height * 100, 0.0), 100.0) for v in (y1, y2))
+    if right < left or bottom < top:
+        raise ValueError(f"inverted box ({x1:g}, {y1:g}, {x2:g}, {y2:g})")
+    return {"x": left, "y": top, "width": right - left, "height": bottom - top}
+
+
 def _rectangles(ann: dict, from_name: str | None) -> list[dict]:
     return [r for r in ann.get("result") or [] if isinstance(r, dict) and r.get("type") == "rectanglelabels"
             and (from_name is None or r.get("from_name") == from_name)]
@@ -202,11 +225,25 @@ def boxes_from_label_studio(export: list | str | Path | bytes, manifest: dict, a
                     c.issue(path, "bad_value", f"{where}: image size unknown, cannot place a percentage box")
                     c.bad.add(path)
                     continue
-                box = c.box(path, labels[0], x * W / 100, y * H / 100, (x + w) * W / 100, (y + h) * H / 100, where)
+                box = c.box(path, labels[0], *percent_to_corners(x, y, w, h, W, H), where)
                 if box is not None:
                     boxes.append(box)
             c.add(path, boxes, _annotator(ann), str(ann.get("created_at") or ""), tid, where)
     return c.snapshot(len(tasks))
+
+
+def merge_box_snapshot(previous: LabelSnapshotData | None, changed_tasks: list[dict], manifest: dict,
+                       allowed_classes: list[str] | None = None, image_key: str = "image",
+                       from_name: str | None = None, source: dict | None = None,
+                       origin: str | None = None) -> LabelSnapshotData:
+    """The feedback round's incremental pull for box projects: ``previous`` (a box snapshot)
+    with every image of ``changed_tasks`` re-derived from their ``RectangleLabels``, exactly
+    as :func:`components.labeling.snapshots.merge_snapshot` does for image classes."""
+    if previous is not None and not is_box_snapshot(previous):
+        raise ValueError("a box pull merges onto a box snapshot, not onto image classes")
+    return merge_snapshot(previous, changed_tasks, manifest, allowed_classes, image_key=image_key,
+                          from_name=from_name, source=source, origin=origin, build=boxes_from_label_studio,
+                          content_hash=box_snapshot_hash)
 
 
 def _annotator(ann: dict) -> str:

@@ -12,7 +12,8 @@ One project per dataset (title ``dlvm: <dataset>``), set up idempotently:
 * **Pull**: the tasks changed since a cursor (task ``updated_at``; an annotation created,
   updated or deleted touches its task), page by page.
 * **Pre-annotations**: predictions with ``model_version`` and a score (the model's
-  confidence), imported in batches; the project shows that model version's predictions.
+  confidence): a class choice, or rectangles in percent of the image with a score each;
+  imported in batches; the project shows that model version's predictions.
 * **Queue**: rank ``data.dlvm_queue`` (1 = label first) on the tasks to label next, and
   a Data Manager tab ``dlvm queue`` that lists exactly those tasks in that order.
 
@@ -334,14 +335,28 @@ def _with_annotator_emails(cfg: LabelStudioConfig, tasks: list[dict]) -> list[di
 # ----------------------------------------------------------------------------- predictions and queue
 
 
+def prediction_result(prediction: dict) -> list[dict]:
+    """The Label Studio ``result`` of one prediction: a classifier's ``label`` as a choice, or a
+    detector's ``boxes`` (``label``, ``score``, and ``x``, ``y``, ``width``, ``height`` in
+    percent of the image) as rectangles, each with its own score; an empty list of boxes is
+    the prediction "no defect here"."""
+    if "boxes" in prediction:
+        return [{"id": f"dlvm{i}", "from_name": FROM_NAME, "to_name": TO_NAME, "type": "rectanglelabels",
+                 "score": float(b["score"]),
+                 "value": {"x": float(b["x"]), "y": float(b["y"]), "width": float(b["width"]),
+                           "height": float(b["height"]), "rotation": 0, "rectanglelabels": [b["label"]]}}
+                for i, b in enumerate(prediction["boxes"])]
+    return [{"from_name": FROM_NAME, "to_name": TO_NAME, "type": "choices",
+             "value": {"choices": [prediction["label"]]}}]
+
+
 def post_predictions(cfg: LabelStudioConfig, project_id: int, predictions: list[dict], model_version: str,
                      progress: Callable[[int, int], None] | None = None) -> int:
-    """Import ``[{task, label, score}]`` as pre-annotations of ``model_version`` and make
-    the project show that version. Returns how many were posted."""
+    """Import ``[{task, score, label or boxes}]`` (:func:`prediction_result`) as pre-annotations
+    of ``model_version`` and make the project show that version. Returns how many were posted."""
     ls = client(cfg)
     rows = [{"task": int(p["task"]), "model_version": model_version, "score": float(p["score"]),
-             "result": [{"from_name": FROM_NAME, "to_name": TO_NAME, "type": "choices",
-                         "value": {"choices": [p["label"]]}}]} for p in predictions]
+             "result": prediction_result(p)} for p in predictions]
     done = 0
     for batch in _batches(rows, cfg.batch_size):
         with _calling(cfg, f"import {len(batch)} predictions into project {project_id}"):

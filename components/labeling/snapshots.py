@@ -35,6 +35,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path, PurePosixPath
 from urllib.parse import unquote, urlsplit
@@ -261,15 +262,19 @@ def build_label_snapshot(export: list | str | Path | bytes, manifest: dict, allo
 def merge_snapshot(previous: LabelSnapshotData | None, changed_tasks: list[dict], manifest: dict,
                    allowed_classes: list[str] | None = None, image_key: str = "image",
                    from_name: str | None = None, source: dict | None = None,
-                   origin: str | None = None) -> LabelSnapshotData:
+                   origin: str | None = None, build: Callable[..., LabelSnapshotData] | None = None,
+                   content_hash: Callable[[list[str], list[dict]], str] | None = None) -> LabelSnapshotData:
     """An incremental pull: ``previous`` with every image of ``changed_tasks`` re-derived
     from those tasks alone (all their annotations, so edits and deletions count too).
 
     Images that no changed task touches keep their label and issues from ``previous``.
     With no ``previous`` this is :func:`build_label_snapshot` of the changed tasks. Items
     from ``changed_tasks`` are stamped ``origin`` (e.g. the Label Studio project), so a
-    later pull knows which labels that project gave."""
-    fresh = build_label_snapshot(changed_tasks, manifest, allowed_classes, image_key=image_key, from_name=from_name)
+    later pull knows which labels that project gave. ``build`` and ``content_hash`` default
+    to image classes' (:func:`build_label_snapshot`, :func:`snapshot_hash`); box snapshots
+    pass theirs (components/labeling/boxes.py: merge_box_snapshot)."""
+    build, content_hash = build or build_label_snapshot, content_hash or snapshot_hash
+    fresh = build(changed_tasks, manifest, allowed_classes, image_key=image_key, from_name=from_name)
     if origin is not None:
         for it in fresh.items:
             it["origin"] = origin
@@ -296,7 +301,7 @@ def merge_snapshot(previous: LabelSnapshotData | None, changed_tasks: list[dict]
     classes = fresh.classes
     issues.sort(key=lambda i: (i["image"], i["kind"], i["detail"]))
     return LabelSnapshotData(classes=classes, items=merged, issues=issues,
-                             content_hash=snapshot_hash(classes, merged),
+                             content_hash=content_hash(classes, merged),
                              manifest_hash=manifest.get("content_hash", ""),
                              n_tasks=len(changed_tasks),  # tasks read by this pull
-                             source=dict(source or {}))
+                             format=fresh.format, source=dict(source or {}))

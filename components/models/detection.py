@@ -79,7 +79,8 @@ class CenterNet(nn.Module):
 
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         """Normalized images ``[B, C, H, W]`` -> ``heatmap`` logits ``[B, K, h, w]``, ``size``
-        (box width, height in feature cells) and ``offset`` (center within its cell) ``[B, 2, h, w]``."""
+        (box width, height in feature cells) and ``offset`` (center within its cell) ``[B, 2, h, w]``,
+        and ``embedding`` ``[B, head_width]``: the merged map's mean over the image."""
         b = self.backbone
         x = b.maxpool(b.act1(b.bn1(b.conv1(x))))
         maps = []
@@ -91,7 +92,10 @@ class CenterNet(nn.Module):
         for lat, m in zip(reversed(self.lateral[:-1]), reversed(maps[:-1])):
             merged = lat(m) + F.interpolate(merged, size=m.shape[-2:], mode="nearest")
         merged = self.smooth(merged)
-        return {"heatmap": self.heatmap(merged), "size": self.size(merged), "offset": self.offset(merged)}
+        # "embedding": the merged map averaged over the image, what the labeling queue's diversity
+        # step compares images by (components/labeling/queue.py); training ignores it.
+        return {"heatmap": self.heatmap(merged), "size": self.size(merged), "offset": self.offset(merged),
+                "embedding": merged.mean(dim=(2, 3))}
 
 
 def detector_state(model: CenterNet, classes: list[str], img_size: int, decoding: dict) -> dict:

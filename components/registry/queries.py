@@ -91,6 +91,14 @@ def latest_label_snapshot(session: Session, dataset_version_id: int) -> LabelSna
     ).first()
 
 
+def label_snapshots_newest_first(session: Session, dataset_version_id: int) -> list[LabelSnapshot]:
+    return list(session.exec(
+        select(LabelSnapshot)
+        .where(LabelSnapshot.dataset_version_id == dataset_version_id)
+        .order_by(col(LabelSnapshot.version).desc())
+    ).all())
+
+
 def get_model(session: Session, name: str) -> RegisteredModel:
     model = session.exec(select(RegisteredModel).where(RegisteredModel.name == name)).first()
     if model is None:

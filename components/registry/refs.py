@@ -18,7 +18,8 @@ from components.registry.tables import (
     RegisteredModel,
 )
 
-SCRATCH = "scratch"  # the backbone name of randomly initialised encoders in sweeps
+SCRATCH = "scratch"
+PROMOTED_KINDS = ("classifier", "detector")  # what an alias can be moved to by a gated promotion  # the backbone name of randomly initialised encoders in sweeps
 _REF = re.compile(r"^(?P<name>[A-Za-z0-9][\w.\-]*)(?::(?P<version>\d+)|@(?P<alias>[\w.\-]+))?$")
 
 
@@ -75,21 +76,27 @@ class PromotionContext:
     dataset: str
     dataset_version: DatasetVersion
     snapshot: LabelSnapshot
-    evaluation: Evaluation
+    evaluation: Evaluation | None  # None for a detector: its gate evaluates on the snapshot's test split itself
     img_size: int
     preprocess: dict | None = None  # how the candidate decodes images (recorded since preprocessing is configurable)
+    kind: str = "classifier"        # or "detector"
 
 
 def promotion_context(session: Session, candidate_ref: str, alias: str,
                       evaluation_id: int | None = None) -> PromotionContext:
     candidate = resolve_model_version(session, candidate_ref)
     model = session.get(RegisteredModel, candidate.model_id)
-    if model.kind != "classifier":
-        raise ValueError(f"{candidate_ref} is a {model.kind}; only classifiers are promoted")
+    if model.kind not in PROMOTED_KINDS:
+        raise ValueError(f"{candidate_ref} is a {model.kind}; only classifiers and detectors are promoted")
     if candidate.label_snapshot_id is None:
         raise ValueError(f"{candidate_ref} has no label snapshot: it cannot be evaluated")
     snapshot = session.get(LabelSnapshot, candidate.label_snapshot_id)
-    if evaluation_id is None:
+    if model.kind == "detector":
+        if evaluation_id is not None:
+            raise ValueError(f"{candidate_ref} is a detector: its gate runs on its box snapshot's test split, "
+                             "not on an evaluation (drop --evaluation)")
+        evaluation = None
+    elif evaluation_id is None:
         evaluation = session.exec(select(Evaluation).where(Evaluation.label_snapshot_id == snapshot.id)
                                   .order_by(col(Evaluation.id).desc())).first()
         if evaluation is None:
@@ -104,4 +111,4 @@ def promotion_context(session: Session, candidate_ref: str, alias: str,
         model_name=model.name, candidate=candidate, current=queries.get_alias_version(session, model.name, alias),
         dataset=session.get(Dataset, dataset_version.dataset_id).name,
         dataset_version=dataset_version, snapshot=snapshot, evaluation=evaluation,
-        img_size=int(candidate.params["img_size"]), preprocess=candidate.params.get("preprocess"))
+        img_size=int(candidate.params["img_size"]), preprocess=candidate.params.get("preprocess"), kind=model.kind)

@@ -16,7 +16,7 @@ import torch
 from tqdm import tqdm
 
 from components.models.detection import CenterNet, DetectorConfig, LossWeights, centernet_targets, decode, \
-    detection_loss
+    detection_loss, detector_from_state
 from components.models.resnet import ResNet
 from components.models.vit import normalize_uint8
 from components.training.device import autocast_for, pick_device
@@ -169,12 +169,51 @@ def train_detector(backbone: ResNet, images: np.ndarray, boxes: list[np.ndarray]
 
 @torch.no_grad()
 def predict_boxes(model: CenterNet, images: np.ndarray, cfg: DetectConfig, batch_size: int = 16,
-                  progress: bool = False) -> list[dict[str, np.ndarray]]:
-    """Per image: ``boxes`` ``[n, 4]`` (pixels of the ``S x S`` input), ``scores``, ``labels``."""
+                  progress: bool = False, with_features: bool = False):
+    """Per image: ``boxes`` ``[n, 4]`` (pixels of the ``S x S`` input), ``scores``, ``labels``;
+    with ``with_features`` also each image's embedding ``[N, D]`` (see :class:`CenterNet`)."""
     model.eval()
     out: list[dict[str, np.ndarray]] = []
+    features: list[np.ndarray] = []
     for start in tqdm(range(0, len(images), batch_size), desc="detect", disable=not progress, leave=False):
         x = normalize_uint8(torch.from_numpy(np.ascontiguousarray(images[start:start + batch_size])))
-        out += decode(model(x), model.stride, cfg.max_detections, cfg.score_threshold, cfg.nms_iou,
+        outputs = model(x)
+        out += decode(outputs, model.stride, cfg.max_detections, cfg.score_threshold, cfg.nms_iou,
                       image_size=images.shape[-1])
+        features.append(outputs["embedding"].numpy())
+    if with_features:
+        return out, (np.concatenate(features) if features else np.zeros((0, model.cfg.head_width), np.float32))
     return out
+
+
+@dataclass
+class Detector:
+    """A registered detector ready to run: the network, its classes, the square size it decodes
+    images at, and how its outputs become boxes (recorded in its checkpoint)."""
+
+    model: CenterNet
+    classes: list[str]
+    img_size: int
+    decoding: dict
+
+    @classmethod
+    def from_state(cls, state: dict) -> "Detector":
+        return cls(detector_from_state(state), list(state["classes"]), int(state["img_size"]),
+                   dict(state.get("decoding") or {}))
+
+    @property
+    def config(self) -> DetectConfig:
+        d = self.decoding
+        return DetectConfig(max_detections=int(d.get("max_detections", 100)),
+                            score_threshold=float(d.get("score_threshold", 0.01)), nms_iou=d.get("nms_iou", 0.6))
+
+    @property
+    def show_threshold(self) -> float:
+        """The score from which a box counts as found: the threshold its F-score was reported at."""
+        return float(self.decoding.get("report_score_threshold", 0.3))
+
+    def detect(self, images: np.ndarray, with_features: bool = False):
+        """:func:`predict_boxes` on images decoded at ``img_size`` (stretched)."""
+        if images.ndim != 3 or images.shape[1:] != (self.img_size, self.img_size):
+            raise ValueError(f"the detector takes [N, {self.img_size}, {self.img_size}] images, got {images.shape}")
+        return predict_boxes(self.model, images, self.config, with_features=with_features)

@@ -2,7 +2,8 @@
 a box snapshot from a CSV; `dlvm adapt --task detection` from scratch (a few steps at 128 px);
 the detector's registry row (kind, lineage, mAP with its interval), its checkpoint (loads and
 detects), its report and its PNG of boxes. (A classification snapshot named for detection is
-refused: tests/unit/test_detection.py.)"""
+refused: tests/unit/test_detection.py; promotion and Label Studio pre-annotations:
+tests/integration/test_detection_label_studio.py.)"""
 from __future__ import annotations
 
 import csv
@@ -79,9 +80,11 @@ def test_detector_is_registered_with_lineage_metrics_and_report(detection_run):
     report = version.params["artifacts"]["report"]
     text = store.get_bytes(report["uri"], report["sha256"]).decode()
     assert "mAP@0.5 (VOC, all-point)" in text and f"{m['map50']['value']:.3f}" in text
-    # the detector is not a classifier: promotion refuses it by its kind
-    refused = dlvm(env, "promote", "pcb-detector:1", check=False)
-    assert refused.returncode != 0 and "is a detector; only classifiers are promoted" in refused.stdout + refused.stderr
+    # a detector is gated on its box snapshot's test split, not on a classifier evaluation
+    # (the gate itself: tests/integration/test_detection_label_studio.py)
+    refused = dlvm(env, "promote", "pcb-detector:1", "--evaluation", "1", check=False)
+    assert refused.returncode != 0 and "is a detector: its gate runs on its box snapshot's test split" in \
+        refused.stdout + refused.stderr
     assert version.params["detect"]["crop"] == 96
 
 

@@ -71,7 +71,7 @@ def test_anomaly_model_is_registered_with_lineage_and_metrics(anomaly_run):
     report = version.params["artifacts"]["report"]
     assert b"image auroc" in store.get_bytes(report["uri"], report["sha256"])
     refused = dlvm(env, "promote", "pcb-anomaly:1", check=False)
-    assert refused.returncode != 0 and "only classifiers are promoted" in refused.stdout + refused.stderr
+    assert refused.returncode != 0 and "only classifiers and detectors are promoted" in refused.stdout + refused.stderr
 
 
 def test_box_csv_becomes_a_box_snapshot_and_bad_rows_are_reported(anomaly_run, deeppcb, tmp_path):
