@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import torch
 
 import components  # noqa: F401  (OMP_WAIT_POLICY before torch)
 from benchmarks.label_efficiency import load_elpv
@@ -45,6 +46,8 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--patience", type=int, default=0)
     ap.add_argument("--balance", default="auto")
     ap.add_argument("--tta", default="dihedral")
+    ap.add_argument("--class-offsets", default="none", help="fit per-class logit offsets on the validation split "
+                                                            "for this metric (macro_f1, balanced_accuracy, accuracy)")
     ap.add_argument("--label-smoothing", type=float, default=0.1)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=None)
@@ -64,18 +67,31 @@ def main(argv: list[str] | None = None) -> dict:
                       weight_decay=args.weight_decay, optimizer=args.optimizer, label_smoothing=args.label_smoothing,
                       drop_path=0.0, warmup_epochs=1.0, augment=Augment.dihedral(), val_fraction=args.val,
                       patience=args.patience, class_balance=args.balance, ema_decay=args.ema, tta=args.tta,
-                      seed=args.seed, device="cpu",
+                      class_offsets=args.class_offsets, seed=args.seed, device="cpu",
                       max_seconds=args.max_minutes * 60 if args.max_minutes else None)
     t0 = time.perf_counter()
     clf = adapt(backbone, None, images[train_idx], y4[train_idx], 4, cfg, progress=True)
     train_s = time.perf_counter() - t0
     proba = predict_proba(clf, images[test_idx], device="cpu")
     metrics = evaluate_predictions(y4[test_idx], proba, 4)
+    without = None
+    if clf.training_log.get("class_offsets"):  # the same model without its offsets: what they changed
+        with torch.no_grad():
+            clf.head.bias -= torch.tensor(clf.training_log["class_offsets"])
+        plain = predict_proba(clf, images[test_idx], device="cpu")
+        without = {"test": evaluate_predictions(y4[test_idx], plain, 4),
+                   "predicted_counts": np.bincount(plain.argmax(1), minlength=4).tolist()}
+        with torch.no_grad():
+            clf.head.bias += torch.tensor(clf.training_log["class_offsets"])
     out = {"args": {k: str(v) for k, v in vars(args).items()}, "runtime": runtime, "train_seconds": round(train_s, 1),
            "n_params": sum(p.numel() for p in clf.encoder.parameters()), "training": clf.training_log,
-           "test": metrics, "predicted_counts": np.bincount(proba.argmax(1), minlength=4).tolist()}
+           "test": metrics, "predicted_counts": np.bincount(proba.argmax(1), minlength=4).tolist(),
+           "without_class_offsets": without}
     print(json.dumps({k: out[k] for k in ("train_seconds", "n_params", "predicted_counts")}),
           {k: round(v["value"], 4) for k, v in metrics.items() if isinstance(v, dict) and "value" in v})
+    if without:
+        print("without the class offsets:", without["predicted_counts"],
+              {k: round(v["value"], 4) for k, v in without["test"].items() if isinstance(v, dict) and "value" in v})
     print("training:", json.dumps({k: v for k, v in clf.training_log.items() if k != "val_scores"}),
           "val:", clf.training_log.get("val_scores"))
     if args.out:

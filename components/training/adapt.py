@@ -65,6 +65,7 @@ TRAINED_METHODS = ("finetune", "lora")  # train the network: minutes a run on CP
 OPTIMIZERS = ("adamw", "sgd")
 CLASS_BALANCE = ("none", "loss", "sampler", "auto")
 TTA = ("none", "dihedral")
+CLASS_OFFSETS = ("none", "macro_f1", "balanced_accuracy", "accuracy")  # "none" or the metric they are fitted for
 # Validation needs enough examples to rank epochs: below these it is skipped (and recorded so).
 MIN_VAL_PER_CLASS, MIN_TRAIN_FOR_VAL = 2, 40
 
@@ -90,6 +91,9 @@ class AdaptConfig:
     moving average of the weights and uses it (for validation and as the result).
     ``tta``: ``dihedral`` averages predictions over the 8 flips/quarter turns whenever the
     classifier predicts (only where orientation carries no meaning).
+    ``class_offsets``: a metric (the gate's, usually) for which per-class logit offsets are
+    fitted on the validation split after training and folded into the head's bias
+    (components/training/class_offsets.py); ``none`` keeps the plain argmax.
     """
 
     method: str = "probe"  # one of METHODS
@@ -108,6 +112,7 @@ class AdaptConfig:
     class_balance: str = "none"
     ema_decay: float = 0.0
     tta: str = "none"
+    class_offsets: str = "none"
     lp_init: bool = True  # fine-tune starts from a probe head
     augment: Augment = field(default_factory=Augment)
     probe_l2: float | None = None
@@ -128,7 +133,8 @@ class AdaptConfig:
         if not self.prototype_temperature > 0:
             raise ValueError(f"prototype_temperature must be > 0, got {self.prototype_temperature!r}")
         for name, value, allowed in (("optimizer", self.optimizer, OPTIMIZERS),
-                                     ("class_balance", self.class_balance, CLASS_BALANCE), ("tta", self.tta, TTA)):
+                                     ("class_balance", self.class_balance, CLASS_BALANCE), ("tta", self.tta, TTA),
+                                     ("class_offsets", self.class_offsets, CLASS_OFFSETS)):
             if value not in allowed:
                 raise ValueError(f"{name} must be one of {', '.join(allowed)}; got {value!r}")
         if not 0.0 <= self.val_fraction < 0.5:
@@ -708,4 +714,29 @@ def adapt(
     clf = clf.cpu().eval()
     if channels_last:
         clf.to(memory_format=torch.contiguous_format)
+    if cfg.class_offsets != "none":
+        log.update(_fold_class_offsets(clf, images[val_rows], y_val, cfg))
     return clf
+
+
+def _fold_class_offsets(clf: Classifier, val_images: np.ndarray, y_val: np.ndarray, cfg: AdaptConfig) -> dict:
+    """Fit per-class logit offsets on the validation split (through the same prediction path,
+    TTA included, that the model will use) and add them to the head's bias."""
+    from components.training.class_offsets import MIN_VALIDATION, fit_class_offsets
+
+    if len(y_val) < MIN_VALIDATION:
+        return {"class_offsets": None, "class_offsets_skipped": f"{len(y_val)} validation labels (< {MIN_VALIDATION})"}
+    proba = predict_proba(clf, val_images, device=cfg.device)
+    offsets, before, after = fit_class_offsets(np.log(np.clip(proba, 1e-12, None)), y_val, clf.num_classes,
+                                               cfg.class_offsets)
+    with torch.no_grad():
+        clf.head.bias += torch.from_numpy(offsets)
+    # With TTA the offsets act on each view before the average, not on the average they were
+    # fitted to: record the validation score the folded model really gets.
+    from components.evaluation.metrics import METRICS
+
+    folded = METRICS[cfg.class_offsets](y_val, predict_proba(clf, val_images, device=cfg.device).argmax(1),
+                                        clf.num_classes)
+    return {"class_offsets": [round(float(o), 2) for o in offsets], "class_offsets_metric": cfg.class_offsets,
+            "val_before_offsets": round(before, 4), "val_fitted_offsets": round(after, 4),
+            "val_with_offsets": round(float(folded), 4)}

@@ -345,3 +345,47 @@ def test_the_pipeline_budget_counts_the_candidates_training_run():
     assert pipeline_finetune_runs(2, 1, 1, methods, "probe") == 2  # named: a probe trains nothing
     assert pipeline_finetune_runs(3, 2, 2, methods, "finetune") == 13
     assert pipeline_finetune_runs(2, 5, 3, ("probe",), None) == 1  # never zero: the budget divides by it
+
+
+# ------------------------------------------------------------------------------ class offsets
+
+
+def test_class_offsets_make_an_argmax_that_never_answers_the_rare_class_answer_it():
+    from components.training.class_offsets import fit_class_offsets
+
+    rng = np.random.default_rng(0)
+    y = np.array([0] * 80 + [1] * 20)
+    log_probs = np.log(np.full((100, 2), 0.5))
+    log_probs[:, 0] += 0.3  # class 0 always wins by 0.3 nats ...
+    log_probs[y == 1, 1] += 0.2 + rng.uniform(0, 0.05, 20)  # ... though class 1's own images score higher on 1
+    offsets, before, after = fit_class_offsets(log_probs, y, 2, "macro_f1")
+    assert before < 0.5 and after == 1.0
+    assert offsets[0] == 0 and 0.1 <= offsets[1] <= 0.3  # the smallest grid step that separates them
+    assert ((log_probs + offsets).argmax(1) == y).all()
+    # nothing to gain: no offset (ties go to the smaller one)
+    perfect = np.log(np.eye(3)[np.array([0, 1, 2] * 10)] * 0.9 + 0.05)
+    offsets, before, after = fit_class_offsets(perfect, np.array([0, 1, 2] * 10), 3, "balanced_accuracy")
+    assert before == after == 1.0 and not offsets.any()
+    with pytest.raises(ValueError, match="metric must be one of"):
+        fit_class_offsets(perfect, np.array([0, 1, 2] * 10), 3, "auroc")
+    with pytest.raises(ValueError, match="class_offsets must be one of"):
+        AdaptConfig(class_offsets="auroc")
+
+
+def test_finetune_folds_class_offsets_into_the_head_and_records_them():
+    images, y = blobs(160, weights=(0.8, 0.2))
+    cfg = tiny_cnn_adapt("finetune", epochs=2, val_fraction=0.4, batch_size=16, class_balance="none")
+    plain = adapt(tiny_cnn_backbone(), None, images, y, 2, cfg, progress=False)
+    tuned = adapt(tiny_cnn_backbone(), None, images, y, 2,
+                  AdaptConfig(**{**cfg.__dict__, "class_offsets": "macro_f1"}), progress=False)
+    log = tuned.training_log
+    assert log["class_offsets_metric"] == "macro_f1" and len(log["class_offsets"]) == 2
+    assert log["val_fitted_offsets"] >= log["val_before_offsets"]
+    # the same training, then the offsets added to the head's bias (and nothing else changed)
+    diff = (tuned.head.bias - plain.head.bias).detach().numpy()
+    assert np.allclose(diff, log["class_offsets"], atol=1e-6)
+    assert torch.equal(tuned.head.weight, plain.head.weight)
+    # too few validation labels: skipped, said so
+    small = adapt(tiny_cnn_backbone(), None, images[:40], y[:40], 2,
+                  AdaptConfig(**{**cfg.__dict__, "val_fraction": 0.25, "class_offsets": "macro_f1"}), progress=False)
+    assert small.training_log["class_offsets"] is None and "validation labels" in small.training_log["class_offsets_skipped"]
