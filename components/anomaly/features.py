@@ -40,7 +40,7 @@ def _resnet_maps(model: ResNet, x: torch.Tensor, stages: tuple[int, ...]) -> lis
     n = len(model.stages)
     if min(stages) < 1 or max(stages) > n:
         raise ValueError(f"cnn_stages {stages} outside this ResNet's stages 1..{n}")
-    x = model.maxpool(model.act1(model.bn1(model.conv1(x))))
+    x = model.stem(x)
     maps = []
     for i, stage in enumerate(model.stages[:max(stages)], start=1):
         x = stage(x)

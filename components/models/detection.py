@@ -82,7 +82,7 @@ class CenterNet(nn.Module):
         (box width, height in feature cells) and ``offset`` (center within its cell) ``[B, 2, h, w]``,
         and ``embedding`` ``[B, head_width]``: the merged map's mean over the image."""
         b = self.backbone
-        x = b.maxpool(b.act1(b.bn1(b.conv1(x))))
+        x = b.stem(x)
         maps = []
         for i, stage in enumerate(b.stages, start=1):
             x = stage(x)

@@ -174,7 +174,8 @@ class ResolvedRecipe:
         b = self.backbone
         family = family_of(b)
         if family == "resnet":
-            arch = f"ResNet {'-'.join(map(str, b.widths))} x {'-'.join(map(str, b.layers))} blocks"
+            arch = (f"ResNet {'-'.join(map(str, b.widths))} x {'-'.join(map(str, b.layers))} blocks"
+                    + (", each image standardized" if b.input_norm == "image" else ""))
         elif family == "sequential":
             arch = (f"causal transformer width {b.embed_dim} depth {b.depth} over {b.seq_len} tokens "
                     f"of a {b.tokenizer.codebook_size}-code tokenizer")
@@ -296,17 +297,22 @@ def auto_recipe(profile: DataProfile, device: str = "cpu", threads: int = 1, bud
     preprocess = Preprocess(size, resample, aspect)
 
     # architecture
+    input_norm = "dataset" if profile.categorical else "image"
     if gpu:
-        backbone = ResNetConfig.resnet18(size, stem_kernel=7 if size >= 128 else 3, stem_pool=size >= 128)
+        backbone = ResNetConfig.resnet18(size, stem_kernel=7 if size >= 128 else 3, stem_pool=size >= 128,
+                                         input_norm=input_norm)
         reasons.append("backbone ResNet-18 (GPU)")
     elif profile.categorical:
         backbone = ResNetConfig(img_size=size, layers=(2, 2, 2), widths=(32, 64, 128), stem_kernel=3, stem_pool=False)
         reasons.append("backbone ResNet 32-64-128, 2 blocks a stage, stride-2 stem (0.7 M parameters; wafer maps)")
     else:
         backbone = ResNetConfig(img_size=size, layers=(1, 1, 1, 1), widths=(16, 32, 64, 128), stem_kernel=3,
-                                stem_pool=size >= 128)
+                                stem_pool=size >= 128, input_norm=input_norm)
         reasons.append("backbone ResNet 16-32-64-128 (0.3 M parameters: learns most per CPU-second)"
                        + (", max-pool stem" if size >= 128 else ""))
+    if input_norm == "image":
+        reasons.append("each image standardized to zero mean, unit variance inside the model (photographs: "
+                       "exposure and gain vary from image to image)")
     rate = _images_per_s(backbone, device, threads)
 
     # budget shares

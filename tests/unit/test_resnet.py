@@ -68,3 +68,26 @@ def test_drop_path_only_in_training():
     x = torch.randn(4, 1, 32, 32)
     model.eval()
     assert torch.equal(model.forward_pool(x), model.forward_pool(x))
+
+
+def test_input_norm_image_standardizes_each_image_inside_the_model():
+    from components.models.resnet import standardize_images
+
+    x = torch.randn(4, 1, 32, 32) * torch.tensor([0.5, 1.0, 2.0, 3.0]).view(4, 1, 1, 1) + 5.0
+    z = standardize_images(x)
+    assert torch.allclose(z.mean(dim=(2, 3)), torch.zeros(4, 1), atol=1e-5)
+    assert torch.allclose(z.pow(2).mean(dim=(2, 3)), torch.ones(4, 1), atol=1e-4)
+    assert torch.equal(standardize_images(torch.full((1, 1, 8, 8), 3.0)), torch.zeros(1, 1, 8, 8))  # flat: 0, no NaN
+    torch.manual_seed(0)
+    cfg = ResNetConfig.tiny(32, input_norm="image")
+    model = ResNet(cfg, num_classes=3).eval()
+    # a change of exposure and gain does not change the answer; with the default input it does
+    with torch.no_grad():
+        assert torch.allclose(model(x), model(x * 1.7 - 0.4), atol=1e-4)
+        plain = ResNet(ResNetConfig.tiny(32), num_classes=3).eval()
+        assert not torch.allclose(plain(x), plain(x * 1.7 - 0.4), atol=1e-4)
+    # recorded in the architecture only when not the default (older configs stay equal)
+    assert cfg.to_dict()["input_norm"] == "image" and "input_norm" not in ResNetConfig.tiny(32).to_dict()
+    assert ResNetConfig.from_dict(cfg.to_dict()) == cfg
+    with pytest.raises(ValueError, match="input_norm must be one of"):
+        ResNetConfig.tiny(32, input_norm="batch")
