@@ -10,7 +10,7 @@ from prefect import flow, task
 from prefect.cache_policies import NO_CACHE
 
 from components.data.images import Preprocess
-from components.evaluation.metrics import evaluate_predictions
+from components.evaluation.metrics import DEFAULT_GATE_METRIC, check_metric, evaluate_predictions
 from components.evaluation.split import label_subset
 from components.models.backbones import config_to_dict, family_of
 from components.models.checkpoint import save_checkpoint
@@ -51,11 +51,14 @@ def test_metrics(classifier, data, n_train: int) -> dict:
 def adapt_flow(dataset: str, backbone: str | None = None, method: str = "probe", fraction: float = 1.0,
                seed: int = 0, recipe: str = AUTO, dataset_version: int | None = None,
                snapshot_version: int | None = None, model_name: str | None = None,
-               budget_minutes: float | None = None, finetune_runs: int = 1) -> dict:
+               budget_minutes: float | None = None, finetune_runs: int = 1,
+               metric: str = DEFAULT_GATE_METRIC) -> dict:
     """Adapt `backbone` (a registered backbone ref like 'elpv-simclr', 'elpv-mae:2', or 'scratch')
     with `fraction` of the snapshot's training labels; evaluate on its fixed test split.
-    A registered backbone decodes images as it was pretrained (its recorded preprocessing)."""
+    A registered backbone decodes images as it was pretrained (its recorded preprocessing).
+    `metric`: what the auto recipe's fine-tune fits its class offsets for (the gate's metric)."""
     check_dataset(dataset)
+    check_metric(metric)
     if backbone is not None:
         check_model_ref(backbone, allow=("scratch",))
     if model_name is not None:
@@ -71,7 +74,7 @@ def adapt_flow(dataset: str, backbone: str | None = None, method: str = "probe",
         # when training starts (AdaptConfig.class_balance = auto).
         profile = replace(profile_dataset(settings, dataset, version), n_labels=int(snapshot.n_labeled))
     resolved, runtime = recipe_for_run(recipe, profile, budget_minutes=budget_minutes, finetune_runs=finetune_runs,
-                                       pretrain=False, seed=seed)
+                                       pretrain=False, seed=seed, metric=metric)
     if method in META_METHODS:
         cfg = meta_config(method, recipe, seed, probe=resolved.adapt["probe"])
     elif method in resolved.adapt:

@@ -181,7 +181,7 @@ def evaluate_flow(dataset: str, backbones: list[str] | None = None, include_scra
     resolved, runtime = recipe_for_run(recipe, profile, budget_minutes=budget_minutes,
                                        finetune_runs=finetune_runs or max(1, n_trained * (len(backbones or [1])
                                                                                           + include_scratch)),
-                                       pretrain=False)
+                                       pretrain=False, metric=metric)
     domain_method = resolved.pretrain.method
     generic = [] if backbones else [r for r in generic_baselines(settings) if not r.startswith(f"{dataset}-{domain_method}:")]
     refs = list(backbones or [f"{dataset}-{domain_method}", *generic]) + ([SCRATCH] if include_scratch else [])

@@ -76,7 +76,7 @@ def pipeline_flow(source: str, dataset: str, labels_export: str, classes: list[s
                                recipe=recipe, metric=metric, **adapt_budget)
     method, why = choose_candidate_method(evaluation["table"], refs[0], metric, candidate_method)
     print(f"pipeline: candidate {refs[0]} / {method}: {why}")
-    candidate = adapt_flow(dataset, backbone=refs[0], method=method, fraction=1.0, recipe=recipe,
+    candidate = adapt_flow(dataset, backbone=refs[0], method=method, fraction=1.0, recipe=recipe, metric=metric,
                            **adapt_budget)
     promotion = promote_flow(f"{candidate['model']}:{candidate['version']}",
                              evaluation_id=evaluation["evaluation_id"], margin=margin, metric=metric)

@@ -15,6 +15,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 
+from components.evaluation.metrics import DEFAULT_GATE_METRIC
 from components.data.images import Preprocess
 from components.data.profile import DataProfile
 from components.models.backbones import BackboneConfig, config_to_dict, family_of
@@ -240,7 +241,7 @@ def _images_per_s(backbone: ResNetConfig, device: str, threads: int) -> float:
 
 
 def auto_recipe(profile: DataProfile, device: str = "cpu", threads: int = 1, budget_minutes: float | None = None,
-                finetune_runs: int = 1, pretrain: bool = True) -> ResolvedRecipe:
+                finetune_runs: int = 1, pretrain: bool = True, metric: str = DEFAULT_GATE_METRIC) -> ResolvedRecipe:
     """The recipe for this data on this device within ``budget_minutes`` (default: 20 on a CPU,
     60 on a GPU) shared by one pretraining and ``finetune_runs`` fine-tuning runs.
 
@@ -260,7 +261,9 @@ def auto_recipe(profile: DataProfile, device: str = "cpu", threads: int = 1, bud
     * fine-tuning: epochs from its share of the budget (at least 15), 10 % of the labels
       held out (stratified) to keep the best epoch, patience a quarter of the epochs, EMA,
       dihedral augmentation and TTA for near-square images, AdamW for small sets and SGD
-      with Nesterov momentum past 20,000 labels, class balance decided from the labels.
+      with Nesterov momentum past 20,000 labels, class balance decided from the labels, and
+      per-class logit offsets fitted on the validation split for ``metric`` (the gate's);
+    * photographs are standardized image by image inside the model (categorical maps are not).
     """
     if device not in ("cpu", "cuda"):
         raise ValueError(f"device must be cpu or cuda, got {device!r}")
@@ -339,13 +342,14 @@ def auto_recipe(profile: DataProfile, device: str = "cpu", threads: int = 1, bud
     common = dict(epochs=epochs, batch_size=128 if large else 64, augment=augment, val_fraction=0.1,
                   patience=max(5, epochs // 4), class_balance="auto", ema_decay=0.0 if large else 0.995,
                   tta="dihedral" if dihedral else "none", warmup_epochs=1.0 if epochs >= 10 else 0.5,
-                  drop_path=0.0, label_smoothing=0.1, device=device,
+                  drop_path=0.0, label_smoothing=0.1, device=device, class_offsets=metric,
                   max_seconds=ft_minutes * 60 * 1.5)
     optim = (dict(optimizer="sgd", lr=0.1, weight_decay=5e-4) if large
              else dict(optimizer="adamw", lr=2e-3, weight_decay=0.05))
     reasons.append(f"fine-tune {epochs} epochs (~{ft_minutes:.1f} min each), {optim['optimizer']} "
                    f"({'over 20,000 labels' if large else 'small label set'}), best epoch on a 10 % validation split, "
-                   f"{'dihedral augmentation and TTA' if dihedral else 'flips only (not square)'}")
+                   f"{'dihedral augmentation and TTA' if dihedral else 'flips only (not square)'}, "
+                   f"class offsets for {metric} fitted on the validation split")
     imb = profile.imbalance
     if imb is not None:
         reasons.append(f"class balance auto: imbalance {imb:.1f}:1 over {n_labels} labels -> "
@@ -378,7 +382,7 @@ def describe_recipes() -> list[dict]:
 def recipe_for_run(name: str, profile: DataProfile | None, *, budget_minutes: float | None = None,
                    finetune_runs: int = 1, pretrain: bool = True, method: str | None = None,
                    steps: int | None = None, seed: int = 0, device: str = "auto",
-                   threads: int | None = None) -> tuple[ResolvedRecipe, dict]:
+                   threads: int | None = None, metric: str = DEFAULT_GATE_METRIC) -> tuple[ResolvedRecipe, dict]:
     """What a flow calls at its start: set the CPU threads for this run (see
     components/training/device.py: cpu_threads), then resolve the recipe for this device.
     Returns the recipe and the runtime record (threads, OpenMP wait policy, device)."""
@@ -388,7 +392,7 @@ def recipe_for_run(name: str, profile: DataProfile | None, *, budget_minutes: fl
     dev = pick_device(device).type
     runtime["device"] = dev
     auto = dict(device=dev, threads=runtime["threads"], budget_minutes=budget_minutes,
-                finetune_runs=finetune_runs, pretrain=pretrain) if name == AUTO else {}
+                finetune_runs=finetune_runs, pretrain=pretrain, metric=metric) if name == AUTO else {}
     return resolve_recipe(name, profile, method=method, steps=steps, seed=seed, **auto), runtime
 
 
