@@ -37,6 +37,7 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--widths", default="16,32,64,128")
     ap.add_argument("--layers", default="1,1,1,1")
     ap.add_argument("--stem-pool", type=int, default=1)
+    ap.add_argument("--input-norm", default="dataset", help="dataset or image (each image standardized in the model)")
     ap.add_argument("--lr", type=float, default=2e-3)
     ap.add_argument("--batch-size", type=int, default=64)
     ap.add_argument("--weight-decay", type=float, default=0.05)
@@ -62,7 +63,7 @@ def main(argv: list[str] | None = None) -> dict:
     train_idx, test_idx = test_split(shas, y4)
     backbone = ResNetConfig(img_size=args.size, layers=tuple(int(v) for v in args.layers.split(",")),
                             widths=tuple(int(v) for v in args.widths.split(",")), stem_kernel=3,
-                            stem_pool=bool(args.stem_pool))
+                            stem_pool=bool(args.stem_pool), input_norm=args.input_norm)
     cfg = AdaptConfig(method="finetune", epochs=args.epochs, lr=args.lr, batch_size=args.batch_size,
                       weight_decay=args.weight_decay, optimizer=args.optimizer, label_smoothing=args.label_smoothing,
                       drop_path=0.0, warmup_epochs=1.0, augment=Augment.dihedral(), val_fraction=args.val,
