@@ -1,6 +1,8 @@
-"""Run the real `dlvm` command line in a subprocess with its own state directory."""
+"""Run the real `dlvm` command line in a subprocess with its own state directory, or its flows in
+this process with the same environment (steps a test is not about as a command line)."""
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
@@ -22,6 +24,33 @@ def dlvm(env: dict[str, str], *args: str, timeout: float = 600, check: bool = Tr
         raise AssertionError(f"dlvm {' '.join(args)} exited {proc.returncode}\n--- stdout\n{proc.stdout[-4000:]}"
                              f"\n--- stderr\n{proc.stderr[-4000:]}")
     return proc
+
+
+@contextlib.contextmanager
+def dlvm_in_process(env: dict[str, str]):
+    """The settings a `dlvm` command run with ``env`` sees, for calling its flows in this process:
+    each command pays about 8-10 s of interpreter, torch and Prefect imports on 2 shared cores,
+    a flow call in a warm process well under one. The DLVM_* variables and Prefect's API URL are
+    restored afterwards (other test files share the worker process)."""
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    from components.registry.db import ensure_schema
+    from components.settings import get_settings, reset_settings
+
+    saved = {k: v for k, v in os.environ.items() if k.startswith("DLVM_")}
+
+    def use(values: dict[str, str]) -> None:
+        for k in [k for k in os.environ if k.startswith("DLVM_")]:
+            del os.environ[k]
+        os.environ.update(values)
+        reset_settings()
+    use({k: v for k, v in env.items() if k.startswith("DLVM_")})
+    try:
+        with temporary_settings({PREFECT_API_URL: env["PREFECT_API_URL"]}):
+            ensure_schema(get_settings())  # what the command's prepare() does first
+            yield get_settings()
+    finally:
+        use(saved)
 
 
 async def read_deployment_runs(client, deployment_id) -> list:

@@ -5,21 +5,24 @@ labeler would (rectangles in percent); the project's box export -> a box snapsho
 refused against it) -> the production detector's boxes as pre-annotations and a queue by
 detection uncertainty, read back through the SDK; a box drawn after that pulled into the next
 box snapshot by the round; the round on a schedule. Wrong models, kinds and labels fail with one
-line and change nothing. 5-7 minutes at load average 4-6 on 2 shared cores, about 2 of them the
-two servers' start."""
+line and change nothing. The steps that are not under test as commands run as their flows in this
+process (tests/clirun.py, dlvm_in_process); `labels`, `promote`, a refused `feedback run` and
+`feedback serve` run as the real command line."""
 from __future__ import annotations
 
 import csv
 import json
+import re
 import shutil
 from pathlib import Path
 
 import numpy as np
 import pytest
-from clirun import dlvm, dlvm_env, serve_until_a_run_completes
+from clirun import dlvm, dlvm_env, dlvm_in_process, serve_until_a_run_completes
 from sqlmodel import select
 
 from components.data.access import dataset_images
+from components.evaluation.gate import describe
 from components.labeling import label_studio as ls
 from components.labeling.boxes import corners_to_percent
 from components.labeling.feedback import plan_box_preannotations
@@ -30,11 +33,26 @@ from components.registry.tables import PromotionEvent
 from components.settings import Settings
 from components.storage import open_store
 from components.training.detect import Detector
+from flows.detection import detection_flow
+from flows.feedback import feedback_flow
+from flows.ingest import ingest_flow
+from flows.promote import promote_flow
 
 pytestmark = pytest.mark.label_studio
 N_IMAGES, N_LABELED, QUEUE = 30, 24, 4
 CLASSES = ["open", "short", "mousebite", "spur", "copper", "pin-hole"]
 SIZE = 640  # DeepPCB images
+
+
+def as_summary(out: dict) -> dict:
+    """A flow's result as the command's --summary file holds it."""
+    return json.loads(json.dumps(out, default=str))
+
+
+def box_round(env: dict, **params) -> dict:
+    """One `dlvm feedback run --kind localization` round, in this process."""
+    with dlvm_in_process(env):
+        return as_summary(feedback_flow("pcb", kind="localization", **{"classes": CLASSES, **params}))
 
 
 @pytest.fixture(scope="module")
@@ -55,11 +73,10 @@ def box_loop(tmp_path_factory, prefect_api, label_studio_server, deeppcb):
                         label_studio_token=label_studio_server.token,
                         label_studio_files_root=label_studio_server.document_root)
     cfg = ls.LabelStudioConfig(label_studio_server.url, label_studio_server.token)
-    dlvm(env, "ingest", str(raw), "--dataset", "pcb")
+    with dlvm_in_process(env):
+        ingest_flow(str(raw), "pcb")
     # round 0: the localization project and its tasks; no detector yet, so nothing is predicted
-    dlvm(env, "feedback", "run", "--dataset", "pcb", "--kind", "localization", "--classes", ",".join(CLASSES),
-         "--summary", str(root / "round0.json"))
-    round0 = json.loads((root / "round0.json").read_text())
+    round0 = box_round(env)
     sdk = ls.client(cfg)
     tasks = {Path(t["data"]["dlvm_path"]).name: t for t in ls.iter_tasks(cfg, round0["project_id"])}
     for name in names[:N_LABELED]:  # the labeling team draws DeepPCB's boxes
@@ -73,18 +90,15 @@ def box_loop(tmp_path_factory, prefect_api, label_studio_server, deeppcb):
     export.write_bytes(b"".join(sdk.projects.exports.download_sync(id=round0["project_id"], export_type="JSON")))
     labels = dlvm(env, "labels", str(export), "--dataset", "pcb", "--boxes", "--classes", ",".join(CLASSES),
                   "--allow-empty-classes")
-    dlvm(env, "adapt", "--task", "detection", "--dataset", "pcb", "--labels", "1", "--backbone", "scratch",
-         "--img-size", "128", "--crop", "64", "--steps", "150", "--batch-size", "4",
-         "--summary", str(root / "detector.json"))
+    with dlvm_in_process(env):  # `dlvm adapt --task detection --labels 1 --backbone scratch ...`
+        detector = as_summary(detection_flow("pcb", backbone="scratch", snapshot_version=1, img_size=128, crop=64,
+                                             steps=150, batch_size=4))
     promoted = dlvm(env, "promote", "pcb-detector:1", "--summary", str(root / "promote1.json"))
     # round 1: the production detector's boxes on the unlabeled tasks, and the queue
-    dlvm(env, "feedback", "run", "--dataset", "pcb", "--kind", "localization", "--classes", ",".join(CLASSES),
-         "--queue-size", str(QUEUE), "--summary", str(root / "round1.json"))
+    round1 = box_round(env, queue_size=QUEUE)
     return {"root": root, "env": env, "settings": settings, "cfg": cfg, "names": names, "truth": truth,
-            "tasks": tasks, "export": export, "labels": labels, "promoted": promoted,
-            "detector": json.loads((root / "detector.json").read_text()),
-            "promote1": json.loads((root / "promote1.json").read_text()),
-            "round0": round0, "round1": json.loads((root / "round1.json").read_text())}
+            "tasks": tasks, "export": export, "labels": labels, "promoted": promoted, "detector": detector,
+            "promote1": json.loads((root / "promote1.json").read_text()), "round0": round0, "round1": round1}
 
 
 def test_the_project_box_export_becomes_a_box_snapshot_with_the_drawn_boxes(box_loop):
@@ -113,15 +127,15 @@ def test_the_detector_is_promoted_by_its_map_gate_and_a_weaker_one_is_refused(bo
     assert nothing["candidate"] == pytest.approx(metrics["map50"]["value"])  # the same test split as its report
     assert "PASS  majority: no boxes: map50" in box_loop["promoted"].stdout
     # a detector of three steps, gated against the holder on the same test images: refused
-    env, root, settings = box_loop["env"], box_loop["root"], box_loop["settings"]
-    dlvm(env, "adapt", "--task", "detection", "--dataset", "pcb", "--labels", "1", "--backbone", "scratch",
-         "--img-size", "96", "--steps", "3", "--batch-size", "2")
-    weaker = dlvm(env, "promote", "pcb-detector:2", "--summary", str(root / "promote2.json"))
-    promote2 = json.loads((root / "promote2.json").read_text())
+    env, settings = box_loop["env"], box_loop["settings"]
+    with dlvm_in_process(env):  # `dlvm adapt ... --img-size 96 --steps 3`, then `dlvm promote pcb-detector:2`
+        detection_flow("pcb", backbone="scratch", snapshot_version=1, img_size=96, steps=3, batch_size=2)
+        promote2 = as_summary(promote_flow("pcb-detector:2", actor="cli"))
     holder = promote2["gate"]["comparisons"]["holder: production v1"]
     assert promote2["decision"] == "rejected" and not holder["passed"]
     assert holder["other"] == pytest.approx(metrics["map50"]["value"], abs=0.02)  # the holder at 96 px scaled boxes
-    assert "FAIL  holder: production v1: map50" in weaker.stdout
+    assert describe("holder: production v1", holder, promote2["gate"]["confidence"]).startswith(
+        "FAIL  holder: production v1: map50")  # the line the command prints
     with session_scope(settings) as session:
         assert queries.get_alias_version(session, "pcb-detector", "production").version == 1
         events = session.exec(select(PromotionEvent).order_by(PromotionEvent.id)).all()
@@ -202,12 +216,10 @@ def test_wrong_model_kind_or_labels_fail_in_one_line_and_change_nothing(box_loop
     assert wrong_kind.returncode != 0
     assert "pcb-detector@production is a detector; a classification project takes a classifier's " \
            "pre-annotations (use --kind localization" in out and "Traceback" not in out
-    # a project whose labels lack classes the detector finds
-    short = dlvm(env, "feedback", "run", "--dataset", "pcb", "--kind", "localization", "--classes", "open,short",
-                 check=False)
-    out = (short.stdout + short.stderr).strip()
-    assert short.returncode != 0 and "detects labels ['mousebite', 'spur', 'copper', 'pin-hole'] that the " \
-                                     "project's labels ['open', 'short'] do not offer" in out
+    # a project whose labels lack classes the detector finds (the same one-line error path as above)
+    with pytest.raises(ValueError, match=re.escape("detects labels ['mousebite', 'spur', 'copper', 'pin-hole'] that "
+                                                   "the project's labels ['open', 'short'] do not offer")):
+        box_round(env, classes=["open", "short"])
     after = ls.client(cfg).projects.get(id=project_id)
     assert after.label_config == before.label_config  # neither touched the project
     assert after.total_predictions_number == before.total_predictions_number
@@ -218,7 +230,7 @@ def test_boxes_drawn_in_the_project_are_pulled_into_the_next_box_snapshot(box_lo
     """(Runs last: it labels a queued task.) The round pulls boxes like image classes: the first
     pull from the project starts from the export's snapshot (same boxes: nothing new in round 1),
     a box drawn since lands in a new snapshot, and the next round reads nothing."""
-    env, root, cfg, settings = box_loop["env"], box_loop["root"], box_loop["cfg"], box_loop["settings"]
+    env, cfg, settings = box_loop["env"], box_loop["cfg"], box_loop["settings"]
     round1 = box_loop["round1"]
     assert round1["snapshot_version"] == 1 and not round1["snapshot_created"]
     assert round1["changed_tasks"] == N_LABELED and round1["n_labeled"] == N_LABELED
@@ -230,10 +242,7 @@ def test_boxes_drawn_in_the_project_are_pulled_into_the_next_box_snapshot(box_lo
          "original_height": SIZE, "value": {**corners_to_percent(float(r["x1"]), float(r["y1"]), float(r["x2"]),
                                                                  float(r["y2"]), SIZE, SIZE),
                                             "rotation": 0, "rectanglelabels": [r["defect"]]}} for r in drawn])
-    args = ["feedback", "run", "--dataset", "pcb", "--kind", "localization", "--classes", ",".join(CLASSES),
-            "--queue-size", str(QUEUE)]
-    dlvm(env, *args, "--summary", str(root / "round2.json"))
-    round2 = json.loads((root / "round2.json").read_text())
+    round2 = box_round(env, queue_size=QUEUE)
     assert round2["snapshot_created"] and round2["snapshot_version"] == 2 and round2["n_labeled"] == N_LABELED + 1
     assert task.id not in round2["queue"] and round2["preannotated"] == 0  # the rest already have v1's boxes
     with session_scope(settings) as session:
@@ -246,8 +255,7 @@ def test_boxes_drawn_in_the_project_are_pulled_into_the_next_box_snapshot(box_lo
     assert [g[0] for g in got] == [w[0] for w in want]
     assert np.allclose([g[1:] for g in got], [w[1:] for w in want], atol=0.01)
     assert item["annotator"] == "admin@dlvm.local"
-    dlvm(env, *args, "--summary", str(root / "round3.json"))
-    round3 = json.loads((root / "round3.json").read_text())
+    round3 = box_round(env, queue_size=QUEUE)
     assert round3["changed_tasks"] == 0 and not round3["snapshot_created"] and round3["snapshot_version"] == 2
 
 

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from clirun import deployment_runs, dlvm, dlvm_env, serve_until_a_run_completes
+from clirun import deployment_runs, dlvm, dlvm_env, dlvm_in_process, serve_until_a_run_completes
 from sqlmodel import select
 
 from components.data.access import dataset_images
@@ -36,9 +36,21 @@ from components.registry.tables import LabelSnapshot, ModelVersion
 from components.settings import Settings
 from components.storage import open_store
 from components.training.adapt import Classifier, predict_with_features
+from flows.adapt import adapt_flow
+from flows.feedback import feedback_flow
+from flows.ingest import ingest_flow
+from flows.labels import labels_flow
+from flows.pretrain import pretrain_flow
 
 pytestmark = pytest.mark.label_studio
 N_IMAGES, N_FILE_LABELS, QUEUE = 40, 16, 10
+
+
+def feedback_round(env: dict) -> dict:
+    """One `dlvm feedback run --dataset elpv --queue-size QUEUE` round, in this process (the
+    command line itself is under test where it refuses a server)."""
+    with dlvm_in_process(env):
+        return json.loads(json.dumps(feedback_flow("elpv", queue_size=QUEUE), default=str))
 TRUTH = {Path(r.path).name: class_name(r.probability) for r in elpv_labels()}
 
 
@@ -61,10 +73,11 @@ def loop(tmp_path_factory, prefect_api, label_studio_server):
     env = dlvm_env(home, PREFECT_API_URL=prefect_api, DLVM_LABEL_STUDIO_URL=label_studio_server.url,
                    DLVM_LABEL_STUDIO_TOKEN=label_studio_server.token, DLVM_RETRAIN_AFTER_LABELS="1000",
                    DLVM_LABEL_STUDIO_FILES_ROOT=str(label_studio_server.document_root))
-    dlvm(env, "ingest", str(images_dir.parent), "--dataset", "elpv")
-    dlvm(env, "labels", str(export), "--dataset", "elpv", "--classes", ",".join(CLASS_NAMES_4))
-    dlvm(env, "pretrain", "--dataset", "elpv", "--recipe", "tiny")
-    dlvm(env, "adapt", "--dataset", "elpv", "--backbone", "elpv-mae", "--recipe", "tiny")
+    with dlvm_in_process(env):  # dlvm ingest, labels, pretrain --recipe tiny, adapt --recipe tiny
+        ingest_flow(str(images_dir.parent), "elpv")
+        labels_flow(str(export), "elpv", classes=list(CLASS_NAMES_4))
+        pretrain_flow("elpv", recipe="tiny")
+        adapt_flow("elpv", backbone="elpv-mae", recipe="tiny")
     settings = Settings(home=home, label_studio_url=label_studio_server.url,
                         label_studio_token=label_studio_server.token,
                         label_studio_files_root=label_studio_server.document_root)
@@ -72,9 +85,9 @@ def loop(tmp_path_factory, prefect_api, label_studio_server):
         classifier = session.exec(select(ModelVersion).where(ModelVersion.parent_id.is_not(None))).one()
         record_promotion(session, model_name="elpv-classifier", alias="production", decision="promoted",
                          candidate_version_id=classifier.id, evidence={"test": "fixture"}, actor="test")
-    dlvm(env, "feedback", "run", "--dataset", "elpv", "--queue-size", str(QUEUE), "--summary", str(root / "round1.json"))
+    round1 = feedback_round(env)
     return {"root": root, "env": env, "settings": settings, "cfg": ls.LabelStudioConfig(label_studio_server.url,
-            label_studio_server.token), "round1": json.loads((root / "round1.json").read_text()),
+            label_studio_server.token), "round1": round1,
             "server": label_studio_server}
 
 
@@ -162,7 +175,7 @@ def test_queue_is_ordered_by_uncertainty_and_diversity(loop):
 
 
 def test_annotations_made_through_the_api_land_in_the_next_snapshot(loop):
-    cfg, project_id, settings, env, root = loop["cfg"], loop["round1"]["project_id"], loop["settings"], loop["env"], loop["root"]
+    cfg, project_id, settings, env = loop["cfg"], loop["round1"]["project_id"], loop["settings"], loop["env"]
     sdk = ls.client(cfg)
     queued = [sdk.tasks.get(id=tid) for tid in loop["round1"]["queue"][:3]]
     first, second, disputed = queued
@@ -176,8 +189,7 @@ def test_annotations_made_through_the_api_land_in_the_next_snapshot(loop):
     annotate(second, TRUTH[name(second)])
     annotate(disputed, "functional")
     annotate(disputed, "defective")
-    dlvm(env, "feedback", "run", "--dataset", "elpv", "--queue-size", str(QUEUE), "--summary", str(root / "round2.json"))
-    round2 = json.loads((root / "round2.json").read_text())
+    round2 = feedback_round(env)
     assert round2["changed_tasks"] == 3 and round2["snapshot_created"]
     _, snap = _snapshot(settings, round2["snapshot_id"])
     items = {Path(it["path"]).name: it for it in snap.items}
@@ -192,8 +204,7 @@ def test_annotations_made_through_the_api_land_in_the_next_snapshot(loop):
     assert round2["preannotated"] == 0  # every unlabeled task already has this model's prediction
 
     # Nothing changed since: the pull reads nothing and registers nothing new.
-    dlvm(env, "feedback", "run", "--dataset", "elpv", "--queue-size", str(QUEUE), "--summary", str(root / "round3.json"))
-    round3 = json.loads((root / "round3.json").read_text())
+    round3 = feedback_round(env)
     assert round3["changed_tasks"] == 0 and not round3["snapshot_created"]
     assert round3["snapshot_id"] == round2["snapshot_id"]
 
