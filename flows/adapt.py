@@ -10,7 +10,11 @@ from prefect import flow, task
 from prefect.cache_policies import NO_CACHE
 
 from components.data.images import Preprocess
-from components.evaluation.metrics import DEFAULT_GATE_METRIC, check_metric, evaluate_predictions
+from components.evaluation.metrics import (
+    DEFAULT_GATE_METRIC,
+    check_metric,
+    evaluate_predictions,
+)
 from components.evaluation.split import label_subset
 from components.models.backbones import config_to_dict, family_of
 from components.models.checkpoint import save_checkpoint

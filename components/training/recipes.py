@@ -15,9 +15,9 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 
-from components.evaluation.metrics import DEFAULT_GATE_METRIC
 from components.data.images import Preprocess
 from components.data.profile import DataProfile
+from components.evaluation.metrics import DEFAULT_GATE_METRIC
 from components.models.backbones import BackboneConfig, config_to_dict, family_of
 from components.models.resnet import ResNetConfig
 from components.models.sequential import SequentialConfig

@@ -5,8 +5,15 @@ from __future__ import annotations
 import pytest
 import torch
 
-from components.models.backbones import (build_backbone, checkpoint_config, config_from_dict, config_to_dict,
-                                         family_of, load_backbone_weights, parameter_count)
+from components.models.backbones import (
+    build_backbone,
+    checkpoint_config,
+    config_from_dict,
+    config_to_dict,
+    family_of,
+    load_backbone_weights,
+    parameter_count,
+)
 from components.models.resnet import ResNet, ResNetConfig
 from components.models.vit import ViTConfig
 
