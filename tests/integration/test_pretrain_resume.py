@@ -96,14 +96,20 @@ def test_sigkilled_pretraining_resumes_to_identical_weights(tmp_path, images, me
 
 # The worker, with a marker file touched when step STOP_AT starts (so the test knows the
 # loop is running) and no periodic checkpoints: any checkpoint is the one written on the signal.
+# Step STOP_AT then waits until the loop has noted the signal: on a loaded machine the test
+# process may otherwise be scheduled only after the run has finished all its steps.
 STOP_AT = 40
 MARKED_WORKER = f"""
-import pathlib, sys
+import pathlib, signal, sys, time
 import components.training.pretrain as P
 real_lr = P.cosine_lr
 def marking_lr(step, *rest):
     if step == {STOP_AT}:
         pathlib.Path(sys.argv[3] + ".started").touch()
+        stop = signal.getsignal(signal.SIGTERM).__self__  # the loop's PendingStop (deferred_signals)
+        deadline = time.monotonic() + 120
+        while not stop.pending and time.monotonic() < deadline:
+            time.sleep(0.01)
     return real_lr(step, *rest)
 P.cosine_lr = marking_lr
 """ + WORKER
