@@ -101,6 +101,9 @@ def test_sigkilled_pretraining_resumes_to_identical_weights(tmp_path, images, me
 STOP_AT = 40
 MARKED_WORKER = f"""
 import pathlib, signal, sys, time
+# Ctrl-C as a terminal-started run sees it: under pytest-xdist the worker inherits SIGINT
+# ignored, and a process that ignores SIGINT rightly keeps running after the checkpoint.
+signal.signal(signal.SIGINT, signal.default_int_handler)
 import components.training.pretrain as P
 real_lr = P.cosine_lr
 def marking_lr(step, *rest):
