@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from clirun import dlvm, dlvm_env
+from deeppcb_files import copy_first_images
 from sqlmodel import select
 
 from components.models.checkpoint import load_checkpoint
@@ -31,13 +32,9 @@ N_IMAGES = 24
 def detection_run(tmp_path_factory, prefect_api, deeppcb):
     root = tmp_path_factory.mktemp("detection")
     raw = root / "pcb"
-    raw.mkdir()
-    rows = list(csv.DictReader(open(deeppcb / "boxes.csv")))
-    names = sorted({Path(r["image"]).name for r in rows})[:N_IMAGES]
-    for name in names:
-        shutil.copyfile(deeppcb / "images" / name, raw / name)
+    _, rows = copy_first_images(deeppcb, raw, N_IMAGES)
     lines = ["image,x1,y1,x2,y2,label"] + [f"{Path(r['image']).name},{r['x1']},{r['y1']},{r['x2']},{r['y2']},"
-                                          f"{r['defect']}" for r in rows if Path(r["image"]).name in names]
+                                          f"{r['defect']}" for r in rows]
     (root / "boxes.csv").write_text("\n".join(lines) + "\n")
     env = dlvm_env(root / "state", PREFECT_API_URL=prefect_api)
     dlvm(env, "ingest", str(raw), "--dataset", "pcb")

@@ -10,15 +10,14 @@ process (tests/clirun.py, dlvm_in_process); `labels`, `promote`, a refused `feed
 `feedback serve` run as the real command line."""
 from __future__ import annotations
 
-import csv
 import json
 import re
-import shutil
 from pathlib import Path
 
 import numpy as np
 import pytest
 from clirun import dlvm, dlvm_env, dlvm_in_process, serve_until_a_run_completes
+from deeppcb_files import copy_first_images
 from sqlmodel import select
 
 from components.data.access import dataset_images
@@ -59,11 +58,7 @@ def box_round(env: dict, **params) -> dict:
 def box_loop(tmp_path_factory, prefect_api, label_studio_server, deeppcb):
     root = tmp_path_factory.mktemp("box-loop")
     raw = root / "pcb"
-    raw.mkdir()
-    rows = list(csv.DictReader(open(deeppcb / "boxes.csv")))
-    names = sorted({Path(r["image"]).name for r in rows})[:N_IMAGES]
-    for name in names:
-        shutil.copyfile(deeppcb / "images" / name, raw / name)
+    names, rows = copy_first_images(deeppcb, raw, N_IMAGES)
     truth = {n: [r for r in rows if Path(r["image"]).name == n] for n in names}
     home = root / "state"
     env = dlvm_env(home, PREFECT_API_URL=prefect_api, DLVM_LABEL_STUDIO_URL=label_studio_server.url,
