@@ -51,3 +51,12 @@ def test_ssl_methods_smoke_wm811k(tmp_path):
     assert f"| {FLOOR} |" in report and "| majority class | - |" in report and "shuffled-token baseline" in report
     assert (folder / "samples.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" == grid.read_bytes()[:8]
     assert json.loads((folder / "results.json").read_text())["rows"] == json.loads(json.dumps(rows, default=str))
+
+
+def test_quick_wm811k_probes_every_label_set_but_fine_tunes_on_train_10():
+    from benchmarks.ssl_methods import plan_for
+
+    quick = plan_for("wm811k", "quick")
+    assert quick.label_sets == ("train_1", "train_10", "all") and quick.finetune_on == "train_10"
+    assert plan_for("wm811k", "standard").finetune_on == "all"
+    assert plan_for("elpv", "quick").finetune_on == 1.0
