@@ -398,6 +398,8 @@ def adapt(dataset: str = typer.Option(..., "--dataset", "-d", callback=DATASET_N
           batch_size: int = typer.Option(16, help="detection: images per step"),
           crop: Optional[int] = typer.Option(None, help="detection: train on random crops of this size "
                                              "(default: whole images)"),
+          tile: Optional[int] = typer.Option(None, help="detection: detect in overlapping windows of this size "
+                                             "(default: whole images)"),
           score_threshold: float = typer.Option(0.3, help="detection: score a box needs to count in "
                                                 "precision / recall / F-score"),
           regions_snapshot: Optional[int] = typer.Option(None, help="anomaly: box snapshot version whose boxes are "
@@ -409,7 +411,7 @@ def adapt(dataset: str = typer.Option(..., "--dataset", "-d", callback=DATASET_N
     With --task detection: train a box detector (CenterNet head on a ResNet) on a box snapshot."""
     prepare()
     if task == "detection":
-        return _adapt_detection(dataset, backbone, snapshot, img_size or 256, steps, batch_size, crop,
+        return _adapt_detection(dataset, backbone, snapshot, img_size or 256, steps, batch_size, crop, tile,
                                 score_threshold, seed, summary_path)
     if task == "anomaly":
         return _adapt_anomaly(dataset, backbone, good_class, false_alarm_rate, img_size, snapshot, regions_snapshot,
@@ -443,11 +445,12 @@ def _adapt_anomaly(dataset, backbone, good_class, false_alarm_rate, img_size, sn
     console.print(f"{line}\nheat maps {out['heatmaps_uri']}\nreport {out['report_uri']}")
 
 
-def _adapt_detection(dataset, backbone, snapshot_version, img_size, steps, batch_size, crop, score_threshold, seed,
-                     summary_path) -> None:
+def _adapt_detection(dataset, backbone, snapshot_version, img_size, steps, batch_size, crop, tile, score_threshold,
+                     seed, summary_path) -> None:
     from flows.detection import detection_flow
     out = run_step(detection_flow, dataset, backbone=backbone, snapshot_version=snapshot_version, img_size=img_size,
-                   steps=steps, batch_size=batch_size, crop=crop, score_threshold=score_threshold, seed=seed)
+                   steps=steps, batch_size=batch_size, crop=crop, tile=tile, score_threshold=score_threshold,
+                   seed=seed)
     write_summary(summary_path, out)
     m = out["metrics"]
     a, f = m["map50"], m["fscore33"]

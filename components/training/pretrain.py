@@ -159,13 +159,16 @@ RUNTIME_FIELDS = ("device", "compile", "channels_last", "checkpoint_every", "max
 
 
 def resume_path(state_dir: Path, dataset_version_id: int, cfg: PretrainConfig, init_sha256: str | None,
-                kind: str = "pretrain") -> Path:
+                kind: str = "pretrain", inputs: dict | None = None) -> Path:
     """Where one exact run (data, recipe, starting weights) keeps its resume checkpoint under
     ``state_dir``: a rerun with the same three finds it; runtime knobs do not change it.
-    (``cfg`` may be any config with ``to_dict`` and the same runtime fields, e.g. a tokenizer's.)"""
+    (``cfg`` may be any config with ``to_dict`` and the same runtime fields, e.g. a tokenizer's;
+    ``inputs``: whatever else picks the training data, e.g. a detector's label snapshot and size.)"""
     recipe = {k: v for k, v in cfg.to_dict().items() if k not in RUNTIME_FIELDS}
-    key = json.dumps({"dataset_version": dataset_version_id, "recipe": recipe, "init": init_sha256},
-                     sort_keys=True, default=str)
+    what = {"dataset_version": dataset_version_id, "recipe": recipe, "init": init_sha256}
+    if inputs is not None:  # absent from the key otherwise: earlier runs' checkpoints keep their paths
+        what["inputs"] = inputs
+    key = json.dumps(what, sort_keys=True, default=str)
     return Path(state_dir) / "resume" / f"{kind}-{hashlib.sha256(key.encode()).hexdigest()[:16]}.pt"
 
 

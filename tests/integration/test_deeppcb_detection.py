@@ -1,7 +1,8 @@
 """DeepPCB boxes through the CLI to a registered detector, on a few dozen real images: ingest;
-a box snapshot from a CSV; `dlvm adapt --task detection` from scratch (a few steps at 128 px);
-the detector's registry row (kind, lineage, mAP with its interval), its checkpoint (loads and
-detects), its report and its PNG of boxes. (A classification snapshot named for detection is
+a box snapshot from a CSV; `dlvm adapt --task detection` from scratch (a few steps at 128 px,
+detecting in 96 px tiles); the detector's registry row (kind, lineage, mAP with its interval),
+its checkpoint (loads and detects), its report and its PNG of boxes; a detector run that fails
+mid-training resumes from its checkpoint when rerun. (A classification snapshot named for detection is
 refused: tests/unit/test_detection.py; promotion and Label Studio pre-annotations:
 tests/integration/test_detection_label_studio.py.)"""
 from __future__ import annotations
@@ -13,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from clirun import dlvm, dlvm_env
+from clirun import dlvm, dlvm_env, dlvm_in_process
 from deeppcb_files import copy_first_images
 from sqlmodel import select
 
@@ -40,7 +41,7 @@ def detection_run(tmp_path_factory, prefect_api, deeppcb):
     dlvm(env, "ingest", str(raw), "--dataset", "pcb")
     dlvm(env, "labels", str(root / "boxes.csv"), "--dataset", "pcb")
     out = dlvm(env, "adapt", "--task", "detection", "--dataset", "pcb", "--labels", "1", "--backbone", "scratch",
-               "--img-size", "128", "--crop", "96", "--steps", "12", "--batch-size", "4", "--summary", str(root / "detector.json"))
+               "--img-size", "128", "--crop", "96", "--tile", "96", "--steps", "12", "--batch-size", "4", "--summary", str(root / "detector.json"))
     return root, env, out, json.loads((root / "detector.json").read_text()), len(lines) - 1
 
 
@@ -82,7 +83,9 @@ def test_detector_is_registered_with_lineage_metrics_and_report(detection_run):
     refused = dlvm(env, "promote", "pcb-detector:1", "--evaluation", "1", check=False)
     assert refused.returncode != 0 and "is a detector: its gate runs on its box snapshot's test split" in \
         refused.stdout + refused.stderr
-    assert version.params["detect"]["crop"] == 96
+    assert version.params["detect"]["crop"] == 96 and version.params["detect"]["tile"] == 96
+    assert state["decoding"]["tile"] == 96 and m["resumed_from_step"] == 0
+    assert not list((root / "state" / "resume").glob("detector-*"))  # registered: nothing left to resume
 
 
 
@@ -155,3 +158,35 @@ def test_benchmark_script_runs_on_a_sliver_of_deeppcb(tmp_path):
     assert saved["n_train_images"] == 8 and saved["metrics"]["n_test_images"] == 4
     assert saved["metrics"]["n_test_boxes"] > 0 and 0 <= saved["metrics"]["map50"]["value"] <= 1
     assert saved["threads"] == 1 and result["detect"]["crop"] == 32
+
+
+def test_a_detector_run_that_dies_mid_training_resumes_from_its_checkpoint(detection_run, monkeypatch):
+    """The flow keeps its training state under the state directory (keyed by snapshot, size,
+    recipe and starting weights): a run that fails at step 8 leaves the step-5 checkpoint; the
+    same run again starts there, registers, and removes it."""
+    import functools
+
+    import components.training.detect as detect
+    import flows.detection as flow_module
+
+    root, env, *_ = detection_run
+    monkeypatch.setattr(flow_module, "DetectConfig", functools.partial(DetectConfig, checkpoint_every=5))
+    real_lr = detect.cosine_lr
+
+    def failing_lr(step, *rest):
+        if step == 8:
+            raise RuntimeError("the machine went away at step 8")
+        return real_lr(step, *rest)
+
+    args = dict(backbone="scratch", snapshot_version=1, img_size=96, steps=12, batch_size=2,
+                model_name="pcb-detector-resumed")
+    with dlvm_in_process(env):
+        monkeypatch.setattr(detect, "cosine_lr", failing_lr)
+        with pytest.raises(RuntimeError, match="step 8"):
+            flow_module.detection_flow("pcb", **args)
+        left = list((root / "state" / "resume").glob("detector-*"))
+        assert len(left) == 1 and load_checkpoint(left[0].read_bytes())["step"] == 5
+        monkeypatch.setattr(detect, "cosine_lr", real_lr)
+        out = flow_module.detection_flow("pcb", **args)
+    assert out["metrics"]["resumed_from_step"] == 5 and out["model"] == "pcb-detector-resumed"
+    assert not left[0].exists()

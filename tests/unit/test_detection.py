@@ -1,5 +1,6 @@
 """Box detection: the metric against hand-computed cases, the CenterNet targets / losses /
-decoding, box-aware flips and turns, and a tiny end-to-end training on synthetic squares."""
+decoding, box-aware flips and turns, tiled detection, resuming training, and a tiny
+end-to-end training on synthetic squares."""
 from __future__ import annotations
 
 import json
@@ -37,7 +38,17 @@ from components.models.detection import (
 from components.models.resnet import ResNet, ResNetConfig
 from components.settings import Settings
 from components.storage import open_store
-from components.training.detect import DetectConfig, augment, crop_window, predict_boxes, train_detector
+from components.training.detect import (
+    DetectConfig,
+    Detector,
+    _merge_windows,
+    augment,
+    crop_window,
+    predict_boxes,
+    tile_cores,
+    tile_origins,
+    train_detector,
+)
 
 
 def _pred(boxes, scores, labels):
@@ -281,3 +292,91 @@ def test_box_set_refuses_a_classification_snapshot(tmp_path):
 def test_gaussian_radius_grows_with_the_box():
     from components.models.detection import gaussian_radius
     assert 0 < gaussian_radius(4, 4) < gaussian_radius(16, 16) and not math.isnan(gaussian_radius(1, 50))
+
+
+# --- tiled detection -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("size,tile,overlap", [(640, 256, 0.25), (100, 48, 0.0), (97, 32, 0.5), (64, 64, 0.25)])
+def test_tiles_cover_the_image_with_the_overlap_asked_and_their_cores_partition_it(size, tile, overlap):
+    origins = tile_origins(size, tile, overlap)
+    assert origins[0] == 0 and origins == sorted(set(origins))
+    assert origins[-1] == max(0, size - tile)
+    for a, b in zip(origins, origins[1:]):
+        assert a + tile - b >= overlap * tile - 1  # neighbours share at least the overlap (to a pixel)
+    cores = tile_cores(origins, tile, size)
+    assert cores[0][0] == 0 and cores[-1][1] == size
+    assert all(lo < hi and prev[1] == lo for prev, (lo, hi) in zip(cores, cores[1:]))
+    for o, (lo, hi) in zip(origins, cores):
+        assert o <= lo and hi <= o + tile  # a window answers only for what it sees
+
+
+def test_a_defect_seen_by_two_windows_is_kept_once_and_whole():
+    cfg = DetectConfig(tile=64, tile_overlap=0.25, nms_iou=None)
+    origins = tile_origins(112, 64, 0.25)  # [0, 48]: overlap 48..64, cut at 56
+    assert origins == [0, 48]
+    windows = [(0, left, (0.0, 112.0), core) for left, core in zip(origins, tile_cores(origins, 64, 112))]
+    # the defect spans x 50..60 (center 55, left of the cut): whole in both windows
+    found = [_pred([[50, 10, 60, 20]], [0.9], [0]), _pred([[2, 10, 12, 20]], [0.8], [0])]
+    merged = _merge_windows(found, windows, cfg)
+    assert merged["boxes"].tolist() == [[50, 10, 60, 20]] and merged["scores"].tolist() == pytest.approx([0.9])
+    # a defect centred right of the cut is kept from the right window only (shifted into the image)
+    found = [_pred([[54, 30, 64, 40]], [0.7], [1]), _pred([[10, 30, 20, 40]], [0.6], [1])]
+    assert _merge_windows(found, windows, cfg)["boxes"].tolist() == [[58, 30, 68, 40]]
+
+
+def test_tiled_detection_of_a_mosaic_finds_what_each_tile_finds_alone():
+    torch.manual_seed(0)
+    model = CenterNet(ResNet(ResNetConfig.tiny(48)), DetectorConfig(2))
+    images, _, _ = _squares(4, np.random.default_rng(3))
+    mosaic = np.block([[images[0], images[1]], [images[2], images[3]]])[None]  # [1, 96, 96]
+    cfg = DetectConfig(tile=48, tile_overlap=0.0, max_detections=1000, nms_iou=None)
+    tiled = predict_boxes(model, mosaic, cfg)[0]
+    alone = predict_boxes(model, images, DetectConfig(max_detections=1000, nms_iou=None))
+    shifts = [(0, 0), (48, 0), (0, 48), (48, 48)]
+    expected = np.concatenate([a["boxes"] + np.array([dx, dy, dx, dy], np.float32) for a, (dx, dy) in zip(alone, shifts)])
+    scores = np.concatenate([a["scores"] for a in alone])
+    order = np.argsort(-scores, kind="stable")
+    assert len(tiled["boxes"]) == len(expected) > 0
+    np.testing.assert_allclose(np.sort(tiled["scores"])[::-1], scores[order], rtol=1e-5)
+    np.testing.assert_allclose(tiled["boxes"][np.lexsort(tiled["boxes"].T)], expected[np.lexsort(expected.T)],
+                               atol=1e-3)
+    with pytest.raises(ValueError, match="tile"):
+        DetectConfig(tile=4)
+
+
+def test_a_registered_detector_keeps_its_tiling():
+    model = CenterNet(ResNet(ResNetConfig.tiny(48)), DetectorConfig(2))
+    state = detector_state(model, ["a", "b"], 96, {"tile": 48, "tile_overlap": 0.5, "max_detections": 7})
+    cfg = Detector.from_state(state).config
+    assert (cfg.tile, cfg.tile_overlap, cfg.max_detections) == (48, 0.5, 7)
+    assert Detector.from_state(detector_state(model, ["a", "b"], 96, {})).config.tile is None
+
+
+# --- resuming ----------------------------------------------------------------------------
+
+
+def test_detector_training_resumes_to_the_same_weights_and_refuses_other_boxes(tmp_path):
+    torch.set_num_threads(1)
+    images, boxes, labels = _squares(8, np.random.default_rng(5))
+    cfg = DetectConfig(steps=6, batch_size=4, checkpoint_every=3, seed=0)
+    ckpt = tmp_path / "detector.pt"
+
+    def fresh():
+        torch.manual_seed(0)
+        return ResNet(ResNetConfig.tiny(48))
+
+    full, history = train_detector(fresh(), images, boxes, labels, 2, cfg, progress=False, checkpoint_path=ckpt)
+    assert ckpt.exists() and history["resumed_from_step"] == 0  # the step-3 state stays (the last step writes none)
+    resumed, again = train_detector(fresh(), images, boxes, labels, 2, cfg, progress=False, checkpoint_path=ckpt)
+    assert again["resumed_from_step"] == 3 and again["loss"] == history["loss"]
+    assert all(torch.equal(a, b) for a, b in zip(full.state_dict().values(), resumed.state_dict().values()))
+    plain, _ = train_detector(fresh(), images, boxes, labels, 2, cfg, progress=False)
+    assert all(torch.equal(a, b) for a, b in zip(full.state_dict().values(), plain.state_dict().values()))
+
+    moved = [b + 1 for b in boxes]
+    with pytest.raises(ValueError, match="other images"):
+        train_detector(fresh(), images, moved, labels, 2, cfg, progress=False, checkpoint_path=ckpt)
+    with pytest.raises(ValueError, match="different config"):
+        train_detector(fresh(), images, boxes, labels, 2, DetectConfig(steps=6, batch_size=4, lr=1e-3),
+                       progress=False, checkpoint_path=ckpt)
