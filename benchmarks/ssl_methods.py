@@ -55,7 +55,12 @@ import numpy as np
 
 import components  # noqa: F401  (OMP_WAIT_POLICY before torch)
 from benchmarks.label_efficiency import load_elpv, pretrained_encoder
-from benchmarks.wafer_maps import TEST_SPLIT, load_wafer_arrays, stratified_sample, wafer_profile
+from benchmarks.wafer_maps import (
+    TEST_SPLIT,
+    load_wafer_arrays,
+    stratified_sample,
+    wafer_profile,
+)
 from components.data.elpv import CLASS_NAMES_4, class_name, elpv_labels
 from components.data.images import Preprocess
 from components.data.profile import DataProfile, with_labels
@@ -66,7 +71,12 @@ from components.models.vit import ViTConfig
 from components.training.device import cpu_threads
 from components.training.pretrain import RUNTIME_FIELDS, PretrainConfig
 from components.training.recipes import resolve_recipe, sequential_recipe
-from components.training.tokenizer import evaluate_tokenizer, holdout_split, tokenizer_recipe, train_tokenizer
+from components.training.tokenizer import (
+    evaluate_tokenizer,
+    holdout_split,
+    tokenizer_recipe,
+    train_tokenizer,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 DOMAINS = ("elpv", "wm811k")

@@ -12,7 +12,11 @@ from prefect import flow, task
 from prefect.cache_policies import NO_CACHE
 
 from components.anomaly.features import feature_backbone
-from components.evaluation.detection import draw_boxes, evaluate_detection, markdown_report
+from components.evaluation.detection import (
+    draw_boxes,
+    evaluate_detection,
+    markdown_report,
+)
 from components.models.checkpoint import save_checkpoint
 from components.models.detection import detector_state
 from components.models.resnet import ResNet

@@ -29,8 +29,16 @@ from tqdm import tqdm
 
 from components.data.files import write_atomically
 from components.models.checkpoint import save_checkpoint
-from components.models.detection import CenterNet, DetectorConfig, LossWeights, centernet_targets, decode, \
-    detection_loss, detector_from_state, nms
+from components.models.detection import (
+    CenterNet,
+    DetectorConfig,
+    LossWeights,
+    centernet_targets,
+    decode,
+    detection_loss,
+    detector_from_state,
+    nms,
+)
 from components.models.resnet import ResNet
 from components.models.vit import normalize_uint8
 from components.training.device import autocast_for, pick_device
