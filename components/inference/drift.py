@@ -24,7 +24,6 @@ import io
 from dataclasses import asdict, dataclass
 
 import numpy as np
-from scipy import stats
 
 
 @dataclass(frozen=True)
@@ -136,6 +135,8 @@ def compare_batch(reference: DriftReference, embeddings: np.ndarray, proba: np.n
     if emb.shape[1] != reference.components.shape[1] or proba.shape[1] != reference.num_classes:
         raise ValueError(f"batch embeddings {emb.shape} / probabilities {proba.shape} do not match the reference "
                          f"(D={reference.components.shape[1]}, C={reference.num_classes})")
+    from scipy import stats  # here: scipy.stats costs every CLI command a second of imports
+
     projections = (emb - reference.mean) @ reference.components.T.astype(np.float64)
     tests = []
     for j in range(projections.shape[1]):
