@@ -31,7 +31,7 @@ $(TEST_TOOLS):
 	  || ($(SUDO) apt-get update && $(SUDO) apt-get install -y --no-install-recommends chromium wrk)
 
 test: install $(TEST_TOOLS)
-	$(BIN)/pytest -q -n 2 --dist loadfile --durations=25
+	$(BIN)/pytest -q -n 2 --dist loadfile --no-loadscope-reorder --durations=25
 
 clean:
 	rm -rf $(VENV) .dlvm

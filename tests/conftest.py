@@ -27,14 +27,37 @@ POSTGRES_ADMIN_URL = os.environ.get("DLVM_TEST_POSTGRES_URL", "postgresql://post
 
 
 KINDS = ("unit", "integration", "e2e", "browser")
+# The order the suite hands work to its two workers (`make test`: --dist loadfile
+# --no-loadscope-reorder): the long files first, the many short unit files last, so neither
+# worker is left running one long file while the other is idle.
+RUN_ORDER = {"e2e": 0, "browser": 1, "integration": 2, "unit": 3}
+# The files that use the `demo` registry (tests/e2e_demo.py, two minutes to build): one
+# worker runs them all, so the demo is built once instead of once per worker.
+DEMO_FILES = ("tests/e2e/test_pipeline_e2e.py", "tests/e2e/test_use_model_e2e.py", "tests/browser/test_ui_browser.py")
 
 
 def pytest_collection_modifyitems(items):
-    """Each test carries its kind's marker (its folder), so `-m unit` and friends select by kind."""
+    """Each test carries its kind's marker (its folder), so `-m unit` and friends select by kind;
+    the long kinds run first (a stable sort: files keep their order within a kind)."""
     for item in items:
         kind = item.path.parent.name
         if kind in KINDS:
             item.add_marker(kind)
+    items.sort(key=lambda item: RUN_ORDER.get(item.path.parent.name, len(RUN_ORDER)))
+
+
+def pytest_xdist_make_scheduler(config, log):
+    """Under --dist loadfile, one work unit per test file except the demo's files, which form one."""
+    if config.getoption("dist", None) != "loadfile":
+        return None
+    from xdist.scheduler import LoadFileScheduling
+
+    class DemoFilesTogether(LoadFileScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            path = nodeid.split("::", 1)[0]
+            return "demo registry" if path in DEMO_FILES else path
+
+    return DemoFilesTogether(config, log)
 
 
 @pytest.fixture
