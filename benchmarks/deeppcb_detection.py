@@ -76,6 +76,10 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--no-progress", action="store_true")
     ap.add_argument("--out", type=Path)
     ap.add_argument("--png", type=Path, help="also draw 8 test images with their boxes here")
+    ap.add_argument("--tile", type=int, help="also detect the test split in overlapping windows of this size "
+                    "(metrics_tiled in the JSON)")
+    ap.add_argument("--weights-label", default="domain", help="what --weights is, for the JSON's name: domain, generic")
+    ap.add_argument("--resume", type=Path, help="training checkpoint: written as the run goes, resumed from if present")
     args = ap.parse_args(argv)
     if not 0 < args.fraction <= 1:
         raise SystemExit(f"--fraction must be in (0, 1], got {args.fraction}")
@@ -105,7 +109,7 @@ def main(argv: list[str] | None = None) -> dict:
     cfg = DetectConfig(steps=args.steps, batch_size=args.batch_size, lr=args.lr, seed=args.seed, device=args.device,
                        crop=args.crop)
     model, history = train_detector(backbone, train_images, train_boxes, train_labels, len(CLASSES), cfg,
-                                    progress=not args.no_progress)
+                                    progress=not args.no_progress, checkpoint_path=args.resume)
     trained = time.time()
     model = model.to("cpu")
     preds = predict_boxes(model, test_images, cfg, progress=not args.no_progress)
@@ -113,17 +117,25 @@ def main(argv: list[str] | None = None) -> dict:
     metrics = evaluate_detection(preds, truths, CLASSES, score_threshold=args.score_threshold, n_boot=args.n_boot,
                                  seed=args.seed)
     done = time.time()
+    tiled = None
+    if args.tile:
+        from dataclasses import replace as with_fields
+        tiled_preds = predict_boxes(model, test_images, with_fields(cfg, tile=args.tile), progress=not args.no_progress)
+        tiled = evaluate_detection(tiled_preds, truths, CLASSES, score_threshold=args.score_threshold,
+                                   n_boot=args.n_boot, seed=args.seed)
+        tiled["seconds"] = round(time.time() - done, 1)
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
     result = {"args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
               "backbone": backbone_cfg.to_dict(), "detect": cfg.to_dict(),
               "n_train_images": len(train_ids), "n_train_boxes": int(sum(len(b) for b in train_boxes)),
-              "metrics": metrics, "loss_first_10": float(np.mean(history["loss"][:10])),
+              "metrics": metrics, "metrics_tiled": tiled, "resumed_from_step": history["resumed_from_step"],
+              "loss_first_10": float(np.mean(history["loss"][:10])),
               "loss_last_10": float(np.mean(history["loss"][-10:])),
               "seconds": {"load": round(loaded - started, 1), "train": round(trained - loaded, 1),
                           "evaluate": round(done - trained, 1)},
               "threads": args.threads, "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", ""),
               "load_avg_1m_at_end": load, "cores": os.cpu_count()}
-    weights = "domain" if args.weights else "scratch"
+    weights = args.weights_label if args.weights else "scratch"
     out = args.out or Path(__file__).parent / "results" / (
         f"deeppcb-detection-{args.arch if not args.weights else 'weights'}-{weights}-{args.size}-f{args.fraction:g}.json")
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -135,6 +147,7 @@ def main(argv: list[str] | None = None) -> dict:
           f"{args.steps} steps ({result['seconds']['train']} s): mAP@0.5 {m['map50']['value']:.3f} "
           f"[{m['map50']['ci_low']:.3f}, {m['map50']['ci_high']:.3f}], mAP@0.33 {m['map33']['value']:.3f}, "
           f"F-score@0.33 {m['fscore33']['value']:.3f} [{m['fscore33']['ci_low']:.3f}, {m['fscore33']['ci_high']:.3f}]"
+          f"{'' if tiled is None else f'; tiled ({args.tile} px windows): mAP@0.5 ' + format(tiled['map50']['value'], '.3f')}"
           f" -> {out}")
     return result
 

@@ -153,11 +153,12 @@ def test_benchmark_script_runs_on_a_sliver_of_deeppcb(tmp_path):
 
     out = tmp_path / "bench.json"
     result = main(["--arch", "resnet-tiny", "--size", "64", "--fraction", "0.008", "--n-test", "4", "--steps", "2",
-                   "--batch-size", "2", "--crop", "32", "--n-boot", "20", "--no-progress", "--out", str(out)])
+                   "--batch-size", "2", "--crop", "32", "--tile", "32", "--n-boot", "20", "--no-progress", "--out", str(out)])
     saved = json.loads(out.read_text())
     assert saved["n_train_images"] == 8 and saved["metrics"]["n_test_images"] == 4
     assert saved["metrics"]["n_test_boxes"] > 0 and 0 <= saved["metrics"]["map50"]["value"] <= 1
     assert saved["threads"] == 1 and result["detect"]["crop"] == 32
+    assert saved["metrics_tiled"]["n_test_images"] == 4 and 0 <= saved["metrics_tiled"]["map50"]["value"] <= 1
 
 
 def test_a_detector_run_that_dies_mid_training_resumes_from_its_checkpoint(detection_run, monkeypatch):
