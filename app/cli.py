@@ -464,7 +464,9 @@ def _adapt_detection(dataset, backbone, snapshot_version, img_size, steps, batch
 def evaluate(dataset: str = typer.Option(..., "--dataset", "-d", callback=DATASET_NAME),
              backbone: list[str] = typer.Option(None, callback=_checked(_backbone_ref, many=True),
                                                 help="backbone refs to compare (repeatable)"),
-             fractions: str = "0.05,0.1,0.25,0.5,1.0", seeds: str = "0,1,2",
+             fractions: Optional[str] = typer.Option(None, help="label fractions, comma-separated (default "
+                                                     "0.05,0.1,0.25,0.5,1.0; detection 0.1,0.25,1.0)"),
+             seeds: Optional[str] = typer.Option(None, help="seeds, comma-separated (default 0,1,2; detection 0)"),
              methods: str = typer.Option("probe", help="comma-separated: probe, finetune, lora, prototype"),
              recipe: str = RECIPE, scratch: bool = typer.Option(True, help="include the from-scratch baseline"),
              budget_minutes: Optional[float] = BUDGET,
@@ -475,13 +477,41 @@ def evaluate(dataset: str = typer.Option(..., "--dataset", "-d", callback=DATASE
              metric: str = METRIC,
              baseline_fractions: str = typer.Option("1.0", help="label fractions the sanity baselines run at "
                                                     "(comma-separated, or 'all')"),
+             task: str = typer.Option("classification", help="classification or detection (a box snapshot)"),
+             snapshot: Optional[int] = typer.Option(None, "--snapshot", "--labels",
+                                                    help="detection: the box snapshot (default: latest)"),
+             img_size: int = typer.Option(256, help="detection: input size"),
+             steps: int = typer.Option(2000, help="detection: training steps of each detector"),
+             batch_size: int = typer.Option(16, help="detection: images per step"),
+             crop: Optional[int] = typer.Option(None, help="detection: train on random crops of this size"),
+             tile: Optional[int] = typer.Option(None, help="detection: detect in overlapping windows of this size"),
+             score_threshold: float = typer.Option(0.3, help="detection: score a box needs to count in the "
+                                                   "F-score"),
              summary_path: Optional[Path] = SUMMARY):
     """Label-efficiency sweep: label fractions x backbones x methods x seeds, with CIs, and the
-    sanity baselines (majority class; logistic regression and RBF-SVM on pixels and HOG)."""
+    sanity baselines (majority class; logistic regression and RBF-SVM on pixels and HOG).
+
+    With --task detection: the same detector recipe from each backbone and from scratch on
+    fractions of a box snapshot's training images, mAP@0.5 on its test split."""
     prepare()
+    if task == "detection":
+        from flows.detection import evaluate_detection_flow
+        out = run_step(evaluate_detection_flow, dataset, backbones=backbone or None, include_scratch=scratch,
+                       fractions=parse_list(fractions or "0.1,0.25,1.0"), seeds=parse_list(seeds or "0", int),
+                       snapshot_version=snapshot, img_size=img_size, steps=steps, batch_size=batch_size, crop=crop,
+                       tile=tile, score_threshold=score_threshold)
+        write_summary(summary_path, out)
+        best = max(out["table"], key=lambda row: row["metrics"]["map50"]["value"])
+        m = best["metrics"]["map50"]
+        console.print(f"evaluation {out['evaluation_id']} (detection): best mAP@0.5 {m['value']:.3f} "
+                      f"[{m['ci_low']:.3f}, {m['ci_high']:.3f}] from {best['backbone']} with {best['fraction']:.0%} "
+                      f"of the training images\nreport {out['report_uri']}\nplot {out['plot_uri']}")
+        return
+    if task != "classification":
+        raise typer.BadParameter(f"task must be classification or detection, not {task!r}")
     from flows.evaluate import evaluate_flow
     out = run_step(evaluate_flow, dataset, backbones=backbone or None, include_scratch=scratch,
-                   fractions=parse_list(fractions), seeds=parse_list(seeds, int),
+                   fractions=parse_list(fractions or "0.05,0.1,0.25,0.5,1.0"), seeds=parse_list(seeds or "0,1,2", int),
                    methods=[m.strip() for m in methods.split(",") if m.strip()], recipe=recipe,
                    budget_minutes=budget_minutes,
                    episodes=[e.strip() for e in episodes.split(",") if e.strip()] if episodes else None,

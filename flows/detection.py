@@ -3,11 +3,18 @@ a box snapshot's training images, evaluated on its fixed test split (mAP@0.5, De
 IoU > 0.33 precision / recall / F-score, bootstrap intervals over images), a report with
 example images and their boxes, and its registry version (kind 'detector') with lineage.
 Training checkpoints itself: a rerun with the same parameters after a crash or Ctrl-C resumes
-from its last checkpoint."""
+from its last checkpoint.
+
+Flow `evaluate-detection`: the label-efficiency sweep for detectors: the same recipe trained
+from each backbone (registered ResNet backbones, e.g. domain-pretrained and generic, and
+scratch) on nested fractions of the training images, scored on the same test split; its
+report, plot and evaluation rows."""
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
+import numpy as np
 from prefect import flow, task
 from prefect.cache_policies import NO_CACHE
 
@@ -16,16 +23,21 @@ from components.evaluation.detection import (
     draw_boxes,
     evaluate_detection,
     markdown_report,
+    sweep_markdown,
 )
+from components.evaluation.report import plot_curves, summary_table
+from components.evaluation.split import label_subset
+from components.models.backbones import checkpoint_config, family_of
 from components.models.checkpoint import save_checkpoint
 from components.models.detection import detector_state
-from components.models.resnet import ResNet
+from components.names import check_model_ref
 from components.orchestration.lineage import recorded_run
 from components.registry.refs import SCRATCH
 from components.settings import get_settings
 from components.training.detect import DetectConfig, predict_boxes, train_detector
 from components.training.device import cpu_threads
 from components.training.pretrain import resume_path
+from flows.evaluate import register_evaluation
 from flows.tasks import (
     load_box_set,
     load_model_checkpoint,
@@ -43,7 +55,7 @@ EXAMPLES = 8
 
 
 @task(name="train-detector", cache_policy=NO_CACHE)
-def train(backbone, images, boxes, labels, num_classes: int, cfg: DetectConfig, checkpoint: Path):
+def train(backbone, images, boxes, labels, num_classes: int, cfg: DetectConfig, checkpoint: Path | None):
     return train_detector(backbone, images, boxes, labels, num_classes, cfg, progress=True, checkpoint_path=checkpoint)
 
 
@@ -55,6 +67,19 @@ def detect(model, images, cfg: DetectConfig):
 @task(name="evaluate-detector", cache_policy=NO_CACHE)
 def evaluate(preds, truths, classes, score_threshold: float, seed: int):
     return evaluate_detection(preds, truths, classes, score_threshold=score_threshold, seed=seed)
+
+
+def detector_backbone(settings, ref: str):
+    """(checkpoint or None for scratch, model version or None) of the backbone a detector starts
+    from, refused in one line unless it is a ResNet (the detector's only family)."""
+    if ref == SCRATCH:
+        return None, None
+    parent = resolve_model_version(settings, ref)
+    checkpoint = load_model_checkpoint(settings, parent)
+    family = family_of(checkpoint_config(checkpoint))
+    if family != "resnet":
+        raise ValueError(f"backbone {ref} is a {family}; the detector needs a ResNet backbone")
+    return checkpoint, parent
 
 
 @flow(name="adapt-detection", log_prints=True)
@@ -78,11 +103,8 @@ def detection_flow(dataset: str, backbone: str | None = None, snapshot_version: 
     params = {"task": TASK, "method": "centernet", "dataset": dataset, "backbone": backbone, "img_size": img_size,
               "score_threshold": score_threshold, "detect": cfg.to_dict(), "runtime": runtime}
     with recorded_run(settings, "adapt-detection", params) as run_id:
-        parent = None if backbone == SCRATCH else resolve_model_version(settings, backbone)
-        checkpoint = None if parent is None else load_model_checkpoint(settings, parent)
-        net, backbone_cfg = feature_backbone(checkpoint, img_size, seed)
-        if not isinstance(net, ResNet):
-            raise ValueError(f"backbone {backbone} is a {backbone_cfg.family}; the detector needs a ResNet backbone")
+        checkpoint, parent = detector_backbone(settings, backbone)
+        net, _ = feature_backbone(checkpoint, img_size, seed)
         version, snapshot = resolve_label_snapshot(settings, dataset, dataset_version, snapshot_version)
         params["snapshot"] = snapshot.version
         data = load_box_set(settings, dataset, version, snapshot, img_size)
@@ -129,3 +151,90 @@ def detection_flow(dataset: str, backbone: str | None = None, snapshot_version: 
           f"[{m['ci_low']:.3f}, {m['ci_high']:.3f}] on {len(test_idx)} test images")
     return {"model": model_name, "version": model_version.version, "model_version_id": model_version.id,
             "metrics": metrics, "report_uri": stored_report.uri, "boxes_uri": stored_boxes.uri}
+
+
+# What a sweep row keeps of a detector's evaluation (the per-class and precision / recall
+# detail stays in each cell's results file entry).
+SWEEP_METRICS = ("map50", "map33", "fscore33")
+SWEEP_METHOD = "centernet"
+
+
+
+
+@flow(name="evaluate-detection", log_prints=True)
+def evaluate_detection_flow(dataset: str, backbones: list[str] | None = None, include_scratch: bool = True,
+                            fractions: list[float] = (0.1, 0.25, 1.0), seeds: list[int] = (0,),
+                            snapshot_version: int | None = None, dataset_version: int | None = None,
+                            img_size: int = 256, steps: int = 2000, batch_size: int = 16, lr: float = 2e-3,
+                            crop: int | None = None, tile: int | None = None, score_threshold: float = 0.3,
+                            threads: int | None = None) -> dict:
+    """Train the same detector recipe from each of `backbones` (registered ResNet backbone refs)
+    and from scratch (unless `include_scratch` is off) on `fractions` of the box snapshot's
+    training images (stratified by defect / none, nested across fractions for one seed), for
+    each seed, and score every detector on the snapshot's test split (mAP@0.5 the decision
+    metric). Nothing is registered but the evaluation: the detectors are measurements."""
+    settings = get_settings()
+    refs = [check_model_ref(r) for r in (backbones or [])] + ([SCRATCH] if include_scratch else [])
+    if not refs:
+        raise ValueError("nothing to compare: name a --backbone or keep the scratch detector")
+    if len(set(refs)) != len(refs):
+        raise ValueError(f"backbones named twice: {refs}")
+    fractions = sorted({float(f) for f in fractions})
+    if not fractions or not all(0 < f <= 1 for f in fractions):
+        raise ValueError(f"fractions must lie in (0, 1], got {fractions}")
+    seeds = sorted({int(s) for s in seeds})
+    if not seeds or min(seeds) < 0:
+        raise ValueError(f"seeds must be >= 0, got {seeds}")
+    if not 0 < score_threshold < 1:
+        raise ValueError(f"score_threshold must be in (0, 1), got {score_threshold}")
+    configs = {seed: DetectConfig(steps=steps, batch_size=batch_size, lr=lr, crop=crop, tile=tile, seed=seed)
+               for seed in seeds}
+    runtime = cpu_threads(threads)
+    params = {"task": TASK, "method": SWEEP_METHOD, "dataset": dataset, "backbones": refs, "fractions": fractions,
+              "seeds": seeds, "img_size": img_size, "score_threshold": score_threshold,
+              "detect": configs[seeds[0]].to_dict(), "runtime": runtime}
+    with recorded_run(settings, "evaluate-detection", params) as run_id:
+        chosen = {ref: detector_backbone(settings, ref) for ref in refs}  # all checked before any training
+        version, snapshot = resolve_label_snapshot(settings, dataset, dataset_version, snapshot_version)
+        params["snapshot"] = snapshot.version
+        data = load_box_set(settings, dataset, version, snapshot, img_size)
+        test_idx = data.test_idx
+        if len(test_idx) == 0:
+            raise ValueError(f"snapshot v{snapshot.version} of {dataset} has too few images for a test split")
+        has_defect = np.array([len(b) > 0 for b in data.boxes], np.int64)
+        truths = [{"boxes": data.boxes[i], "labels": data.labels[i]} for i in test_idx]
+        rows, cells = [], []
+        for ref, (checkpoint, _) in chosen.items():
+            for seed in seeds:
+                for fraction in fractions:
+                    subset = label_subset(data.train_idx, has_defect, fraction, seed)
+                    net, _ = feature_backbone(checkpoint, img_size, seed)  # a fresh copy: training changes it
+                    model, history = train(net, data.images[subset], [data.boxes[i] for i in subset],
+                                           [data.labels[i] for i in subset], len(data.classes), configs[seed], None)
+                    metrics = evaluate(detect(model, data.images[test_idx], configs[seed]), truths, data.classes,
+                                       score_threshold, seed)
+                    rows.append({"backbone": ref, "method": SWEEP_METHOD, "fraction": fraction, "seed": seed,
+                                 "n_train": int(len(subset)), "metrics": {k: metrics[k] for k in SWEEP_METRICS}})
+                    cells.append({**rows[-1], "detail": metrics, "train_seconds": round(history["seconds"], 1)})
+                    m = metrics["map50"]
+                    print(f"evaluate-detection: {ref}, {fraction:.0%} ({len(subset)} images), seed {seed}: mAP@0.5 "
+                          f"{m['value']:.3f} [{m['ci_low']:.3f}, {m['ci_high']:.3f}]")
+        table = summary_table(rows)
+        context = {"dataset": f"{dataset} v{version.version}", "box snapshot": f"v{snapshot.version}",
+                   "test split": f"{len(test_idx)} images, {sum(len(t['boxes']) for t in truths)} boxes",
+                   "train pool": f"{len(data.train_idx)} images", "input": f"{img_size}x{img_size} px",
+                   "recipe": f"{steps} steps of {batch_size}, lr {lr:g}" + (f", {crop} px crops" if crop else "")
+                             + (f", detected in {tile} px tiles" if tile else ""),
+                   "decision metric": "map50"}
+        markdown = sweep_markdown(f"Detection label efficiency on {dataset}", table, context)
+        report = store_artifact(settings, markdown.encode(), "reports", f"{dataset}-detection-evaluation.md")
+        plot = store_artifact(settings, plot_curves(rows, "map50", title=f"{dataset}: mAP@0.5 vs training images"),
+                              "reports", f"{dataset}-detection-efficiency.png")
+        results = store_artifact(settings, json.dumps(cells, default=float).encode(), "evaluations",
+                                 f"{dataset}-detection-sweep.json")
+        summary = {"task": TASK, "metric": "map50", "table": table, "context": context}
+        evaluation = register_evaluation(settings, snapshot, run_id, report, plot, results, summary, rows,
+                                         {ref: parent.id if parent else None for ref, (_, parent) in chosen.items()})
+    print(f"evaluate-detection: {len(rows)} detectors on {len(test_idx)} test images; report {report.uri}")
+    return {"evaluation_id": evaluation.id, "report_uri": report.uri, "plot_uri": plot.uri, "metric": "map50",
+            "table": table, "markdown": markdown}

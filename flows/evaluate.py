@@ -116,8 +116,8 @@ def generated_samples(settings, backbones: list[Backbone]) -> list[dict]:
 
 
 @task(name="register-evaluation", cache_policy=NO_CACHE)
-def register_evaluation(settings, snapshot, run_id, report, plot, results, summary, rows, backbones):
-    version_of = {b.name: b.model_version_id for b in backbones}
+def register_evaluation(settings, snapshot, run_id, report, plot, results, summary, rows, version_of: dict):
+    """The evaluation row and its result rows (each with the model version of its backbone, by name)."""
     with session_scope(settings) as session:
         return writes.add_evaluation(
             session, label_snapshot_id=snapshot.id, run_id=run_id, flow_run_id=current_flow_run_id(),
@@ -257,8 +257,8 @@ def evaluate_flow(dataset: str, backbones: list[str] | None = None, include_scra
                                    "version": e["artifact"]["version"],
                                    "quality": e["artifact"]["details"].get("quality")}
                                   for e in samples if e["artifact"] is not None]
-        evaluation = register_evaluation(settings, snapshot, run_id, report, plot, results, summary,
-                                         result.rows, backbone_list)
+        evaluation = register_evaluation(settings, snapshot, run_id, report, plot, results, summary, result.rows,
+                                         {b.name: b.model_version_id for b in backbone_list})
         publish(settings, dataset, markdown, table, plot)
     print(f"evaluate: {len(result.rows)} runs on {len(test_idx)} test images; report {report.uri}")
     return {"evaluation_id": evaluation.id, "report_uri": report.uri, "plot_uri": plot.uri, "metric": metric,

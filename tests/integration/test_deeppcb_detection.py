@@ -2,7 +2,8 @@
 a box snapshot from a CSV; `dlvm adapt --task detection` from scratch (a few steps at 128 px,
 detecting in 96 px tiles); the detector's registry row (kind, lineage, mAP with its interval),
 its checkpoint (loads and detects), its report and its PNG of boxes; a detector run that fails
-mid-training resumes from its checkpoint when rerun. (A classification snapshot named for detection is
+mid-training resumes from its checkpoint when rerun; `dlvm evaluate --task detection` compares a
+domain-pretrained backbone with scratch on fractions of the training images. (A classification snapshot named for detection is
 refused: tests/unit/test_detection.py; promotion and Label Studio pre-annotations:
 tests/integration/test_detection_label_studio.py.)"""
 from __future__ import annotations
@@ -191,3 +192,54 @@ def test_a_detector_run_that_dies_mid_training_resumes_from_its_checkpoint(detec
         out = flow_module.detection_flow("pcb", **args)
     assert out["metrics"]["resumed_from_step"] == 5 and out["model"] == "pcb-detector-resumed"
     assert not left[0].exists()
+
+
+def test_evaluate_detection_compares_backbones_on_fractions_of_the_training_images(detection_run, tmp_path):
+    """`dlvm evaluate --task detection`: the same recipe from a registered ResNet backbone and from
+    scratch on nested fractions of the box snapshot's training images, one evaluation with a
+    row per detector (the backbone's version linked), a report and a plot; the backbone's page
+    shows mAP@0.5. A ViT backbone is refused in one line before anything is trained."""
+    from fastapi.testclient import TestClient
+
+    from app.api.app import create_app
+    from components.registry.tables import Evaluation, EvaluationResult
+    from flows.pretrain import pretrain_flow
+
+    root, env, *_ = detection_run
+    with dlvm_in_process(env):
+        pretrain_flow("pcb", recipe="tiny-cnn", method="simclr", model_name="pcb-simclr")
+        pretrain_flow("pcb", recipe="tiny", method="mae", model_name="pcb-mae")
+    settings = Settings(home=root / "state")
+    common = ["evaluate", "--task", "detection", "--dataset", "pcb", "--labels", "1", "--img-size", "96",
+              "--steps", "3", "--batch-size", "2", "--seeds", "0"]
+    refused = dlvm(env, *common, "--backbone", "pcb-mae", "--fractions", "1.0", check=False)
+    assert refused.returncode != 0 and "backbone pcb-mae is a vit; the detector needs a ResNet backbone" in \
+        refused.stdout + refused.stderr
+    with session_scope(settings) as session:
+        assert not session.exec(select(Evaluation)).all()
+
+    out = dlvm(env, *common, "--backbone", "pcb-simclr", "--fractions", "0.5,1.0", "--summary",
+               str(tmp_path / "sweep.json"))
+    summary = json.loads((tmp_path / "sweep.json").read_text())
+    assert f"evaluation {summary['evaluation_id']} (detection): best mAP@0.5 " in out.stdout
+    with session_scope(settings) as session:
+        evaluation = session.exec(select(Evaluation)).one()
+        rows = session.exec(select(EvaluationResult)).all()
+        simclr = session.exec(select(ModelVersion).join(RegisteredModel)
+                              .where(RegisteredModel.name == "pcb-simclr")).one()
+    assert evaluation.summary["task"] == "detection" and evaluation.summary["metric"] == "map50"
+    cells = {(r.backbone, r.fraction): r for r in rows}
+    assert set(cells) == {("pcb-simclr", 0.5), ("pcb-simclr", 1.0), ("scratch", 0.5), ("scratch", 1.0)}
+    assert cells[("pcb-simclr", 1.0)].model_version_id == simclr.id and cells[("scratch", 1.0)].model_version_id is None
+    full = N_IMAGES - json.loads((root / "detector.json").read_text())["metrics"]["n_test_images"]
+    assert cells[("scratch", 1.0)].n_train == full and 0 < cells[("scratch", 0.5)].n_train < full
+    for r in rows:
+        assert r.method == "centernet" and set(r.metrics) == {"map50", "map33", "fscore33"}
+        assert 0 <= r.metrics["map50"]["ci_low"] <= r.metrics["map50"]["value"] <= r.metrics["map50"]["ci_high"] <= 1
+    store = open_store(settings)
+    report = store.get_bytes(evaluation.report_uri, evaluation.report_sha256).decode()
+    assert "| pcb-simclr | 50% (" in report and "| scratch | 100% (" in report
+    assert store.get_bytes(evaluation.plot_uri, evaluation.plot_sha256).startswith(b"\x89PNG")
+    page = TestClient(create_app(settings)).get("/models/pcb-simclr").text
+    assert f"evaluation {evaluation.id} (" in page and "<th>mAP@0.5</th>" in page
+    assert f"{cells[('pcb-simclr', 1.0)].metrics['map50']['value']:.3f}" in page
