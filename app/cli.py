@@ -477,10 +477,17 @@ def evaluate(dataset: str = typer.Option(..., "--dataset", "-d", callback=DATASE
              metric: str = METRIC,
              baseline_fractions: str = typer.Option("1.0", help="label fractions the sanity baselines run at "
                                                     "(comma-separated, or 'all')"),
-             task: str = typer.Option("classification", help="classification or detection (a box snapshot)"),
+             task: str = typer.Option("classification", help="classification, detection (a box snapshot) or "
+                                      "anomaly (good images only)"),
              snapshot: Optional[int] = typer.Option(None, "--snapshot", "--labels",
-                                                    help="detection: the box snapshot (default: latest)"),
-             img_size: int = typer.Option(256, help="detection: input size"),
+                                                    help="detection: the box snapshot; anomaly: the snapshot "
+                                                    "--good-class refers to (default: latest)"),
+             img_size: Optional[int] = typer.Option(None, help="detection, anomaly: input size (detection default "
+                                                    "256; anomaly: the backbones' own)"),
+             good_class: Optional[str] = typer.Option(None, help="anomaly: the snapshot class that is normal"),
+             false_alarm_rate: float = typer.Option(0.01, help="anomaly: false-alarm rate each threshold is set for"),
+             regions_snapshot: Optional[int] = typer.Option(None, help="anomaly: box snapshot whose boxes are the "
+                                                            "defect regions (pixel AUROC)"),
              steps: int = typer.Option(2000, help="detection: training steps of each detector"),
              batch_size: int = typer.Option(16, help="detection: images per step"),
              crop: Optional[int] = typer.Option(None, help="detection: train on random crops of this size"),
@@ -492,13 +499,18 @@ def evaluate(dataset: str = typer.Option(..., "--dataset", "-d", callback=DATASE
     sanity baselines (majority class; logistic regression and RBF-SVM on pixels and HOG).
 
     With --task detection: the same detector recipe from each backbone and from scratch on
-    fractions of a box snapshot's training images, mAP@0.5 on its test split."""
+    fractions of a box snapshot's training images, mAP@0.5 on its test split.
+    With --task anomaly: the same memory-bank recipe on each backbone's features (and random
+    ones), fitted on fractions of the --good-class training images, image AUROC on the test split."""
     prepare()
+    if task == "anomaly":
+        return _evaluate_anomaly(dataset, backbone, scratch, fractions, seeds, snapshot, img_size, good_class,
+                                 false_alarm_rate, regions_snapshot, summary_path)
     if task == "detection":
         from flows.detection import evaluate_detection_flow
         out = run_step(evaluate_detection_flow, dataset, backbones=backbone or None, include_scratch=scratch,
                        fractions=parse_list(fractions or "0.1,0.25,1.0"), seeds=parse_list(seeds or "0", int),
-                       snapshot_version=snapshot, img_size=img_size, steps=steps, batch_size=batch_size, crop=crop,
+                       snapshot_version=snapshot, img_size=img_size or 256, steps=steps, batch_size=batch_size, crop=crop,
                        tile=tile, score_threshold=score_threshold)
         write_summary(summary_path, out)
         best = max(out["table"], key=lambda row: row["metrics"]["map50"]["value"])
@@ -508,7 +520,7 @@ def evaluate(dataset: str = typer.Option(..., "--dataset", "-d", callback=DATASE
                       f"of the training images\nreport {out['report_uri']}\nplot {out['plot_uri']}")
         return
     if task != "classification":
-        raise typer.BadParameter(f"task must be classification or detection, not {task!r}")
+        raise typer.BadParameter(f"task must be classification, detection or anomaly, not {task!r}")
     from flows.evaluate import evaluate_flow
     out = run_step(evaluate_flow, dataset, backbones=backbone or None, include_scratch=scratch,
                    fractions=parse_list(fractions or "0.05,0.1,0.25,0.5,1.0"), seeds=parse_list(seeds or "0,1,2", int),
@@ -519,6 +531,23 @@ def evaluate(dataset: str = typer.Option(..., "--dataset", "-d", callback=DATASE
                    baseline_fractions=None if baseline_fractions.strip() == "all" else parse_list(baseline_fractions))
     write_summary(summary_path, out)
     console.print(f"evaluation {out['evaluation_id']}: report {out['report_uri']}\nplot {out['plot_uri']}")
+
+
+def _evaluate_anomaly(dataset, backbone, scratch, fractions, seeds, snapshot, img_size, good_class, false_alarm_rate,
+                      regions_snapshot, summary_path) -> None:
+    if good_class is None:
+        raise typer.BadParameter("--task anomaly needs --good-class: the class of the label snapshot that is normal")
+    from flows.anomaly import evaluate_anomaly_flow
+    out = run_step(evaluate_anomaly_flow, dataset, good_class=good_class, backbones=backbone or None,
+                   include_scratch=scratch, fractions=parse_list(fractions or "1.0"), seeds=parse_list(seeds or "0", int),
+                   snapshot_version=snapshot, img_size=img_size, false_alarm_rate=false_alarm_rate,
+                   regions_snapshot=regions_snapshot)
+    write_summary(summary_path, out)
+    best = max(out["table"], key=lambda row: row["metrics"]["image_auroc"]["value"])
+    a = best["metrics"]["image_auroc"]
+    console.print(f"evaluation {out['evaluation_id']} (anomaly): best image AUROC {a['value']:.3f} "
+                  f"[{a['ci_low']:.3f}, {a['ci_high']:.3f}] from {best['backbone']} with {best['fraction']:.0%} of the "
+                  f"good images\nreport {out['report_uri']}\nplot {out['plot_uri']}")
 
 
 @app.command()

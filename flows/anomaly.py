@@ -1,7 +1,12 @@
 """Flow `adapt-anomaly`: an anomaly model from good images only (PatchCore-style memory bank
 on a backbone's patch features), its threshold for a stated false-alarm rate, its evaluation
 on the snapshot's test split when defect labels exist, a heat-map artifact, and its registry
-version with lineage."""
+version with lineage.
+
+Flow `evaluate-anomaly`: backbones compared for anomaly detection: the same memory-bank recipe
+on each backbone's features (registered backbones, e.g. domain-pretrained and generic, and a
+random ResNet), fitted on fractions of the good training images and scored on the same test
+split; its report, plot and evaluation rows."""
 from __future__ import annotations
 
 import json
@@ -20,12 +25,17 @@ from components.evaluation.anomaly import (
     masks_from_box_snapshot,
     pick_examples,
     pixel_auroc,
+    sweep_markdown,
 )
+from components.evaluation.report import plot_curves, summary_table
+from components.evaluation.split import label_subset
 from components.labeling.boxes import is_box_snapshot
 from components.models.checkpoint import save_checkpoint
+from components.names import check_model_ref
 from components.orchestration.lineage import recorded_run
 from components.registry.refs import SCRATCH
 from components.settings import get_settings
+from flows.evaluate import register_evaluation
 from flows.tasks import (
     load_artifact,
     load_dataset_images,
@@ -58,6 +68,18 @@ def calibrate(model, good_images, false_alarm_rate: float):
 @task(name="score-test-split", cache_policy=NO_CACHE)
 def score(model, images):
     return model.score(images, progress=True)
+
+
+def defect_regions(settings, dataset: str, version, regions_snapshot: int, paths: list[str],
+                   is_anomaly: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray]:
+    """(pixel masks of the box snapshot's defect regions at ``size``, which images they speak for:
+    anomalies with boxes, and every good image, which has no defect region by definition)."""
+    _, box_row = resolve_label_snapshot(settings, dataset, version.version, regions_snapshot)
+    boxes = json.loads(load_artifact(settings, box_row.artifact_uri, box_row.sha256))
+    if not is_box_snapshot(boxes):
+        raise ValueError(f"snapshot v{regions_snapshot} of {dataset} holds image classes, not boxes")
+    masks, known = masks_from_box_snapshot(boxes, paths, size)
+    return masks, known | ~is_anomaly
 
 
 @flow(name="adapt-anomaly", log_prints=True)
@@ -117,12 +139,8 @@ def anomaly_flow(dataset: str, backbone: str | None = None, good_class: str | No
             metrics.update(evaluate_anomaly(sets.test_is_anomaly, scores, model.threshold))
             masks = None
             if regions_snapshot is not None:
-                _, box_row = resolve_label_snapshot(settings, dataset, version.version, regions_snapshot)
-                boxes = json.loads(load_artifact(settings, box_row.artifact_uri, box_row.sha256))
-                if not is_box_snapshot(boxes):
-                    raise ValueError(f"snapshot v{regions_snapshot} of {dataset} holds image classes, not boxes")
-                masks, known = masks_from_box_snapshot(boxes, [data.paths[i] for i in sets.test], size)
-                usable = known | ~sets.test_is_anomaly  # good images have no defect regions by definition
+                masks, usable = defect_regions(settings, dataset, version, regions_snapshot,
+                                               [data.paths[i] for i in sets.test], sets.test_is_anomaly, size)
                 if masks[usable].any():
                     metrics["pixel_auroc"] = pixel_auroc(heat[usable], masks[usable])
                     metrics["n_pixel_images"] = int(usable.sum())
@@ -151,3 +169,101 @@ def anomaly_flow(dataset: str, backbone: str | None = None, good_class: str | No
     print(line)
     return {"model": model_name, "version": model_version.version, "model_version_id": model_version.id,
             "metrics": metrics, "report_uri": stored_report.uri, "heatmaps_uri": stored_heat.uri}
+
+
+SWEEP_METHOD = "patchcore"
+
+
+@flow(name="evaluate-anomaly", log_prints=True)
+def evaluate_anomaly_flow(dataset: str, good_class: str, backbones: list[str] | None = None,
+                          include_scratch: bool = True, fractions: list[float] = (1.0,), seeds: list[int] = (0,),
+                          img_size: int | None = None, false_alarm_rate: float = 0.01, coreset_fraction: float = 0.1,
+                          max_bank: int = 20_000, cnn_stages: tuple[int, ...] = (2, 3),
+                          vit_blocks: tuple[int, ...] = (-1,), dataset_version: int | None = None,
+                          snapshot_version: int | None = None, regions_snapshot: int | None = None) -> dict:
+    """Fit the same memory-bank recipe on each of `backbones` (registered backbone refs) and a
+    random small ResNet (unless `include_scratch` is off) from `fractions` of the `good_class`
+    training images (nested for one seed), threshold each for `false_alarm_rate` on the held-out
+    good images, and score the snapshot's test split (every other class an anomaly): image
+    AUROC (the decision metric), false-alarm and detection rates, and pixel AUROC against a box
+    snapshot's regions. Every backbone sees the same images at one input size."""
+    settings = get_settings()
+    refs = [check_model_ref(r) for r in (backbones or [])] + ([SCRATCH] if include_scratch else [])
+    if not refs:
+        raise ValueError("nothing to compare: name a --backbone or keep the random-feature reference")
+    if len(set(refs)) != len(refs):
+        raise ValueError(f"backbones named twice: {refs}")
+    fractions = sorted({float(f) for f in fractions})
+    if not fractions or not all(0 < f <= 1 for f in fractions):
+        raise ValueError(f"fractions must lie in (0, 1], got {fractions}")
+    seeds = sorted({int(s) for s in seeds})
+    if not seeds or min(seeds) < 0:
+        raise ValueError(f"seeds must be >= 0, got {seeds}")
+    if not 0 <= false_alarm_rate < 1:
+        raise ValueError(f"false_alarm_rate must be in [0, 1), got {false_alarm_rate}")
+    configs = {seed: PatchCoreConfig(features=FeatureConfig(cnn_stages=tuple(cnn_stages), vit_blocks=tuple(vit_blocks)),
+                                     coreset_fraction=coreset_fraction, max_bank=max_bank, seed=seed)
+               for seed in seeds}
+    params = {"task": TASK, "method": SWEEP_METHOD, "dataset": dataset, "backbones": refs, "good_class": good_class,
+              "fractions": fractions, "seeds": seeds, "false_alarm_rate": false_alarm_rate,
+              "regions_snapshot": regions_snapshot, "patchcore": configs[seeds[0]].to_dict()}
+    with recorded_run(settings, "evaluate-anomaly", params) as run_id:
+        chosen = {}  # every backbone loaded, and its input size checked, before any fitting
+        for ref in refs:
+            parent = None if ref == SCRATCH else resolve_model_version(settings, ref)
+            checkpoint = None if parent is None else load_model_checkpoint(settings, parent)
+            chosen[ref] = (checkpoint, parent, feature_backbone(checkpoint, img_size, 0)[1].img_size)
+        sizes = {ref: size for ref, (_, _, size) in chosen.items()}
+        if len(set(sizes.values())) > 1:
+            raise ValueError(f"the backbones take different input sizes ({', '.join(f'{r}: {s} px' for r, s in sizes.items())}): "
+                             "give --img-size (ResNets take any size; a ViT only its own)")
+        size = next(iter(sizes.values()))
+        params["img_size"] = size
+        version, snapshot = resolve_label_snapshot(settings, dataset, dataset_version, snapshot_version)
+        data = load_labeled_set(settings, dataset, version, snapshot, size)
+        sets = sets_from_labels(data.labels, data.classes, good_class, data.image_sha256, data.train_idx,
+                                data.test_idx)
+        y = sets.test_is_anomaly
+        if not (y.any() and (~y).any()):
+            raise ValueError(f"the test split of snapshot v{snapshot.version} needs good and anomalous images")
+        regions = None
+        if regions_snapshot is not None:
+            regions = defect_regions(settings, dataset, version, regions_snapshot, [data.paths[i] for i in sets.test],
+                                     y, size)
+        test_images = data.images[sets.test]
+        rows = []
+        for ref, (checkpoint, _, _) in chosen.items():
+            for seed in seeds:
+                for fraction in fractions:
+                    fit = label_subset(sets.fit, np.zeros(len(data.labels), np.int64), fraction, seed)
+                    net, backbone_cfg = feature_backbone(checkpoint, size, seed)
+                    model = fit_model(net, backbone_cfg, data.images[fit], configs[seed])
+                    calibrate(model, data.images[sets.calibration], false_alarm_rate)
+                    scores, heat = score(model, test_images)
+                    measured = evaluate_anomaly(y, scores, model.threshold, seed=seed)
+                    metrics = {k: measured[k] for k in ("image_auroc", "false_alarm_rate", "detection_rate")}
+                    if regions is not None and regions[0][regions[1]].any():
+                        metrics["pixel_auroc"] = pixel_auroc(heat[regions[1]], regions[0][regions[1]], seed=seed)
+                    rows.append({"backbone": ref, "method": SWEEP_METHOD, "fraction": fraction, "seed": seed,
+                                 "n_train": int(len(fit)), "metrics": metrics})
+                    a = metrics["image_auroc"]
+                    print(f"evaluate-anomaly: {ref}, {fraction:.0%} of the good images ({len(fit)}), seed {seed}: "
+                          f"image AUROC {a['value']:.3f} [{a['ci_low']:.3f}, {a['ci_high']:.3f}]")
+        table = summary_table(rows)
+        context = {"dataset": f"{dataset} v{version.version}", "label snapshot": f"v{snapshot.version}",
+                   "good images": f"class {good_class!r}: {len(sets.fit)} to fit, {len(sets.calibration)} to set "
+                                  f"the threshold", "test split": f"{int((~y).sum())} good, {int(y.sum())} anomalous",
+                   "input": f"{size}x{size} px", "false-alarm target": f"{false_alarm_rate:.1%}",
+                   "decision metric": "image_auroc"}
+        markdown = sweep_markdown(f"Anomaly detection by backbone on {dataset}", table, context)
+        report = store_artifact(settings, markdown.encode(), "reports", f"{dataset}-anomaly-evaluation.md")
+        plot = store_artifact(settings, plot_curves(rows, "image_auroc", title=f"{dataset}: image AUROC vs good images"),
+                              "reports", f"{dataset}-anomaly-efficiency.png")
+        results = store_artifact(settings, json.dumps(rows, default=float).encode(), "evaluations",
+                                 f"{dataset}-anomaly-sweep.json")
+        summary = {"task": TASK, "metric": "image_auroc", "table": table, "context": context}
+        evaluation = register_evaluation(settings, snapshot, run_id, report, plot, results, summary, rows,
+                                         {ref: parent.id if parent else None for ref, (_, parent, _) in chosen.items()})
+    print(f"evaluate-anomaly: {len(rows)} anomaly models on {len(sets.test)} test images; report {report.uri}")
+    return {"evaluation_id": evaluation.id, "report_uri": report.uri, "plot_uri": plot.uri, "metric": "image_auroc",
+            "table": table, "markdown": markdown}

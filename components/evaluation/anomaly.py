@@ -14,6 +14,7 @@ from typing import Sequence
 import numpy as np
 
 from components.evaluation.figures import figure_png, image_grid
+from components.evaluation.report import backbone_sweep_markdown
 
 
 def auroc(is_anomaly: np.ndarray, scores: np.ndarray) -> float:
@@ -22,7 +23,9 @@ def auroc(is_anomaly: np.ndarray, scores: np.ndarray) -> float:
     n_pos, n_neg = int(y.sum()), int((~y).sum())
     if n_pos == 0 or n_neg == 0:
         return float("nan")
-    from scipy.stats import rankdata  # here: scipy.stats costs every CLI command a second of imports
+    from scipy.stats import (
+        rankdata,  # here: scipy.stats costs every CLI command a second of imports
+    )
 
     ranks = rankdata(np.asarray(scores, dtype=np.float64))
     return float((ranks[y].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
@@ -182,3 +185,16 @@ def heatmap_overlays(images: np.ndarray, heatmaps: np.ndarray, titles: Sequence[
             ax.contour(masks[i].astype(float), levels=[0.5], colors="white", linewidths=0.8)
         ax.set_title(titles[i], fontsize=8)
     return figure_png(fig)
+
+
+def sweep_markdown(title: str, table: Sequence[dict], context: dict) -> str:
+    """Backbones compared for anomaly detection (``summary_table`` rows) as markdown: image AUROC,
+    pixel AUROC, and the false-alarm and detection rates at each model's threshold."""
+    return backbone_sweep_markdown(
+        title, table, context, [("image_auroc", "image AUROC (95% CI)"), ("pixel_auroc", "pixel AUROC"),
+                                ("false_alarm_rate", "false alarms (good test images)"),
+                                ("detection_rate", "detected anomalies")],
+        "good images fitted", "Every model is the same memory-bank recipe on its backbone's patch features, fitted "
+        "on the same good images (nested across fractions for one seed), thresholded on the same held-out good "
+        "images and scored on the snapshot's fixed test split. Intervals: percentile bootstrap over test images "
+        "(seed means).")

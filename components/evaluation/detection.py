@@ -19,6 +19,7 @@ import numpy as np
 
 from components.evaluation.anomaly import _interval
 from components.evaluation.figures import figure_png, image_grid
+from components.evaluation.report import backbone_sweep_markdown
 from components.models.detection import box_iou
 
 VOC_IOU = 0.5
@@ -273,25 +274,12 @@ def draw_boxes(images: np.ndarray, preds: Sequence[dict], truths: Sequence[dict]
     return figure_png(fig)
 
 
+
 def sweep_markdown(title: str, table: Sequence[dict], context: dict) -> str:
-    """A detection label-efficiency sweep as markdown: one row per backbone and fraction of the
-    training images (seed means of mAP@0.5, mAP@0.33 and the IoU > 0.33 F-score, each with the
-    seed-mean of its bootstrap interval; ``table`` as components/evaluation/report.py's
-    ``summary_table`` makes it), best mAP@0.5 per fraction in bold."""
-    best = {}
-    for row in table:
-        best[row["fraction"]] = max(best.get(row["fraction"], -1.0), row["metrics"]["map50"]["value"])
-    lines = [f"# {title}", ""] + [f"- **{k}**: {v}" for k, v in context.items()]
-    lines += ["", "| backbone | training images | seeds | mAP@0.5 (95% CI) | mAP@0.33 | F-score (IoU > 0.33) |",
-              "| --- | --- | --- | --- | --- | --- |"]
-    for row in table:
-        m = row["metrics"]
-        map50 = _cell(m["map50"])
-        if m["map50"]["value"] == best[row["fraction"]] and len({r["backbone"] for r in table}) > 1:
-            map50 = f"**{map50}**"
-        lines.append(f"| {row['backbone']} | {row['fraction']:.0%} ({row['n_train']:.0f}) | {row['n_seeds']} | {map50} "
-                     f"| {_cell(m['map33'])} | {_cell(m['fscore33'])} |")
-    lines += ["", "Every detector is trained with the same recipe on the same images (for one seed the "
-              "subsets are nested across fractions) and scored on the snapshot's fixed test split. "
-              "Intervals: percentile bootstrap over test images (seed means)."]
-    return "\n".join(lines) + "\n"
+    """A detection label-efficiency sweep (``summary_table`` rows) as markdown: mAP@0.5, mAP@0.33
+    and the IoU > 0.33 F-score per backbone and fraction of the training images."""
+    return backbone_sweep_markdown(
+        title, table, context, [("map50", "mAP@0.5 (95% CI)"), ("map33", "mAP@0.33"), ("fscore33", "F-score (IoU > 0.33)")],
+        "training images", "Every detector is trained with the same recipe on the same images (for one seed the "
+        "subsets are nested across fractions) and scored on the snapshot's fixed test split. Intervals: percentile "
+        "bootstrap over test images (seed means).")

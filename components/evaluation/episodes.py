@@ -110,7 +110,12 @@ def _episodes(labels: np.ndarray, test_idx: np.ndarray, n_way: int, k_shot: int,
 
 
 def _feature_accuracies(method: str, feats: np.ndarray, episodes, n_way: int, cfg: EpisodeConfig) -> list[float]:
-    from components.training.adapt import AdaptConfig, fit_probe, fit_prototypes, predict_proba_from_features
+    from components.training.adapt import (
+        AdaptConfig,
+        fit_probe,
+        fit_prototypes,
+        predict_proba_from_features,
+    )
 
     head_cfg = AdaptConfig(method=method, seed=cfg.seed, prototype_temperature=cfg.prototype_temperature,
                            probe_folds=5, probe_l2=None)

@@ -12,8 +12,8 @@ balanced accuracy (its recall is undefined). Metrics of an empty set are NaN.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from typing import Any
 from dataclasses import asdict, dataclass
+from typing import Any
 
 import numpy as np
 

@@ -25,7 +25,12 @@ from typing import Any
 import numpy as np
 
 from components.evaluation.baselines import BASELINE_BACKBONE
-from components.evaluation.metrics import METRICS, check_metric, json_safe, paired_comparison
+from components.evaluation.metrics import (
+    METRICS,
+    check_metric,
+    json_safe,
+    paired_comparison,
+)
 
 METRIC_NAMES = ("accuracy", "macro_f1", "balanced_accuracy")
 _FULL = 1.0
@@ -531,3 +536,31 @@ def samples_section(entries: Sequence[dict[str, Any]], max_embed_bytes: int = SA
             out.append("- not measured against real images (`dlvm generate ... --against DATASET` measures it).")
         out.append("")
     return out
+
+
+def backbone_sweep_markdown(title: str, table: Sequence[dict[str, Any]], context: Mapping[str, Any],
+                            columns: Sequence[tuple[str, str]], train_unit: str, note: str) -> str:
+    """A sweep of backbones over fractions of the training images as markdown (detection and
+    anomaly detection: one method, so a row per backbone and fraction). ``table``:
+    :func:`summary_table`'s; ``columns``: (metric name, header), the first the decision metric,
+    whose best value per fraction is bold when several backbones compete; a metric a row lacks
+    is "-"."""
+    decision = columns[0][0]
+    best: dict[float, float] = {}
+    for row in table:
+        best[row["fraction"]] = max(best.get(row["fraction"], -np.inf), row["metrics"][decision]["value"])
+    several = len({row["backbone"] for row in table}) > 1
+    lines = [f"# {title}", ""] + [f"- **{k}**: {v}" for k, v in context.items()]
+    lines += ["", f"| backbone | {train_unit} | seeds | " + " | ".join(h for _, h in columns) + " |",
+              "| --- | --- | --- |" + " --- |" * len(columns)]
+    for row in table:
+        cells = []
+        for name, _ in columns:
+            m = row["metrics"].get(name)
+            cell = "-" if m is None else f"{m['value']:.3f} ({m['ci_low']:.3f}-{m['ci_high']:.3f})"
+            if name == decision and several and m["value"] == best[row["fraction"]]:
+                cell = f"**{cell}**"
+            cells.append(cell)
+        lines.append(f"| {row['backbone']} | {row['fraction']:.0%} ({row['n_train']:.0f}) | {row['n_seeds']} | "
+                     + " | ".join(cells) + " |")
+    return "\n".join([*lines, "", note]) + "\n"

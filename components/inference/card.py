@@ -155,7 +155,8 @@ def render_markdown(f: dict[str, Any]) -> str:
         table = summ.get("table") or []
         fractions = sorted({r["fraction"] for r in table})
         backbones = sorted({(r["backbone"], r["method"]) for r in table})
-        shown = "map50" if summ.get("task") == "detection" else "accuracy"  # a detection sweep has no accuracy
+        # detection and anomaly sweeps have no accuracy: their decision metric instead
+        shown = {"detection": "map50", "anomaly": "image_auroc"}.get(summ.get("task"), "accuracy")
         cell = {(r["backbone"], r["method"], r["fraction"]): r["metrics"].get(shown) for r in table}
         lines += _table(["backbone", "method", *[f"{x:g} labels" for x in fractions]],
                         [[b, m, *[_metric(cell.get((b, m, x))) for x in fractions]] for b, m in backbones])

@@ -1,7 +1,8 @@
 """DeepPCB's boxes and good images through the CLI, on a handful of real images: ingest; a box
 snapshot from a CSV (bad rows reported one line each, nothing wrong registered); a good/defect
 label snapshot; `dlvm adapt --task anomaly` fitted on the good class only, its evaluation on the
-test split, the heat-map artifact and the registry lineage."""
+test split, the heat-map artifact and the registry lineage; `dlvm evaluate --task anomaly`
+comparing a pretrained backbone with random features."""
 from __future__ import annotations
 
 import csv
@@ -9,7 +10,7 @@ import json
 import shutil
 
 import pytest
-from clirun import dlvm, dlvm_env
+from clirun import dlvm, dlvm_env, dlvm_in_process
 from sqlmodel import select
 
 from components.anomaly.patchcore import PatchCore
@@ -168,3 +169,49 @@ def test_predict_scores_and_decides_writes_heat_maps_and_the_dashboard_shows_the
     page = client.get("/models/pcb-anomaly").text
     assert f'<img id="examples-image" src="/api/models/pcb-anomaly/versions/{newest}/examples"' in page
     assert "Heat maps on test images" in page and f'data-batch="{s["batch_id"]}"' in page
+
+
+def test_evaluate_anomaly_compares_backbones_on_fractions_of_the_good_images(anomaly_run, tmp_path):
+    """`dlvm evaluate --task anomaly`: the same memory-bank recipe on a registered backbone's
+    features and on random ones, fitted on nested fractions of the good training images, one
+    evaluation with a row per model (image AUROC, false-alarm and detection rates), a report
+    and a plot. Backbones of different input sizes are refused before anything is fitted."""
+    from components.registry.tables import Evaluation, EvaluationResult
+    from flows.pretrain import pretrain_flow
+
+    root, env, *_ = anomaly_run
+    with dlvm_in_process(env):
+        pretrain_flow("pcb", recipe="tiny-cnn", method="simclr", model_name="pcb-simclr")
+        pretrain_flow("pcb", recipe="tiny", method="mae", model_name="pcb-mae")
+    settings = Settings(home=root / "state")
+    common = ["evaluate", "--task", "anomaly", "--dataset", "pcb", "--labels", "1", "--good-class", "good",
+              "--false-alarm-rate", "0.1"]
+    refused = dlvm(env, *common, "--backbone", "pcb-mae", check=False)  # a 32 px ViT beside a 128 px ResNet
+    assert refused.returncode != 0 and "the backbones take different input sizes (pcb-mae: 32 px, scratch: 128 px)" \
+        in refused.stdout + refused.stderr
+    with session_scope(settings) as session:
+        assert not session.exec(select(Evaluation)).all()
+
+    out = dlvm(env, *common, "--backbone", "pcb-simclr", "--img-size", "64", "--fractions", "0.5,1.0",
+               "--summary", str(tmp_path / "sweep.json"))
+    summary = json.loads((tmp_path / "sweep.json").read_text())
+    assert f"evaluation {summary['evaluation_id']} (anomaly): best image AUROC " in out.stdout
+    with session_scope(settings) as session:
+        evaluation = session.exec(select(Evaluation)).one()
+        rows = session.exec(select(EvaluationResult)).all()
+        simclr = session.exec(select(ModelVersion).join(RegisteredModel)
+                              .where(RegisteredModel.name == "pcb-simclr")).one()
+    assert evaluation.summary["task"] == "anomaly" and evaluation.summary["metric"] == "image_auroc"
+    cells = {(r.backbone, r.fraction): r for r in rows}
+    assert set(cells) == {("pcb-simclr", 0.5), ("pcb-simclr", 1.0), ("scratch", 0.5), ("scratch", 1.0)}
+    assert cells[("pcb-simclr", 1.0)].model_version_id == simclr.id and cells[("scratch", 1.0)].model_version_id is None
+    n_fit = anomaly_run[3]["metrics"]["n_fit"]  # the adapt run fitted every good training image but the calibration ones
+    assert cells[("scratch", 1.0)].n_train == n_fit and 0 < cells[("scratch", 0.5)].n_train < n_fit
+    for r in rows:
+        assert r.method == "patchcore" and {"image_auroc", "false_alarm_rate", "detection_rate"} <= set(r.metrics)
+        a = r.metrics["image_auroc"]
+        assert 0 <= a["ci_low"] <= a["value"] <= a["ci_high"] <= 1
+    store = open_store(settings)
+    report = store.get_bytes(evaluation.report_uri, evaluation.report_sha256).decode()
+    assert "| pcb-simclr | 50% (" in report and "| scratch | 100% (" in report and "image AUROC" in report
+    assert store.get_bytes(evaluation.plot_uri, evaluation.plot_sha256).startswith(b"\x89PNG")
