@@ -17,7 +17,12 @@ from components.anomaly.patchcore import PatchCore
 from components.data.elpv import write_label_studio_export
 from components.models.checkpoint import load_checkpoint
 from components.registry.db import session_scope
-from components.registry.tables import LabelSnapshot, ModelVersion, PredictionBatch, RegisteredModel
+from components.registry.tables import (
+    LabelSnapshot,
+    ModelVersion,
+    PredictionBatch,
+    RegisteredModel,
+)
 from components.settings import Settings
 from components.storage import open_store
 
