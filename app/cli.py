@@ -512,13 +512,7 @@ def evaluate(dataset: str = typer.Option(..., "--dataset", "-d", callback=DATASE
                        fractions=parse_list(fractions or "0.1,0.25,1.0"), seeds=parse_list(seeds or "0", int),
                        snapshot_version=snapshot, img_size=img_size or 256, steps=steps, batch_size=batch_size, crop=crop,
                        tile=tile, score_threshold=score_threshold)
-        write_summary(summary_path, out)
-        best = max(out["table"], key=lambda row: row["metrics"]["map50"]["value"])
-        m = best["metrics"]["map50"]
-        console.print(f"evaluation {out['evaluation_id']} (detection): best mAP@0.5 {m['value']:.3f} "
-                      f"[{m['ci_low']:.3f}, {m['ci_high']:.3f}] from {best['backbone']} with {best['fraction']:.0%} "
-                      f"of the training images\nreport {out['report_uri']}\nplot {out['plot_uri']}")
-        return
+        return _print_best_cell(out, summary_path, "detection", "mAP@0.5", "training images")
     if task != "classification":
         raise typer.BadParameter(f"task must be classification, detection or anomaly, not {task!r}")
     from flows.evaluate import evaluate_flow
@@ -542,12 +536,17 @@ def _evaluate_anomaly(dataset, backbone, scratch, fractions, seeds, snapshot, im
                    include_scratch=scratch, fractions=parse_list(fractions or "1.0"), seeds=parse_list(seeds or "0", int),
                    snapshot_version=snapshot, img_size=img_size, false_alarm_rate=false_alarm_rate,
                    regions_snapshot=regions_snapshot)
+    _print_best_cell(out, summary_path, "anomaly", "image AUROC", "good images")
+
+
+def _print_best_cell(out: dict, summary_path, task: str, metric_name: str, of_what: str) -> None:
+    """The summary file, and the best cell of a detection or anomaly sweep by its decision metric."""
     write_summary(summary_path, out)
-    best = max(out["table"], key=lambda row: row["metrics"]["image_auroc"]["value"])
-    a = best["metrics"]["image_auroc"]
-    console.print(f"evaluation {out['evaluation_id']} (anomaly): best image AUROC {a['value']:.3f} "
-                  f"[{a['ci_low']:.3f}, {a['ci_high']:.3f}] from {best['backbone']} with {best['fraction']:.0%} of the "
-                  f"good images\nreport {out['report_uri']}\nplot {out['plot_uri']}")
+    best = max(out["table"], key=lambda row: row["metrics"][out["metric"]]["value"])
+    m = best["metrics"][out["metric"]]
+    console.print(f"evaluation {out['evaluation_id']} ({task}): best {metric_name} {m['value']:.3f} "
+                  f"[{m['ci_low']:.3f}, {m['ci_high']:.3f}] from {best['backbone']} with {best['fraction']:.0%} of the "
+                  f"{of_what}\nreport {out['report_uri']}\nplot {out['plot_uri']}")
 
 
 @app.command()

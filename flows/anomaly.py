@@ -27,15 +27,16 @@ from components.evaluation.anomaly import (
     pixel_auroc,
     sweep_markdown,
 )
-from components.evaluation.report import plot_curves, summary_table
+from components.evaluation.report import summary_table
 from components.evaluation.split import label_subset
+from components.evaluation.sweep import checked_axes
 from components.labeling.boxes import is_box_snapshot
 from components.models.checkpoint import save_checkpoint
 from components.names import check_model_ref
 from components.orchestration.lineage import recorded_run
 from components.registry.refs import SCRATCH
 from components.settings import get_settings
-from flows.evaluate import register_evaluation
+from flows.evaluate import record_backbone_sweep
 from flows.tasks import (
     load_artifact,
     load_dataset_images,
@@ -188,17 +189,8 @@ def evaluate_anomaly_flow(dataset: str, good_class: str, backbones: list[str] | 
     AUROC (the decision metric), false-alarm and detection rates, and pixel AUROC against a box
     snapshot's regions. Every backbone sees the same images at one input size."""
     settings = get_settings()
-    refs = [check_model_ref(r) for r in (backbones or [])] + ([SCRATCH] if include_scratch else [])
-    if not refs:
-        raise ValueError("nothing to compare: name a --backbone or keep the random-feature reference")
-    if len(set(refs)) != len(refs):
-        raise ValueError(f"backbones named twice: {refs}")
-    fractions = sorted({float(f) for f in fractions})
-    if not fractions or not all(0 < f <= 1 for f in fractions):
-        raise ValueError(f"fractions must lie in (0, 1], got {fractions}")
-    seeds = sorted({int(s) for s in seeds})
-    if not seeds or min(seeds) < 0:
-        raise ValueError(f"seeds must be >= 0, got {seeds}")
+    refs, fractions, seeds = checked_axes([check_model_ref(r) for r in (backbones or [])],
+                                          SCRATCH if include_scratch else None, fractions, seeds)
     if not 0 <= false_alarm_rate < 1:
         raise ValueError(f"false_alarm_rate must be in [0, 1), got {false_alarm_rate}")
     configs = {seed: PatchCoreConfig(features=FeatureConfig(cnn_stages=tuple(cnn_stages), vit_blocks=tuple(vit_blocks)),
@@ -256,14 +248,10 @@ def evaluate_anomaly_flow(dataset: str, good_class: str, backbones: list[str] | 
                    "input": f"{size}x{size} px", "false-alarm target": f"{false_alarm_rate:.1%}",
                    "decision metric": "image_auroc"}
         markdown = sweep_markdown(f"Anomaly detection by backbone on {dataset}", table, context)
-        report = store_artifact(settings, markdown.encode(), "reports", f"{dataset}-anomaly-evaluation.md")
-        plot = store_artifact(settings, plot_curves(rows, "image_auroc", title=f"{dataset}: image AUROC vs good images"),
-                              "reports", f"{dataset}-anomaly-efficiency.png")
-        results = store_artifact(settings, json.dumps(rows, default=float).encode(), "evaluations",
-                                 f"{dataset}-anomaly-sweep.json")
-        summary = {"task": TASK, "metric": "image_auroc", "table": table, "context": context}
-        evaluation = register_evaluation(settings, snapshot, run_id, report, plot, results, summary, rows,
-                                         {ref: parent.id if parent else None for ref, (_, parent, _) in chosen.items()})
+        evaluation, report, plot = record_backbone_sweep(
+            settings, snapshot, run_id, TASK, "image_auroc", rows, table, markdown, context, rows,
+            {ref: parent.id if parent else None for ref, (_, parent, _) in chosen.items()},
+            f"{dataset}: image AUROC vs good images")
     print(f"evaluate-anomaly: {len(rows)} anomaly models on {len(sets.test)} test images; report {report.uri}")
     return {"evaluation_id": evaluation.id, "report_uri": report.uri, "plot_uri": plot.uri, "metric": "image_auroc",
             "table": table, "markdown": markdown}

@@ -11,7 +11,6 @@ scratch) on nested fractions of the training images, scored on the same test spl
 report, plot and evaluation rows."""
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
@@ -25,8 +24,9 @@ from components.evaluation.detection import (
     markdown_report,
     sweep_markdown,
 )
-from components.evaluation.report import plot_curves, summary_table
+from components.evaluation.report import summary_table
 from components.evaluation.split import label_subset
+from components.evaluation.sweep import checked_axes
 from components.models.backbones import checkpoint_config, family_of
 from components.models.checkpoint import save_checkpoint
 from components.models.detection import detector_state
@@ -37,7 +37,7 @@ from components.settings import get_settings
 from components.training.detect import DetectConfig, predict_boxes, train_detector
 from components.training.device import cpu_threads
 from components.training.pretrain import resume_path
-from flows.evaluate import register_evaluation
+from flows.evaluate import record_backbone_sweep
 from flows.tasks import (
     load_box_set,
     load_model_checkpoint,
@@ -174,17 +174,8 @@ def evaluate_detection_flow(dataset: str, backbones: list[str] | None = None, in
     each seed, and score every detector on the snapshot's test split (mAP@0.5 the decision
     metric). Nothing is registered but the evaluation: the detectors are measurements."""
     settings = get_settings()
-    refs = [check_model_ref(r) for r in (backbones or [])] + ([SCRATCH] if include_scratch else [])
-    if not refs:
-        raise ValueError("nothing to compare: name a --backbone or keep the scratch detector")
-    if len(set(refs)) != len(refs):
-        raise ValueError(f"backbones named twice: {refs}")
-    fractions = sorted({float(f) for f in fractions})
-    if not fractions or not all(0 < f <= 1 for f in fractions):
-        raise ValueError(f"fractions must lie in (0, 1], got {fractions}")
-    seeds = sorted({int(s) for s in seeds})
-    if not seeds or min(seeds) < 0:
-        raise ValueError(f"seeds must be >= 0, got {seeds}")
+    refs, fractions, seeds = checked_axes([check_model_ref(r) for r in (backbones or [])],
+                                          SCRATCH if include_scratch else None, fractions, seeds)
     if not 0 < score_threshold < 1:
         raise ValueError(f"score_threshold must be in (0, 1), got {score_threshold}")
     configs = {seed: DetectConfig(steps=steps, batch_size=batch_size, lr=lr, crop=crop, tile=tile, seed=seed)
@@ -227,14 +218,10 @@ def evaluate_detection_flow(dataset: str, backbones: list[str] | None = None, in
                              + (f", detected in {tile} px tiles" if tile else ""),
                    "decision metric": "map50"}
         markdown = sweep_markdown(f"Detection label efficiency on {dataset}", table, context)
-        report = store_artifact(settings, markdown.encode(), "reports", f"{dataset}-detection-evaluation.md")
-        plot = store_artifact(settings, plot_curves(rows, "map50", title=f"{dataset}: mAP@0.5 vs training images"),
-                              "reports", f"{dataset}-detection-efficiency.png")
-        results = store_artifact(settings, json.dumps(cells, default=float).encode(), "evaluations",
-                                 f"{dataset}-detection-sweep.json")
-        summary = {"task": TASK, "metric": "map50", "table": table, "context": context}
-        evaluation = register_evaluation(settings, snapshot, run_id, report, plot, results, summary, rows,
-                                         {ref: parent.id if parent else None for ref, (_, parent) in chosen.items()})
+        evaluation, report, plot = record_backbone_sweep(
+            settings, snapshot, run_id, TASK, "map50", rows, table, markdown, context, cells,
+            {ref: parent.id if parent else None for ref, (_, parent) in chosen.items()},
+            f"{dataset}: mAP@0.5 vs training images")
     print(f"evaluate-detection: {len(rows)} detectors on {len(test_idx)} test images; report {report.uri}")
     return {"evaluation_id": evaluation.id, "report_uri": report.uri, "plot_uri": plot.uri, "metric": "map50",
             "table": table, "markdown": markdown}

@@ -4,6 +4,7 @@ plot and registry rows."""
 from __future__ import annotations
 
 import dataclasses
+import json
 
 from prefect import flow, task
 from prefect.artifacts import (
@@ -13,9 +14,22 @@ from prefect.artifacts import (
 )
 from prefect.cache_policies import NO_CACHE
 
-from components.evaluation.baselines import BASELINE_BACKBONE, SANITY_BASELINES, BaselineConfig
-from components.evaluation.episodes import EpisodeConfig, episodes_markdown, evaluate_episodes, parse_specs
-from components.evaluation.learning_setting import learning_settings_markdown, pretraining_saw_test_images
+from components.data.images import Preprocess
+from components.evaluation.baselines import (
+    BASELINE_BACKBONE,
+    SANITY_BASELINES,
+    BaselineConfig,
+)
+from components.evaluation.episodes import (
+    EpisodeConfig,
+    episodes_markdown,
+    evaluate_episodes,
+    parse_specs,
+)
+from components.evaluation.learning_setting import (
+    learning_settings_markdown,
+    pretraining_saw_test_images,
+)
 from components.evaluation.metrics import DEFAULT_GATE_METRIC, check_metric
 from components.evaluation.report import (
     efficiency_claim,
@@ -45,7 +59,6 @@ from components.registry.promotion import baseline_refs
 from components.registry.refs import SCRATCH
 from components.settings import get_settings
 from components.storage import ArtifactError, open_store
-from components.data.images import Preprocess
 from components.training.recipes import AUTO, meta_config, recipe_for_run
 from flows.tasks import (
     load_backbone,
@@ -124,6 +137,19 @@ def register_evaluation(settings, snapshot, run_id, report, plot, results, summa
             report_uri=report.uri, report_sha256=report.sha256, plot_uri=plot.uri, plot_sha256=plot.sha256,
             results_uri=results.uri, results_sha256=results.sha256, summary=summary,
             results=[dict(row, model_version_id=version_of.get(row["backbone"])) for row in rows])
+
+
+def record_backbone_sweep(settings, snapshot, run_id, task_name: str, metric: str, rows: list[dict], table: list[dict],
+                          markdown: str, context: dict, details: list[dict], version_of: dict, plot_title: str):
+    """Store a detection or anomaly sweep's report, plot (``metric`` vs fraction) and per-cell
+    details, and register it as an evaluation of ``snapshot`` (summary ``task``: what it measured)."""
+    stem = f"{snapshot.id}-{task_name}"
+    report = store_artifact(settings, markdown.encode(), "reports", f"{stem}-evaluation.md")
+    plot = store_artifact(settings, plot_curves(rows, metric, title=plot_title), "reports", f"{stem}-efficiency.png")
+    results = store_artifact(settings, json.dumps(details, default=float).encode(), "evaluations", f"{stem}-sweep.json")
+    summary = {"task": task_name, "metric": metric, "table": table, "context": context}
+    evaluation = register_evaluation(settings, snapshot, run_id, report, plot, results, summary, rows, version_of)
+    return evaluation, report, plot
 
 
 @task(name="publish-prefect-artifacts", cache_policy=NO_CACHE)

@@ -13,7 +13,13 @@ from prefect.artifacts import create_image_artifact
 from prefect.cache_policies import NO_CACHE
 
 from components.evaluation.sample_quality import sample_quality
-from components.inference.generate import GenerateConfig, generator_input, grid_png, load_generator, sample
+from components.inference.generate import (
+    GenerateConfig,
+    generator_input,
+    grid_png,
+    load_generator,
+    sample,
+)
 from components.names import check_dataset, check_model_ref
 from components.orchestration.lineage import current_flow_run_id, recorded_run
 from components.registry import usage

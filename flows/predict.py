@@ -24,13 +24,22 @@ from components.inference.predict import (
     predict_arrays,
     predict_source,
 )
-from components.inference.predictors import check_predicts, predictor_for, write_heatmaps
+from components.inference.predictors import (
+    check_predicts,
+    predictor_for,
+    write_heatmaps,
+)
 from components.orchestration.lineage import current_flow_run_id, recorded_run
 from components.registry import queries, usage
 from components.registry.db import session_scope
 from components.registry.tables import Dataset, DatasetVersion, RegisteredModel
 from components.settings import get_settings
-from flows.tasks import load_artifact, load_model_checkpoint, resolve_model_version, store_artifact
+from flows.tasks import (
+    load_artifact,
+    load_model_checkpoint,
+    resolve_model_version,
+    store_artifact,
+)
 
 ONCE = dict(cache_policy=NO_CACHE)
 SHOWN = 20  # images whose predictions the flow's return value carries

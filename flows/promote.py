@@ -30,13 +30,18 @@ from components.evaluation.metrics import DEFAULT_GATE_METRIC, check_metric
 from components.names import check_alias, check_model_ref
 from components.orchestration.lineage import recorded_run
 from components.registry import refs
-from components.registry.refs import SCRATCH
 from components.registry.db import session_scope
 from components.registry.promotion import HolderChanged, record_promotion
+from components.registry.refs import SCRATCH
 from components.settings import get_settings
 from components.training.adapt import Classifier, predict_proba
 from components.training.detect import Detector
-from flows.tasks import load_artifact, load_box_set, load_labeled_set, load_model_checkpoint
+from flows.tasks import (
+    load_artifact,
+    load_box_set,
+    load_labeled_set,
+    load_model_checkpoint,
+)
 
 REGATE_ATTEMPTS = 5  # each lost race means another promotion won: with N at once, N - 1 at most
 

@@ -12,7 +12,11 @@ from synthetic import banded_images
 
 from components.data import access
 from components.data.ingest import build_manifest, scan_folder, stage_into_workspace
-from components.labeling.snapshots import LabelSnapshotData, snapshot_hash, to_json_bytes
+from components.labeling.snapshots import (
+    LabelSnapshotData,
+    snapshot_hash,
+    to_json_bytes,
+)
 from components.models.checkpoint import save_checkpoint
 from components.registry import writes
 from components.registry.db import session_scope
@@ -38,7 +42,12 @@ def promotable_registry(settings: Settings, raw: Path, n_candidates: int = 4) ->
     import torch
 
     from components.models.vit import ViTConfig
-    from components.training.adapt import AdaptConfig, Classifier, extract_features, fit_probe
+    from components.training.adapt import (
+        AdaptConfig,
+        Classifier,
+        extract_features,
+        fit_probe,
+    )
 
     store = open_store(settings)
     scan = scan_folder(raw_images(raw), progress=False)

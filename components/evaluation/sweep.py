@@ -496,3 +496,22 @@ def same_input_size(backbones: Sequence[Backbone], optional: Sequence[str]) -> t
     if len(sizes) != 1:
         raise ValueError(f"backbones disagree on input size {sizes}: compare like with like")
     return kept, notes
+
+
+def checked_axes(backbones: Sequence[str], reference: str | None, fractions: Sequence[float],
+                 seeds: Sequence[int]) -> tuple[list[str], list[float], list[int]]:
+    """The (backbones, fractions, seeds) of a sweep of backbones over training fractions, checked
+    before anything runs: each backbone once (``reference``, e.g. scratch, appended unless None),
+    fractions in (0, 1] and seeds >= 0, both sorted and deduplicated."""
+    refs = list(backbones) + ([reference] if reference is not None else [])
+    if not refs:
+        raise ValueError("nothing to compare: name a --backbone or keep the from-scratch reference")
+    if len(set(refs)) != len(refs):
+        raise ValueError(f"backbones named twice: {refs}")
+    fractions = sorted({float(f) for f in fractions})
+    if not fractions or not all(0 < f <= 1 for f in fractions):
+        raise ValueError(f"fractions must lie in (0, 1], got {fractions}")
+    seeds = sorted({int(s) for s in seeds})
+    if not seeds or min(seeds) < 0:
+        raise ValueError(f"seeds must be >= 0, got {seeds}")
+    return refs, fractions, seeds

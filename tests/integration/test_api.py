@@ -8,8 +8,8 @@ from datetime import timedelta
 
 import pytest
 import schemathesis
-from fastapi.testclient import TestClient
 from example_drawings import ANOMALY, DETECTOR, register_example_drawings
+from fastapi.testclient import TestClient
 from generated_samples import FRECHET, SEQUENTIAL, register_sequential_samples
 from hypothesis import HealthCheck, given
 from hypothesis import settings as hypothesis_settings

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from backbone_sweeps import checked_sweep, pretrain_resnet_and_vit
 from clirun import dlvm, dlvm_env, dlvm_in_process
 from deeppcb_files import copy_first_images
 from sqlmodel import select
@@ -202,13 +203,10 @@ def test_evaluate_detection_compares_backbones_on_fractions_of_the_training_imag
     from fastapi.testclient import TestClient
 
     from app.api.app import create_app
-    from components.registry.tables import Evaluation, EvaluationResult
-    from flows.pretrain import pretrain_flow
+    from components.registry.tables import Evaluation
 
     root, env, *_ = detection_run
-    with dlvm_in_process(env):
-        pretrain_flow("pcb", recipe="tiny-cnn", method="simclr", model_name="pcb-simclr")
-        pretrain_flow("pcb", recipe="tiny", method="mae", model_name="pcb-mae")
+    pretrain_resnet_and_vit(env)
     settings = Settings(home=root / "state")
     common = ["evaluate", "--task", "detection", "--dataset", "pcb", "--labels", "1", "--img-size", "96",
               "--steps", "3", "--batch-size", "2", "--seeds", "0"]
@@ -222,24 +220,10 @@ def test_evaluate_detection_compares_backbones_on_fractions_of_the_training_imag
                str(tmp_path / "sweep.json"))
     summary = json.loads((tmp_path / "sweep.json").read_text())
     assert f"evaluation {summary['evaluation_id']} (detection): best mAP@0.5 " in out.stdout
-    with session_scope(settings) as session:
-        evaluation = session.exec(select(Evaluation)).one()
-        rows = session.exec(select(EvaluationResult)).all()
-        simclr = session.exec(select(ModelVersion).join(RegisteredModel)
-                              .where(RegisteredModel.name == "pcb-simclr")).one()
-    assert evaluation.summary["task"] == "detection" and evaluation.summary["metric"] == "map50"
-    cells = {(r.backbone, r.fraction): r for r in rows}
-    assert set(cells) == {("pcb-simclr", 0.5), ("pcb-simclr", 1.0), ("scratch", 0.5), ("scratch", 1.0)}
-    assert cells[("pcb-simclr", 1.0)].model_version_id == simclr.id and cells[("scratch", 1.0)].model_version_id is None
     full = N_IMAGES - json.loads((root / "detector.json").read_text())["metrics"]["n_test_images"]
-    assert cells[("scratch", 1.0)].n_train == full and 0 < cells[("scratch", 0.5)].n_train < full
-    for r in rows:
+    evaluation, cells = checked_sweep(settings, "detection", "map50", "pcb-simclr", full)
+    for r in cells.values():
         assert r.method == "centernet" and set(r.metrics) == {"map50", "map33", "fscore33"}
-        assert 0 <= r.metrics["map50"]["ci_low"] <= r.metrics["map50"]["value"] <= r.metrics["map50"]["ci_high"] <= 1
-    store = open_store(settings)
-    report = store.get_bytes(evaluation.report_uri, evaluation.report_sha256).decode()
-    assert "| pcb-simclr | 50% (" in report and "| scratch | 100% (" in report
-    assert store.get_bytes(evaluation.plot_uri, evaluation.plot_sha256).startswith(b"\x89PNG")
     page = TestClient(create_app(settings)).get("/models/pcb-simclr").text
     assert f"evaluation {evaluation.id} (" in page and "<th>mAP@0.5</th>" in page
     assert f"{cells[('pcb-simclr', 1.0)].metrics['map50']['value']:.3f}" in page

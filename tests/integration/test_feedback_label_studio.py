@@ -13,7 +13,13 @@ from pathlib import Path
 
 import httpx
 import pytest
-from clirun import deployment_runs, dlvm, dlvm_env, dlvm_in_process, serve_until_a_run_completes
+from clirun import (
+    deployment_runs,
+    dlvm,
+    dlvm_env,
+    dlvm_in_process,
+    serve_until_a_run_completes,
+)
 from sqlmodel import select
 
 from components.data.access import dataset_images

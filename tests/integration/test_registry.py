@@ -18,7 +18,13 @@ from components.registry import db, views
 from components.registry import queries as q
 from components.registry import writes as w
 from components.registry.promotion import PromotionError, record_promotion, rollback
-from components.registry.tables import Alias, DatasetVersion, ModelArtifact, ModelVersion, PromotionEvent
+from components.registry.tables import (
+    Alias,
+    DatasetVersion,
+    ModelArtifact,
+    ModelVersion,
+    PromotionEvent,
+)
 from components.settings import Settings
 
 TABLES = {

@@ -24,7 +24,14 @@ from sqlmodel import SQLModel, col, select
 
 from components.registry import db
 from components.registry.db import session_scope
-from components.registry.tables import Alias, Dataset, DatasetVersion, LabelSnapshot, ModelVersion, PromotionEvent
+from components.registry.tables import (
+    Alias,
+    Dataset,
+    DatasetVersion,
+    LabelSnapshot,
+    ModelVersion,
+    PromotionEvent,
+)
 from components.settings import Settings
 
 TOKEN = "reliability-write-token"

@@ -16,7 +16,13 @@ from sqlmodel import select
 
 from components.data.elpv import export_elpv
 from components.registry.db import session_scope
-from components.registry.tables import Evaluation, ModelArtifact, ModelVersion, RegisteredModel, Run
+from components.registry.tables import (
+    Evaluation,
+    ModelArtifact,
+    ModelVersion,
+    RegisteredModel,
+    Run,
+)
 from components.settings import Settings
 
 

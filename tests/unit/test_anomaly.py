@@ -168,8 +168,9 @@ def test_patchcore_refuses_bad_input():
 
 
 def test_good_images_split_into_fit_and_calibration_and_the_test_split_keeps_every_class():
-    from components.anomaly.sets import sets_from_good_images, sets_from_labels
     from synthetic import fake_shas
+
+    from components.anomaly.sets import sets_from_good_images, sets_from_labels
 
     shas = fake_shas(50)
     sets = sets_from_good_images(shas)

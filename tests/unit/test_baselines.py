@@ -7,7 +7,11 @@ import numpy as np
 import pytest
 from synthetic import banded_images
 
-from components.evaluation.baselines import SANITY_BASELINES, BaselineConfig, fit_predict
+from components.evaluation.baselines import (
+    SANITY_BASELINES,
+    BaselineConfig,
+    fit_predict,
+)
 from components.evaluation.metrics import evaluate_predictions
 
 

@@ -8,7 +8,11 @@ import pytest
 
 from components.evaluation.detection import paired_map_comparison
 from components.evaluation.gate import DetectorComparator, describe, detector_gate
-from components.labeling.boxes import boxes_from_label_studio, corners_to_percent, percent_to_corners
+from components.labeling.boxes import (
+    boxes_from_label_studio,
+    corners_to_percent,
+    percent_to_corners,
+)
 from components.labeling.feedback import check_model_classes, plan_box_preannotations
 from components.labeling.label_studio import prediction_result
 from components.labeling.queue import binary_entropy, detection_uncertainty
@@ -208,7 +212,11 @@ def _box_task(tid, path, boxes, annotator="a@x"):
 
 
 def test_box_pull_re_derives_the_changed_images_and_keeps_the_rest():
-    from components.labeling.boxes import BOX_SNAPSHOT_FORMAT, box_snapshot_hash, merge_box_snapshot
+    from components.labeling.boxes import (
+        BOX_SNAPSHOT_FORMAT,
+        box_snapshot_hash,
+        merge_box_snapshot,
+    )
     from components.labeling.feedback import new_label_count
     from components.labeling.snapshots import build_label_snapshot
 

@@ -4,14 +4,18 @@ from __future__ import annotations
 
 import pytest
 
+from components.evaluation.anomaly import masks_from_box_snapshot
 from components.labeling.boxes import (
     BOX_SNAPSHOT_FORMAT,
     boxes_from_csv,
     boxes_from_label_studio,
     is_box_snapshot,
 )
-from components.evaluation.anomaly import masks_from_box_snapshot
-from components.labeling.snapshots import LabelExportError, from_json_bytes, to_json_bytes
+from components.labeling.snapshots import (
+    LabelExportError,
+    from_json_bytes,
+    to_json_bytes,
+)
 
 
 def to_dict(snap):

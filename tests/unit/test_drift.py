@@ -6,7 +6,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from components.inference.drift import DriftConfig, DriftReference, build_reference, compare_batch
+from components.inference.drift import (
+    DriftConfig,
+    DriftReference,
+    build_reference,
+    compare_batch,
+)
 
 D, C = 24, 3
 

@@ -29,6 +29,7 @@ from components.evaluation.split import test_split as make_test_split
 from components.evaluation.sweep import (
     SweepConfig,
     SweepResult,
+    checked_axes,
     make_subsets,
     plan_runs,
     score_run,
@@ -369,3 +370,13 @@ def test_finetune_can_run_on_a_subset_of_the_grid():
     assert len([r for r in runs if r[1] == "probe"]) == 6
     with pytest.raises(ValueError, match="finetune_fractions"):
         SweepConfig(fractions=(0.1,), finetune_fractions=(1.0,))
+
+
+def test_backbone_sweep_axes_are_checked_sorted_and_deduplicated():
+    assert checked_axes(["a", "b"], "scratch", [1.0, 0.1, 0.1], [2, 0]) == (["a", "b", "scratch"], [0.1, 1.0], [0, 2])
+    assert checked_axes(["a"], None, [0.5], [0]) == (["a"], [0.5], [0])
+    for args, message in ((([], None, [1.0], [0]), "nothing to compare"), ((["a", "a"], None, [1.0], [0]), "twice"),
+                          ((["a"], None, [0.0], [0]), "fractions"), ((["a"], None, [1.5], [0]), "fractions"),
+                          ((["a"], None, [], [0]), "fractions"), ((["a"], None, [1.0], [-1]), "seeds")):
+        with pytest.raises(ValueError, match=message):
+            checked_axes(*args)

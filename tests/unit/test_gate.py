@@ -11,8 +11,17 @@ import numpy as np
 import pytest
 from synthetic import fake_shas as _shas
 
-from components.evaluation.baselines import BASELINE_BACKBONE, SANITY_BASELINES, BaselineConfig
-from components.evaluation.gate import Comparator, describe, promotion_gate, strongest_comparators
+from components.evaluation.baselines import (
+    BASELINE_BACKBONE,
+    SANITY_BASELINES,
+    BaselineConfig,
+)
+from components.evaluation.gate import (
+    Comparator,
+    describe,
+    promotion_gate,
+    strongest_comparators,
+)
 from components.evaluation.report import (
     beats_majority,
     choose_candidate_method,
@@ -21,7 +30,13 @@ from components.evaluation.report import (
     summary_table,
 )
 from components.evaluation.split import test_split
-from components.evaluation.sweep import SweepConfig, SweepResult, plan_units, run_baseline_unit, score_run
+from components.evaluation.sweep import (
+    SweepConfig,
+    SweepResult,
+    plan_units,
+    run_baseline_unit,
+    score_run,
+)
 
 DOMAIN, GENERIC, SCRATCH = "domain-mae:1", "generic-mae:1", "scratch"
 LAZY = "lazy-mae:1"  # a generic backbone whose only run predicts the majority class

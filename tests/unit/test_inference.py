@@ -9,9 +9,25 @@ import pytest
 import torch
 from PIL import Image
 
-from components.inference.export import check_export, export_onnx, onnx_session, parity, run_onnx
-from components.inference.inputs import UnreadableImage, decode_image_bytes, folder_source, iter_batches
-from components.inference.predict import predict_arrays, predictions_csv, prediction_rows, read_predictions_csv
+from components.inference.export import (
+    check_export,
+    export_onnx,
+    onnx_session,
+    parity,
+    run_onnx,
+)
+from components.inference.inputs import (
+    UnreadableImage,
+    decode_image_bytes,
+    folder_source,
+    iter_batches,
+)
+from components.inference.predict import (
+    predict_arrays,
+    prediction_rows,
+    predictions_csv,
+    read_predictions_csv,
+)
 from components.models.vit import ViTConfig
 from components.training.adapt import Classifier
 

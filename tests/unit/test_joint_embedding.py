@@ -7,7 +7,12 @@ import pytest
 import torch
 
 from components.models.backbones import build_backbone
-from components.models.joint_embedding import JointEmbedding, ProjectionHead, nt_xent_loss, vicreg_loss
+from components.models.joint_embedding import (
+    JointEmbedding,
+    ProjectionHead,
+    nt_xent_loss,
+    vicreg_loss,
+)
 from components.models.resnet import ResNetConfig
 
 

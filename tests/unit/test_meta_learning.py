@@ -9,8 +9,14 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from synthetic import banded_images
 
-from components.evaluation.episodes import EpisodeConfig, episodes_markdown, evaluate_episodes, parse_specs
+from components.evaluation.episodes import (
+    EpisodeConfig,
+    episodes_markdown,
+    evaluate_episodes,
+    parse_specs,
+)
 from components.evaluation.learning_setting import (
     learning_settings_markdown,
     pretraining_saw_test_images,
@@ -32,7 +38,6 @@ from components.training.meta import (
     support_statistics,
 )
 from components.training.recipes import meta_config
-from synthetic import banded_images
 
 TINY_VIT = ViTConfig(img_size=32, patch_size=8, embed_dim=32, depth=1, num_heads=2, global_pool="avg")
 TINY_RESNET = ResNetConfig.tiny(32)

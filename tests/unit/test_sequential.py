@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 
+from components.data.images import Preprocess
 from components.models.backbones import (
     build_backbone,
     config_from_dict,
@@ -17,7 +18,13 @@ from components.models.backbones import (
     load_backbone_weights,
 )
 from components.models.sequential import SequentialBackbone, SequentialConfig
-from components.models.tokenizer import FSQ, TokenizerConfig, VisualTokenizer, codebook_usage, psnr
+from components.models.tokenizer import (
+    FSQ,
+    TokenizerConfig,
+    VisualTokenizer,
+    codebook_usage,
+    psnr,
+)
 from components.models.vit import normalize_uint8
 from components.training.pretrain import PretrainConfig, pretrain
 from components.training.recipes import sequential_recipe
@@ -28,7 +35,6 @@ from components.training.tokenizer import (
     tokenizer_parts,
     train_tokenizer,
 )
-from components.data.images import Preprocess
 
 TINY_TOK = TokenizerConfig(32, channels=(8, 16), levels=(5, 5, 5))
 

@@ -16,7 +16,13 @@ from PIL import Image
 from components.data import access
 from components.data.images import ImageCache, ImageHashMismatch, load_image_array
 from components.data.ingest import build_manifest, scan_folder, stage_into_workspace
-from components.data.shards import INDEX_NAME, PackedFolder, ShardCorrupted, shard_layout, stage_shards
+from components.data.shards import (
+    INDEX_NAME,
+    PackedFolder,
+    ShardCorrupted,
+    shard_layout,
+    stage_shards,
+)
 from components.storage import open_store
 
 
