@@ -110,6 +110,8 @@ def main(argv: list[str] | None = None) -> dict:
                        crop=args.crop)
     model, history = train_detector(backbone, train_images, train_boxes, train_labels, len(CLASSES), cfg,
                                     progress=not args.no_progress, checkpoint_path=args.resume)
+    if args.resume:
+        args.resume.unlink(missing_ok=True)  # trained: a rerun starts over instead of resuming at the last checkpoint
     trained = time.time()
     model = model.to("cpu")
     preds = predict_boxes(model, test_images, cfg, progress=not args.no_progress)
