@@ -24,6 +24,7 @@ import csv
 import json
 import os
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -49,12 +50,12 @@ ARCHS = {
 
 
 def load_deeppcb(size: int, n_fit: int, n_cal: int, n_test: int, seed: int):
-    ids = {row["id"]: row["split"] for row in csv.DictReader(open(DEEPPCB / "splits.csv"))}
+    ids = {row["id"]: row["split"] for row in csv.DictReader((DEEPPCB / "splits.csv").read_text().splitlines())}
     rng = np.random.default_rng(seed)
     trainval = rng.permutation(sorted(i for i, s in ids.items() if s == "trainval"))
     test = rng.permutation(sorted(i for i, s in ids.items() if s == "test"))[:n_test]
     boxes: dict[str, list] = {}
-    for row in csv.DictReader(open(DEEPPCB / "boxes.csv")):
+    for row in csv.DictReader((DEEPPCB / "boxes.csv").read_text().splitlines()):
         boxes.setdefault(row["image"], []).append(tuple(float(row[k]) for k in ("x1", "y1", "x2", "y2")))
 
     def load(names):
@@ -98,6 +99,8 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--n-cal", type=int, default=100)
     ap.add_argument("--n-test", type=int, default=200)
     ap.add_argument("--stages", default="2,3", help="CNN stages whose features are stacked")
+    ap.add_argument("--neighbourhood", type=int, default=3, help="features are averaged over this square (odd)")
+    ap.add_argument("--dihedral", action="store_true", help="fit the bank on the 8 flips/turns of each good image")
     ap.add_argument("--coreset", type=float, default=0.02)
     ap.add_argument("--max-bank", type=int, default=10_000)
     ap.add_argument("--false-alarm-rate", type=float, default=0.05)
@@ -113,13 +116,16 @@ def main(argv: list[str] | None = None) -> dict:
     if args.weights:
         checkpoint = load_checkpoint(args.weights.read_bytes())
         backbone_cfg = checkpoint_config(checkpoint)
+        if getattr(backbone_cfg, "family", "") == "resnet":  # a ResNet takes any size; record the one used
+            backbone_cfg = replace(backbone_cfg, img_size=args.size)
         backbone = build_backbone(backbone_cfg)
         load_backbone_weights(backbone, checkpoint["state_dict"])
     else:
         backbone_cfg = ARCHS[args.arch](args.size)
         backbone = build_backbone(backbone_cfg, seed=args.seed)
-    cfg = PatchCoreConfig(features=FeatureConfig(cnn_stages=tuple(int(s) for s in args.stages.split(","))),
-                          coreset_fraction=args.coreset, max_bank=args.max_bank, seed=args.seed)
+    features = FeatureConfig(cnn_stages=tuple(int(s) for s in args.stages.split(",")), neighbourhood=args.neighbourhood)
+    cfg = PatchCoreConfig(features=features, coreset_fraction=args.coreset, max_bank=args.max_bank,
+                          fit_dihedral=args.dihedral, seed=args.seed)
     model = fit_patchcore(backbone, backbone_cfg, fit, cfg, progress=True)
     fitted = time.time()
     model.calibrate(cal, args.false_alarm_rate, progress=True)

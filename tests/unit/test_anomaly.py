@@ -12,6 +12,7 @@ from components.anomaly.features import FeatureConfig, patch_features
 from components.anomaly.patchcore import (
     PatchCore,
     PatchCoreConfig,
+    dihedral_images,
     false_alarm_threshold,
     fit_patchcore,
     greedy_coreset,
@@ -151,6 +152,27 @@ def test_patchcore_finds_and_localizes_defects(family):
     report = markdown_report("t", metrics, {"dataset": "synthetic"})
     assert "image auroc" in report and "pixel auroc" in report
     assert heatmap_overlays(images[8:12], heat[8:12], ["a", "b", "c", "d"]).startswith(b"\x89PNG")
+
+
+def test_dihedral_fit_knows_good_patterns_in_every_orientation():
+    image = np.arange(SIZE * SIZE, dtype=np.uint8).reshape(1, SIZE, SIZE)  # no symmetry of its own
+    eight = dihedral_images(image)
+    assert eight.shape == (8, SIZE, SIZE) and len({e.tobytes() for e in eight}) == 8
+    for variant in (image[0], np.rot90(image[0]), image[0, :, ::-1], image[0, ::-1, :], image[0].T):
+        assert any(np.array_equal(e, variant) for e in eight)
+    with pytest.raises(ValueError, match="square"):
+        dihedral_images(np.zeros((1, 8, 4), np.uint8))
+    # good images: vertical stripes only; the same stripes turned a quarter are just as good
+    cfg = BACKBONES["resnet"]
+    backbone = build_backbone(cfg, seed=0)
+    good = striped(4, 1)
+    turned = np.ascontiguousarray(np.rot90(striped(4, 2), 1, axes=(1, 2)))
+    as_shot = fit_patchcore(backbone, cfg, good, PatchCoreConfig(coreset_fraction=0.5))
+    dihedral = fit_patchcore(backbone, cfg, good, PatchCoreConfig(coreset_fraction=0.5, fit_dihedral=True))
+    assert dihedral.n_good == 4 and dihedral.bank.shape[0] > as_shot.bank.shape[0]
+    assert dihedral.score(turned)[0].max() < as_shot.score(turned)[0].min()
+    again = PatchCore.from_state(load_checkpoint(save_checkpoint(dihedral.state())))
+    assert again.cfg.fit_dihedral
 
 
 def test_patchcore_refuses_bad_input():
