@@ -102,6 +102,8 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--neighbourhood", type=int, default=3, help="features are averaged over this square (odd)")
     ap.add_argument("--dihedral", action="store_true", help="fit the bank on the 8 flips/turns of each good image")
     ap.add_argument("--coreset", type=float, default=0.02)
+    ap.add_argument("--image-coreset", type=float, default=1.0,
+                    help="greedy-thin each good image's patches to this fraction first (1: off)")
     ap.add_argument("--max-bank", type=int, default=10_000)
     ap.add_argument("--false-alarm-rate", type=float, default=0.05)
     ap.add_argument("--seed", type=int, default=0)
@@ -125,7 +127,7 @@ def main(argv: list[str] | None = None) -> dict:
         backbone = build_backbone(backbone_cfg, seed=args.seed)
     features = FeatureConfig(cnn_stages=tuple(int(s) for s in args.stages.split(",")), neighbourhood=args.neighbourhood)
     cfg = PatchCoreConfig(features=features, coreset_fraction=args.coreset, max_bank=args.max_bank,
-                          fit_dihedral=args.dihedral, seed=args.seed)
+                          fit_dihedral=args.dihedral, image_coreset_fraction=args.image_coreset, seed=args.seed)
     model = fit_patchcore(backbone, backbone_cfg, fit, cfg, progress=True)
     fitted = time.time()
     model.calibrate(cal, args.false_alarm_rate, progress=True)

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import math
 
 import numpy as np
 import pytest
@@ -173,6 +174,25 @@ def test_dihedral_fit_knows_good_patterns_in_every_orientation():
     assert dihedral.score(turned)[0].max() < as_shot.score(turned)[0].min()
     again = PatchCore.from_state(load_checkpoint(save_checkpoint(dihedral.state())))
     assert again.cfg.fit_dihedral
+
+
+def test_per_image_coreset_keeps_each_images_rare_patches():
+    cfg = BACKBONES["resnet"]
+    backbone = build_backbone(cfg, seed=0)
+    blob_image, blob = with_defects(striped(1, 9), seed=3)  # a good image with a rare pattern
+    plain = striped(8, 1)
+    thinned = fit_patchcore(backbone, cfg, np.concatenate([plain, blob_image]),
+                            PatchCoreConfig(coreset_fraction=0.2, image_coreset_fraction=0.25))
+    without = fit_patchcore(backbone, cfg, plain, PatchCoreConfig(coreset_fraction=0.2))
+    patches_per_image = (SIZE // 4) ** 2
+    assert thinned.bank.shape[0] == math.ceil(0.2 * 9 * patches_per_image)  # the fraction counts all patches
+    # the blob's patches survived both greedy passes: it is no longer hot (0.08 vs 0.27 without it)
+    assert thinned.score(blob_image)[1][blob].mean() < 0.5 * without.score(blob_image)[1][blob].mean()
+    one_each = fit_patchcore(backbone, cfg, np.concatenate([plain, blob_image]),
+                             PatchCoreConfig(coreset_fraction=0.2, image_coreset_fraction=1 / patches_per_image))
+    assert one_each.bank.shape[0] == 9  # the bank is chosen from what the per-image pass kept
+    with pytest.raises(ValueError, match="image_coreset_fraction"):
+        PatchCoreConfig(image_coreset_fraction=0.0)
 
 
 def test_patchcore_refuses_bad_input():
