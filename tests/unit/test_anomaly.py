@@ -251,3 +251,32 @@ def test_benchmark_script_runs_on_a_few_deeppcb_pairs(tmp_path):
     m = result["metrics"]
     assert m["n_test_good"] == 3 and m["n_test_anomalous"] == 3 and "pixel_auroc" in m and "image_auroc" in m
     assert out.with_suffix(".png").read_bytes().startswith(b"\x89PNG")
+
+
+def test_pretrained_backbone_from_trainval_templates_feeds_the_benchmark(tmp_path):
+    from benchmarks.anomaly_patchcore import DEEPPCB
+    from benchmarks.anomaly_patchcore import main as anomaly_main
+    from benchmarks.anomaly_pretrain import deeppcb_trainval_templates, random_crops
+    from benchmarks.anomaly_pretrain import main as pretrain_main
+
+    if not (DEEPPCB / "splits.csv").is_file():
+        pytest.fail(f"DeepPCB not found at {DEEPPCB} (set DLVM_DEEPPCB)")
+    templates = deeppcb_trainval_templates(64, limit=3)
+    assert templates.shape == (3, 64, 64) and templates.dtype == np.uint8
+    crops = random_crops(templates, 5, 16, seed=0)
+    assert crops.shape == (5, 16, 16)
+    for c in crops:  # each crop is a window of one of the templates
+        assert any((np.lib.stride_tricks.sliding_window_view(t, (16, 16)) == c).all(axis=(2, 3)).any()
+                   for t in templates)
+    weights = tmp_path / "domain.pt"
+    info = pretrain_main(["--corpus", "deeppcb", "--arch", "resnet-tiny", "--scale", "64", "--crop", "32",
+                          "--pool", "8", "--source-images", "3", "--steps", "2", "--batch-size", "4",
+                          "--out", str(weights)])
+    assert info["steps"] == 2 and info["source_images"] == 3 and info["pool"] == 8
+    checkpoint = load_checkpoint(weights.read_bytes())
+    assert checkpoint["backbone_config"]["img_size"] == 32 and "state_dict" in checkpoint
+    result = anomaly_main(["--data", "deeppcb", "--weights", str(weights), "--size", "64", "--stages", "1",
+                           "--n-fit", "2", "--n-cal", "2", "--n-test", "2", "--dihedral", "--image-coreset", "0.5",
+                           "--out", str(tmp_path / "r.json")])
+    assert result["weights"] == str(weights) and result["patchcore"]["fit_dihedral"]
+    assert result["patchcore"]["image_coreset_fraction"] == 0.5 and "image_auroc" in result["metrics"]
