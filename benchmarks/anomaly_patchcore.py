@@ -4,7 +4,8 @@
   is fitted on ``--n-fit`` trainval templates, the threshold set on ``--n-cal`` other trainval
   templates for ``--false-alarm-rate``; the test set is ``--n-test`` test-split templates
   (good) and their tested images (anomalous, 3-12 defects each). Pixel AUROC uses the
-  defect boxes as regions (every pixel inside a box is a defect pixel).
+  defect boxes as regions (every pixel inside a box is a defect pixel). The JSON keeps each
+  test image's score under ``test_scores``.
 - ``--data elpv``: functional cells (defect probability 0) are the good images, defective
   cells (probability 1) the anomalies; ``--n-test`` cells of probability 1/3 and 2/3 are left
   out of the headline AUROC and scored against the good test cells separately. Good cells
@@ -67,7 +68,8 @@ def load_deeppcb(size: int, n_fit: int, n_cal: int, n_test: int, seed: int):
     masks = np.stack([boxes_to_mask(boxes.get(f"images/{i}_test.png", []), (640, 640), size) for i in test])
     test_images = np.concatenate([good, bad])
     y = np.r_[np.zeros(len(good), bool), np.ones(len(bad), bool)]
-    return fit, cal, test_images, y, np.concatenate([np.zeros_like(masks), masks]), {}
+    names = [f"{i}_temp.png" for i in test] + [f"{i}_test.png" for i in test]
+    return fit, cal, test_images, y, np.concatenate([np.zeros_like(masks), masks]), {"names": names}
 
 
 def load_elpv_cells(size: int, n_fit: int, n_cal: int, n_test: int, seed: int):
@@ -147,6 +149,8 @@ def main(argv: list[str] | None = None) -> dict:
               "seconds": {"load": round(loaded - started, 1), "fit": round(fitted - loaded, 1),
                           "calibrate_and_score": round(scored - fitted, 1)},
               "threads": torch.get_num_threads(), "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", "")}
+    if "names" in extra:  # per-image scores, for breakdowns after the run (e.g. boards of unseen designs)
+        result["test_scores"] = {name: round(float(s), 5) for name, s in zip(extra["names"], scores)}
     out = args.out or Path(f"benchmarks/results/anomaly-{args.data}-{args.arch}-{args.size}.json")
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2))

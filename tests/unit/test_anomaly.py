@@ -250,6 +250,8 @@ def test_benchmark_script_runs_on_a_few_deeppcb_pairs(tmp_path):
     assert json.loads(out.read_text()) == json.loads(json.dumps(result))
     m = result["metrics"]
     assert m["n_test_good"] == 3 and m["n_test_anomalous"] == 3 and "pixel_auroc" in m and "image_auroc" in m
+    scores = result["test_scores"]
+    assert len(scores) == 6 and sum(n.endswith("_test.png") for n in scores) == 3
     assert out.with_suffix(".png").read_bytes().startswith(b"\x89PNG")
 
 
