@@ -36,7 +36,7 @@ from benchmarks.device_bundle import DEEPPCB
 from components.anomaly.features import FeatureConfig
 from components.anomaly.patchcore import PatchCoreConfig, fit_patchcore
 from components.data.images import load_image_array
-from components.evaluation.anomaly import boxes_to_mask, evaluate_anomaly, heatmap_overlays
+from components.evaluation.anomaly import auroc, boxes_to_mask, evaluate_anomaly, heatmap_overlays, image_auroc
 from components.models.backbones import build_backbone, checkpoint_config, load_backbone_weights
 from components.models.checkpoint import load_checkpoint
 from components.models.resnet import ResNetConfig
@@ -91,9 +91,50 @@ def load_elpv_cells(size: int, n_fit: int, n_cal: int, n_test: int, seed: int):
     return load(fit_idx), load(cal_idx), test_images, y, None, {"middle": load(rng.permutation(middle)[:n_test])}
 
 
+def compare_runs(paths: list[Path], n_boot: int = 1000, seed: int = 0) -> dict:
+    """DeepPCB runs' per-image scores (``test_scores``), after the fact: each run's image AUROC on
+    boards of designs seen in trainval vs of designs absent from it (the first five digits of an
+    id name the board group; four test groups have no trainval image), and each later run's
+    AUROC minus the first run's on the boards both scored, with a paired bootstrap interval
+    (the same boards resampled for both: the runs share test images, so their intervals alone
+    overstate the uncertainty of the difference)."""
+    splits = {row["id"]: row["split"] for row in csv.DictReader((DEEPPCB / "splits.csv").read_text().splitlines())}
+    seen_groups = {i[:5] for i, s in splits.items() if s == "trainval"}
+    runs = {str(p): json.loads(p.read_text())["test_scores"] for p in paths}
+    out: dict = {}
+    for name, scores in runs.items():
+        ids = sorted({n.split("_")[0] for n in scores})
+        row = {}
+        for part, keep in (("seen_designs", True), ("unseen_designs", False)):
+            pick = [i for i in ids if (i[:5] in seen_groups) == keep]
+            if pick:
+                y = np.r_[np.zeros(len(pick), bool), np.ones(len(pick), bool)]
+                s = np.array([scores[f"{i}_temp.png"] for i in pick] + [scores[f"{i}_test.png"] for i in pick])
+                row[part] = {"boards": len(pick), **image_auroc(y, s, n_boot, seed)}
+        out[name] = row
+    first, *rest = runs
+    rng = np.random.default_rng(seed)
+    for name in rest:
+        ids = sorted({n.split("_")[0] for n in runs[first]} & {n.split("_")[0] for n in runs[name]})
+        y = np.r_[np.zeros(len(ids), bool), np.ones(len(ids), bool)]
+
+        def run_auroc(run: str, idx: np.ndarray) -> float:
+            board = [ids[k] for k in idx]
+            return auroc(y, np.array([runs[run][f"{i}_temp.png"] for i in board] +
+                                     [runs[run][f"{i}_test.png"] for i in board]))
+
+        everything = np.arange(len(ids))
+        diffs = np.array([run_auroc(name, idx) - run_auroc(first, idx)
+                          for idx in rng.integers(0, len(ids), size=(n_boot, len(ids)))])
+        point = run_auroc(name, everything) - run_auroc(first, everything)
+        lo, hi = np.nanpercentile(diffs, [2.5, 97.5])
+        out[name][f"minus_{first}"] = {"boards": len(ids), "value": point, "ci_low": float(lo), "ci_high": float(hi)}
+    return out
+
+
 def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--data", choices=["deeppcb", "elpv"], required=True)
+    ap.add_argument("--data", choices=["deeppcb", "elpv"], default="deeppcb")
     ap.add_argument("--arch", choices=sorted(ARCHS), default="resnet-small")
     ap.add_argument("--weights", type=Path, help="a dlvm backbone checkpoint (default: random weights)")
     ap.add_argument("--size", type=int, default=256)
@@ -111,7 +152,14 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--out", type=Path)
+    ap.add_argument("--compare", type=Path, nargs="+", metavar="JSON",
+                    help="no run: break down these DeepPCB results by seen / unseen board design and "
+                         "compare each with the first on their shared boards (see compare_runs)")
     args = ap.parse_args(argv)
+    if args.compare:
+        comparison = compare_runs(args.compare)
+        print(json.dumps(comparison, indent=1))
+        return comparison
     torch.set_num_threads(args.threads)
     started = time.time()
     load = load_deeppcb if args.data == "deeppcb" else load_elpv_cells

@@ -252,6 +252,13 @@ def test_benchmark_script_runs_on_a_few_deeppcb_pairs(tmp_path):
     assert m["n_test_good"] == 3 and m["n_test_anomalous"] == 3 and "pixel_auroc" in m and "image_auroc" in m
     scores = result["test_scores"]
     assert len(scores) == 6 and sum(n.endswith("_test.png") for n in scores) == 3
+    other = tmp_path / "other.json"  # the same boards scored by another run: every score doubled
+    other.write_text(json.dumps({"test_scores": {n: 2 * v for n, v in scores.items()}}))
+    comparison = main(["--compare", str(out), str(other)])
+    parts = comparison[str(out)]
+    assert sum(p["boards"] for p in parts.values()) == 3  # every board is of a seen or an unseen design
+    diff = comparison[str(other)][f"minus_{out}"]
+    assert diff["boards"] == 3 and diff["value"] == 0 and diff["ci_low"] == diff["ci_high"] == 0
     assert out.with_suffix(".png").read_bytes().startswith(b"\x89PNG")
 
 
