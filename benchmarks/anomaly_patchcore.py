@@ -97,12 +97,15 @@ def compare_runs(paths: list[Path], n_boot: int = 1000, seed: int = 0) -> dict:
     id name the board group; four test groups have no trainval image), and each later run's
     AUROC minus the first run's on the boards both scored, with a paired bootstrap interval
     (the same boards resampled for both: the runs share test images, so their intervals alone
-    overstate the uncertainty of the difference)."""
+    overstate the uncertainty of the difference). Each part also gets the false-alarm and
+    detection rates at the run's calibrated threshold."""
     splits = {row["id"]: row["split"] for row in csv.DictReader((DEEPPCB / "splits.csv").read_text().splitlines())}
     seen_groups = {i[:5] for i, s in splits.items() if s == "trainval"}
-    runs = {str(p): json.loads(p.read_text())["test_scores"] for p in paths}
+    results = {str(p): json.loads(p.read_text()) for p in paths}
+    runs = {name: r["test_scores"] for name, r in results.items()}
     out: dict = {}
     for name, scores in runs.items():
+        threshold = results[name].get("metrics", {}).get("threshold")
         ids = sorted({n.split("_")[0] for n in scores})
         row = {}
         for part, keep in (("seen_designs", True), ("unseen_designs", False)):
@@ -111,6 +114,9 @@ def compare_runs(paths: list[Path], n_boot: int = 1000, seed: int = 0) -> dict:
                 y = np.r_[np.zeros(len(pick), bool), np.ones(len(pick), bool)]
                 s = np.array([scores[f"{i}_temp.png"] for i in pick] + [scores[f"{i}_test.png"] for i in pick])
                 row[part] = {"boards": len(pick), **image_auroc(y, s, n_boot, seed)}
+                if threshold is not None:  # the run's calibrated threshold, on each part's boards
+                    row[part]["false_alarm_rate"] = float(np.mean(s[~y] > threshold))
+                    row[part]["detection_rate"] = float(np.mean(s[y] > threshold))
         out[name] = row
     first, *rest = runs
     rng = np.random.default_rng(seed)

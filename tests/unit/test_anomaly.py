@@ -257,6 +257,7 @@ def test_benchmark_script_runs_on_a_few_deeppcb_pairs(tmp_path):
     comparison = main(["--compare", str(out), str(other)])
     parts = comparison[str(out)]
     assert sum(p["boards"] for p in parts.values()) == 3  # every board is of a seen or an unseen design
+    assert all(0 <= p["false_alarm_rate"] <= 1 and 0 <= p["detection_rate"] <= 1 for p in parts.values())
     diff = comparison[str(other)][f"minus_{out}"]
     assert diff["boards"] == 3 and diff["value"] == 0 and diff["ci_low"] == diff["ci_high"] == 0
     assert out.with_suffix(".png").read_bytes().startswith(b"\x89PNG")
