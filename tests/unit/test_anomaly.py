@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import math
 
 import numpy as np
 import pytest
@@ -12,6 +13,7 @@ from components.anomaly.features import FeatureConfig, patch_features
 from components.anomaly.patchcore import (
     PatchCore,
     PatchCoreConfig,
+    dihedral_images,
     false_alarm_threshold,
     fit_patchcore,
     greedy_coreset,
@@ -153,6 +155,46 @@ def test_patchcore_finds_and_localizes_defects(family):
     assert heatmap_overlays(images[8:12], heat[8:12], ["a", "b", "c", "d"]).startswith(b"\x89PNG")
 
 
+def test_dihedral_fit_knows_good_patterns_in_every_orientation():
+    image = np.arange(SIZE * SIZE, dtype=np.uint8).reshape(1, SIZE, SIZE)  # no symmetry of its own
+    eight = dihedral_images(image)
+    assert eight.shape == (8, SIZE, SIZE) and len({e.tobytes() for e in eight}) == 8
+    for variant in (image[0], np.rot90(image[0]), image[0, :, ::-1], image[0, ::-1, :], image[0].T):
+        assert any(np.array_equal(e, variant) for e in eight)
+    with pytest.raises(ValueError, match="square"):
+        dihedral_images(np.zeros((1, 8, 4), np.uint8))
+    # good images: vertical stripes only; the same stripes turned a quarter are just as good
+    cfg = BACKBONES["resnet"]
+    backbone = build_backbone(cfg, seed=0)
+    good = striped(4, 1)
+    turned = np.ascontiguousarray(np.rot90(striped(4, 2), 1, axes=(1, 2)))
+    as_shot = fit_patchcore(backbone, cfg, good, PatchCoreConfig(coreset_fraction=0.5))
+    dihedral = fit_patchcore(backbone, cfg, good, PatchCoreConfig(coreset_fraction=0.5, fit_dihedral=True))
+    assert dihedral.n_good == 4 and dihedral.bank.shape[0] > as_shot.bank.shape[0]
+    assert dihedral.score(turned)[0].max() < as_shot.score(turned)[0].min()
+    again = PatchCore.from_state(load_checkpoint(save_checkpoint(dihedral.state())))
+    assert again.cfg.fit_dihedral
+
+
+def test_per_image_coreset_keeps_each_images_rare_patches():
+    cfg = BACKBONES["resnet"]
+    backbone = build_backbone(cfg, seed=0)
+    blob_image, blob = with_defects(striped(1, 9), seed=3)  # a good image with a rare pattern
+    plain = striped(8, 1)
+    thinned = fit_patchcore(backbone, cfg, np.concatenate([plain, blob_image]),
+                            PatchCoreConfig(coreset_fraction=0.2, image_coreset_fraction=0.25))
+    without = fit_patchcore(backbone, cfg, plain, PatchCoreConfig(coreset_fraction=0.2))
+    patches_per_image = (SIZE // 4) ** 2
+    assert thinned.bank.shape[0] == math.ceil(0.2 * 9 * patches_per_image)  # the fraction counts all patches
+    # the blob's patches survived both greedy passes: it is no longer hot (0.08 vs 0.27 without it)
+    assert thinned.score(blob_image)[1][blob].mean() < 0.5 * without.score(blob_image)[1][blob].mean()
+    one_each = fit_patchcore(backbone, cfg, np.concatenate([plain, blob_image]),
+                             PatchCoreConfig(coreset_fraction=0.2, image_coreset_fraction=1 / patches_per_image))
+    assert one_each.bank.shape[0] == 9  # the bank is chosen from what the per-image pass kept
+    with pytest.raises(ValueError, match="image_coreset_fraction"):
+        PatchCoreConfig(image_coreset_fraction=0.0)
+
+
 def test_patchcore_refuses_bad_input():
     cfg = BACKBONES["resnet"]
     model = fit_patchcore(build_backbone(cfg, seed=0), cfg, striped(2, 0), PatchCoreConfig(max_bank=10))
@@ -209,4 +251,43 @@ def test_benchmark_script_runs_on_a_few_deeppcb_pairs(tmp_path):
     assert json.loads(out.read_text()) == json.loads(json.dumps(result))
     m = result["metrics"]
     assert m["n_test_good"] == 3 and m["n_test_anomalous"] == 3 and "pixel_auroc" in m and "image_auroc" in m
+    scores = result["test_scores"]
+    assert len(scores) == 6 and sum(n.endswith("_test.png") for n in scores) == 3
+    other = tmp_path / "other.json"  # the same boards scored by another run: every score doubled
+    other.write_text(json.dumps({"test_scores": {n: 2 * v for n, v in scores.items()}}))
+    comparison = main(["--compare", str(out), str(other)])
+    parts = comparison[str(out)]
+    assert sum(p["boards"] for p in parts.values()) == 3  # every board is of a seen or an unseen design
+    assert all(0 <= p["false_alarm_rate"] <= 1 and 0 <= p["detection_rate"] <= 1 for p in parts.values())
+    diff = comparison[str(other)][f"minus_{out}"]
+    assert diff["boards"] == 3 and diff["value"] == 0 and diff["ci_low"] == diff["ci_high"] == 0
     assert out.with_suffix(".png").read_bytes().startswith(b"\x89PNG")
+
+
+def test_pretrained_backbone_from_trainval_templates_feeds_the_benchmark(tmp_path):
+    from benchmarks.anomaly_patchcore import DEEPPCB
+    from benchmarks.anomaly_patchcore import main as anomaly_main
+    from benchmarks.anomaly_pretrain import deeppcb_trainval_templates, random_crops
+    from benchmarks.anomaly_pretrain import main as pretrain_main
+
+    if not (DEEPPCB / "splits.csv").is_file():
+        pytest.fail(f"DeepPCB not found at {DEEPPCB} (set DLVM_DEEPPCB)")
+    templates = deeppcb_trainval_templates(64, limit=3)
+    assert templates.shape == (3, 64, 64) and templates.dtype == np.uint8
+    crops = random_crops(templates, 5, 16, seed=0)
+    assert crops.shape == (5, 16, 16)
+    for c in crops:  # each crop is a window of one of the templates
+        assert any((np.lib.stride_tricks.sliding_window_view(t, (16, 16)) == c).all(axis=(2, 3)).any()
+                   for t in templates)
+    weights = tmp_path / "domain.pt"
+    info = pretrain_main(["--corpus", "deeppcb", "--arch", "resnet-tiny", "--scale", "64", "--crop", "32",
+                          "--pool", "8", "--source-images", "3", "--steps", "2", "--batch-size", "4",
+                          "--out", str(weights)])
+    assert info["steps"] == 2 and info["source_images"] == 3 and info["pool"] == 8
+    checkpoint = load_checkpoint(weights.read_bytes())
+    assert checkpoint["backbone_config"]["img_size"] == 32 and "state_dict" in checkpoint
+    result = anomaly_main(["--data", "deeppcb", "--weights", str(weights), "--size", "64", "--stages", "1",
+                           "--n-fit", "2", "--n-cal", "2", "--n-test", "2", "--dihedral", "--image-coreset", "0.5",
+                           "--out", str(tmp_path / "r.json")])
+    assert result["weights"] == str(weights) and result["patchcore"]["fit_dihedral"]
+    assert result["patchcore"]["image_coreset_fraction"] == 0.5 and "image_auroc" in result["metrics"]
