@@ -154,6 +154,12 @@ RECIPE = typer.Option("auto", "--recipe", help="training recipe: auto (chosen fr
 BUDGET = typer.Option(None, "--budget-minutes", help="time budget of the auto recipe (default 20 on a CPU, 60 on a GPU)")
 METHODS = typer.Option("probe,finetune", "--methods", help="adaptation methods the evaluation sweeps "
                                                             "(probe, finetune, lora, prototype)")
+ANOMALY_STAGES = typer.Option("2,3", "--stages", help="anomaly: the ResNet stages whose patch features the memory "
+                              "bank holds (comma-separated; 1 for small defects at a high --img-size)")
+ANOMALY_DIHEDRAL = typer.Option(False, "--dihedral", help="anomaly: fit the bank on the 8 flips / quarter turns of each "
+                                "good image (parts with no 'up')")
+ANOMALY_IMAGE_CORESET = typer.Option(1.0, "--image-coreset", help="anomaly: thin each good image's patches to this "
+                                     "fraction before the bank's coreset (speeds up large fits)")
 METRIC = typer.Option("macro_f1", "--metric", help="what the gate decides on: macro_f1, balanced_accuracy or accuracy "
                       "(accuracy is always reported)")
 
@@ -403,7 +409,9 @@ def adapt(dataset: str = typer.Option(..., "--dataset", "-d", callback=DATASET_N
           score_threshold: float = typer.Option(0.3, help="detection: score a box needs to count in "
                                                 "precision / recall / F-score"),
           regions_snapshot: Optional[int] = typer.Option(None, help="anomaly: box snapshot version whose boxes are "
-                                                         "the defect regions (pixel AUROC)")):
+                                                         "the defect regions (pixel AUROC)"),
+          stages: str = ANOMALY_STAGES, dihedral: bool = ANOMALY_DIHEDRAL,
+          image_coreset: float = ANOMALY_IMAGE_CORESET):
     """Adapt a backbone with labels (linear probe, fine-tuning, LoRA, class prototypes, Reptile or MAML) and
     register the classifier.
 
@@ -415,7 +423,7 @@ def adapt(dataset: str = typer.Option(..., "--dataset", "-d", callback=DATASET_N
                                 score_threshold, seed, summary_path)
     if task == "anomaly":
         return _adapt_anomaly(dataset, backbone, good_class, false_alarm_rate, img_size, snapshot, regions_snapshot,
-                              seed, summary_path)
+                              seed, summary_path, _bank_options(stages, dihedral, image_coreset))
     if task != "classification":
         raise typer.BadParameter(f"task must be classification, anomaly or detection, not {task!r}")
     from flows.adapt import adapt_flow
@@ -427,12 +435,18 @@ def adapt(dataset: str = typer.Option(..., "--dataset", "-d", callback=DATASET_N
                   f"[{acc['ci_low']:.3f}, {acc['ci_high']:.3f}]")
 
 
+def _bank_options(stages: str, dihedral: bool, image_coreset: float) -> dict:
+    """The memory-bank options of `adapt` / `evaluate --task anomaly`, as the anomaly flows take them."""
+    return {"cnn_stages": tuple(parse_list(stages, int)), "fit_dihedral": dihedral,
+            "image_coreset_fraction": image_coreset}
+
+
 def _adapt_anomaly(dataset, backbone, good_class, false_alarm_rate, img_size, snapshot_version, regions_snapshot,
-                   seed, summary_path) -> None:
+                   seed, summary_path, bank: dict) -> None:
     from flows.anomaly import anomaly_flow
     out = run_step(anomaly_flow, dataset, backbone=backbone, good_class=good_class,
                    false_alarm_rate=false_alarm_rate, img_size=img_size, regions_snapshot=regions_snapshot, seed=seed,
-                   snapshot_version=snapshot_version)
+                   snapshot_version=snapshot_version, **bank)
     write_summary(summary_path, out)
     m = out["metrics"]
     line = f"registered {out['model']} v{out['version']} (anomaly, threshold {m['threshold']:.4g})"
@@ -488,6 +502,8 @@ def evaluate(dataset: str = typer.Option(..., "--dataset", "-d", callback=DATASE
              false_alarm_rate: float = typer.Option(0.01, help="anomaly: false-alarm rate each threshold is set for"),
              regions_snapshot: Optional[int] = typer.Option(None, help="anomaly: box snapshot whose boxes are the "
                                                             "defect regions (pixel AUROC)"),
+             stages: str = ANOMALY_STAGES, dihedral: bool = ANOMALY_DIHEDRAL,
+             image_coreset: float = ANOMALY_IMAGE_CORESET,
              steps: int = typer.Option(2000, help="detection: training steps of each detector"),
              batch_size: int = typer.Option(16, help="detection: images per step"),
              crop: Optional[int] = typer.Option(None, help="detection: train on random crops of this size"),
@@ -505,7 +521,8 @@ def evaluate(dataset: str = typer.Option(..., "--dataset", "-d", callback=DATASE
     prepare()
     if task == "anomaly":
         return _evaluate_anomaly(dataset, backbone, scratch, fractions, seeds, snapshot, img_size, good_class,
-                                 false_alarm_rate, regions_snapshot, summary_path)
+                                 false_alarm_rate, regions_snapshot, summary_path,
+                                 _bank_options(stages, dihedral, image_coreset))
     if task == "detection":
         from flows.detection import evaluate_detection_flow
         out = run_step(evaluate_detection_flow, dataset, backbones=backbone or None, include_scratch=scratch,
@@ -528,14 +545,14 @@ def evaluate(dataset: str = typer.Option(..., "--dataset", "-d", callback=DATASE
 
 
 def _evaluate_anomaly(dataset, backbone, scratch, fractions, seeds, snapshot, img_size, good_class, false_alarm_rate,
-                      regions_snapshot, summary_path) -> None:
+                      regions_snapshot, summary_path, bank: dict) -> None:
     if good_class is None:
         raise typer.BadParameter("--task anomaly needs --good-class: the class of the label snapshot that is normal")
     from flows.anomaly import evaluate_anomaly_flow
     out = run_step(evaluate_anomaly_flow, dataset, good_class=good_class, backbones=backbone or None,
                    include_scratch=scratch, fractions=parse_list(fractions or "1.0"), seeds=parse_list(seeds or "0", int),
                    snapshot_version=snapshot, img_size=img_size, false_alarm_rate=false_alarm_rate,
-                   regions_snapshot=regions_snapshot)
+                   regions_snapshot=regions_snapshot, **bank)
     _print_best_cell(out, summary_path, "anomaly", "image AUROC", "good images")
 
 

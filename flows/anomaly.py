@@ -87,7 +87,7 @@ def defect_regions(settings, dataset: str, version, regions_snapshot: int, paths
 def anomaly_flow(dataset: str, backbone: str | None = None, good_class: str | None = None,
                  false_alarm_rate: float = 0.01, img_size: int | None = None, coreset_fraction: float = 0.1,
                  max_bank: int = 20_000, cnn_stages: tuple[int, ...] = (2, 3), vit_blocks: tuple[int, ...] = (-1,),
-                 seed: int = 0, dataset_version: int | None = None, snapshot_version: int | None = None,
+                 fit_dihedral: bool = False, image_coreset_fraction: float = 1.0, seed: int = 0, dataset_version: int | None = None, snapshot_version: int | None = None,
                  regions_snapshot: int | None = None, model_name: str | None = None) -> dict:
     """Fit an anomaly model on `dataset`'s good images: every image of a dataset version, or
     with `good_class` the images of that class in a label snapshot's training pool (the test
@@ -100,7 +100,8 @@ def anomaly_flow(dataset: str, backbone: str | None = None, good_class: str | No
     if not 0 <= false_alarm_rate < 1:
         raise ValueError(f"false_alarm_rate must be in [0, 1), got {false_alarm_rate}")
     cfg = PatchCoreConfig(features=FeatureConfig(cnn_stages=tuple(cnn_stages), vit_blocks=tuple(vit_blocks)),
-                          coreset_fraction=coreset_fraction, max_bank=max_bank, seed=seed)
+                          coreset_fraction=coreset_fraction, max_bank=max_bank, fit_dihedral=fit_dihedral,
+                          image_coreset_fraction=image_coreset_fraction, seed=seed)
     params = {"task": TASK, "method": "patchcore", "dataset": dataset, "backbone": backbone,
               "good_class": good_class, "false_alarm_rate": false_alarm_rate, "regions_snapshot": regions_snapshot,
               "patchcore": cfg.to_dict()}
@@ -180,7 +181,8 @@ def evaluate_anomaly_flow(dataset: str, good_class: str, backbones: list[str] | 
                           include_scratch: bool = True, fractions: list[float] = (1.0,), seeds: list[int] = (0,),
                           img_size: int | None = None, false_alarm_rate: float = 0.01, coreset_fraction: float = 0.1,
                           max_bank: int = 20_000, cnn_stages: tuple[int, ...] = (2, 3),
-                          vit_blocks: tuple[int, ...] = (-1,), dataset_version: int | None = None,
+                          vit_blocks: tuple[int, ...] = (-1,), fit_dihedral: bool = False,
+                          image_coreset_fraction: float = 1.0, dataset_version: int | None = None,
                           snapshot_version: int | None = None, regions_snapshot: int | None = None) -> dict:
     """Fit the same memory-bank recipe on each of `backbones` (registered backbone refs) and a
     random small ResNet (unless `include_scratch` is off) from `fractions` of the `good_class`
@@ -194,7 +196,8 @@ def evaluate_anomaly_flow(dataset: str, good_class: str, backbones: list[str] | 
     if not 0 <= false_alarm_rate < 1:
         raise ValueError(f"false_alarm_rate must be in [0, 1), got {false_alarm_rate}")
     configs = {seed: PatchCoreConfig(features=FeatureConfig(cnn_stages=tuple(cnn_stages), vit_blocks=tuple(vit_blocks)),
-                                     coreset_fraction=coreset_fraction, max_bank=max_bank, seed=seed)
+                                     coreset_fraction=coreset_fraction, max_bank=max_bank, fit_dihedral=fit_dihedral,
+                                     image_coreset_fraction=image_coreset_fraction, seed=seed)
                for seed in seeds}
     params = {"task": TASK, "method": SWEEP_METHOD, "dataset": dataset, "backbones": refs, "good_class": good_class,
               "fractions": fractions, "seeds": seeds, "false_alarm_rate": false_alarm_rate,
