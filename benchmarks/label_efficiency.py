@@ -68,7 +68,8 @@ from components.evaluation.split import test_split
 from components.evaluation.sweep import Backbone, SweepConfig, run_sweep
 from components.models.checkpoint import load_checkpoint, save_checkpoint
 from components.training.device import cpu_threads
-from components.training.pretrain import RUNTIME_FIELDS, PretrainConfig, pretrain
+from components.training.pretrain import PretrainConfig, pretrain
+from components.training.resume import RUNTIME_FIELDS
 from components.training.recipes import ResolvedRecipe, resolve_recipe
 
 ROOT = Path(__file__).resolve().parents[1]

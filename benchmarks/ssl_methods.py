@@ -69,7 +69,8 @@ from components.evaluation.sweep import Backbone, SweepConfig, run_sweep
 from components.models.checkpoint import load_checkpoint, save_checkpoint
 from components.models.vit import ViTConfig
 from components.training.device import cpu_threads
-from components.training.pretrain import RUNTIME_FIELDS, PretrainConfig
+from components.training.pretrain import PretrainConfig
+from components.training.resume import RUNTIME_FIELDS
 from components.training.recipes import resolve_recipe, sequential_recipe
 from components.training.tokenizer import (
     evaluate_tokenizer,

@@ -36,7 +36,7 @@ from components.registry.refs import SCRATCH
 from components.settings import get_settings
 from components.training.detect import DetectConfig, predict_boxes, train_detector
 from components.training.device import cpu_threads
-from components.training.pretrain import resume_path
+from components.training.resume import resume_path
 from flows.evaluate import record_backbone_sweep
 from flows.tasks import (
     load_box_set,

@@ -16,8 +16,8 @@ from components.names import check_dataset, check_model
 from components.orchestration.lineage import recorded_run
 from components.settings import get_settings
 from components.training.device import cpu_threads, pick_device
-from components.training.pretrain import resume_path
 from components.training.recipes import AUTO
+from components.training.resume import resume_path
 from components.training.tokenizer import (
     TokenizerTrainConfig,
     evaluate_tokenizer,

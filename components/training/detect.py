@@ -44,7 +44,7 @@ from components.models.vit import normalize_uint8
 from components.training.device import autocast_for, pick_device
 from components.training.interrupts import checkpoint_then_stop, deferred_signals
 from components.training.optim import cosine_lr, param_groups
-from components.training.pretrain import read_resume_state
+from components.training.resume import read_resume_state
 
 log = logging.getLogger(__name__)
 

@@ -13,8 +13,6 @@ The full training state is checkpointed atomically so a killed run resumes where
 """
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 import math
 import time
@@ -34,7 +32,7 @@ from components.models.backbones import (
     family_of,
     load_backbone_weights,
 )
-from components.models.checkpoint import load_checkpoint, save_checkpoint, to_plain
+from components.models.checkpoint import save_checkpoint
 from components.models.joint_embedding import JOINT_EMBEDDING_METHODS, JointEmbedding
 from components.models.mae import MaskedAutoencoder
 from components.models.sequential import NextTokenPretraining
@@ -44,6 +42,7 @@ from components.training.device import autocast_for
 from components.training.distributed import distributed_context
 from components.training.interrupts import checkpoint_then_stop, deferred_signals
 from components.training.optim import cosine_lr, param_groups
+from components.training.resume import images_fingerprint, read_resume_state
 
 log = logging.getLogger(__name__)
 
@@ -154,24 +153,6 @@ class PretrainConfig:
 
 PRETRAIN_METHODS = ("mae", "dino", *JOINT_EMBEDDING_METHODS, "sequential")
 VIT_ONLY_METHODS = ("mae", "dino")
-# Fields that change how a run executes, not what it computes: a run may resume under new values.
-RUNTIME_FIELDS = ("device", "compile", "channels_last", "checkpoint_every", "max_seconds")
-
-
-def resume_path(state_dir: Path, dataset_version_id: int, cfg: PretrainConfig, init_sha256: str | None,
-                kind: str = "pretrain", inputs: dict | None = None) -> Path:
-    """Where one exact run (data, recipe, starting weights) keeps its resume checkpoint under
-    ``state_dir``: a rerun with the same three finds it; runtime knobs do not change it.
-    (``cfg`` may be any config with ``to_dict`` and the same runtime fields, e.g. a tokenizer's;
-    ``inputs``: whatever else picks the training data, e.g. a detector's label snapshot and size.)"""
-    recipe = {k: v for k, v in cfg.to_dict().items() if k not in RUNTIME_FIELDS}
-    what = {"dataset_version": dataset_version_id, "recipe": recipe, "init": init_sha256}
-    if inputs is not None:  # absent from the key otherwise: earlier runs' checkpoints keep their paths
-        what["inputs"] = inputs
-    key = json.dumps(what, sort_keys=True, default=str)
-    return Path(state_dir) / "resume" / f"{kind}-{hashlib.sha256(key.encode()).hexdigest()[:16]}.pt"
-
-
 @dataclass
 class PretrainResult:
     encoder_state: dict  # the backbone's state dict (CPU tensors, no head)
@@ -211,26 +192,6 @@ def teacher_schedule(step: int, cfg: PretrainConfig) -> tuple[float, float]:
 
 
 # ------------------------------------------------------------------------------ resume checkpoints
-
-
-def images_fingerprint(images: np.ndarray) -> str:
-    return hashlib.sha256(np.ascontiguousarray(images).data).hexdigest()
-
-
-def read_resume_state(path: Path, cfg: PretrainConfig, fingerprint: str) -> dict:
-    """The saved training state at ``path``, after checking it belongs to this config and these images."""
-    try:
-        state = load_checkpoint(path.read_bytes())
-    except Exception as exc:  # a torn or foreign file: say which and stop, never train on garbage
-        raise ValueError(f"resume checkpoint {path} is unreadable ({exc}); delete it to start over") from exc
-    saved, now = state.get("config", {}), to_plain(cfg.to_dict())
-    changed = sorted(k for k in set(saved) | set(now) if k not in RUNTIME_FIELDS and saved.get(k) != now.get(k))
-    if changed:
-        raise ValueError(f"resume checkpoint {path} was written with a different config "
-                         f"(changed: {', '.join(changed)}); delete it or rerun with the same config")
-    if state.get("images_sha256") != fingerprint:
-        raise ValueError(f"resume checkpoint {path} was written for other images; delete it to start over")
-    return state
 
 
 # ------------------------------------------------------------------------------ the loop

@@ -25,7 +25,7 @@ from components.training.augment import Augment, augment_batch
 from components.training.device import pick_device
 from components.training.interrupts import checkpoint_then_stop, deferred_signals
 from components.training.optim import cosine_lr, param_groups
-from components.training.pretrain import images_fingerprint, read_resume_state
+from components.training.resume import images_fingerprint, read_resume_state
 
 log = logging.getLogger(__name__)
 

@@ -208,7 +208,7 @@ def test_each_method_has_its_preset_and_unknown_ones_are_named():
 
 
 def test_flow_resume_checkpoint_is_keyed_by_data_recipe_and_starting_weights(tmp_path):
-    from components.training.pretrain import resume_path
+    from components.training.resume import resume_path
 
     cfg = tiny_pretrain()
     same = resume_path(tmp_path, 1, dataclasses.replace(cfg, device="cuda", compile=True, max_seconds=5), None)
