@@ -7,8 +7,9 @@ and ends with the weights of an uninterrupted run: each step's batch and augment
 from a generator seeded by ``(seed, step)``, so nothing but the step number has to be restored.
 
 Images larger than the windows the detector was trained on can be detected window by window
-(``tile``): overlapping ``tile x tile`` windows, boxes shifted back, duplicates across the
-overlaps removed by non-maximum suppression.
+(``tile``): overlapping ``tile x tile`` windows, each answering only for the boxes whose center
+lies in its core (so a defect seen by two windows is kept once), boxes shifted back into the
+image, then non-maximum suppression for boxes larger than the overlap.
 
 Images are square ``uint8 [N, S, S]`` (decoded at the model's input size); boxes are pixel
 corners ``(x1, y1, x2, y2)`` in that ``S x S`` frame. Augmentation is the dihedral group
@@ -44,7 +45,7 @@ from components.models.vit import normalize_uint8
 from components.training.device import autocast_for, pick_device
 from components.training.interrupts import checkpoint_then_stop, deferred_signals
 from components.training.optim import cosine_lr, param_groups
-from components.training.resume import read_resume_state
+from components.training.resume import checkpoint_due, read_resume_state
 
 log = logging.getLogger(__name__)
 
@@ -229,8 +230,7 @@ def train_detector(backbone: ResNet, images: np.ndarray, boxes: list[np.ndarray]
                 history[k].append(v)
             bar.update(1)
             bar.set_postfix(loss=f"{history['loss'][-1]:.3f}")
-            if checkpoint_path and cfg.checkpoint_every and (step + 1) % cfg.checkpoint_every == 0 \
-                    and step + 1 < cfg.steps:
+            if checkpoint_due(checkpoint_path, cfg.checkpoint_every, step + 1, cfg.steps):
                 save_resume_state(step + 1)
         if stop.pending:  # arrived during the last step
             checkpoint_then_stop(stop, save_resume_state, len(history["loss"]), start, checkpoint_path)

@@ -42,7 +42,7 @@ from components.training.device import autocast_for
 from components.training.distributed import distributed_context
 from components.training.interrupts import checkpoint_then_stop, deferred_signals
 from components.training.optim import cosine_lr, param_groups
-from components.training.resume import images_fingerprint, read_resume_state
+from components.training.resume import checkpoint_due, images_fingerprint, read_resume_state
 
 log = logging.getLogger(__name__)
 
@@ -153,6 +153,8 @@ class PretrainConfig:
 
 PRETRAIN_METHODS = ("mae", "dino", *JOINT_EMBEDDING_METHODS, "sequential")
 VIT_ONLY_METHODS = ("mae", "dino")
+
+
 @dataclass
 class PretrainResult:
     encoder_state: dict  # the backbone's state dict (CPU tensors, no head)
@@ -189,9 +191,6 @@ def teacher_schedule(step: int, cfg: PretrainConfig) -> tuple[float, float]:
     temp = cfg.teacher_temp if step >= w else cfg.teacher_temp_start + (cfg.teacher_temp - cfg.teacher_temp_start) * step / w
     momentum = 1.0 - (1.0 - cfg.teacher_momentum) * 0.5 * (1.0 + math.cos(math.pi * step / cfg.steps))
     return temp, momentum
-
-
-# ------------------------------------------------------------------------------ resume checkpoints
 
 
 # ------------------------------------------------------------------------------ the loop
@@ -334,7 +333,7 @@ def pretrain(
             bar.update(1)
             if step % 10 == 0:
                 bar.set_postfix(loss=f"{losses[-1]:.4f}", lr=f"{lr:.2e}")
-            if checkpoint_path and cfg.checkpoint_every and (step + 1) % cfg.checkpoint_every == 0 and step + 1 < cfg.steps:
+            if checkpoint_due(checkpoint_path, cfg.checkpoint_every, step + 1, cfg.steps):
                 save_resume_state(step + 1)
             if cfg.max_seconds is not None and time.perf_counter() - t0 > cfg.max_seconds:
                 break

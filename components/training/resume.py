@@ -35,6 +35,13 @@ def resume_path(state_dir: Path, dataset_version_id: int, cfg: TrainingConfig, i
     return Path(state_dir) / "resume" / f"{kind}-{hashlib.sha256(key.encode()).hexdigest()[:16]}.pt"
 
 
+def checkpoint_due(path: Path | None, every: int, done: int, steps: int) -> bool:
+    """Whether a training loop writes its periodic resume checkpoint after ``done`` of ``steps``
+    steps: it has a path and a period (0: never), ``done`` is a multiple of it, and the run is not finished
+    (a finished run hands back its result; nothing is left to resume)."""
+    return bool(path) and bool(every) and done % every == 0 and done < steps
+
+
 def images_fingerprint(images: np.ndarray) -> str:
     return hashlib.sha256(np.ascontiguousarray(images).data).hexdigest()
 

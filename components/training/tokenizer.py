@@ -25,7 +25,7 @@ from components.training.augment import Augment, augment_batch
 from components.training.device import pick_device
 from components.training.interrupts import checkpoint_then_stop, deferred_signals
 from components.training.optim import cosine_lr, param_groups
-from components.training.resume import images_fingerprint, read_resume_state
+from components.training.resume import checkpoint_due, images_fingerprint, read_resume_state
 
 log = logging.getLogger(__name__)
 
@@ -157,8 +157,7 @@ def train_tokenizer(images: np.ndarray, cfg: TokenizerTrainConfig, progress: boo
             bar.update(1)
             if step % 10 == 0:
                 bar.set_postfix(loss=f"{losses[-1]:.4f}", lr=f"{lr:.2e}")
-            if checkpoint_path and cfg.checkpoint_every and (step + 1) % cfg.checkpoint_every == 0 \
-                    and step + 1 < cfg.steps:
+            if checkpoint_due(checkpoint_path, cfg.checkpoint_every, step + 1, cfg.steps):
                 save_resume_state(step + 1)
             if cfg.max_seconds is not None and time.perf_counter() - t0 > cfg.max_seconds:
                 break

@@ -312,3 +312,12 @@ def test_every_training_path_runs_under_bf16_autocast(monkeypatch):
         proba = predict_proba(clf, images, device="cpu")
         assert proba.shape == (48, 2) and np.allclose(proba.sum(1), 1, atol=1e-4), method
     assert len(casts) >= 8 and set(casts) == {"cpu"}  # every path went through the bf16 context
+
+
+def test_a_periodic_resume_checkpoint_is_due_on_multiples_of_the_period_but_never_at_the_end():
+    from components.training.resume import checkpoint_due
+
+    assert [d for d in range(1, 11) if checkpoint_due("ckpt.pt", 3, d, 10)] == [3, 6, 9]
+    assert [d for d in range(1, 10) if checkpoint_due("ckpt.pt", 3, d, 9)] == [3, 6]  # the last step writes none
+    assert not any(checkpoint_due(None, 3, d, 10) for d in range(1, 11))
+    assert not any(checkpoint_due("ckpt.pt", 0, d, 10) for d in range(1, 11))
