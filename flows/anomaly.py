@@ -71,6 +71,14 @@ def score(model, images):
     return model.score(images, progress=True)
 
 
+def bank_config(cnn_stages, vit_blocks, coreset_fraction: float, max_bank: int, fit_dihedral: bool,
+                image_coreset_fraction: float, seed: int) -> PatchCoreConfig:
+    """The memory-bank recipe both anomaly flows take from their parameters."""
+    return PatchCoreConfig(features=FeatureConfig(cnn_stages=tuple(cnn_stages), vit_blocks=tuple(vit_blocks)),
+                           coreset_fraction=coreset_fraction, max_bank=max_bank, fit_dihedral=fit_dihedral,
+                           image_coreset_fraction=image_coreset_fraction, seed=seed)
+
+
 def defect_regions(settings, dataset: str, version, regions_snapshot: int, paths: list[str],
                    is_anomaly: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray]:
     """(pixel masks of the box snapshot's defect regions at ``size``, which images they speak for:
@@ -87,8 +95,8 @@ def defect_regions(settings, dataset: str, version, regions_snapshot: int, paths
 def anomaly_flow(dataset: str, backbone: str | None = None, good_class: str | None = None,
                  false_alarm_rate: float = 0.01, img_size: int | None = None, coreset_fraction: float = 0.1,
                  max_bank: int = 20_000, cnn_stages: tuple[int, ...] = (2, 3), vit_blocks: tuple[int, ...] = (-1,),
-                 fit_dihedral: bool = False, image_coreset_fraction: float = 1.0, seed: int = 0, dataset_version: int | None = None, snapshot_version: int | None = None,
-                 regions_snapshot: int | None = None, model_name: str | None = None) -> dict:
+                 fit_dihedral: bool = False, image_coreset_fraction: float = 1.0, seed: int = 0,
+                 dataset_version: int | None = None, snapshot_version: int | None = None, regions_snapshot: int | None = None, model_name: str | None = None) -> dict:
     """Fit an anomaly model on `dataset`'s good images: every image of a dataset version, or
     with `good_class` the images of that class in a label snapshot's training pool (the test
     split, all classes, then measures it). `backbone`: a registered backbone ref or 'scratch'
@@ -99,9 +107,7 @@ def anomaly_flow(dataset: str, backbone: str | None = None, good_class: str | No
     model_name = model_name or f"{dataset}-anomaly"
     if not 0 <= false_alarm_rate < 1:
         raise ValueError(f"false_alarm_rate must be in [0, 1), got {false_alarm_rate}")
-    cfg = PatchCoreConfig(features=FeatureConfig(cnn_stages=tuple(cnn_stages), vit_blocks=tuple(vit_blocks)),
-                          coreset_fraction=coreset_fraction, max_bank=max_bank, fit_dihedral=fit_dihedral,
-                          image_coreset_fraction=image_coreset_fraction, seed=seed)
+    cfg = bank_config(cnn_stages, vit_blocks, coreset_fraction, max_bank, fit_dihedral, image_coreset_fraction, seed)
     params = {"task": TASK, "method": "patchcore", "dataset": dataset, "backbone": backbone,
               "good_class": good_class, "false_alarm_rate": false_alarm_rate, "regions_snapshot": regions_snapshot,
               "patchcore": cfg.to_dict()}
@@ -195,10 +201,8 @@ def evaluate_anomaly_flow(dataset: str, good_class: str, backbones: list[str] | 
                                           SCRATCH if include_scratch else None, fractions, seeds)
     if not 0 <= false_alarm_rate < 1:
         raise ValueError(f"false_alarm_rate must be in [0, 1), got {false_alarm_rate}")
-    configs = {seed: PatchCoreConfig(features=FeatureConfig(cnn_stages=tuple(cnn_stages), vit_blocks=tuple(vit_blocks)),
-                                     coreset_fraction=coreset_fraction, max_bank=max_bank, fit_dihedral=fit_dihedral,
-                                     image_coreset_fraction=image_coreset_fraction, seed=seed)
-               for seed in seeds}
+    configs = {seed: bank_config(cnn_stages, vit_blocks, coreset_fraction, max_bank, fit_dihedral,
+                                 image_coreset_fraction, seed) for seed in seeds}
     params = {"task": TASK, "method": SWEEP_METHOD, "dataset": dataset, "backbones": refs, "good_class": good_class,
               "fractions": fractions, "seeds": seeds, "false_alarm_rate": false_alarm_rate,
               "regions_snapshot": regions_snapshot, "patchcore": configs[seeds[0]].to_dict()}
@@ -221,10 +225,10 @@ def evaluate_anomaly_flow(dataset: str, good_class: str, backbones: list[str] | 
         y = sets.test_is_anomaly
         if not (y.any() and (~y).any()):
             raise ValueError(f"the test split of snapshot v{snapshot.version} needs good and anomalous images")
-        regions = None
+        masks = usable = None
         if regions_snapshot is not None:
-            regions = defect_regions(settings, dataset, version, regions_snapshot, [data.paths[i] for i in sets.test],
-                                     y, size)
+            masks, usable = defect_regions(settings, dataset, version, regions_snapshot,
+                                           [data.paths[i] for i in sets.test], y, size)
         test_images = data.images[sets.test]
         rows = []
         for ref, (checkpoint, _, _) in chosen.items():
@@ -237,8 +241,8 @@ def evaluate_anomaly_flow(dataset: str, good_class: str, backbones: list[str] | 
                     scores, heat = score(model, test_images)
                     measured = evaluate_anomaly(y, scores, model.threshold, seed=seed)
                     metrics = {k: measured[k] for k in ("image_auroc", "false_alarm_rate", "detection_rate")}
-                    if regions is not None and regions[0][regions[1]].any():
-                        metrics["pixel_auroc"] = pixel_auroc(heat[regions[1]], regions[0][regions[1]], seed=seed)
+                    if masks is not None and masks[usable].any():
+                        metrics["pixel_auroc"] = pixel_auroc(heat[usable], masks[usable], seed=seed)
                     rows.append({"backbone": ref, "method": SWEEP_METHOD, "fraction": fraction, "seed": seed,
                                  "n_train": int(len(fit)), "metrics": metrics})
                     a = metrics["image_auroc"]

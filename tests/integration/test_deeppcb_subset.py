@@ -197,13 +197,16 @@ def test_evaluate_anomaly_compares_backbones_on_fractions_of_the_good_images(ano
         assert not session.exec(select(Evaluation)).all()
 
     out = dlvm(env, *common, "--backbone", "pcb-simclr", "--img-size", "64", "--fractions", "0.5,1.0",
-               "--stages", "1", "--dihedral", "--image-coreset", "0.5", "--summary", str(tmp_path / "sweep.json"))
+               "--stages", "1", "--dihedral", "--image-coreset", "0.5", "--regions-snapshot", "2",
+               "--summary", str(tmp_path / "sweep.json"))
     summary = json.loads((tmp_path / "sweep.json").read_text())
     assert f"evaluation {summary['evaluation_id']} (anomaly): best image AUROC " in out.stdout
     n_fit = anomaly_run[3]["metrics"]["n_fit"]  # the adapt run fitted every good training image but the calibration ones
     evaluation, cells = checked_sweep(settings, "anomaly", "image_auroc", "pcb-simclr", n_fit)
     for r in cells.values():
         assert r.method == "patchcore" and {"image_auroc", "false_alarm_rate", "detection_rate"} <= set(r.metrics)
+        p = r.metrics["pixel_auroc"]  # the box snapshot of the test above: its boxes are the defect regions
+        assert 0 <= p["ci_low"] <= p["value"] <= p["ci_high"] <= 1
     assert "image AUROC" in open_store(settings).get_bytes(evaluation.report_uri, evaluation.report_sha256).decode()
     with session_scope(settings) as session:  # the bank options reached the models
         bank = session.get(Run, evaluation.run_id).params["patchcore"]
