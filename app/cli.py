@@ -479,8 +479,9 @@ def evaluate(dataset: str = typer.Option(..., "--dataset", "-d", callback=DATASE
              backbone: list[str] = typer.Option(None, callback=_checked(_backbone_ref, many=True),
                                                 help="backbone refs to compare (repeatable)"),
              fractions: Optional[str] = typer.Option(None, help="label fractions, comma-separated (default "
-                                                     "0.05,0.1,0.25,0.5,1.0; detection 0.1,0.25,1.0)"),
-             seeds: Optional[str] = typer.Option(None, help="seeds, comma-separated (default 0,1,2; detection 0)"),
+                                                     "0.05,0.1,0.25,0.5,1.0; detection 0.1,0.25,1.0; anomaly 1.0)"),
+             seeds: Optional[str] = typer.Option(None, help="seeds, comma-separated (default 0,1,2; detection and "
+                                                 "anomaly 0)"),
              methods: str = typer.Option("probe", help="comma-separated: probe, finetune, lora, prototype"),
              recipe: str = RECIPE, scratch: bool = typer.Option(True, help="include the from-scratch baseline"),
              budget_minutes: Optional[float] = BUDGET,

@@ -69,8 +69,8 @@ from components.evaluation.sweep import Backbone, SweepConfig, run_sweep
 from components.models.checkpoint import load_checkpoint, save_checkpoint
 from components.training.device import cpu_threads
 from components.training.pretrain import PretrainConfig, pretrain
-from components.training.resume import RUNTIME_FIELDS
 from components.training.recipes import ResolvedRecipe, resolve_recipe
+from components.training.resume import RUNTIME_FIELDS
 
 ROOT = Path(__file__).resolve().parents[1]
 DOMAINS = ("elpv", "wm811k")

@@ -70,8 +70,8 @@ from components.models.checkpoint import load_checkpoint, save_checkpoint
 from components.models.vit import ViTConfig
 from components.training.device import cpu_threads
 from components.training.pretrain import PretrainConfig
-from components.training.resume import RUNTIME_FIELDS
 from components.training.recipes import resolve_recipe, sequential_recipe
+from components.training.resume import RUNTIME_FIELDS
 from components.training.tokenizer import (
     evaluate_tokenizer,
     holdout_split,

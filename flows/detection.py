@@ -159,8 +159,6 @@ SWEEP_METRICS = ("map50", "map33", "fscore33")
 SWEEP_METHOD = "centernet"
 
 
-
-
 @flow(name="evaluate-detection", log_prints=True)
 def evaluate_detection_flow(dataset: str, backbones: list[str] | None = None, include_scratch: bool = True,
                             fractions: list[float] = (0.1, 0.25, 1.0), seeds: list[int] = (0,),

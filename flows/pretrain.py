@@ -17,8 +17,8 @@ from components.orchestration.lineage import recorded_run
 from components.settings import get_settings
 from components.training.launch import pretrain_in_processes
 from components.training.pretrain import PretrainConfig
-from components.training.resume import resume_path
 from components.training.recipes import AUTO, recipe_for_run, sequential_recipe_for_run
+from components.training.resume import resume_path
 from components.training.tokenizer import tokenizer_parts
 from flows.tasks import (
     load_dataset_images,

@@ -23,9 +23,7 @@ def auroc(is_anomaly: np.ndarray, scores: np.ndarray) -> float:
     n_pos, n_neg = int(y.sum()), int((~y).sum())
     if n_pos == 0 or n_neg == 0:
         return float("nan")
-    from scipy.stats import (
-        rankdata,  # here: scipy.stats costs every CLI command a second of imports
-    )
+    from scipy.stats import rankdata  # here: scipy.stats costs every CLI command a second of imports
 
     ranks = rankdata(np.asarray(scores, dtype=np.float64))
     return float((ranks[y].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))

@@ -274,7 +274,6 @@ def draw_boxes(images: np.ndarray, preds: Sequence[dict], truths: Sequence[dict]
     return figure_png(fig)
 
 
-
 def sweep_markdown(title: str, table: Sequence[dict], context: dict) -> str:
     """A detection label-efficiency sweep (``summary_table`` rows) as markdown: mAP@0.5, mAP@0.33
     and the IoU > 0.33 F-score per backbone and fraction of the training images."""
