@@ -32,7 +32,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from benchmarks.device_bundle import DEEPPCB
+from benchmarks.device_bundle import deeppcb_root
 from components.anomaly.features import FeatureConfig
 from components.anomaly.patchcore import PatchCoreConfig, fit_patchcore
 from components.data.images import load_image_array
@@ -51,16 +51,17 @@ ARCHS = {
 
 
 def load_deeppcb(size: int, n_fit: int, n_cal: int, n_test: int, seed: int):
-    ids = {row["id"]: row["split"] for row in csv.DictReader((DEEPPCB / "splits.csv").read_text().splitlines())}
+    root = deeppcb_root()
+    ids = {row["id"]: row["split"] for row in csv.DictReader((root / "splits.csv").read_text().splitlines())}
     rng = np.random.default_rng(seed)
     trainval = rng.permutation(sorted(i for i, s in ids.items() if s == "trainval"))
     test = rng.permutation(sorted(i for i, s in ids.items() if s == "test"))[:n_test]
     boxes: dict[str, list] = {}
-    for row in csv.DictReader((DEEPPCB / "boxes.csv").read_text().splitlines()):
+    for row in csv.DictReader((root / "boxes.csv").read_text().splitlines()):
         boxes.setdefault(row["image"], []).append(tuple(float(row[k]) for k in ("x1", "y1", "x2", "y2")))
 
     def load(names):
-        return np.stack([load_image_array(DEEPPCB / "images" / n, size) for n in tqdm(names, leave=False)])
+        return np.stack([load_image_array(root / "images" / n, size) for n in tqdm(names, leave=False)])
 
     fit = load([f"{i}_temp.png" for i in trainval[:n_fit]])
     cal = load([f"{i}_temp.png" for i in trainval[n_fit:n_fit + n_cal]])
@@ -99,7 +100,8 @@ def compare_runs(paths: list[Path], n_boot: int = 1000, seed: int = 0) -> dict:
     (the same boards resampled for both: the runs share test images, so their intervals alone
     overstate the uncertainty of the difference). Each part also gets the false-alarm and
     detection rates at the run's calibrated threshold."""
-    splits = {row["id"]: row["split"] for row in csv.DictReader((DEEPPCB / "splits.csv").read_text().splitlines())}
+    rows = csv.DictReader((deeppcb_root() / "splits.csv").read_text().splitlines())
+    splits = {row["id"]: row["split"] for row in rows}
     seen_groups = {i[:5] for i, s in splits.items() if s == "trainval"}
     results = {str(p): json.loads(p.read_text()) for p in paths}
     runs = {name: r["test_scores"] for name, r in results.items()}

@@ -33,7 +33,7 @@ from tqdm import tqdm
 
 import components  # noqa: F401  (OMP_WAIT_POLICY before torch)
 from benchmarks.anomaly_patchcore import ARCHS
-from benchmarks.device_bundle import DEEPPCB, GENERIC_CORPUS, generic_train_paths
+from benchmarks.device_bundle import GENERIC_CORPUS, deeppcb_root, generic_train_paths
 from components.data.images import Preprocess, load_image_array
 from components.models.backbones import config_to_dict
 from components.models.checkpoint import save_checkpoint
@@ -56,9 +56,10 @@ def random_crops(images: np.ndarray, n: int, crop: int, seed: int) -> np.ndarray
 
 def deeppcb_trainval_templates(scale: int, limit: int | None = None) -> np.ndarray:
     """The defect-free templates of DeepPCB's trainval split (sorted ids) at ``scale`` px."""
-    rows = csv.DictReader((DEEPPCB / "splits.csv").read_text().splitlines())
+    root = deeppcb_root()
+    rows = csv.DictReader((root / "splits.csv").read_text().splitlines())
     ids = sorted(row["id"] for row in rows if row["split"] == "trainval")
-    return np.stack([load_image_array(DEEPPCB / "images" / f"{i}_temp.png", scale)
+    return np.stack([load_image_array(root / "images" / f"{i}_temp.png", scale)
                      for i in tqdm(ids[:limit], desc="decode templates", leave=False)])
 
 

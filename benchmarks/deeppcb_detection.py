@@ -28,7 +28,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from benchmarks.device_bundle import DEEPPCB
+from benchmarks.device_bundle import deeppcb_root
 from components.data.images import load_image_array
 from components.evaluation.detection import draw_boxes, evaluate_detection
 from components.models.backbones import build_backbone, checkpoint_config, load_backbone_weights
@@ -44,9 +44,10 @@ ORIGINAL = 640
 def load_split(ids: list[str], size: int) -> tuple[np.ndarray, list[np.ndarray], list[np.ndarray]]:
     """Tested images of ``ids`` at ``size`` px and their boxes (scaled) and class indices."""
     found: dict[str, list] = {}
-    for row in csv.DictReader(open(DEEPPCB / "boxes.csv")):
+    root = deeppcb_root()
+    for row in csv.DictReader(open(root / "boxes.csv")):
         found.setdefault(Path(row["image"]).name, []).append(row)
-    images = np.stack([load_image_array(DEEPPCB / "images" / f"{i}_test.png", size)
+    images = np.stack([load_image_array(root / "images" / f"{i}_test.png", size)
                        for i in tqdm(ids, desc="images", leave=False)])
     boxes, labels = [], []
     for i in ids:
@@ -85,7 +86,7 @@ def main(argv: list[str] | None = None) -> dict:
         raise SystemExit(f"--fraction must be in (0, 1], got {args.fraction}")
     torch.set_num_threads(args.threads)
     started = time.time()
-    split = {row["id"]: row["split"] for row in csv.DictReader(open(DEEPPCB / "splits.csv"))}
+    split = {row["id"]: row["split"] for row in csv.DictReader(open(deeppcb_root() / "splits.csv"))}
     trainval = sorted(i for i, s in split.items() if s == "trainval")
     rng = np.random.default_rng(args.seed)
     train_ids = sorted(rng.permutation(trainval)[:max(1, round(args.fraction * len(trainval)))])

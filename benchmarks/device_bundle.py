@@ -45,6 +45,14 @@ DEFAULT_SIZE = 128  # label_efficiency's gpu recipe
 DEFAULT_GENERIC_IMAGES = 5000  # 53 MiB with ELPV at 128 px: what fits beside the working tree
 
 
+def deeppcb_root() -> Path:
+    """DeepPCB's folder (images/, boxes.csv, splits.csv); one clear line when it is not there."""
+    if not ((DEEPPCB / "boxes.csv").is_file() and (DEEPPCB / "splits.csv").is_file() and (DEEPPCB / "images").is_dir()):
+        raise SystemExit(f"DeepPCB not found at {DEEPPCB} (needs images/, boxes.csv, splits.csv): put the data shelf "
+                         "../shared next to the checkout or set DLVM_DEEPPCB")
+    return DEEPPCB
+
+
 def generic_train_paths(corpus: Path) -> list[Path]:
     """The corpus's training images in the order the benchmark takes them (sorted paths)."""
     if not (corpus / "labels.csv").is_file():

@@ -150,9 +150,10 @@ def summary_sha(settings: Settings, drawing: str) -> str:
     return version.params["artifacts"][drawing]["sha256"]
 
 
-def test_benchmark_script_runs_on_a_sliver_of_deeppcb(tmp_path):
+def test_benchmark_script_runs_on_a_sliver_of_deeppcb(tmp_path, deeppcb, monkeypatch):
     from benchmarks.deeppcb_detection import main
 
+    monkeypatch.setattr("benchmarks.device_bundle.DEEPPCB", deeppcb)
     out = tmp_path / "bench.json"
     result = main(["--arch", "resnet-tiny", "--size", "64", "--fraction", "0.008", "--n-test", "4", "--steps", "2",
                    "--batch-size", "2", "--crop", "32", "--tile", "32", "--n-boot", "20", "--no-progress", "--out", str(out)])

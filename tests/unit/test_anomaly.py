@@ -240,11 +240,10 @@ def test_report_examples_are_the_top_anomalies_and_the_nearest_false_alarms():
     assert only_good.tolist() == [3, 1, 2]
 
 
-def test_benchmark_script_runs_on_a_few_deeppcb_pairs(tmp_path):
-    from benchmarks.anomaly_patchcore import DEEPPCB, main
+def test_benchmark_script_runs_on_a_few_deeppcb_pairs(tmp_path, deeppcb, monkeypatch):
+    from benchmarks.anomaly_patchcore import main
 
-    if not (DEEPPCB / "boxes.csv").is_file():
-        pytest.fail(f"DeepPCB not found at {DEEPPCB} (set DLVM_DEEPPCB)")
+    monkeypatch.setattr("benchmarks.device_bundle.DEEPPCB", deeppcb)
     out = tmp_path / "r.json"
     result = main(["--data", "deeppcb", "--arch", "resnet-tiny", "--size", "64", "--n-fit", "2", "--n-cal", "2",
                    "--n-test", "3", "--out", str(out)])
@@ -264,14 +263,20 @@ def test_benchmark_script_runs_on_a_few_deeppcb_pairs(tmp_path):
     assert out.with_suffix(".png").read_bytes().startswith(b"\x89PNG")
 
 
-def test_pretrained_backbone_from_trainval_templates_feeds_the_benchmark(tmp_path):
-    from benchmarks.anomaly_patchcore import DEEPPCB
+def test_benchmarks_refuse_a_missing_deeppcb_in_one_line(tmp_path, monkeypatch):
+    from benchmarks.anomaly_patchcore import main
+
+    monkeypatch.setattr("benchmarks.device_bundle.DEEPPCB", tmp_path / "nowhere")
+    with pytest.raises(SystemExit, match=r"DeepPCB not found at .*nowhere .*DLVM_DEEPPCB"):
+        main(["--data", "deeppcb", "--arch", "resnet-tiny", "--size", "64", "--n-fit", "2", "--n-test", "2"])
+
+
+def test_pretrained_backbone_from_trainval_templates_feeds_the_benchmark(tmp_path, deeppcb, monkeypatch):
     from benchmarks.anomaly_patchcore import main as anomaly_main
     from benchmarks.anomaly_pretrain import deeppcb_trainval_templates, random_crops
     from benchmarks.anomaly_pretrain import main as pretrain_main
 
-    if not (DEEPPCB / "splits.csv").is_file():
-        pytest.fail(f"DeepPCB not found at {DEEPPCB} (set DLVM_DEEPPCB)")
+    monkeypatch.setattr("benchmarks.device_bundle.DEEPPCB", deeppcb)
     templates = deeppcb_trainval_templates(64, limit=3)
     assert templates.shape == (3, 64, 64) and templates.dtype == np.uint8
     crops = random_crops(templates, 5, 16, seed=0)
