@@ -395,8 +395,8 @@ def adapt(dataset: str = typer.Option(..., "--dataset", "-d", callback=DATASET_N
           good_class: Optional[str] = typer.Option(None, help="anomaly: the snapshot class that is normal "
                                                    "(default: every image of the dataset version is good)"),
           false_alarm_rate: float = typer.Option(0.01, help="anomaly: false-alarm rate the threshold is set for"),
-          img_size: Optional[int] = typer.Option(None, help="anomaly, detection: input size (ResNet backbones "
-                                                 "only; detection default 256)"),
+          img_size: Optional[int] = typer.Option(None, help="anomaly, detection: input size (a ViT's: a "
+                                                 "multiple of its patch; detection default 256)"),
           snapshot: Optional[int] = typer.Option(None, "--snapshot", "--labels", help="the label snapshot version: "
                                                  "anomaly: the one --good-class refers to; detection: the box "
                                                  "snapshot (default: latest)"),
@@ -416,7 +416,7 @@ def adapt(dataset: str = typer.Option(..., "--dataset", "-d", callback=DATASET_N
     register the classifier.
 
     With --task anomaly: fit an anomaly model (PatchCore memory bank) on good images only.
-    With --task detection: train a box detector (CenterNet head on a ResNet) on a box snapshot."""
+    With --task detection: train a box detector (CenterNet head on a ResNet or ViT) on a box snapshot."""
     prepare()
     if task == "detection":
         return _adapt_detection(dataset, backbone, snapshot, img_size or 256, steps, batch_size, crop, tile,

@@ -11,7 +11,8 @@ criterion) at ``--score-threshold``, each with a percentile bootstrap interval o
     OMP_WAIT_POLICY=PASSIVE .venv/bin/python -m benchmarks.deeppcb_detection --fraction 0.25 --steps 600
 
 The backbone is ``--arch`` with random weights (scratch) unless ``--weights`` names a dlvm
-ResNet backbone checkpoint (``backbone_config`` + ``state_dict``). Writes ``--out`` (default
+ResNet or ViT backbone checkpoint (``backbone_config`` + ``state_dict``; a ViT's position table
+is resized to ``--size``). Writes ``--out`` (default
 ``benchmarks/results/deeppcb-detection-<arch>-<size>-f<fraction>.json``) and, with ``--png``,
 a drawing of test images with true (green) and found (red) boxes.
 """
@@ -29,15 +30,18 @@ import torch
 from tqdm import tqdm
 
 from benchmarks.device_bundle import deeppcb_root
+from components.anomaly.features import feature_backbone
 from components.data.images import load_image_array
 from components.evaluation.detection import draw_boxes, evaluate_detection
-from components.models.backbones import build_backbone, checkpoint_config, load_backbone_weights
+from components.models.backbones import build_backbone, checkpoint_config, config_to_dict, family_of
 from components.models.checkpoint import load_checkpoint
-from components.models.resnet import ResNet, ResNetConfig
+from components.models.resnet import ResNetConfig
+from components.models.vit import ViTConfig
 from components.training.detect import DetectConfig, predict_boxes, train_detector
 
 CLASSES = ["open", "short", "mousebite", "spur", "copper", "pin-hole"]
-ARCHS = {"resnet-tiny": ResNetConfig.tiny, "resnet-small": ResNetConfig.small, "resnet18": ResNetConfig.resnet18}
+ARCHS = {"resnet-tiny": ResNetConfig.tiny, "resnet-small": ResNetConfig.small, "resnet18": ResNetConfig.resnet18,
+         "vit-tiny": lambda img_size: ViTConfig.tiny(img_size=img_size, patch_size=8, depth=6)}
 ORIGINAL = 640
 
 
@@ -96,17 +100,12 @@ def main(argv: list[str] | None = None) -> dict:
     loaded = time.time()
     if args.weights:
         checkpoint = load_checkpoint(args.weights.read_bytes())
-        backbone_cfg = checkpoint_config(checkpoint)
-        if not isinstance(backbone_cfg, ResNetConfig):
-            raise SystemExit("the detector needs a ResNet backbone checkpoint")
-        from dataclasses import replace
-        backbone_cfg = replace(backbone_cfg, img_size=args.size)
-        backbone = build_backbone(backbone_cfg)
-        load_backbone_weights(backbone, checkpoint["state_dict"])
+        if family_of(checkpoint_config(checkpoint)) not in ("resnet", "vit"):
+            raise SystemExit("the detector needs a ResNet or ViT backbone checkpoint")
+        backbone, backbone_cfg = feature_backbone(checkpoint, args.size)
     else:
         backbone_cfg = ARCHS[args.arch](img_size=args.size)
         backbone = build_backbone(backbone_cfg, seed=args.seed)
-    assert isinstance(backbone, ResNet)
     cfg = DetectConfig(steps=args.steps, batch_size=args.batch_size, lr=args.lr, seed=args.seed, device=args.device,
                        crop=args.crop)
     model, history = train_detector(backbone, train_images, train_boxes, train_labels, len(CLASSES), cfg,
@@ -129,7 +128,7 @@ def main(argv: list[str] | None = None) -> dict:
         tiled["seconds"] = round(time.time() - done, 1)
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
     result = {"args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
-              "backbone": backbone_cfg.to_dict(), "detect": cfg.to_dict(),
+              "backbone": config_to_dict(backbone_cfg), "detect": cfg.to_dict(),
               "n_train_images": len(train_ids), "n_train_boxes": int(sum(len(b) for b in train_boxes)),
               "metrics": metrics, "metrics_tiled": tiled, "resumed_from_step": history["resumed_from_step"],
               "loss_first_10": float(np.mean(history["loss"][:10])),

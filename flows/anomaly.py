@@ -215,7 +215,7 @@ def evaluate_anomaly_flow(dataset: str, good_class: str, backbones: list[str] | 
         sizes = {ref: size for ref, (_, _, size) in chosen.items()}
         if len(set(sizes.values())) > 1:
             raise ValueError(f"the backbones take different input sizes ({', '.join(f'{r}: {s} px' for r, s in sizes.items())}): "
-                             "give --img-size (ResNets take any size; a ViT only its own)")
+                             "give --img-size (ResNets take any size; a ViT any multiple of its patch)")
         size = next(iter(sizes.values()))
         params["img_size"] = size
         version, snapshot = resolve_label_snapshot(settings, dataset, dataset_version, snapshot_version)

@@ -1,4 +1,4 @@
-"""Flow `adapt-detection`: a box detector (CenterNet-style head on a ResNet backbone) trained on
+"""Flow `adapt-detection`: a box detector (CenterNet-style head on a ResNet or ViT backbone) trained on
 a box snapshot's training images, evaluated on its fixed test split (mAP@0.5, DeepPCB's
 IoU > 0.33 precision / recall / F-score, bootstrap intervals over images), a report with
 example images and their boxes, and its registry version (kind 'detector') with lineage.
@@ -6,8 +6,8 @@ Training checkpoints itself: a rerun with the same parameters after a crash or C
 from its last checkpoint.
 
 Flow `evaluate-detection`: the label-efficiency sweep for detectors: the same recipe trained
-from each backbone (registered ResNet backbones, e.g. domain-pretrained and generic, and
-scratch) on nested fractions of the training images, scored on the same test split; its
+from each backbone (registered ResNet or ViT backbones, e.g. domain-pretrained and generic,
+and scratch) on nested fractions of the training images, scored on the same test split; its
 report, plot and evaluation rows."""
 from __future__ import annotations
 
@@ -69,16 +69,23 @@ def evaluate(preds, truths, classes, score_threshold: float, seed: int):
     return evaluate_detection(preds, truths, classes, score_threshold=score_threshold, seed=seed)
 
 
-def detector_backbone(settings, ref: str):
+DETECTOR_FAMILIES = ("resnet", "vit")
+
+
+def detector_backbone(settings, ref: str, img_size: int):
     """(checkpoint or None for scratch, model version or None) of the backbone a detector starts
-    from, refused in one line unless it is a ResNet (the detector's only family)."""
+    from, refused in one line unless it is a ResNet or a ViT whose patches divide ``img_size``."""
     if ref == SCRATCH:
         return None, None
     parent = resolve_model_version(settings, ref)
     checkpoint = load_model_checkpoint(settings, parent)
-    family = family_of(checkpoint_config(checkpoint))
-    if family != "resnet":
-        raise ValueError(f"backbone {ref} is a {family}; the detector needs a ResNet backbone")
+    cfg = checkpoint_config(checkpoint)
+    family = family_of(cfg)
+    if family not in DETECTOR_FAMILIES:
+        raise ValueError(f"backbone {ref} is a {family}; the detector needs a ResNet or ViT backbone")
+    if family == "vit" and img_size % cfg.patch_size:
+        raise ValueError(f"backbone {ref} is a ViT with {cfg.patch_size} px patches: --img-size must be a "
+                         f"multiple of {cfg.patch_size}, got {img_size}")
     return checkpoint, parent
 
 
@@ -88,7 +95,7 @@ def detection_flow(dataset: str, backbone: str | None = None, snapshot_version: 
                    lr: float = 2e-3, crop: int | None = None, tile: int | None = None, score_threshold: float = 0.3,
                    seed: int = 0, threads: int | None = None, model_name: str | None = None) -> dict:
     """Train a detector on `dataset`'s box snapshot (`snapshot_version`, default the latest) from
-    a registered ResNet backbone's encoder or from scratch (`backbone='scratch'`: a random small
+    a registered ResNet or ViT backbone's encoder or from scratch (`backbone='scratch'`: a random small
     ResNet), evaluate it on the snapshot's test split and register it. `crop`: train on random
     crop x crop windows of the img_size images (small defects keep their pixels at a small
     image's cost per step). `tile`: detect in overlapping tile x tile windows (for test and
@@ -103,7 +110,7 @@ def detection_flow(dataset: str, backbone: str | None = None, snapshot_version: 
     params = {"task": TASK, "method": "centernet", "dataset": dataset, "backbone": backbone, "img_size": img_size,
               "score_threshold": score_threshold, "detect": cfg.to_dict(), "runtime": runtime}
     with recorded_run(settings, "adapt-detection", params) as run_id:
-        checkpoint, parent = detector_backbone(settings, backbone)
+        checkpoint, parent = detector_backbone(settings, backbone, img_size)
         net, _ = feature_backbone(checkpoint, img_size, seed)
         version, snapshot = resolve_label_snapshot(settings, dataset, dataset_version, snapshot_version)
         params["snapshot"] = snapshot.version
@@ -143,7 +150,7 @@ def detection_flow(dataset: str, backbone: str | None = None, snapshot_version: 
         model_version = register_model_version(settings, model_name, REGISTRY_KIND, stored, run_id=run_id,
                                                dataset_version=version, snapshot=snapshot, parent=parent,
                                                params=params, metrics=metrics,
-                                               description="box detector (CenterNet head on a ResNet), task=detection")
+                                               description="box detector (CenterNet head), task=detection")
         checkpoint.unlink(missing_ok=True)  # registered: nothing left to resume
     m = metrics["map50"]
     resumed = f", resumed at step {history['resumed_from_step']}" if history["resumed_from_step"] else ""
@@ -166,7 +173,7 @@ def evaluate_detection_flow(dataset: str, backbones: list[str] | None = None, in
                             img_size: int = 256, steps: int = 2000, batch_size: int = 16, lr: float = 2e-3,
                             crop: int | None = None, tile: int | None = None, score_threshold: float = 0.3,
                             threads: int | None = None) -> dict:
-    """Train the same detector recipe from each of `backbones` (registered ResNet backbone refs)
+    """Train the same detector recipe from each of `backbones` (registered ResNet or ViT backbone refs)
     and from scratch (unless `include_scratch` is off) on `fractions` of the box snapshot's
     training images (stratified by defect / none, nested across fractions for one seed), for
     each seed, and score every detector on the snapshot's test split (mAP@0.5 the decision
@@ -183,7 +190,7 @@ def evaluate_detection_flow(dataset: str, backbones: list[str] | None = None, in
               "seeds": seeds, "img_size": img_size, "score_threshold": score_threshold,
               "detect": configs[seeds[0]].to_dict(), "runtime": runtime}
     with recorded_run(settings, "evaluate-detection", params) as run_id:
-        chosen = {ref: detector_backbone(settings, ref) for ref in refs}  # all checked before any training
+        chosen = {ref: detector_backbone(settings, ref, img_size) for ref in refs}  # all checked before any training
         version, snapshot = resolve_label_snapshot(settings, dataset, dataset_version, snapshot_version)
         params["snapshot"] = snapshot.version
         data = load_box_set(settings, dataset, version, snapshot, img_size)

@@ -56,16 +56,13 @@ def _vit_maps(model: VisionTransformer, x: torch.Tensor, blocks: tuple[int, ...]
     wanted = sorted({b % depth for b in blocks})
     if x.shape[-1] != model.cfg.img_size or x.shape[-2] != model.cfg.img_size:
         raise ValueError(f"this ViT takes {model.cfg.img_size} px images, got {tuple(x.shape[-2:])}")
-    grid = model.cfg.grid_size
-    tokens = model.patch_embed(x) + model.pos_embed[:, 1:]
-    cls = (model.cls_token + model.pos_embed[:, :1]).expand(x.shape[0], -1, -1)
-    tokens = torch.cat([cls, tokens], dim=1)
+    tokens, (gh, gw) = model.embed_tokens(x)
     maps = []
     for i, blk in enumerate(model.blocks[:wanted[-1] + 1]):
         tokens = blk(tokens)
         if i in wanted:
             patches = F.layer_norm(tokens[:, 1:], tokens.shape[-1:])
-            maps.append(patches.transpose(1, 2).reshape(x.shape[0], -1, grid, grid))
+            maps.append(patches.transpose(1, 2).reshape(x.shape[0], -1, gh, gw))
     return maps
 
 
@@ -94,22 +91,27 @@ def feature_backbone(checkpoint: dict | None, img_size: int | None = None, seed:
 
     ``checkpoint``: a registered backbone's checkpoint (``backbone_config``/``vit_config`` +
     ``state_dict``); ``None`` is a randomly initialised small ResNet, the from-scratch
-    reference (random convolutions are local texture detectors, not nothing). A ResNet takes
-    any input size, so ``img_size`` may change it; a ViT's position table fixes its size."""
+    reference (random convolutions are local texture detectors, not nothing). ``img_size`` may
+    change the input size: a ResNet takes any; a ViT any multiple of its patch, its position
+    table resized to the new grid."""
     from dataclasses import replace
 
     from components.models.backbones import build_backbone, checkpoint_config, family_of
     from components.models.resnet import ResNetConfig
+    from components.models.weight_mapping import resize_pos_embed
 
     if checkpoint is None:
         cfg = ResNetConfig.small(img_size=img_size or 128)
         return build_backbone(cfg, seed=seed), cfg
     cfg = checkpoint_config(checkpoint)
+    state = checkpoint["state_dict"]
     if img_size and img_size != cfg.img_size:
-        if family_of(cfg) == "vit":
-            raise ValueError(f"this ViT backbone takes {cfg.img_size} px images; leave the image size unset "
-                             f"or choose a ResNet backbone for {img_size} px")
+        if family_of(cfg) == "vit" and img_size % cfg.patch_size:
+            raise ValueError(f"this ViT backbone cuts {cfg.patch_size} px patches: the image size must be a "
+                             f"multiple of {cfg.patch_size}, got {img_size}")
         cfg = replace(cfg, img_size=img_size)
     model = build_backbone(cfg, seed=seed)
-    model.load_state_dict(checkpoint["state_dict"])
+    if family_of(cfg) == "vit" and state["pos_embed"].shape != model.pos_embed.shape:
+        state = {**state, "pos_embed": resize_pos_embed(state["pos_embed"], model.pos_embed)}
+    model.load_state_dict(state)
     return model, cfg

@@ -1,5 +1,5 @@
-"""A dense one-stage box detector (CenterNet-style) on dlvm's ResNet backbone: the model, its
-training targets, its two losses and the decoding of its outputs into boxes, in one module.
+"""A dense one-stage box detector (CenterNet-style) on dlvm's ResNet or ViT backbone: the model,
+its training targets, its two losses and the decoding of its outputs into boxes, in one module.
 
 Why CenterNet: an object is its center point. The head predicts, on one feature map of
 stride ``s``, a heat map per class whose peaks are object centers, and at every location the
@@ -7,7 +7,11 @@ box size and the sub-pixel offset of the center. No anchors to tune, no matching
 decoding is a 3x3 max-pool and a top-k (no NMS needed; a class-wise NMS is still offered for
 heavily overlapping boxes). Defects on inspection images are small, so the head works on a
 fine map: the backbone's stages are merged top-down (a one-level FPN) at the resolution of
-``fine_stage``.
+``fine_stage``. A ViT has one resolution, its patch grid; as in ViTDet's simple feature pyramid,
+its last tokens, seen as a map, are upsampled by transposed convolutions into finer levels
+(level 3: the patch grid, 2: twice as fine, 1: four times), and the head merges the levels from
+``fine_stage`` on the same way. The ViT takes any input whose sides are multiples of its patch
+(its position table is resized to the grid), so it trains on crops and detects whole images.
 
 Losses, each a small module with its own test:
 
@@ -25,13 +29,16 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from components.models.backbones import build_backbone, config_from_dict, config_to_dict
 from components.models.resnet import ResNet, ResNetConfig
+from components.models.vit import VisionTransformer, ViTConfig
 
 
 @dataclass(frozen=True)
 class DetectorConfig:
     """The head on a backbone: ``num_classes`` heat maps at the resolution of ResNet stage
-    ``fine_stage`` (1-based), ``head_width`` channels in the merged map and the heads."""
+    ``fine_stage`` (1-based; a ViT's pyramid level, see the module doc), ``head_width``
+    channels in the merged map and the heads."""
 
     num_classes: int
     fine_stage: int = 2
@@ -47,24 +54,51 @@ class DetectorConfig:
         return asdict(self)
 
 
-def backbone_stride(cfg: ResNetConfig, stage: int) -> int:
-    """Pixels per feature-map cell at the output of ResNet stage ``stage`` (1-based)."""
+VIT_LEVELS = 3  # a ViT's pyramid: its patch grid (level 3) and two finer levels from it
+
+
+def backbone_stride(cfg: ResNetConfig | ViTConfig, stage: int) -> int:
+    """Pixels per feature-map cell at the output of ResNet stage ``stage`` (1-based), or of a
+    ViT's pyramid level ``stage`` (3: the patch grid, each level below twice as fine)."""
+    if isinstance(cfg, ViTConfig):
+        if not 1 <= stage <= VIT_LEVELS or cfg.patch_size % 2 ** (VIT_LEVELS - stage):
+            raise ValueError(f"level {stage} outside this ViT's pyramid levels 1..{VIT_LEVELS} "
+                             f"(finer than a pixel for {cfg.patch_size} px patches)")
+        return cfg.patch_size // 2 ** (VIT_LEVELS - stage)
     if not 1 <= stage <= len(cfg.layers):
         raise ValueError(f"stage {stage} outside this ResNet's stages 1..{len(cfg.layers)}")
     return cfg.stem_stride * (2 if cfg.stem_pool else 1) * 2 ** (stage - 1)
 
 
-class CenterNet(nn.Module):
-    """ResNet encoder -> top-down merged map at ``fine_stage`` -> heat map, size, offset."""
+def _upsampler(channels: int, factor: int) -> nn.Sequential:
+    """``log2(factor)`` transposed 2x2 convolutions, halving the channels each time."""
+    layers: list[nn.Module] = []
+    while factor > 1:
+        layers += [nn.ConvTranspose2d(channels, channels // 2, 2, stride=2), nn.BatchNorm2d(channels // 2), nn.GELU()]
+        channels, factor = channels // 2, factor // 2
+    return nn.Sequential(*layers)
 
-    def __init__(self, backbone: ResNet, cfg: DetectorConfig):
+
+class CenterNet(nn.Module):
+    """Encoder (ResNet stages, or a ViT's simple pyramid) -> top-down merged map at ``fine_stage``
+    -> heat map, size, offset."""
+
+    def __init__(self, backbone: ResNet | VisionTransformer, cfg: DetectorConfig):
         super().__init__()
-        if not isinstance(backbone, ResNet):
-            raise TypeError(f"the detector needs a ResNet backbone, got a {type(backbone).__name__}")
+        if not isinstance(backbone, (ResNet, VisionTransformer)):
+            raise TypeError(f"the detector needs a ResNet or ViT backbone, got a {type(backbone).__name__}")
         self.cfg, self.backbone = cfg, backbone
         self.stride = backbone_stride(backbone.cfg, cfg.fine_stage)
-        expansion = 4 if backbone.cfg.bottleneck else 1
-        channels = [w * expansion for w in backbone.cfg.widths][cfg.fine_stage - 1:]
+        # a ViT's finer levels, from the patch-grid map (a ResNet has its own stages: none)
+        self.pyramid = nn.ModuleList()
+        if isinstance(backbone, VisionTransformer):
+            dim = backbone.cfg.embed_dim
+            levels = range(cfg.fine_stage, VIT_LEVELS + 1)
+            self.pyramid.extend(_upsampler(dim, 2 ** (VIT_LEVELS - level)) for level in levels)
+            channels = [dim // 2 ** (VIT_LEVELS - level) for level in levels]
+        else:
+            expansion = 4 if backbone.cfg.bottleneck else 1
+            channels = [w * expansion for w in backbone.cfg.widths][cfg.fine_stage - 1:]
         self.lateral = nn.ModuleList(nn.Conv2d(c, cfg.head_width, 1) for c in channels)
         self.smooth = nn.Sequential(nn.Conv2d(cfg.head_width, cfg.head_width, 3, padding=1), nn.BatchNorm2d(
             cfg.head_width), nn.ReLU(inplace=True))
@@ -81,13 +115,7 @@ class CenterNet(nn.Module):
         """Normalized images ``[B, C, H, W]`` -> ``heatmap`` logits ``[B, K, h, w]``, ``size``
         (box width, height in feature cells) and ``offset`` (center within its cell) ``[B, 2, h, w]``,
         and ``embedding`` ``[B, head_width]``: the merged map's mean over the image."""
-        b = self.backbone
-        x = b.stem(x)
-        maps = []
-        for i, stage in enumerate(b.stages, start=1):
-            x = stage(x)
-            if i >= self.cfg.fine_stage:
-                maps.append(x)
+        maps = self._maps(x)
         merged = self.lateral[-1](maps[-1])
         for lat, m in zip(reversed(self.lateral[:-1]), reversed(maps[:-1])):
             merged = lat(m) + F.interpolate(merged, size=m.shape[-2:], mode="nearest")
@@ -97,13 +125,32 @@ class CenterNet(nn.Module):
         return {"heatmap": self.heatmap(merged), "size": self.size(merged), "offset": self.offset(merged),
                 "embedding": merged.mean(dim=(2, 3))}
 
+    def _maps(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """The encoder's maps from ``fine_stage`` on, finest first."""
+        b = self.backbone
+        if isinstance(b, VisionTransformer):
+            grid = b.forward_map(x)
+            return [up(grid) for up in self.pyramid]
+        x = b.stem(x)
+        maps = []
+        for i, stage in enumerate(b.stages, start=1):
+            x = stage(x)
+            if i >= self.cfg.fine_stage:
+                maps.append(x)
+        return maps
+
+    @property
+    def input_multiple(self) -> int:
+        """Image and crop sides must be multiples of this (a ViT's patch; 1 for a ResNet)."""
+        return self.backbone.cfg.patch_size if isinstance(self.backbone, VisionTransformer) else 1
+
 
 def detector_state(model: CenterNet, classes: list[str], img_size: int, decoding: dict) -> dict:
     """Everything needed to detect again, as a checkpoint dict (kind ``detector``); its
     ``backbone_config`` makes the trained encoder loadable as a backbone too."""
     if len(classes) != model.cfg.num_classes:
         raise ValueError(f"{len(classes)} class names for a {model.cfg.num_classes}-class detector")
-    return {"kind": "detector", "method": "centernet", "backbone_config": model.backbone.cfg.to_dict(),
+    return {"kind": "detector", "method": "centernet", "backbone_config": config_to_dict(model.backbone.cfg),
             "detector_config": model.cfg.to_dict(), "state_dict": model.state_dict(), "classes": list(classes),
             "img_size": int(img_size), "decoding": dict(decoding)}
 
@@ -112,8 +159,9 @@ def detector_from_state(state: dict) -> CenterNet:
     """The detector a :func:`detector_state` checkpoint holds, in eval mode."""
     if state.get("kind") != "detector" or state.get("method") != "centernet":
         raise ValueError(f"not a centernet detector checkpoint (kind {state.get('kind')!r})")
-    model = CenterNet(ResNet(ResNetConfig.from_dict(dict(state["backbone_config"]))),
-                      DetectorConfig(**dict(state["detector_config"])))
+    # detectors from before the ViT family record a ResNet config without a family
+    backbone_cfg = config_from_dict({"family": "resnet", **dict(state["backbone_config"])})
+    model = CenterNet(build_backbone(backbone_cfg), DetectorConfig(**dict(state["detector_config"])))
     model.load_state_dict(state["state_dict"])
     return model.eval()
 

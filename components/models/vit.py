@@ -212,14 +212,43 @@ class VisionTransformer(nn.Module):
         for i, blk in enumerate(self.blocks):
             blk.drop_path.p = rate * i / max(n - 1, 1)
 
+    def grid_pos_embed(self, grid_h: int, grid_w: int) -> torch.Tensor:
+        """The patch part of the position table for a ``grid_h x grid_w`` grid of patches: the
+        model's own at its input size; for another size (a detector on larger images, or on
+        crops of them) the table's grid resized bicubically, as ViTDet does."""
+        table, g = self.pos_embed[:, 1:], self.cfg.grid_size
+        if (grid_h, grid_w) == (g, g):
+            return table
+        grid = table.reshape(1, g, g, -1).permute(0, 3, 1, 2)
+        grid = F.interpolate(grid, size=(grid_h, grid_w), mode="bicubic", align_corners=False)
+        return grid.permute(0, 2, 3, 1).reshape(1, grid_h * grid_w, -1)
+
+    def embed_tokens(self, x: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
+        """Images ``[B, C, H, W]`` (sides multiples of the patch size) -> the tokens the first block
+        takes ``[B, 1 + N, D]`` (cls first, positions added) and the patch grid ``(H/p, W/p)``."""
+        p = self.cfg.patch_size
+        if x.shape[-2] % p or x.shape[-1] % p:
+            raise ValueError(f"this ViT cuts {p} px patches: image sides must be multiples of {p}, "
+                             f"got {tuple(x.shape[-2:])}")
+        grid = (x.shape[-2] // p, x.shape[-1] // p)
+        tokens = self.patch_embed(x) + self.grid_pos_embed(*grid)
+        cls = (self.cls_token + self.pos_embed[:, :1]).expand(x.shape[0], -1, -1)
+        return torch.cat([cls, tokens], dim=1), grid
+
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """Images ``[B, C, H, W]`` -> normalized tokens ``[B, 1 + N, D]`` (cls first)."""
-        x = self.patch_embed(x) + self.pos_embed[:, 1:]
-        cls = (self.cls_token + self.pos_embed[:, :1]).expand(x.shape[0], -1, -1)
-        x = torch.cat([cls, x], dim=1)
+        x, _ = self.embed_tokens(x)
         for blk in self.blocks:
             x = blk(x)
         return self.norm(x)
+
+    def forward_map(self, x: torch.Tensor) -> torch.Tensor:
+        """Images ``[B, C, H, W]`` -> the last block's normalized patch tokens as a feature map
+        ``[B, D, H/p, W/p]`` (what a dense head, e.g. the detector's, works on)."""
+        x, (gh, gw) = self.embed_tokens(x)
+        for blk in self.blocks:
+            x = blk(x)
+        return self.norm(x)[:, 1:].transpose(1, 2).reshape(x.shape[0], -1, gh, gw)
 
     def pool(self, tokens: torch.Tensor) -> torch.Tensor:
         """Tokens ``[B, 1 + N, D]`` -> ``[B, D]`` by the configured ``global_pool``."""

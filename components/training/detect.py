@@ -41,7 +41,7 @@ from components.models.detection import (
     nms,
 )
 from components.models.resnet import ResNet
-from components.models.vit import normalize_uint8
+from components.models.vit import VisionTransformer, normalize_uint8
 from components.training.device import autocast_for, pick_device
 from components.training.interrupts import checkpoint_then_stop, deferred_signals
 from components.training.optim import cosine_lr, param_groups
@@ -159,11 +159,19 @@ def boxes_fingerprint(images: np.ndarray, boxes: list[np.ndarray], labels: list[
     return h.hexdigest()
 
 
-def train_detector(backbone: ResNet, images: np.ndarray, boxes: list[np.ndarray], labels: list[np.ndarray],
+def check_sides(model: CenterNet, size: int, cfg: DetectConfig) -> None:
+    """Refuse, in one line, an image, crop or tile side the backbone cannot cut into patches."""
+    m = model.input_multiple
+    for what, side in (("image size", size), ("crop", cfg.crop), ("tile", cfg.tile)):
+        if side is not None and side % m:
+            raise ValueError(f"the {what} {side} px is not a multiple of the ViT backbone's {m} px patches")
+
+
+def train_detector(backbone: ResNet | VisionTransformer, images: np.ndarray, boxes: list[np.ndarray], labels: list[np.ndarray],
                    num_classes: int, cfg: DetectConfig, progress: bool = True,
                    checkpoint_path: Path | str | None = None) -> tuple[CenterNet, dict]:
     """(trained detector, history) from images ``[N, S, S]``, per-image boxes ``[n_i, 4]`` and class
-    indices ``[n_i]``; ``backbone``: a registered backbone's ResNet, or a fresh one (scratch).
+    indices ``[n_i]``; ``backbone``: a registered backbone's ResNet or ViT, or a fresh ResNet (scratch).
     ``checkpoint_path``: resume from it if it exists, write the training state to it as the run goes."""
     # data
     images = np.asarray(images)
@@ -178,6 +186,7 @@ def train_detector(backbone: ResNet, images: np.ndarray, boxes: list[np.ndarray]
 
     # model
     model = CenterNet(backbone, DetectorConfig(num_classes, cfg.fine_stage, cfg.head_width)).to(device)
+    check_sides(model, images.shape[-1], cfg)
 
     # optimizer: the backbone at backbone_lr_scale times the head's rate
     groups = param_groups(model, cfg.weight_decay,
@@ -292,6 +301,7 @@ def predict_boxes(model: CenterNet, images: np.ndarray, cfg: DetectConfig, batch
     window (see the module doc)."""
     model.eval()
     size = images.shape[-1]
+    check_sides(model, size, cfg)
     windows = _windows(size, cfg) if cfg.tile is not None and cfg.tile < size else None
     out: list[dict[str, np.ndarray]] = []
     features: list[np.ndarray] = []

@@ -150,17 +150,19 @@ def summary_sha(settings: Settings, drawing: str) -> str:
     return version.params["artifacts"][drawing]["sha256"]
 
 
-def test_benchmark_script_runs_on_a_sliver_of_deeppcb(tmp_path, deeppcb, monkeypatch):
+@pytest.mark.parametrize("arch", ["resnet-tiny", "vit-tiny"])
+def test_benchmark_script_runs_on_a_sliver_of_deeppcb(tmp_path, deeppcb, monkeypatch, arch):
     from benchmarks.deeppcb_detection import main
 
     monkeypatch.setattr("benchmarks.device_bundle.DEEPPCB", deeppcb)
     out = tmp_path / "bench.json"
-    result = main(["--arch", "resnet-tiny", "--size", "64", "--fraction", "0.008", "--n-test", "4", "--steps", "2",
+    result = main(["--arch", arch, "--size", "64", "--fraction", "0.008", "--n-test", "4", "--steps", "2",
                    "--batch-size", "2", "--crop", "32", "--tile", "32", "--n-boot", "20", "--no-progress", "--out", str(out)])
     saved = json.loads(out.read_text())
     assert saved["n_train_images"] == 8 and saved["metrics"]["n_test_images"] == 4
     assert saved["metrics"]["n_test_boxes"] > 0 and 0 <= saved["metrics"]["map50"]["value"] <= 1
     assert saved["threads"] == 1 and result["detect"]["crop"] == 32
+    assert saved["backbone"]["family"] == arch.split("-")[0]
     assert saved["metrics_tiled"]["n_test_images"] == 4 and 0 <= saved["metrics_tiled"]["map50"]["value"] <= 1
 
 
@@ -200,7 +202,8 @@ def test_evaluate_detection_compares_backbones_on_fractions_of_the_training_imag
     """`dlvm evaluate --task detection`: the same recipe from a registered ResNet backbone and from
     scratch on nested fractions of the box snapshot's training images, one evaluation with a
     row per detector (the backbone's version linked), a report and a plot; the backbone's page
-    shows mAP@0.5. A ViT backbone is refused in one line before anything is trained."""
+    shows mAP@0.5. A ViT backbone trains a detector too (`adapt`: on crops, tested on whole
+    images); an image size its patches do not divide is refused in one line before anything is trained."""
     from fastapi.testclient import TestClient
 
     from app.api.app import create_app
@@ -209,15 +212,29 @@ def test_evaluate_detection_compares_backbones_on_fractions_of_the_training_imag
     root, env, *_ = detection_run
     pretrain_resnet_and_vit(env)
     settings = Settings(home=root / "state")
-    common = ["evaluate", "--task", "detection", "--dataset", "pcb", "--labels", "1", "--img-size", "96",
-              "--steps", "3", "--batch-size", "2", "--seeds", "0"]
-    refused = dlvm(env, *common, "--backbone", "pcb-mae", "--fractions", "1.0", check=False)
-    assert refused.returncode != 0 and "backbone pcb-mae is a vit; the detector needs a ResNet backbone" in \
-        refused.stdout + refused.stderr
+    common = ["evaluate", "--task", "detection", "--dataset", "pcb", "--labels", "1", "--steps", "3",
+              "--batch-size", "2", "--seeds", "0"]
+    refused = dlvm(env, *common, "--img-size", "92", "--backbone", "pcb-mae", "--fractions", "1.0", check=False)
+    assert refused.returncode != 0 and "backbone pcb-mae is a ViT with 8 px patches: --img-size must be a multiple " \
+        "of 8, got 92" in refused.stdout + refused.stderr
     with session_scope(settings) as session:
         assert not session.exec(select(Evaluation)).all()
 
-    out = dlvm(env, *common, "--backbone", "pcb-simclr", "--fractions", "0.5,1.0", "--summary",
+    vit = dlvm(env, "adapt", "--task", "detection", "--dataset", "pcb", "--labels", "1", "--backbone", "pcb-mae",
+               "--img-size", "96", "--crop", "64", "--steps", "3", "--batch-size", "2",
+               "--summary", str(tmp_path / "vit.json"))
+    assert "registered pcb-detector v2 (detector)" in vit.stdout
+    with session_scope(settings) as session:
+        detector = session.exec(select(ModelVersion).join(RegisteredModel).where(
+            RegisteredModel.name == "pcb-detector", ModelVersion.version == 2)).one()
+        mae = session.exec(select(ModelVersion).join(RegisteredModel).where(RegisteredModel.name == "pcb-mae")).one()
+    assert detector.parent_id == mae.id and detector.params["backbone"] == "pcb-mae"
+    state = load_checkpoint(open_store(settings).get_bytes(detector.artifact_uri, detector.sha256))
+    assert state["backbone_config"]["family"] == "vit" and state["img_size"] == 96
+    found = predict_boxes(detector_from_state(state), np.zeros((2, 96, 96), np.uint8), DetectConfig(score_threshold=0))
+    assert len(found) == 2 and len(found[0]["scores"]) > 0
+
+    out = dlvm(env, *common, "--img-size", "96", "--backbone", "pcb-simclr", "--fractions", "0.5,1.0", "--summary",
                str(tmp_path / "sweep.json"))
     summary = json.loads((tmp_path / "sweep.json").read_text())
     assert f"evaluation {summary['evaluation_id']} (detection): best mAP@0.5 " in out.stdout

@@ -36,6 +36,7 @@ from components.models.detection import (
     nms,
 )
 from components.models.resnet import ResNet, ResNetConfig
+from components.models.vit import VisionTransformer, ViTConfig
 from components.settings import Settings
 from components.storage import open_store
 from components.training.detect import (
@@ -380,3 +381,72 @@ def test_detector_training_resumes_to_the_same_weights_and_refuses_other_boxes(t
     with pytest.raises(ValueError, match="different config"):
         train_detector(fresh(), images, boxes, labels, 2, DetectConfig(steps=6, batch_size=4, lr=1e-3),
                        progress=False, checkpoint_path=ckpt)
+
+
+# --- the ViT family ------------------------------------------------------------------------
+
+
+def _vit(img_size: int = 32, patch_size: int = 8) -> VisionTransformer:
+    torch.manual_seed(0)
+    return VisionTransformer(ViTConfig.tiny(img_size=img_size, patch_size=patch_size, depth=2))
+
+
+def test_a_vit_detector_has_a_simple_pyramid_takes_any_multiple_of_its_patch_and_round_trips():
+    vit_cfg = ViTConfig.tiny(img_size=32, patch_size=8, depth=2)
+    assert [backbone_stride(vit_cfg, level) for level in (1, 2, 3)] == [2, 4, 8]
+    with pytest.raises(ValueError, match="pyramid levels 1..3"):
+        backbone_stride(vit_cfg, 4)
+    with pytest.raises(ValueError, match="finer than a pixel"):
+        backbone_stride(ViTConfig.tiny(img_size=32, patch_size=2, depth=2), 1)
+    model = CenterNet(_vit(), DetectorConfig(num_classes=2)).eval()
+    assert model.stride == 4 and model.input_multiple == 8
+    x = torch.randn(2, 1, 64, 48)  # not the ViT's own 32 px: its position table is resized to the grid
+    out = model(x)
+    assert out["heatmap"].shape == (2, 2, 16, 12) and out["offset"].shape == (2, 2, 16, 12)
+    coarse = CenterNet(_vit(), DetectorConfig(num_classes=2, fine_stage=3)).eval()
+    assert coarse.stride == 8 and coarse(x)["heatmap"].shape == (2, 2, 8, 6) and len(coarse.pyramid[0]) == 0
+    state = detector_state(model, ["a", "b"], 64, {})
+    assert state["backbone_config"]["family"] == "vit"
+    again = detector_from_state(state)
+    assert isinstance(again.backbone, VisionTransformer) and torch.allclose(again(x)["heatmap"], out["heatmap"])
+    with pytest.raises(ValueError, match="multiples of 8"):
+        model(torch.randn(1, 1, 36, 36))
+
+
+def test_a_detector_saved_before_the_vit_family_still_loads_as_a_resnet():
+    model = CenterNet(ResNet(ResNetConfig.tiny(32)), DetectorConfig(num_classes=1)).eval()
+    state = detector_state(model, ["a"], 32, {})
+    state["backbone_config"].pop("family")  # what detectors recorded until then
+    again = detector_from_state(state)
+    x = torch.randn(1, 1, 32, 32)
+    assert isinstance(again.backbone, ResNet) and torch.allclose(again(x)["heatmap"], model(x)["heatmap"])
+
+
+def test_the_vit_at_its_own_size_is_unchanged_and_its_map_is_its_patch_tokens():
+    vit = _vit().eval()
+    x = torch.randn(2, 1, 32, 32)
+    assert torch.equal(vit.grid_pos_embed(4, 4), vit.pos_embed[:, 1:])
+    tokens = vit.forward_features(x)
+    assert torch.allclose(vit.forward_map(x), tokens[:, 1:].transpose(1, 2).reshape(2, -1, 4, 4))
+    # a larger grid interpolates the table: its corners stay close to the original corners
+    wide = vit.grid_pos_embed(8, 8).reshape(8, 8, -1)
+    own = vit.pos_embed[0, 1:].reshape(4, 4, -1)
+    assert torch.allclose(wide[0, 0], own[0, 0], atol=0.3) and not torch.allclose(wide[0, 0], wide[7, 7])
+
+
+def test_a_vit_detector_trains_on_crops_detects_whole_images_and_refuses_sides_it_cannot_cut():
+    torch.set_num_threads(1)
+    rng = np.random.default_rng(0)
+    images, boxes, labels = _squares(48, rng)
+    test_images, test_boxes, test_labels = _squares(12, rng)
+    cfg = DetectConfig(steps=80, batch_size=8, lr=3e-3, crop=32, seed=0)
+    model, history = train_detector(_vit(), images, boxes, labels, 2, cfg, progress=False)
+    assert np.mean(history["loss"][-10:]) < 0.5 * np.mean(history["loss"][:10])
+    preds = predict_boxes(model, test_images, cfg)  # whole 48 px images, trained on 32 px crops
+    m = evaluate_detection(preds, [_truth(b, lab) for b, lab in zip(test_boxes, test_labels)], ["w", "g"], n_boot=0)
+    assert m["map50"]["value"] > 0.7, m["map50"]
+    for bad, what in ((DetectConfig(steps=1, crop=36), "crop 36 px"), (DetectConfig(steps=1, tile=20), "tile 20 px")):
+        with pytest.raises(ValueError, match=f"the {what} is not a multiple of the ViT backbone's 8 px patches"):
+            train_detector(_vit(), images[:4], boxes[:4], labels[:4], 2, bad, progress=False)
+    with pytest.raises(ValueError, match="the image size 44 px"):
+        predict_boxes(model, np.zeros((1, 44, 44), np.uint8), DetectConfig())
