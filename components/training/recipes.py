@@ -234,7 +234,10 @@ GPU_SPEEDUP = 40.0
 
 
 def _images_per_s(backbone: ResNetConfig, device: str, threads: int) -> float:
-    pixels = (backbone.img_size / 128) ** 2 / (4 if not backbone.stem_pool else 1)
+    # the cost follows the area of the maps after the stem; the reference net shrinks its input
+    # 4x there (stride-2 convolution, then max-pool), so a stem without the pool costs 4x more
+    downsample = backbone.stem_stride * (2 if backbone.stem_pool else 1)
+    pixels = (backbone.img_size / 128) ** 2 * (4 / downsample) ** 2
     width = backbone.widths[0] / 16 * (sum(backbone.layers) / 4)
     rate = CPU_IMAGES_PER_S_128 * max(1.0, 0.7 * threads) / (pixels * width ** 1.5)
     return rate * (GPU_SPEEDUP if device == "cuda" else 1.0)

@@ -8,6 +8,7 @@ import math
 import os
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -274,6 +275,16 @@ def test_auto_recipe_follows_the_data_and_the_device():
     assert resolve_recipe("auto", elpv, method="vicreg").pretrain.method == "vicreg"
     with pytest.raises(ValueError, match="recipe 'auto' has no 'mae' pretraining here"):
         resolve_recipe("auto", elpv, method="mae")
+
+
+def test_planned_cpu_speed_follows_the_area_of_the_maps_after_the_stem():
+    from components.training.recipes import CPU_IMAGES_PER_S_128, _images_per_s
+
+    pooled = ResNetConfig(img_size=128, layers=(1, 1, 1, 1), widths=(16, 32, 64, 128), stem_pool=True)
+    assert _images_per_s(pooled, "cpu", 1) == pytest.approx(CPU_IMAGES_PER_S_128)  # the reference net
+    # no max-pool: maps twice as large a side, four times the work (wafer maps' stride-2 stem)
+    assert _images_per_s(replace(pooled, stem_pool=False), "cpu", 1) == pytest.approx(CPU_IMAGES_PER_S_128 / 4)
+    assert _images_per_s(replace(pooled, img_size=256), "cpu", 1) == pytest.approx(CPU_IMAGES_PER_S_128 / 4)
 
 
 def test_named_presets_build_and_are_listed():
