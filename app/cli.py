@@ -654,7 +654,7 @@ def _print_outcome(out: dict) -> None:
 # The demo's promise is 20 minutes on 2 CPU cores end to end: ingest, the sanity baselines
 # (~2-3 min, svm-hog the slowest), the probes and the evaluation take ~6 of them, so the auto
 # recipe's training (pretraining + every fine-tune run) gets the rest.
-DEMO_BUDGET_MINUTES = 13.0
+DEMO_BUDGET_MINUTES = 12.0
 
 
 @app.command()

@@ -226,10 +226,13 @@ def resolve_recipe(name: str, profile: DataProfile | None = None, *, method: str
 
 
 # CPU training speed of the tiny ResNet (16-128 channels) at 128 px, forward + backward +
-# augmentation, 1 thread of this project's 2-core machines under load (docs/BENCHMARKS.md);
-# other sizes and widths scale with pixels x channels. A planning figure only: every run
-# also gets a hard stop at 1.5x its share of the budget.
-CPU_IMAGES_PER_S_128 = 180.0
+# augmentation + the validation passes, 1 thread of this project's 2-core machines at a load
+# average of about 3: ELPV fine-tunes measured 310 images/s (and the wafer ResNet, planned from
+# this at 231, measured 215; docs/BENCHMARKS.md). Other sizes and widths scale with pixels x
+# channels. A planning figure only: every run also gets a hard stop at 1.5x its share of the budget.
+CPU_IMAGES_PER_S_128 = 300.0
+# below this many fine-tune epochs a photograph's input steps down (192 -> 160 -> 128) on a CPU
+MIN_FINETUNE_EPOCHS = 30
 GPU_SPEEDUP = 40.0
 
 
@@ -253,9 +256,13 @@ def auto_recipe(profile: DataProfile, device: str = "cpu", threads: int = 1, bud
     * pixels: categorical maps (a few gray levels) are resized with nearest-neighbour (no
       invented levels), photographs with bicubic; images far from square are padded, not
       stretched;
-    * resolution: fine defects need pixels (ELPV cracks: 192 px gave +3 points over 128),
-      so on a CPU 192 px for up to 5,000 images, 128 up to 30,000, else 64; 224 on a GPU;
-      never above the images' own size; categorical maps 32 px on a CPU, 64 on a GPU;
+    * resolution: fine defects need pixels (ELPV cracks: 192 px gave +3 points over 128 at
+      equal epochs), so on a CPU 192 px for up to 5,000 images, 128 up to 30,000, else 64;
+      224 on a GPU; never above the images' own size; categorical maps 32 px on a CPU, 64 on
+      a GPU. But epochs matter more than pixels when the budget is short: on a CPU a
+      photograph's input steps down (192 -> 160 -> 128) until the fine-tune's share of the
+      budget gives at least ``MIN_FINETUNE_EPOCHS`` epochs (ELPV at the demo's budget: 128 px
+      x 34 epochs beat 192 x 15 by 2 points of accuracy and 4 of macro-F1);
     * architecture: a BatchNorm ResNet (it learns far more per CPU-second than a ViT at
       this scale): 0.3 M parameters (16-128 channels) on a CPU, ResNet-18 on a GPU; for
       categorical maps 32-64-128 channels, two blocks a stage;
@@ -299,32 +306,54 @@ def auto_recipe(profile: DataProfile, device: str = "cpu", threads: int = 1, bud
         why = f"{why}; maps of {native} px upscaled (nearest keeps their values)"
     elif size > native:
         size, why = max(16, native // 16 * 16 or native), f"{why}, capped at the images' own size"
+
+    # budget shares
+    pre_share = PRETRAIN_SHARE if pretrain else 0.0
+    pre_minutes = budget * pre_share
+    ft_minutes = budget * (1 - pre_share) / max(1, finetune_runs)
+    n_labels = profile.n_labels or profile.n_images
+    n_train = int(0.75 * 0.9 * n_labels)  # after the test split and the validation split
+
+    # architecture (and, on a CPU, the input a short budget can afford)
+    input_norm = "dataset" if profile.categorical else "image"
+
+    def network(side: int) -> ResNetConfig:
+        if gpu:
+            return ResNetConfig.resnet18(side, stem_kernel=7 if side >= 128 else 3, stem_pool=side >= 128,
+                                         input_norm=input_norm)
+        if profile.categorical:
+            return ResNetConfig(img_size=side, layers=(2, 2, 2), widths=(32, 64, 128), stem_kernel=3, stem_pool=False)
+        return ResNetConfig(img_size=side, layers=(1, 1, 1, 1), widths=(16, 32, 64, 128), stem_kernel=3,
+                            stem_pool=side >= 128, input_norm=input_norm)
+
+    def epochs_at(side: int) -> float:
+        return ft_minutes * 60 * _images_per_s(network(side), device, threads) / max(n_train, 1)
+
+    if not gpu and not profile.categorical and size > 128:
+        tried = []
+        for side in [s for s in (192, 160, 128) if s <= size]:
+            tried.append(f"{side} px {epochs_at(side):.0f}")
+            if epochs_at(side) >= MIN_FINETUNE_EPOCHS or side == 128:
+                break
+        if side < size:
+            why = (f"{why}, stepped down to {side} px for the budget: fine-tune epochs it affords "
+                   f"{', '.join(tried)} (at least {MIN_FINETUNE_EPOCHS} wanted; more epochs beat more pixels "
+                   f"when time is short)")
+            size = side
     reasons.append(f"input {size} px: {why}")
     preprocess = Preprocess(size, resample, aspect)
-
-    # architecture
-    input_norm = "dataset" if profile.categorical else "image"
+    backbone = network(size)
     if gpu:
-        backbone = ResNetConfig.resnet18(size, stem_kernel=7 if size >= 128 else 3, stem_pool=size >= 128,
-                                         input_norm=input_norm)
         reasons.append("backbone ResNet-18 (GPU)")
     elif profile.categorical:
-        backbone = ResNetConfig(img_size=size, layers=(2, 2, 2), widths=(32, 64, 128), stem_kernel=3, stem_pool=False)
         reasons.append("backbone ResNet 32-64-128, 2 blocks a stage, stride-2 stem (0.7 M parameters; wafer maps)")
     else:
-        backbone = ResNetConfig(img_size=size, layers=(1, 1, 1, 1), widths=(16, 32, 64, 128), stem_kernel=3,
-                                stem_pool=size >= 128, input_norm=input_norm)
         reasons.append("backbone ResNet 16-32-64-128 (0.3 M parameters: learns most per CPU-second)"
                        + (", max-pool stem" if size >= 128 else ""))
     if input_norm == "image":
         reasons.append("each image standardized to zero mean, unit variance inside the model (photographs: "
                        "exposure and gain vary from image to image)")
     rate = _images_per_s(backbone, device, threads)
-
-    # budget shares
-    pre_share = PRETRAIN_SHARE if pretrain else 0.0
-    pre_minutes = budget * pre_share
-    ft_minutes = budget * (1 - pre_share) / max(1, finetune_runs)
     batch = 256 if gpu else 64
     pre_steps = max(20, int(pre_minutes * 60 * rate / (2 * batch)))  # two views an image
     pretrain_cfg = PretrainConfig(method="simclr", backbone=backbone, steps=pre_steps, batch_size=batch,
@@ -336,9 +365,7 @@ def auto_recipe(profile: DataProfile, device: str = "cpu", threads: int = 1, bud
     reasons.append(f"pretraining simclr {pre_steps} steps of {batch} (~{pre_minutes:.1f} min at an estimated "
                    f"{rate:.0f} images/s)")
 
-    n_labels = profile.n_labels or profile.n_images
-    n_train = int(0.75 * 0.9 * n_labels)  # after the test split and the validation split
-    epochs = int(min(200, max(15, ft_minutes * 60 * rate / max(n_train, 1))))
+    epochs = int(min(200, max(15, epochs_at(size))))
     large = n_labels > 20000
     dihedral = aspect == "stretch"
     augment = Augment.dihedral() if dihedral else Augment.dihedral(rot90=False)

@@ -277,6 +277,25 @@ def test_auto_recipe_follows_the_data_and_the_device():
         resolve_recipe("auto", elpv, method="mae")
 
 
+def test_a_short_cpu_budget_buys_epochs_with_pixels_down_to_128():
+    from components.training.recipes import MIN_FINETUNE_EPOCHS
+
+    elpv = DataProfile(2624, 300, 300, 1.0, False, 2624, 4, 14.2)
+    roomy = resolve_recipe("auto", elpv, budget_minutes=60, finetune_runs=3)
+    assert roomy.preprocess.size == 192 and roomy.adapt["finetune"].epochs >= MIN_FINETUNE_EPOCHS
+    demo = resolve_recipe("auto", elpv, budget_minutes=12, finetune_runs=3)  # the README demo's budget
+    assert demo.preprocess.size == demo.backbone.img_size == 128 and demo.backbone.stem_pool
+    (why,) = [r for r in demo.reasons if r.startswith("input ")]
+    assert "stepped down to 128 px for the budget" in why and "192 px 13" in why
+    middle = resolve_recipe("auto", elpv, budget_minutes=24, finetune_runs=3)
+    assert middle.preprocess.size == 160  # 192 px affords too few epochs, 160 enough
+    starved = resolve_recipe("auto", elpv, budget_minutes=1, finetune_runs=3)
+    assert starved.preprocess.size == 128  # never below 128 for photographs: cracks need the pixels
+    assert resolve_recipe("auto", elpv, budget_minutes=1, device="cuda").preprocess.size == 224
+    maps = resolve_recipe("auto", DataProfile(60000, 40, 40, 1.0, True, 37000, 9, 100.0), budget_minutes=1)
+    assert maps.preprocess.size == 32
+
+
 def test_planned_cpu_speed_follows_the_area_of_the_maps_after_the_stem():
     from components.training.recipes import CPU_IMAGES_PER_S_128, _images_per_s
 
