@@ -620,8 +620,9 @@ def pipeline(source: Path = typer.Argument(..., help="folder of raw images"),
              classes: Optional[str] = typer.Option(None, callback=CLASS_LIST,
                                                    help="comma-separated class names the project allows"),
              budget_minutes: Optional[float] = BUDGET, methods: str = METHODS, metric: str = METRIC,
-             method: Optional[str] = typer.Option(None, help="the candidate's adaptation method (default: the one "
-                                                  "the sweep measured best on --metric)")):
+             method: Optional[str] = typer.Option(None, help="the candidate's adaptation method, on the domain "
+                                                  "backbone (default: the backbone and method the sweep measured "
+                                                  "best on --metric, domain or from scratch)")):
     """The whole loop: ingest, labels, pretrain, evaluate, adapt, promote."""
     prepare()
     out = _run_pipeline(source, dataset, labels_export, recipe, steps, generic, parse_list(fractions),
@@ -645,7 +646,7 @@ def _print_outcome(out: dict) -> None:
     console.print()
     console.print(out["evaluation"]["markdown"])
     promo = out["promotion"]
-    console.print(f"\n[bold]candidate[/bold]: {out['backbones'][0]} / {out['candidate_method']}")
+    console.print(f"\n[bold]candidate[/bold]: {out['candidate_backbone']} / {out['candidate_method']}")
     _print_gate(promo["gate"])
     console.print(f"[bold]promotion[/bold]: {promo['model']} v{promo['version']} -> {promo['alias']}: "
                   f"{promo['decision']}")

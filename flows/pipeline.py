@@ -5,8 +5,9 @@ from __future__ import annotations
 from prefect import flow
 
 from components.evaluation.metrics import DEFAULT_GATE_METRIC, check_metric
-from components.evaluation.report import choose_candidate_method
+from components.evaluation.report import choose_candidate
 from components.names import check_dataset
+from components.registry.refs import SCRATCH
 from components.settings import get_settings
 from components.training.recipes import AUTO, PRETRAIN_SHARE, pipeline_finetune_runs
 from flows.adapt import adapt_flow
@@ -36,8 +37,10 @@ def pipeline_flow(source: str, dataset: str, labels_export: str, classes: list[s
 
     Probes run on every fraction and seed; fine-tuning, minutes a run on CPU, on
     `finetune_fractions` x `finetune_seeds`; the sanity baselines beside them. The candidate
-    is the domain backbone adapted on all labels with `candidate_method`, by default the
-    method the sweep measured best for it at 100 % of the labels on `metric`; the gate then
+    is adapted on all labels: the domain backbone with `candidate_method` when given, otherwise
+    the (backbone, method) pair the sweep measured best at 100 % of the labels on `metric`
+    among the domain backbone and from scratch (so a domain backbone that hurts is not what the
+    line gets, and the report says so); the gate then
     decides on `metric` (macro_f1, balanced_accuracy or accuracy) against the majority class,
     the strongest sanity baseline, the strongest from-scratch model, the strongest generic
     backbone and the current holder (flows/promote.py).
@@ -74,11 +77,12 @@ def pipeline_flow(source: str, dataset: str, labels_export: str, classes: list[s
     evaluation = evaluate_flow(dataset, backbones=refs, fractions=fractions, seeds=seeds, methods=methods,
                                finetune_fractions=finetune_fractions, finetune_seeds=finetune_seeds,
                                recipe=recipe, metric=metric, **adapt_budget)
-    method, why = choose_candidate_method(evaluation["table"], refs[0], metric, candidate_method)
-    print(f"pipeline: candidate {refs[0]} / {method}: {why}")
-    candidate = adapt_flow(dataset, backbone=refs[0], method=method, fraction=1.0, recipe=recipe, metric=metric,
+    backbone, method, why = choose_candidate(evaluation["table"], [refs[0], SCRATCH], metric, candidate_method)
+    print(f"pipeline: candidate {backbone} / {method}: {why}")
+    candidate = adapt_flow(dataset, backbone=backbone, method=method, fraction=1.0, recipe=recipe, metric=metric,
                            **adapt_budget)
     promotion = promote_flow(f"{candidate['model']}:{candidate['version']}",
                              evaluation_id=evaluation["evaluation_id"], margin=margin, metric=metric)
     return {"ingest": ingest, "labels": labels, "backbones": refs, "evaluation": evaluation,
-            "candidate": candidate, "candidate_method": method, "promotion": promotion}
+            "candidate": candidate, "candidate_backbone": backbone, "candidate_method": method,
+            "promotion": promotion}

@@ -126,6 +126,24 @@ def choose_candidate_method(table: Sequence[dict[str, Any]], backbone: str, metr
     return method, f"the best measured at 100 % of the labels on {metric} ({scores})"
 
 
+def choose_candidate(table: Sequence[dict[str, Any]], backbones: Sequence[str], metric: str,
+                     requested_method: str | None = None) -> tuple[str, str, str]:
+    """(backbone, method, why) of a pipeline's promotion candidate: with ``requested_method``, the
+    first of ``backbones`` (the domain backbone) adapted that way; otherwise the (backbone,
+    method) pair the sweep measured best at 100 % of the labels on ``metric`` among
+    ``backbones`` (the domain backbone, then from scratch: a domain backbone that makes its
+    models worse is not what a line should get; ties go to the earlier backbone)."""
+    if requested_method:
+        return backbones[0], requested_method, "method chosen by the user"
+    rows = [r for r in table if r["backbone"] in backbones and r["fraction"] == _FULL and metric in r["metrics"]]
+    if not rows:
+        raise ValueError(f"the evaluation has no 100 %-label run of {', '.join(backbones)}: cannot choose a candidate")
+    rank = {b: i for i, b in enumerate(backbones)}
+    best = max(sorted(rows, key=lambda r: rank[r["backbone"]]), key=lambda r: r["metrics"][metric]["value"])
+    scores = ", ".join(f"{r['backbone']} / {r['method']} {r['metrics'][metric]['value']:.3f}" for r in rows)
+    return best["backbone"], best["method"], f"the best measured at 100 % of the labels on {metric} ({scores})"
+
+
 def label_efficiency_details(
     rows: Sequence[dict[str, Any]],
     reference_backbone: str,

@@ -24,6 +24,7 @@ from components.evaluation.gate import (
 )
 from components.evaluation.report import (
     beats_majority,
+    choose_candidate,
     choose_candidate_method,
     efficiency_claim,
     markdown_report,
@@ -217,6 +218,23 @@ def test_the_candidate_method_is_the_one_measured_best(evaluation):
     assert choose_candidate_method(table, DOMAIN, "macro_f1", requested="probe")[0] == "probe"
     with pytest.raises(ValueError, match="no 100 %-label run"):
         choose_candidate_method(table, "nobody", "macro_f1")
+
+
+def test_the_pipeline_candidate_is_the_best_measured_backbone_and_method():
+    rows = [{"backbone": b, "method": m, "fraction": 1.0, "seed": 0, "n_train": 10,
+             "metrics": {"macro_f1": {"value": v, "ci_low": v - 0.05, "ci_high": v + 0.05}}}
+            for b, m, v in ((DOMAIN, "probe", 0.38), (DOMAIN, "finetune", 0.45), (SCRATCH, "probe", 0.33),
+                            (SCRATCH, "finetune", 0.54), (GENERIC, "finetune", 0.60))]
+    table = summary_table(rows)
+    backbone, method, why = choose_candidate(table, [DOMAIN, SCRATCH], "macro_f1")
+    # a domain backbone that makes its models worse is not what the line gets; the generic one is not a candidate
+    assert (backbone, method) == (SCRATCH, "finetune") and f"{DOMAIN} / finetune 0.450" in why
+    assert choose_candidate(table, [DOMAIN, SCRATCH], "macro_f1", requested_method="probe")[:2] == (DOMAIN, "probe")
+    tied = summary_table([{**r, "metrics": {"macro_f1": {"value": 0.5, "ci_low": 0.4, "ci_high": 0.6}}}
+                          for r in rows])
+    assert choose_candidate(tied, [DOMAIN, SCRATCH], "macro_f1")[0] == DOMAIN  # ties: the domain backbone
+    with pytest.raises(ValueError, match="no 100 %-label run of nobody"):
+        choose_candidate(table, ["nobody"], "macro_f1")
 
 
 def test_the_sweep_plans_and_runs_the_baselines_as_units_of_their_own():
