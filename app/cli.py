@@ -621,8 +621,8 @@ def pipeline(source: Path = typer.Argument(..., help="folder of raw images"),
                                                    help="comma-separated class names the project allows"),
              budget_minutes: Optional[float] = BUDGET, methods: str = METHODS, metric: str = METRIC,
              method: Optional[str] = typer.Option(None, help="the candidate's adaptation method, on the domain "
-                                                  "backbone (default: the backbone and method the sweep measured "
-                                                  "best on --metric, domain or from scratch)")):
+                                                  "backbone (default: the one the sweep measured best on --metric; "
+                                                  "from scratch instead if that measured clearly better)")):
     """The whole loop: ingest, labels, pretrain, evaluate, adapt, promote."""
     prepare()
     out = _run_pipeline(source, dataset, labels_export, recipe, steps, generic, parse_list(fractions),

@@ -38,9 +38,9 @@ def pipeline_flow(source: str, dataset: str, labels_export: str, classes: list[s
     Probes run on every fraction and seed; fine-tuning, minutes a run on CPU, on
     `finetune_fractions` x `finetune_seeds`; the sanity baselines beside them. The candidate
     is adapted on all labels: the domain backbone with `candidate_method` when given, otherwise
-    the (backbone, method) pair the sweep measured best at 100 % of the labels on `metric`
-    among the domain backbone and from scratch (so a domain backbone that hurts is not what the
-    line gets, and the report says so); the gate then
+    with the method the sweep measured best for it at 100 % of the labels on `metric`, unless a
+    from-scratch model measured clearly better (its interval above the domain's best: a domain
+    backbone that makes models worse is not what the line gets, and the report says so); the gate then
     decides on `metric` (macro_f1, balanced_accuracy or accuracy) against the majority class,
     the strongest sanity baseline, the strongest from-scratch model, the strongest generic
     backbone and the current holder (flows/promote.py).

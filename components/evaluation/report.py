@@ -128,20 +128,28 @@ def choose_candidate_method(table: Sequence[dict[str, Any]], backbone: str, metr
 
 def choose_candidate(table: Sequence[dict[str, Any]], backbones: Sequence[str], metric: str,
                      requested_method: str | None = None) -> tuple[str, str, str]:
-    """(backbone, method, why) of a pipeline's promotion candidate: with ``requested_method``, the
-    first of ``backbones`` (the domain backbone) adapted that way; otherwise the (backbone,
-    method) pair the sweep measured best at 100 % of the labels on ``metric`` among
-    ``backbones`` (the domain backbone, then from scratch: a domain backbone that makes its
-    models worse is not what a line should get; ties go to the earlier backbone)."""
+    """(backbone, method, why) of a pipeline's promotion candidate, from the sweep's 100 %-label
+    rows on ``metric``. With ``requested_method``: the first of ``backbones`` (the domain
+    backbone) adapted that way. Otherwise the domain backbone's best-measured method, unless a
+    later backbone (from scratch) measured clearly better: the lower end of its 95 % interval
+    above the domain's best value. The domain backbone is what the platform is for, so a
+    difference within the noise keeps it; a domain start that makes models worse does not."""
     if requested_method:
         return backbones[0], requested_method, "method chosen by the user"
     rows = [r for r in table if r["backbone"] in backbones and r["fraction"] == _FULL and metric in r["metrics"]]
-    if not rows:
-        raise ValueError(f"the evaluation has no 100 %-label run of {', '.join(backbones)}: cannot choose a candidate")
-    rank = {b: i for i, b in enumerate(backbones)}
-    best = max(sorted(rows, key=lambda r: rank[r["backbone"]]), key=lambda r: r["metrics"][metric]["value"])
+    best = {b: max((r for r in rows if r["backbone"] == b), key=lambda r: r["metrics"][metric]["value"], default=None)
+            for b in backbones}
+    chosen = best[backbones[0]]
+    if chosen is None:
+        raise ValueError(f"the evaluation has no 100 %-label run of {backbones[0]}: cannot choose a candidate")
+    for b in backbones[1:]:
+        if best[b] is not None and best[b]["metrics"][metric]["ci_low"] > chosen["metrics"][metric]["value"]:
+            chosen = best[b]
     scores = ", ".join(f"{r['backbone']} / {r['method']} {r['metrics'][metric]['value']:.3f}" for r in rows)
-    return best["backbone"], best["method"], f"the best measured at 100 % of the labels on {metric} ({scores})"
+    why = (f"the best measured at 100 % of the labels on {metric} ({scores})" if chosen is best[backbones[0]] else
+           f"{chosen['backbone']} measured clearly better than {backbones[0]} at 100 % of the labels on {metric} "
+           f"(its 95 % interval starts at {chosen['metrics'][metric]['ci_low']:.3f}; {scores})")
+    return chosen["backbone"], chosen["method"], why
 
 
 def label_efficiency_details(
