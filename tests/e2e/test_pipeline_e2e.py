@@ -10,6 +10,7 @@ from clirun import dlvm
 from e2e_demo import N_IMAGES
 from sqlmodel import select
 
+from components.evaluation.report import choose_candidate
 from components.registry.db import session_scope
 from components.registry.promotion import record_promotion
 from components.registry.tables import (
@@ -74,7 +75,10 @@ def test_registry_holds_the_whole_lineage(demo, settings):
         events = session.exec(select(PromotionEvent)).all()
         runs = session.exec(select(Run)).all()
     assert snapshot.n_labeled == N_IMAGES and len(snapshot.classes) == 4
-    assert classifier.parent_id == backbone.id
+    # The candidate: the domain backbone, unless from scratch measured clearly better (report.choose_candidate).
+    chosen, method, _ = choose_candidate(evaluation.summary["table"], ["elpv-mae:1", "scratch"], "macro_f1")
+    assert (classifier.params["backbone"], classifier.params["method"]) == (chosen, method)
+    assert classifier.parent_id == (backbone.id if chosen == "elpv-mae:1" else None)
     assert classifier.label_snapshot_id == snapshot.id and classifier.dataset_version_id == backbone.dataset_version_id
     for mv in (backbone, classifier):
         assert mv.flow_run_id and mv.code_revision and mv.params and mv.metrics and mv.run_id
@@ -84,7 +88,7 @@ def test_registry_holds_the_whole_lineage(demo, settings):
     assert len(results) == 20 and {r.backbone for r in results} == {"elpv-mae:1", "generic-mae:1", "scratch", "baseline"}
     assert sorted((r.method, r.fraction, r.seed) for r in results if r.backbone == "scratch")[0] == ("finetune", 1.0, 0)
     # The candidate's method is the one the sweep measured best on the gate's metric, not always the probe.
-    full = [row for row in evaluation.summary["table"] if row["backbone"] == "elpv-mae:1" and row["fraction"] == 1.0]
+    full = [row for row in evaluation.summary["table"] if row["backbone"] == chosen and row["fraction"] == 1.0]
     assert classifier.params["method"] == max(full, key=lambda row: row["metrics"]["macro_f1"]["value"])["method"]
     # The generic-corpus backbone is designated `baseline` (a recorded event), then the gate runs.
     baseline = [e for e in events if e.alias == "baseline"]
@@ -117,7 +121,8 @@ def test_models_list_and_show(demo):
     detail = json.loads(dlvm(env, "models", "show", "elpv-classifier", "--json").stdout)
     v1 = detail["versions"][-1]
     assert v1["dataset"]["name"] == "elpv" and v1["label_snapshot"]["version"] == 1
-    assert v1["parent"] == "elpv-mae:1" and v1["flow_run_id"] and v1["sha256"]
+    assert v1["parent"] in ("elpv-mae:1", None) and v1["flow_run_id"] and v1["sha256"]
+    assert v1["parent"] == (v1["params"]["backbone"] if v1["params"]["backbone"] != "scratch" else None)
     assert detail["promotions"][0]["evidence"]["gate"]
     assert "not found" in dlvm(env, "models", "show", "no-such-model", check=False).stdout.lower()
 
