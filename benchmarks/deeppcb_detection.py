@@ -35,6 +35,7 @@ from components.data.images import load_image_array
 from components.evaluation.detection import draw_boxes, evaluate_detection
 from components.models.backbones import build_backbone, checkpoint_config, config_to_dict, family_of
 from components.models.checkpoint import load_checkpoint
+from components.models.detection import DETECTOR_FAMILIES
 from components.models.resnet import ResNetConfig
 from components.models.vit import ViTConfig
 from components.training.detect import DetectConfig, predict_boxes, train_detector
@@ -100,7 +101,7 @@ def main(argv: list[str] | None = None) -> dict:
     loaded = time.time()
     if args.weights:
         checkpoint = load_checkpoint(args.weights.read_bytes())
-        if family_of(checkpoint_config(checkpoint)) not in ("resnet", "vit"):
+        if family_of(checkpoint_config(checkpoint)) not in DETECTOR_FAMILIES:
             raise SystemExit("the detector needs a ResNet or ViT backbone checkpoint")
         backbone, backbone_cfg = feature_backbone(checkpoint, args.size)
     else:

@@ -29,7 +29,7 @@ from components.evaluation.split import label_subset
 from components.evaluation.sweep import checked_axes
 from components.models.backbones import checkpoint_config, family_of
 from components.models.checkpoint import save_checkpoint
-from components.models.detection import detector_state
+from components.models.detection import DETECTOR_FAMILIES, detector_state
 from components.names import check_model_ref
 from components.orchestration.lineage import recorded_run
 from components.registry.refs import SCRATCH
@@ -67,9 +67,6 @@ def detect(model, images, cfg: DetectConfig):
 @task(name="evaluate-detector", cache_policy=NO_CACHE)
 def evaluate(preds, truths, classes, score_threshold: float, seed: int):
     return evaluate_detection(preds, truths, classes, score_threshold=score_threshold, seed=seed)
-
-
-DETECTOR_FAMILIES = ("resnet", "vit")
 
 
 def detector_backbone(settings, ref: str, img_size: int):

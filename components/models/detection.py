@@ -54,6 +54,7 @@ class DetectorConfig:
         return asdict(self)
 
 
+DETECTOR_FAMILIES = ("resnet", "vit")  # the backbone families a detector is built on
 VIT_LEVELS = 3  # a ViT's pyramid: its patch grid (level 3) and two finer levels from it
 
 

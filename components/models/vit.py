@@ -245,10 +245,9 @@ class VisionTransformer(nn.Module):
     def forward_map(self, x: torch.Tensor) -> torch.Tensor:
         """Images ``[B, C, H, W]`` -> the last block's normalized patch tokens as a feature map
         ``[B, D, H/p, W/p]`` (what a dense head, e.g. the detector's, works on)."""
-        x, (gh, gw) = self.embed_tokens(x)
-        for blk in self.blocks:
-            x = blk(x)
-        return self.norm(x)[:, 1:].transpose(1, 2).reshape(x.shape[0], -1, gh, gw)
+        p = self.cfg.patch_size
+        tokens = self.forward_features(x)
+        return tokens[:, 1:].transpose(1, 2).reshape(x.shape[0], -1, x.shape[-2] // p, x.shape[-1] // p)
 
     def pool(self, tokens: torch.Tensor) -> torch.Tensor:
         """Tokens ``[B, 1 + N, D]`` -> ``[B, D]`` by the configured ``global_pool``."""

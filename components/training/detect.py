@@ -167,8 +167,8 @@ def check_sides(model: CenterNet, size: int, cfg: DetectConfig) -> None:
             raise ValueError(f"the {what} {side} px is not a multiple of the ViT backbone's {m} px patches")
 
 
-def train_detector(backbone: ResNet | VisionTransformer, images: np.ndarray, boxes: list[np.ndarray], labels: list[np.ndarray],
-                   num_classes: int, cfg: DetectConfig, progress: bool = True,
+def train_detector(backbone: ResNet | VisionTransformer, images: np.ndarray, boxes: list[np.ndarray],
+                   labels: list[np.ndarray], num_classes: int, cfg: DetectConfig, progress: bool = True,
                    checkpoint_path: Path | str | None = None) -> tuple[CenterNet, dict]:
     """(trained detector, history) from images ``[N, S, S]``, per-image boxes ``[n_i, 4]`` and class
     indices ``[n_i]``; ``backbone``: a registered backbone's ResNet or ViT, or a fresh ResNet (scratch).

@@ -336,8 +336,9 @@ def auto_recipe(profile: DataProfile, device: str = "cpu", threads: int = 1, bud
     if not gpu and not profile.categorical and size > 128:
         tried = []
         for side in [s for s in (192, 160, 128) if s <= size]:
-            tried.append(f"{side} px {epochs_at(side):.0f}")
-            if epochs_at(side) >= MIN_FINETUNE_EPOCHS or side == 128:
+            affordable = epochs_at(side)
+            tried.append(f"{side} px {affordable:.0f}")
+            if affordable >= MIN_FINETUNE_EPOCHS or side == 128:
                 break
         if side < size:
             why = (f"{why}, stepped down to {side} px for the budget: fine-tune epochs it affords "
