@@ -7,10 +7,17 @@ macro-F1 with 95 % bootstrap intervals, the training record (validation score pe
 epoch kept) and the thread settings.
 
     python -m benchmarks.elpv_recipe --size 192 --epochs 60 --widths 16,32,64,128 --seed 0
+
+Each run also writes its test probabilities, so runs of different seeds combine into a seed
+ensemble (the average of their probabilities), scored on the same split and compared, paired,
+with sanity baselines fitted there (``--versus``, cross-validated for ``--ensemble-metric``):
+
+    python -m benchmarks.elpv_recipe --ensemble run-seed0.json run-seed1.json --versus svm-hog
 """
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import time
 from pathlib import Path
@@ -20,7 +27,8 @@ import torch
 
 import components  # noqa: F401  (OMP_WAIT_POLICY before torch)
 from benchmarks.label_efficiency import load_elpv
-from components.evaluation.metrics import evaluate_predictions
+from components.evaluation.baselines import SANITY_BASELINES, BaselineConfig, fit_predict
+from components.evaluation.metrics import evaluate_predictions, paired_comparison
 from components.evaluation.split import test_split
 from components.models.resnet import ResNetConfig
 from components.training.adapt import AdaptConfig, adapt, predict_proba
@@ -56,7 +64,13 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--subset", type=int, default=None, help="stratified subset of N images (smoke runs)")
     ap.add_argument("--cache", type=Path, default=ROOT / "benchmarks" / "results" / ".cache")
     ap.add_argument("--out", type=Path, default=None)
+    ap.add_argument("--ensemble", type=Path, nargs="+", default=None,
+                    help="combine these runs' test probabilities instead of training")
+    ap.add_argument("--versus", default="svm-hog", help="sanity baselines the ensemble is compared with (comma list)")
+    ap.add_argument("--ensemble-metric", default="accuracy", help="the metric of the paired comparisons")
     args = ap.parse_args(argv)
+    if args.ensemble:
+        return ensemble(args)
 
     runtime = cpu_threads(args.threads)
     images, y4, _, shas = load_elpv(args.size, args.cache, subset=args.subset)
@@ -87,7 +101,8 @@ def main(argv: list[str] | None = None) -> dict:
     out = {"args": {k: str(v) for k, v in vars(args).items()}, "runtime": runtime, "train_seconds": round(train_s, 1),
            "n_params": sum(p.numel() for p in clf.encoder.parameters()), "training": clf.training_log,
            "test": metrics, "predicted_counts": np.bincount(proba.argmax(1), minlength=4).tolist(),
-           "without_class_offsets": without}
+           "without_class_offsets": without, "test_key": split_key(shas, test_idx),
+           "test_labels": y4[test_idx].tolist(), "test_proba": np.round(proba, 6).tolist()}
     print(json.dumps({k: out[k] for k in ("train_seconds", "n_params", "predicted_counts")}),
           {k: round(v["value"], 4) for k, v in metrics.items() if isinstance(v, dict) and "value" in v})
     if without:
@@ -95,6 +110,55 @@ def main(argv: list[str] | None = None) -> dict:
               {k: round(v["value"], 4) for k, v in without["test"].items() if isinstance(v, dict) and "value" in v})
     print("training:", json.dumps({k: v for k, v in clf.training_log.items() if k != "val_scores"}),
           "val:", clf.training_log.get("val_scores"))
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(out, indent=1, default=str))
+    return out
+
+
+def split_key(shas: list[str], idx: np.ndarray) -> str:
+    """Names the test images (in order) a run was scored on, so only runs on the same split combine."""
+    return hashlib.sha256("".join(shas[i] for i in idx).encode()).hexdigest()[:16]
+
+
+def ensemble(args: argparse.Namespace) -> dict:
+    """Average the runs' test probabilities; score the average and each member; compare the average,
+    paired on the same test images, with each ``--versus`` baseline fitted on the same training split."""
+    runs = [json.loads(p.read_text()) for p in args.ensemble]
+    missing = [str(p) for p, r in zip(args.ensemble, runs) if "test_proba" not in r]
+    if missing:
+        raise SystemExit(f"no test probabilities in {', '.join(missing)} (written by runs since 2026-11-30)")
+    if len({r["test_key"] for r in runs}) > 1:
+        raise SystemExit("the runs were scored on different test splits (test_key differs); only runs of one "
+                         "--subset/--size setting combine")
+    versus = [v for v in args.versus.split(",") if v]
+    unknown = [v for v in versus if v not in SANITY_BASELINES]
+    if unknown:
+        raise SystemExit(f"unknown baseline {', '.join(unknown)} (baselines: {', '.join(SANITY_BASELINES)})")
+    y = np.array(runs[0]["test_labels"])
+    proba = np.mean([np.array(r["test_proba"]) for r in runs], axis=0)
+    members = [{"run": str(p), "seed": r["args"]["seed"], **{k: v["value"] for k, v in r["test"].items()}}
+               for p, r in zip(args.ensemble, runs)]
+    out = {"ensemble_of": [str(p) for p in args.ensemble], "test": evaluate_predictions(y, proba, 4),
+           "members": members, "predicted_counts": np.bincount(proba.argmax(1), minlength=4).tolist(), "versus": {}}
+    if versus:
+        first = runs[0]["args"]
+        subset = None if first.get("subset") in (None, "None") else int(first["subset"])
+        images, y4, _, shas = load_elpv(int(first["size"]), args.cache, subset=subset)
+        train_idx, test_idx = test_split(shas, y4)
+        if split_key(shas, test_idx) != runs[0]["test_key"]:
+            raise SystemExit("the ELPV images here differ from the runs' (test_key differs)")
+        cfg = BaselineConfig(metric=args.ensemble_metric)
+        for name in versus:
+            scores, fitted = fit_predict(name, images[train_idx], y4[train_idx], images[test_idx], 4, cfg)
+            out["versus"][name] = {"test": evaluate_predictions(y, scores, 4), "fitted": fitted,
+                                   "paired": paired_comparison(y, proba, scores, 4, args.ensemble_metric)}
+    print("members:", [{k: round(v, 4) if isinstance(v, float) else v for k, v in m.items()} for m in members])
+    print("ensemble:", {k: round(v["value"], 4) for k, v in out["test"].items()}, out["predicted_counts"])
+    for name, v in out["versus"].items():
+        c = v["paired"]
+        print(f"vs {name}: {c['metric']} {c['candidate']:.4f} vs {c['other']:.4f}, one-sided 95 % bound of the "
+              f"difference {c['ci_low']:+.4f}, p {c['p_value']:.4f}: {c['verdict']}")
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(out, indent=1, default=str))

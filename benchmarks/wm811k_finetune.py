@@ -48,6 +48,9 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--train", default="all", choices=sorted(LABEL_SETS))
     ap.add_argument("--size", type=int, default=32, help="input px (the auto recipe's own choice: 0)")
     ap.add_argument("--epochs", type=int, default=8, help="fine-tune epochs (the auto recipe's own choice: 0)")
+    ap.add_argument("--stem-pool", type=int, default=None, choices=(0, 1),
+                    help="max-pool after the stem (1: a 64 px input costs what 32 px costs without; "
+                         "default: the auto recipe's)")
     ap.add_argument("--max-minutes", type=float, default=None, help="hard stop of the training loop")
     ap.add_argument("--test-limit", type=int, default=None, help="stratified subsample of the test split")
     ap.add_argument("--seed", type=int, default=0)
@@ -72,7 +75,10 @@ def main(argv: list[str] | None = None) -> dict:
         overrides["size"] = f"{args.size} px instead of the auto recipe's {recipe.preprocess.size}"
     if args.epochs and args.epochs != ft.epochs:
         overrides["epochs"] = f"{args.epochs} instead of the auto recipe's {ft.epochs} (fits the time here)"
-        ft = dataclasses.replace(ft, epochs=args.epochs, patience=max(5, args.epochs // 4))  # the auto rule
+        ft = dataclasses.replace(ft, epochs=args.epochs, patience=max(10, args.epochs // 2))  # the auto rule
+    if args.stem_pool is not None and bool(args.stem_pool) != backbone.stem_pool:
+        overrides["stem_pool"] = f"{bool(args.stem_pool)} instead of the auto recipe's {backbone.stem_pool}"
+        backbone = dataclasses.replace(backbone, stem_pool=bool(args.stem_pool))
     ft = dataclasses.replace(ft, max_seconds=args.max_minutes * 60 if args.max_minutes else None, device="cpu")
     test_idx = stratified_sample(data.indices(TEST_SPLIT), data.labels, args.test_limit, args.seed)
     print(recipe.describe(), flush=True)
@@ -93,6 +99,7 @@ def main(argv: list[str] | None = None) -> dict:
            "train_split": args.train, "n_train": int(len(train_idx)), "n_test": int(len(test_idx)),
            "runtime": runtime, "recipe": recipe.to_dict(), "overrides": overrides,
            "finetune": {k: v for k, v in ft.to_dict().items() if k != "augment"}, "img_size": size,
+           "backbone": dataclasses.asdict(backbone),
            "n_params": sum(p.numel() for p in clf.encoder.parameters()),
            "train_seconds": round(train_s, 1), "test_seconds": round(test_s, 1), "training": clf.training_log,
            "test": metrics, "per_class_f1": dict(zip(data.classes, per_class_f1(cm))),
