@@ -265,7 +265,7 @@ def test_auto_recipe_follows_the_data_and_the_device():
     assert longer.epochs > ft.epochs
     maps = DataProfile(60000, 40, 40, 1.0, True, 37000, 9, 100.0)
     m = resolve_recipe("auto", maps)
-    assert m.preprocess == Preprocess(32, "nearest", "stretch") and m.adapt["finetune"].optimizer == "sgd"
+    assert m.preprocess == Preprocess(64, "nearest", "stretch") and m.adapt["finetune"].optimizer == "sgd"
     wide = resolve_recipe("auto", DataProfile(500, 400, 200, 2.0))
     assert wide.preprocess.aspect == "pad" and wide.adapt["finetune"].tta == "none"
     small = resolve_recipe("auto", DataProfile(500, 48, 48, 1.0))
@@ -295,7 +295,7 @@ def test_a_short_cpu_budget_buys_epochs_with_pixels_down_to_128():
     assert starved.preprocess.size == 128  # never below 128 for photographs: cracks need the pixels
     assert resolve_recipe("auto", elpv, budget_minutes=1, device="cuda").preprocess.size == 224
     maps = resolve_recipe("auto", DataProfile(60000, 40, 40, 1.0, True, 37000, 9, 100.0), budget_minutes=1)
-    assert maps.preprocess.size == 32
+    assert maps.preprocess.size == 64  # categorical maps do not step down: their cost is set by the stem
 
 
 def test_planned_cpu_speed_follows_the_area_of_the_maps_after_the_stem():
@@ -362,7 +362,11 @@ def test_small_categorical_maps_are_upscaled_not_shrunk():
     from components.training.recipes import resolve_recipe
 
     wafers = resolve_recipe("auto", DataProfile(49672, 27, 27, 1.0, True, 623, 9, 330.0))
-    assert wafers.preprocess.size == 32 and wafers.preprocess.resample == "nearest"
+    assert wafers.preprocess.size == 64 and wafers.preprocess.resample == "nearest"
+    # on a CPU behind a max-pool stem: the maps after the stem are 16 px, what 32 px input without it gave
+    assert wafers.backbone.stem_pool and wafers.backbone.img_size == 64
+    assert not resolve_recipe("auto", DataProfile(49672, 27, 27, 1.0, True, 623, 9, 330.0),
+                              device="cuda").backbone.stem_pool
     photos = resolve_recipe("auto", DataProfile(500, 40, 40, 1.0, False))
     assert photos.preprocess.size == 32  # photographs are never upscaled past their own size
 
