@@ -22,8 +22,9 @@ baselines, ``adapt``, the report):
 * **Recipe**: ``resolve_recipe('auto', profile)`` for the domain's profile on this device (input
   size and resampling, the ResNet, SimCLR, the fine-tune's optimizer / validation split /
   class balance / EMA / dihedral augmentation and TTA); the mode sets the budgets (SimCLR
-  steps, fine-tune epochs) and, for wafer maps, 32 px (the auto recipe rounds the 27 px maps
-  down to 16). Every override is written into the report.
+  steps, fine-tune epochs) and, in smoke mode, a 32 px input. Every override is written into
+  the report. (The quick WM-811K tables in docs/BENCHMARKS.md were run at 32 px without a
+  max-pool stem, before the auto recipe moved wafer maps to 64 px behind one.)
 * **Backbones**, one architecture, one SimCLR recipe and budget: ``domain-simclr`` (the
   domain's unlabeled images: ELPV's training images, WM-811K's train+val pool; never a test
   image), ``generic-simclr`` (``../shared/data/generic-imagenette``, grayscale, same size),
@@ -132,13 +133,13 @@ def plan_for(domain: str, mode: str) -> Plan:
                       seeds=(0,), finetune_sets=("train_1",), finetune_seeds=(0,), finetune_backbones=("domain-simclr",),
                       finetune_epochs=1, baseline_sets=("train_1",), tasks=("9class",), pool_limit=300, generic_limit=48,
                       test_limit=200, baseline=BaselineConfig(cv_folds=2, max_kernel_train=200)),
-        "quick": Plan(size=32, pretrain_steps=80, pretrain_batch=128, continue_steps=25,
+        "quick": Plan(size=None, pretrain_steps=80, pretrain_batch=128, continue_steps=25,
                       label_sets=("train_1", "train_10", "train_10+20", "all"), seeds=(0,),
                       finetune_sets=("train_1", "train_10"), finetune_seeds=(0,),
                       finetune_backbones=("domain-simclr", "generic-simclr", "scratch"), finetune_epochs=15,
                       finetune_image_budget=8000, baseline_sets=("train_1",), tasks=("9class",),
                       pool_limit=15000, generic_limit=5000, test_limit=3000),
-        "standard": Plan(size=32, pretrain_steps=500, pretrain_batch=128, continue_steps=150,
+        "standard": Plan(size=None, pretrain_steps=500, pretrain_batch=128, continue_steps=150,
                          label_sets=("train_1", "train_10", "train_10+20", "all"), seeds=(0, 1),
                          finetune_sets=("train_1", "train_10", "all"), finetune_seeds=(0,),
                          finetune_backbones=("domain-simclr", "generic-simclr", "scratch"), finetune_epochs=20,
@@ -287,11 +288,11 @@ def planned_recipe(domain: str, plan: Plan, profile: DataProfile, threads: int, 
     overrides = {}
     pre, backbone = recipe.preprocess, recipe.backbone
     if plan.size and plan.size != pre.size:
-        overrides["input size"] = (f"{plan.size} px instead of the auto recipe's {pre.size}"
-                                   + (" (it rounds the 27 px maps down to 16)" if domain == "wm811k" else " (mode budget)"))
+        overrides["input size"] = f"{plan.size} px instead of the auto recipe's {pre.size} (mode budget)"
         pre = dataclasses.replace(pre, size=plan.size)
-        backbone = dataclasses.replace(backbone, img_size=plan.size,
-                                       **({"stem_pool": plan.size >= 128} if hasattr(backbone, "stem_pool") and domain == "elpv" else {}))
+        if hasattr(backbone, "stem_pool"):  # the auto recipe's rule: pool from 128 px (photographs), 64 (maps)
+            backbone = dataclasses.replace(backbone, stem_pool=plan.size >= (128 if domain == "elpv" else 64))
+        backbone = dataclasses.replace(backbone, img_size=plan.size)
     sim = dataclasses.replace(recipe.pretrain, backbone=backbone, steps=plan.pretrain_steps, batch_size=plan.pretrain_batch,
                               warmup_steps=max(1, plan.pretrain_steps // 10), max_seconds=None, device=device)
     overrides["simclr"] = f"{plan.pretrain_steps} steps x {plan.pretrain_batch} (mode budget; auto: {recipe.pretrain.steps} x {recipe.pretrain.batch_size})"
