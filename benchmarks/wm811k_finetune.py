@@ -14,6 +14,12 @@ published label set (``train_1``, ``train_10``, ``train_10+20``, ``all``); the v
 that picks the best epoch and fits the class offsets is carved from those labels (``adapt``),
 never from ``val`` or ``test``.
 
+``--init`` starts the fine-tune from SimCLR pretraining (the auto recipe's, ``--pretrain-steps``
+steps, cached and resumable like the label-efficiency benchmark's) on the unlabeled pool
+(``domain-simclr``: the train+val maps, never a test map) or on the generic corpus
+(``generic-simclr``: ``../shared/data/generic-imagenette``, grayscale, same input and network)
+instead of from scratch: at which label set does a pretrained start reach the all-label score?
+
 Writes the test metrics (accuracy, balanced accuracy, macro-F1, 95 % bootstrap intervals),
 per-class F1, the validation balanced accuracy of every epoch, the recipe and the thread
 settings.
@@ -29,13 +35,17 @@ from pathlib import Path
 import numpy as np
 
 import components  # noqa: F401  (OMP_WAIT_POLICY before torch)
+from benchmarks.device_bundle import GENERIC_CORPUS
+from benchmarks.label_efficiency import load_generic, pretrained_encoder
 from benchmarks.wafer_maps import LABEL_SETS, TEST_SPLIT, load_wafer_arrays, stratified_sample, wafer_profile
+from components.data.wm811k import POOL_SPLITS
 from components.evaluation.metrics import confusion_matrix, evaluate_predictions
 from components.training.adapt import adapt, predict_proba
 from components.training.device import cpu_threads
 from components.training.recipes import resolve_recipe
 
 ROOT = Path(__file__).resolve().parents[1]
+INITS = ("scratch", "domain-simclr", "generic-simclr")
 
 
 def per_class_f1(cm: np.ndarray) -> list[float]:
@@ -52,6 +62,9 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--stem-pool", type=int, default=None, choices=(0, 1),
                     help="max-pool after the stem (1: a 64 px input costs what 32 px costs without; "
                          "default: the auto recipe's)")
+    ap.add_argument("--init", default="scratch", choices=INITS, help="where the fine-tune starts")
+    ap.add_argument("--pretrain-steps", type=int, default=None, help="SimCLR steps (default: the auto recipe's share of --max-minutes)")
+    ap.add_argument("--generic-corpus", type=Path, default=GENERIC_CORPUS)
     ap.add_argument("--max-minutes", type=float, default=None, help="hard stop of the training loop")
     ap.add_argument("--test-limit", type=int, default=None, help="stratified subsample of the test split")
     ap.add_argument("--seed", type=int, default=0)
@@ -86,8 +99,24 @@ def main(argv: list[str] | None = None) -> dict:
     print(f"overrides: {overrides or 'none'}; train {args.train}: {len(train_idx)} maps, test {len(test_idx)} maps; "
           f"threads {runtime}", flush=True)
 
+    state, pretraining = None, None
+    if args.init != "scratch":
+        steps = args.pretrain_steps or resolve_recipe("auto", profile, seed=args.seed, device="cpu", pretrain=True,
+                                                      threads=runtime["threads"],
+                                                      budget_minutes=args.max_minutes).pretrain.steps
+        sim = dataclasses.replace(recipe.pretrain, backbone=backbone, steps=steps, warmup_steps=max(1, steps // 10),
+                                  max_seconds=None, device="cpu")
+        if args.init == "domain-simclr":
+            images = data.images[data.indices(*[s for s in POOL_SPLITS if s in data.split_names])]
+        else:
+            if not args.generic_corpus.is_dir():
+                raise SystemExit(f"no generic corpus at {args.generic_corpus} (--generic-corpus)")
+            images = load_generic(args.generic_corpus, size, 10**6, args.cache)
+        state, pretraining = pretrained_encoder(f"wm811k-ft-{args.init}", images, sim, args.cache)
+        print(f"pretraining {args.init}: {json.dumps(pretraining)}", flush=True)
+
     t0 = time.perf_counter()
-    clf = adapt(backbone, None, data.images[train_idx], data.labels[train_idx], len(data.classes), ft, progress=True,
+    clf = adapt(backbone, state, data.images[train_idx], data.labels[train_idx], len(data.classes), ft, progress=True,
                 preprocess=data.preprocess.to_dict())
     train_s = time.perf_counter() - t0
     t1 = time.perf_counter()
@@ -100,7 +129,7 @@ def main(argv: list[str] | None = None) -> dict:
            "train_split": args.train, "n_train": int(len(train_idx)), "n_test": int(len(test_idx)),
            "runtime": runtime, "recipe": recipe.to_dict(), "overrides": overrides,
            "finetune": {k: v for k, v in ft.to_dict().items() if k != "augment"}, "img_size": size,
-           "backbone": dataclasses.asdict(backbone),
+           "backbone": dataclasses.asdict(backbone), "init": args.init, "pretraining": pretraining,
            "n_params": sum(p.numel() for p in clf.encoder.parameters()),
            "train_seconds": round(train_s, 1), "test_seconds": round(test_s, 1), "training": clf.training_log,
            "test": metrics, "per_class_f1": dict(zip(data.classes, per_class_f1(cm))),
