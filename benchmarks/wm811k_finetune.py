@@ -61,7 +61,7 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--epochs", type=int, default=0, help="fine-tune epochs (default 0: the auto recipe's own choice)")
     ap.add_argument("--stem-pool", type=int, default=None, choices=(0, 1),
                     help="max-pool after the stem (1: a 64 px input costs what 32 px costs without; "
-                         "default: the auto recipe's)")
+                         "default: the auto recipe's rule, from 64 px)")
     ap.add_argument("--init", default="scratch", choices=INITS, help="where the fine-tune starts")
     ap.add_argument("--pretrain-steps", type=int, default=None, help="SimCLR steps (default: the auto recipe's share of --max-minutes)")
     ap.add_argument("--generic-corpus", type=Path, default=GENERIC_CORPUS)
@@ -90,9 +90,12 @@ def main(argv: list[str] | None = None) -> dict:
     if args.epochs and args.epochs != ft.epochs:
         overrides["epochs"] = f"{args.epochs} instead of the auto recipe's {ft.epochs} (fits the time here)"
         ft = dataclasses.replace(ft, epochs=args.epochs, patience=max(10, args.epochs // 2))  # the auto rule
-    if args.stem_pool is not None and bool(args.stem_pool) != backbone.stem_pool:
-        overrides["stem_pool"] = f"{bool(args.stem_pool)} instead of the auto recipe's {backbone.stem_pool}"
-        backbone = dataclasses.replace(backbone, stem_pool=bool(args.stem_pool))
+    # the recipe's rule for another size (pool from 64 px), unless --stem-pool says otherwise: a
+    # 32 px run keeps the 16 px maps after the stem, as the 32 px runs before the rule had
+    pool = bool(args.stem_pool) if args.stem_pool is not None else size >= 64
+    if pool != backbone.stem_pool:
+        overrides["stem_pool"] = f"{pool} instead of the auto recipe's {backbone.stem_pool}"
+        backbone = dataclasses.replace(backbone, stem_pool=pool)
     ft = dataclasses.replace(ft, max_seconds=args.max_minutes * 60 if args.max_minutes else None, device="cpu")
     test_idx = stratified_sample(data.indices(TEST_SPLIT), data.labels, args.test_limit, args.seed)
     print(recipe.describe(), flush=True)

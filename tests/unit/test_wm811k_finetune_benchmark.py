@@ -33,10 +33,12 @@ def test_from_scratch_takes_the_auto_recipes_wafer_input(tmp_path, npz):
     assert json.loads((tmp_path / "out.json").read_text())["test"] == json.loads(json.dumps(out["test"]))
 
 
-def test_a_32_px_override_drops_the_pool_only_when_asked(tmp_path, npz):
-    out = run(tmp_path, npz, "--size", "32", "--stem-pool", "0")
+def test_a_32_px_override_follows_the_recipes_pool_rule_unless_told(tmp_path, npz):
+    out = run(tmp_path, npz, "--size", "32")  # the runs before the 64 px rule: no pool at 32 px
     assert out["img_size"] == 32 and not out["backbone"]["stem_pool"]
     assert set(out["overrides"]) == {"size", "stem_pool", "epochs"}
+    pooled = run(tmp_path, npz, "--size", "32", "--stem-pool", "1")
+    assert pooled["backbone"]["stem_pool"] and "stem_pool" not in pooled["overrides"]
 
 
 def test_domain_simclr_pretrains_on_the_pool_never_the_test_maps(tmp_path, npz):
