@@ -262,9 +262,10 @@ def auto_recipe(profile: DataProfile, device: str = "cpu", threads: int = 1, bud
       a CPU behind a max-pool stem, so they cost what 32 px without it costs (WM-811K, every
       label, 12 epochs: validation balanced accuracy 0.872 against 0.827 at 32 px; thin scratch
       patterns break when 187 px maps shrink to 32). But epochs matter more than pixels when
-      the budget is short: on a CPU a photograph's input steps down (192 -> 160 -> 128) until the fine-tune's share of the
-      budget gives at least ``MIN_FINETUNE_EPOCHS`` epochs (ELPV at the demo's budget: 128 px
-      x 34 epochs beat 192 x 15 by 2 points of accuracy and 4 of macro-F1);
+      the budget is short: on a CPU a photograph's input steps down (192 -> 160 -> 128) until
+      the fine-tune's share of the budget gives at least ``MIN_FINETUNE_EPOCHS`` epochs (ELPV at
+      the demo's budget: 128 px x 34 epochs beat 192 x 15 by 2 points of accuracy and 4 of
+      macro-F1);
     * architecture: a BatchNorm ResNet (it learns far more per CPU-second than a ViT at
       this scale): 0.3 M parameters (16-128 channels) on a CPU, ResNet-18 on a GPU; for
       categorical maps 32-64-128 channels, two blocks a stage (max-pool stem on a CPU);
