@@ -70,7 +70,7 @@ from components.evaluation.sweep import Backbone, SweepConfig, run_sweep
 from components.models.checkpoint import load_checkpoint, save_checkpoint
 from components.training.device import cpu_threads
 from components.training.pretrain import PretrainConfig, pretrain
-from components.training.recipes import ResolvedRecipe, resolve_recipe
+from components.training.recipes import ResolvedRecipe, resolve_recipe, stem_pool
 from components.training.resume import RUNTIME_FIELDS
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -290,8 +290,8 @@ def planned_recipe(domain: str, plan: Plan, profile: DataProfile, threads: int, 
     if plan.size and plan.size != pre.size:
         overrides["input size"] = f"{plan.size} px instead of the auto recipe's {pre.size} (mode budget)"
         pre = dataclasses.replace(pre, size=plan.size)
-        if hasattr(backbone, "stem_pool"):  # the auto recipe's rule: pool from 128 px (photographs), 64 (maps)
-            backbone = dataclasses.replace(backbone, stem_pool=plan.size >= (128 if domain == "elpv" else 64))
+        if hasattr(backbone, "stem_pool"):
+            backbone = dataclasses.replace(backbone, stem_pool=stem_pool(plan.size, profile.categorical, device))
         backbone = dataclasses.replace(backbone, img_size=plan.size)
     sim = dataclasses.replace(recipe.pretrain, backbone=backbone, steps=plan.pretrain_steps, batch_size=plan.pretrain_batch,
                               warmup_steps=max(1, plan.pretrain_steps // 10), max_seconds=None, device=device)

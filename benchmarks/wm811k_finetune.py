@@ -42,7 +42,7 @@ from components.data.wm811k import POOL_SPLITS
 from components.evaluation.metrics import confusion_matrix, evaluate_predictions
 from components.training.adapt import adapt, predict_proba
 from components.training.device import cpu_threads
-from components.training.recipes import resolve_recipe
+from components.training.recipes import resolve_recipe, stem_pool
 
 ROOT = Path(__file__).resolve().parents[1]
 INITS = ("scratch", "domain-simclr", "generic-simclr")
@@ -63,7 +63,8 @@ def main(argv: list[str] | None = None) -> dict:
                     help="max-pool after the stem (1: a 64 px input costs what 32 px costs without; "
                          "default: the auto recipe's rule, from 64 px)")
     ap.add_argument("--init", default="scratch", choices=INITS, help="where the fine-tune starts")
-    ap.add_argument("--pretrain-steps", type=int, default=None, help="SimCLR steps (default: the auto recipe's share of --max-minutes)")
+    ap.add_argument("--pretrain-steps", type=int, default=None,
+                    help="SimCLR steps (default: the auto recipe's share of --max-minutes)")
     ap.add_argument("--generic-corpus", type=Path, default=GENERIC_CORPUS)
     ap.add_argument("--max-minutes", type=float, default=None, help="hard stop of the training loop")
     ap.add_argument("--test-limit", type=int, default=None, help="stratified subsample of the test split")
@@ -90,9 +91,9 @@ def main(argv: list[str] | None = None) -> dict:
     if args.epochs and args.epochs != ft.epochs:
         overrides["epochs"] = f"{args.epochs} instead of the auto recipe's {ft.epochs} (fits the time here)"
         ft = dataclasses.replace(ft, epochs=args.epochs, patience=max(10, args.epochs // 2))  # the auto rule
-    # the recipe's rule for another size (pool from 64 px), unless --stem-pool says otherwise: a
-    # 32 px run keeps the 16 px maps after the stem, as the 32 px runs before the rule had
-    pool = bool(args.stem_pool) if args.stem_pool is not None else size >= 64
+    # the recipe's rule for another size, unless --stem-pool says otherwise: a 32 px run keeps the
+    # 16 px maps after the stem, as the 32 px runs before the rule had
+    pool = bool(args.stem_pool) if args.stem_pool is not None else stem_pool(size, profile.categorical)
     if pool != backbone.stem_pool:
         overrides["stem_pool"] = f"{pool} instead of the auto recipe's {backbone.stem_pool}"
         backbone = dataclasses.replace(backbone, stem_pool=pool)

@@ -236,6 +236,13 @@ MIN_FINETUNE_EPOCHS = 30
 GPU_SPEEDUP = 40.0
 
 
+def stem_pool(side: int, categorical: bool, device: str = "cpu") -> bool:
+    """Whether the auto recipe's ResNet max-pools after its stride-2 stem at input ``side``: from
+    128 px, and on a CPU for categorical maps from 64 px (their 64 px input then costs what 32 px
+    without the pool did, and keeps thin scratch lines that 32 px breaks)."""
+    return side >= (64 if categorical and device != "cuda" else 128)
+
+
 def _images_per_s(backbone: ResNetConfig, device: str, threads: int) -> float:
     # the cost follows the area of the maps after the stem; the reference net shrinks its input
     # 4x there (stride-2 convolution, then max-pool), so a stem without the pool costs 4x more
@@ -326,13 +333,13 @@ def auto_recipe(profile: DataProfile, device: str = "cpu", threads: int = 1, bud
 
     def network(side: int) -> ResNetConfig:
         if gpu:
-            return ResNetConfig.resnet18(side, stem_kernel=7 if side >= 128 else 3, stem_pool=side >= 128,
+            return ResNetConfig.resnet18(side, stem_kernel=7 if side >= 128 else 3, stem_pool=stem_pool(side, False),
                                          input_norm=input_norm)
         if profile.categorical:
             return ResNetConfig(img_size=side, layers=(2, 2, 2), widths=(32, 64, 128), stem_kernel=3,
-                                stem_pool=side >= 64)
+                                stem_pool=stem_pool(side, True, device))
         return ResNetConfig(img_size=side, layers=(1, 1, 1, 1), widths=(16, 32, 64, 128), stem_kernel=3,
-                            stem_pool=side >= 128, input_norm=input_norm)
+                            stem_pool=stem_pool(side, False, device), input_norm=input_norm)
 
     def epochs_at(side: int) -> float:
         return ft_minutes * 60 * _images_per_s(network(side), device, threads) / max(n_train, 1)
