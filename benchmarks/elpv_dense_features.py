@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 
 import components  # noqa: F401  (OMP_WAIT_POLICY before torch)
-from benchmarks.elpv_recipe import split_key
+from benchmarks.elpv_recipe import paired_summary, split_key
 from benchmarks.label_efficiency import load_elpv
 from components.evaluation.baselines import SANITY_BASELINES, BaselineConfig, fit_predict
 from components.evaluation.metrics import evaluate_predictions, paired_comparison
@@ -170,8 +170,7 @@ def main(argv: list[str] | None = None) -> dict:
         print(f"fused ({args.cnn_weight:g} CNN):", fmt(out["fused"]["test"]))
     for name, v in out["versus"].items():
         for row, c in v["paired"].items():
-            print(f"{row} vs {name}: accuracy {c['candidate']:.4f} vs {c['other']:.4f}, one-sided 95 % bound of "
-                  f"the difference {c['ci_low']:+.4f}, p {c['p_value']:.4f}: {c['verdict']}")
+            print(f"{row} vs {name}: {paired_summary(c)}")
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(out, indent=1, default=str))

@@ -121,6 +121,12 @@ def split_key(shas: list[str], idx: np.ndarray) -> str:
     return hashlib.sha256("".join(shas[i] for i in idx).encode()).hexdigest()[:16]
 
 
+def paired_summary(c: dict) -> str:
+    """One line for a ``paired_comparison`` result: both scores, the bound, p and the verdict."""
+    return (f"{c['metric']} {c['candidate']:.4f} vs {c['other']:.4f}, one-sided 95 % bound of the difference "
+            f"{c['ci_low']:+.4f}, p {c['p_value']:.4f}: {c['verdict']}")
+
+
 def ensemble(args: argparse.Namespace) -> dict:
     """Average the runs' test probabilities; score the average and each member; compare the average,
     paired on the same test images, with each ``--versus`` baseline fitted on the same training split."""
@@ -156,9 +162,7 @@ def ensemble(args: argparse.Namespace) -> dict:
     print("members:", [{k: round(v, 4) if isinstance(v, float) else v for k, v in m.items()} for m in members])
     print("ensemble:", {k: round(v["value"], 4) for k, v in out["test"].items()}, out["predicted_counts"])
     for name, v in out["versus"].items():
-        c = v["paired"]
-        print(f"vs {name}: {c['metric']} {c['candidate']:.4f} vs {c['other']:.4f}, one-sided 95 % bound of the "
-              f"difference {c['ci_low']:+.4f}, p {c['p_value']:.4f}: {c['verdict']}")
+        print(f"vs {name}: {paired_summary(v['paired'])}")
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(out, indent=1, default=str))
