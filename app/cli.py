@@ -150,10 +150,11 @@ def run_step(fn, *args, **kwargs):
 
 SUMMARY = typer.Option(None, "--summary", help="also write the step's summary as JSON to this file")
 RECIPE = typer.Option("auto", "--recipe", help="training recipe: auto (chosen from the data and the device) or a "
-                                              "named preset: demo, tiny, tiny-cnn (see `dlvm recipes`)")
+                                              "named preset: demo, tiny, tiny-cnn, descriptor, tiny-descriptor "
+                                              "(see `dlvm recipes`)")
 BUDGET = typer.Option(None, "--budget-minutes", help="time budget of the auto recipe (default 20 on a CPU, 60 on a GPU)")
 METHODS = typer.Option("probe,finetune", "--methods", help="adaptation methods the evaluation sweeps "
-                                                            "(probe, finetune, lora, prototype)")
+                                                            "(probe, finetune, lora, prototype, svm)")
 ANOMALY_STAGES = typer.Option("2,3", "--stages", help="anomaly: the ResNet stages whose patch features the memory "
                               "bank holds (comma-separated; 1 for small defects at a high --img-size)")
 ANOMALY_DIHEDRAL = typer.Option(False, "--dihedral", help="anomaly: fit the bank on the 8 flips / quarter turns of each "
@@ -309,7 +310,8 @@ def pretrain(dataset: str = typer.Option(..., "--dataset", "-d", callback=DATASE
              init_from: Optional[str] = typer.Option(None, callback=MODEL_REF,
                                                      help="continue from a registered backbone"),
              method: Optional[str] = typer.Option(None, help="simclr or vicreg (any backbone), mae or dino (ViT), "
-                                                  "sequential (next-token over --tokenizer's tokens) "
+                                                  "sequential (next-token over --tokenizer's tokens), "
+                                                  "codebook (a descriptor backbone: --recipe descriptor) "
                                                   "(default: the recipe's)"),
              tokenizer: Optional[str] = typer.Option(None, callback=MODEL_REF,
                                                      help="sequential: a registered tokenizer (dlvm tokenizer train)"),
@@ -385,8 +387,9 @@ def generate(model: str = typer.Argument(..., callback=MODEL_REF,
 def adapt(dataset: str = typer.Option(..., "--dataset", "-d", callback=DATASET_NAME),
           backbone: Optional[str] = typer.Option(None, callback=BACKBONE_REF,
                                                  help="backbone ref (name, name:version, name@alias) or 'scratch'"),
-          method: str = typer.Option("probe", help="probe, finetune, lora, prototype, or meta-learning: reptile "
-                                              "or maml (first-order), then a probe on the meta-learned backbone"),
+          method: str = typer.Option("probe", help="probe, finetune, lora, prototype, svm (a linear SVM on frozen "
+                                              "features: an RBF-SVM on a descriptor backbone), or meta-learning: "
+                                              "reptile or maml (first-order), then a probe on the meta-learned backbone"),
           fraction: float = typer.Option(1.0, help="fraction of the training labels"),
           seed: int = 0, recipe: str = RECIPE, budget_minutes: Optional[float] = BUDGET,
           summary_path: Optional[Path] = SUMMARY,
@@ -482,7 +485,7 @@ def evaluate(dataset: str = typer.Option(..., "--dataset", "-d", callback=DATASE
                                                      "0.05,0.1,0.25,0.5,1.0; detection 0.1,0.25,1.0; anomaly 1.0)"),
              seeds: Optional[str] = typer.Option(None, help="seeds, comma-separated (default 0,1,2; detection and "
                                                  "anomaly 0)"),
-             methods: str = typer.Option("probe", help="comma-separated: probe, finetune, lora, prototype"),
+             methods: str = typer.Option("probe", help="comma-separated: probe, finetune, lora, prototype, svm"),
              recipe: str = RECIPE, scratch: bool = typer.Option(True, help="include the from-scratch baseline"),
              budget_minutes: Optional[float] = BUDGET,
              episodes: Optional[str] = typer.Option(None, help="also the episodic few-shot evaluation, e.g. "

@@ -215,7 +215,7 @@ def evaluate_flow(dataset: str, backbones: list[str] | None = None, include_scra
                       finetune_fractions=tuple(finetune_fractions) if finetune_fractions else None,
                       finetune_seeds=tuple(finetune_seeds) if finetune_seeds else None,
                       probe=resolved.adapt["probe"], finetune=resolved.adapt["finetune"],
-                      lora=resolved.adapt["lora"], prototype=resolved.adapt["prototype"],
+                      lora=resolved.adapt["lora"], prototype=resolved.adapt["prototype"], svm=resolved.adapt["svm"],
                       baselines=SANITY_BASELINES, baseline=BaselineConfig(metric=metric),
                       baseline_fractions=tuple(baseline_fractions) if baseline_fractions else None)
     params = {"dataset": dataset, "backbones": refs, "fractions": list(fractions), "seeds": list(seeds),

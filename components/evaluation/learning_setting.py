@@ -25,6 +25,8 @@ ADAPTATION_DATA = {
     "prototype": "labeled training images (class means of frozen features)",
     "finetune": "labeled training images",
     "lora": "labeled training images",
+    "svm": "labeled training images and their test-time views (frozen features; a descriptor backbone's "
+           "kernel landmarks redrawn from them)",
     "reptile": "episodes of the labeled training images, then all of them for the head",
     "maml": "episodes of the labeled training images, then all of them for the head",
 }

@@ -45,10 +45,13 @@ from components.evaluation.split import label_subset
 if TYPE_CHECKING:  # the learning stack (torch) is imported only when a sweep runs
     from components.models.backbones import BackboneConfig
 
-METHODS = ("probe", "finetune", "lora", "prototype")
+METHODS = ("probe", "finetune", "lora", "prototype", "svm")
 FEATURE_METHODS = ("probe", "prototype")  # heads on frozen features: extracted once per backbone
-TRAINED_METHODS = ("finetune", "lora")  # a training run each: may be restricted to part of the grid
-# (components.training.adapt.TRAINED_METHODS; not imported: this module stays free of torch)
+# A run of their own each, minutes on CPU, so they may be restricted to part of the grid: the networks
+# trained by gradient (components.training.adapt.TRAINED_METHODS; not imported: this module stays
+# free of torch) and the svm, which views every image and, on a descriptor backbone, redraws its
+# kernel's landmarks from each label subset.
+TRAINED_METHODS = ("finetune", "lora", "svm")
 RunKey = tuple[str, str, float, int]  # (backbone, method, fraction, seed)
 
 
@@ -81,7 +84,7 @@ def _subset(name: str, values, among: tuple, kind) -> tuple | None:
 
 @dataclass
 class SweepConfig:
-    """What to sweep. ``probe``/``finetune``/``lora``/``prototype`` are ``AdaptConfig``s (defaults:
+    """What to sweep. ``probe``/``finetune``/``lora``/``prototype``/``svm`` are ``AdaptConfig``s (defaults:
     ``AdaptConfig(method=...)``); their ``seed`` is replaced by each run's seed.
 
     ``encoder_seed`` initializes encoders whose ``state`` is None; it is fixed (not the run
@@ -101,6 +104,7 @@ class SweepConfig:
     finetune: Any = None
     lora: Any = None
     prototype: Any = None
+    svm: Any = None
     n_boot: int = 1000
     bootstrap_seed: int = 0
     encoder_seed: int = 0

@@ -4,7 +4,8 @@ check that the exported file predicts what the torch model predicts.
 The exported graph takes what a plain image library gives after decoding and resizing:
 ``image``, uint8 ``[N, H, W]`` grayscale at the model's input size. Inside the graph:
 uint8 -> float, the platform's gray-level normalization, one channel, the classifier's
-forward pass and softmax. Outputs: ``probabilities`` float32 ``[N, C]`` and ``embedding``
+forward pass and softmax, averaged over the classifier's test-time views (flips, quarter
+turns) when it has them, as dlvm's own prediction does. Outputs: ``probabilities`` float32 ``[N, C]`` and ``embedding``
 float32 ``[N, D]`` (the pooled features, for drift monitoring on the line). Decoding and
 resizing stay outside (they differ per image library); the ONNX metadata says exactly
 how dlvm does them (``dlvm.preprocessing``), and docs/snippets/onnx_predict.py does the same
@@ -23,7 +24,7 @@ from torch import nn
 from components.inference.inputs import model_input_size
 from components.inference.predict import per_class_report, predict_arrays
 from components.models.vit import PIXEL_MEAN, PIXEL_STD, normalize_uint8
-from components.training.adapt import Classifier
+from components.training.adapt import Classifier, pooled_views
 
 OPSET = 17  # LayerNormalization is a single op from 17 on; onnxruntime >= 1.14 runs it
 # The parity check's tolerance: float32 kernels differ in summation order, not more.
@@ -35,15 +36,16 @@ INPUT_NAME, OUTPUT_NAMES = "image", ("probabilities", "embedding")
 class ExportedClassifier(nn.Module):
     """uint8 images ``[N, H, W]`` -> (probabilities ``[N, C]``, pooled features ``[N, D]``):
     the same normalization and forward pass as dlvm's own prediction
-    (components.training.adapt.predict_with_features)."""
+    (components.training.adapt.predict_with_features), test-time views included."""
 
     def __init__(self, classifier: Classifier):
         super().__init__()
         self.classifier = classifier.eval()
 
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        pooled = self.classifier.encoder.forward_pool(normalize_uint8(images))
-        return torch.softmax(self.classifier.logits_from_pooled(pooled).float(), dim=1), pooled.float()
+        pooled = pooled_views(self.classifier.encoder, normalize_uint8(images), self.classifier.tta)  # [V, N, D]
+        logits = self.classifier.logits_from_pooled(pooled.flatten(0, 1)).unflatten(0, pooled.shape[:2])
+        return torch.softmax(logits.float(), dim=-1).mean(0), pooled.float().mean(0)
 
 
 def preprocessing(classifier: Classifier) -> dict:
@@ -54,7 +56,8 @@ def preprocessing(classifier: Classifier) -> dict:
                      "16-bit by its own 1st-99th percentile",
             "resize": "whole image to input_size, aspect not kept, Pillow bicubic with reducing_gap=3.0; "
                       "EXIF orientation applied first",
-            "in_graph": f"x / 255, (x - {PIXEL_MEAN}) / {PIXEL_STD}, 1 channel, softmax"}
+            "in_graph": f"x / 255, (x - {PIXEL_MEAN}) / {PIXEL_STD}, 1 channel, softmax"
+                        + (f", averaged over the {classifier.tta} views" if classifier.tta != "none" else "")}
 
 
 def export_onnx(classifier: Classifier, model_ref: str, opset: int = OPSET) -> bytes:

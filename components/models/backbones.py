@@ -1,7 +1,8 @@
 """The backbone families behind one interface.
 
-A backbone config (:class:`ViTConfig`, :class:`ResNetConfig` or :class:`SequentialConfig`,
-a tokenizer and a causal transformer over its tokens) has ``img_size``,
+A backbone config (:class:`ViTConfig`, :class:`ResNetConfig`, :class:`SequentialConfig`,
+a tokenizer and a causal transformer over its tokens, or :class:`DescriptorConfig`, dense
+descriptors and a kernel feature map fitted without gradients) has ``img_size``,
 ``embed_dim`` (the pooled feature width), ``family`` and ``to_dict``; the module built from
 it has ``forward_pool(images) -> [B, D]``, ``num_features`` and ``set_drop_path``. Every
 pretraining method, adaptation method and evaluation works through this interface; the
@@ -16,17 +17,20 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from components.models.descriptors import DescriptorBackbone, DescriptorConfig
 from components.models.resnet import ResNet, ResNetConfig
 from components.models.sequential import SequentialBackbone, SequentialConfig, load_sequential_weights
-from components.models.vit import ViTConfig, VisionTransformer
+from components.models.vit import VisionTransformer, ViTConfig
 
-BackboneConfig = ViTConfig | ResNetConfig | SequentialConfig
-FAMILIES = ("vit", "resnet", "sequential")
+BackboneConfig = ViTConfig | ResNetConfig | SequentialConfig | DescriptorConfig
+FAMILIES = ("vit", "resnet", "sequential", "descriptor")
 
 
 def family_of(cfg: BackboneConfig) -> str:
     if isinstance(cfg, SequentialConfig):
         return "sequential"
+    if isinstance(cfg, DescriptorConfig):
+        return "descriptor"
     return "resnet" if isinstance(cfg, ResNetConfig) else "vit"
 
 
@@ -44,6 +48,8 @@ def config_from_dict(d: dict) -> BackboneConfig:
         return ViTConfig.from_dict(d)
     if family == "sequential":
         return SequentialConfig.from_dict(d)
+    if family == "descriptor":
+        return DescriptorConfig.from_dict(d)
     raise ValueError(f"unknown backbone family {family!r} (families: {', '.join(FAMILIES)})")
 
 
@@ -57,7 +63,8 @@ def checkpoint_config(checkpoint: dict) -> BackboneConfig:
 
 def build_backbone(cfg: BackboneConfig, seed: int | None = None) -> nn.Module:
     """A randomly initialised encoder of ``cfg`` (seeded without touching the global RNG when ``seed`` is given)."""
-    make = {"resnet": ResNet, "vit": VisionTransformer, "sequential": SequentialBackbone}[family_of(cfg)]
+    make = {"resnet": ResNet, "vit": VisionTransformer, "sequential": SequentialBackbone,
+            "descriptor": DescriptorBackbone}[family_of(cfg)]
     if seed is None:
         return make(cfg)
     with torch.random.fork_rng(devices=[]):
@@ -73,6 +80,8 @@ def load_backbone_weights(model: nn.Module, state: dict):
         return load_resnet_weights(model, state)
     if isinstance(model, SequentialBackbone):
         return load_sequential_weights(model, state)
+    if isinstance(model, DescriptorBackbone):  # fitted buffers, ours only: every key must match
+        return model.load_state_dict(state, strict=True)
     return load_pretrained_weights(model, state)
 
 

@@ -25,8 +25,17 @@
   parameters instead of millions overfit less on few labels; after training the adapters
   are merged into the weights, so the result is a plain classifier like the others.
 
-Every method works on either backbone family (components/models/backbones.py) except LoRA,
-which adapts attention projections and so needs a ViT.
+* svm: a linear SVM (squared hinge, one-vs-rest, scikit-learn's liblinear) on the frozen,
+  unstandardized features of every training image under each test-time view (``tta``), so
+  it learns what it will be asked. On a descriptor backbone the kernel's landmarks are first
+  redrawn from the training images' VLAD vectors (the span an SVM's solution lies in). On a descriptor backbone, whose features are an RBF
+  kernel's Nystrom map, it is an RBF-SVM on VLAD-encoded dense descriptors: on ELPV the
+  strongest model measured on 2 CPU cores (docs/BENCHMARKS.md). Its logits are the SVM's
+  decision values: they rank well, their softmax is not calibrated.
+
+Every method works on every backbone family (components/models/backbones.py) except LoRA,
+which adapts attention projections and so needs a ViT, and fine-tuning, which needs a
+network trained by gradient (not a descriptor backbone).
 
 A :class:`Classifier` (encoder + feature standardization + linear head, optionally on
 L2-normalized features for prototypes) is what all four produce; ``state()`` /
@@ -55,16 +64,16 @@ from components.models.backbones import (
 )
 from components.models.lora import check_lora_args, inject_lora, merge_lora
 from components.models.vit import normalize_uint8
-from components.training.augment import Augment, augment_batch
+from components.training.augment import TTA_VIEWS, Augment, augment_batch
 from components.training.device import autocast_for, pick_device
 from components.training.optim import cosine_lr, param_groups
 
 PROBE_L2_GRID = (3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 1e-1)
-METHODS = ("probe", "finetune", "lora", "prototype")
+METHODS = ("probe", "finetune", "lora", "prototype", "svm")
 TRAINED_METHODS = ("finetune", "lora")  # train the network: minutes a run on CPU, budgeted as such
 OPTIMIZERS = ("adamw", "sgd")
 CLASS_BALANCE = ("none", "loss", "sampler", "auto")
-TTA = ("none", "dihedral")
+TTA = tuple(TTA_VIEWS)  # none, flips, dihedral
 CLASS_OFFSETS = ("none", "macro_f1", "balanced_accuracy", "accuracy")  # "none" or the metric they are fitted for
 # Validation needs enough examples to rank epochs: below these it is skipped (and recorded so).
 MIN_VAL_PER_CLASS, MIN_TRAIN_FOR_VAL = 2, 40
@@ -90,7 +99,9 @@ class AdaptConfig:
     reweighting cost macro-F1, see docs/TRAINING.md). ``ema_decay`` > 0 keeps an exponential
     moving average of the weights and uses it (for validation and as the result).
     ``tta``: ``dihedral`` averages predictions over the 8 flips/quarter turns whenever the
-    classifier predicts (only where orientation carries no meaning).
+    classifier predicts (only where orientation carries no meaning), ``flips`` over the 4 that
+    keep the axes (mirror images, half turn: where horizontal and vertical differ, as a solar
+    cell's busbars and fingers do). The svm method also trains on these views.
     ``class_offsets``: a metric (the gate's, usually) for which per-class logit offsets are
     fitted on the validation split after training and folded into the head's bias
     (components/training/class_offsets.py); ``none`` keeps the plain argmax.
@@ -122,6 +133,7 @@ class AdaptConfig:
     lora_dropout: float = 0.0  # on the adapters' input only
     lora_proj: bool = False  # adapt attn.proj as well as the fused attn.qkv
     prototype_temperature: float = 0.1  # cosine similarities / temperature = logits
+    svm_c: float = 10.0  # the svm method's C (ELPV, Nystrom features: 10 beat 1, 3 and 30; docs/BENCHMARKS.md)
     seed: int = 0
     device: str = "auto"
     max_seconds: float | None = None  # hard stop for fine-tuning (the schedule is not shortened)
@@ -130,6 +142,8 @@ class AdaptConfig:
         if self.method not in METHODS:
             raise ValueError(f"method must be one of {', '.join(METHODS)}; got {self.method!r}")
         check_lora_args(self.lora_rank, self.lora_alpha, self.lora_dropout)
+        if not self.svm_c > 0:
+            raise ValueError(f"svm_c must be > 0, got {self.svm_c!r}")
         if not self.prototype_temperature > 0:
             raise ValueError(f"prototype_temperature must be > 0, got {self.prototype_temperature!r}")
         for name, value, allowed in (("optimizer", self.optimizer, OPTIMIZERS),
@@ -323,6 +337,28 @@ def fit_prototypes(features: np.ndarray, labels: np.ndarray, num_classes: int, c
                       np.zeros(D, np.float32), np.ones(D, np.float32), 0.0, normalize=True)
 
 
+def fit_svm(features: np.ndarray, labels: np.ndarray, num_classes: int, cfg: AdaptConfig) -> LinearHead:
+    """A linear SVM head (one-vs-rest, squared hinge, ``cfg.svm_c``) on unstandardized features;
+    deterministic. Every class needs an example (one-vs-rest has nothing to separate otherwise)."""
+    from sklearn.svm import LinearSVC
+
+    X = np.asarray(features, np.float32)
+    y = np.asarray(labels, np.int64)
+    if X.ndim != 2 or len(X) != len(y) or len(y) == 0:
+        raise ValueError(f"features {X.shape} and labels {y.shape} do not match")
+    if y.min() < 0 or y.max() >= num_classes:
+        raise ValueError(f"labels must lie in [0, {num_classes}), got {y.min()}..{y.max()}")
+    missing = sorted(set(range(num_classes)) - set(y.tolist()))
+    if missing:
+        raise ValueError(f"svm needs at least one example of every class; none of class(es) {missing}")
+    svm = LinearSVC(C=cfg.svm_c, dual=True, max_iter=5000, random_state=cfg.seed).fit(X, y)
+    weight, bias = svm.coef_.astype(np.float32), np.atleast_1d(svm.intercept_).astype(np.float32)
+    if num_classes == 2:  # one decision value d for class 1: logits (-d/2, d/2) rank the same
+        weight, bias = np.concatenate([-weight / 2, weight / 2]), np.concatenate([-bias / 2, bias / 2])
+    D = X.shape[1]
+    return LinearHead(weight, bias, np.zeros(D, np.float32), np.ones(D, np.float32), 1.0 / cfg.svm_c)
+
+
 # ------------------------------------------------------------------------------ classifier
 
 
@@ -410,8 +446,30 @@ class Classifier(nn.Module):
 
 def dihedral_views(x: torch.Tensor) -> list[torch.Tensor]:
     """The 8 symmetries of the square (identity first) of a batch ``[B, C, S, S]``."""
-    turns = [torch.rot90(x, k, dims=(-2, -1)) for k in range(4)]
-    return turns + [t.flip(-1) for t in turns]
+    return [view(x) for view in TTA_VIEWS["dihedral"]]
+
+
+def pooled_views(encoder: nn.Module, x: torch.Tensor, tta: str) -> torch.Tensor:
+    """``[V, B, D]``: the pooled features of each of ``tta``'s views of the batch ``x`` (one
+    descriptor pass for all of them on a descriptor backbone, which permutes instead of recomputing)."""
+    views = TTA_VIEWS[tta]
+    if hasattr(encoder, "forward_pool_views") and len(views) > 1:
+        return encoder.forward_pool_views(x, views)
+    return torch.stack([encoder.forward_pool(v(x)) for v in views])
+
+
+@torch.no_grad()
+def extract_view_features(encoder: nn.Module, images: np.ndarray, tta: str, batch_size: int = 64,
+                          device: str = "auto", progress: bool = False, pool=pooled_views) -> torch.Tensor:
+    """``float32 [V, N, D]`` (on the CPU): ``pool(encoder, batch, tta)`` of uint8 images ``[N, H, W]``,
+    by default the pooled features under each of ``tta``'s views."""
+    _check_images(images, encoder.cfg.img_size)
+    dev = pick_device(device)
+    encoder.to(dev).eval()
+    out = [pool(encoder, normalize_uint8(torch.from_numpy(images[i: i + batch_size]).to(dev)), tta).float().cpu()
+           for i in tqdm(range(0, len(images), batch_size), desc=f"features ({tta} views)", disable=not progress,
+                         leave=False)]
+    return torch.cat(out, 1) if out else torch.zeros((len(TTA_VIEWS[tta]), 0, encoder.num_features))
 
 
 @torch.no_grad()
@@ -419,23 +477,18 @@ def predict_with_features(clf: Classifier, images: np.ndarray, batch_size: int =
                           device: str = "auto") -> tuple[np.ndarray, np.ndarray]:
     """Class probabilities ``float32 [N, C]`` and the encoder's pooled features
     ``float32 [N, D]`` (what the head sees, before standardization) for uint8 images ``[N, H, W]``.
-    With ``clf.tta == 'dihedral'`` both are averages over the 8 symmetries of each image."""
+    With ``clf.tta`` other than ``none`` both are averages over its views of each image."""
     _check_images(images, clf.backbone_cfg.img_size)
     dev = pick_device(device)
     clf.to(dev).eval()
     probs, feats = [], []
     for i in range(0, len(images), batch_size):
         x = normalize_uint8(torch.from_numpy(images[i : i + batch_size]).to(dev))
-        views = dihedral_views(x) if clf.tta == "dihedral" else [x]
-        p_sum = f_sum = 0
-        for v in views:
-            with autocast_for(dev):
-                pooled = clf.encoder.forward_pool(v)
-                logits = clf.logits_from_pooled(pooled)
-            p_sum = p_sum + torch.softmax(logits.float(), dim=1)
-            f_sum = f_sum + pooled.float()
-        probs.append((p_sum / len(views)).cpu())
-        feats.append((f_sum / len(views)).cpu())
+        with autocast_for(dev):
+            pooled = pooled_views(clf.encoder, x, clf.tta)  # [V, B, D]
+            logits = clf.logits_from_pooled(pooled.flatten(0, 1)).unflatten(0, pooled.shape[:2])
+        probs.append(torch.softmax(logits.float(), dim=-1).mean(0).cpu())
+        feats.append(pooled.float().mean(0).cpu())
     if not probs:
         return np.zeros((0, clf.num_classes), np.float32), np.zeros((0, clf.encoder.num_features), np.float32)
     return torch.cat(probs).numpy(), torch.cat(feats).numpy()
@@ -573,17 +626,33 @@ def adapt(
     family = family_of(backbone_cfg)
     if cfg.method == "lora" and family != "vit":
         raise ValueError(f"lora adapts a ViT's attention projections; a {family} backbone takes probe, "
-                         "finetune or prototype")
+                         "finetune, svm or prototype")
+    if cfg.method in TRAINED_METHODS and family == "descriptor":
+        raise ValueError(f"{cfg.method} trains a network by gradient; a descriptor backbone is fitted, not trained: "
+                         "it takes svm, probe or prototype")
     device = pick_device(cfg.device)
     encoder = build_encoder(backbone_cfg, backbone_state, cfg.seed)
     torch.manual_seed(cfg.seed)  # head init, stochastic depth
     clf = Classifier(backbone_cfg, num_classes, cfg.method,
-                     tta=cfg.tta if cfg.method in ("finetune", "lora") else "none", preprocess=preprocess)
+                     tta=cfg.tta if cfg.method in ("finetune", "lora", "svm") else "none", preprocess=preprocess)
     clf.encoder.load_state_dict(encoder.state_dict())
 
     if cfg.method == "prototype":
         feats = extract_features(clf.encoder, images, device=cfg.device)
         clf.set_head(fit_prototypes(feats, labels, num_classes, cfg))
+        return clf.eval()
+    if cfg.method == "svm":  # trained on every view it will average over when predicting
+        if family == "descriptor":  # the kernel's landmarks are redrawn from the training images first
+            vlads = extract_view_features(clf.encoder, images, cfg.tta, device=cfg.device, progress=progress,
+                                          pool=lambda enc, x, tta: enc.vlad_views(x, TTA_VIEWS[tta]))
+            clf.encoder.cpu()
+            new = clf.encoder.set_landmarks(vlads.flatten(0, 1), cfg.seed)
+            clf.training_log = {"landmarks_from_training_images": new, "landmarks": backbone_cfg.landmarks}
+            feats = torch.cat([clf.encoder.kernel_features(v) for v in vlads.split(1024, 1)], 1)
+        else:
+            feats = extract_view_features(clf.encoder, images, cfg.tta, device=cfg.device, progress=progress)
+        feats = feats.numpy()
+        clf.set_head(fit_svm(feats.reshape(-1, feats.shape[-1]), np.tile(labels, len(feats)), num_classes, cfg))
         return clf.eval()
 
     # ---- fine-tune / LoRA hold out a validation split first: the probe head must not see it

@@ -16,6 +16,28 @@ import torch.nn.functional as F
 from components.models.vit import normalize_uint8
 
 
+def _rot90(t: torch.Tensor, k: int) -> torch.Tensor:
+    """``torch.rot90(t, k, dims=(-2, -1))`` from flips and a transpose, which ONNX exports (rot90 it does not)."""
+    k %= 4
+    if k == 1:
+        return t.transpose(-2, -1).flip(-2)
+    if k == 2:
+        return t.flip(-2).flip(-1)
+    return t.transpose(-2, -1).flip(-1) if k == 3 else t
+
+
+def _turn(k: int, mirror: bool):
+    return lambda t: (_rot90(t, k).flip(-1) if mirror else _rot90(t, k))
+
+
+# The fixed views of test-time augmentation (and of the svm method's training, and of a descriptor
+# backbone's fit), as functions on [..., S, S] tensors, identity first: ``flips`` keeps the axes
+# (mirror images and the half turn), ``dihedral`` is all 8 symmetries of the square.
+TTA_VIEWS = {"none": [_turn(0, False)],
+             "flips": [_turn(0, False), _turn(2, False), _turn(0, True), _turn(2, True)],
+             "dihedral": [_turn(k, m) for m in (False, True) for k in range(4)]}
+
+
 @dataclass
 class Augment:
     """Label-preserving augmentations for grayscale industrial images.

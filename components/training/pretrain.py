@@ -2,7 +2,8 @@
 (DINO) on a ViT; SimCLR or VICReg (joint embedding, components/models/joint_embedding.py) on
 either family (ViT or ResNet, components/models/backbones.py); next-token prediction over a
 visual tokenizer's tokens (``sequential``, components/models/sequential.py) on a sequential
-backbone.
+backbone; or, for a descriptor backbone (components/models/descriptors.py), ``codebook``: no
+gradient steps, a k-means codebook and kernel landmarks fitted on the images in minutes.
 
 One readable loop, top to bottom (data -> model -> optimizer -> resume -> steps -> encoder
 weights), every knob in :class:`PretrainConfig`. Images arrive as one uint8 array
@@ -33,11 +34,12 @@ from components.models.backbones import (
     load_backbone_weights,
 )
 from components.models.checkpoint import save_checkpoint
+from components.models.descriptors import fit_descriptor_state
 from components.models.joint_embedding import JOINT_EMBEDDING_METHODS, JointEmbedding
 from components.models.mae import MaskedAutoencoder
 from components.models.sequential import NextTokenPretraining
 from components.models.vit import ViTConfig
-from components.training.augment import Augment, augment_batch
+from components.training.augment import TTA_VIEWS, Augment, augment_batch
 from components.training.device import autocast_for
 from components.training.distributed import distributed_context
 from components.training.interrupts import checkpoint_then_stop, deferred_signals
@@ -58,7 +60,9 @@ class PretrainConfig:
     ``dino`` (self-distillation with an EMA teacher, components/models/dino.py), both
     ViT-only (they mask patches), or ``simclr`` / ``vicreg`` (two augmented views embed alike)
     on any ``backbone``, or ``sequential`` (next-token cross-entropy over the tokens of the
-    tokenizer inside a sequential backbone). Knobs of the other methods are ignored.
+    tokenizer inside a sequential backbone), or ``codebook`` (a descriptor backbone's k-means
+    codebook and kernel landmarks, fitted once on the images under ``codebook_views``: no steps,
+    nothing to resume). Knobs of the other methods are ignored.
     """
 
     method: str = "mae"
@@ -99,6 +103,8 @@ class PretrainConfig:
     # SimCLR / VICReg: projection head (hidden, output); SimCLR's temperature is ``temperature``
     proj_hidden_dim: int = 512
     proj_dim: int = 128
+    # codebook: the views of every image the codebook and landmarks are fitted on (the svm method's TTA)
+    codebook_views: str = "flips"
     # running it: none of these change the result on CPU
     compile: bool = False  # torch.compile the model (GPU throughput; first step compiles)
     channels_last: bool = True  # CNNs: NHWC memory layout (faster convolutions on CPU and GPU)
@@ -118,6 +124,11 @@ class PretrainConfig:
         if self.batch_size % sentence:
             raise ValueError(f"batch_size {self.batch_size} is not a multiple of the sentence length {sentence} "
                              "(images per sequence)")
+        if (self.method == "codebook") != (family == "descriptor"):
+            raise ValueError("codebook fitting and a descriptor backbone go together; got method "
+                             f"{self.method} on a {family} backbone")
+        if self.codebook_views not in TTA_VIEWS:
+            raise ValueError(f"codebook_views must be one of {', '.join(TTA_VIEWS)}; got {self.codebook_views!r}")
         if self.method in VIT_ONLY_METHODS and family != "vit":
             raise ValueError(f"{self.method} pretrains a ViT (it masks patches); a {family} backbone takes "
                              f"{' or '.join(JOINT_EMBEDDING_METHODS)}")
@@ -151,7 +162,7 @@ class PretrainConfig:
         return cls(**d)
 
 
-PRETRAIN_METHODS = ("mae", "dino", *JOINT_EMBEDDING_METHODS, "sequential")
+PRETRAIN_METHODS = ("mae", "dino", *JOINT_EMBEDDING_METHODS, "sequential", "codebook")
 VIT_ONLY_METHODS = ("mae", "dino")
 
 
@@ -193,6 +204,19 @@ def teacher_schedule(step: int, cfg: PretrainConfig) -> tuple[float, float]:
     return temp, momentum
 
 
+def fit_codebook(images: np.ndarray, cfg: PretrainConfig, progress: bool, init_encoder_state: dict | None
+                 ) -> PretrainResult:
+    """A descriptor backbone's "pretraining": its codebook and landmarks, fitted once (one "step",
+    its loss the k-means loss). Minutes, so nothing is checkpointed: a killed run starts over."""
+    if init_encoder_state is not None:
+        raise ValueError("a descriptor backbone is fitted from the images alone: --init-from does not apply")
+    t0 = time.perf_counter()
+    state, loss = fit_descriptor_state(images, cfg.backbone, TTA_VIEWS[cfg.codebook_views], cfg.seed,
+                                       progress=progress)
+    seconds = time.perf_counter() - t0
+    return PretrainResult({k: v.contiguous() for k, v in state.items()}, [loss], seconds, len(images) / seconds)
+
+
 # ------------------------------------------------------------------------------ the loop
 
 
@@ -220,6 +244,8 @@ def pretrain(
         raise ValueError(f"images are {images.shape[1:]}, the encoder expects {size}px squares")
     if cfg.backbone.in_chans != 1:
         raise ValueError("pretraining works on grayscale images: the backbone's in_chans must be 1")
+    if cfg.method == "codebook":
+        return fit_codebook(images, cfg, progress, init_encoder_state)
     dist = distributed_context(cfg.device)
     device = dist.device
     torch.manual_seed(cfg.seed)

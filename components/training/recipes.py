@@ -19,6 +19,7 @@ from components.data.images import Preprocess
 from components.data.profile import DataProfile
 from components.evaluation.metrics import DEFAULT_GATE_METRIC
 from components.models.backbones import BackboneConfig, config_to_dict, family_of
+from components.models.descriptors import DescriptorConfig
 from components.models.resnet import ResNetConfig
 from components.models.sequential import SequentialConfig
 from components.models.tokenizer import TokenizerConfig
@@ -99,6 +100,23 @@ def tiny_cnn_adapt(method: str = "probe", **kw) -> AdaptConfig:
                                  "patience": 2, "ema_decay": 0.9, "class_balance": "auto", "tta": "dihedral", **kw})
 
 
+def descriptor_pretrain(backbone: DescriptorConfig | None = None, **kw) -> PretrainConfig:
+    """A descriptor backbone at ELPV's full 300 px (the geometry measured in docs/BENCHMARKS.md):
+    its codebook and landmarks are fitted in one pass over the images, under the 4 axis-keeping flips."""
+    return PretrainConfig(**{"method": "codebook", "backbone": backbone or DescriptorConfig(), "steps": 1,
+                             "codebook_views": "flips", **kw})
+
+
+def descriptor_adapt(method: str, **kw) -> AdaptConfig:
+    """The svm method trained on and averaged over the same flips; probe and prototypes as they come
+    (fine-tuning and LoRA refuse a descriptor backbone: it has no weights to train)."""
+    return AdaptConfig(**{"method": method, **({"tta": "flips"} if method == "svm" else {}), **kw})
+
+
+def tiny_descriptor_pretrain(**kw) -> PretrainConfig:
+    return descriptor_pretrain(DescriptorConfig(img_size=48, step=6, radii=(6, 12), clusters=4, landmarks=24), **kw)
+
+
 # ------------------------------------------------------------------------------ the table
 
 
@@ -127,6 +145,12 @@ RECIPES: dict[str, Recipe] = {r.name: r for r in (
                        "fine-tune with validation, EMA, dihedral TTA)",
            pretrain={"simclr": tiny_cnn_pretrain, "vicreg": lambda: tiny_cnn_pretrain("vicreg")},
            adapt=tiny_cnn_adapt),
+    Recipe("descriptor", "dense descriptors at 300 px, VLAD (32 centres) and an RBF kernel map fitted without "
+                         "labels in minutes (codebook); adapt with svm: ELPV's best on 2 CPU cores",
+           pretrain={"codebook": descriptor_pretrain}, adapt=descriptor_adapt,
+           preprocess=lambda: Preprocess(DescriptorConfig().img_size)),
+    Recipe("tiny-descriptor", "a seconds-long descriptor backbone for tests (48 px, 4 centres, 24 landmarks)",
+           pretrain={"codebook": tiny_descriptor_pretrain}, adapt=descriptor_adapt),
 )}
 RECIPE_NAMES = (AUTO, *RECIPES)
 
@@ -177,12 +201,20 @@ class ResolvedRecipe:
         if family == "resnet":
             arch = (f"ResNet {'-'.join(map(str, b.widths))} x {'-'.join(map(str, b.layers))} blocks"
                     + (", each image standardized" if b.input_norm == "image" else ""))
+        elif family == "descriptor":
+            arch = (f"dense descriptors (radii {', '.join(map(str, b.radii))} px, step {b.step}), VLAD of "
+                    f"{b.clusters} centres, RBF kernel map on {b.landmarks} landmarks")
         elif family == "sequential":
             arch = (f"causal transformer width {b.embed_dim} depth {b.depth} over {b.seq_len} tokens "
                     f"of a {b.tokenizer.codebook_size}-code tokenizer")
         else:
             arch = f"ViT width {b.embed_dim} depth {b.depth} patch {b.patch_size}"
         ft = self.adapt["finetune"]
+        if family == "descriptor":
+            svm = self.adapt["svm"]
+            return "\n".join([f"recipe {self.name}: input {self.preprocess.describe()}; backbone {arch}; "
+                               f"pretraining {self.pretrain.method} on {self.pretrain.codebook_views} views; "
+                               f"adaptation svm (C {svm.svm_c:g}, TTA {svm.tta})"] + [f"  - {r}" for r in self.reasons])
         lines = [f"recipe {self.name}: input {self.preprocess.describe()}; backbone {arch}; "
                  f"pretraining {self.pretrain.method} {self.pretrain.steps} steps of {self.pretrain.batch_size}; "
                  f"fine-tune {ft.epochs} epochs ({ft.optimizer}, lr {ft.lr:g}, validation {ft.val_fraction:.0%}, "
@@ -403,6 +435,7 @@ def auto_recipe(profile: DataProfile, device: str = "cpu", threads: int = 1, bud
     adapt = {m: AdaptConfig(method=m, **common, **optim) for m in ("finetune", "lora")}
     adapt["probe"] = AdaptConfig(method="probe", device=device)
     adapt["prototype"] = AdaptConfig(method="prototype", device=device)
+    adapt["svm"] = AdaptConfig(method="svm", tta="dihedral" if dihedral else "flips", device=device)
     return ResolvedRecipe(AUTO, preprocess, pretrain_cfg, adapt, reasons, profile, budget)
 
 

@@ -126,9 +126,9 @@ def test_lora_and_method_arguments_are_checked():
     inject_lora(encoder, rank=2)
     with pytest.raises(ValueError, match="already"):
         inject_lora(encoder, rank=2)
-    with pytest.raises(ValueError, match="probe, finetune, lora, prototype"):
+    with pytest.raises(ValueError, match="probe, finetune, lora, prototype, svm"):
         AdaptConfig(method="distill")
-    assert set(METHODS) == {"probe", "finetune", "lora", "prototype"}
+    assert set(METHODS) == {"probe", "finetune", "lora", "prototype", "svm"}
     for m in METHODS:
         assert tiny_adapt(m).method == m
     assert demo_adapt("lora").method == "lora" and demo_adapt("lora").epochs == demo_adapt("finetune").epochs

@@ -77,8 +77,11 @@ def classifier():
     return clf
 
 
-def test_onnx_export_matches_torch_and_says_so(classifier):
+@pytest.mark.parametrize("tta", ["none", "dihedral"])
+def test_onnx_export_matches_torch_and_says_so(classifier, tta):
+    """With test-time augmentation the graph averages over the same views dlvm's prediction does."""
     torch.set_num_threads(1)
+    classifier.tta = tta
     images = np.random.default_rng(0).integers(0, 256, (30, 16, 16), dtype=np.uint8)
     data = export_onnx(classifier, "tiny:1")
     proba, emb = run_onnx(onnx_session(data), images)
@@ -89,6 +92,8 @@ def test_onnx_export_matches_torch_and_says_so(classifier):
     assert set(checks["test_split"]["per_class"]) == {"good", "crack", "dark"}
     meta = onnx_session(data).get_modelmeta().custom_metadata_map
     assert meta["dlvm.model"] == "tiny:1" and '"crack"' in meta["dlvm.classes"]
+    assert ("averaged over the dihedral views" in meta["dlvm.preprocessing"]) == (tta == "dihedral")
+    classifier.tta = "none"
 
 
 def test_parity_fails_on_a_different_model():

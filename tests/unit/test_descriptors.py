@@ -1,0 +1,194 @@
+"""The descriptor backbone family (components/models/descriptors.py) and the svm adaptation
+method: descriptor geometry and normalization, VLAD against hand-computed numbers, views as
+permutations of the descriptor's dimensions, the Nystrom map reproducing its kernel, the
+family behind the backbone interface, and an svm classifier trained, saved, reloaded and
+exported like any other."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from components.models.backbones import build_backbone, config_from_dict, config_to_dict, family_of
+from components.models.descriptors import (
+    DenseDescriptor,
+    DescriptorConfig,
+    fit_descriptor_state,
+    nystrom_features,
+    view_coordinate_map,
+    view_permutation,
+    vlad_encode,
+)
+from components.models.vit import normalize_uint8
+from components.training.adapt import TTA_VIEWS, AdaptConfig, Classifier, adapt, fit_svm, predict_proba
+
+SMALL = DescriptorConfig(img_size=48, step=6, radii=(6, 12), clusters=4, landmarks=24)
+
+
+def smooth_images(n: int, size: int = 48, seed: int = 0) -> np.ndarray:
+    """Random blobs, blurred: structure at several scales, no pixel noise (a one-pixel grid shift
+    barely changes a descriptor of such an image)."""
+    rng = np.random.default_rng(seed)
+    x = torch.from_numpy(rng.random((n, 1, size, size)).astype(np.float32))
+    k = torch.ones(1, 1, 7, 7) / 49
+    for _ in range(3):
+        x = torch.nn.functional.conv2d(torch.nn.functional.pad(x, (3, 3, 3, 3), mode="reflect"), k)
+    x = (x - x.amin((2, 3), keepdim=True)) / (x.amax((2, 3), keepdim=True) - x.amin((2, 3), keepdim=True))
+    return (x[:, 0] * 255).round().to(torch.uint8).numpy()
+
+
+def line_images(n: int, size: int = 48, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Smooth backgrounds; class 1 has a thin dark line across the image (a crack)."""
+    images, y = smooth_images(n, size, seed) // 2 + 64, np.arange(n) % 2
+    for i in np.flatnonzero(y):
+        images[i, :, size // 2 - 1: size // 2 + 1] = 0
+    return images, y
+
+
+def test_descriptors_cover_the_grid_once_per_radius_and_are_hellinger_normalized():
+    desc = DenseDescriptor(step=6, radii=(6, 12), rings=2, histograms=8, orientations=8)
+    d = desc(normalize_uint8(torch.from_numpy(smooth_images(2))))
+    assert d.shape == (2, desc.grid_points(48), (1 + 2 * 8) * 8) and desc.dim == d.shape[-1]
+    assert desc.grid_points(48) == len(range(6, 42, 6)) ** 2 + len(range(12, 36, 6)) ** 2
+    # every histogram sums to 1 before the square root: squared entries of a descriptor sum to 1
+    assert float(d.min()) >= 0 and (d ** 2).sum(-1).numpy() == pytest.approx(1.0, abs=1e-3)
+    # a scaled image (another exposure) has the same descriptors
+    x = torch.from_numpy(smooth_images(1)).float().unsqueeze(1)
+    assert torch.allclose(desc(x), desc(3 * x), atol=1e-4)
+    with pytest.raises(ValueError, match="does not fit"):
+        desc(torch.zeros(1, 1, 20, 20))
+    with pytest.raises(ValueError, match="bad descriptor geometry"):
+        DenseDescriptor(step=0)
+
+
+def test_vlad_sums_the_residuals_to_the_nearest_centre_and_normalizes():
+    centres = torch.tensor([[0.0, 0.0], [10.0, 10.0]])
+    descriptors = torch.tensor([[[1.0, 0.0], [0.0, 3.0], [11.0, 10.0]]])
+    # residuals: centre 0 gets (1, 3), centre 1 gets (1, 0); signed square root, per-centre and global L2
+    first = np.sqrt([1.0, 3.0]) / np.linalg.norm(np.sqrt([1.0, 3.0]))
+    expected = np.concatenate([first, [1.0, 0.0]]) / np.sqrt(2)
+    v = vlad_encode(descriptors, centres)
+    assert v[0].numpy() == pytest.approx(expected, abs=1e-5)
+    assert vlad_encode(descriptors.flip(1), centres).numpy() == pytest.approx(v.numpy(), abs=1e-6)  # a bag
+
+
+def test_a_view_of_the_image_is_a_permutation_of_its_descriptor_dimensions():
+    desc = DenseDescriptor(step=4, radii=(6, 12), rings=2, histograms=8, orientations=8)
+    x = normalize_uint8(torch.from_numpy(smooth_images(3)))
+    base = desc(x)
+    for view in TTA_VIEWS["dihedral"][1:]:
+        direct = desc(view(x)).mean(1)  # the grid moves with the image: compare the bags' means
+        permuted = base[..., view_permutation(desc, view)].mean(1)
+        unpermuted = base.mean(1)
+        assert float((direct - permuted).abs().max()) < 0.25 * float((direct - unpermuted).abs().max())
+    assert view_coordinate_map(TTA_VIEWS["flips"][2]).tolist() == [[-1, 0], [0, 1]]  # a mirror: x -> -x
+    with pytest.raises(ValueError, match="not a symmetry of the square"):
+        view_coordinate_map(lambda t: t.roll(1, -1))
+    with pytest.raises(ValueError, match="quarter turns need"):
+        view_permutation(DenseDescriptor(histograms=6), TTA_VIEWS["dihedral"][1])
+    view_permutation(DenseDescriptor(histograms=6), TTA_VIEWS["flips"][1])  # a half turn maps 6 onto 6
+
+
+def test_the_nystrom_map_reproduces_the_kernel_on_its_landmarks():
+    state, _ = fit_descriptor_state(smooth_images(30), SMALL, TTA_VIEWS["flips"], seed=0, progress=False)
+    L, gamma = state["landmarks"], state["gamma"]
+    phi = nystrom_features(L, L, state["projection"], gamma)
+    kernel = torch.exp(-gamma * torch.cdist(L, L).pow(2))
+    assert torch.allclose(phi @ phi.T, kernel, atol=2e-3)
+    assert L.shape == (SMALL.landmarks, SMALL.vlad_dim) and state["centres"].shape == (4, SMALL.descriptor().dim)
+    again, _ = fit_descriptor_state(smooth_images(30), SMALL, TTA_VIEWS["flips"], seed=0, progress=False)
+    assert all(torch.equal(state[k], again[k]) for k in state)  # seeded: the same fit twice
+    with pytest.raises(ValueError, match="fewer than the 24 landmarks"):
+        fit_descriptor_state(smooth_images(5), SMALL, TTA_VIEWS["none"], progress=False)
+
+
+def test_landmarks_redrawn_from_fewer_vectors_keep_the_rest_and_the_kernel_map_stays_exact():
+    state, _ = fit_descriptor_state(smooth_images(30), SMALL, TTA_VIEWS["flips"], seed=0, progress=False)
+    encoder = build_backbone(SMALL)
+    encoder.load_state_dict(state)
+    vlads = encoder.vlad_views(normalize_uint8(torch.from_numpy(smooth_images(5, seed=3))), TTA_VIEWS["flips"])
+    assert encoder.set_landmarks(vlads.flatten(0, 1), seed=0) == 20
+    L = encoder.landmarks
+    assert torch.equal(L[:20], vlads.flatten(0, 1))  # all 20 new vectors, then 4 of the fitted landmarks
+    assert all(any(torch.equal(row, old) for old in state["landmarks"]) for row in L[20:])
+    phi = encoder.kernel_features(L)
+    assert torch.allclose(phi @ phi.T, torch.exp(-encoder.gamma * torch.cdist(L, L).pow(2)), atol=2e-3)
+
+
+def test_the_family_behind_the_backbone_interface():
+    assert config_from_dict(config_to_dict(SMALL)) == SMALL and family_of(SMALL) == "descriptor"
+    with pytest.raises(ValueError, match="unknown DescriptorConfig keys"):
+        config_from_dict({**config_to_dict(SMALL), "depth": 3})
+    with pytest.raises(ValueError, match="does not fit"):
+        DescriptorConfig(img_size=20)
+    encoder = build_backbone(SMALL)
+    encoder.load_state_dict(fit_descriptor_state(smooth_images(30), SMALL, progress=False)[0])
+    x = normalize_uint8(torch.from_numpy(smooth_images(4, seed=1)))
+    pooled = encoder.forward_pool(x)
+    assert pooled.shape == (4, SMALL.num_features) and torch.isfinite(pooled).all()
+    views = encoder.forward_pool_views(x, TTA_VIEWS["flips"])
+    assert views.shape == (4, 4, SMALL.num_features) and torch.allclose(views[0], pooled, atol=1e-5)
+
+
+def test_an_svm_classifier_on_a_descriptor_backbone_learns_saves_and_exports(tmp_path):
+    from components.inference.export import export_onnx, onnx_session, run_onnx
+
+    images, y = line_images(40)
+    state, _ = fit_descriptor_state(images, SMALL, TTA_VIEWS["flips"], progress=False)
+    clf = adapt(SMALL, state, images, y, 2, AdaptConfig(method="svm", tta="flips"), progress=False,
+                preprocess={"size": 48})
+    assert clf.tta == "flips" and clf.method == "svm"
+    # its kernel's landmarks were redrawn from the training images (40 images x 4 views >= 24)
+    assert clf.training_log == {"landmarks_from_training_images": 24, "landmarks": 24}
+    assert not torch.equal(clf.encoder.landmarks, state["landmarks"])
+    test_images, y_test = line_images(20, seed=5)
+    proba = predict_proba(clf, test_images)
+    assert (proba.argmax(1) == y_test).mean() >= 0.9
+    back = Classifier.from_state(clf.state())
+    assert np.abs(predict_proba(back, test_images) - proba).max() < 1e-6
+    clf.classes = ["good", "crack"]
+    session = onnx_session(export_onnx(clf, "cells-svm:1"))
+    exported, _ = run_onnx(session, test_images)  # the flips are in the graph
+    assert np.abs(exported - proba).max() < 1e-4
+
+
+def test_svm_method_refusals():
+    images, y = line_images(12)
+    state, _ = fit_descriptor_state(images, SMALL, TTA_VIEWS["dihedral"], progress=False)
+    with pytest.raises(ValueError, match="descriptor backbone is fitted, not trained"):
+        adapt(SMALL, state, images, y, 2, AdaptConfig(method="finetune"), progress=False)
+    with pytest.raises(ValueError, match="none of class"):
+        fit_svm(np.zeros((4, 3)), np.zeros(4, int), 2, AdaptConfig(method="svm"))
+    with pytest.raises(ValueError, match="svm_c must be > 0"):
+        AdaptConfig(method="svm", svm_c=0)
+    # three classes: one-vs-rest gives one row per class
+    head = fit_svm(np.eye(3).repeat(4, 0) + 0.01, np.arange(3).repeat(4), 3, AdaptConfig(method="svm"))
+    assert head.weight.shape == (3, 3) and (head.logits(np.eye(3)).argmax(1) == np.arange(3)).all()
+
+
+def test_the_views_are_the_symmetries_of_the_square_in_onnx_exportable_ops():
+    x = torch.arange(2 * 5 * 5, dtype=torch.float32).view(2, 5, 5)
+    expected = [torch.rot90(x, k, dims=(-2, -1)) for k in range(4)]
+    expected += [t.flip(-1) for t in expected]
+    assert all(torch.equal(view(x), e) for view, e in zip(TTA_VIEWS["dihedral"], expected))
+    assert [torch.equal(v(x), e) for v, e in zip(TTA_VIEWS["flips"], [expected[i] for i in (0, 2, 4, 6)])] == [True] * 4
+
+
+def test_codebook_pretraining_goes_with_the_descriptor_family_and_gives_a_backbone():
+    from components.training.pretrain import PretrainConfig, pretrain
+    from components.training.recipes import resolve_recipe, tiny_descriptor_pretrain
+
+    with pytest.raises(ValueError, match="codebook fitting and a descriptor backbone go together"):
+        PretrainConfig(method="codebook")
+    with pytest.raises(ValueError, match="go together"):
+        PretrainConfig(method="simclr", backbone=SMALL)
+    cfg = tiny_descriptor_pretrain()
+    assert PretrainConfig.from_dict(cfg.to_dict()) == cfg
+    result = pretrain(smooth_images(30), cfg, progress=False)
+    assert len(result.losses) == 1 and result.losses[0] > 0
+    build_backbone(cfg.backbone).load_state_dict(result.encoder_state)
+    with pytest.raises(ValueError, match="--init-from does not apply"):
+        pretrain(smooth_images(30), cfg, progress=False, init_encoder_state=result.encoder_state)
+    resolved = resolve_recipe("descriptor")
+    assert resolved.preprocess.size == 300 and resolved.adapt["svm"].tta == "flips"
+    assert "VLAD of 32 centres, RBF kernel map on 2048 landmarks" in resolved.describe()
