@@ -703,9 +703,12 @@ def recipes(as_json: bool = typer.Option(False, "--json", help="machine-readable
         return
     table = Table("recipe", "pretraining (default first)", "adaptation epochs", "what it is")
     for row in rows:
-        pre = "; ".join(f"{m}: {c['steps']} steps, {c['img_size']} px, {c.get('family', 'vit')} width "
+        pre = "; ".join(f"{m}: one pass, {c['img_size']} px, {c['embed_dim']} kernel features" if m == "codebook" else
+                        f"{m}: {c['steps']} steps, {c['img_size']} px, {c.get('family', 'vit')} width "
                         f"{c['embed_dim']} x {c['depth']}" for m, c in row["pretrain"].items()) or "from the data"
         epochs = ", ".join(f"{m} {a['epochs']}" for m, a in row["adapt"].items() if m in ("finetune", "lora"))
+        if not epochs and row["pretrain"]:
+            epochs = "none (svm: one fit)"
         table.add_row(row["name"], pre, epochs or "from the data and budget", row["summary"])
     console.print(table)
 

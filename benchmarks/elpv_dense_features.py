@@ -1,26 +1,28 @@
-"""How far a dense-descriptor classical pipeline gets on ELPV (4-class, the 75/25 hash-assigned test split).
+"""How far the descriptor backbone gets on ELPV (4-class, the 75/25 hash-assigned test split).
 
-The kind of model behind the published 0.8244 SVM on ELPV (Deitsch et al. 2019): local
-descriptors sampled densely over the cell at full resolution, encoded per image as a VLAD
-vector against a codebook, classified by an RBF-SVM. Here the descriptors are DAISY
-(scikit-image), Hellinger-normalized like RootSIFT; the codebook is k-means on descriptors of
-the training images only; the SVM's C is chosen by stratified cross-validation on the
-training labels. Scored on the split every dlvm evaluation uses, beside the product's own
-HOG-SVM baseline fitted on the same split (paired), and, given ``--cnn-runs`` from
-``benchmarks/elpv_recipe.py``, fused with their seed ensemble at a fixed weight (``--cnn-weight``,
-chosen before looking: 0.5), never one read off the test split.
+The kind of model behind the published 0.8244 SVM on ELPV (Deitsch et al. 2019), built from
+the product's own parts: a descriptor backbone (components/models/descriptors.py: dense
+DAISY-like descriptors at the cell's full 300 px, VLAD against a k-means codebook, an RBF
+kernel's Nystrom map) fitted without labels on every image of the set, as the pipeline's
+domain pretraining sees them, then the ``svm`` adaptation method (a linear SVM on those
+features, i.e. an RBF-SVM) on the training labels, trained on and averaged over the ``--tta``
+views. Each seed draws its own codebook and landmarks; the seeds' average probabilities are
+the ensemble row. Scored beside the product's HOG-SVM baseline fitted on the same split,
+paired.
 
-    python -m benchmarks.elpv_dense_features --out benchmarks/results/elpv-dense-features/daisy-3radii-vlad32.json \\
-        --cnn-runs benchmarks/results/elpv-recipe/ensemble/128px-34ep-seed*.json
+    python -m benchmarks.elpv_dense_features --seeds 0,1,2 \\
+        --out benchmarks/results/elpv-dense-features/descriptor-backbone-svm.json
 """
 from __future__ import annotations
 
 import argparse
 import json
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
+import torch
 
 import components  # noqa: F401  (OMP_WAIT_POLICY before torch)
 from benchmarks.elpv_recipe import paired_summary, split_key
@@ -28,93 +30,42 @@ from benchmarks.label_efficiency import load_elpv
 from components.evaluation.baselines import SANITY_BASELINES, BaselineConfig, fit_predict
 from components.evaluation.metrics import evaluate_predictions, paired_comparison
 from components.evaluation.split import test_split
+from components.models.descriptors import DescriptorConfig, fit_descriptor_state
+from components.training.adapt import TTA, TTA_VIEWS, AdaptConfig, adapt, predict_proba
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def dense_descriptors(image: np.ndarray, step: int, radii: tuple[int, ...]) -> np.ndarray:
-    """DAISY descriptors on a grid every ``step`` pixels, one set per radius, stacked ``[n, 104]``;
-    each Hellinger-normalized (L1 then square root), which makes Euclidean k-means compare
-    histograms fairly."""
-    from skimage.feature import daisy
-
-    gray = image.astype(np.float32) / 255.0
-    d = np.concatenate([daisy(gray, step=step, radius=r, rings=2, histograms=6, orientations=8).reshape(-1, 104)
-                        for r in radii])
-    return np.sqrt(d / (d.sum(1, keepdims=True) + 1e-7)).astype(np.float32)
-
-
-def fit_codebook(descriptors: list[np.ndarray], clusters: int, per_image: int, seed: int) -> np.ndarray:
-    """k-means centres ``[clusters, dim]`` from ``per_image`` random descriptors of each image."""
-    from sklearn.cluster import MiniBatchKMeans
-
-    rng = np.random.default_rng(seed)
-    sample = np.concatenate([d[rng.choice(len(d), min(per_image, len(d)), replace=False)] for d in descriptors])
-    if len(sample) < clusters:
-        raise SystemExit(f"{len(sample)} descriptors cannot make {clusters} clusters: lower --clusters")
-    km = MiniBatchKMeans(clusters, random_state=seed, batch_size=4096, n_init=3).fit(sample)
-    return km.cluster_centers_.astype(np.float32)
-
-
-def vlad(descriptors: np.ndarray, centres: np.ndarray) -> np.ndarray:
-    """The VLAD vector of one image: per centre, the summed residuals of the descriptors nearest it,
-    signed-square-rooted and L2-normalized per centre, then as a whole (``[clusters * dim]``)."""
-    dist = (descriptors ** 2).sum(1, keepdims=True) - 2 * descriptors @ centres.T + (centres ** 2).sum(1)
-    nearest = dist.argmin(1)
-    v = np.zeros_like(centres)
-    np.add.at(v, nearest, descriptors - centres[nearest])
-    v = np.sign(v) * np.sqrt(np.abs(v))
-    v /= np.linalg.norm(v, axis=1, keepdims=True) + 1e-7
-    v = v.ravel()
-    return v / (np.linalg.norm(v) + 1e-7)
-
-
-def fit_svm(X: np.ndarray, y: np.ndarray, Xt: np.ndarray, Cs: list[float], folds: int, seed: int
-            ) -> tuple[np.ndarray, dict]:
-    """(test class probabilities, what was chosen): an RBF-SVM, C by stratified CV accuracy,
-    refitted on every training image with Platt probabilities (sigmoid, fitted out of fold)."""
-    from sklearn.calibration import CalibratedClassifierCV
-    from sklearn.model_selection import GridSearchCV, StratifiedKFold
-    from sklearn.svm import SVC
-
-    cv = StratifiedKFold(folds, shuffle=True, random_state=seed)
-    search = GridSearchCV(SVC(kernel="rbf", gamma="scale"), {"C": Cs}, cv=cv, scoring="accuracy").fit(X, y)
-    C = float(search.best_params_["C"])
-    svm = CalibratedClassifierCV(SVC(kernel="rbf", gamma="scale", C=C), method="sigmoid", cv=cv,
-                                 ensemble=False).fit(X, y)
-    proba = np.zeros((len(Xt), 4))
-    proba[:, svm.classes_] = svm.predict_proba(Xt)
-    return proba, {"C": C, "cv_accuracy": round(float(search.best_score_), 4)}
-
-
-def cnn_ensemble(paths: list[Path], test_key: str, y_test: np.ndarray) -> np.ndarray:
-    """The average test probabilities of ``benchmarks/elpv_recipe.py`` runs scored on this split."""
-    runs = [json.loads(p.read_text()) for p in paths]
-    for path, run in zip(paths, runs):
-        if "test_proba" not in run:
-            raise SystemExit(f"no test probabilities in {path} (written by elpv_recipe runs since 2026-11-30)")
-        if run["test_key"] != test_key or run["test_labels"] != y_test.tolist():
-            raise SystemExit(f"{path} was scored on another test split (test_key differs): run both on one --subset")
-    return np.mean([np.array(r["test_proba"]) for r in runs], axis=0)
+def run_seed(images: np.ndarray, y4: np.ndarray, train_idx: np.ndarray, test_idx: np.ndarray,
+             cfg: DescriptorConfig, adapt_cfg: AdaptConfig, fit_on: str, seed: int) -> tuple[np.ndarray, dict]:
+    """(test probabilities, timings) of one descriptor backbone + svm classifier."""
+    t0 = time.perf_counter()
+    unlabeled = images if fit_on == "all" else images[train_idx]
+    state, _ = fit_descriptor_state(unlabeled, cfg, TTA_VIEWS[adapt_cfg.tta], seed=seed)
+    t1 = time.perf_counter()
+    clf = adapt(cfg, state, images[train_idx], y4[train_idx], 4, replace(adapt_cfg, seed=seed))
+    t2 = time.perf_counter()
+    proba = predict_proba(clf, images[test_idx])
+    t3 = time.perf_counter()
+    return proba, {"fit_backbone": round(t1 - t0, 1), "adapt": round(t2 - t1, 1), "predict": round(t3 - t2, 1)}
 
 
 def main(argv: list[str] | None = None) -> dict:
-    from joblib import Parallel, delayed
-    from tqdm.auto import tqdm
-
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--size", type=int, default=300, help="decode size (ELPV cells are 300 px)")
-    ap.add_argument("--step", type=int, default=8, help="grid step of the dense descriptors, pixels")
-    ap.add_argument("--radii", default="10,20,30", help="DAISY radii, pixels (comma list: one descriptor set each)")
-    ap.add_argument("--clusters", type=int, default=32, help="VLAD codebook size")
-    ap.add_argument("--per-image", type=int, default=200, help="descriptors per training image for k-means")
-    ap.add_argument("--C", default="1,10,100", help="RBF-SVM C values cross-validated")
-    ap.add_argument("--folds", type=int, default=5)
+    d = DescriptorConfig()
+    ap.add_argument("--size", type=int, default=d.img_size, help="decode size (ELPV cells are 300 px)")
+    ap.add_argument("--step", type=int, default=d.step, help="grid step of the dense descriptors, pixels")
+    ap.add_argument("--radii", default=",".join(map(str, d.radii)), help="descriptor radii, pixels (comma list)")
+    ap.add_argument("--clusters", type=int, default=d.clusters, help="VLAD codebook size")
+    ap.add_argument("--landmarks", type=int, default=d.landmarks, help="Nystrom landmarks (the feature width)")
+    ap.add_argument("--C", type=float, default=AdaptConfig.svm_c, help="the linear SVM's C")
+    ap.add_argument("--tta", default="flips", choices=TTA, help="views trained on and averaged over")
+    ap.add_argument("--fit-on", default="all", choices=("all", "train"),
+                    help="images the backbone is fitted on without labels: all (as the pipeline's pretraining) "
+                         "or the training split only")
+    ap.add_argument("--seeds", default="0,1,2", help="one backbone and classifier per seed (comma list)")
     ap.add_argument("--versus", default="svm-hog", help="sanity baselines compared with, paired (comma list)")
-    ap.add_argument("--cnn-runs", type=Path, nargs="*", default=[], help="elpv_recipe runs to fuse with")
-    ap.add_argument("--cnn-weight", type=float, default=0.5, help="the CNN ensemble's share of the fused probabilities")
-    ap.add_argument("--jobs", type=int, default=2, help="processes computing descriptors")
-    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--threads", type=int, default=2, help="torch threads")
     ap.add_argument("--subset", type=int, default=None, help="stratified subset of N images (smoke runs)")
     ap.add_argument("--cache", type=Path, default=ROOT / "benchmarks" / "results" / ".cache")
     ap.add_argument("--out", type=Path, default=None)
@@ -123,52 +74,52 @@ def main(argv: list[str] | None = None) -> dict:
     unknown = [v for v in versus if v not in SANITY_BASELINES]
     if unknown:
         raise SystemExit(f"unknown baseline {', '.join(unknown)} (baselines: {', '.join(SANITY_BASELINES)})")
-    if not 0.0 <= args.cnn_weight <= 1.0:
-        raise SystemExit(f"--cnn-weight must be in [0, 1], got {args.cnn_weight}")
-    radii = tuple(int(r) for r in args.radii.split(","))
-    Cs = [float(c) for c in args.C.split(",")]
+    try:
+        seeds = [int(s) for s in args.seeds.split(",")]
+        cfg = DescriptorConfig(img_size=args.size, step=args.step, radii=tuple(int(r) for r in args.radii.split(",")),
+                               clusters=args.clusters, landmarks=args.landmarks)
+        adapt_cfg = AdaptConfig(method="svm", svm_c=args.C, tta=args.tta)
+    except ValueError as exc:
+        raise SystemExit(f"bad arguments: {exc}") from None
+    torch.set_num_threads(args.threads)
 
     t0 = time.perf_counter()
     images, y4, _, shas = load_elpv(args.size, args.cache, subset=args.subset)
     train_idx, test_idx = test_split(shas, y4)
     y_test = y4[test_idx]
-    test_key = split_key(shas, test_idx)
-    cnn = cnn_ensemble(args.cnn_runs, test_key, y_test) if args.cnn_runs else None
+    runs, rows = [], {}
+    for seed in seeds:
+        try:
+            proba, seconds = run_seed(images, y4, train_idx, test_idx, cfg, adapt_cfg, args.fit_on, seed)
+        except ValueError as exc:  # e.g. fewer images than landmarks on a small --subset
+            raise SystemExit(f"seed {seed}: {exc}") from None
+        runs.append({"seed": seed, "seconds": seconds, "test": evaluate_predictions(y_test, proba, 4),
+                     "test_proba": np.round(proba, 6).tolist()})
+        rows[f"seed {seed}"] = proba
+        print(f"seed {seed}: accuracy {runs[-1]['test']['accuracy']['value']:.4f} ({seconds})", flush=True)
+    if len(seeds) > 1:
+        rows["seed ensemble"] = np.mean([np.array(r["test_proba"]) for r in runs], axis=0)
 
-    descriptors = Parallel(n_jobs=args.jobs, batch_size=16)(
-        delayed(dense_descriptors)(im, args.step, radii) for im in tqdm(images, desc="DAISY descriptors", leave=False))
-    describe_s = time.perf_counter() - t0
-    centres = fit_codebook([descriptors[i] for i in train_idx], args.clusters, args.per_image, args.seed)
-    X = np.stack([vlad(d, centres) for d in tqdm(descriptors, desc="VLAD", leave=False)])
-    proba, fitted = fit_svm(X[train_idx], y4[train_idx], X[test_idx], Cs, args.folds, args.seed)
-    total_s = time.perf_counter() - t0
-
-    out = {"args": {k: str(v) for k, v in vars(args).items()}, "test_key": test_key,
-           "descriptors_per_image": int(len(descriptors[0])), "vlad_dim": int(X.shape[1]), "svm": fitted,
-           "seconds": {"descriptors": round(describe_s, 1), "total": round(total_s, 1)},
-           "test": evaluate_predictions(y_test, proba, 4),
-           "predicted_counts": np.bincount(proba.argmax(1), minlength=4).tolist(), "versus": {},
-           "test_labels": y_test.tolist(), "test_proba": np.round(proba, 6).tolist()}
-    rows = {"dense-vlad-svm": proba}
-    if cnn is not None:
-        fused = args.cnn_weight * cnn + (1 - args.cnn_weight) * proba
-        out["cnn_ensemble"] = {"runs": [str(p) for p in args.cnn_runs], "test": evaluate_predictions(y_test, cnn, 4)}
-        out["fused"] = {"cnn_weight": args.cnn_weight, "test": evaluate_predictions(y_test, fused, 4),
-                        "predicted_counts": np.bincount(fused.argmax(1), minlength=4).tolist()}
-        rows["fused"] = fused
-    cfg = BaselineConfig(metric="accuracy")
+    out = {"args": {k: str(v) for k, v in vars(args).items()}, "backbone": cfg.to_dict(), "adapt": adapt_cfg.to_dict(),
+           "test_key": split_key(shas, test_idx), "runs": runs, "versus": {}, "test_labels": y_test.tolist()}
+    if len(seeds) > 1:
+        out["ensemble"] = {"test": evaluate_predictions(y_test, rows["seed ensemble"], 4),
+                           "predicted_counts": np.bincount(rows["seed ensemble"].argmax(1), minlength=4).tolist()}
+    base_cfg = BaselineConfig(metric="accuracy")
     for name in versus:
-        scores, chosen = fit_predict(name, images[train_idx], y4[train_idx], images[test_idx], 4, cfg)
+        scores, chosen = fit_predict(name, images[train_idx], y4[train_idx], images[test_idx], 4, base_cfg)
         out["versus"][name] = {"test": evaluate_predictions(y_test, scores, 4), "fitted": chosen,
                                "paired": {row: paired_comparison(y_test, p, scores, 4, "accuracy")
                                           for row, p in rows.items()}}
+    out["seconds"] = round(time.perf_counter() - t0, 1)
 
     fmt = lambda m: {k: round(v["value"], 4) for k, v in m.items()}  # noqa: E731
-    print(f"dense VLAD-SVM ({out['vlad_dim']} dims, C {fitted['C']:g}, {total_s:.0f} s):", fmt(out["test"]))
-    if cnn is not None:
-        print(f"CNN ensemble of {len(args.cnn_runs)}:", fmt(out["cnn_ensemble"]["test"]))
-        print(f"fused ({args.cnn_weight:g} CNN):", fmt(out["fused"]["test"]))
+    for r in runs:
+        print(f"descriptor backbone + svm, seed {r['seed']}:", fmt(r["test"]))
+    if "ensemble" in out:
+        print(f"ensemble of {len(seeds)} seeds:", fmt(out["ensemble"]["test"]))
     for name, v in out["versus"].items():
+        print(f"{name}:", fmt(v["test"]))
         for row, c in v["paired"].items():
             print(f"{row} vs {name}: {paired_summary(c)}")
     if args.out:

@@ -454,7 +454,9 @@ def describe_recipes() -> list[dict]:
                                       "embed_dim": c.backbone.embed_dim,
                                       "depth": getattr(c.backbone, "depth", len(getattr(c.backbone, "layers", ())))}
                                   for m, c in resolved.items()},
-                     "adapt": {m: {"epochs": adapt_config(m, r.name).epochs} for m in ADAPT_METHODS}})
+                     "adapt": {m: {"epochs": adapt_config(m, r.name).epochs} for m in ADAPT_METHODS
+                               # a descriptor backbone is fitted, not trained: no fine-tune or LoRA for it
+                               if m not in TRAINED_METHODS or "codebook" not in r.pretrain}})
     return rows
 
 

@@ -313,6 +313,9 @@ def test_named_presets_build_and_are_listed():
     rows = {row["name"]: row for row in describe_recipes()}
     assert set(rows) == set(RECIPE_NAMES)
     assert rows["tiny-cnn"]["pretrain"]["simclr"]["family"] == "resnet"
+    # a descriptor recipe lists its codebook fit and no fine-tune or LoRA (it has nothing to train)
+    assert rows["descriptor"]["pretrain"]["codebook"]["family"] == "descriptor"
+    assert set(rows["descriptor"]["adapt"]) == {"probe", "prototype", "svm"}
     tiny_cnn = resolve_recipe("tiny-cnn", seed=4, steps=9)
     assert tiny_cnn.pretrain.steps == 9 and tiny_cnn.adapt["finetune"].seed == 4
     with pytest.raises(ValueError, match="unknown recipe 'huge'"):
