@@ -315,12 +315,11 @@ def _fit_probe(features: np.ndarray, labels: np.ndarray, num_classes: int, cfg: 
     return LinearHead(f32(W), f32(b), f32(mean), f32(std), float(l2))
 
 
-def fit_prototypes(features: np.ndarray, labels: np.ndarray, num_classes: int, cfg: AdaptConfig) -> LinearHead:
-    """Nearest-class-mean head on (frozen) features: cosine similarity to each class's
-    prototype over ``cfg.prototype_temperature``. Every class needs at least one example:
-    a class without one has no prototype, and a made-up one would be silently never (or
-    always) predicted."""
-    X = np.asarray(features, np.float64)
+def _every_class_labeled(features: np.ndarray, labels: np.ndarray, num_classes: int, method: str,
+                         dtype) -> tuple[np.ndarray, np.ndarray]:
+    """(features as ``dtype``, labels as int64), checked: one label per row, every label in range
+    and every class with at least one example (a head with a class it never saw is wrong silently)."""
+    X = np.asarray(features, dtype)
     y = np.asarray(labels, np.int64)
     if X.ndim != 2 or len(X) != len(y) or len(y) == 0:
         raise ValueError(f"features {X.shape} and labels {y.shape} do not match")
@@ -328,7 +327,16 @@ def fit_prototypes(features: np.ndarray, labels: np.ndarray, num_classes: int, c
         raise ValueError(f"labels must lie in [0, {num_classes}), got {y.min()}..{y.max()}")
     missing = sorted(set(range(num_classes)) - set(y.tolist()))
     if missing:
-        raise ValueError(f"prototype needs at least one example of every class; none of class(es) {missing}")
+        raise ValueError(f"{method} needs at least one example of every class; none of class(es) {missing}")
+    return X, y
+
+
+def fit_prototypes(features: np.ndarray, labels: np.ndarray, num_classes: int, cfg: AdaptConfig) -> LinearHead:
+    """Nearest-class-mean head on (frozen) features: cosine similarity to each class's
+    prototype over ``cfg.prototype_temperature``. Every class needs at least one example:
+    a class without one has no prototype, and a made-up one would be silently never (or
+    always) predicted."""
+    X, y = _every_class_labeled(features, labels, num_classes, "prototype", np.float64)
     unit = lambda a: a / np.maximum(np.linalg.norm(a, axis=-1, keepdims=True), 1e-12)  # noqa: E731
     Z = unit(X)
     protos = unit(np.stack([Z[y == c].mean(0) for c in range(num_classes)]))
@@ -342,15 +350,7 @@ def fit_svm(features: np.ndarray, labels: np.ndarray, num_classes: int, cfg: Ada
     deterministic. Every class needs an example (one-vs-rest has nothing to separate otherwise)."""
     from sklearn.svm import LinearSVC
 
-    X = np.asarray(features, np.float32)
-    y = np.asarray(labels, np.int64)
-    if X.ndim != 2 or len(X) != len(y) or len(y) == 0:
-        raise ValueError(f"features {X.shape} and labels {y.shape} do not match")
-    if y.min() < 0 or y.max() >= num_classes:
-        raise ValueError(f"labels must lie in [0, {num_classes}), got {y.min()}..{y.max()}")
-    missing = sorted(set(range(num_classes)) - set(y.tolist()))
-    if missing:
-        raise ValueError(f"svm needs at least one example of every class; none of class(es) {missing}")
+    X, y = _every_class_labeled(features, labels, num_classes, "svm", np.float32)
     svm = LinearSVC(C=cfg.svm_c, dual=True, max_iter=5000, random_state=cfg.seed).fit(X, y)
     weight, bias = svm.coef_.astype(np.float32), np.atleast_1d(svm.intercept_).astype(np.float32)
     if num_classes == 2:  # one decision value d for class 1: logits (-d/2, d/2) rank the same
