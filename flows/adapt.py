@@ -115,9 +115,13 @@ def adapt_flow(dataset: str, backbone: str | None = None, method: str = "probe",
         training = classifier.training_log
         if training:
             params["training"] = training
+        if "epochs_run" in training:
             print(f"adapt: {training.get('epochs_run')} epochs ({training.get('stopped')}), kept epoch "
                   f"{training.get('best_epoch')} (validation balanced accuracy "
                   f"{training.get('best_val_balanced_accuracy')}), class balance {training.get('class_balance')}")
+        elif "landmarks" in training:
+            print(f"adapt: {training['landmarks_from_training_images']} of the kernel's {training['landmarks']} "
+                  "landmarks redrawn from the training images")
         checkpoint = save_checkpoint({"kind": "classifier", "backbone_config": config_to_dict(backbone_cfg),
                                       "preprocess": pre.to_dict(), "classes": data.classes,
                                       "classifier": classifier.state()})

@@ -26,8 +26,9 @@ def test_codebook_then_svm_registers_predicts_and_exports(tmp_path, prefect_api)
     log = pre.stdout + pre.stderr  # the flow's prints go through Prefect's logger
     assert "VLAD of 4 centres, RBF kernel map on 24 landmarks" in log and "pretraining codebook on flips" in log
     summary = tmp_path / "svm.json"
-    dlvm(env, "adapt", "--dataset", "elpv", "--backbone", "elpv-codebook", "--method", "svm", "--recipe",
-         "tiny-descriptor", "--summary", str(summary))
+    adapted = dlvm(env, "adapt", "--dataset", "elpv", "--backbone", "elpv-codebook", "--method", "svm", "--recipe",
+                   "tiny-descriptor", "--summary", str(summary))
+    assert "24 of the kernel's 24 landmarks redrawn from the training images" in adapted.stdout + adapted.stderr
     assert 0 <= json.loads(summary.read_text())["metrics"]["accuracy"]["value"] <= 1
     with session_scope(Settings(home=tmp_path / "state")) as session:
         rows = session.exec(select(ModelVersion, RegisteredModel).join(RegisteredModel)
