@@ -27,10 +27,10 @@
 
 * svm: a linear SVM (squared hinge, one-vs-rest, scikit-learn's liblinear) on the frozen,
   unstandardized features of every training image under each test-time view (``tta``), so
-  it learns what it will be asked. On a descriptor backbone the kernel's landmarks are first
-  redrawn from the training images' VLAD vectors (the span an SVM's solution lies in). On a descriptor backbone, whose features are an RBF
-  kernel's Nystrom map, it is an RBF-SVM on VLAD-encoded dense descriptors: on ELPV the
-  strongest model measured on 2 CPU cores (docs/BENCHMARKS.md). Its logits are the SVM's
+  it learns what it will be asked. On a descriptor backbone, whose features are an RBF
+  kernel's Nystrom map, it is an RBF-SVM on VLAD-encoded dense descriptors (the kernel's
+  landmarks first redrawn from the training images' VLAD vectors, the span an SVM's solution
+  lies in): on ELPV the strongest model measured on 2 CPU cores (docs/BENCHMARKS.md). Its logits are the SVM's
   decision values: they rank well, their softmax is not calibrated.
 
 Every method works on every backbone family (components/models/backbones.py) except LoRA,
@@ -38,7 +38,7 @@ which adapts attention projections and so needs a ViT, and fine-tuning, which ne
 network trained by gradient (not a descriptor backbone).
 
 A :class:`Classifier` (encoder + feature standardization + linear head, optionally on
-L2-normalized features for prototypes) is what all four produce; ``state()`` /
+L2-normalized features for prototypes) is what every method produces; ``state()`` /
 ``from_state()`` turn it into a plain dict for checkpoints, in one format for every method.
 """
 from __future__ import annotations
@@ -442,11 +442,6 @@ class Classifier(nn.Module):
         clf.training_log = dict(state.get("training") or {})
         clf.load_state_dict(state["state_dict"])
         return clf.eval()
-
-
-def dihedral_views(x: torch.Tensor) -> list[torch.Tensor]:
-    """The 8 symmetries of the square (identity first) of a batch ``[B, C, S, S]``."""
-    return [view(x) for view in TTA_VIEWS["dihedral"]]
 
 
 def pooled_views(encoder: nn.Module, x: torch.Tensor, tta: str) -> torch.Tensor:
