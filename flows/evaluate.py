@@ -49,7 +49,7 @@ from components.evaluation.sweep import (
     run_unit,
     same_input_size,
 )
-from components.models.backbones import family_of
+from components.models.backbones import family_of, has_scratch_form
 from components.names import check_dataset, check_model_ref
 from components.orchestration.lineage import current_flow_run_id, recorded_run
 from components.orchestration.task_runners import sweep_task_runner
@@ -209,6 +209,10 @@ def evaluate_flow(dataset: str, backbones: list[str] | None = None, include_scra
                                                                                           + include_scratch)),
                                        pretrain=False, metric=metric)
     domain_method = resolved.pretrain.method
+    if include_scratch and not has_scratch_form(resolved.backbone):
+        include_scratch = False
+        print(f"evaluate: no from-scratch row: a {family_of(resolved.backbone)} backbone learns nothing from labels, "
+              "and unfitted it is a degenerate model; the sanity baselines are its comparison")
     generic = [] if backbones else [r for r in generic_baselines(settings) if not r.startswith(f"{dataset}-{domain_method}:")]
     refs = list(backbones or [f"{dataset}-{domain_method}", *generic]) + ([SCRATCH] if include_scratch else [])
     cfg = SweepConfig(fractions=tuple(fractions), seeds=tuple(seeds), methods=tuple(methods),

@@ -34,6 +34,14 @@ def family_of(cfg: BackboneConfig) -> str:
     return "resnet" if isinstance(cfg, ResNetConfig) else "vit"
 
 
+def has_scratch_form(cfg: BackboneConfig) -> bool:
+    """Whether an untrained instance of ``cfg``'s family is a model worth comparing with: a network
+    trained from scratch on the labels is (the sweep's ``scratch`` rows); a descriptor backbone is
+    not, since its encoder learns nothing from labels and unfitted it is a one-centre bag of
+    descriptors (0.619 on ELPV, below every sanity baseline, for 6 of the demo's 20 minutes)."""
+    return family_of(cfg) != "descriptor"
+
+
 def config_to_dict(cfg: BackboneConfig) -> dict:
     return {**cfg.to_dict(), "family": family_of(cfg)}
 
