@@ -153,8 +153,8 @@ RECIPE = typer.Option("auto", "--recipe", help="training recipe: auto (chosen fr
                                               "named preset: demo, tiny, tiny-cnn, descriptor, tiny-descriptor "
                                               "(see `dlvm recipes`)")
 BUDGET = typer.Option(None, "--budget-minutes", help="time budget of the auto recipe (default 20 on a CPU, 60 on a GPU)")
-METHODS = typer.Option("probe,finetune", "--methods", help="adaptation methods the evaluation sweeps "
-                                                            "(probe, finetune, lora, prototype, svm)")
+METHODS = typer.Option(None, "--methods", help="adaptation methods the evaluation sweeps (probe, finetune, lora, "
+                                                "prototype, svm; default: the recipe's, see `dlvm recipes`)")
 ANOMALY_STAGES = typer.Option("2,3", "--stages", help="anomaly: the ResNet stages whose patch features the memory "
                               "bank holds (comma-separated; 1 for small defects at a high --img-size)")
 ANOMALY_DIHEDRAL = typer.Option(False, "--dihedral", help="anomaly: fit the bank on the 8 flips / quarter turns of each "
@@ -622,7 +622,7 @@ def pipeline(source: Path = typer.Argument(..., help="folder of raw images"),
              fractions: str = "0.05,0.1,0.25,0.5,1.0", seeds: str = "0,1,2", margin: float = 0.0,
              classes: Optional[str] = typer.Option(None, callback=CLASS_LIST,
                                                    help="comma-separated class names the project allows"),
-             budget_minutes: Optional[float] = BUDGET, methods: str = METHODS, metric: str = METRIC,
+             budget_minutes: Optional[float] = BUDGET, methods: Optional[str] = METHODS, metric: str = METRIC,
              method: Optional[str] = typer.Option(None, help="the candidate's adaptation method, on the domain "
                                                   "backbone (default: the one the sweep measured best on --metric; "
                                                   "from scratch instead if that measured clearly better)")):
@@ -630,18 +630,18 @@ def pipeline(source: Path = typer.Argument(..., help="folder of raw images"),
     prepare()
     out = _run_pipeline(source, dataset, labels_export, recipe, steps, generic, parse_list(fractions),
                         parse_list(seeds, int), margin, parse_list(classes, str) if classes else None,
-                        budget_minutes, parse_list(methods, str), metric=metric, method=method)
+                        budget_minutes, parse_list(methods, str) if methods else None, metric=metric, method=method)
     _print_outcome(out)
 
 
 def _run_pipeline(source, dataset, labels_export, recipe, steps, generic, fractions, seeds, margin,
-                  classes=None, budget_minutes=None, methods=("probe", "finetune"), metric="macro_f1",
-                  method=None) -> dict:
+                  classes=None, budget_minutes=None, methods=None, metric="macro_f1", method=None) -> dict:
     from flows.pipeline import pipeline_flow
     return run_step(pipeline_flow, str(source), dataset, str(labels_export), classes=classes, recipe=recipe,
                     pretrain_steps=steps,
                     generic_source=str(generic) if generic else None, fractions=fractions, seeds=seeds,
-                    margin=margin, budget_minutes=budget_minutes, methods=[m.strip() for m in methods],
+                    margin=margin, budget_minutes=budget_minutes,
+                    methods=[m.strip() for m in methods] if methods else None,
                     metric=metric, candidate_method=method)
 
 
@@ -661,9 +661,16 @@ def _print_outcome(out: dict) -> None:
 DEMO_BUDGET_MINUTES = 12.0
 
 
+# ELPV's strongest recipe on 2 CPU cores (docs/BENCHMARKS.md): the demo shows what dlvm does
+# best on this data; `--recipe auto` runs the networks the auto recipe would choose.
+DEMO_RECIPE = "descriptor"
+
+
 @app.command()
 def demo(limit: Optional[int] = typer.Option(None, help="use a stratified subset of N ELPV images"),
-         recipe: str = RECIPE,
+         recipe: str = typer.Option(DEMO_RECIPE, "--recipe", help="training recipe (default: descriptor, ELPV's "
+                                    "strongest on a CPU; auto, demo, tiny, tiny-cnn, tiny-descriptor: see "
+                                    "`dlvm recipes`)"),
          steps: Optional[int] = typer.Option(None, help="override pretraining steps"),
          generic: Optional[Path] = typer.Option(None, help="generic image folder for a generic baseline, "
                                                 "e.g. ../shared/data/generic-imagenette"),
@@ -673,7 +680,7 @@ def demo(limit: Optional[int] = typer.Option(None, help="use a stratified subset
              DEMO_BUDGET_MINUTES, "--budget-minutes",
              help="training budget of the auto recipe; the default leaves room for ingest, the sanity "
                   "baselines and the evaluation within 20 minutes on 2 CPU cores"),
-         methods: str = METHODS, metric: str = METRIC):
+         methods: Optional[str] = METHODS, metric: str = METRIC):
     """Run the whole loop on ELPV solar-cell images (from the elpv-dataset package)."""
     settings = prepare()
     from components.data.elpv import CLASS_NAMES_4, export_elpv
@@ -681,7 +688,7 @@ def demo(limit: Optional[int] = typer.Option(None, help="use a stratified subset
     console.print(f"[bold]dlvm demo[/bold]: ELPV images in {images_dir}, Label Studio export {export_json}")
     out = _run_pipeline(images_dir, "elpv", export_json, recipe, steps, generic, parse_list(fractions),
                         parse_list(seeds, int), margin, list(CLASS_NAMES_4), budget_minutes,
-                        parse_list(methods, str), metric=metric)
+                        parse_list(methods, str) if methods else None, metric=metric)
     _print_outcome(out)
     console.print("\n[bold]where to look[/bold]")
     console.print(f"  registry:   dlvm models list; dlvm models show elpv-classifier   ({settings.database_url})")
@@ -701,7 +708,7 @@ def recipes(as_json: bool = typer.Option(False, "--json", help="machine-readable
     if as_json:
         print(json.dumps(rows, indent=2))
         return
-    table = Table("recipe", "pretraining (default first)", "adaptation epochs", "what it is")
+    table = Table("recipe", "pretraining (default first)", "adaptation epochs", "pipeline sweeps", "what it is")
     for row in rows:
         pre = "; ".join(f"{m}: one pass, {c['img_size']} px, {c['embed_dim']} kernel features" if m == "codebook" else
                         f"{m}: {c['steps']} steps, {c['img_size']} px, {c.get('family', 'vit')} width "
@@ -709,7 +716,7 @@ def recipes(as_json: bool = typer.Option(False, "--json", help="machine-readable
         epochs = ", ".join(f"{m} {a['epochs']}" for m, a in row["adapt"].items() if m in ("finetune", "lora"))
         if not epochs and row["pretrain"]:
             epochs = "none (svm: one fit)"
-        table.add_row(row["name"], pre, epochs or "from the data and budget", row["summary"])
+        table.add_row(row["name"], pre, epochs or "from the data and budget", ", ".join(row["methods"]), row["summary"])
     console.print(table)
 
 

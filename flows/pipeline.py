@@ -9,7 +9,7 @@ from components.evaluation.report import choose_candidate
 from components.names import check_dataset
 from components.registry.refs import SCRATCH
 from components.settings import get_settings
-from components.training.recipes import AUTO, PRETRAIN_SHARE, pipeline_finetune_runs
+from components.training.recipes import AUTO, PRETRAIN_SHARE, pipeline_finetune_runs, recipe_methods
 from flows.adapt import adapt_flow
 from flows.evaluate import evaluate_flow
 from flows.ingest import ingest_flow
@@ -24,7 +24,7 @@ def pipeline_flow(source: str, dataset: str, labels_export: str, classes: list[s
                   recipe: str = AUTO,
                   pretrain_steps: int | None = None, generic_source: str | None = None,
                   generic_dataset: str = "generic", fractions: list[float] = (0.05, 0.1, 0.25, 0.5, 1.0),
-                  seeds: list[int] = (0, 1, 2), methods: list[str] = ("probe", "finetune"),
+                  seeds: list[int] = (0, 1, 2), methods: list[str] | None = None,
                   finetune_fractions: list[float] | None = (1.0,), finetune_seeds: list[int] | None = (0,),
                   candidate_method: str | None = None, margin: float = 0.0,
                   budget_minutes: float | None = None, pretrain_method: str | None = None,
@@ -35,6 +35,7 @@ def pipeline_flow(source: str, dataset: str, labels_export: str, classes: list[s
     recipe and budget on it joins the comparison as the generic baseline (and takes its
     model's `baseline` alias, a recorded promotion event).
 
+    `methods` (default: the recipe's, `dlvm recipes`) are the adaptation methods swept.
     Probes run on every fraction and seed; fine-tuning, minutes a run on CPU, on
     `finetune_fractions` x `finetune_seeds`; the sanity baselines beside them. The candidate
     is adapted on all labels: the domain backbone with `candidate_method` when given, otherwise
@@ -52,6 +53,7 @@ def pipeline_flow(source: str, dataset: str, labels_export: str, classes: list[s
     check_dataset(dataset)
     check_dataset(generic_dataset)
     check_metric(metric)
+    methods = list(methods or recipe_methods(recipe))
     if candidate_method is not None and candidate_method not in methods:
         raise ValueError(f"candidate_method {candidate_method!r} is not among the swept methods {list(methods)}")
     ingest = ingest_flow(source, dataset)

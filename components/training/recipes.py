@@ -127,6 +127,7 @@ class Recipe:
     pretrain: Mapping[str, Callable[[], PretrainConfig]]  # by SSL method; the first is the default
     adapt: Callable[[str], AdaptConfig]  # adaptation method -> its config
     preprocess: Callable[[], Preprocess] | None = None  # None: bicubic, stretched to the backbone's size
+    methods: tuple[str, ...] = ("probe", "finetune")  # what a pipeline sweeps unless told (--methods)
 
     @property
     def default_method(self) -> str:
@@ -148,11 +149,17 @@ RECIPES: dict[str, Recipe] = {r.name: r for r in (
     Recipe("descriptor", "dense descriptors at 300 px, VLAD (32 centres) and an RBF kernel map fitted without "
                          "labels in minutes (codebook); adapt with svm: ELPV's best on 2 CPU cores",
            pretrain={"codebook": descriptor_pretrain}, adapt=descriptor_adapt,
-           preprocess=lambda: Preprocess(DescriptorConfig().img_size)),
+           preprocess=lambda: Preprocess(DescriptorConfig().img_size), methods=("svm",)),
     Recipe("tiny-descriptor", "a seconds-long descriptor backbone for tests (48 px, 4 centres, 24 landmarks)",
-           pretrain={"codebook": tiny_descriptor_pretrain}, adapt=descriptor_adapt),
+           pretrain={"codebook": tiny_descriptor_pretrain}, adapt=descriptor_adapt, methods=("svm",)),
 )}
 RECIPE_NAMES = (AUTO, *RECIPES)
+
+
+def recipe_methods(name: str) -> tuple[str, ...]:
+    """The adaptation methods a pipeline sweeps with recipe ``name`` unless told otherwise: a
+    probe and a fine-tune for the networks (``auto`` too), the svm for a descriptor backbone."""
+    return ("probe", "finetune") if name == AUTO else get_recipe(name).methods
 
 
 def get_recipe(name: str) -> Recipe:
@@ -441,14 +448,15 @@ def auto_recipe(profile: DataProfile, device: str = "cpu", threads: int = 1, bud
 
 def describe_recipes() -> list[dict]:
     """Each named recipe as plain data: name, summary, pretraining methods (default first) with
-    their architecture and steps, adaptation methods with their epochs; ``auto`` first."""
+    their architecture and steps, adaptation methods with their epochs, the methods a pipeline
+    sweeps by default; ``auto`` first."""
     rows = [{"name": AUTO, "summary": "chosen from the data and the device (the default): input size, "
                                       "resampling and aspect from the images, a ResNet sized for the device, "
                                       "SimCLR steps and fine-tune epochs from --budget-minutes",
-             "pretrain": {}, "adapt": {}}]
+             "pretrain": {}, "adapt": {}, "methods": list(recipe_methods(AUTO))}]
     for r in RECIPES.values():
         resolved = {m: resolve_recipe(r.name, method=m) for m in r.pretrain}
-        rows.append({"name": r.name, "summary": r.summary,
+        rows.append({"name": r.name, "summary": r.summary, "methods": list(r.methods),
                      "pretrain": {m: {"steps": c.pretrain.steps, "batch_size": c.pretrain.batch_size,
                                       "img_size": c.backbone.img_size, "family": family_of(c.backbone),
                                       "embed_dim": c.backbone.embed_dim,

@@ -38,6 +38,7 @@ from components.training.pretrain import PretrainConfig, pretrain
 from components.training.recipes import (
     RECIPE_NAMES,
     describe_recipes,
+    recipe_methods,
     resolve_recipe,
     tiny_adapt,
     tiny_cnn_adapt,
@@ -316,6 +317,12 @@ def test_named_presets_build_and_are_listed():
     # a descriptor recipe lists its codebook fit and no fine-tune or LoRA (it has nothing to train)
     assert rows["descriptor"]["pretrain"]["codebook"]["family"] == "descriptor"
     assert set(rows["descriptor"]["adapt"]) == {"probe", "prototype", "svm"}
+    # what a pipeline sweeps unless told: the svm on a descriptor backbone, probe and fine-tune otherwise
+    assert rows["descriptor"]["methods"] == rows["tiny-descriptor"]["methods"] == ["svm"]
+    assert rows["auto"]["methods"] == rows["tiny-cnn"]["methods"] == ["probe", "finetune"]
+    assert recipe_methods("descriptor") == ("svm",)
+    with pytest.raises(ValueError, match="unknown recipe 'huge'"):
+        recipe_methods("huge")
     tiny_cnn = resolve_recipe("tiny-cnn", seed=4, steps=9)
     assert tiny_cnn.pretrain.steps == 9 and tiny_cnn.adapt["finetune"].seed == 4
     with pytest.raises(ValueError, match="unknown recipe 'huge'"):
