@@ -10,7 +10,7 @@ from __future__ import annotations
 import urllib.parse
 from functools import lru_cache
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import (
     Field,
@@ -19,7 +19,7 @@ from pydantic import (
     field_validator,
     model_validator,
 )
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 # Fields that hold URLs; a password in one (e.g. postgresql+psycopg://user:PASSWORD@host/db,
 # as docker-compose.yml sets DLVM_DATABASE_URL) is masked in JSON dumps and in repr.
@@ -44,11 +44,49 @@ def mask_url_password(url: str) -> str:
     return urllib.parse.urlunsplit(parts._replace(netloc=f"{user}:***@{hostport}"))
 
 
-class Settings(BaseSettings):
-    # hide_input_in_errors: a validation error would otherwise print every input value,
-    # S3 keys and database passwords included.
-    model_config = SettingsConfigDict(env_prefix="DLVM_", env_file=".env", extra="ignore",
-                                      hide_input_in_errors=True)
+# hide_input_in_errors: a validation error would otherwise print every input value,
+# S3 keys and database passwords included.
+SETTINGS_CONFIG = SettingsConfigDict(env_prefix="DLVM_", env_file=".env", extra="ignore", hide_input_in_errors=True)
+
+
+class RetrySettings(BaseSettings):
+    """The settings flows/tasks.py reads when it is imported: Prefect fixes a task's retry policy
+    when the task is defined, before a command has read (and checked) the rest. :class:`Settings`
+    includes them, so they are validated and listed with the others."""
+    model_config = SETTINGS_CONFIG
+
+    io_retry_delays: Annotated[list[float], NoDecode] = Field(
+        [1.0, 5.0, 15.0], description="seconds before each retry of an I/O task whose failure is transient "
+                                      "(artifact store, DVC remote), comma-separated: one value per retry "
+                                      "(tests that stop a server mid-transfer set short ones)")
+
+    @field_validator("io_retry_delays", mode="before")
+    @classmethod
+    def _comma_separated_delays(cls, value):
+        if isinstance(value, str):
+            try:
+                value = [float(part) for part in value.split(",")]
+            except ValueError:
+                raise ValueError(f"DLVM_IO_RETRY_DELAYS must be comma-separated seconds such as 1,5,15, "
+                                 f"got {value!r}") from None
+        return value
+
+    @field_validator("io_retry_delays", mode="after")
+    @classmethod
+    def _sane_delays(cls, delays: list[float]) -> list[float]:
+        # Prefect takes at most 50 delays; an hour between two tries is no longer a retry.
+        if not 1 <= len(delays) <= 50 or not all(0 <= d <= 3600 for d in delays):
+            raise ValueError(f"DLVM_IO_RETRY_DELAYS must be 1 to 50 values between 0 and 3600 s, got {delays}")
+        return delays
+
+
+def io_retry_delays() -> list[float]:
+    """DLVM_IO_RETRY_DELAYS (environment or .env), read without the rest of the settings."""
+    return RetrySettings().io_retry_delays
+
+
+class Settings(RetrySettings):
+    model_config = SETTINGS_CONFIG
 
     home: Path = Field(Path(".dlvm"), description="state directory for the embedded defaults")
     database_url: str = Field("", description="SQLAlchemy URL of the registry; default SQLite in home")

@@ -14,7 +14,7 @@ from components.orchestration.lineage import code_revision, current_flow_run_id
 from components.registry import queries, refs, writes
 from components.registry.db import session_scope
 from components.registry.promotion import designate_baseline
-from components.settings import Settings
+from components.settings import Settings, io_retry_delays
 from components.storage import StoredArtifact, open_store
 
 
@@ -25,8 +25,10 @@ def retry_if_transient(task, task_run, state) -> bool:
     return isinstance(exc, BaseException) and is_transient(exc)
 
 
+# One retry per delay of DLVM_IO_RETRY_DELAYS (default 1, 5, 15 s), read once, here.
 # Inputs are large arrays and configs: never hash them for Prefect's cache.
-IO_RETRIES = dict(retries=3, retry_delay_seconds=[1, 5, 15], retry_condition_fn=retry_if_transient,
+RETRY_DELAYS = io_retry_delays()
+IO_RETRIES = dict(retries=len(RETRY_DELAYS), retry_delay_seconds=RETRY_DELAYS, retry_condition_fn=retry_if_transient,
                   cache_policy=NO_CACHE)
 ONCE = dict(cache_policy=NO_CACHE)
 

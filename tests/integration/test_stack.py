@@ -102,10 +102,16 @@ def test_stack_down_stops_everything(stack):
     assert "stopped nothing" in dlvm(env, "stack", "down", "--dir", str(stack_dir)).stdout
 
 
-def test_s3_stopped_mid_push_fails_clearly_registers_nothing_and_a_rerun_completes(tmp_path):
+def test_s3_stopped_mid_push_fails_clearly_registers_nothing_and_a_rerun_completes(tmp_path, prefect_api):
     """The S3 server dies while DVC pushes the images: the push is retried, the flow fails
     naming the remote, no dataset version is registered; with the server back, the same
-    command completes and the data restores byte for byte."""
+    command completes and the data restores byte for byte.
+
+    What the test waits for is kept short, not skipped: the commands report to the session's
+    Prefect server instead of starting an embedded one each (about 10 s apiece), the flow's
+    three retries come 0.2 s apart instead of 1, 5 and 15 s (DLVM_IO_RETRY_DELAYS), and each
+    S3 request is tried once (AWS_MAX_ATTEMPTS=1; dlvm's default 2 makes the first failed push
+    back off per file, about 10 s for the 180 files left)."""
     import subprocess
     import time
 
@@ -125,7 +131,8 @@ def test_s3_stopped_mid_push_fails_clearly_registers_nothing_and_a_rerun_complet
     server.client().make_bucket("dlvm")
     env = dlvm_env(tmp_path / "state", DLVM_ARTIFACTS="s3://dlvm/artifacts", DLVM_DVC_REMOTE="s3://dlvm/dvc",
                    DLVM_S3_ENDPOINT=server.endpoint, DLVM_S3_ACCESS_KEY="stack-key",
-                   DLVM_S3_SECRET_KEY="stack-secret-0123456789")
+                   DLVM_S3_SECRET_KEY="stack-secret-0123456789", DLVM_IO_RETRY_DELAYS="0.2,0.2,0.2",
+                   PREFECT_API_URL=prefect_api, AWS_MAX_ATTEMPTS="1")
     proc = subprocess.Popen([DLVM, "ingest", str(images), "--dataset", "cells"], env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True, stdin=subprocess.DEVNULL)
     pushed = s3_dir / "data" / "dlvm" / "dvc"

@@ -227,6 +227,36 @@ def test_bad_dask_settings_are_clear_errors(monkeypatch, env, expected):
         get_settings()
 
 
+def test_io_retry_delays_default_and_override(clean_env, monkeypatch):
+    """DLVM_IO_RETRY_DELAYS: one retry per delay, from the environment or .env, also read alone
+    (flows/tasks.py reads it at import, before the rest of the settings)."""
+    from components.settings import io_retry_delays
+
+    assert io_retry_delays() == get_settings().io_retry_delays == [1.0, 5.0, 15.0]
+    (clean_env / ".env").write_text("DLVM_IO_RETRY_DELAYS=2,3\n")
+    assert io_retry_delays() == [2.0, 3.0]
+    monkeypatch.setenv("DLVM_IO_RETRY_DELAYS", "0.1, 0.1,0")
+    reset_settings()
+    assert io_retry_delays() == get_settings().io_retry_delays == [0.1, 0.1, 0.0]
+
+
+@pytest.mark.parametrize("value", ["", "1;5", "fast", "-1", "1,99999", ",".join(["1"] * 51)])
+def test_bad_io_retry_delays_are_a_clear_error(monkeypatch, value):
+    from components.settings import io_retry_delays
+
+    monkeypatch.setenv("DLVM_IO_RETRY_DELAYS", value)
+    for read in (io_retry_delays, get_settings):
+        with pytest.raises(ValidationError, match="DLVM_IO_RETRY_DELAYS must be"):
+            read()
+
+
+def test_the_io_tasks_retry_once_per_configured_delay():
+    from flows.tasks import IO_RETRIES, RETRY_DELAYS, store_artifact
+
+    assert IO_RETRIES["retries"] == len(RETRY_DELAYS) and IO_RETRIES["retry_delay_seconds"] == RETRY_DELAYS
+    assert (store_artifact.retries, store_artifact.retry_delay_seconds) == (len(RETRY_DELAYS), RETRY_DELAYS)
+
+
 # ------------------------------------------------------------------------------ the CLI
 
 
