@@ -31,9 +31,17 @@ KINDS = ("unit", "integration", "e2e", "browser")
 # --no-loadscope-reorder): the long files first, the many short unit files last, so neither
 # worker is left running one long file while the other is idle.
 RUN_ORDER = {"e2e": 0, "browser": 1, "integration": 2, "unit": 3}
-# The files that use the `demo` registry (tests/e2e_demo.py, two minutes to build): one
-# worker runs them all, so the demo is built once instead of once per worker.
+# Files that share an expensive session fixture run on one worker as one work unit, so the
+# fixture is built once instead of once per worker:
+# - the `demo` registry (tests/e2e_demo.py, two minutes to build);
+# - the Label Studio server (`label_studio_server`: its first start migrates a fresh database,
+#   40-60 s of CPU on a busy 2-core machine). The two files already share it when the suite runs
+#   in one process; each works in a project and state directory of its own.
 DEMO_FILES = ("tests/e2e/test_pipeline_e2e.py", "tests/e2e/test_use_model_e2e.py", "tests/browser/test_ui_browser.py")
+LABEL_STUDIO_FILES = ("tests/integration/test_detection_label_studio.py",
+                      "tests/integration/test_feedback_label_studio.py")
+SHARED_UNITS = {**{path: "demo registry" for path in DEMO_FILES},
+                **{path: "label studio server" for path in LABEL_STUDIO_FILES}}
 
 
 def pytest_collection_modifyitems(items):
@@ -47,17 +55,17 @@ def pytest_collection_modifyitems(items):
 
 
 def pytest_xdist_make_scheduler(config, log):
-    """Under --dist loadfile, one work unit per test file except the demo's files, which form one."""
+    """Under --dist loadfile, one work unit per test file, except the files of SHARED_UNITS: one unit each."""
     if config.getoption("dist", None) != "loadfile":
         return None
     from xdist.scheduler import LoadFileScheduling
 
-    class DemoFilesTogether(LoadFileScheduling):
+    class SharedFixturesTogether(LoadFileScheduling):
         def _split_scope(self, nodeid: str) -> str:
             path = nodeid.split("::", 1)[0]
-            return "demo registry" if path in DEMO_FILES else path
+            return SHARED_UNITS.get(path, path)
 
-    return DemoFilesTogether(config, log)
+    return SharedFixturesTogether(config, log)
 
 
 @pytest.fixture
