@@ -3,7 +3,10 @@ pretraining): a synthetic dataset versioned in DVC, a label snapshot, an evaluat
 from-scratch baseline's test predictions, and several tiny random classifier versions."""
 from __future__ import annotations
 
+import atexit
 import json
+import shutil
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -37,6 +40,43 @@ def raw_images(folder: Path, n: int = 48) -> Path:
     return folder
 
 
+class DvcTemplate:
+    """The DVC side of a registry (workspace, local remote, decoded-image cache) as the first
+    :func:`promotable_registry` of this process left it, for the next ones with the same images.
+
+    The images are the same every time (synthetic, seeded), so DVC's output is too; building it
+    is seven `dvc` processes, about 5 s of each test that needs a registry. A later registry gets
+    a copy, its two absolute paths (the remote's url, the site cache) pointed at its own state
+    directory, without DVC's inode-keyed hash state: DVC rehashes what it reads, as in a state
+    directory copied elsewhere (which dlvm supports). The registry's own rows are always written
+    anew."""
+
+    PARTS = ("dvc-repo", "dvc-remote", "cache")
+
+    def __init__(self, settings: Settings, dvc):
+        self.dir = Path(tempfile.mkdtemp(prefix="dlvm-dvc-template-"))
+        atexit.register(shutil.rmtree, self.dir, True)
+        self.home, self.dvc = str(settings.home), dvc
+        for part in self.PARTS:
+            shutil.copytree(settings.home / part, self.dir / part, ignore=_dvc_machine_state)
+
+    def restore(self, settings: Settings):
+        for part in self.PARTS:
+            shutil.copytree(self.dir / part, settings.home / part)
+        for name in ("config", "config.local"):
+            config = settings.dvc_repo / ".dvc" / name
+            config.write_text(config.read_text().replace(self.home, str(settings.home)))
+        return self.dvc
+
+
+def _dvc_machine_state(folder: str, names: list[str]) -> list[str]:
+    """What not to copy: DVC's hash state (keyed by inode) and its temporary files."""
+    return [n for n in names if Path(folder).name == ".dvc" and n in ("site-cache", "tmp")]
+
+
+_DVC_TEMPLATES: dict[str, DvcTemplate] = {}  # by manifest content hash, in this process
+
+
 def promotable_registry(settings: Settings, raw: Path, n_candidates: int = 4) -> dict:
     """Fill ``settings``' registry; returns {"versions": [1..n], "dataset_version": id, "evaluation": id}."""
     import torch
@@ -52,12 +92,18 @@ def promotable_registry(settings: Settings, raw: Path, n_candidates: int = 4) ->
     store = open_store(settings)
     scan = scan_folder(raw_images(raw), progress=False)
     manifest = build_manifest(scan, DATASET)
-    workspace = access.dvc_workspace(settings)
-    with workspace.exclusive():
-        workspace.init()
-        stage_into_workspace(scan, raw, settings.dvc_repo / access.dataset_rel_dir(DATASET),
-                             root=settings.dvc_repo / "data")
-        dvc = workspace.add_and_push(access.dataset_rel_dir(DATASET))
+    # A local remote inside the state directory (the default) can be copied with it.
+    copyable = settings.dvc_remote == str(settings.home / "dvc-remote")
+    template = _DVC_TEMPLATES.get(manifest["content_hash"]) if copyable else None
+    if template is not None:
+        dvc = template.restore(settings)
+    else:
+        workspace = access.dvc_workspace(settings)
+        with workspace.exclusive():
+            workspace.init()
+            stage_into_workspace(scan, raw, settings.dvc_repo / access.dataset_rel_dir(DATASET),
+                                 root=settings.dvc_repo / "data")
+            dvc = workspace.add_and_push(access.dataset_rel_dir(DATASET))
     manifest_art = store.put_bytes(json.dumps(manifest, sort_keys=True, indent=1).encode(), "manifests",
                                    f"{DATASET}.json")
     items = [{"path": r["path"], "sha256": r["sha256"], "label": r["path"].split("-")[0], "annotator": "t",
@@ -74,7 +120,9 @@ def promotable_registry(settings: Settings, raw: Path, n_candidates: int = 4) ->
         sn = writes.add_label_snapshot(
             s, dv.id, content_hash=snapshot.content_hash, classes=CLASSES, n_labeled=len(items),
             source="synthetic", artifact_uri=snapshot_art.uri, sha256=snapshot_art.sha256)
-    data = access.labeled_set(settings, DATASET, dv, sn, SIZE, progress=False)
+    data = access.labeled_set(settings, DATASET, dv, sn, SIZE, progress=False)  # decodes into settings.cache
+    if copyable and template is None:
+        _DVC_TEMPLATES[manifest["content_hash"]] = DvcTemplate(settings, dvc)
     y_test = data.labels[data.test_idx]
     rng = np.random.default_rng(0)
     # The sweep's rows the gate reads: the majority class and a weak from-scratch model.
