@@ -50,8 +50,8 @@ SETTINGS_CONFIG = SettingsConfigDict(env_prefix="DLVM_", env_file=".env", extra=
 
 
 class RetrySettings(BaseSettings):
-    """The settings flows/tasks.py reads when it is imported: Prefect fixes a task's retry policy
-    when the task is defined, before a command has read (and checked) the rest. :class:`Settings`
+    """The settings flows read when they are imported: Prefect fixes a task's retry policy when
+    the task is defined, before a command has read (and checked) the rest. :class:`Settings`
     includes them, so they are validated and listed with the others."""
     model_config = SETTINGS_CONFIG
 
@@ -59,30 +59,39 @@ class RetrySettings(BaseSettings):
         [1.0, 5.0, 15.0], description="seconds before each retry of an I/O task whose failure is transient "
                                       "(artifact store, DVC remote), comma-separated: one value per retry "
                                       "(tests that stop a server mid-transfer set short ones)")
+    label_studio_retry_delays: Annotated[list[float], NoDecode] = Field(
+        [2.0, 5.0], description="seconds before each retry of a Label Studio call (a server restarting or "
+                                "briefly overloaded), comma-separated: one value per retry")
 
-    @field_validator("io_retry_delays", mode="before")
+    @field_validator("io_retry_delays", "label_studio_retry_delays", mode="before")
     @classmethod
-    def _comma_separated_delays(cls, value):
+    def _comma_separated_delays(cls, value, info):
         if isinstance(value, str):
             try:
                 value = [float(part) for part in value.split(",")]
             except ValueError:
-                raise ValueError(f"DLVM_IO_RETRY_DELAYS must be comma-separated seconds such as 1,5,15, "
+                raise ValueError(f"DLVM_{info.field_name.upper()} must be comma-separated seconds such as 1,5,15, "
                                  f"got {value!r}") from None
         return value
 
-    @field_validator("io_retry_delays", mode="after")
+    @field_validator("io_retry_delays", "label_studio_retry_delays", mode="after")
     @classmethod
-    def _sane_delays(cls, delays: list[float]) -> list[float]:
+    def _sane_delays(cls, delays: list[float], info) -> list[float]:
         # Prefect takes at most 50 delays; an hour between two tries is no longer a retry.
         if not 1 <= len(delays) <= 50 or not all(0 <= d <= 3600 for d in delays):
-            raise ValueError(f"DLVM_IO_RETRY_DELAYS must be 1 to 50 values between 0 and 3600 s, got {delays}")
+            raise ValueError(f"DLVM_{info.field_name.upper()} must be 1 to 50 values between 0 and 3600 s, "
+                             f"got {delays}")
         return delays
 
 
 def io_retry_delays() -> list[float]:
     """DLVM_IO_RETRY_DELAYS (environment or .env), read without the rest of the settings."""
     return RetrySettings().io_retry_delays
+
+
+def label_studio_retry_delays() -> list[float]:
+    """DLVM_LABEL_STUDIO_RETRY_DELAYS (environment or .env), read without the rest of the settings."""
+    return RetrySettings().label_studio_retry_delays
 
 
 class Settings(RetrySettings):

@@ -34,7 +34,7 @@ from components.orchestration.lineage import recorded_run
 from components.orchestration.triggers import start_deployment
 from components.registry import queries
 from components.registry.db import session_scope
-from components.settings import get_settings
+from components.settings import get_settings, label_studio_retry_delays
 from components.training.adapt import Classifier, predict_with_features
 from components.training.detect import Detector
 from flows.tasks import (
@@ -45,8 +45,10 @@ from flows.tasks import (
     store_artifact,
 )
 
-# Label Studio calls: a server restarting or briefly overloaded gets a few more chances.
-LS_RETRIES = dict(retries=2, retry_delay_seconds=[2, 5], cache_policy=NO_CACHE)
+# Label Studio calls: a server restarting or briefly overloaded gets a few more chances, one per
+# delay of DLVM_LABEL_STUDIO_RETRY_DELAYS (default 2, 5 s), read once, here.
+LS_RETRY_DELAYS = label_studio_retry_delays()
+LS_RETRIES = dict(retries=len(LS_RETRY_DELAYS), retry_delay_seconds=LS_RETRY_DELAYS, cache_policy=NO_CACHE)
 
 
 @task(name="label-studio-project", **LS_RETRIES)

@@ -240,21 +240,35 @@ def test_io_retry_delays_default_and_override(clean_env, monkeypatch):
     assert io_retry_delays() == get_settings().io_retry_delays == [0.1, 0.1, 0.0]
 
 
-@pytest.mark.parametrize("value", ["", "1;5", "fast", "-1", "1,99999", ",".join(["1"] * 51)])
-def test_bad_io_retry_delays_are_a_clear_error(monkeypatch, value):
-    from components.settings import io_retry_delays
+def test_label_studio_retry_delays_default_and_override(monkeypatch):
+    from components.settings import label_studio_retry_delays
 
-    monkeypatch.setenv("DLVM_IO_RETRY_DELAYS", value)
-    for read in (io_retry_delays, get_settings):
-        with pytest.raises(ValidationError, match="DLVM_IO_RETRY_DELAYS must be"):
+    assert label_studio_retry_delays() == get_settings().label_studio_retry_delays == [2.0, 5.0]
+    monkeypatch.setenv("DLVM_LABEL_STUDIO_RETRY_DELAYS", "0.2,0.2")
+    reset_settings()
+    assert label_studio_retry_delays() == get_settings().label_studio_retry_delays == [0.2, 0.2]
+
+
+@pytest.mark.parametrize("variable", ["DLVM_IO_RETRY_DELAYS", "DLVM_LABEL_STUDIO_RETRY_DELAYS"])
+@pytest.mark.parametrize("value", ["", "1;5", "fast", "-1", "1,99999", ",".join(["1"] * 51)])
+def test_bad_retry_delays_are_a_clear_error(monkeypatch, variable, value):
+    from components.settings import io_retry_delays, label_studio_retry_delays
+
+    monkeypatch.setenv(variable, value)
+    read_alone = io_retry_delays if variable == "DLVM_IO_RETRY_DELAYS" else label_studio_retry_delays
+    for read in (read_alone, get_settings):
+        with pytest.raises(ValidationError, match=f"{variable} must be"):
             read()
 
 
-def test_the_io_tasks_retry_once_per_configured_delay():
+def test_the_io_and_label_studio_tasks_retry_once_per_configured_delay():
+    from flows.feedback import LS_RETRIES, LS_RETRY_DELAYS, setup_project
     from flows.tasks import IO_RETRIES, RETRY_DELAYS, store_artifact
 
     assert IO_RETRIES["retries"] == len(RETRY_DELAYS) and IO_RETRIES["retry_delay_seconds"] == RETRY_DELAYS
     assert (store_artifact.retries, store_artifact.retry_delay_seconds) == (len(RETRY_DELAYS), RETRY_DELAYS)
+    assert LS_RETRIES["retries"] == len(LS_RETRY_DELAYS) and LS_RETRIES["retry_delay_seconds"] == LS_RETRY_DELAYS
+    assert (setup_project.retries, setup_project.retry_delay_seconds) == (len(LS_RETRY_DELAYS), LS_RETRY_DELAYS)
 
 
 # ------------------------------------------------------------------------------ the CLI
