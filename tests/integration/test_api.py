@@ -4,6 +4,7 @@ exact across writes, a schemathesis run over the OpenAPI spec, and the dashboard
 server-rendered content (the browser tests drive them in Chromium)."""
 from __future__ import annotations
 
+import json
 from datetime import timedelta
 
 import pytest
@@ -26,6 +27,28 @@ from components.settings import Settings
 TOKEN = "write-token-for-tests"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
 MODEL = "elpv-classifier"
+
+
+_PLOTS: dict[str, bytes] = {}  # PNG bytes by plot_curves' arguments
+
+
+@pytest.fixture(autouse=True)
+def plots_drawn_once(monkeypatch):
+    """Each registry below is filled with the same two label-efficiency plots: matplotlib draws
+    each once for the file (about 0.3 s a plot, 81 registries) and every registry stores those
+    same bytes, as it would after drawing them again. Nothing here tests the drawing
+    (tests/unit/test_evaluation.py does)."""
+    from components.evaluation import report
+
+    draw = report.plot_curves
+
+    def plot_curves(rows, *args, **kwargs) -> bytes:
+        key = json.dumps([rows, args, kwargs], sort_keys=True, default=str)
+        if key not in _PLOTS:
+            _PLOTS[key] = draw(rows, *args, **kwargs)
+        return _PLOTS[key]
+
+    monkeypatch.setattr(report, "plot_curves", plot_curves)
 
 
 def _filled(request, tmp_path, backend: str) -> Settings:
