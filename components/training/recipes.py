@@ -120,6 +120,9 @@ def tiny_descriptor_pretrain(**kw) -> PretrainConfig:
 # ------------------------------------------------------------------------------ the table
 
 
+NETWORK_METHODS = ("probe", "finetune")  # what a pipeline sweeps on a network backbone unless told
+
+
 @dataclass(frozen=True)
 class Recipe:
     name: str
@@ -127,7 +130,7 @@ class Recipe:
     pretrain: Mapping[str, Callable[[], PretrainConfig]]  # by SSL method; the first is the default
     adapt: Callable[[str], AdaptConfig]  # adaptation method -> its config
     preprocess: Callable[[], Preprocess] | None = None  # None: bicubic, stretched to the backbone's size
-    methods: tuple[str, ...] = ("probe", "finetune")  # what a pipeline sweeps unless told (--methods)
+    methods: tuple[str, ...] = NETWORK_METHODS  # what a pipeline sweeps unless told (--methods)
 
     @property
     def default_method(self) -> str:
@@ -159,7 +162,7 @@ RECIPE_NAMES = (AUTO, *RECIPES)
 def recipe_methods(name: str) -> tuple[str, ...]:
     """The adaptation methods a pipeline sweeps with recipe ``name`` unless told otherwise: a
     probe and a fine-tune for the networks (``auto`` too), the svm for a descriptor backbone."""
-    return ("probe", "finetune") if name == AUTO else get_recipe(name).methods
+    return NETWORK_METHODS if name == AUTO else get_recipe(name).methods
 
 
 def get_recipe(name: str) -> Recipe:

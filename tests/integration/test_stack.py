@@ -105,7 +105,7 @@ def test_stack_down_stops_everything(stack):
 def test_s3_stopped_mid_push_fails_clearly_registers_nothing_and_a_rerun_completes(tmp_path, prefect_api):
     """The S3 server dies while DVC pushes the images: the push is retried, the flow fails
     naming the remote, no dataset version is registered; with the server back, the same
-    command completes and the data restores byte for byte.
+    command completes and registers the version (test_stack_up_runs_dlvm_... restores a pushed version).
 
     What the test waits for is kept short, not skipped: the commands report to the session's
     Prefect server instead of starting an embedded one each (about 10 s apiece), the flow's
