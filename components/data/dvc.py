@@ -115,6 +115,8 @@ class DvcWorkspace:
     def run(self, *args: str) -> str:
         """Run ``dvc ARGS`` in the repo; return its combined output, raise DvcError on failure."""
         cmd = [sys.executable, "-m", "dvc", *args]
+        # Errors end up in logs and in Prefect's run states: they show the command, never the secret.
+        shown = ["dvc", *("***" if self.secret_key and arg == self.secret_key else arg for arg in args)]
         env = {**os.environ, "DVC_NO_ANALYTICS": "1", "DVC_IGNORE_ISATTY": "1"}
         # One S3 retry per request (botocore's default is 4, each with back-off): with a dead
         # remote, a 400-file push then fails in seconds instead of minutes, and the flow's own
@@ -125,14 +127,14 @@ class DvcWorkspace:
                                   stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                                   timeout=self.timeout_s)
         except subprocess.TimeoutExpired as exc:
-            raise DvcError(["dvc", *args], -1, f"timed out after {self.timeout_s}s\n{exc.output or ''}") from exc
+            raise DvcError(shown, -1, f"timed out after {self.timeout_s}s\n{exc.output or ''}") from exc
         if proc.returncode != 0:
             if "NoSuchBucket" in proc.stdout or "bucket does not exist" in proc.stdout.lower():
                 bucket = self.remote_url.split("://", 1)[-1].split("/", 1)[0]
-                raise DvcError(["dvc", *args], proc.returncode,
+                raise DvcError(shown, proc.returncode,
                                f"the DVC remote's bucket {bucket!r} does not exist: create it (`dlvm stack up` "
                                "does) or fix DLVM_DVC_REMOTE; dlvm does not create buckets\n" + proc.stdout)
-            raise DvcError(["dvc", *args], proc.returncode, proc.stdout)
+            raise DvcError(shown, proc.returncode, proc.stdout)
         return proc.stdout
 
     @_exclusive
@@ -155,11 +157,12 @@ class DvcWorkspace:
             # A server that stops answering mid-transfer fails the request instead of hanging it.
             self.run("remote", "modify", REMOTE_NAME, "connect_timeout", "10")
             self.run("remote", "modify", REMOTE_NAME, "read_timeout", "60")
-            # --local keeps secrets in .dvc/config.local, never in the shareable config.
+            # --local keeps secrets in .dvc/config.local, never in the shareable config; "--"
+            # ends the options, so a generated key that starts with "-" is still a value.
             if self.access_key:
-                self.run("remote", "modify", "--local", REMOTE_NAME, "access_key_id", self.access_key)
+                self.run("remote", "modify", "--local", "--", REMOTE_NAME, "access_key_id", self.access_key)
             if self.secret_key:
-                self.run("remote", "modify", "--local", REMOTE_NAME, "secret_access_key", self.secret_key)
+                self.run("remote", "modify", "--local", "--", REMOTE_NAME, "secret_access_key", self.secret_key)
 
     @_exclusive
     def add_and_push(self, rel_dir: str) -> DvcResult:

@@ -189,15 +189,27 @@ def test_workspace_is_held_by_one_user_at_a_time(tmp_path):
         assert (other.repo_dir / ".dvc").is_dir()
 
 
-def test_dvc_s3_remote_config_keeps_secrets_local(tmp_path):
+# A generated key may start with "-" (token_urlsafe does, one time in 64): CI once failed on
+# `dvc remote modify ... secret_access_key -ZD4...`, read as an option.
+@pytest.mark.parametrize("access_key, secret_key", [("AKIAEXAMPLE", "s3cr3t"), ("-dlvm-key", "-ZD4nRddB3PlQ2g")])
+def test_dvc_s3_remote_config_keeps_secrets_local(tmp_path, access_key, secret_key):
     ws = DvcWorkspace(tmp_path / "repo", "s3://bucket/dvc", s3_endpoint="http://127.0.0.1:9",
-                      access_key="AKIAEXAMPLE", secret_key="s3cr3t")
+                      access_key=access_key, secret_key=secret_key)
     ws.init()
     shared = (ws.repo_dir / ".dvc/config").read_text()
     local = (ws.repo_dir / ".dvc/config.local").read_text()
     assert "s3://bucket/dvc" in shared and "endpointurl = http://127.0.0.1:9" in shared
-    assert "s3cr3t" not in shared and "AKIAEXAMPLE" not in shared
-    assert "secret_access_key = s3cr3t" in local and "access_key_id = AKIAEXAMPLE" in local
+    assert secret_key not in shared and access_key not in shared
+    assert f"secret_access_key = {secret_key}" in local and f"access_key_id = {access_key}" in local
+
+
+def test_a_failed_dvc_command_never_shows_the_secret_key(tmp_path):
+    ws = DvcWorkspace(tmp_path / "repo", "s3://bucket/dvc", access_key="AKIAEXAMPLE", secret_key="s3cr3t-value")
+    ws.init()
+    with pytest.raises(DvcError) as failed:
+        ws.run("remote", "modify", "--local", "--", "no-such-remote", "secret_access_key", ws.secret_key)
+    assert "no-such-remote" in str(failed.value) and "***" in str(failed.value)
+    assert "s3cr3t-value" not in str(failed.value)
 
 
 def test_rgb_jpeg_bytes_are_decodable(raw):
