@@ -86,7 +86,7 @@ def prepare(settings: Settings | None = None) -> Settings:
     from components.orchestration import lineage
     # A SIGTERM/Ctrl-C marks the step's run failed, then the command ends within seconds even
     # when Prefect cannot report (its embedded server stops on the same signal).
-    lineage.EXIT_AFTER_TERMINATION_S = 15.0
+    lineage.EXIT_AFTER_TERMINATION_S = settings.exit_after_termination_s
     crashed = lineage.reconcile_stale_runs(settings)
     if crashed:
         console.print(f"[yellow]runs {', '.join(map(str, crashed))} were left running by a killed process: "

@@ -141,6 +141,10 @@ class Settings(RetrySettings):
                                               "empty: a LocalCluster of worker processes per sweep")
     dask_workers: int | None = Field(None, ge=1, description="worker processes of that LocalCluster; "
                                                              "default: Dask's choice (one per CPU core)")
+    exit_after_termination_s: float = Field(
+        15.0, gt=0, le=3600, description="after a termination signal (SIGTERM, Ctrl-C) has marked a command's run "
+                                         "failed, the command ends within this many seconds even when Prefect cannot "
+                                         "report the crash (tests that stop a command set a short one)")
 
     @field_validator("task_runner", mode="before")
     @classmethod
