@@ -109,6 +109,7 @@ class Plan:
     generic_limit: int = 9469
     test_limit: int | None = None  # WM-811K test maps (stratified subsample)
     elpv_images: int | None = None  # smoke: a stratified subset of ELPV
+    probe_folds: int | None = None  # smoke: CV folds of the probe's l2 choice (None: the recipe's)
     baseline: BaselineConfig = field(default_factory=BaselineConfig)
 
 
@@ -118,7 +119,7 @@ def plan_for(domain: str, mode: str) -> Plan:
             "smoke": Plan(size=32, pretrain_steps=3, pretrain_batch=16, continue_steps=2, label_sets=(0.5, 1.0),
                           seeds=(0,), finetune_sets=(1.0,), finetune_seeds=(0,), finetune_backbones=("domain-simclr", "scratch"),
                           finetune_epochs=1, baseline_sets=(1.0,), finetune_tasks=("4class",), generic_limit=48,
-                          elpv_images=200, baseline=BaselineConfig(cv_folds=2, max_kernel_train=200)),
+                          elpv_images=200, probe_folds=2, baseline=BaselineConfig(cv_folds=2, max_kernel_train=200)),
             "quick": Plan(size=128, pretrain_steps=100, pretrain_batch=64, continue_steps=30,
                           label_sets=(0.1, 0.25, 1.0), seeds=(0, 1), finetune_sets=(0.1, 1.0), finetune_seeds=(0,),
                           finetune_backbones=("domain-simclr", "generic-simclr", "scratch"), finetune_epochs=8,
@@ -132,7 +133,7 @@ def plan_for(domain: str, mode: str) -> Plan:
         "smoke": Plan(size=32, pretrain_steps=3, pretrain_batch=16, continue_steps=2, label_sets=("train_1", "all"),
                       seeds=(0,), finetune_sets=("train_1",), finetune_seeds=(0,), finetune_backbones=("domain-simclr",),
                       finetune_epochs=1, baseline_sets=("train_1",), tasks=("9class",), pool_limit=300, generic_limit=48,
-                      test_limit=200, baseline=BaselineConfig(cv_folds=2, max_kernel_train=200)),
+                      test_limit=200, probe_folds=2, baseline=BaselineConfig(cv_folds=2, max_kernel_train=200)),
         "quick": Plan(size=None, pretrain_steps=80, pretrain_batch=128, continue_steps=25,
                       label_sets=("train_1", "train_10", "train_10+20", "all"), seeds=(0,),
                       finetune_sets=("train_1", "train_10"), finetune_seeds=(0,),
@@ -297,6 +298,11 @@ def planned_recipe(domain: str, plan: Plan, profile: DataProfile, threads: int, 
                               warmup_steps=max(1, plan.pretrain_steps // 10), max_seconds=None, device=device)
     overrides["simclr"] = f"{plan.pretrain_steps} steps x {plan.pretrain_batch} (mode budget; auto: {recipe.pretrain.steps} x {recipe.pretrain.batch_size})"
     adapt = dict(recipe.adapt)
+    if plan.probe_folds and plan.probe_folds != adapt["probe"].probe_folds:
+        # Every probe fit chooses its l2 by cross-validation: with the recipe's folds the probes
+        # were half of a smoke run's time.
+        overrides["probe folds"] = f"{plan.probe_folds} (mode budget; auto: {adapt['probe'].probe_folds})"
+        adapt["probe"] = dataclasses.replace(adapt["probe"], probe_folds=plan.probe_folds)
     if plan.finetune_epochs:
         overrides["fine-tune epochs"] = (f"{plan.finetune_epochs} (mode budget; auto: {adapt['finetune'].epochs})"
                                          + (f", capped at {plan.finetune_image_budget} images a run" if plan.finetune_image_budget else ""))
