@@ -1,11 +1,12 @@
-"""DeepPCB boxes through the CLI to a registered detector, on a few dozen real images: ingest;
-a box snapshot from a CSV; `dlvm adapt --task detection` from scratch (a few steps at 128 px,
+"""DeepPCB boxes through the CLI to a registered detector, on a few dozen real images: ingested,
+with a box snapshot from a CSV (as flows: those commands are tested in test_cli_steps.py and
+test_deeppcb_subset.py); `dlvm adapt --task detection` from scratch (a few steps at 128 px,
 detecting in 96 px tiles); the detector's registry row (kind, lineage, mAP with its interval),
 its checkpoint (loads and detects), its report and its PNG of boxes; a detector run that fails
 mid-training resumes from its checkpoint when rerun; `dlvm evaluate --task detection` compares a
-domain-pretrained backbone with scratch on fractions of the training images. (A classification snapshot named for detection is
-refused: tests/unit/test_detection.py; promotion and Label Studio pre-annotations:
-tests/integration/test_detection_label_studio.py.)"""
+domain-pretrained backbone with scratch on fractions of the training images. (A classification
+snapshot named for detection is refused: tests/unit/test_detection.py; promotion and Label
+Studio pre-annotations: tests/integration/test_detection_label_studio.py.)"""
 from __future__ import annotations
 
 import csv
@@ -40,8 +41,14 @@ def detection_run(tmp_path_factory, prefect_api, deeppcb):
                                           f"{r['defect']}" for r in rows]
     (root / "boxes.csv").write_text("\n".join(lines) + "\n")
     env = dlvm_env(root / "state", PREFECT_API_URL=prefect_api)
-    dlvm(env, "ingest", str(raw), "--dataset", "pcb")
-    dlvm(env, "labels", str(root / "boxes.csv"), "--dataset", "pcb")
+    # The data steps as their flows in this process: `dlvm ingest` is tested in test_cli_steps.py,
+    # `dlvm labels BOXES.csv` in test_deeppcb_subset.py.
+    with dlvm_in_process(env):
+        from flows.ingest import ingest_flow
+        from flows.labels import labels_flow
+
+        ingest_flow(str(raw), "pcb")
+        labels_flow(str(root / "boxes.csv"), "pcb")
     out = dlvm(env, "adapt", "--task", "detection", "--dataset", "pcb", "--labels", "1", "--backbone", "scratch",
                "--img-size", "128", "--crop", "96", "--tile", "96", "--steps", "12", "--batch-size", "4", "--summary", str(root / "detector.json"))
     return root, env, out, json.loads((root / "detector.json").read_text()), len(lines) - 1

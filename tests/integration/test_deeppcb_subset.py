@@ -1,8 +1,9 @@
-"""DeepPCB's boxes and good images through the CLI, on a handful of real images: ingest; a box
-snapshot from a CSV (bad rows reported one line each, nothing wrong registered); a good/defect
-label snapshot; `dlvm adapt --task anomaly` fitted on the good class only, its evaluation on the
-test split, the heat-map artifact and the registry lineage; `dlvm evaluate --task anomaly`
-comparing a pretrained backbone with random features."""
+"""DeepPCB's boxes and good images on a handful of real images: ingested, with a good/defect label
+snapshot (as flows: the data steps' commands are tested in test_cli_steps.py); then through the
+CLI: a box snapshot from a CSV (bad rows reported one line each, nothing wrong registered);
+`dlvm adapt --task anomaly` fitted on the good class only, its evaluation on the test split, the
+heat-map artifact and the registry lineage; `dlvm evaluate --task anomaly` comparing a
+pretrained backbone with random features."""
 from __future__ import annotations
 
 import csv
@@ -11,7 +12,7 @@ import shutil
 
 import pytest
 from backbone_sweeps import checked_sweep, pretrain_resnet_and_vit
-from clirun import dlvm, dlvm_env
+from clirun import dlvm, dlvm_env, dlvm_in_process
 from sqlmodel import select
 
 from components.anomaly.patchcore import PatchCore
@@ -47,8 +48,13 @@ def anomaly_run(tmp_path_factory, prefect_api, deeppcb):
             labels.append(label)
     export = write_label_studio_export(root / "export.json", [f"/data/local-files/?d=pcb/{n}" for n in names], labels)
     env = dlvm_env(root / "state", PREFECT_API_URL=prefect_api)
-    dlvm(env, "ingest", str(raw), "--dataset", "pcb")
-    dlvm(env, "labels", str(export), "--dataset", "pcb")
+    # The data steps as their flows in this process (their commands: test_cli_steps.py).
+    with dlvm_in_process(env):
+        from flows.ingest import ingest_flow
+        from flows.labels import labels_flow
+
+        ingest_flow(str(raw), "pcb")
+        labels_flow(str(export), "pcb")
     out = dlvm(env, "adapt", "--task", "anomaly", "--dataset", "pcb", "--backbone", "scratch", "--good-class", "good",
                "--img-size", "96", "--false-alarm-rate", "0.05", "--summary", str(root / "anomaly.json"))
     return root, env, out, json.loads((root / "anomaly.json").read_text())
