@@ -13,7 +13,7 @@ os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 
 import pytest  # noqa: E402
-from e2e_demo import demo  # noqa: F401, E402  (fixture)
+from e2e_demo import demo, demo_env_on_server  # noqa: F401, E402  (fixtures)
 from s3server import S3Server, s3_bucket, s3_server  # noqa: F401, E402  (fixtures)
 
 # ../shared/data next to the checkout (the project's data shelf), or where DLVM_TEST_GENERIC_CORPUS says.

@@ -28,3 +28,13 @@ def demo(tmp_path_factory, generic_corpus):
     out = dlvm(env, "demo", "--limit", str(N_IMAGES), "--recipe", "tiny", "--seeds", "0,1",
                "--fractions", "0.25,1.0", "--generic", str(generic), timeout=900)
     return home, env, out.stdout
+
+
+@pytest.fixture
+def demo_env_on_server(demo, prefect_api) -> dict[str, str]:
+    """The demo's CLI environment, with the session's Prefect server: the flows that commands run
+    on the demo's registry afterwards report there instead of each command starting the embedded
+    API again (about 10 s apiece on 2 busy cores). The demo itself ran on the embedded API (as in
+    the README), and its runs stay there: `dlvm runs` and the dashboard read them with ``demo``'s
+    own environment."""
+    return {**demo[1], "PREFECT_API_URL": prefect_api}

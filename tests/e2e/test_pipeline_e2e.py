@@ -127,8 +127,8 @@ def test_models_list_and_show(demo):
     assert "not found" in dlvm(env, "models", "show", "no-such-model", check=False).stdout.lower()
 
 
-def test_reingesting_the_same_folder_creates_no_version(demo, settings):
-    _, env, _ = demo
+def test_reingesting_the_same_folder_creates_no_version(demo_env_on_server, settings):
+    env = demo_env_on_server
     out = dlvm(env, "ingest", str(settings.home / "demo" / "elpv" / "images"), "--dataset", "elpv").stdout
     assert "unchanged" in out
     with session_scope(settings) as session:
@@ -151,8 +151,8 @@ def move_alias_unless_promoted(settings, out: str, version: int) -> None:
                          actor="e2e-test", reason="alias mechanics")
 
 
-def test_promotion_and_rollback_are_recorded(demo, settings):
-    _, env, _ = demo
+def test_promotion_and_rollback_are_recorded(demo_env_on_server, settings):
+    env = demo_env_on_server
     with session_scope(settings) as session:
         holder = session.exec(select(Alias).where(Alias.name == "production")).first()
     if holder is None:

@@ -45,8 +45,8 @@ def model_ref(home: Path) -> str:
         return MODEL if queries.get_alias_version(session, MODEL, "production") else f"{MODEL}:1"
 
 
-def test_predict_a_held_back_folder_then_an_inverted_one(demo, held_back, tmp_path):
-    home, env, _ = demo
+def test_predict_a_held_back_folder_then_an_inverted_one(demo, demo_env_on_server, held_back, tmp_path):
+    home, env = demo[0], demo_env_on_server
     summary_path = tmp_path / "predict.json"
     out = dlvm(env, "predict", str(held_back), "--model", model_ref(home), "--summary", str(summary_path)).stdout
     summary = json.loads(summary_path.read_text())
@@ -60,8 +60,8 @@ def test_predict_a_held_back_folder_then_an_inverted_one(demo, held_back, tmp_pa
     assert "drift alert" in dlvm(env, "models", "show", MODEL).stdout
 
 
-def test_export_passes_parity_and_runs_in_plain_onnxruntime(demo, held_back, tmp_path):
-    home, env, _ = demo
+def test_export_passes_parity_and_runs_in_plain_onnxruntime(demo, demo_env_on_server, held_back, tmp_path):
+    home, env = demo[0], demo_env_on_server
     onnx_file = tmp_path / "model.onnx"
     out = dlvm(env, "export", model_ref(home), "--output", str(onnx_file)).stdout
     assert "passed" in out and onnx_file.stat().st_size > 10_000
