@@ -51,7 +51,7 @@ def test_installed_wheel_runs_its_commands_and_finds_its_files(installed, tmp_pa
     for args in (["dlvm", "--help"], ["dlvm", "stack", "--help"]):
         out = run(installed, *args, cwd=tmp_path)
         assert out.returncode == 0, out.stderr
-    assert "label-studio" in run(installed, "dlvm", "stack", "--help", cwd=tmp_path).stdout
+    assert "label-studio" in out.stdout  # `dlvm stack --help`'s
 
     # The shipped shell script runs from the installed package (no Label Studio needed for `env`).
     env = run(installed, "dlvm", "stack", "label-studio", "env", cwd=tmp_path,
