@@ -87,6 +87,9 @@ def serve_until_a_run_completes(args: list[str], env: dict[str, str], log_path: 
     from prefect.client.orchestration import get_client
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
+    # The runner looks for due runs every 10 s by default (PREFECT_RUNNER_POLL_FREQUENCY); every
+    # 2 s here, so the test waits for the schedule and the run, not for the next look.
+    env = {"PREFECT_RUNNER_POLL_FREQUENCY": "2", **env}
     log = open(log_path, "w")
     proc = subprocess.Popen([DLVM, *args], env=env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                             start_new_session=True)
