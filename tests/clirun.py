@@ -53,6 +53,19 @@ def dlvm_in_process(env: dict[str, str]):
         use(saved)
 
 
+def ingest_in_process(env: dict[str, str], images: Path, dataset: str, labels: Path | None = None,
+                      classes: list[str] | None = None) -> None:
+    """`dlvm ingest IMAGES` (then `dlvm labels LABELS`) as their flows in this process, for tests
+    whose subject comes after the data steps (the commands themselves: test_cli_steps.py)."""
+    from flows.ingest import ingest_flow
+    from flows.labels import labels_flow
+
+    with dlvm_in_process(env):
+        ingest_flow(str(images), dataset)
+        if labels is not None:
+            labels_flow(str(labels), dataset, classes=classes)
+
+
 async def read_deployment_runs(client, deployment_id) -> list:
     """Every flow run of one deployment, through an open Prefect client."""
     from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterDeploymentId

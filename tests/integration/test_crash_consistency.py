@@ -12,7 +12,7 @@ import tempfile
 from pathlib import Path
 
 import pytest
-from clirun import dlvm, dlvm_env, dlvm_in_process
+from clirun import dlvm, dlvm_env, ingest_in_process
 from sqlmodel import select
 
 from components.data.elpv import elpv_root
@@ -116,10 +116,7 @@ def test_verify_reports_a_tampered_artifact(tmp_path, images, prefect_api):
     home = tmp_path / "state"
     env = dlvm_env(home, PREFECT_API_URL=prefect_api)
     settings = Settings(home=home)
-    with dlvm_in_process(env):  # the ingest is the setup here, not the command under test
-        from flows.ingest import ingest_flow
-
-        ingest_flow(str(images), "cells")
+    ingest_in_process(env, images, "cells")  # the setup here, not the command under test
     manifest = artifact_files(settings, "manifests")[0]
     manifest.chmod(0o644)
     manifest.write_text("{}")

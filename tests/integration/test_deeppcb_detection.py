@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from backbone_sweeps import checked_sweep, pretrain_resnet_and_vit
-from clirun import dlvm, dlvm_env, dlvm_in_process
+from clirun import dlvm, dlvm_env, dlvm_in_process, ingest_in_process
 from deeppcb_files import copy_first_images
 from sqlmodel import select
 
@@ -41,14 +41,8 @@ def detection_run(tmp_path_factory, prefect_api, deeppcb):
                                           f"{r['defect']}" for r in rows]
     (root / "boxes.csv").write_text("\n".join(lines) + "\n")
     env = dlvm_env(root / "state", PREFECT_API_URL=prefect_api)
-    # The data steps as their flows in this process: `dlvm ingest` is tested in test_cli_steps.py,
-    # `dlvm labels BOXES.csv` in test_deeppcb_subset.py.
-    with dlvm_in_process(env):
-        from flows.ingest import ingest_flow
-        from flows.labels import labels_flow
-
-        ingest_flow(str(raw), "pcb")
-        labels_flow(str(root / "boxes.csv"), "pcb")
+    # `dlvm labels BOXES.csv` itself is tested in test_deeppcb_subset.py.
+    ingest_in_process(env, raw, "pcb", root / "boxes.csv")
     out = dlvm(env, "adapt", "--task", "detection", "--dataset", "pcb", "--labels", "1", "--backbone", "scratch",
                "--img-size", "128", "--crop", "96", "--tile", "96", "--steps", "12", "--batch-size", "4", "--summary", str(root / "detector.json"))
     return root, env, out, json.loads((root / "detector.json").read_text()), len(lines) - 1

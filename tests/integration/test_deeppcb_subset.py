@@ -12,7 +12,7 @@ import shutil
 
 import pytest
 from backbone_sweeps import checked_sweep, pretrain_resnet_and_vit
-from clirun import dlvm, dlvm_env, dlvm_in_process
+from clirun import dlvm, dlvm_env, ingest_in_process
 from sqlmodel import select
 
 from components.anomaly.patchcore import PatchCore
@@ -48,13 +48,7 @@ def anomaly_run(tmp_path_factory, prefect_api, deeppcb):
             labels.append(label)
     export = write_label_studio_export(root / "export.json", [f"/data/local-files/?d=pcb/{n}" for n in names], labels)
     env = dlvm_env(root / "state", PREFECT_API_URL=prefect_api)
-    # The data steps as their flows in this process (their commands: test_cli_steps.py).
-    with dlvm_in_process(env):
-        from flows.ingest import ingest_flow
-        from flows.labels import labels_flow
-
-        ingest_flow(str(raw), "pcb")
-        labels_flow(str(export), "pcb")
+    ingest_in_process(env, raw, "pcb", export)
     out = dlvm(env, "adapt", "--task", "anomaly", "--dataset", "pcb", "--backbone", "scratch", "--good-class", "good",
                "--img-size", "96", "--false-alarm-rate", "0.05", "--summary", str(root / "anomaly.json"))
     return root, env, out, json.loads((root / "anomaly.json").read_text())

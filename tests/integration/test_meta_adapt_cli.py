@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from clirun import dlvm, dlvm_env, dlvm_in_process
+from clirun import dlvm, dlvm_env, ingest_in_process
 from sqlmodel import select
 
 from components.data.elpv import export_elpv
@@ -16,14 +16,8 @@ from components.settings import Settings
 def test_reptile_and_maml_register_classifiers_with_their_lineage(tmp_path, prefect_api):
     images, export = export_elpv(tmp_path / "elpv", limit=60, binary=True)
     env = dlvm_env(tmp_path / "state", PREFECT_API_URL=prefect_api)
-    # The data steps are not what this test is about (their commands: test_cli_steps.py): their
-    # flows in this process, without two more command start-ups.
-    with dlvm_in_process(env):
-        from flows.ingest import ingest_flow
-        from flows.labels import labels_flow
-
-        ingest_flow(str(images), "elpv")
-        labels_flow(str(export), "elpv", classes=["functional", "defective"])
+    # The data steps are not what this test is about: their flows, without two more command start-ups.
+    ingest_in_process(env, images, "elpv", export, classes=["functional", "defective"])
     for method in ("reptile", "maml"):
         summary = tmp_path / f"{method}.json"
         dlvm(env, "adapt", "--dataset", "elpv", "--backbone", "scratch", "--method", method, "--recipe", "tiny",

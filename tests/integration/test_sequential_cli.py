@@ -10,7 +10,7 @@ import re
 from pathlib import Path
 from urllib.parse import urlparse
 
-from clirun import dlvm, dlvm_env, dlvm_in_process
+from clirun import dlvm, dlvm_env, ingest_in_process
 from PIL import Image
 from sqlmodel import select
 
@@ -29,12 +29,7 @@ from components.settings import Settings
 def test_tokenizer_then_sequential_pretraining_then_a_probe(tmp_path, prefect_api):
     images, export = export_elpv(tmp_path / "elpv", limit=40, binary=True)
     env = dlvm_env(tmp_path / "state", PREFECT_API_URL=prefect_api)
-    with dlvm_in_process(env):  # the data steps are not what this test is about: no command line for them
-        from flows.ingest import ingest_flow
-        from flows.labels import labels_flow
-
-        ingest_flow(str(images), "elpv")
-        labels_flow(str(export), "elpv", classes=["functional", "defective"])
+    ingest_in_process(env, images, "elpv", export, classes=["functional", "defective"])
 
     tok = dlvm(env, "tokenizer", "train", "--dataset", "elpv", "--recipe", "tiny", "--summary",
                str(tmp_path / "tok.json"))
