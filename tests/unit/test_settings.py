@@ -321,3 +321,28 @@ def test_cli_settings_bad_configuration_fails(tmp_path):
     assert result.exit_code != 0
     assert "DLVM_S3_ENDPOINT" in str(result.exception) + result.output
     assert SECRET not in str(result.exception) + result.output
+
+
+def test_exit_after_termination_reaches_the_signal_handler(clean_env, monkeypatch):
+    """DLVM_EXIT_AFTER_TERMINATION_S: 15 s unless set; a command's prepare() hands it to the
+    handler that ends the command after a SIGTERM (lineage.EXIT_AFTER_TERMINATION_S)."""
+    from app.cli import prepare
+    from components.orchestration import lineage
+
+    for name, value in {"PREFECT_HOME": str(clean_env / "prefect"), "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+                        "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "120", "DVC_NO_ANALYTICS": "1"}.items():
+        monkeypatch.setenv(name, os.environ.get(name, value))  # what prepare() sets, restored afterwards
+    monkeypatch.setattr(lineage, "EXIT_AFTER_TERMINATION_S", None)
+    monkeypatch.setenv("DLVM_HOME", str(clean_env / "home"))
+    assert get_settings().exit_after_termination_s == 15.0
+    monkeypatch.setenv("DLVM_EXIT_AFTER_TERMINATION_S", "3")
+    reset_settings()
+    prepare()
+    assert lineage.EXIT_AFTER_TERMINATION_S == 3.0
+
+
+@pytest.mark.parametrize("value", ["0", "-1", "3601", "soon"])
+def test_bad_exit_after_termination_is_a_clear_error(monkeypatch, value):
+    monkeypatch.setenv("DLVM_EXIT_AFTER_TERMINATION_S", value)
+    with pytest.raises(ValidationError, match="exit_after_termination_s"):
+        get_settings()
