@@ -62,6 +62,9 @@ def test_label_efficiency_smoke_both_domains(tmp_path, generic_corpus):
     assert {r["method"] for r in elpv["tasks"]["2class"]["rows"] if r["backbone"] != "baseline"} == {"probe"}
     assert elpv["data"]["train"] + elpv["data"]["test"] == 200
     assert elpv["recipe"]["preprocess"]["size"] == 32 and "input size" in elpv["overrides"]
+    for result in (elpv, results["wm811k"]):  # the smoke budget's 2-fold probe CV, used and said
+        assert result["recipe"]["adapt"]["probe"]["probe_folds"] == 2
+        assert result["overrides"]["probe folds"].startswith("2 (mode budget; auto: ")
 
     wm = results["wm811k"]
     rows9 = wm["tasks"]["9class"]["rows"]
