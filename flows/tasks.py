@@ -9,7 +9,6 @@ from prefect.cache_policies import NO_CACHE
 
 from components.data import access
 from components.failures import is_transient
-from components.models.checkpoint import load_checkpoint
 from components.orchestration.lineage import code_revision, current_flow_run_id
 from components.registry import queries, refs, writes
 from components.registry.db import session_scope
@@ -94,6 +93,8 @@ def resolve_model_version(settings: Settings, ref: str):
 @task(name="load-model-checkpoint", **IO_RETRIES)
 def load_model_checkpoint(settings: Settings, model_version) -> dict:
     """A registered version's checkpoint, verified against its recorded sha256."""
+    from components.models.checkpoint import load_checkpoint  # torch: not for the data-only flows
+
     return load_checkpoint(open_store(settings).get_bytes(model_version.artifact_uri, model_version.sha256))
 
 

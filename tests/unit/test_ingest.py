@@ -256,3 +256,16 @@ def test_scan_with_patterns_counts_per_folder(tmp_path):
     ]
     only = scan_folder(tmp_path, progress=False, include=["good/*.png"])
     assert sorted(r.path for r in only.good) == ["good/a.png", "good/b.png", "good/masks/c.png"]
+
+
+@pytest.mark.parametrize("flow_module", ["flows.ingest", "flows.labels"])
+def test_the_data_flows_start_without_torch(flow_module):
+    """`dlvm ingest` and `dlvm labels` touch no model: importing torch would add about a second
+    to every such command (a fresh interpreter, as the command line runs them)."""
+    import subprocess
+    import sys
+
+    code = f"import sys, {flow_module}; print('torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         cwd=Path(__file__).resolve().parents[2])
+    assert out.stdout.strip() == "False", f"{flow_module} imports torch"
