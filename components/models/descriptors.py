@@ -146,6 +146,51 @@ def vlad_encode(descriptors: torch.Tensor, centres: torch.Tensor) -> torch.Tenso
     return F.normalize(v, dim=-1, eps=1e-7)
 
 
+def position_novelty(query: torch.Tensor, bank: torch.Tensor, reach: int = 1, k: int = 1,
+                     query_ids: torch.Tensor | None = None, bank_ids: torch.Tensor | None = None) -> torch.Tensor:
+    """``[B, gy, gx, D]`` descriptors on one grid and a ``bank`` ``[M, gy, gx, D]`` of normal
+    images' descriptors on the same grid -> ``[B, gy, gx]``: each descriptor's mean distance to
+    its ``k`` nearest bank descriptors at its own grid position or up to ``reach`` positions
+    away. Why position-aware: ELPV cells are cropped and aligned, so a defect is what the
+    normal cells do not show *there*; VLAD's sums dilute one small crack among a thousand
+    descriptors, its worst distance here does not. ``query_ids`` / ``bank_ids`` (``[B]`` /
+    ``[M]`` image ids): an image is never its own neighbour (leave-one-out on training images)."""
+    if query.ndim != 4 or bank.shape[1:] != query.shape[1:]:
+        raise ValueError(f"query {tuple(query.shape)} and bank {tuple(bank.shape)} must be [*, gy, gx, D] on one grid")
+    if not 1 <= k <= len(bank) * (2 * reach + 1) ** 2 or reach < 0:
+        raise ValueError(f"k {k} and reach {reach} do not fit a bank of {len(bank)} images")
+    b, gy, gx, _ = query.shape
+    qsq = query.pow(2).sum(-1)  # [B, gy, gx]
+    same = (query_ids[:, None] == bank_ids[None]) if query_ids is not None else None  # [B, M]
+    best = []
+    for dy in range(-reach, reach + 1):
+        for dx in range(-reach, reach + 1):
+            # the bank moved so that bank[m, i + dy, j + dx] sits at (i, j); outside the grid: no neighbour
+            shifted = torch.roll(bank, (-dy, -dx), (1, 2))
+            dist = qsq[:, None] - 2 * torch.einsum("bijd,mijd->bmij", query, shifted) + shifted.pow(2).sum(-1)[None]
+            rows, cols = torch.arange(gy) + dy, torch.arange(gx) + dx
+            outside = ((rows < 0) | (rows >= gy))[:, None] | ((cols < 0) | (cols >= gx))[None]
+            dist = dist.masked_fill(outside, float("inf"))
+            if same is not None:
+                dist = dist.masked_fill(same[:, :, None, None], float("inf"))
+            best.append(dist)
+    nearest = torch.cat(best, 1).topk(k, dim=1, largest=False).values  # [B, k, gy, gx]
+    return nearest.clamp_min(0).sqrt().mean(1)
+
+
+def novelty_statistics(maps: torch.Tensor, thresholds: torch.Tensor) -> torch.Tensor:
+    """``[B, gy, gx]`` novelty maps and two ``thresholds`` (normal images' 99th and 99.9th
+    percentiles) -> ``[B, 9]`` log statistics: the largest value, the means of the top 1 %,
+    5 % and 10 %, the mean, median and spread, and the fractions above each threshold."""
+    flat = maps.flatten(1)
+    top = flat.sort(1, descending=True).values
+    n = flat.shape[1]
+    stats = [top[:, 0], top[:, : max(1, n // 100)].mean(1), top[:, : max(1, n // 20)].mean(1),
+             top[:, : max(1, n // 10)].mean(1), flat.mean(1), flat.median(1).values, flat.std(1)]
+    stats += [(flat > t).float().mean(1) for t in thresholds]
+    return torch.log(torch.stack(stats, 1) + 1e-4)
+
+
 # ------------------------------------------------------------------------------ the backbone family
 
 

@@ -14,7 +14,9 @@ from components.models.descriptors import (
     DenseDescriptor,
     DescriptorConfig,
     fit_descriptor_state,
+    novelty_statistics,
     nystrom_features,
+    position_novelty,
     view_coordinate_map,
     view_permutation,
     vlad_encode,
@@ -192,3 +194,41 @@ def test_codebook_pretraining_goes_with_the_descriptor_family_and_gives_a_backbo
     resolved = resolve_recipe("descriptor")
     assert resolved.preprocess.size == 300 and resolved.adapt["svm"].tta == "flips"
     assert "VLAD of 32 centres, RBF kernel map on 2048 landmarks" in resolved.describe()
+
+
+def test_position_novelty_is_the_distance_to_the_nearest_normal_descriptor_nearby():
+    g = torch.Generator().manual_seed(0)
+    query, bank = torch.randn(3, 5, 4, 6, generator=g), torch.randn(7, 5, 4, 6, generator=g)
+
+    def brute(reach, k, same=None):
+        out = torch.zeros(3, 5, 4)
+        for b in range(3):
+            for i in range(5):
+                for j in range(4):
+                    d = [float((query[b, i, j] - bank[m, y, x]).norm()) for m in range(7)
+                         for y in range(max(i - reach, 0), min(i + reach + 1, 5))
+                         for x in range(max(j - reach, 0), min(j + reach + 1, 4)) if same is None or not same[b, m]]
+                    out[b, i, j] = float(np.mean(sorted(d)[:k]))
+        return out
+    for reach, k in ((0, 1), (1, 1), (1, 3), (2, 2)):
+        assert torch.allclose(position_novelty(query, bank, reach, k), brute(reach, k), atol=1e-4)
+    # an image in the bank is its own nearest neighbour, unless its id says it is itself
+    inside = torch.cat([query[:1], bank])
+    assert position_novelty(query[:1], inside, reach=1).abs().max() < 5e-3  # sqrt of rounding
+    ids = torch.arange(8)
+    left_out = position_novelty(query[:1], inside, 1, 1, query_ids=ids[:1], bank_ids=ids)
+    assert torch.allclose(left_out, position_novelty(query[:1], bank, 1, 1), atol=1e-4)
+    with pytest.raises(ValueError, match="one grid"):
+        position_novelty(query, bank[:, :4])
+    with pytest.raises(ValueError, match="do not fit"):
+        position_novelty(query, bank, reach=0, k=8)
+
+
+def test_novelty_statistics_rank_a_map_with_one_hot_spot_above_a_flat_one():
+    flat, spot = torch.ones(1, 10, 10), torch.ones(1, 10, 10)
+    spot[0, 3, 4] = 50.0
+    stats = novelty_statistics(torch.cat([flat, spot]), torch.tensor([2.0, 10.0]))
+    assert stats.shape == (2, 9)
+    assert stats[1, 0] > stats[0, 0] and stats[1, 1] > stats[0, 1]  # the largest value, the top 1 %
+    assert torch.allclose(stats[:, 5], torch.log(torch.tensor([1.0, 1.0]) + 1e-4))  # the median ignores one spot
+    assert torch.allclose(stats[1, 7:].exp() - 1e-4, torch.tensor([0.01, 0.01]))  # one position of 100 above both

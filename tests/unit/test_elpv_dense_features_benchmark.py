@@ -47,3 +47,35 @@ def test_unknown_baselines_and_impossible_settings_are_refused(run):
         main([*SMALL, *cache, "--radii", "40"])
     with pytest.raises(SystemExit, match="seed 0: .* fewer than the 5000 landmarks"):
         main([*SMALL, *cache, "--landmarks", "5000", "--seeds", "0"])
+
+
+def test_novelty_adds_an_svm_per_seed_scored_and_paired_with_the_same_seed_without(run):
+    folder, plain = run
+    out = main([*SMALL, "--seeds", "0,1", "--novelty", "--versus", "", "--cache", str(folder / "cache")])
+    y = np.array(out["test_labels"])
+    for r, before in zip(out["runs"], plain["runs"]):
+        assert r["test_proba"] == before["test_proba"]  # the svm without novelty is the same model
+        p = np.array(r["novelty"]["test_proba"])
+        assert p.shape == (len(y), 4) and np.allclose(p.sum(1), 1, atol=1e-4)
+        assert r["novelty"]["test"]["accuracy"]["value"] == pytest.approx(np.mean(p.argmax(1) == y))
+    assert set(out["novelty_vs_without"]) == {"seed 0", "seed 1"}
+    assert out["novelty_vs_without"]["seed 1"]["other"] == pytest.approx(out["runs"][1]["test"]["accuracy"]["value"])
+    ensemble = np.mean([np.array(r["novelty"]["test_proba"]) for r in out["runs"]], axis=0)
+    assert out["ensemble_novelty"]["test"]["accuracy"]["value"] == pytest.approx(np.mean(ensemble.argmax(1) == y),
+                                                                                 abs=1e-6)
+
+
+def test_novelty_statistics_leave_each_training_cell_out_of_its_own_bank():
+    from benchmarks.elpv_dense_features import novelty_features
+    from components.models.descriptors import DescriptorConfig
+
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 255, (6, 32, 32), dtype=np.uint8)
+    images[5] = images[0]  # a test image identical to a bank image: novelty 0 everywhere
+    cfg = DescriptorConfig(img_size=32, step=8, radii=(6,), clusters=2, landmarks=2)
+    train, good = np.arange(4), np.array([0, 1, 2])
+    feats = novelty_features(images, train, good, cfg)
+    assert feats.shape == (6, 9)
+    # image 0 is in the bank but left out of its own: its largest distance is not zero, image 5's is
+    raw_max = feats[:, 0]
+    assert raw_max[5] < raw_max[0] and raw_max[5] == raw_max.min()
