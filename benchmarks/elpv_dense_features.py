@@ -79,7 +79,7 @@ def run_seed(images: np.ndarray, y4: np.ndarray, train_idx: np.ndarray, test_idx
 
 
 def novelty_features(images: np.ndarray, train_idx: np.ndarray, good: np.ndarray, cfg: DescriptorConfig,
-                     reach: int = 1, batch_size: int = 8) -> np.ndarray:
+                     reach: int = 1) -> np.ndarray:
     """``[N, 9 x radii]`` novelty statistics of every image (``novelty_statistics`` of each
     radius's ``position_novelty`` map against the descriptors of ``good``, training images of the
     normal class; a training image is left out of its own bank), standardized on ``train_idx``."""
@@ -93,16 +93,13 @@ def novelty_features(images: np.ndarray, train_idx: np.ndarray, good: np.ndarray
 
     columns = []
     ids = torch.from_numpy(np.arange(len(images)))
-    for radius in cfg.radii:
+    for radius in tqdm(cfg.radii, desc="novelty maps", unit="radius", leave=False):
         desc = DenseDescriptor(cfg.step, (radius,), cfg.rings, cfg.histograms, cfg.orientations)
-        bank = grids(desc, good)
-        maps = []
-        for i in tqdm(range(0, len(images), batch_size), desc=f"novelty, radius {radius}", leave=False):
-            rows = np.arange(i, min(i + batch_size, len(images)))
-            with torch.no_grad():
-                maps.append(position_novelty(grids(desc, rows), bank, reach, 1, ids[rows], ids[good]))
-        maps = torch.cat(maps)
-        thresholds = torch.quantile(maps[torch.from_numpy(good)].flatten()[::7], torch.tensor([0.99, 0.999]))
+        every = grids(desc, np.arange(len(images)))
+        good_t = torch.from_numpy(good)
+        with torch.no_grad():
+            maps = position_novelty(every, every[good_t], reach, 1, ids, ids[good_t])
+        thresholds = torch.quantile(maps[good_t].flatten()[::7], torch.tensor([0.99, 0.999]))
         columns.append(novelty_statistics(maps, thresholds))
     feats = torch.cat(columns, 1).numpy()
     return (feats - feats[train_idx].mean(0)) / (feats[train_idx].std(0) + 1e-6)

@@ -147,35 +147,42 @@ def vlad_encode(descriptors: torch.Tensor, centres: torch.Tensor) -> torch.Tenso
 
 
 def position_novelty(query: torch.Tensor, bank: torch.Tensor, reach: int = 1, k: int = 1,
-                     query_ids: torch.Tensor | None = None, bank_ids: torch.Tensor | None = None) -> torch.Tensor:
+                     query_ids: torch.Tensor | None = None, bank_ids: torch.Tensor | None = None,
+                     chunk: int = 64) -> torch.Tensor:
     """``[B, gy, gx, D]`` descriptors on one grid and a ``bank`` ``[M, gy, gx, D]`` of normal
     images' descriptors on the same grid -> ``[B, gy, gx]``: each descriptor's mean distance to
     its ``k`` nearest bank descriptors at its own grid position or up to ``reach`` positions
     away. Why position-aware: ELPV cells are cropped and aligned, so a defect is what the
     normal cells do not show *there*; VLAD's sums dilute one small crack among a thousand
     descriptors, its worst distance here does not. ``query_ids`` / ``bank_ids`` (``[B]`` /
-    ``[M]`` image ids): an image is never its own neighbour (leave-one-out on training images)."""
+    ``[M]`` image ids): an image is never its own neighbour (leave-one-out on training images).
+    Queries go ``chunk`` images at a time (memory: chunk x M x gy x gx distances)."""
     if query.ndim != 4 or bank.shape[1:] != query.shape[1:]:
         raise ValueError(f"query {tuple(query.shape)} and bank {tuple(bank.shape)} must be [*, gy, gx, D] on one grid")
     if not 1 <= k <= len(bank) * (2 * reach + 1) ** 2 or reach < 0:
         raise ValueError(f"k {k} and reach {reach} do not fit a bank of {len(bank)} images")
-    b, gy, gx, _ = query.shape
-    qsq = query.pow(2).sum(-1)  # [B, gy, gx]
+    b, gy, gx, d = query.shape
+    q = query.permute(1, 2, 0, 3).reshape(gy * gx, b, d)  # position-major: one matmul per grid position
+    qsq = q.pow(2).sum(-1, keepdim=True)  # [P, B, 1]
     same = (query_ids[:, None] == bank_ids[None]) if query_ids is not None else None  # [B, M]
-    best = []
+    nearest = torch.full((gy * gx, b, k), float("inf"))
     for dy in range(-reach, reach + 1):
         for dx in range(-reach, reach + 1):
             # the bank moved so that bank[m, i + dy, j + dx] sits at (i, j); outside the grid: no neighbour
-            shifted = torch.roll(bank, (-dy, -dx), (1, 2))
-            dist = qsq[:, None] - 2 * torch.einsum("bijd,mijd->bmij", query, shifted) + shifted.pow(2).sum(-1)[None]
+            shifted = torch.roll(bank, (-dy, -dx), (1, 2)).permute(1, 2, 3, 0).reshape(gy * gx, d, len(bank))
+            ssq = shifted.pow(2).sum(1, keepdim=True)  # [P, 1, M]
             rows, cols = torch.arange(gy) + dy, torch.arange(gx) + dx
-            outside = ((rows < 0) | (rows >= gy))[:, None] | ((cols < 0) | (cols >= gx))[None]
-            dist = dist.masked_fill(outside, float("inf"))
-            if same is not None:
-                dist = dist.masked_fill(same[:, :, None, None], float("inf"))
-            best.append(dist)
-    nearest = torch.cat(best, 1).topk(k, dim=1, largest=False).values  # [B, k, gy, gx]
-    return nearest.clamp_min(0).sqrt().mean(1)
+            outside = (((rows < 0) | (rows >= gy))[:, None] | ((cols < 0) | (cols >= gx))[None]).flatten()
+            for s in range(0, b, chunk):
+                dist = torch.baddbmm(qsq[:, s: s + chunk] + ssq, q[:, s: s + chunk], shifted, alpha=-2)  # [P, c, M]
+                dist[outside] = float("inf")
+                if same is not None:
+                    dist.masked_fill_(same[None, s: s + chunk], float("inf"))
+                closest = dist.min(-1, keepdim=True).values if k == 1 else dist.topk(k, -1, largest=False).values
+                both = torch.cat([nearest[:, s: s + chunk], closest], -1)
+                nearest[:, s: s + chunk] = both.min(-1, keepdim=True).values if k == 1 else both.topk(
+                    k, dim=-1, largest=False).values
+    return nearest.clamp_min(0).sqrt().mean(-1).T.reshape(b, gy, gx)
 
 
 def novelty_statistics(maps: torch.Tensor, thresholds: torch.Tensor) -> torch.Tensor:
