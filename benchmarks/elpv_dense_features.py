@@ -47,20 +47,24 @@ from components.models.descriptors import (
     position_novelty,
 )
 from components.models.vit import normalize_uint8
-from components.training.adapt import TTA, TTA_VIEWS, AdaptConfig, adapt, extract_view_features, predict_proba
+from components.training.adapt import (
+    TTA,
+    TTA_VIEWS,
+    AdaptConfig,
+    adapt,
+    extract_view_features,
+    fit_svm,
+    predict_proba,
+    predict_proba_from_features,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def softmax(scores: np.ndarray) -> np.ndarray:
-    e = np.exp(scores - scores.max(1, keepdims=True))
-    return e / e.sum(1, keepdims=True)
 
 
 def run_seed(images: np.ndarray, y4: np.ndarray, train_idx: np.ndarray, test_idx: np.ndarray,
              cfg: DescriptorConfig, adapt_cfg: AdaptConfig, fit_on: str, seed: int,
              novelty: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray | None, dict]:
-    """(test probabilities, test scores of the svm with ``novelty`` statistics added (None
+    """(test probabilities, test probabilities of the svm with ``novelty`` statistics added (None
     without them), timings) of one descriptor backbone + svm classifier."""
     t0 = time.perf_counter()
     unlabeled = images if fit_on == "all" else images[train_idx]
@@ -73,9 +77,9 @@ def run_seed(images: np.ndarray, y4: np.ndarray, train_idx: np.ndarray, test_idx
     seconds = {"fit_backbone": round(t1 - t0, 1), "adapt": round(t2 - t1, 1), "predict": round(t3 - t2, 1)}
     if novelty is None:
         return proba, None, seconds
-    scores = svm_with_novelty(clf.encoder, images, y4, train_idx, test_idx, novelty, adapt_cfg, seed)
+    nproba = svm_with_novelty(clf.encoder, images, y4, train_idx, test_idx, novelty, adapt_cfg, seed)
     seconds["svm_with_novelty"] = round(time.perf_counter() - t3, 1)
-    return proba, scores, seconds
+    return proba, nproba, seconds
 
 
 def novelty_features(images: np.ndarray, train_idx: np.ndarray, good: np.ndarray, cfg: DescriptorConfig,
@@ -107,12 +111,11 @@ def novelty_features(images: np.ndarray, train_idx: np.ndarray, good: np.ndarray
 
 def svm_with_novelty(encoder, images: np.ndarray, y4: np.ndarray, train_idx: np.ndarray, test_idx: np.ndarray,
                      novelty: np.ndarray, adapt_cfg: AdaptConfig, seed: int, weight: float = 1.0) -> np.ndarray:
-    """Test scores ``[n_test, 4]`` of a linear SVM on the encoder's kernel features of every view
-    with the (view-independent) ``novelty`` statistics appended, each scaled to the kernel
-    features' root-mean-square width times ``weight`` (1: a novelty statistic weighs what an
-    average kernel feature does; 0.5 and 2 measured the same on seed 0), averaged over the views."""
-    from sklearn.svm import LinearSVC
-
+    """Test probabilities ``[n_test, 4]`` of the product's svm head (``fit_svm``) on the encoder's
+    kernel features of every view with the (view-independent) ``novelty`` statistics appended,
+    each scaled to the kernel features' root-mean-square width times ``weight`` (1: a novelty
+    statistic weighs what an average kernel feature does; 0.5 and 2 measured the same on seed 0),
+    from the logits averaged over the views (the head is linear: the logits of the mean view)."""
     train = extract_view_features(encoder, images[train_idx], adapt_cfg.tta).numpy()
     test = extract_view_features(encoder, images[test_idx], adapt_cfg.tta).numpy()
     scale = weight * np.sqrt((train[0] ** 2).sum(1).mean() / novelty.shape[1])
@@ -120,9 +123,8 @@ def svm_with_novelty(encoder, images: np.ndarray, y4: np.ndarray, train_idx: np.
     def joined(views: np.ndarray, rows: np.ndarray) -> np.ndarray:
         return np.concatenate([views, np.broadcast_to(scale * novelty[rows], (len(views),) + novelty[rows].shape)], 2)
     X = joined(train, train_idx)
-    svm = LinearSVC(C=adapt_cfg.svm_c, dual=True, max_iter=5000, random_state=seed)
-    svm.fit(X.reshape(-1, X.shape[-1]), np.tile(y4[train_idx], len(X)))
-    return np.mean([svm.decision_function(v) for v in joined(test, test_idx)], 0)
+    head = fit_svm(X.reshape(-1, X.shape[-1]), np.tile(y4[train_idx], len(X)), 4, replace(adapt_cfg, seed=seed))
+    return predict_proba_from_features(head, joined(test, test_idx).mean(0))
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -172,7 +174,7 @@ def main(argv: list[str] | None = None) -> dict:
     runs, rows = [], {}
     for seed in seeds:
         try:
-            proba, scores, seconds = run_seed(images, y4, train_idx, test_idx, cfg, adapt_cfg, args.fit_on, seed,
+            proba, nproba, seconds = run_seed(images, y4, train_idx, test_idx, cfg, adapt_cfg, args.fit_on, seed,
                                               novelty)
         except ValueError as exc:  # e.g. fewer images than landmarks on a small --subset
             raise SystemExit(f"seed {seed}: {exc}") from None
@@ -180,8 +182,7 @@ def main(argv: list[str] | None = None) -> dict:
                      "test_proba": np.round(proba, 6).tolist()})
         rows[f"seed {seed}"] = proba
         print(f"seed {seed}: accuracy {runs[-1]['test']['accuracy']['value']:.4f} ({seconds})", flush=True)
-        if scores is not None:
-            nproba = softmax(scores)
+        if nproba is not None:
             runs[-1]["novelty"] = {"test": evaluate_predictions(y_test, nproba, 4),
                                    "test_proba": np.round(nproba, 6).tolist()}
             rows[f"seed {seed} + novelty"] = nproba
