@@ -166,6 +166,9 @@ def position_novelty(query: torch.Tensor, bank: torch.Tensor, reach: int = 1, k:
     qsq = q.pow(2).sum(-1, keepdim=True)  # [P, B, 1]
     same = (query_ids[:, None] == bank_ids[None]) if query_ids is not None else None  # [B, M]
     nearest = torch.full((gy * gx, b, k), float("inf"))
+
+    def smallest(x: torch.Tensor) -> torch.Tensor:  # the k smallest along the last axis (min: faster for k 1)
+        return x.min(-1, keepdim=True).values if k == 1 else x.topk(k, -1, largest=False).values
     for dy in range(-reach, reach + 1):
         for dx in range(-reach, reach + 1):
             # the bank moved so that bank[m, i + dy, j + dx] sits at (i, j); outside the grid: no neighbour
@@ -178,10 +181,7 @@ def position_novelty(query: torch.Tensor, bank: torch.Tensor, reach: int = 1, k:
                 dist[outside] = float("inf")
                 if same is not None:
                     dist.masked_fill_(same[None, s: s + chunk], float("inf"))
-                closest = dist.min(-1, keepdim=True).values if k == 1 else dist.topk(k, -1, largest=False).values
-                both = torch.cat([nearest[:, s: s + chunk], closest], -1)
-                nearest[:, s: s + chunk] = both.min(-1, keepdim=True).values if k == 1 else both.topk(
-                    k, dim=-1, largest=False).values
+                nearest[:, s: s + chunk] = smallest(torch.cat([nearest[:, s: s + chunk], smallest(dist)], -1))
     return nearest.clamp_min(0).sqrt().mean(-1).T.reshape(b, gy, gx)
 
 
