@@ -44,7 +44,9 @@ class ExportedClassifier(nn.Module):
 
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         pooled = pooled_views(self.classifier.encoder, normalize_uint8(images), self.classifier.tta)  # [V, N, D]
-        logits = self.classifier.logits_from_pooled(pooled.flatten(0, 1)).unflatten(0, pooled.shape[:2])
+        # [V, N, D] as it is (the head acts on the last axis): reshaping by pooled.shape would bake the
+        # traced batch size into the graph wherever the tracer cannot follow a shape (a concatenation)
+        logits = self.classifier.logits_from_pooled(pooled)
         return torch.softmax(logits.float(), dim=-1).mean(0), pooled.float().mean(0)
 
 

@@ -148,7 +148,7 @@ def vlad_encode(descriptors: torch.Tensor, centres: torch.Tensor) -> torch.Tenso
 
 def position_novelty(query: torch.Tensor, bank: torch.Tensor, reach: int = 1, k: int = 1,
                      query_ids: torch.Tensor | None = None, bank_ids: torch.Tensor | None = None,
-                     chunk: int = 64) -> torch.Tensor:
+                     chunk: int | None = 64) -> torch.Tensor:
     """``[B, gy, gx, D]`` descriptors on one grid and a ``bank`` ``[M, gy, gx, D]`` of normal
     images' descriptors on the same grid -> ``[B, gy, gx]``: each descriptor's mean distance to
     its ``k`` nearest bank descriptors at its own grid position or up to ``reach`` positions
@@ -156,33 +156,42 @@ def position_novelty(query: torch.Tensor, bank: torch.Tensor, reach: int = 1, k:
     normal cells do not show *there*; VLAD's sums dilute one small crack among a thousand
     descriptors, its worst distance here does not. ``query_ids`` / ``bank_ids`` (``[B]`` /
     ``[M]`` image ids): an image is never its own neighbour (leave-one-out on training images).
-    Queries go ``chunk`` images at a time (memory: chunk x M x gy x gx distances)."""
+    Queries go ``chunk`` images at a time (memory: chunk x M x gy x gx distances; None: all at
+    once, as an exported graph with a free batch axis needs)."""
     if query.ndim != 4 or bank.shape[1:] != query.shape[1:]:
         raise ValueError(f"query {tuple(query.shape)} and bank {tuple(bank.shape)} must be [*, gy, gx, D] on one grid")
     if not 1 <= k <= len(bank) * (2 * reach + 1) ** 2 or reach < 0:
         raise ValueError(f"k {k} and reach {reach} do not fit a bank of {len(bank)} images")
     b, gy, gx, d = query.shape
-    q = query.permute(1, 2, 0, 3).reshape(gy * gx, b, d)  # position-major: one matmul per grid position
-    qsq = q.pow(2).sum(-1, keepdim=True)  # [P, B, 1]
+    keys = bank.permute(1, 2, 3, 0).reshape(gy * gx, d, len(bank))  # position-major: one matmul per grid position
+    ksq = keys.pow(2).sum(1, keepdim=True)  # [P, 1, M]
     same = (query_ids[:, None] == bank_ids[None]) if query_ids is not None else None  # [B, M]
-    nearest = torch.full((gy * gx, b, k), float("inf"))
 
-    def smallest(x: torch.Tensor) -> torch.Tensor:  # the k smallest along the last axis (min: faster for k 1)
-        return x.min(-1, keepdim=True).values if k == 1 else x.topk(k, -1, largest=False).values
-    for dy in range(-reach, reach + 1):
-        for dx in range(-reach, reach + 1):
-            # the bank moved so that bank[m, i + dy, j + dx] sits at (i, j); outside the grid: no neighbour
-            shifted = torch.roll(bank, (-dy, -dx), (1, 2)).permute(1, 2, 3, 0).reshape(gy * gx, d, len(bank))
-            ssq = shifted.pow(2).sum(1, keepdim=True)  # [P, 1, M]
-            rows, cols = torch.arange(gy) + dy, torch.arange(gx) + dx
-            outside = (((rows < 0) | (rows >= gy))[:, None] | ((cols < 0) | (cols >= gx))[None]).flatten()
-            for s in range(0, b, chunk):
-                dist = torch.baddbmm(qsq[:, s: s + chunk] + ssq, q[:, s: s + chunk], shifted, alpha=-2)  # [P, c, M]
-                dist[outside] = float("inf")
+    def smallest(x: torch.Tensor) -> torch.Tensor:  # the k smallest along the last axis (amin: 3x min's speed)
+        return x.amin(-1, keepdim=True) if k == 1 else x.topk(k, -1, largest=False).values
+    out = []
+    for s in range(0, b, chunk or max(b, 1)):
+        part = query[s: s + chunk] if chunk else query
+        found = []
+        for dy in range(-reach, reach + 1):
+            for dx in range(-reach, reach + 1):
+                # the queries move, not the bank: query[i, j] meets bank[i + dy, j + dx]; the nearest
+                # distances move back after; where i + dy or j + dx leaves the grid there is no neighbour
+                q = torch.roll(part, (dy, dx), (1, 2)).permute(1, 2, 0, 3).reshape(gy * gx, -1, d)  # -1: free batch
+                # |q|^2 is the same for every bank entry: added after the k smallest, not to [P, c, M] values
+                dist = torch.baddbmm(ksq, q, keys, alpha=-2)  # [P, c, M]: |k|^2 - 2 q.k
                 if same is not None:
-                    dist.masked_fill_(same[None, s: s + chunk], float("inf"))
-                nearest[:, s: s + chunk] = smallest(torch.cat([nearest[:, s: s + chunk], smallest(dist)], -1))
-    return nearest.clamp_min(0).sqrt().mean(-1).T.reshape(b, gy, gx)
+                    dist.masked_fill_(same[None, s: s + len(part)], float("inf"))
+                near = smallest(dist) + q.pow(2).sum(-1, keepdim=True)
+                near = torch.roll(near.reshape(gy, gx, -1, k), (-dy, -dx), (0, 1))
+                rows, cols = torch.arange(gy) + dy, torch.arange(gx) + dx
+                outside = ((rows < 0) | (rows >= gy))[:, None] | ((cols < 0) | (cols >= gx))[None]
+                found.append(near.masked_fill(outside[:, :, None, None], float("inf")))
+        out.append(smallest(torch.cat(found, -1)).clamp_min(0).sqrt().mean(-1).permute(2, 0, 1))
+    return torch.cat(out) if out else query.new_zeros((0, gy, gx))
+
+
+NOVELTY_STATISTICS = 9  # per radius, novelty_statistics' columns
 
 
 def novelty_statistics(maps: torch.Tensor, thresholds: torch.Tensor) -> torch.Tensor:
@@ -192,8 +201,9 @@ def novelty_statistics(maps: torch.Tensor, thresholds: torch.Tensor) -> torch.Te
     flat = maps.flatten(1)
     top = flat.sort(1, descending=True).values
     n = flat.shape[1]
+    median = top[:, n - 1 - (n - 1) // 2]  # torch.median's (the lower middle value), in ops ONNX has
     stats = [top[:, 0], top[:, : max(1, n // 100)].mean(1), top[:, : max(1, n // 20)].mean(1),
-             top[:, : max(1, n // 10)].mean(1), flat.mean(1), flat.median(1).values, flat.std(1)]
+             top[:, : max(1, n // 10)].mean(1), flat.mean(1), median, flat.std(1)]
     stats += [(flat > t).float().mean(1) for t in thresholds]
     return torch.log(torch.stack(stats, 1) + 1e-4)
 
@@ -222,6 +232,9 @@ class DescriptorConfig:
     clusters: int = 32
     landmarks: int = 2048
     gamma_scale: float = 1.0
+    novelty_bank: int = 0  # normal images in the position-aware novelty bank; 0: none (adapt sets it)
+    novelty_dim: int = 32  # the bank's dimensions: principal directions of the normal images' descriptors
+    novelty_reach: int = 0  # grid steps a descriptor's bank neighbours may lie away (1: 9x the time, ELPV no better)
 
     def __post_init__(self) -> None:
         self.radii = tuple(int(r) for r in self.radii)
@@ -232,7 +245,10 @@ class DescriptorConfig:
                              f"{self.landmarks}, {self.gamma_scale}")
         if 2 * max(self.radii or (0,)) >= self.img_size:
             raise ValueError(f"descriptor radius {max(self.radii)} does not fit a {self.img_size} px input")
-        self.descriptor()  # checks the geometry
+        dim = self.descriptor().dim  # checks the geometry
+        if self.novelty_bank < 0 or not 1 <= self.novelty_dim <= dim or self.novelty_reach < 0:
+            raise ValueError(f"novelty_bank must be >= 0, novelty_dim in [1, {dim}] and novelty_reach >= 0, got "
+                             f"{self.novelty_bank}, {self.novelty_dim}, {self.novelty_reach}")
 
     family = FAMILY
 
@@ -244,12 +260,16 @@ class DescriptorConfig:
         return self.clusters * self.descriptor().dim
 
     @property
+    def num_novelty_features(self) -> int:
+        return NOVELTY_STATISTICS * len(self.radii) if self.novelty_bank else 0
+
+    @property
     def num_features(self) -> int:
-        return self.landmarks
+        return self.landmarks + self.num_novelty_features
 
     @property
     def embed_dim(self) -> int:  # the pooled feature width, under the ViT's name for it
-        return self.landmarks
+        return self.num_features
 
     def to_dict(self) -> dict:
         return {"family": FAMILY, **asdict(self)}
@@ -310,6 +330,102 @@ def nystrom_features(vlads: torch.Tensor, landmarks: torch.Tensor, projection: t
     return torch.exp(-gamma * sq.clamp_min(0)) @ projection
 
 
+class PositionNovelty(nn.Module):
+    """A descriptor backbone's novelty features: per radius, its descriptors on ``novelty_dim``
+    principal directions of the normal images' descriptors, :func:`position_novelty` against a
+    bank of ``novelty_bank`` normal images at the same grid positions, the map's
+    :func:`novelty_statistics`, standardized on the training images and weighted to the kernel
+    features' width. The bank is most of the model's size, so it is kept as float16 (ELPV's
+    1,131 functional cells at 3 radii and 32 dimensions: 233 MB). Fitted by
+    :func:`fit_position_novelty` when a classifier is adapted; the statistics do not depend on
+    the view (a flip's descriptors would need a flipped bank), so every view gets the same."""
+
+    def __init__(self, cfg: DescriptorConfig):
+        super().__init__()
+        self.reach = cfg.novelty_reach
+        self.grids = [len(range(radius, cfg.img_size - radius, cfg.step)) for radius in cfg.radii]
+        r, d, k = len(cfg.radii), cfg.descriptor().dim, cfg.novelty_dim
+        self.register_buffer("mean", torch.zeros(r, d))
+        self.register_buffer("projection", torch.zeros(r, d, k))
+        for i, g in enumerate(self.grids):
+            self.register_buffer(f"bank{i}", torch.zeros(cfg.novelty_bank, g, g, k, dtype=torch.float16))
+        self.register_buffer("thresholds", torch.zeros(r, 2))  # per radius, the normal maps' 99th, 99.9th percentiles
+        self.register_buffer("centre", torch.zeros(r * NOVELTY_STATISTICS))
+        self.register_buffer("scale", torch.ones(r * NOVELTY_STATISTICS))
+
+    def project(self, descriptors: torch.Tensor) -> list[torch.Tensor]:
+        """A backbone's descriptors ``[B, N, D]`` -> per radius ``[B, g, g, novelty_dim]``."""
+        out, start = [], 0
+        for i, g in enumerate(self.grids):
+            part = descriptors[:, start: start + g * g]
+            out.append(((part - self.mean[i]) @ self.projection[i]).unflatten(1, (g, g)))
+            start += g * g
+        return out
+
+    def statistics(self, projected: list[torch.Tensor], ids: torch.Tensor | None = None,
+                   bank_ids: torch.Tensor | None = None, chunk: int | None = None) -> torch.Tensor:
+        """``[B, radii x 9]`` unstandardized statistics of projected descriptors (``ids``/``bank_ids``:
+        leave-one-out, as :func:`position_novelty`)."""
+        return torch.cat([novelty_statistics(position_novelty(q, getattr(self, f"bank{i}").float(), self.reach, 1,
+                                                              ids, bank_ids, chunk), self.thresholds[i])
+                          for i, q in enumerate(projected)], 1)
+
+    def forward(self, descriptors: torch.Tensor) -> torch.Tensor:
+        return (self.statistics(self.project(descriptors)) - self.centre) / self.scale
+
+
+@torch.no_grad()
+def fit_position_novelty(backbone: "DescriptorBackbone", images: np.ndarray, normal: np.ndarray, width: float,
+                         batch_size: int = 32, progress: bool = True) -> torch.Tensor:
+    """Fit ``backbone.novelty`` on the training images (uint8 ``[N, S, S]``) whose ``normal`` mask
+    is set (the bank: ``cfg.novelty_bank`` of them) and return every training image's novelty
+    features ``[N, radii x 9]``, each image left out of its own bank (as an image it has never
+    seen will be). Principal directions from up to 64 normal images' descriptors; thresholds
+    from the normal images' maps; the statistics standardized on the training images and
+    scaled so that each weighs what a kernel feature of root-mean-square ``width`` does."""
+    from tqdm.auto import tqdm
+
+    from components.models.vit import normalize_uint8
+
+    nov = backbone.novelty
+    normal_idx = np.flatnonzero(normal)
+    if nov is None or len(normal_idx) != backbone.cfg.novelty_bank:
+        raise ValueError(f"{len(normal_idx)} normal images for a novelty bank of "
+                         f"{backbone.cfg.novelty_bank if nov is not None else 0}")
+
+    def describe(rows: np.ndarray) -> torch.Tensor:
+        return backbone.describe(normalize_uint8(torch.from_numpy(images[rows])))
+    sample = describe(normal_idx[np.linspace(0, len(normal_idx) - 1, min(64, len(normal_idx))).astype(int)])
+    start = 0
+    for i, g in enumerate(nov.grids):  # per radius, PCA of the normal descriptors
+        part = sample[:, start: start + g * g].flatten(0, 1).double()
+        mean = part.mean(0)
+        _, vectors = torch.linalg.eigh(torch.cov((part - mean).T))
+        nov.mean[i] = mean.float()
+        nov.projection[i] = vectors[:, -nov.projection.shape[-1]:].flip(-1).float()
+        start += g * g
+    batches = range(0, len(images), batch_size)
+    projected = [torch.cat(parts) for parts in zip(*[
+        nov.project(describe(np.arange(s, min(s + batch_size, len(images)))))
+        for s in tqdm(batches, desc="novelty descriptors", disable=not progress, leave=False)])]
+    ids, bank_ids = torch.arange(len(images)), torch.from_numpy(normal_idx)
+    columns = []
+    for i, q in enumerate(projected):
+        bank = getattr(nov, f"bank{i}")
+        bank.copy_(q[bank_ids])
+        maps = torch.cat([position_novelty(q[s: s + batch_size], bank.float(), nov.reach, 1,
+                                           ids[s: s + batch_size], bank_ids)
+                          for s in tqdm(batches, desc=f"novelty maps, radius {i + 1}/{len(projected)}",
+                                        disable=not progress, leave=False)])
+        # every 7th value: quantile refuses inputs over 16 M values, and a subsample estimates these as well
+        nov.thresholds[i] = torch.quantile(maps[bank_ids].flatten()[::7], torch.tensor([0.99, 0.999]))
+        columns.append(novelty_statistics(maps, nov.thresholds[i]))
+    stats = torch.cat(columns, 1)
+    nov.centre.copy_(stats.mean(0))
+    nov.scale.copy_((stats.std(0) + 1e-6) / (width or 1.0))
+    return (stats - nov.centre) / nov.scale
+
+
 class DescriptorBackbone(nn.Module):
     """Dense descriptors -> VLAD -> RBF Nystrom features; a fixed (not trained by gradient)
     encoder with the backbone interface. The buffers come from :func:`fit_descriptor_state`."""
@@ -323,7 +439,8 @@ class DescriptorBackbone(nn.Module):
         self.register_buffer("landmarks", torch.zeros(cfg.landmarks, cfg.clusters * d))
         self.register_buffer("projection", torch.zeros(cfg.landmarks, cfg.landmarks))
         self.register_buffer("gamma", torch.zeros(()))
-        self.num_features = cfg.landmarks
+        self.novelty = PositionNovelty(cfg) if cfg.novelty_bank else None
+        self.num_features = cfg.num_features
 
     def set_drop_path(self, rate: float) -> None:  # the interface's; nothing to drop
         return None
@@ -333,17 +450,22 @@ class DescriptorBackbone(nn.Module):
         return nystrom_features(vlads, self.landmarks, self.projection, self.gamma)
 
     def forward_pool(self, x: torch.Tensor) -> torch.Tensor:
-        return self.kernel_features(vlad_encode(self.describe(x.float()), self.centres))
+        return self.forward_pool_views(x, (lambda t: t,))[0]
 
-    def vlad_views(self, x: torch.Tensor, views) -> torch.Tensor:
+    def vlad_views(self, x: torch.Tensor, views, descriptors: torch.Tensor | None = None) -> torch.Tensor:
         """``[V, B, K*D]``: the VLAD vectors of each ``view(x)``, from one descriptor pass."""
-        d = self.describe(x.float())
+        d = self.describe(x.float()) if descriptors is None else descriptors
         return torch.stack([vlad_encode(d[..., view_permutation(self.describe, v).to(d.device)], self.centres)
                             for v in views])
 
     def forward_pool_views(self, x: torch.Tensor, views) -> torch.Tensor:
-        """``[V, B, M]``: the features of each ``view(x)``, from one descriptor pass."""
-        return self.kernel_features(self.vlad_views(x, views))
+        """``[V, B, M]``: the features of each ``view(x)``, from one descriptor pass (the novelty
+        features, when there is a bank, are the unviewed image's for every view)."""
+        d = self.describe(x.float())
+        feats = self.kernel_features(self.vlad_views(x, views, d))
+        if self.novelty is None:
+            return feats
+        return torch.cat([feats, self.novelty(d)[None].repeat(len(feats), 1, 1)], -1)  # repeat: no batch size baked in
 
     @torch.no_grad()
     def set_landmarks(self, vlads: torch.Tensor, seed: int = 0) -> int:

@@ -31,7 +31,11 @@
   kernel's Nystrom map, it is an RBF-SVM on VLAD-encoded dense descriptors (the kernel's
   landmarks first redrawn from the training images' VLAD vectors, the span an SVM's solution
   lies in): on ELPV the strongest model measured on 2 CPU cores (docs/BENCHMARKS.md). Its logits are the SVM's
-  decision values: they rank well, their softmax is not calibrated.
+  decision values: they rank well, their softmax is not calibrated. With ``novelty_class``
+  (a descriptor backbone only) the features gain position-aware novelty statistics against
+  a bank of that class's training images (components/models/descriptors.py:
+  :class:`PositionNovelty`): VLAD's sums dilute one thin crack among thousands of
+  descriptors; the distance to what normal images show at the same place does not.
 
 Every method works on every backbone family (components/models/backbones.py) except LoRA,
 which adapts attention projections and so needs a ViT, and fine-tuning, which needs a
@@ -46,7 +50,7 @@ from __future__ import annotations
 import copy
 import math
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 
 import numpy as np
 import torch
@@ -62,6 +66,7 @@ from components.models.backbones import (
     family_of,
     load_backbone_weights,
 )
+from components.models.descriptors import fit_position_novelty
 from components.models.lora import check_lora_args, inject_lora, merge_lora
 from components.models.vit import normalize_uint8
 from components.training.augment import TTA_VIEWS, Augment, augment_batch
@@ -134,6 +139,7 @@ class AdaptConfig:
     lora_proj: bool = False  # adapt attn.proj as well as the fused attn.qkv
     prototype_temperature: float = 0.1  # cosine similarities / temperature = logits
     svm_c: float = 10.0  # the svm method's C (ELPV, Nystrom features: 10 beat 1, 3 and 30; docs/BENCHMARKS.md)
+    novelty_class: int | None = None  # svm on a descriptor backbone: the normal class, whose images make the bank
     seed: int = 0
     device: str = "auto"
     max_seconds: float | None = None  # hard stop for fine-tuning (the schedule is not shortened)
@@ -144,6 +150,9 @@ class AdaptConfig:
         check_lora_args(self.lora_rank, self.lora_alpha, self.lora_dropout)
         if not self.svm_c > 0:
             raise ValueError(f"svm_c must be > 0, got {self.svm_c!r}")
+        if self.novelty_class is not None and (self.method != "svm" or self.novelty_class < 0):
+            raise ValueError(f"novelty_class (the normal class's index, >= 0) goes with the svm method; got "
+                             f"{self.novelty_class!r} with {self.method}")
         if not self.prototype_temperature > 0:
             raise ValueError(f"prototype_temperature must be > 0, got {self.prototype_temperature!r}")
         for name, value, allowed in (("optimizer", self.optimizer, OPTIMIZERS),
@@ -158,6 +167,17 @@ class AdaptConfig:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+
+def novelty_class_index(good_class: str, classes: list[str], methods: list[str] | tuple[str, ...]) -> int:
+    """The index of ``good_class`` for ``AdaptConfig.novelty_class``, checked before anything runs:
+    a class of the labels, and the svm among ``methods`` (the only method that takes a bank)."""
+    if good_class not in classes:
+        raise ValueError(f"good class {good_class!r} is not a class of the labels (classes: {', '.join(classes)})")
+    if "svm" not in methods:
+        raise ValueError(f"a good class gives the svm on a descriptor backbone its novelty bank; the methods here "
+                         f"are {', '.join(methods)}")
+    return list(classes).index(good_class)
 
 
 # ------------------------------------------------------------------------------ building blocks
@@ -625,12 +645,26 @@ def adapt(
     if cfg.method in TRAINED_METHODS and family == "descriptor":
         raise ValueError(f"{cfg.method} trains a network by gradient; a descriptor backbone is fitted, not trained: "
                          "it takes svm, probe or prototype")
+    if family == "descriptor" and backbone_cfg.novelty_bank:
+        raise ValueError("this descriptor backbone already carries a novelty bank (a classifier's encoder): "
+                         "adapt from the fitted backbone")
+    normal = None
+    if cfg.novelty_class is not None:
+        if family != "descriptor" or not 0 <= cfg.novelty_class < num_classes:
+            raise ValueError(f"novelty_class {cfg.novelty_class} needs a descriptor backbone and a class index below "
+                             f"{num_classes} (got a {family} backbone)")
+        normal = labels == cfg.novelty_class
+        if normal.sum() < 2:
+            raise ValueError(f"the novelty bank needs at least 2 training images of class {cfg.novelty_class}, "
+                             f"got {int(normal.sum())}")
     device = pick_device(cfg.device)
     encoder = build_encoder(backbone_cfg, backbone_state, cfg.seed)
     torch.manual_seed(cfg.seed)  # head init, stochastic depth
-    clf = Classifier(backbone_cfg, num_classes, cfg.method,
+    clf_cfg = backbone_cfg if normal is None else replace(backbone_cfg, novelty_bank=int(normal.sum()))
+    clf = Classifier(clf_cfg, num_classes, cfg.method,
                      tta=cfg.tta if cfg.method in ("finetune", "lora", "svm") else "none", preprocess=preprocess)
-    clf.encoder.load_state_dict(encoder.state_dict())
+    # strict unless a novelty bank is added: the fitted backbone has none, fit_position_novelty fills it
+    clf.encoder.load_state_dict(encoder.state_dict(), strict=normal is None)
 
     if cfg.method == "prototype":
         feats = extract_features(clf.encoder, images, device=cfg.device)
@@ -644,6 +678,11 @@ def adapt(
             new = clf.encoder.set_landmarks(vlads.flatten(0, 1), cfg.seed)
             clf.training_log = {"landmarks_from_training_images": new, "landmarks": backbone_cfg.landmarks}
             feats = torch.cat([clf.encoder.kernel_features(v) for v in vlads.split(1024, 1)], 1)
+            if normal is not None:
+                width = float(feats[0].pow(2).sum(1).mean().div(clf_cfg.num_novelty_features).sqrt())
+                novelty = fit_position_novelty(clf.encoder, images, normal, width, progress=progress)
+                feats = torch.cat([feats, novelty.expand(len(feats), -1, -1)], 2)
+                clf.training_log["novelty_bank"] = int(normal.sum())
         else:
             feats = extract_view_features(clf.encoder, images, cfg.tta, device=cfg.device, progress=progress)
         feats = feats.numpy()

@@ -2,8 +2,10 @@
 method: descriptor geometry and normalization, VLAD against hand-computed numbers, views as
 permutations of the descriptor's dimensions, the Nystrom map reproducing its kernel, the
 family behind the backbone interface, and an svm classifier trained, saved, reloaded and
-exported like any other."""
+exported like any other; the position-aware novelty bank fitted, reproduced and exported."""
 from __future__ import annotations
+
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -12,8 +14,10 @@ import torch
 from components.models.backbones import build_backbone, config_from_dict, config_to_dict, family_of
 from components.models.descriptors import (
     DenseDescriptor,
+    DescriptorBackbone,
     DescriptorConfig,
     fit_descriptor_state,
+    fit_position_novelty,
     novelty_statistics,
     nystrom_features,
     position_novelty,
@@ -22,7 +26,15 @@ from components.models.descriptors import (
     vlad_encode,
 )
 from components.models.vit import normalize_uint8
-from components.training.adapt import TTA_VIEWS, AdaptConfig, Classifier, adapt, fit_svm, predict_proba
+from components.training.adapt import (
+    TTA_VIEWS,
+    AdaptConfig,
+    Classifier,
+    adapt,
+    fit_svm,
+    novelty_class_index,
+    predict_proba,
+)
 
 SMALL = DescriptorConfig(img_size=48, step=6, radii=(6, 12), clusters=4, landmarks=24)
 
@@ -44,6 +56,19 @@ def line_images(n: int, size: int = 48, seed: int = 0) -> tuple[np.ndarray, np.n
     images, y = smooth_images(n, size, seed) // 2 + 64, np.arange(n) % 2
     for i in np.flatnonzero(y):
         images[i, :, size // 2 - 1: size // 2 + 1] = 0
+    return images, y
+
+
+def aligned_cells(n: int, size: int = 48, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """One layout for every image (as cropped cells share theirs) with a little variation of its
+    own; class 1 has a short thin dark crack somewhere, a different place in each image."""
+    rng = np.random.default_rng(seed)
+    layout = smooth_images(1, size, seed=99)[0].astype(np.float32)
+    images = (0.8 * layout + 0.2 * smooth_images(n, size, seed)).round().astype(np.uint8)
+    y = np.arange(n) % 2
+    for i in np.flatnonzero(y):
+        r, c = rng.integers(8, size - 8, 2)
+        images[i, r: r + 2, max(c - 6, 0): c + 6] = 0
     return images, y
 
 
@@ -232,3 +257,68 @@ def test_novelty_statistics_rank_a_map_with_one_hot_spot_above_a_flat_one():
     assert stats[1, 0] > stats[0, 0] and stats[1, 1] > stats[0, 1]  # the largest value, the top 1 %
     assert torch.allclose(stats[:, 5], torch.log(torch.tensor([1.0, 1.0]) + 1e-4))  # the median ignores one spot
     assert torch.allclose(stats[1, 7:].exp() - 1e-4, torch.tensor([0.01, 0.01]))  # one position of 100 above both
+
+
+def test_a_fitted_novelty_bank_scores_an_unseen_image_as_it_scored_the_training_images_left_out():
+    images, y = aligned_cells(40)
+    state, _ = fit_descriptor_state(images, SMALL, TTA_VIEWS["flips"], progress=False)
+    encoder = DescriptorBackbone(replace(SMALL, novelty_bank=20))
+    encoder.load_state_dict(state, strict=False)
+    feats = fit_position_novelty(encoder, images, y == 0, width=2.0, progress=False)
+    assert feats.shape == (40, 18) and encoder.novelty.bank0.dtype == torch.float16
+    assert encoder.novelty.bank0.shape == (20, 6, 6, 32) and encoder.novelty.bank1.shape == (20, 4, 4, 32)
+    # standardized on the training images, then scaled to the width: each column's spread is 2
+    assert torch.allclose(feats.std(0), torch.full((18,), 2.0), atol=1e-3)
+    again = encoder.novelty(encoder.describe(normalize_uint8(torch.from_numpy(images))))
+    # the cracked images are not in the bank: the stored model gives them what the fit gave them
+    assert torch.allclose(again[y == 1], feats[y == 1], atol=2e-3)
+    # a normal training image is its own neighbour in the bank; the fit left it out, as it must
+    assert (again[y == 0, 0] < feats[y == 0, 0]).all()
+    # a crack is novel where the normal images have none: the largest distance ranks it higher
+    test_images, y_test = aligned_cells(20, seed=5)
+    unseen = encoder.novelty(encoder.describe(normalize_uint8(torch.from_numpy(test_images))))
+    cracked, normal = unseen[y_test == 1, 0], unseen[y_test == 0, 0]
+    assert (cracked[:, None] > normal[None]).float().mean() >= 0.95  # AUROC of the one statistic
+    with pytest.raises(ValueError, match="19 normal images for a novelty bank of 20"):
+        fit_position_novelty(encoder, images[1:], y[1:] == 0, width=1.0, progress=False)
+
+
+def test_an_svm_with_a_novelty_bank_learns_saves_and_exports():
+    from components.inference.export import export_onnx, onnx_session, run_onnx
+
+    images, y = aligned_cells(40)
+    state, _ = fit_descriptor_state(images, SMALL, TTA_VIEWS["flips"], progress=False)
+    clf = adapt(SMALL, state, images, y, 2, AdaptConfig(method="svm", tta="flips", novelty_class=0), progress=False,
+                preprocess={"size": 48})
+    assert clf.backbone_cfg.novelty_bank == 20 and clf.training_log["novelty_bank"] == 20
+    assert clf.encoder.num_features == clf.head.in_features == 24 + 18
+    test_images, y_test = aligned_cells(20, seed=5)
+    proba = predict_proba(clf, test_images)
+    assert (proba.argmax(1) == y_test).mean() >= 0.9
+    back = Classifier.from_state(clf.state())
+    assert back.backbone_cfg.novelty_bank == 20 and np.abs(predict_proba(back, test_images) - proba).max() < 1e-6
+    clf.classes = ["good", "crack"]
+    exported, _ = run_onnx(onnx_session(export_onnx(clf, "cells-svm:2")), test_images)  # bank and all in the graph
+    assert np.abs(exported - proba).max() < 1e-4
+
+
+def test_novelty_bank_refusals():
+    images, y = line_images(12)
+    state, _ = fit_descriptor_state(images, SMALL, TTA_VIEWS["flips"], progress=False)
+    with pytest.raises(ValueError, match="novelty_class .* goes with the svm method"):
+        AdaptConfig(method="probe", novelty_class=0)
+    with pytest.raises(ValueError, match="a class index below 2"):
+        adapt(SMALL, state, images, y, 2, AdaptConfig(method="svm", novelty_class=2), progress=False)
+    with pytest.raises(ValueError, match="at least 2 training images of class 1"):
+        adapt(SMALL, state, images, np.r_[np.zeros(11, int), 1], 2, AdaptConfig(method="svm", novelty_class=1),
+              progress=False)
+    with pytest.raises(ValueError, match="already carries a novelty bank"):
+        adapt(replace(SMALL, novelty_bank=6), state, images, y, 2, AdaptConfig(method="svm"), progress=False)
+    with pytest.raises(ValueError, match="novelty_dim in"):
+        replace(SMALL, novelty_dim=500)
+    # the flows' check of a user's class name, before anything runs
+    assert novelty_class_index("functional", ["defective", "functional"], ["svm"]) == 1
+    with pytest.raises(ValueError, match="good class 'fine' is not a class of the labels"):
+        novelty_class_index("fine", ["defective", "functional"], ["svm"])
+    with pytest.raises(ValueError, match="the methods here are probe"):
+        novelty_class_index("functional", ["defective", "functional"], ["probe"])
