@@ -161,6 +161,8 @@ ANOMALY_DIHEDRAL = typer.Option(False, "--dihedral", help="anomaly: fit the bank
                                 "good image (parts with no 'up')")
 ANOMALY_IMAGE_CORESET = typer.Option(1.0, "--image-coreset", help="anomaly: thin each good image's patches to this "
                                      "fraction before the bank's coreset (speeds up large fits)")
+GOOD_CLASS = typer.Option(None, "--good-class", help="the normal class: the svm on a descriptor backbone (the "
+                          "descriptor recipes) adds position-aware novelty against its training images")
 METRIC = typer.Option("macro_f1", "--metric", help="what the gate decides on: macro_f1, balanced_accuracy or accuracy "
                       "(accuracy is always reported)")
 
@@ -396,7 +398,9 @@ def adapt(dataset: str = typer.Option(..., "--dataset", "-d", callback=DATASET_N
           task: str = typer.Option("classification", help="classification, anomaly (good images only) or "
                                    "detection (boxes)"),
           good_class: Optional[str] = typer.Option(None, help="anomaly: the snapshot class that is normal "
-                                                   "(default: every image of the dataset version is good)"),
+                                                   "(default: every image of the dataset version is good); "
+                                                   "classification, svm on a descriptor backbone: the class whose "
+                                                   "training images make the position-aware novelty bank"),
           false_alarm_rate: float = typer.Option(0.01, help="anomaly: false-alarm rate the threshold is set for"),
           img_size: Optional[int] = typer.Option(None, help="anomaly, detection: input size (a ViT's: a "
                                                  "multiple of its patch; detection default 256)"),
@@ -431,7 +435,7 @@ def adapt(dataset: str = typer.Option(..., "--dataset", "-d", callback=DATASET_N
         raise typer.BadParameter(f"task must be classification, anomaly or detection, not {task!r}")
     from flows.adapt import adapt_flow
     out = run_step(adapt_flow, dataset, backbone=backbone, method=method, fraction=fraction, seed=seed,
-                   recipe=recipe, budget_minutes=budget_minutes)
+                   recipe=recipe, budget_minutes=budget_minutes, good_class=good_class)
     write_summary(summary_path, out)
     acc = out["metrics"]["accuracy"]
     console.print(f"registered {out['model']} v{out['version']}: accuracy {acc['value']:.3f} "
@@ -625,24 +629,27 @@ def pipeline(source: Path = typer.Argument(..., help="folder of raw images"),
              budget_minutes: Optional[float] = BUDGET, methods: Optional[str] = METHODS, metric: str = METRIC,
              method: Optional[str] = typer.Option(None, help="the candidate's adaptation method, on the domain "
                                                   "backbone (default: the one the sweep measured best on --metric; "
-                                                  "from scratch instead if that measured clearly better)")):
+                                                  "from scratch instead if that measured clearly better)"),
+             good_class: Optional[str] = GOOD_CLASS):
     """The whole loop: ingest, labels, pretrain, evaluate, adapt, promote."""
     prepare()
     out = _run_pipeline(source, dataset, labels_export, recipe, steps, generic, parse_list(fractions),
                         parse_list(seeds, int), margin, parse_list(classes, str) if classes else None,
-                        budget_minutes, parse_list(methods, str) if methods else None, metric=metric, method=method)
+                        budget_minutes, parse_list(methods, str) if methods else None, metric=metric, method=method,
+                        good_class=good_class)
     _print_outcome(out)
 
 
 def _run_pipeline(source, dataset, labels_export, recipe, steps, generic, fractions, seeds, margin,
-                  classes=None, budget_minutes=None, methods=None, metric="macro_f1", method=None) -> dict:
+                  classes=None, budget_minutes=None, methods=None, metric="macro_f1", method=None,
+                  good_class=None) -> dict:
     from flows.pipeline import pipeline_flow
     return run_step(pipeline_flow, str(source), dataset, str(labels_export), classes=classes, recipe=recipe,
                     pretrain_steps=steps,
                     generic_source=str(generic) if generic else None, fractions=fractions, seeds=seeds,
                     margin=margin, budget_minutes=budget_minutes,
                     methods=[m.strip() for m in methods] if methods else None,
-                    metric=metric, candidate_method=method)
+                    metric=metric, candidate_method=method, good_class=good_class)
 
 
 def _print_outcome(out: dict) -> None:
@@ -680,15 +687,19 @@ def demo(limit: Optional[int] = typer.Option(None, help="use a stratified subset
              DEMO_BUDGET_MINUTES, "--budget-minutes",
              help="training budget of the auto recipe; the default leaves room for ingest, the sanity "
                   "baselines and the evaluation within 20 minutes on 2 CPU cores"),
-         methods: Optional[str] = METHODS, metric: str = METRIC):
+         methods: Optional[str] = METHODS, metric: str = METRIC,
+         novelty: bool = typer.Option(True, "--novelty/--no-novelty", help="descriptor recipes: the svm adds "
+                                      "position-aware novelty against the functional training cells (--good-class)")):
     """Run the whole loop on ELPV solar-cell images (from the elpv-dataset package)."""
     settings = prepare()
     from components.data.elpv import CLASS_NAMES_4, export_elpv
+    from components.training.recipes import is_descriptor_recipe
     images_dir, export_json = export_elpv(settings.home / "demo" / "elpv", limit=limit)
     console.print(f"[bold]dlvm demo[/bold]: ELPV images in {images_dir}, Label Studio export {export_json}")
+    good_class = CLASS_NAMES_4[0] if novelty and is_descriptor_recipe(recipe) else None
     out = _run_pipeline(images_dir, "elpv", export_json, recipe, steps, generic, parse_list(fractions),
                         parse_list(seeds, int), margin, list(CLASS_NAMES_4), budget_minutes,
-                        parse_list(methods, str) if methods else None, metric=metric)
+                        parse_list(methods, str) if methods else None, metric=metric, good_class=good_class)
     _print_outcome(out)
     console.print("\n[bold]where to look[/bold]")
     console.print(f"  registry:   dlvm models list; dlvm models show elpv-classifier   ({settings.database_url})")

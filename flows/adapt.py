@@ -21,7 +21,7 @@ from components.models.checkpoint import save_checkpoint
 from components.names import check_dataset, check_model, check_model_ref
 from components.orchestration.lineage import recorded_run
 from components.settings import get_settings
-from components.training.adapt import AdaptConfig, adapt, predict_proba
+from components.training.adapt import AdaptConfig, adapt, novelty_class_index, predict_proba
 from components.training.meta import META_METHODS, MetaConfig, meta_adapt
 from components.training.recipes import AUTO, meta_config, recipe_for_run
 from flows.tasks import (
@@ -56,11 +56,13 @@ def adapt_flow(dataset: str, backbone: str | None = None, method: str = "probe",
                seed: int = 0, recipe: str = AUTO, dataset_version: int | None = None,
                snapshot_version: int | None = None, model_name: str | None = None,
                budget_minutes: float | None = None, finetune_runs: int = 1,
-               metric: str = DEFAULT_GATE_METRIC) -> dict:
+               metric: str = DEFAULT_GATE_METRIC, good_class: str | None = None) -> dict:
     """Adapt `backbone` (a registered backbone ref like 'elpv-simclr', 'elpv-mae:2', or 'scratch')
     with `fraction` of the snapshot's training labels; evaluate on its fixed test split.
     A registered backbone decodes images as it was pretrained (its recorded preprocessing).
-    `metric`: what the auto recipe's fine-tune fits its class offsets for (the gate's metric)."""
+    `metric`: what the auto recipe's fine-tune fits its class offsets for (the gate's metric).
+    `good_class` (the svm on a descriptor backbone): the normal class, whose training images make
+    the position-aware novelty bank (AdaptConfig.novelty_class)."""
     check_dataset(dataset)
     check_metric(metric)
     if backbone is not None:
@@ -72,6 +74,7 @@ def adapt_flow(dataset: str, backbone: str | None = None, method: str = "probe",
     if not 0 < fraction <= 1:
         raise ValueError(f"fraction must be in (0, 1], got {fraction}")
     version, snapshot = resolve_label_snapshot(settings, dataset, dataset_version, snapshot_version)
+    novelty_class = None if good_class is None else novelty_class_index(good_class, snapshot.classes, [method])
     profile = None
     if recipe == AUTO:
         # The label count sizes the epochs; class balance is decided from the labels themselves
@@ -85,9 +88,12 @@ def adapt_flow(dataset: str, backbone: str | None = None, method: str = "probe",
         cfg = resolved.adapt[method]
     else:
         raise ValueError(f"unknown adaptation method {method!r} (methods: {', '.join([*resolved.adapt, *META_METHODS])})")
+    if novelty_class is not None:
+        cfg = replace(cfg, novelty_class=novelty_class)
     backbone = backbone or f"{dataset}-{resolved.pretrain.method}"
     params = {"dataset": dataset, "backbone": backbone, "method": method, "fraction": fraction, "seed": seed,
-              "recipe": recipe, "adapt": cfg.to_dict(), "budget_minutes": budget_minutes, "runtime": runtime}
+              "recipe": recipe, "adapt": cfg.to_dict(), "budget_minutes": budget_minutes, "runtime": runtime,
+              "good_class": good_class}
     with recorded_run(settings, "adapt", params) as run_id:
         parent, backbone_cfg, state, preprocess = load_backbone(settings, backbone, resolved.backbone,
                                                                 resolved.preprocess.to_dict())
@@ -96,6 +102,9 @@ def adapt_flow(dataset: str, backbone: str | None = None, method: str = "probe",
             raise ValueError(f"backbone {backbone} takes {backbone_cfg.img_size} px, its preprocessing says {pre.size}")
         params.update({"img_size": backbone_cfg.img_size, "preprocess": pre.to_dict(),
                        "family": family_of(backbone_cfg), "architecture": config_to_dict(backbone_cfg)})
+        if good_class is not None and family_of(backbone_cfg) != "descriptor":
+            raise ValueError(f"a good class gives a descriptor backbone's svm its novelty bank; {backbone} is a "
+                             f"{family_of(backbone_cfg)} backbone")
         print(f"adapt: {backbone} ({family_of(backbone_cfg)}), input {pre.describe()}; {method}"
               + (f" {cfg.epochs} epochs, {cfg.optimizer}, validation {cfg.val_fraction:.0%}, class balance "
                  f"{cfg.class_balance}, EMA {cfg.ema_decay or 'off'}, TTA {cfg.tta}"
@@ -121,7 +130,9 @@ def adapt_flow(dataset: str, backbone: str | None = None, method: str = "probe",
                   f"{training.get('best_val_balanced_accuracy')}), class balance {training.get('class_balance')}")
         elif "landmarks" in training:
             print(f"adapt: {training['landmarks_from_training_images']} of the kernel's {training['landmarks']} "
-                  "landmarks redrawn from the training images")
+                  "landmarks redrawn from the training images"
+                  + (f"; novelty bank of {training['novelty_bank']} {good_class!r} training images"
+                     if "novelty_bank" in training else ""))
         checkpoint = save_checkpoint({"kind": "classifier", "backbone_config": config_to_dict(backbone_cfg),
                                       "preprocess": pre.to_dict(), "classes": data.classes,
                                       "classifier": classifier.state()})

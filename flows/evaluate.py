@@ -59,6 +59,7 @@ from components.registry.promotion import baseline_refs
 from components.registry.refs import SCRATCH
 from components.settings import get_settings
 from components.storage import ArtifactError, open_store
+from components.training.adapt import novelty_class_index
 from components.training.recipes import AUTO, meta_config, recipe_for_run
 from flows.tasks import (
     load_backbone,
@@ -172,7 +173,8 @@ def evaluate_flow(dataset: str, backbones: list[str] | None = None, include_scra
                   dataset_version: int | None = None, snapshot_version: int | None = None,
                   budget_minutes: float | None = None, finetune_runs: int | None = None,
                   episodes: list[str] | None = None, episode_count: int = 300,
-                  metric: str = DEFAULT_GATE_METRIC, baseline_fractions: list[float] | None = (1.0,)) -> dict:
+                  metric: str = DEFAULT_GATE_METRIC, baseline_fractions: list[float] | None = (1.0,),
+                  good_class: str | None = None) -> dict:
     """Compare backbones on the snapshot's test split. `backbones` are registered backbone refs
     (default: the dataset's own MAE backbone and every backbone's `baseline` alias holder of
     the same input size); 'scratch' is added unless include_scratch is off.
@@ -186,7 +188,9 @@ def evaluate_flow(dataset: str, backbones: list[str] | None = None, include_scra
     significantly better than the majority class. With the `auto` recipe the fine-tuning epochs
     come from the data's profile and `budget_minutes` (shared by the sweep's fine-tune runs).
     `episodes` ('4way1shot', ...) adds the episodic few-shot evaluation (`episode_count`
-    episodes each from the test split: prototypes, probe, fine-tune, Reptile, MAML) to the report."""
+    episodes each from the test split: prototypes, probe, fine-tune, Reptile, MAML) to the report.
+    `good_class` (a descriptor recipe's svm): the normal class, whose training images make each
+    svm run's position-aware novelty bank (AdaptConfig.novelty_class)."""
     check_dataset(dataset)
     for ref in list(backbones or []) + ([reference] if reference else []):
         check_model_ref(ref, allow=("scratch",))
@@ -208,6 +212,12 @@ def evaluate_flow(dataset: str, backbones: list[str] | None = None, include_scra
                                        finetune_runs=finetune_runs or max(1, n_trained * (len(backbones or [1])
                                                                                           + include_scratch)),
                                        pretrain=False, metric=metric)
+    svm_cfg = resolved.adapt["svm"]
+    if good_class is not None:
+        if family_of(resolved.backbone) != "descriptor":
+            raise ValueError(f"a good class gives a descriptor backbone's svm its novelty bank; recipe {recipe} "
+                             f"makes a {family_of(resolved.backbone)} backbone")
+        svm_cfg = dataclasses.replace(svm_cfg, novelty_class=novelty_class_index(good_class, snapshot.classes, methods))
     domain_method = resolved.pretrain.method
     if include_scratch and not has_scratch_form(resolved.backbone):
         include_scratch = False
@@ -219,7 +229,7 @@ def evaluate_flow(dataset: str, backbones: list[str] | None = None, include_scra
                       finetune_fractions=tuple(finetune_fractions) if finetune_fractions else None,
                       finetune_seeds=tuple(finetune_seeds) if finetune_seeds else None,
                       probe=resolved.adapt["probe"], finetune=resolved.adapt["finetune"],
-                      lora=resolved.adapt["lora"], prototype=resolved.adapt["prototype"], svm=resolved.adapt["svm"],
+                      lora=resolved.adapt["lora"], prototype=resolved.adapt["prototype"], svm=svm_cfg,
                       baselines=SANITY_BASELINES, baseline=BaselineConfig(metric=metric),
                       baseline_fractions=tuple(baseline_fractions) if baseline_fractions else None)
     params = {"dataset": dataset, "backbones": refs, "fractions": list(fractions), "seeds": list(seeds),
@@ -227,7 +237,7 @@ def evaluate_flow(dataset: str, backbones: list[str] | None = None, include_scra
               "finetune_seeds": finetune_seeds, "recipe": recipe, "baselines_by_alias": generic,
               "budget_minutes": budget_minutes, "runtime": runtime,
               "episodes": list(episodes) if episodes else None, "episode_count": episode_count,
-              "metric": metric, "baseline_fractions": baseline_fractions}
+              "metric": metric, "baseline_fractions": baseline_fractions, "good_class": good_class}
     episode_cfg = (EpisodeConfig(specs=parse_specs(episodes), episodes=episode_count,
                                  meta=meta_config("reptile", recipe, probe=resolved.adapt["probe"]))
                    if episodes else None)
@@ -260,6 +270,8 @@ def evaluate_flow(dataset: str, backbones: list[str] | None = None, include_scra
                    "test split": f"{len(test_idx)} images (stratified, hash-assigned)",
                    "train pool": f"{len(train_idx)} images", "decision metric": metric,
                    "reference backbone": reference or "-"}
+        if good_class is not None:
+            context["svm novelty bank"] = f"the {good_class!r} training images of each run"
         markdown = markdown_report(result.rows, f"Label efficiency on {dataset}", context, None,
                                    reference_backbone=reference, target_backbones=claim["targets"] or None,
                                    efficiency_metric=metric, reference_check=reference_check, scratch=SCRATCH)

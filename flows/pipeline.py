@@ -28,9 +28,11 @@ def pipeline_flow(source: str, dataset: str, labels_export: str, classes: list[s
                   finetune_fractions: list[float] | None = (1.0,), finetune_seeds: list[int] | None = (0,),
                   candidate_method: str | None = None, margin: float = 0.0,
                   budget_minutes: float | None = None, pretrain_method: str | None = None,
-                  metric: str = DEFAULT_GATE_METRIC) -> dict:
+                  metric: str = DEFAULT_GATE_METRIC, good_class: str | None = None) -> dict:
     """Run every step on `source` images labeled by `labels_export` (a Label Studio export;
-    `classes`, when given, are the only labels accepted).
+    `classes`, when given, are the only labels accepted). `good_class` (a descriptor recipe's
+    svm, in the sweep and the candidate): the normal class, whose training images make the
+    position-aware novelty bank.
     With `generic_source` (a folder of generic images), a backbone pretrained with the same
     recipe and budget on it joins the comparison as the generic baseline (and takes its
     model's `baseline` alias, a recorded promotion event).
@@ -78,11 +80,11 @@ def pipeline_flow(source: str, dataset: str, labels_export: str, classes: list[s
     adapt_budget = dict(budget_minutes=adapt_budget, finetune_runs=finetune_runs)
     evaluation = evaluate_flow(dataset, backbones=refs, fractions=fractions, seeds=seeds, methods=methods,
                                finetune_fractions=finetune_fractions, finetune_seeds=finetune_seeds,
-                               recipe=recipe, metric=metric, **adapt_budget)
+                               recipe=recipe, metric=metric, good_class=good_class, **adapt_budget)
     backbone, method, why = choose_candidate(evaluation["table"], [refs[0], SCRATCH], metric, candidate_method)
     print(f"pipeline: candidate {backbone} / {method}: {why}")
     candidate = adapt_flow(dataset, backbone=backbone, method=method, fraction=1.0, recipe=recipe, metric=metric,
-                           **adapt_budget)
+                           good_class=good_class if method == "svm" else None, **adapt_budget)
     promotion = promote_flow(f"{candidate['model']}:{candidate['version']}",
                              evaluation_id=evaluation["evaluation_id"], margin=margin, metric=metric)
     return {"ingest": ingest, "labels": labels, "backbones": refs, "evaluation": evaluation,

@@ -165,6 +165,12 @@ def recipe_methods(name: str) -> tuple[str, ...]:
     return NETWORK_METHODS if name == AUTO else get_recipe(name).methods
 
 
+def is_descriptor_recipe(name: str) -> bool:
+    """Whether recipe ``name`` makes a descriptor backbone (whose svm takes a novelty bank); an
+    unknown name is not one (the flows refuse it with the list of recipes)."""
+    return name in RECIPES and "codebook" in RECIPES[name].pretrain
+
+
 def get_recipe(name: str) -> Recipe:
     if name not in RECIPES:
         raise ValueError(f"unknown recipe {name!r} (recipes: {', '.join(RECIPE_NAMES)}; see `dlvm recipes`)")

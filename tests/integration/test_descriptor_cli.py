@@ -1,9 +1,10 @@
-"""A descriptor backbone as a user makes and uses one: `dlvm pipeline --recipe tiny-descriptor`
-fits its codebook (method codebook) on an ELPV subset, sweeps the recipe's own method (svm) beside
-the sanity baselines with no from-scratch row (an unfitted descriptor backbone is no baseline),
-adapts and gates the candidate; `dlvm predict` and `dlvm export` use the classifier like any other;
-fine-tuning the backbone is refused with the reason. One pipeline command rather than a command
-per step: each command pays seconds of imports."""
+"""A descriptor backbone as a user makes and uses one: `dlvm pipeline --recipe tiny-descriptor
+--good-class functional` fits its codebook (method codebook) on an ELPV subset, sweeps the recipe's
+own method (svm, with a novelty bank of the functional training cells) beside the sanity baselines
+with no from-scratch row (an unfitted descriptor backbone is no baseline), adapts and gates the
+candidate; `dlvm predict` and `dlvm export` use the classifier, bank and all, like any other;
+fine-tuning the backbone and a good class that is not one are refused with the reason. One
+pipeline command rather than a command per step: each command pays seconds of imports."""
 from __future__ import annotations
 
 import json
@@ -24,12 +25,14 @@ def test_descriptor_pipeline_registers_predicts_and_exports(tmp_path, prefect_ap
     env = dlvm_env(tmp_path / "state", PREFECT_API_URL=prefect_api)
     ran = dlvm(env, "pipeline", str(images), "--dataset", "elpv", "--labels", str(export),
                "--classes", "functional,defective", "--recipe", "tiny-descriptor", "--fractions", "1.0",
-               "--seeds", "0")
+               "--seeds", "0", "--good-class", "functional")
     log = ran.stdout + ran.stderr  # the flows' prints go through Prefect's logger
     assert "VLAD of 4 centres, RBF kernel map on 24 landmarks" in log and "pretraining codebook on flips" in log
     assert "no from-scratch row" in log  # and the recipe's method, svm, swept without --methods:
     assert "candidate elpv-codebook:1 / svm" in log
-    assert "24 of the kernel's 24 landmarks redrawn from the training images" in log
+    n_functional = int(sum(1 for item in json.loads(export.read_text())
+                           if item["annotations"][0]["result"][0]["value"]["choices"] == ["functional"]))
+    assert "24 of the kernel's 24 landmarks redrawn from the training images; novelty bank of" in log
     with session_scope(Settings(home=tmp_path / "state")) as session:
         rows = session.exec(select(ModelVersion, RegisteredModel).join(RegisteredModel)
                             .order_by(ModelVersion.id)).all()
@@ -38,10 +41,13 @@ def test_descriptor_pipeline_registers_predicts_and_exports(tmp_path, prefect_ap
     assert backbone_model.name == "elpv-codebook" and backbone.params["family"] == "descriptor"
     assert backbone.params["recipe"]["method"] == "codebook" and backbone.metrics["final_loss"] > 0
     assert classifier.params["method"] == "svm" and classifier.parent_id == backbone.id
+    assert classifier.params["good_class"] == "functional" and classifier.params["adapt"]["novelty_class"] == 0
+    # the bank: the functional cells of the training pool (the test split's are never in it)
+    assert 0 < classifier.params["training"]["novelty_bank"] < n_functional
     assert 0 <= classifier.metrics["accuracy"]["value"] <= 1
     report = Path(urlparse(evaluation.report_uri).path).read_text()
     assert "| elpv-codebook:1 / svm |" in report and "svm-hog" in report and "majority" in report
-    assert "| scratch /" not in report
+    assert "| scratch /" not in report and "svm novelty bank" in report
 
     predicted = tmp_path / "predict.json"
     dlvm(env, "predict", str(images), "--model", f"{classifier_model.name}:{classifier.version}", "--summary", str(predicted))
@@ -52,3 +58,7 @@ def test_descriptor_pipeline_registers_predicts_and_exports(tmp_path, prefect_ap
     bad = dlvm(env, "adapt", "--dataset", "elpv", "--backbone", "elpv-codebook", "--method", "finetune", "--recipe",
                "tiny-descriptor", check=False)
     assert bad.returncode == 1 and "fitted, not trained" in bad.stdout
+    bad = dlvm(env, "adapt", "--dataset", "elpv", "--backbone", "elpv-codebook", "--method", "svm", "--recipe",
+               "tiny-descriptor", "--good-class", "fine", check=False)
+    assert bad.returncode == 1 and "good class 'fine' is not a class of the labels (classes: functional, defective)" \
+        in bad.stdout

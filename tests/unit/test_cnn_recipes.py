@@ -38,6 +38,7 @@ from components.training.pretrain import PretrainConfig, pretrain
 from components.training.recipes import (
     RECIPE_NAMES,
     describe_recipes,
+    is_descriptor_recipe,
     recipe_methods,
     resolve_recipe,
     tiny_adapt,
@@ -321,6 +322,9 @@ def test_named_presets_build_and_are_listed():
     assert rows["descriptor"]["methods"] == rows["tiny-descriptor"]["methods"] == ["svm"]
     assert rows["auto"]["methods"] == rows["tiny-cnn"]["methods"] == ["probe", "finetune"]
     assert recipe_methods("descriptor") == ("svm",)
+    # the demo gives a descriptor recipe's svm its novelty bank; anything else, an unknown name too, takes none
+    assert is_descriptor_recipe("descriptor") and is_descriptor_recipe("tiny-descriptor")
+    assert not any(is_descriptor_recipe(name) for name in ("auto", "tiny-cnn", "demo", "huge"))
     with pytest.raises(ValueError, match="unknown recipe 'huge'"):
         recipe_methods("huge")
     tiny_cnn = resolve_recipe("tiny-cnn", seed=4, steps=9)
