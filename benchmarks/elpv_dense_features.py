@@ -10,17 +10,17 @@ views. Each seed draws its own codebook and landmarks; the seeds' average probab
 the ensemble row. Scored beside the product's HOG-SVM baseline fitted on the same split,
 paired.
 
-``--novelty`` adds a second model per seed (not yet a product method): the same kernel
-features plus nine statistics of each radius's position-aware novelty map (each descriptor's
-distance to the nearest descriptor of a functional training cell at the same grid position or
-one step away, leave-one-out on the training cells; ``position_novelty``), standardized on the
-training cells and weighted to the kernel features' scale, under the same linear SVM. VLAD's
-sums dilute one small crack among a thousand descriptors; the novelty map's worst values do not.
+``--novelty`` adds a second classifier per seed: the same svm with the functional training
+cells as its position-aware novelty bank (``AdaptConfig.novelty_class``, ``dlvm adapt
+--good-class``; components/models/descriptors.py ``PositionNovelty``): each descriptor's distance
+to the nearest bank descriptor at the same grid position (or ``--novelty-reach`` steps away),
+nine statistics of each radius's map beside the kernel features. VLAD's sums dilute one small crack among a
+thousand descriptors; the novelty map's worst values do not.
 
     python -m benchmarks.elpv_dense_features --seeds 0,1,2 \\
         --out benchmarks/results/elpv-dense-features/descriptor-backbone-svm.json
     python -m benchmarks.elpv_dense_features --seeds 0,1,2 --novelty \\
-        --out benchmarks/results/elpv-dense-features/descriptor-svm-novelty.json
+        --out benchmarks/results/elpv-dense-features/descriptor-svm-novelty-bank.json
 """
 from __future__ import annotations
 
@@ -40,22 +40,15 @@ from components.evaluation.baselines import SANITY_BASELINES, BaselineConfig, fi
 from components.evaluation.metrics import evaluate_predictions, paired_comparison
 from components.evaluation.split import test_split
 from components.models.descriptors import (
-    DenseDescriptor,
     DescriptorConfig,
     fit_descriptor_state,
-    novelty_statistics,
-    position_novelty,
 )
-from components.models.vit import normalize_uint8
 from components.training.adapt import (
     TTA,
     TTA_VIEWS,
     AdaptConfig,
     adapt,
-    extract_view_features,
-    fit_svm,
     predict_proba,
-    predict_proba_from_features,
 )
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -63,9 +56,9 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def run_seed(images: np.ndarray, y4: np.ndarray, train_idx: np.ndarray, test_idx: np.ndarray,
              cfg: DescriptorConfig, adapt_cfg: AdaptConfig, fit_on: str, seed: int,
-             novelty: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray | None, dict]:
-    """(test probabilities, test probabilities of the svm with ``novelty`` statistics added (None
-    without them), timings) of one descriptor backbone + svm classifier."""
+             novelty_class: int | None = None) -> tuple[np.ndarray, np.ndarray | None, dict]:
+    """(test probabilities, test probabilities of the svm with a novelty bank of ``novelty_class``'s
+    training images (None without one), timings) of one descriptor backbone + svm classifier."""
     t0 = time.perf_counter()
     unlabeled = images if fit_on == "all" else images[train_idx]
     state, _ = fit_descriptor_state(unlabeled, cfg, TTA_VIEWS[adapt_cfg.tta], seed=seed)
@@ -75,56 +68,15 @@ def run_seed(images: np.ndarray, y4: np.ndarray, train_idx: np.ndarray, test_idx
     proba = predict_proba(clf, images[test_idx])
     t3 = time.perf_counter()
     seconds = {"fit_backbone": round(t1 - t0, 1), "adapt": round(t2 - t1, 1), "predict": round(t3 - t2, 1)}
-    if novelty is None:
+    if novelty_class is None:
         return proba, None, seconds
-    nproba = svm_with_novelty(clf.encoder, images, y4, train_idx, test_idx, novelty, adapt_cfg, seed)
-    seconds["svm_with_novelty"] = round(time.perf_counter() - t3, 1)
+    del clf  # the second classifier's bank and maps need the memory
+    clf = adapt(cfg, state, images[train_idx], y4[train_idx], 4,
+                replace(adapt_cfg, seed=seed, novelty_class=novelty_class))
+    t4 = time.perf_counter()
+    nproba = predict_proba(clf, images[test_idx])
+    seconds.update(adapt_with_novelty=round(t4 - t3, 1), predict_with_novelty=round(time.perf_counter() - t4, 1))
     return proba, nproba, seconds
-
-
-def novelty_features(images: np.ndarray, train_idx: np.ndarray, good: np.ndarray, cfg: DescriptorConfig,
-                     reach: int = 1) -> np.ndarray:
-    """``[N, 9 x radii]`` novelty statistics of every image (``novelty_statistics`` of each
-    radius's ``position_novelty`` map against the descriptors of ``good``, training images of the
-    normal class; a training image is left out of its own bank), standardized on ``train_idx``."""
-    from tqdm.auto import tqdm
-
-    def grids(desc: DenseDescriptor, idx: np.ndarray) -> torch.Tensor:
-        g = len(range(desc.radii[0], cfg.img_size - desc.radii[0], desc.step))
-        with torch.no_grad():
-            return torch.cat([desc(normalize_uint8(torch.from_numpy(images[idx[i: i + 32]])))
-                              for i in range(0, len(idx), 32)]).reshape(-1, g, g, desc.dim)
-
-    columns = []
-    ids = torch.from_numpy(np.arange(len(images)))
-    for radius in tqdm(cfg.radii, desc="novelty maps", unit="radius", leave=False):
-        desc = DenseDescriptor(cfg.step, (radius,), cfg.rings, cfg.histograms, cfg.orientations)
-        every = grids(desc, np.arange(len(images)))
-        good_t = torch.from_numpy(good)
-        with torch.no_grad():
-            maps = position_novelty(every, every[good_t], reach, 1, ids, ids[good_t])
-        thresholds = torch.quantile(maps[good_t].flatten()[::7], torch.tensor([0.99, 0.999]))
-        columns.append(novelty_statistics(maps, thresholds))
-    feats = torch.cat(columns, 1).numpy()
-    return (feats - feats[train_idx].mean(0)) / (feats[train_idx].std(0) + 1e-6)
-
-
-def svm_with_novelty(encoder, images: np.ndarray, y4: np.ndarray, train_idx: np.ndarray, test_idx: np.ndarray,
-                     novelty: np.ndarray, adapt_cfg: AdaptConfig, seed: int, weight: float = 1.0) -> np.ndarray:
-    """Test probabilities ``[n_test, 4]`` of the product's svm head (``fit_svm``) on the encoder's
-    kernel features of every view with the (view-independent) ``novelty`` statistics appended,
-    each scaled to the kernel features' root-mean-square width times ``weight`` (1: a novelty
-    statistic weighs what an average kernel feature does; 0.5 and 2 measured the same on seed 0),
-    from the logits averaged over the views (the head is linear: the logits of the mean view)."""
-    train = extract_view_features(encoder, images[train_idx], adapt_cfg.tta).numpy()
-    test = extract_view_features(encoder, images[test_idx], adapt_cfg.tta).numpy()
-    scale = weight * np.sqrt((train[0] ** 2).sum(1).mean() / novelty.shape[1])
-
-    def joined(views: np.ndarray, rows: np.ndarray) -> np.ndarray:
-        return np.concatenate([views, np.broadcast_to(scale * novelty[rows], (len(views),) + novelty[rows].shape)], 2)
-    X = joined(train, train_idx)
-    head = fit_svm(X.reshape(-1, X.shape[-1]), np.tile(y4[train_idx], len(X)), 4, replace(adapt_cfg, seed=seed))
-    return predict_proba_from_features(head, joined(test, test_idx).mean(0))
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -144,6 +96,10 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--versus", default="svm-hog", help="sanity baselines compared with, paired (comma list)")
     ap.add_argument("--novelty", action="store_true",
                     help="also the svm with position-aware novelty statistics (functional training cells as the bank)")
+    ap.add_argument("--novelty-dim", type=int, default=d.novelty_dim,
+                    help="the novelty bank's dimensions (principal directions of the functional cells' descriptors)")
+    ap.add_argument("--novelty-reach", type=int, default=d.novelty_reach,
+                    help="grid steps away a bank neighbour may lie (0: the same position; 1: 3x3, 9x the time)")
     ap.add_argument("--threads", type=int, default=2, help="torch threads")
     ap.add_argument("--subset", type=int, default=None, help="stratified subset of N images (smoke runs)")
     ap.add_argument("--cache", type=Path, default=ROOT / "benchmarks" / "results" / ".cache")
@@ -156,7 +112,8 @@ def main(argv: list[str] | None = None) -> dict:
     try:
         seeds = [int(s) for s in args.seeds.split(",")]
         cfg = DescriptorConfig(img_size=args.size, step=args.step, radii=tuple(int(r) for r in args.radii.split(",")),
-                               clusters=args.clusters, landmarks=args.landmarks)
+                               clusters=args.clusters, landmarks=args.landmarks, novelty_dim=args.novelty_dim,
+                               novelty_reach=args.novelty_reach)
         adapt_cfg = AdaptConfig(method="svm", svm_c=args.C, tta=args.tta)
     except ValueError as exc:
         raise SystemExit(f"bad arguments: {exc}") from None
@@ -166,16 +123,11 @@ def main(argv: list[str] | None = None) -> dict:
     images, y4, _, shas = load_elpv(args.size, args.cache, subset=args.subset)
     train_idx, test_idx = test_split(shas, y4)
     y_test = y4[test_idx]
-    novelty = None
-    if args.novelty:
-        t = time.perf_counter()
-        novelty = novelty_features(images, train_idx, train_idx[y4[train_idx] == 0], cfg)
-        print(f"novelty statistics: {round(time.perf_counter() - t, 1)} s", flush=True)
     runs, rows = [], {}
     for seed in seeds:
-        try:
+        try:  # class 0 is CLASS_NAMES_4[0], "functional" (benchmarks.label_efficiency.load_elpv)
             proba, nproba, seconds = run_seed(images, y4, train_idx, test_idx, cfg, adapt_cfg, args.fit_on, seed,
-                                              novelty)
+                                              0 if args.novelty else None)
         except ValueError as exc:  # e.g. fewer images than landmarks on a small --subset
             raise SystemExit(f"seed {seed}: {exc}") from None
         runs.append({"seed": seed, "seconds": seconds, "test": evaluate_predictions(y_test, proba, 4),

@@ -1,6 +1,7 @@
 """benchmarks/elpv_dense_features.py: the product's descriptor backbone fitted on the images
 without labels, the svm method on the training split, one run per seed and their ensemble,
-each faced with the HOG-SVM baseline on the same split (paired)."""
+each faced with the HOG-SVM baseline on the same split (paired); with --novelty the same svm
+with the functional training cells as its novelty bank beside it."""
 from __future__ import annotations
 
 import json
@@ -58,24 +59,9 @@ def test_novelty_adds_an_svm_per_seed_scored_and_paired_with_the_same_seed_witho
         p = np.array(r["novelty"]["test_proba"])
         assert p.shape == (len(y), 4) and np.allclose(p.sum(1), 1, atol=1e-4)
         assert r["novelty"]["test"]["accuracy"]["value"] == pytest.approx(np.mean(p.argmax(1) == y))
+        assert "adapt_with_novelty" in r["seconds"] and not np.allclose(p, before["test_proba"], atol=1e-3)
     assert set(out["novelty_vs_without"]) == {"seed 0", "seed 1"}
     assert out["novelty_vs_without"]["seed 1"]["other"] == pytest.approx(out["runs"][1]["test"]["accuracy"]["value"])
     ensemble = np.mean([np.array(r["novelty"]["test_proba"]) for r in out["runs"]], axis=0)
     assert out["ensemble_novelty"]["test"]["accuracy"]["value"] == pytest.approx(np.mean(ensemble.argmax(1) == y),
                                                                                  abs=1e-6)
-
-
-def test_novelty_statistics_leave_each_training_cell_out_of_its_own_bank():
-    from benchmarks.elpv_dense_features import novelty_features
-    from components.models.descriptors import DescriptorConfig
-
-    rng = np.random.default_rng(0)
-    images = rng.integers(0, 255, (6, 32, 32), dtype=np.uint8)
-    images[5] = images[0]  # a test image identical to a bank image: novelty 0 everywhere
-    cfg = DescriptorConfig(img_size=32, step=8, radii=(6,), clusters=2, landmarks=2)
-    train, good = np.arange(4), np.array([0, 1, 2])
-    feats = novelty_features(images, train, good, cfg)
-    assert feats.shape == (6, 9)
-    # image 0 is in the bank but left out of its own: its largest distance is not zero, image 5's is
-    raw_max = feats[:, 0]
-    assert raw_max[5] < raw_max[0] and raw_max[5] == raw_max.min()
