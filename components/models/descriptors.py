@@ -337,7 +337,7 @@ class PositionNovelty(nn.Module):
     :func:`novelty_statistics`, standardized on the training images and weighted to the kernel
     features' width. The bank is most of the model's size, so it is kept as float16 (ELPV's
     1,131 functional cells at 3 radii and 32 dimensions: 233 MB). Fitted by
-    :func:`fit_position_novelty` when a classifier is adapted; the statistics do not depend on
+    :func:`fit_novelty_projection` and :func:`fit_position_novelty` when a classifier is adapted; the statistics do not depend on
     the view (a flip's descriptors would need a flipped bank), so every view gets the same."""
 
     def __init__(self, cfg: DescriptorConfig):
@@ -375,47 +375,52 @@ class PositionNovelty(nn.Module):
 
 
 @torch.no_grad()
-def fit_position_novelty(backbone: "DescriptorBackbone", images: np.ndarray, normal: np.ndarray, width: float,
-                         batch_size: int = 32, progress: bool = True) -> torch.Tensor:
-    """Fit ``backbone.novelty`` on the training images (uint8 ``[N, S, S]``) whose ``normal`` mask
-    is set (the bank: ``cfg.novelty_bank`` of them) and return every training image's novelty
-    features ``[N, radii x 9]``, each image left out of its own bank (as an image it has never
-    seen will be). Principal directions from up to 64 normal images' descriptors; thresholds
-    from the normal images' maps; the statistics standardized on the training images and
-    scaled so that each weighs what a kernel feature of root-mean-square ``width`` does."""
-    from tqdm.auto import tqdm
-
+def fit_novelty_projection(backbone: "DescriptorBackbone", normal_images: np.ndarray) -> None:
+    """Set ``backbone.novelty``'s projection: per radius, the mean and the ``novelty_dim``
+    principal directions of the descriptors of up to 64 of the ``normal_images`` (uint8
+    ``[n, S, S]``, evenly drawn; 64 cells give ~200,000 descriptors, plenty for a 136 x 136
+    covariance)."""
     from components.models.vit import normalize_uint8
 
     nov = backbone.novelty
-    normal_idx = np.flatnonzero(normal)
-    if nov is None or len(normal_idx) != backbone.cfg.novelty_bank:
-        raise ValueError(f"{len(normal_idx)} normal images for a novelty bank of "
-                         f"{backbone.cfg.novelty_bank if nov is not None else 0}")
-
-    def describe(rows: np.ndarray) -> torch.Tensor:
-        return backbone.describe(normalize_uint8(torch.from_numpy(images[rows])))
-    sample = describe(normal_idx[np.linspace(0, len(normal_idx) - 1, min(64, len(normal_idx))).astype(int)])
+    rows = np.linspace(0, len(normal_images) - 1, min(64, len(normal_images))).astype(int)
+    sample = backbone.describe(normalize_uint8(torch.from_numpy(normal_images[rows])))
     start = 0
-    for i, g in enumerate(nov.grids):  # per radius, PCA of the normal descriptors
+    for i, g in enumerate(nov.grids):
         part = sample[:, start: start + g * g].flatten(0, 1).double()
         mean = part.mean(0)
         _, vectors = torch.linalg.eigh(torch.cov((part - mean).T))
         nov.mean[i] = mean.float()
         nov.projection[i] = vectors[:, -nov.projection.shape[-1]:].flip(-1).float()
         start += g * g
-    batches = range(0, len(images), batch_size)
-    projected = [torch.cat(parts) for parts in zip(*[
-        nov.project(describe(np.arange(s, min(s + batch_size, len(images)))))
-        for s in tqdm(batches, desc="novelty descriptors", disable=not progress, leave=False)])]
-    ids, bank_ids = torch.arange(len(images)), torch.from_numpy(normal_idx)
+
+
+@torch.no_grad()
+def fit_position_novelty(backbone: "DescriptorBackbone", projected: list[torch.Tensor], normal: np.ndarray,
+                         width: float, batch_size: int = 32, progress: bool = True) -> torch.Tensor:
+    """Fit the rest of ``backbone.novelty`` from the training images' descriptors on its
+    projection (``projected``: per radius ``[N, g, g, novelty_dim]``, ``novelty.project`` of each
+    image's descriptors, after :func:`fit_novelty_projection`): the bank is the images whose
+    ``normal`` mask is set (``cfg.novelty_bank`` of them), the thresholds come from their maps,
+    the statistics are standardized on the training images and scaled so that each weighs what
+    a kernel feature of root-mean-square ``width`` does. Returns every training image's novelty
+    features ``[N, radii x 9]``, each image left out of its own bank (as an unseen one will be)."""
+    from tqdm.auto import tqdm
+
+    nov = backbone.novelty
+    normal_idx = np.flatnonzero(normal)
+    if nov is None or len(normal_idx) != backbone.cfg.novelty_bank:
+        raise ValueError(f"{len(normal_idx)} normal images for a novelty bank of "
+                         f"{backbone.cfg.novelty_bank if nov is not None else 0}")
+    n = len(normal)
+    ids, bank_ids = torch.arange(n), torch.from_numpy(normal_idx)
     columns = []
     for i, q in enumerate(projected):
         bank = getattr(nov, f"bank{i}")
         bank.copy_(q[bank_ids])
         maps = torch.cat([position_novelty(q[s: s + batch_size], bank.float(), nov.reach, 1,
                                            ids[s: s + batch_size], bank_ids)
-                          for s in tqdm(batches, desc=f"novelty maps, radius {i + 1}/{len(projected)}",
+                          for s in tqdm(range(0, n, batch_size), desc=f"novelty maps, radius {i + 1}/{len(projected)}",
                                         disable=not progress, leave=False)])
         # every 7th value: quantile refuses inputs over 16 M values, and a subsample estimates these as well
         nov.thresholds[i] = torch.quantile(maps[bank_ids].flatten()[::7], torch.tensor([0.99, 0.999]))

@@ -66,7 +66,7 @@ from components.models.backbones import (
     family_of,
     load_backbone_weights,
 )
-from components.models.descriptors import fit_position_novelty
+from components.models.descriptors import fit_novelty_projection, fit_position_novelty
 from components.models.lora import check_lora_args, inject_lora, merge_lora
 from components.models.vit import normalize_uint8
 from components.training.augment import TTA_VIEWS, Augment, augment_batch
@@ -672,15 +672,25 @@ def adapt(
         return clf.eval()
     if cfg.method == "svm":  # trained on every view it will average over when predicting
         if family == "descriptor":  # the kernel's landmarks are redrawn from the training images first
+            projected = []  # with a bank to fit: each batch's descriptors on the novelty directions
+            if normal is not None:
+                fit_novelty_projection(clf.encoder, images[normal])
+
+            def vlads_and_projection(enc, x, tta):  # one descriptor pass serves both
+                d = enc.describe(x.float())
+                if normal is not None:
+                    projected.append([p.cpu() for p in enc.novelty.project(d)])
+                return enc.vlad_views(x, TTA_VIEWS[tta], d)
             vlads = extract_view_features(clf.encoder, images, cfg.tta, device=cfg.device, progress=progress,
-                                          pool=lambda enc, x, tta: enc.vlad_views(x, TTA_VIEWS[tta]))
+                                          pool=vlads_and_projection)
             clf.encoder.cpu()
             new = clf.encoder.set_landmarks(vlads.flatten(0, 1), cfg.seed)
             clf.training_log = {"landmarks_from_training_images": new, "landmarks": backbone_cfg.landmarks}
             feats = torch.cat([clf.encoder.kernel_features(v) for v in vlads.split(1024, 1)], 1)
             if normal is not None:
                 width = float(feats[0].pow(2).sum(1).mean().div(clf_cfg.num_novelty_features).sqrt())
-                novelty = fit_position_novelty(clf.encoder, images, normal, width, progress=progress)
+                novelty = fit_position_novelty(clf.encoder, [torch.cat(p) for p in zip(*projected)], normal, width,
+                                               progress=progress)
                 feats = torch.cat([feats, novelty.expand(len(feats), -1, -1)], 2)
                 clf.training_log["novelty_bank"] = int(normal.sum())
         else:

@@ -17,6 +17,7 @@ from components.models.descriptors import (
     DescriptorBackbone,
     DescriptorConfig,
     fit_descriptor_state,
+    fit_novelty_projection,
     fit_position_novelty,
     novelty_statistics,
     nystrom_features,
@@ -264,12 +265,20 @@ def test_a_fitted_novelty_bank_scores_an_unseen_image_as_it_scored_the_training_
     state, _ = fit_descriptor_state(images, SMALL, TTA_VIEWS["flips"], progress=False)
     encoder = DescriptorBackbone(replace(SMALL, novelty_bank=20))
     encoder.load_state_dict(state, strict=False)
-    feats = fit_position_novelty(encoder, images, y == 0, width=2.0, progress=False)
+    fit_novelty_projection(encoder, images[y == 0])
+    described = encoder.describe(normalize_uint8(torch.from_numpy(images)))
+    projected = encoder.novelty.project(described)
+    feats = fit_position_novelty(encoder, projected, y == 0, width=2.0, progress=False)
     assert feats.shape == (40, 18) and encoder.novelty.bank0.dtype == torch.float16
     assert encoder.novelty.bank0.shape == (20, 6, 6, 32) and encoder.novelty.bank1.shape == (20, 4, 4, 32)
     # standardized on the training images, then scaled to the width: each column's spread is 2
     assert torch.allclose(feats.std(0), torch.full((18,), 2.0), atol=1e-3)
-    again = encoder.novelty(encoder.describe(normalize_uint8(torch.from_numpy(images))))
+    # the projection: orthonormal principal directions, the first with the most variance
+    p = encoder.novelty.projection[0]
+    assert torch.allclose(p.T @ p, torch.eye(32), atol=1e-4)
+    variance = (projected[0].flatten(0, 2) - projected[0].flatten(0, 2).mean(0)).pow(2).mean(0)
+    assert variance[0] > variance[-1]
+    again = encoder.novelty(described)
     # the cracked images are not in the bank: the stored model gives them what the fit gave them
     assert torch.allclose(again[y == 1], feats[y == 1], atol=2e-3)
     # a normal training image is its own neighbour in the bank; the fit left it out, as it must
@@ -280,7 +289,7 @@ def test_a_fitted_novelty_bank_scores_an_unseen_image_as_it_scored_the_training_
     cracked, normal = unseen[y_test == 1, 0], unseen[y_test == 0, 0]
     assert (cracked[:, None] > normal[None]).float().mean() >= 0.95  # AUROC of the one statistic
     with pytest.raises(ValueError, match="19 normal images for a novelty bank of 20"):
-        fit_position_novelty(encoder, images[1:], y[1:] == 0, width=1.0, progress=False)
+        fit_position_novelty(encoder, [q[1:] for q in projected], y[1:] == 0, width=1.0, progress=False)
 
 
 def test_an_svm_with_a_novelty_bank_learns_saves_and_exports():
