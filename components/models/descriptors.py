@@ -88,9 +88,13 @@ class DenseDescriptor(torch.nn.Module):
     def dim(self) -> int:
         return (1 + self.rings * self.histograms) * self.orientations
 
+    def grid_sides(self, size: int) -> list[int]:
+        """Per radius, the side of the square grid of descriptors a ``size`` x ``size`` image gives."""
+        return [len(range(r, size - r, self.step)) for r in self.radii]
+
     def grid_points(self, size: int) -> int:
         """How many descriptors a ``size`` x ``size`` image gives."""
-        return sum(len(range(r, size - r, self.step)) ** 2 for r in self.radii)
+        return sum(g * g for g in self.grid_sides(size))
 
     def forward(self, gray: torch.Tensor) -> torch.Tensor:
         maps = orientation_maps(gray, self.orientations)
@@ -349,7 +353,7 @@ class PositionNovelty(nn.Module):
     def __init__(self, cfg: DescriptorConfig):
         super().__init__()
         self.reach = cfg.novelty_reach
-        self.grids = [len(range(radius, cfg.img_size - radius, cfg.step)) for radius in cfg.radii]
+        self.grids = cfg.descriptor().grid_sides(cfg.img_size)
         r, d, k = len(cfg.radii), cfg.descriptor().dim, cfg.novelty_dim
         self.register_buffer("mean", torch.zeros(r, d))
         self.register_buffer("projection", torch.zeros(r, d, k))
@@ -359,25 +363,22 @@ class PositionNovelty(nn.Module):
         self.register_buffer("centre", torch.zeros(r * NOVELTY_STATISTICS))
         self.register_buffer("scale", torch.ones(r * NOVELTY_STATISTICS))
 
+    def per_radius(self, descriptors: torch.Tensor) -> list[torch.Tensor]:
+        """A backbone's descriptors ``[B, N, D]`` (the radii stacked along N) -> per radius ``[B, g*g, D]``."""
+        return list(descriptors.split([g * g for g in self.grids], 1))
+
     def project(self, descriptors: torch.Tensor) -> list[torch.Tensor]:
         """A backbone's descriptors ``[B, N, D]`` -> per radius ``[B, g, g, novelty_dim]``."""
-        out, start = [], 0
-        for i, g in enumerate(self.grids):
-            part = descriptors[:, start: start + g * g]
-            out.append(((part - self.mean[i]) @ self.projection[i]).unflatten(1, (g, g)))
-            start += g * g
-        return out
-
-    def statistics(self, projected: list[torch.Tensor], ids: torch.Tensor | None = None,
-                   bank_ids: torch.Tensor | None = None, chunk: int | None = None) -> torch.Tensor:
-        """``[B, radii x 9]`` unstandardized statistics of projected descriptors (``ids``/``bank_ids``:
-        leave-one-out, as :func:`position_novelty`)."""
-        return torch.cat([novelty_statistics(position_novelty(q, getattr(self, f"bank{i}").float(), self.reach, 1,
-                                                              ids, bank_ids, chunk), self.thresholds[i])
-                          for i, q in enumerate(projected)], 1)
+        return [((part - self.mean[i]) @ self.projection[i]).unflatten(1, (g, g))
+                for i, (part, g) in enumerate(zip(self.per_radius(descriptors), self.grids))]
 
     def forward(self, descriptors: torch.Tensor) -> torch.Tensor:
-        return (self.statistics(self.project(descriptors)) - self.centre) / self.scale
+        """``[B, radii x 9]``: the standardized, weighted statistics of each radius's map (chunk None:
+        the whole batch at once, as an exported graph with a free batch axis needs)."""
+        stats = torch.cat([novelty_statistics(position_novelty(q, getattr(self, f"bank{i}").float(), self.reach, 1,
+                                                               chunk=None), self.thresholds[i])
+                           for i, q in enumerate(self.project(descriptors))], 1)
+        return (stats - self.centre) / self.scale
 
 
 @torch.no_grad()
@@ -391,14 +392,12 @@ def fit_novelty_projection(backbone: "DescriptorBackbone", normal_images: np.nda
     nov = backbone.novelty
     rows = np.linspace(0, len(normal_images) - 1, min(64, len(normal_images))).astype(int)
     sample = backbone.describe(normalize_uint8(torch.from_numpy(normal_images[rows])))
-    start = 0
-    for i, g in enumerate(nov.grids):
-        part = sample[:, start: start + g * g].flatten(0, 1).double()
+    for i, part in enumerate(nov.per_radius(sample)):
+        part = part.flatten(0, 1).double()
         mean = part.mean(0)
         _, vectors = torch.linalg.eigh(torch.cov((part - mean).T))
         nov.mean[i] = mean.float()
         nov.projection[i] = vectors[:, -nov.projection.shape[-1]:].flip(-1).float()
-        start += g * g
 
 
 @torch.no_grad()
@@ -461,7 +460,8 @@ class DescriptorBackbone(nn.Module):
         return nystrom_features(vlads, self.landmarks, self.projection, self.gamma)
 
     def forward_pool(self, x: torch.Tensor) -> torch.Tensor:
-        return self.forward_pool_views(x, (lambda t: t,))[0]
+        d = self.describe(x.float())
+        return self.with_novelty(self.kernel_features(vlad_encode(d, self.centres))[None], d)[0]
 
     def vlad_views(self, x: torch.Tensor, views, descriptors: torch.Tensor | None = None) -> torch.Tensor:
         """``[V, B, K*D]``: the VLAD vectors of each ``view(x)``, from one descriptor pass."""
@@ -473,10 +473,14 @@ class DescriptorBackbone(nn.Module):
         """``[V, B, M]``: the features of each ``view(x)``, from one descriptor pass (the novelty
         features, when there is a bank, are the unviewed image's for every view)."""
         d = self.describe(x.float())
-        feats = self.kernel_features(self.vlad_views(x, views, d))
+        return self.with_novelty(self.kernel_features(self.vlad_views(x, views, d)), d)
+
+    def with_novelty(self, feats: torch.Tensor, descriptors: torch.Tensor) -> torch.Tensor:
+        """Kernel features ``[V, B, M]`` of the views of images whose (unviewed) ``descriptors`` these
+        are -> ``[V, B, num_features]``: the novelty features appended when there is a bank."""
         if self.novelty is None:
             return feats
-        return torch.cat([feats, self.novelty(d)[None].repeat(len(feats), 1, 1)], -1)  # repeat: no batch size baked in
+        return torch.cat([feats, self.novelty(descriptors)[None].repeat(len(feats), 1, 1)], -1)  # no batch baked in
 
     @torch.no_grad()
     def set_landmarks(self, vlads: torch.Tensor, seed: int = 0) -> int:
