@@ -9,7 +9,14 @@ from components.evaluation.report import choose_candidate
 from components.names import check_dataset
 from components.registry.refs import SCRATCH
 from components.settings import get_settings
-from components.training.recipes import AUTO, PRETRAIN_SHARE, pipeline_finetune_runs, recipe_methods
+from components.training.adapt import novelty_class_index
+from components.training.recipes import (
+    AUTO,
+    PRETRAIN_SHARE,
+    is_descriptor_recipe,
+    pipeline_finetune_runs,
+    recipe_methods,
+)
 from flows.adapt import adapt_flow
 from flows.evaluate import evaluate_flow
 from flows.ingest import ingest_flow
@@ -58,8 +65,16 @@ def pipeline_flow(source: str, dataset: str, labels_export: str, classes: list[s
     methods = list(methods or recipe_methods(recipe))
     if candidate_method is not None and candidate_method not in methods:
         raise ValueError(f"candidate_method {candidate_method!r} is not among the swept methods {list(methods)}")
+    # a good class is checked before anything runs when the classes are given, else once the labels are in
+    if good_class is not None and not is_descriptor_recipe(recipe):
+        raise ValueError(f"a good class gives a descriptor backbone's svm its novelty bank; recipe {recipe} makes "
+                         "no descriptor backbone")
+    if good_class is not None and classes:
+        novelty_class_index(good_class, list(classes), methods)
     ingest = ingest_flow(source, dataset)
     labels = labels_flow(labels_export, dataset, classes=classes)
+    if good_class is not None:  # before minutes of pretraining
+        novelty_class_index(good_class, list(labels["class_counts"]), methods)
     n_backbones = 2 + bool(generic_source)  # domain, scratch, generic
     finetune_runs = pipeline_finetune_runs(n_backbones, len(finetune_fractions or fractions),
                                            len(finetune_seeds or seeds), methods, candidate_method)

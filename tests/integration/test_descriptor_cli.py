@@ -16,7 +16,7 @@ from sqlmodel import select
 
 from components.data.elpv import export_elpv
 from components.registry.db import session_scope
-from components.registry.tables import Evaluation, ModelVersion, RegisteredModel
+from components.registry.tables import Dataset, DatasetVersion, Evaluation, ModelVersion, RegisteredModel
 from components.settings import Settings
 
 
@@ -62,3 +62,9 @@ def test_descriptor_pipeline_registers_predicts_and_exports(tmp_path, prefect_ap
                "tiny-descriptor", "--good-class", "fine", check=False)
     assert bad.returncode == 1 and "good class 'fine' is not a class of the labels (classes: functional, defective)" \
         in bad.stdout
+    # the pipeline checks it against --classes before it ingests anything
+    bad = dlvm(env, "pipeline", str(images), "--dataset", "cells", "--labels", str(export), "--classes",
+               "functional,defective", "--recipe", "tiny-descriptor", "--good-class", "fine", check=False)
+    assert bad.returncode == 1 and "good class 'fine' is not a class of the labels" in bad.stdout
+    with session_scope(Settings(home=tmp_path / "state")) as session:
+        assert session.exec(select(DatasetVersion).join(Dataset).where(Dataset.name == "cells")).all() == []
