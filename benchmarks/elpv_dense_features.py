@@ -86,6 +86,8 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--step", type=int, default=d.step, help="grid step of the dense descriptors, pixels")
     ap.add_argument("--radii", default=",".join(map(str, d.radii)), help="descriptor radii, pixels (comma list)")
     ap.add_argument("--clusters", type=int, default=d.clusters, help="VLAD codebook size")
+    ap.add_argument("--patch-blocks", default=",".join(map(str, d.patch_blocks)),
+                    help="intensity patches' block sizes, px, each its own VLAD (comma list; empty: none)")
     ap.add_argument("--landmarks", type=int, default=d.landmarks, help="Nystrom landmarks (the feature width)")
     ap.add_argument("--C", type=float, default=AdaptConfig.svm_c, help="the linear SVM's C")
     ap.add_argument("--tta", default="flips", choices=TTA, help="views trained on and averaged over")
@@ -113,6 +115,7 @@ def main(argv: list[str] | None = None) -> dict:
         seeds = [int(s) for s in args.seeds.split(",")]
         cfg = DescriptorConfig(img_size=args.size, step=args.step, radii=tuple(int(r) for r in args.radii.split(",")),
                                clusters=args.clusters, landmarks=args.landmarks, novelty_dim=args.novelty_dim,
+                               patch_blocks=tuple(int(b) for b in args.patch_blocks.split(",") if b),
                                novelty_reach=args.novelty_reach)
         adapt_cfg = AdaptConfig(method="svm", svm_c=args.C, tta=args.tta)
     except ValueError as exc:

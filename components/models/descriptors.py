@@ -139,6 +139,48 @@ def pooled_blur(maps: torch.Tensor, sigma: float) -> tuple[int, torch.Tensor]:
     return factor, blur(pooled, rest)
 
 
+class IntensityPatches(torch.nn.Module):
+    """``[B, 1, H, W]`` grayscale -> per block size in ``blocks`` ``[B, L, side*side]``: the image
+    standardized (zero mean, unit variance), average-pooled in ``block`` x ``block`` squares, and
+    every ``side`` x ``side`` window of those squares. Why beside the gradient histograms: those are
+    normalized histogram by histogram, so they keep a crack's direction but not how dark it is,
+    and an inactive (dark) area has no edges to histogram; the pooled intensities keep both. The
+    image is cut to a centred multiple of the block first, so a flip of the image permutes the
+    windows' values (:func:`patch_permutation`) instead of shifting the squares."""
+
+    def __init__(self, blocks: tuple[int, ...] = (4, 8), side: int = 5):
+        super().__init__()
+        if not blocks or min(blocks) < 1 or side < 1:
+            raise ValueError(f"bad intensity patches: blocks {blocks}, side {side}")
+        self.blocks, self.side = tuple(blocks), side
+
+    @property
+    def dim(self) -> int:
+        return self.side * self.side
+
+    def forward(self, gray: torch.Tensor) -> list[torch.Tensor]:
+        x = (gray - gray.mean((-2, -1), keepdim=True)) / (gray.std((-2, -1), keepdim=True) + 1e-6)
+        h, w = x.shape[-2:]
+        out = []
+        for b in self.blocks:
+            if min(h, w) // b < self.side:
+                raise ValueError(f"{self.side} blocks of {b} px do not fit a {h}x{w} image")
+            top, left = (h - h // b * b) // 2, (w - w // b * b) // 2
+            pooled = F.avg_pool2d(x[..., top: top + h // b * b, left: left + w // b * b], b)[:, 0]
+            gy, gx = pooled.shape[-2] - self.side + 1, pooled.shape[-1] - self.side + 1
+            # windows by slicing (not unfold): plain ops an ONNX export takes
+            win = torch.stack([pooled[:, dy: dy + gy, dx: dx + gx] for dy in range(self.side)
+                               for dx in range(self.side)], -1)  # [B, gy, gx, side*side]
+            out.append(win.flatten(1, 2))
+        return out
+
+
+def patch_permutation(side: int, view) -> torch.Tensor:
+    """Indices ``perm`` with ``windows(view(image))`` ~ ``windows(image)[..., perm]`` (as an orderless
+    set): each window's values move as the view moves the image's pixels."""
+    return view(torch.arange(side * side).view(side, side)).flatten()
+
+
 def vlad_encode(descriptors: torch.Tensor, centres: torch.Tensor) -> torch.Tensor:
     """``[B, N, D]`` descriptors and ``[K, D]`` centres -> ``[B, K*D]`` VLAD vectors: per centre,
     the summed residuals of the descriptors nearest it; signed square root, L2 per centre, L2 overall."""
@@ -245,9 +287,12 @@ class DescriptorConfig:
     novelty_bank: int = 0  # normal images in the position-aware novelty bank; 0: none (adapt sets it)
     novelty_dim: int = 32  # the bank's dimensions: principal directions of the normal images' descriptors
     novelty_reach: int = 0  # grid steps a descriptor's bank neighbours may lie away (1: 9x the time, ELPV no better)
+    patch_blocks: tuple[int, ...] = (4, 8)  # intensity patches' square sizes, px, each its own VLAD; (): none
+    patch_side: int = 5  # an intensity patch: side x side squares
 
     def __post_init__(self) -> None:
         self.radii = tuple(int(r) for r in self.radii)
+        self.patch_blocks = tuple(int(b) for b in self.patch_blocks)
         if self.in_chans != 1:
             raise ValueError(f"a descriptor backbone reads grayscale images (in_chans 1), got {self.in_chans}")
         if self.clusters < 1 or self.landmarks < 1 or not self.gamma_scale > 0:
@@ -256,6 +301,10 @@ class DescriptorConfig:
         if 2 * max(self.radii or (0,)) >= self.img_size:
             raise ValueError(f"descriptor radius {max(self.radii)} does not fit a {self.img_size} px input")
         dim = self.descriptor().dim  # checks the geometry
+        if self.patch_blocks and (min(self.patch_blocks) < 1 or self.patch_side < 1
+                                  or self.img_size // max(self.patch_blocks) < self.patch_side):
+            raise ValueError(f"intensity patches of {self.patch_side} x {self.patch_side} blocks of "
+                             f"{self.patch_blocks} px do not fit a {self.img_size} px input")
         if self.novelty_bank < 0 or not 1 <= self.novelty_dim <= dim or self.novelty_reach < 0:
             raise ValueError(f"novelty_bank must be >= 0, novelty_dim in [1, {dim}] and novelty_reach >= 0, got "
                              f"{self.novelty_bank}, {self.novelty_dim}, {self.novelty_reach}")
@@ -265,9 +314,12 @@ class DescriptorConfig:
     def descriptor(self) -> DenseDescriptor:
         return DenseDescriptor(self.step, self.radii, self.rings, self.histograms, self.orientations)
 
+    def patches(self) -> IntensityPatches | None:
+        return IntensityPatches(self.patch_blocks, self.patch_side) if self.patch_blocks else None
+
     @property
     def vlad_dim(self) -> int:
-        return self.clusters * self.descriptor().dim
+        return self.clusters * (self.descriptor().dim + len(self.patch_blocks) * self.patch_side ** 2)
 
     @property
     def num_novelty_features(self) -> int:
@@ -290,6 +342,7 @@ class DescriptorConfig:
         unknown = sorted(set(d) - {f.name for f in fields(cls)})
         if unknown:
             raise ValueError(f"unknown DescriptorConfig keys: {unknown}")
+        d.setdefault("patch_blocks", ())  # saved before intensity patches existed: a backbone without them
         return cls(**d)
 
 
@@ -444,9 +497,12 @@ class DescriptorBackbone(nn.Module):
         super().__init__()
         self.cfg = cfg
         self.describe = cfg.descriptor()
+        self.patches = cfg.patches()
         d = self.describe.dim
         self.register_buffer("centres", torch.zeros(cfg.clusters, d))
-        self.register_buffer("landmarks", torch.zeros(cfg.landmarks, cfg.clusters * d))
+        if self.patches is not None:  # one codebook per block size
+            self.register_buffer("patch_centres", torch.zeros(len(cfg.patch_blocks), cfg.clusters, self.patches.dim))
+        self.register_buffer("landmarks", torch.zeros(cfg.landmarks, cfg.vlad_dim))
         self.register_buffer("projection", torch.zeros(cfg.landmarks, cfg.landmarks))
         self.register_buffer("gamma", torch.zeros(()))
         self.novelty = PositionNovelty(cfg) if cfg.novelty_bank else None
@@ -461,13 +517,31 @@ class DescriptorBackbone(nn.Module):
 
     def forward_pool(self, x: torch.Tensor) -> torch.Tensor:
         d = self.describe(x.float())
-        return self.with_novelty(self.kernel_features(vlad_encode(d, self.centres))[None], d)[0]
+        return self.with_novelty(self.kernel_features(self.encode(d, self.describe_patches(x))[None]), d)[0]
+
+    def describe_patches(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """Per block size the image's intensity patches (none without them)."""
+        return [] if self.patches is None else self.patches(x.float())
+
+    def encode(self, descriptors: torch.Tensor, patches: list[torch.Tensor], view=None) -> torch.Tensor:
+        """``[B, vlad_dim]``: the VLAD vector of ``view(image)`` (None: the image) from the image's
+        descriptors and intensity patches; with patches, the descriptors' VLAD and the patches'
+        (each block size its own) weigh half each in the unit-length whole."""
+        def viewed(t, perm):
+            return t if view is None else t[..., perm(view).to(t.device)]
+        v = vlad_encode(viewed(descriptors, lambda w: view_permutation(self.describe, w)), self.centres)
+        if not patches:
+            return v
+        side = self.patches.side
+        parts = [vlad_encode(viewed(p, lambda w: patch_permutation(side, w)), c)
+                 for p, c in zip(patches, self.patch_centres)]
+        return torch.cat([v / math.sqrt(2)] + [q / math.sqrt(2 * len(parts)) for q in parts], -1)
 
     def vlad_views(self, x: torch.Tensor, views, descriptors: torch.Tensor | None = None) -> torch.Tensor:
-        """``[V, B, K*D]``: the VLAD vectors of each ``view(x)``, from one descriptor pass."""
+        """``[V, B, vlad_dim]``: the VLAD vectors of each ``view(x)``, from one descriptor pass."""
         d = self.describe(x.float()) if descriptors is None else descriptors
-        return torch.stack([vlad_encode(d[..., view_permutation(self.describe, v).to(d.device)], self.centres)
-                            for v in views])
+        patches = self.describe_patches(x)
+        return torch.stack([self.encode(d, patches, v) for v in views])
 
     def forward_pool_views(self, x: torch.Tensor, views) -> torch.Tensor:
         """``[V, B, M]``: the features of each ``view(x)``, from one descriptor pass (the novelty
@@ -518,8 +592,9 @@ def fit_descriptor_state(images: np.ndarray, cfg: DescriptorConfig, views=(lambd
                          per_image: int = 200, batch_size: int = 16, progress: bool = True) -> tuple[dict, float]:
     """(the buffers of a :class:`DescriptorBackbone` fitted on unlabeled uint8 images ``[N, S, S]``,
     the k-means loss: mean squared distance of a descriptor to its centre): k-means centres from
-    ``per_image`` random descriptors of each image (each under a random one of ``views``), then
-    landmarks: the VLAD vectors of random (image, view) pairs."""
+    ``per_image`` random descriptors of each image (each under a random one of ``views``), the
+    same for each block size of intensity patches, then landmarks: the VLAD vectors of random
+    (image, view) pairs."""
     from sklearn.cluster import MiniBatchKMeans
     from tqdm.auto import tqdm
 
@@ -532,27 +607,42 @@ def fit_descriptor_state(images: np.ndarray, cfg: DescriptorConfig, views=(lambd
         raise ValueError(f"{len(images)} images x {len(views)} views give {n_pairs} VLAD vectors, fewer than the "
                          f"{cfg.landmarks} landmarks asked for: lower landmarks or add unlabeled images")
     rng = np.random.default_rng(seed)
-    desc = cfg.descriptor()
-    perms = [view_permutation(desc, v) for v in views]
+    backbone = DescriptorBackbone(cfg)
+    perms = [view_permutation(backbone.describe, v) for v in views]
+    patch_perms = [patch_permutation(cfg.patch_side, v) for v in views]
     pairs = rng.choice(n_pairs, cfg.landmarks, replace=False)
-    keep = {}  # image index -> its descriptors, for the images that give a landmark
+    keep = {}  # image index -> its descriptors and patches, for the images that give a landmark
     landmark_images = set((pairs // len(views)).tolist())
-    sample = []
+    sample, patch_samples = [], [[] for _ in cfg.patch_blocks]
+
+    def draw(x: torch.Tensor, view_perms: list[torch.Tensor]) -> torch.Tensor:  # per_image rows, one random view
+        pick = rng.choice(len(x), min(per_image, len(x)), replace=False)
+        return x[pick][:, view_perms[rng.integers(len(view_perms))]]
     with torch.no_grad():
         for i in tqdm(range(0, len(images), batch_size), desc="descriptors", disable=not progress, leave=False):
-            d = desc(normalize_uint8(torch.from_numpy(images[i: i + batch_size])))
+            x = normalize_uint8(torch.from_numpy(images[i: i + batch_size]))
+            d, patches = backbone.describe(x), backbone.describe_patches(x)
             for j in range(len(d)):
-                pick = rng.choice(d.shape[1], min(per_image, d.shape[1]), replace=False)
-                sample.append(d[j, pick][:, perms[rng.integers(len(perms))]])
+                sample.append(draw(d[j], perms))
+                for b, p in enumerate(patches):
+                    patch_samples[b].append(draw(p[j], patch_perms))
                 if i + j in landmark_images:
-                    keep[i + j] = d[j]
+                    keep[i + j] = (d[j], [p[j] for p in patches])
         sample = torch.cat(sample).numpy()
         if len(sample) < cfg.clusters:
             raise ValueError(f"{len(sample)} descriptors cannot make {cfg.clusters} clusters: lower clusters")
-        km = MiniBatchKMeans(cfg.clusters, random_state=seed, batch_size=4096, n_init=3).fit(sample)
-        centres = torch.from_numpy(km.cluster_centers_.astype(np.float32))
-        landmarks = torch.cat([vlad_encode(keep[int(p) // len(views)][None][..., perms[int(p) % len(views)]], centres)
-                               for p in pairs])
+
+        def kmeans(x: np.ndarray) -> tuple[torch.Tensor, float]:
+            km = MiniBatchKMeans(cfg.clusters, random_state=seed, batch_size=4096, n_init=3).fit(x)
+            return torch.from_numpy(km.cluster_centers_.astype(np.float32)), float(km.inertia_) / len(x)
+        backbone.centres, loss = kmeans(sample)
+        if backbone.patches is not None:
+            backbone.patch_centres = torch.stack([kmeans(torch.cat(p).numpy())[0] for p in patch_samples])
+        landmarks = torch.cat([backbone.encode(keep[int(p) // len(views)][0][None],
+                                               [q[None] for q in keep[int(p) // len(views)][1]],
+                                               views[int(p) % len(views)]) for p in pairs])
         projection, gamma = kernel_map(landmarks, cfg.gamma_scale)
-    state = {"centres": centres, "landmarks": landmarks, "projection": projection, "gamma": gamma}
-    return state, float(km.inertia_) / len(sample)
+    state = {"centres": backbone.centres, "landmarks": landmarks, "projection": projection, "gamma": gamma}
+    if backbone.patches is not None:
+        state["patch_centres"] = backbone.patch_centres
+    return state, loss

@@ -149,8 +149,8 @@ RECIPES: dict[str, Recipe] = {r.name: r for r in (
                        "fine-tune with validation, EMA, dihedral TTA)",
            pretrain={"simclr": tiny_cnn_pretrain, "vicreg": lambda: tiny_cnn_pretrain("vicreg")},
            adapt=tiny_cnn_adapt),
-    Recipe("descriptor", "dense descriptors at 300 px, VLAD (32 centres) and an RBF kernel map fitted without "
-                         "labels in minutes (codebook); adapt with svm: ELPV's best on 2 CPU cores",
+    Recipe("descriptor", "dense descriptors and intensity patches at 300 px, VLAD (32 centres) and an RBF kernel "
+                         "map fitted without labels in minutes (codebook); adapt with svm: ELPV's best on 2 CPU cores",
            pretrain={"codebook": descriptor_pretrain}, adapt=descriptor_adapt,
            preprocess=lambda: Preprocess(DescriptorConfig().img_size), methods=("svm",)),
     Recipe("tiny-descriptor", "a seconds-long descriptor backbone for tests (48 px, 4 centres, 24 landmarks)",
@@ -218,8 +218,9 @@ class ResolvedRecipe:
             arch = (f"ResNet {'-'.join(map(str, b.widths))} x {'-'.join(map(str, b.layers))} blocks"
                     + (", each image standardized" if b.input_norm == "image" else ""))
         elif family == "descriptor":
-            arch = (f"dense descriptors (radii {', '.join(map(str, b.radii))} px, step {b.step}), VLAD of "
-                    f"{b.clusters} centres, RBF kernel map on {b.landmarks} landmarks")
+            arch = (f"dense descriptors (radii {', '.join(map(str, b.radii))} px, step {b.step})"
+                    + (f" and intensity patches ({', '.join(map(str, b.patch_blocks))} px blocks)" if b.patch_blocks
+                       else "") + f", VLAD of {b.clusters} centres, RBF kernel map on {b.landmarks} landmarks")
         elif family == "sequential":
             arch = (f"causal transformer width {b.embed_dim} depth {b.depth} over {b.seq_len} tokens "
                     f"of a {b.tokenizer.codebook_size}-code tokenizer")

@@ -27,7 +27,8 @@ def test_descriptor_pipeline_registers_predicts_and_exports(tmp_path, prefect_ap
                "--classes", "functional,defective", "--recipe", "tiny-descriptor", "--fractions", "1.0",
                "--seeds", "0", "--good-class", "functional")
     log = ran.stdout + ran.stderr  # the flows' prints go through Prefect's logger
-    assert "VLAD of 4 centres, RBF kernel map on 24 landmarks" in log and "pretraining codebook on flips" in log
+    assert "intensity patches (4, 8 px blocks), VLAD of 4 centres, RBF kernel map on 24 landmarks" in log
+    assert "pretraining codebook on flips" in log
     assert "no from-scratch row" in log  # and the recipe's method, svm, swept without --methods:
     assert "candidate elpv-codebook:1 / svm" in log
     n_functional = int(sum(1 for item in json.loads(export.read_text())

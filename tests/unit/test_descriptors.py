@@ -16,11 +16,13 @@ from components.models.descriptors import (
     DenseDescriptor,
     DescriptorBackbone,
     DescriptorConfig,
+    IntensityPatches,
     fit_descriptor_state,
     fit_novelty_projection,
     fit_position_novelty,
     novelty_statistics,
     nystrom_features,
+    patch_permutation,
     position_novelty,
     view_coordinate_map,
     view_permutation,
@@ -117,6 +119,48 @@ def test_a_view_of_the_image_is_a_permutation_of_its_descriptor_dimensions():
     view_permutation(DenseDescriptor(histograms=6), TTA_VIEWS["flips"][1])  # a half turn maps 6 onto 6
 
 
+def test_intensity_patches_ignore_exposure_and_turn_with_the_image():
+    patches = IntensityPatches(blocks=(2, 4), side=3)
+    x = torch.rand(2, 1, 26, 26)  # 26: 13 blocks of 2 px; 6 of 4 px in the centred 24 px (one pixel off each side)
+    windows = patches(x)
+    assert [tuple(w.shape) for w in windows] == [(2, 11 * 11, 9), (2, 4 * 4, 9)]
+    # each window: the block means of the standardized image, in reading order
+    std = (x - x.mean((-2, -1), keepdim=True)) / (x.std((-2, -1), keepdim=True) + 1e-6)
+    blocks4 = std[:, 0, 1:25, 1:25].reshape(2, 6, 4, 6, 4).mean((2, 4))
+    assert torch.allclose(windows[1][:, 4 + 1], blocks4[:, 1:4, 1:4].flatten(1), atol=1e-5)  # window at row 1, col 1
+    blocks2 = std[:, 0].reshape(2, 13, 2, 13, 2).mean((2, 4))
+    assert torch.allclose(windows[0][:, 0], blocks2[:, :3, :3].flatten(1), atol=1e-5)
+    assert all(torch.allclose(a, b, atol=1e-4) for a, b in zip(patches(3 * x + 40), windows))  # exposure and gain
+    centres = torch.randn(5, 9)
+    for view in TTA_VIEWS["dihedral"]:  # a view of the image: the same windows, each permuted
+        perm = patch_permutation(3, view)
+        for seen, original in zip(patches(view(x)), windows):
+            assert torch.allclose(seen.sort(1).values, original[..., perm].sort(1).values, atol=1e-5)
+            assert torch.allclose(vlad_encode(seen, centres), vlad_encode(original[..., perm], centres), atol=1e-5)
+    with pytest.raises(ValueError, match="do not fit"):
+        patches(torch.rand(1, 1, 10, 10))
+    with pytest.raises(ValueError, match="do not fit a 48 px input"):
+        DescriptorConfig(img_size=48, step=6, radii=(6, 12), patch_blocks=(10,))
+
+
+def test_a_backbone_with_intensity_patches_weighs_them_half_and_old_configs_load_without():
+    assert SMALL.patch_blocks == (4, 8) and SMALL.vlad_dim == 4 * (136 + 2 * 25)
+    state, _ = fit_descriptor_state(smooth_images(30), SMALL, TTA_VIEWS["flips"], seed=0, progress=False)
+    assert state["patch_centres"].shape == (2, 4, 25)
+    encoder = build_backbone(SMALL)
+    encoder.load_state_dict(state)
+    x = normalize_uint8(torch.from_numpy(smooth_images(3, seed=2)))
+    v = encoder.vlad_views(x, TTA_VIEWS["none"])[0]
+    d = 4 * 136
+    assert torch.allclose(v.norm(dim=1), torch.ones(3))
+    assert torch.allclose(v[:, :d].norm(dim=1), torch.full((3,), 0.5 ** 0.5))  # the histograms' half
+    assert torch.allclose(v[:, :d] * 2 ** 0.5, vlad_encode(encoder.describe(x), state["centres"]), atol=1e-6)
+    # a configuration saved before intensity patches existed is a backbone without them
+    saved = {k: val for k, val in config_to_dict(SMALL).items() if k != "patch_blocks"}
+    old = config_from_dict(saved)
+    assert old.patch_blocks == () and old.vlad_dim == 4 * 136 and build_backbone(old).patches is None
+
+
 def test_the_nystrom_map_reproduces_the_kernel_on_its_landmarks():
     state, _ = fit_descriptor_state(smooth_images(30), SMALL, TTA_VIEWS["flips"], seed=0, progress=False)
     L, gamma = state["landmarks"], state["gamma"]
@@ -124,6 +168,7 @@ def test_the_nystrom_map_reproduces_the_kernel_on_its_landmarks():
     kernel = torch.exp(-gamma * torch.cdist(L, L).pow(2))
     assert torch.allclose(phi @ phi.T, kernel, atol=2e-3)
     assert L.shape == (SMALL.landmarks, SMALL.vlad_dim) and state["centres"].shape == (4, SMALL.descriptor().dim)
+    assert state["patch_centres"].shape == (len(SMALL.patch_blocks), 4, SMALL.patch_side ** 2)
     again, _ = fit_descriptor_state(smooth_images(30), SMALL, TTA_VIEWS["flips"], seed=0, progress=False)
     assert all(torch.equal(state[k], again[k]) for k in state)  # seeded: the same fit twice
     with pytest.raises(ValueError, match="fewer than the 24 landmarks"):
@@ -219,7 +264,8 @@ def test_codebook_pretraining_goes_with_the_descriptor_family_and_gives_a_backbo
         pretrain(smooth_images(30), cfg, progress=False, init_encoder_state=result.encoder_state)
     resolved = resolve_recipe("descriptor")
     assert resolved.preprocess.size == 300 and resolved.adapt["svm"].tta == "flips"
-    assert "VLAD of 32 centres, RBF kernel map on 2048 landmarks" in resolved.describe()
+    assert ("and intensity patches (4, 8 px blocks), VLAD of 32 centres, RBF kernel map on 2048 landmarks"
+            in resolved.describe())
 
 
 def test_position_novelty_is_the_distance_to_the_nearest_normal_descriptor_nearby():
