@@ -21,7 +21,13 @@ from components.models.checkpoint import save_checkpoint
 from components.names import check_dataset, check_model, check_model_ref
 from components.orchestration.lineage import recorded_run
 from components.settings import get_settings
-from components.training.adapt import AdaptConfig, adapt, novelty_class_index, predict_proba
+from components.training.adapt import (
+    AdaptConfig,
+    adapt,
+    novelty_class_index,
+    predict_proba,
+)
+from components.training.kept_runs import take_run, training_key
 from components.training.meta import META_METHODS, MetaConfig, meta_adapt
 from components.training.recipes import AUTO, meta_config, recipe_for_run
 from flows.tasks import (
@@ -37,6 +43,11 @@ from flows.tasks import (
 @task(name="adapt-backbone", cache_policy=NO_CACHE)
 def run_adapt(backbone_cfg, state, images, labels, num_classes: int, cfg: AdaptConfig, preprocess: dict):
     return adapt(backbone_cfg, state, images, labels, num_classes, cfg, progress=True, preprocess=preprocess)
+
+
+@task(name="take-kept-sweep-run", cache_policy=NO_CACHE)
+def kept_classifier(folder: str | None, backbone_cfg, state, images, labels, num_classes: int, cfg: AdaptConfig):
+    return take_run(folder, training_key(backbone_cfg, state, images, labels, num_classes, cfg)) if folder else None
 
 
 @task(name="meta-adapt-backbone", cache_policy=NO_CACHE)
@@ -56,9 +67,12 @@ def adapt_flow(dataset: str, backbone: str | None = None, method: str = "probe",
                seed: int = 0, recipe: str = AUTO, dataset_version: int | None = None,
                snapshot_version: int | None = None, model_name: str | None = None,
                budget_minutes: float | None = None, finetune_runs: int = 1,
-               metric: str = DEFAULT_GATE_METRIC, good_class: str | None = None) -> dict:
+               metric: str = DEFAULT_GATE_METRIC, good_class: str | None = None,
+               reuse_from: str | None = None) -> dict:
     """Adapt `backbone` (a registered backbone ref like 'elpv-simclr', 'elpv-mae:2', or 'scratch')
     with `fraction` of the snapshot's training labels; evaluate on its fixed test split.
+    `reuse_from` (the pipeline's): a folder of a sweep's kept full-label classifiers; one trained
+    from exactly this run's backbone, labels, settings and seed is taken instead of training again.
     A registered backbone decodes images as it was pretrained (its recorded preprocessing).
     `metric`: what the auto recipe's fine-tune fits its class offsets for (the gate's metric).
     `good_class` (the svm on a descriptor backbone): the normal class, whose training images make
@@ -118,8 +132,16 @@ def adapt_flow(dataset: str, backbone: str | None = None, method: str = "probe",
             params["meta_training"] = meta.summary()
             params["baseline_method"] = cfg.final  # what the gate adapts the baselines with
         else:
-            classifier = run_adapt(backbone_cfg, state, data.images[subset], data.labels[subset], len(data.classes),
-                                   cfg, pre.to_dict())
+            classifier = kept_classifier(reuse_from, backbone_cfg, state, data.images[subset], data.labels[subset],
+                                         len(data.classes), cfg)
+            if classifier is not None:
+                classifier.preprocess = pre.to_dict()
+                params["reused_sweep_run"] = True
+                print("adapt: the sweep's full-label run with this backbone, these labels, settings and seed "
+                      "is taken as it is (not trained again)")
+            else:
+                classifier = run_adapt(backbone_cfg, state, data.images[subset], data.labels[subset],
+                                       len(data.classes), cfg, pre.to_dict())
         metrics = test_metrics(classifier, data, int(len(subset)))
         training = classifier.training_log
         if training:

@@ -174,10 +174,12 @@ def evaluate_flow(dataset: str, backbones: list[str] | None = None, include_scra
                   budget_minutes: float | None = None, finetune_runs: int | None = None,
                   episodes: list[str] | None = None, episode_count: int = 300,
                   metric: str = DEFAULT_GATE_METRIC, baseline_fractions: list[float] | None = (1.0,),
-                  good_class: str | None = None) -> dict:
-    """Compare backbones on the snapshot's test split. `backbones` are registered backbone refs
-    (default: the dataset's own MAE backbone and every backbone's `baseline` alias holder of
-    the same input size); 'scratch' is added unless include_scratch is off.
+                  good_class: str | None = None, keep_runs: str | None = None) -> dict:
+    """Compare backbones on the snapshot's test split. `keep_runs` (the pipeline's): a folder where
+    the full-label runs of the trained methods keep their classifiers for the candidate step.
+    `backbones` are registered backbone refs (default: the dataset's own MAE backbone and every
+    backbone's `baseline` alias holder of the same input size); 'scratch' is added unless
+    include_scratch is off.
     The sanity baselines (majority class; logistic regression and RBF-SVM on pixels and on
     HOG) always run beside them, on the same label subsets, at `baseline_fractions` of the
     labels with the first seed (None: every fraction).
@@ -231,7 +233,8 @@ def evaluate_flow(dataset: str, backbones: list[str] | None = None, include_scra
                       probe=resolved.adapt["probe"], finetune=resolved.adapt["finetune"],
                       lora=resolved.adapt["lora"], prototype=resolved.adapt["prototype"], svm=svm_cfg,
                       baselines=SANITY_BASELINES, baseline=BaselineConfig(metric=metric),
-                      baseline_fractions=tuple(baseline_fractions) if baseline_fractions else None)
+                      baseline_fractions=tuple(baseline_fractions) if baseline_fractions else None,
+                      keep_dir=keep_runs)
     params = {"dataset": dataset, "backbones": refs, "fractions": list(fractions), "seeds": list(seeds),
               "methods": list(methods), "finetune_fractions": finetune_fractions,
               "finetune_seeds": finetune_seeds, "recipe": recipe, "baselines_by_alias": generic,

@@ -10,6 +10,7 @@ from components.names import check_dataset
 from components.registry.refs import SCRATCH
 from components.settings import get_settings
 from components.training.adapt import novelty_class_index
+from components.training.kept_runs import kept_runs_folder
 from components.training.recipes import (
     AUTO,
     PRETRAIN_SHARE,
@@ -93,13 +94,18 @@ def pipeline_flow(source: str, dataset: str, labels_export: str, classes: list[s
                                "pretrain_steps": pretrain_steps, "compared_on": dataset})
     refs = [f"{b['model']}:{b['version']}" for b in backbones]
     adapt_budget = dict(budget_minutes=adapt_budget, finetune_runs=finetune_runs)
-    evaluation = evaluate_flow(dataset, backbones=refs, fractions=fractions, seeds=seeds, methods=methods,
-                               finetune_fractions=finetune_fractions, finetune_seeds=finetune_seeds,
-                               recipe=recipe, metric=metric, good_class=good_class, **adapt_budget)
-    backbone, method, why = choose_candidate(evaluation["table"], [refs[0], SCRATCH], metric, candidate_method)
-    print(f"pipeline: candidate {backbone} / {method}: {why}")
-    candidate = adapt_flow(dataset, backbone=backbone, method=method, fraction=1.0, recipe=recipe, metric=metric,
-                           good_class=good_class if method == "svm" else None, **adapt_budget)
+    # the sweep's full-label classifiers wait in a folder for the candidate step: the candidate that
+    # matches one of them in backbone, labels, settings and seed is taken, not trained again
+    with kept_runs_folder(get_settings().cache) as kept:
+        evaluation = evaluate_flow(dataset, backbones=refs, fractions=fractions, seeds=seeds, methods=methods,
+                                   finetune_fractions=finetune_fractions, finetune_seeds=finetune_seeds,
+                                   recipe=recipe, metric=metric, good_class=good_class, keep_runs=str(kept),
+                                   **adapt_budget)
+        backbone, method, why = choose_candidate(evaluation["table"], [refs[0], SCRATCH], metric, candidate_method)
+        print(f"pipeline: candidate {backbone} / {method}: {why}")
+        candidate = adapt_flow(dataset, backbone=backbone, method=method, fraction=1.0, recipe=recipe,
+                               metric=metric, good_class=good_class if method == "svm" else None,
+                               reuse_from=str(kept), **adapt_budget)
     promotion = promote_flow(f"{candidate['model']}:{candidate['version']}",
                              evaluation_id=evaluation["evaluation_id"], margin=margin, metric=metric)
     return {"ingest": ingest, "labels": labels, "backbones": refs, "evaluation": evaluation,

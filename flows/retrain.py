@@ -14,6 +14,7 @@ from components.names import check_alias, check_dataset, check_model_ref
 from components.registry import queries
 from components.registry.db import session_scope
 from components.settings import get_settings
+from components.training.kept_runs import kept_runs_folder
 from flows.adapt import adapt_flow
 from flows.evaluate import evaluate_flow
 from flows.feedback import feedback_flow
@@ -46,12 +47,16 @@ def retrain_flow(dataset: str, backbone: str | None = None, method: str | None =
         if pull and settings.label_studio_url else None
     backbone = backbone or production_backbone(settings, model, alias) or f"{dataset}-mae"
     # The gate compares with training from scratch (fine-tuning on all labels): evaluate that too.
-    evaluation = evaluate_flow(dataset, backbones=[backbone], fractions=fractions, seeds=seeds,
-                               methods=list(dict.fromkeys([method or "probe", "finetune"])), finetune_fractions=[1.0],
-                               finetune_seeds=[seeds[0]], recipe=recipe, metric=metric)
-    method, why = choose_candidate_method(evaluation["table"], backbone, metric, method)
-    print(f"retrain: candidate {backbone} / {method}: {why}")
-    candidate = adapt_flow(dataset, backbone=backbone, method=method, fraction=1.0, recipe=recipe)
+    # A candidate the sweep already trained (same backbone, labels, settings, seed) is taken, not retrained.
+    with kept_runs_folder(settings.cache) as kept:
+        evaluation = evaluate_flow(dataset, backbones=[backbone], fractions=fractions, seeds=seeds,
+                                   methods=list(dict.fromkeys([method or "probe", "finetune"])),
+                                   finetune_fractions=[1.0], finetune_seeds=[seeds[0]], recipe=recipe, metric=metric,
+                                   keep_runs=str(kept))
+        method, why = choose_candidate_method(evaluation["table"], backbone, metric, method)
+        print(f"retrain: candidate {backbone} / {method}: {why}")
+        candidate = adapt_flow(dataset, backbone=backbone, method=method, fraction=1.0, recipe=recipe,
+                               reuse_from=str(kept))
     promotion = promote_flow(f"{candidate['model']}:{candidate['version']}", alias=alias,
                              evaluation_id=evaluation["evaluation_id"], margin=margin, actor="retrain", metric=metric)
     return {"labels": labels, "backbone": backbone, "evaluation_id": evaluation["evaluation_id"],

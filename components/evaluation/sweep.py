@@ -118,6 +118,10 @@ class SweepConfig:
     baseline: Any = None
     baseline_fractions: tuple[float, ...] | None = None
     baseline_seeds: tuple[int, ...] | None = None
+    # A folder where the full-label (fraction 1.0) runs of the trained methods (fine-tune, LoRA,
+    # svm) keep their classifiers for the pipeline's candidate step (components/training/kept_runs.py);
+    # None: nothing kept.
+    keep_dir: str | None = None
 
     def __post_init__(self) -> None:
         bad = [m for m in self.methods if m not in METHODS]
@@ -405,9 +409,14 @@ def run_unit(
             head = fit(feats[row_of[sub]], labels[sub], num_classes, with_seed(method_cfg[method], s))
             proba = learn.predict_proba_from_features(head, test_feats)
         else:
-            clf = learn.adapt(backbone.config, backbone.state, images[sub], labels[sub], num_classes,
-                              with_seed(method_cfg[method], s), progress=False)
+            run_cfg = with_seed(method_cfg[method], s)
+            clf = learn.adapt(backbone.config, backbone.state, images[sub], labels[sub], num_classes, run_cfg,
+                              progress=False)
             proba = learn.predict_proba(clf, images[test_idx], cfg.feature_batch_size, cfg.device)
+            if cfg.keep_dir and f == 1.0:
+                from components.training.kept_runs import keep_run, training_key
+                keep_run(cfg.keep_dir, training_key(backbone.config, backbone.state, images[sub], labels[sub],
+                                                    num_classes, run_cfg), clf)
             del clf
         proba = np.asarray(proba, dtype=np.float32)
         if proba.shape != (len(test_idx), num_classes):

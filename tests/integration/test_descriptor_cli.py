@@ -34,6 +34,9 @@ def test_descriptor_pipeline_registers_predicts_and_exports(tmp_path, prefect_ap
     n_functional = int(sum(1 for item in json.loads(export.read_text())
                            if item["annotations"][0]["result"][0]["value"]["choices"] == ["functional"]))
     assert "24 of the kernel's 24 landmarks redrawn from the training images; novelty bank of" in log
+    # the candidate is the sweep's full-label svm, taken as it is; the folder that held it is gone
+    assert "is taken as it is (not trained again)" in log
+    assert not list((tmp_path / "state" / "cache").glob("kept-runs-*"))
     with session_scope(Settings(home=tmp_path / "state")) as session:
         rows = session.exec(select(ModelVersion, RegisteredModel).join(RegisteredModel)
                             .order_by(ModelVersion.id)).all()
@@ -43,6 +46,7 @@ def test_descriptor_pipeline_registers_predicts_and_exports(tmp_path, prefect_ap
     assert backbone.params["recipe"]["method"] == "codebook" and backbone.metrics["final_loss"] > 0
     assert classifier.params["method"] == "svm" and classifier.parent_id == backbone.id
     assert classifier.params["good_class"] == "functional" and classifier.params["adapt"]["novelty_class"] == 0
+    assert classifier.params["reused_sweep_run"] is True and classifier.params["preprocess"]["size"] == 48
     # the bank: the functional cells of the training pool (the test split's are never in it)
     assert 0 < classifier.params["training"]["novelty_bank"] < n_functional
     assert 0 <= classifier.metrics["accuracy"]["value"] <= 1
