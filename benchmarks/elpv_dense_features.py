@@ -2,7 +2,8 @@
 
 The kind of model behind the published 0.8244 SVM on ELPV (Deitsch et al. 2019), built from
 the product's own parts: a descriptor backbone (components/models/descriptors.py: dense
-DAISY-like descriptors at the cell's full 300 px, VLAD against a k-means codebook, an RBF
+DAISY-like descriptors and intensity patches at the cell's full 300 px, VLAD against k-means
+codebooks (``--patch-blocks ""``: the histograms alone, as before 2026-12-01), an RBF
 kernel's Nystrom map) fitted without labels on every image of the set, as the pipeline's
 domain pretraining sees them, then the ``svm`` adaptation method (a linear SVM on those
 features, i.e. an RBF-SVM) on the training labels, trained on and averaged over the ``--tta``
@@ -17,10 +18,12 @@ to the nearest bank descriptor at the same grid position (or ``--novelty-reach``
 nine statistics of each radius's map beside the kernel features. VLAD's sums dilute one small crack among a
 thousand descriptors; the novelty map's worst values do not.
 
-    python -m benchmarks.elpv_dense_features --seeds 0,1,2 \\
+    python -m benchmarks.elpv_dense_features --seeds 0,1,2 --patch-blocks "" \\
         --out benchmarks/results/elpv-dense-features/descriptor-backbone-svm.json
-    python -m benchmarks.elpv_dense_features --seeds 0,1,2 --novelty \\
+    python -m benchmarks.elpv_dense_features --seeds 0,1,2 --novelty --patch-blocks "" \\
         --out benchmarks/results/elpv-dense-features/descriptor-svm-novelty-bank.json
+    python -m benchmarks.elpv_dense_features --seeds 0,1,2 --novelty \\
+        --out benchmarks/results/elpv-dense-features/descriptor-svm-patches-novelty.json
 """
 from __future__ import annotations
 
