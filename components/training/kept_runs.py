@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import shutil
 import tempfile
 from contextlib import contextmanager
@@ -22,6 +21,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from components.data.files import write_atomically
 from components.models.backbones import config_to_dict
 from components.models.checkpoint import load_checkpoint, save_checkpoint
 
@@ -43,13 +43,9 @@ def training_key(backbone_cfg, state: dict | None, images: np.ndarray, labels: n
 
 
 def keep_run(folder: str | Path, key: str, classifier) -> Path:
-    """Write ``classifier`` under ``key`` (whole or not at all: a temporary file, then a rename)."""
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    path = folder / f"{key}.pt"
-    tmp = path.with_suffix(f".tmp{os.getpid()}")
-    tmp.write_bytes(save_checkpoint(classifier.state()))
-    tmp.replace(path)
+    """Write ``classifier`` under ``key`` (whole or not at all)."""
+    path = Path(folder) / f"{key}.pt"
+    write_atomically(path, save_checkpoint(classifier.state()))
     return path
 
 
