@@ -527,14 +527,13 @@ class DescriptorBackbone(nn.Module):
         """``[B, vlad_dim]``: the VLAD vector of ``view(image)`` (None: the image) from the image's
         descriptors and intensity patches; with patches, the descriptors' VLAD and the patches'
         (each block size its own) weigh half each in the unit-length whole."""
-        def viewed(t, perm):
-            return t if view is None else t[..., perm(view).to(t.device)]
-        v = vlad_encode(viewed(descriptors, lambda w: view_permutation(self.describe, w)), self.centres)
+        if view is not None:  # a view permutes each descriptor's and each patch's values
+            descriptors = descriptors[..., view_permutation(self.describe, view).to(descriptors.device)]
+            patches = [p[..., patch_permutation(self.patches.side, view).to(p.device)] for p in patches]
+        v = vlad_encode(descriptors, self.centres)
         if not patches:
             return v
-        side = self.patches.side
-        parts = [vlad_encode(viewed(p, lambda w: patch_permutation(side, w)), c)
-                 for p, c in zip(patches, self.patch_centres)]
+        parts = [vlad_encode(p, c) for p, c in zip(patches, self.patch_centres)]
         return torch.cat([v / math.sqrt(2)] + [q / math.sqrt(2 * len(parts)) for q in parts], -1)
 
     def vlad_views(self, x: torch.Tensor, views, descriptors: torch.Tensor | None = None) -> torch.Tensor:
