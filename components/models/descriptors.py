@@ -625,8 +625,8 @@ def fit_descriptor_state(images: np.ndarray, cfg: DescriptorConfig, views=(lambd
                 sample.append(draw(d[j], perms))
                 for b, p in enumerate(patches):
                     patch_samples[b].append(draw(p[j], patch_perms))
-                if i + j in landmark_images:
-                    keep[i + j] = (d[j], [p[j] for p in patches])
+                if i + j in landmark_images:  # copies: a row of the batch keeps the whole batch alive (10 -> 5 GB)
+                    keep[i + j] = (d[j].clone(), [p[j].clone() for p in patches])
         sample = torch.cat(sample).numpy()
         if len(sample) < cfg.clusters:
             raise ValueError(f"{len(sample)} descriptors cannot make {cfg.clusters} clusters: lower clusters")
