@@ -487,15 +487,28 @@ def extract_view_features(encoder: nn.Module, images: np.ndarray, tta: str, batc
     return torch.cat(out, 1) if out else torch.zeros((len(TTA_VIEWS[tta]), 0, encoder.num_features))
 
 
+# a batch's working memory grows with its pixels (a descriptor backbone holds ~20 float maps of each
+# image): 256 ELPV cells of 300 px a batch took the demo's peak from 6 to 10 GB; small images keep 256
+MAX_BATCH_PIXELS = 64 * 300 * 300
+
+
+def batch_for(batch_size: int, image_shape: tuple[int, ...]) -> int:
+    """``batch_size``, or fewer images when that many of ``image_shape`` (``[..., H, W]``) would pass
+    :data:`MAX_BATCH_PIXELS`; at least one."""
+    return max(1, min(batch_size, MAX_BATCH_PIXELS // max(1, image_shape[-2] * image_shape[-1])))
+
+
 @torch.no_grad()
 def predict_with_features(clf: Classifier, images: np.ndarray, batch_size: int = 256,
                           device: str = "auto") -> tuple[np.ndarray, np.ndarray]:
     """Class probabilities ``float32 [N, C]`` and the encoder's pooled features
-    ``float32 [N, D]`` (what the head sees, before standardization) for uint8 images ``[N, H, W]``.
+    ``float32 [N, D]`` (what the head sees, before standardization) for uint8 images ``[N, H, W]``,
+    ``batch_size`` images at a time (fewer for large images: :func:`batch_for`).
     With ``clf.tta`` other than ``none`` both are averages over its views of each image."""
     _check_images(images, clf.backbone_cfg.img_size)
     dev = pick_device(device)
     clf.to(dev).eval()
+    batch_size = batch_for(batch_size, images.shape)
     probs, feats = [], []
     for i in range(0, len(images), batch_size):
         x = normalize_uint8(torch.from_numpy(images[i : i + batch_size]).to(dev))

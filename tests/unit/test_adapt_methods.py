@@ -13,11 +13,13 @@ from components.models.checkpoint import load_checkpoint, save_checkpoint
 from components.models.lora import LoRALinear, inject_lora, merge_lora
 from components.models.vit import VisionTransformer, ViTConfig
 from components.training.adapt import (
+    MAX_BATCH_PIXELS,
     METHODS,
     AdaptConfig,
     Classifier,
     LinearHead,
     adapt,
+    batch_for,
     build_encoder,
     extract_features,
     fit_prototypes,
@@ -277,3 +279,17 @@ def test_run_sweep_runs_prototype_on_cached_features_and_lora(monkeypatch):
     clf = adapt(VIT, backbones[1].state, images[sub], labels[sub], 3, tiny_adapt("prototype", seed=1), progress=False)
     np.testing.assert_allclose(res.test_proba[("other", "prototype", 0.25, 1)],
                                predict_proba(clf, images[test], device="cpu"), atol=1e-4)
+
+
+def test_prediction_batches_shrink_for_large_images_only():
+    assert batch_for(256, (10, 64, 64)) == 256  # small images: the batch asked for
+    assert batch_for(256, (657, 300, 300)) == 64  # ELPV cells: the pixel budget
+    assert batch_for(256, (1, 5000, 5000)) == 1  # never zero
+    assert batch_for(256, (3, 300, 300)) * 300 * 300 <= MAX_BATCH_PIXELS
+
+
+def test_predictions_do_not_depend_on_the_batch_size():
+    rng = np.random.default_rng(0)
+    images, labels = rng.integers(0, 256, (12, 16, 16), dtype=np.uint8), np.arange(12) % 2
+    clf = adapt(VIT, None, images, labels, 2, tiny_adapt("probe"), progress=False)
+    assert np.abs(predict_proba(clf, images, batch_size=5) - predict_proba(clf, images)).max() < 1e-5
