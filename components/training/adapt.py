@@ -199,6 +199,18 @@ def _check_images(images: np.ndarray, img_size: int) -> None:
         raise ValueError(f"images are {images.shape[1:]}, the encoder expects {img_size}px squares")
 
 
+# a batch's working memory grows with its pixels (a descriptor backbone holds ~20 float maps of each
+# image): 256 ELPV cells of 300 px a batch took a process's peak from 6 to 10 GB
+# (docs/BENCHMARKS.md); small images keep theirs. Every inference loop below takes its batches from it
+MAX_BATCH_PIXELS = 64 * 300 * 300
+
+
+def batch_for(batch_size: int, image_shape: tuple[int, ...]) -> int:
+    """``batch_size``, or fewer images when that many of ``image_shape`` (``[..., H, W]``) would pass
+    :data:`MAX_BATCH_PIXELS`; at least one."""
+    return max(1, min(batch_size, MAX_BATCH_PIXELS // max(1, image_shape[-2] * image_shape[-1])))
+
+
 @torch.no_grad()
 def extract_features(encoder: torch.nn.Module, images: np.ndarray, batch_size: int = 256, device: str = "auto") -> np.ndarray:
     """Pooled features ``float32 [N, D]`` of uint8 images ``[N, H, W]`` (encoder in eval mode)."""
@@ -206,6 +218,7 @@ def extract_features(encoder: torch.nn.Module, images: np.ndarray, batch_size: i
     dev = pick_device(device)
     was_training = encoder.training
     encoder.to(dev).eval()
+    batch_size = batch_for(batch_size, images.shape)
     out = []
     for i in range(0, len(images), batch_size):
         x = normalize_uint8(torch.from_numpy(images[i : i + batch_size]).to(dev))
@@ -481,21 +494,11 @@ def extract_view_features(encoder: nn.Module, images: np.ndarray, tta: str, batc
     _check_images(images, encoder.cfg.img_size)
     dev = pick_device(device)
     encoder.to(dev).eval()
+    batch_size = batch_for(batch_size, images.shape)
     out = [pool(encoder, normalize_uint8(torch.from_numpy(images[i: i + batch_size]).to(dev)), tta).float().cpu()
            for i in tqdm(range(0, len(images), batch_size), desc=f"features ({tta} views)", disable=not progress,
                          leave=False)]
     return torch.cat(out, 1) if out else torch.zeros((len(TTA_VIEWS[tta]), 0, encoder.num_features))
-
-
-# a batch's working memory grows with its pixels (a descriptor backbone holds ~20 float maps of each
-# image): 256 ELPV cells of 300 px a batch took the demo's peak from 6 to 10 GB; small images keep 256
-MAX_BATCH_PIXELS = 64 * 300 * 300
-
-
-def batch_for(batch_size: int, image_shape: tuple[int, ...]) -> int:
-    """``batch_size``, or fewer images when that many of ``image_shape`` (``[..., H, W]``) would pass
-    :data:`MAX_BATCH_PIXELS`; at least one."""
-    return max(1, min(batch_size, MAX_BATCH_PIXELS // max(1, image_shape[-2] * image_shape[-1])))
 
 
 @torch.no_grad()

@@ -293,3 +293,5 @@ def test_predictions_do_not_depend_on_the_batch_size():
     images, labels = rng.integers(0, 256, (12, 16, 16), dtype=np.uint8), np.arange(12) % 2
     clf = adapt(VIT, None, images, labels, 2, tiny_adapt("probe"), progress=False)
     assert np.abs(predict_proba(clf, images, batch_size=5) - predict_proba(clf, images)).max() < 1e-5
+    by_five = extract_features(clf.encoder, images, batch_size=5)
+    assert np.abs(by_five - extract_features(clf.encoder, images)).max() < 1e-5
